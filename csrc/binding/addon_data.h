@@ -1,0 +1,99 @@
+// Per-environment state of the addon, and the one worker thread that runs all engine work.
+// This directory is the only place that includes napi.h (STYLE.md, rule 6).
+#pragma once
+#include <napi.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "core/tensor.h"
+
+namespace wan::binding {
+
+// A failure described on the worker thread, turned into a WanError on the JS thread.
+struct ErrorInfo {
+  std::string code;     // WAN_*
+  std::string message;  // without C++ backtraces
+};
+
+// Classifies the exception being handled: wan errors keep their code, c10 errors lose their
+// backtrace (native-notes.md: an uncaught c10::Error aborts Node), bad_alloc becomes OOM.
+ErrorInfo describe_current_exception();
+
+// Runs `body`, turning any C++ exception into a thrown JS WanError.
+template <typename F>
+auto guard(Napi::Env env, F&& body) -> decltype(body());
+
+Napi::Error make_error(Napi::Env env, const ErrorInfo& info);
+[[noreturn]] void throw_error(Napi::Env env, const std::string& code, const std::string& message);
+
+// All libtorch work runs on one dedicated thread, in order. Several libuv pool threads each
+// driving OpenMP would oversubscribe the cores (native-notes.md, "AsyncWorker").
+class Engine {
+ public:
+  using Finish = std::function<Napi::Value(Napi::Env)>;  // builds the result on the JS thread
+  using Work = std::function<Finish()>;                  // runs on the engine thread
+
+  explicit Engine(Napi::Env env);
+  ~Engine();
+
+  // Queues `work`; the promise settles with Finish's value or a WanError. `keep_alive` holds
+  // JS objects (inputs, the abort flag) until the job has finished.
+  Napi::Promise run(Napi::Env env, Work work, Napi::Object keep_alive);
+
+  // Set when the environment shuts down; long jobs check it with their abort flag.
+  bool stopping() const { return stopping_.load(); }
+
+ private:
+  struct Job;
+  void loop();
+  void complete(Napi::Env env, const std::shared_ptr<Job>& job);
+
+  Napi::ThreadSafeFunction completions_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  std::atomic<bool> stopping_{false};
+  int pending_ = 0;  // touched on the JS thread only
+  std::thread thread_;
+};
+
+struct AddonData {
+  explicit AddonData(Napi::Env env);
+  Engine engine;
+  Napi::FunctionReference tensor_class;
+  Napi::FunctionReference error_class;  // lib/errors.ts WanError, registered at load
+  // Deletes references to borrowed JS buffers on the JS thread when a tensor dies elsewhere.
+  Napi::ThreadSafeFunction releaser;
+  std::thread::id js_thread;
+};
+
+AddonData& addon(Napi::Env env);
+
+// Module parts, each registering its exports.
+void init_tensor(Napi::Env env, Napi::Object exports);
+void init_checkpoint(Napi::Env env, Napi::Object exports);
+
+// The NativeTensor JS object for an engine tensor, and back.
+Napi::Object wrap_tensor(Napi::Env env, core::Tensor tensor);
+const core::Tensor& unwrap_tensor(Napi::Env env, Napi::Value value, const std::string& what);
+
+template <typename F>
+auto guard(Napi::Env env, F&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (...) {
+    throw make_error(env, describe_current_exception());
+  }
+}
+
+}  // namespace wan::binding

@@ -1,0 +1,23 @@
+// wan-native: Wan2.1 video generation as a native Node.js addon. See shared/spec/API.md.
+import { describeValue, WanError } from './errors';
+import { native } from './native';
+
+export { WanError } from './errors';
+export type { WanErrorCode } from './errors';
+export { Tensor, DTYPES } from './tensor';
+export type { DType, TensorData } from './tensor';
+export { loadSafetensors, loadCheckpoint, saveSafetensors, inspectCheckpoint } from './checkpoint';
+export type { CheckpointInfo, LoadCheckpointOptions, LoadedCheckpoint } from './checkpoint';
+export type { Progress, LongCallOptions } from './progress';
+
+/** What the loaded native addon was built with, and the threads libtorch uses. */
+export function runtimeInfo(): { backend: string; torchVersion: string; threads: number; cuda: boolean } {
+  return native().runtimeInfo();
+}
+
+/** Sets the number of CPU threads libtorch uses (default: all cores). */
+export function setThreads(threads: number): void {
+  if (!Number.isSafeInteger(threads) || threads < 1)
+    throw new WanError('WAN_INVALID_OPTION', `Expected a positive integer for threads but received ${describeValue(threads)}`);
+  native().setThreads(threads);
+}
