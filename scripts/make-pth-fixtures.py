@@ -6,6 +6,13 @@ Run with a Python that has torch (Debian's python3-torch 1.13 is enough):
 
 The files are tiny on purpose (a few KB each); the JS and native tests read them to check
 that csrc/io/torch_zip.cpp finds every tensor's bytes exactly where torch.load does.
+
+expected.json maps each file (state_dict.pth, mixed.pth and zip64.pth, which holds the same
+tensors as mixed.pth) to {name: {dtype, shape, sum[, values]}}: names are '.'-joined for
+nested dicts, in file order; sum is float64; values (tensors of <= 16 elements only) are
+floats in row-major order of the tensor as indexed (a transposed view lists its logical
+order, not its storage order), bool as 0/1. legacy.pth differs from run to run (the old
+format keys storages by memory address); the other files are reproducible.
 """
 import io
 import json

@@ -1,11 +1,10 @@
 #include "core/tensor.h"
 
 #include <ATen/Parallel.h>
-#include <malloc.h>
 
 #include <array>
-#include <mutex>
 
+#include "core/cpu_allocator.h"
 #include "core/error.h"
 
 namespace wan::core {
@@ -101,12 +100,7 @@ Tensor convert(const Tensor& t, DType target) {
 }
 
 void init_runtime(int threads) {
-  static std::once_flag malloc_once;
-  std::call_once(malloc_once, [] {
-    mallopt(M_MMAP_MAX, 0);                 // keep large blocks in the heap for reuse
-    mallopt(M_TRIM_THRESHOLD, 256 << 20);   // return memory to the OS only in big steps
-    mallopt(M_TOP_PAD, 64 << 20);
-  });
+  install_cpu_allocator();
   if (threads > 0) at::set_num_threads(threads);
 }
 

@@ -26,9 +26,8 @@ at::Tensor to_float(const Tensor& t);
 // refused: fp8 weights come from checkpoints, and quantising belongs to ops/ (issue 7).
 Tensor convert(const Tensor& t, DType target);
 
-// Sets libtorch's thread count and glibc's malloc policy once per process.
-// See shared/spec/native-notes.md: libtorch defaults to 1 thread on these VMs, and glibc's
-// mmap threshold makes every large op output page-fault fresh memory (3-10x slower).
+// Sets libtorch's thread count (it defaults to 1 on these VMs, native-notes.md) and, once
+// per process, installs our CPU allocator (core/cpu_allocator.h).
 void init_runtime(int threads);
 
 }  // namespace wan::core

@@ -18,8 +18,11 @@ bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.
 
 int64_t element_count(const std::vector<int64_t>& shape) {
   int64_t n = 1;
-  for (int64_t d : shape)
-    if (__builtin_mul_overflow(n, d < 0 ? 0 : d, &n)) return INT64_MAX;
+  for (int64_t d : shape) {
+    if (d <= 0) return 0;
+    if (n > INT64_MAX / d) return INT64_MAX;  // saturate: only ever compared or summed
+    n *= d;
+  }
   return n;
 }
 
@@ -49,11 +52,13 @@ class Keys {
   // The distinct N of keys `scope` + N + ".".
   std::set<int64_t> indices(std::string_view scope) const {
     std::set<int64_t> out;
-    for (auto it = by_name_.lower_bound(scope); it != by_name_.end() && starts_with(it->first, scope); ++it) {
+    for (auto it = by_name_.lower_bound(scope);
+         it != by_name_.end() && starts_with(it->first, scope); ++it) {
       std::string_view rest = std::string_view(it->first).substr(scope.size());
       size_t i = 0;
       int64_t n = 0;
-      while (i < rest.size() && i < 9 && rest[i] >= '0' && rest[i] <= '9') n = n * 10 + (rest[i++] - '0');
+      while (i < rest.size() && i < 9 && rest[i] >= '0' && rest[i] <= '9')
+        n = n * 10 + (rest[i++] - '0');
       if (i > 0 && i < rest.size() && rest[i] == '.') out.insert(n);
     }
     return out;
@@ -61,7 +66,8 @@ class Keys {
 
   size_t count_prefix(std::string_view p) const {
     size_t n = 0;
-    for (auto it = by_name_.lower_bound(p); it != by_name_.end() && starts_with(it->first, p); ++it) ++n;
+    for (auto it = by_name_.lower_bound(p); it != by_name_.end() && starts_with(it->first, p); ++it)
+      ++n;
     return n;
   }
 
@@ -79,8 +85,9 @@ std::string num(int64_t v) { return std::to_string(v); }
 int64_t count_layers(const Keys& k, std::string_view scope, CheckpointInfo& info) {
   const auto idx = k.indices(scope);
   if (!idx.empty() && (*idx.begin() != 0 || *idx.rbegin() != static_cast<int64_t>(idx.size()) - 1))
-    info.warnings.push_back(std::string(scope) + "N indices are not 0.." + num(static_cast<int64_t>(idx.size()) - 1) +
-                            " (" + num(*idx.begin()) + ".." + num(*idx.rbegin()) + "): a partial or pruned file?");
+    info.warnings.push_back(std::string(scope) + "N indices are not 0.." +
+                            num(static_cast<int64_t>(idx.size()) - 1) + " (" + num(*idx.begin()) +
+                            ".." + num(*idx.rbegin()) + "): a partial or pruned file?");
   return static_cast<int64_t>(idx.size());
 }
 
@@ -123,7 +130,8 @@ void inspect_dit(const Keys& k, const std::vector<TensorRecord>& records, Checkp
   info.family = "wan-dit";
   const bool vace = k.has("vace_patch_embedding.weight");
   if (!k.has("patch_embedding.weight") && vace)
-    info.warnings.push_back("holds only VACE module weights (vace_*); load it together with a T2V model");
+    info.warnings.push_back(
+        "holds only VACE module weights (vace_*); load it together with a T2V model");
 
   std::optional<int64_t> dim = k.dim("patch_embedding.weight", 0);
   if (!dim) dim = k.dim("head.modulation", -1);
@@ -156,9 +164,10 @@ void inspect_dit(const Keys& k, const std::vector<TensorRecord>& records, Checkp
     put(info, "text_len", 512);
     info.warnings.push_back("text_len is not stored in the weights; assuming 512");
   } else if (dim) {
-    info.warnings.push_back("dim " + num(*dim) +
-                            " matches no Wan release: num_heads and text_len are not stored in the weights; "
-                            "take them from the model's config (the golden tiny models use head dim 32)");
+    info.warnings.push_back(
+        "dim " + num(*dim) +
+        " matches no Wan release: num_heads and text_len are not stored in the weights; "
+        "take them from the model's config (the golden tiny models use head dim 32)");
   }
   put(info, "num_layers", layers);
   put(info, "patch_t", pt);
@@ -176,12 +185,15 @@ void inspect_dit(const Keys& k, const std::vector<TensorRecord>& records, Checkp
     put(info, "vace_layers", count_layers(k, "vace_blocks.", info));
   }
 
-  if (release && ((ffn_dim && *ffn_dim != release->ffn_dim) || (layers && layers != release->num_layers)))
-    info.warnings.push_back("dim " + num(release->dim) + " but ffn_dim " + (ffn_dim ? num(*ffn_dim) : "?") +
-                            " and " + num(layers) + " layers (the " + release->variant + " release has " +
+  if (release &&
+      ((ffn_dim && *ffn_dim != release->ffn_dim) || (layers && layers != release->num_layers)))
+    info.warnings.push_back("dim " + num(release->dim) + " but ffn_dim " +
+                            (ffn_dim ? num(*ffn_dim) : "?") + " and " + num(layers) +
+                            " layers (the " + release->variant + " release has " +
                             num(release->ffn_dim) + " and " + num(release->num_layers) + ")");
   if (!k.has("text_embedding.0.weight") && k.has("patch_embedding.weight"))
-    info.warnings.push_back("no text_embedding: a model without text cross-attention (e.g. MiniMax remover)");
+    info.warnings.push_back(
+        "no text_embedding: a model without text cross-attention (e.g. MiniMax remover)");
 
   std::vector<std::string> extensions;
   for (const auto& e : kDitExtensions) {
@@ -195,16 +207,23 @@ void inspect_dit(const Keys& k, const std::vector<TensorRecord>& records, Checkp
     info.warnings.push_back("holds " + what + " weights: a Wan variant wan-native does not run");
 
   // Model type, in ComfyUI's order of precedence (model_detection.py): VACE first.
-  if (vace) info.task = "vace";
-  else if (!extensions.empty()) info.task = "";
-  else if (k.has("img_emb.emb_pos")) info.task = "flf2v";
-  else if (img_emb) info.task = "i2v";
-  else if (in_dim && *in_dim == 16) info.task = "t2v";
+  if (vace)
+    info.task = "vace";
+  else if (!extensions.empty())
+    info.task = "";
+  else if (k.has("img_emb.emb_pos"))
+    info.task = "flf2v";
+  else if (img_emb)
+    info.task = "i2v";
+  else if (in_dim && *in_dim == 16)
+    info.task = "t2v";
   else if (in_dim && *in_dim == 36) {
     info.task = "i2v";
-    info.warnings.push_back("in_dim 36 without img_emb: a Wan2.2 I2V-A14B expert (no CLIP image branch)");
+    info.warnings.push_back(
+        "in_dim 36 without img_emb: a Wan2.2 I2V-A14B expert (no CLIP image branch)");
   } else if (in_dim) {
-    info.warnings.push_back("in_dim " + num(*in_dim) + ": a Wan2.2 TI2V-5B or Fun control/inpaint model");
+    info.warnings.push_back("in_dim " + num(*in_dim) +
+                            ": a Wan2.2 TI2V-5B or Fun control/inpaint model");
   }
 }
 
@@ -226,18 +245,22 @@ void inspect_vae(const Keys& k, const std::string& layout, CheckpointInfo& info)
   // Wan2.2's VAE nests its upsampling resblocks one level deeper (ComfyUI sd.py).
   const bool v22 = k.has("decoder.upsamples.0.upsamples.0.residual.2.weight");
   info.variant = v22 ? "wan2.2" : "wan2.1";
-  const auto dim = k.dim(n.encoder_in, 0), z_dim = k.dim(n.post_quant, 0), decoder_dim = k.dim(n.decoder_in, 0);
+  const auto dim = k.dim(n.encoder_in, 0), z_dim = k.dim(n.post_quant, 0),
+             decoder_dim = k.dim(n.decoder_in, 0);
   put(info, "dim", dim);
   put(info, "z_dim", z_dim);
   put(info, "decoder_dim", decoder_dim);
   const bool release = v22 ? dim == 160 && z_dim == 48 : dim == 96 && z_dim == 16;
   if (dim && z_dim && !release)
-    info.warnings.push_back("dim " + num(*dim) + ", z_dim " + num(*z_dim) + " match no released VAE");
+    info.warnings.push_back("dim " + num(*dim) + ", z_dim " + num(*z_dim) +
+                            " match no released VAE");
   // dim_mult ends in 4 in both releases; a narrower decoder is a pruned one (WVW lightVAE).
   if (dim && decoder_dim && *decoder_dim != 4 * *dim)
-    info.warnings.push_back("decoder width " + num(*decoder_dim) + " is not 4 x dim: a pruned (lightVAE-style) decoder");
+    info.warnings.push_back("decoder width " + num(*decoder_dim) +
+                            " is not 4 x dim: a pruned (lightVAE-style) decoder");
   if (layout == "diffusers-vae")
-    info.warnings.push_back("diffusers VAE names are not renamed; the Wan VAE loader needs the original names");
+    info.warnings.push_back(
+        "diffusers VAE names are not renamed; the Wan VAE loader needs the original names");
 }
 
 // ---------------------------------------------------------------------------------------- umT5
@@ -248,7 +271,8 @@ void inspect_umt5(const Keys& k, const std::string& layout, CheckpointInfo& info
   const int64_t layers = count_layers(k, "blocks.", info);
   // Wan T5: relative position bias [num_buckets, num_heads], per block unless shared_pos.
   const bool shared_pos = k.has("pos_embedding.embedding.weight");
-  const char* pos = shared_pos ? "pos_embedding.embedding.weight" : "blocks.0.pos_embedding.embedding.weight";
+  const char* pos =
+      shared_pos ? "pos_embedding.embedding.weight" : "blocks.0.pos_embedding.embedding.weight";
   put(info, "vocab_size", vocab);
   put(info, "dim", dim);
   put(info, "dim_attn", k.dim("blocks.0.attn.q.weight", 0));
@@ -257,11 +281,13 @@ void inspect_umt5(const Keys& k, const std::string& layout, CheckpointInfo& info
   put(info, "num_buckets", k.dim(pos, 0));
   put(info, "num_layers", layers);
   put(info, "shared_pos", shared_pos ? 1 : 0);
-  if (const TensorRecord* sp = k.find("spiece_model")) put(info, "spiece_model_bytes", static_cast<int64_t>(sp->nbytes));
+  if (const TensorRecord* sp = k.find("spiece_model"))
+    put(info, "spiece_model_bytes", static_cast<int64_t>(sp->nbytes));
   info.variant = dim == 4096 && layers == 24 && vocab == 256384 ? "xxl" : dim ? "tiny" : "";
   if (!k.has(pos)) info.warnings.push_back("no relative position bias found: num_heads is unknown");
   int64_t with_bias = 0;
-  for (int64_t i : k.indices("blocks.")) with_bias += k.has("blocks." + num(i) + ".pos_embedding.embedding.weight");
+  for (int64_t i : k.indices("blocks."))
+    with_bias += k.has("blocks." + num(i) + ".pos_embedding.embedding.weight");
   if (!shared_pos && with_bias > 0 && with_bias < layers)
     info.warnings.push_back("relative attention bias in " + num(with_bias) + " of " + num(layers) +
                             " layers: a T5 (not umT5) encoder, which Wan does not use");
@@ -285,14 +311,15 @@ struct ClipNames {
 
 constexpr ClipNames kClipNames[] = {
     // Wan's own XLMRobertaCLIP (wan/modules/clip.py), the official .pth.
-    {"official", "visual.patch_embedding.weight", "visual.pos_embedding", 1, "visual.transformer.", "mlp.0.weight",
-     "visual.head", 1},
+    {"official", "visual.patch_embedding.weight", "visual.pos_embedding", 1, "visual.transformer.",
+     "mlp.0.weight", "visual.head", 1},
     // Hugging Face CLIPVisionModelWithProjection (Comfy-Org clip_vision_h.safetensors).
-    {"hf-clip", "vision_model.embeddings.patch_embedding.weight", "vision_model.embeddings.position_embedding.weight",
-     0, "vision_model.encoder.layers.", "mlp.fc1.weight", "visual_projection.weight", 0},
+    {"hf-clip", "vision_model.embeddings.patch_embedding.weight",
+     "vision_model.embeddings.position_embedding.weight", 0, "vision_model.encoder.layers.",
+     "mlp.fc1.weight", "visual_projection.weight", 0},
     // open_clip VisionTransformer.
-    {"open-clip", "visual.conv1.weight", "visual.positional_embedding", 0, "visual.transformer.resblocks.",
-     "mlp.c_fc.weight", "visual.proj", 1},
+    {"open-clip", "visual.conv1.weight", "visual.positional_embedding", 0,
+     "visual.transformer.resblocks.", "mlp.c_fc.weight", "visual.proj", 1},
 };
 
 void inspect_clip(const Keys& k, const ClipNames& n, CheckpointInfo& info) {
@@ -301,7 +328,8 @@ void inspect_clip(const Keys& k, const ClipNames& n, CheckpointInfo& info) {
   const int64_t layers = count_layers(k, n.blocks, info);
   std::optional<int64_t> image_size;
   if (auto tokens = k.dim(n.pos_embedding, n.pos_axis); tokens && patch && *tokens > 1) {
-    const auto side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(*tokens - 1))));
+    const auto side =
+        static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(*tokens - 1))));
     if (side * side == *tokens - 1) image_size = side * *patch;  // one class token + side^2 patches
   }
   put(info, "vision_dim", dim);
@@ -309,24 +337,31 @@ void inspect_clip(const Keys& k, const ClipNames& n, CheckpointInfo& info) {
   put(info, "image_size", image_size);
   put(info, "vision_layers", layers);
   put(info, "vision_mlp_dim", k.dim(std::string(n.blocks) + "0." + std::string(n.mlp_in), 0));
-  if (dim == 1280) put(info, "vision_heads", 16);  // ViT-H/14: head dim 80
-  else if (dim) info.warnings.push_back("vision_dim " + num(*dim) + " is not ViT-H's: vision_heads is not stored in the weights");
+  if (dim == 1280)
+    put(info, "vision_heads", 16);  // ViT-H/14: head dim 80
+  else if (dim)
+    info.warnings.push_back("vision_dim " + num(*dim) +
+                            " is not ViT-H's: vision_heads is not stored in the weights");
   put(info, "embed_dim", k.dim(n.projection, n.projection_axis));
   if (n.layout == "official") {
     put(info, "vocab_size", k.dim("textual.token_embedding.weight", 0));
     put(info, "text_dim", k.dim("textual.token_embedding.weight", 1));
-    if (k.has("textual.token_embedding.weight")) put(info, "text_layers", count_layers(k, "textual.blocks.", info));
+    if (k.has("textual.token_embedding.weight"))
+      put(info, "text_layers", count_layers(k, "textual.blocks.", info));
     put(info, "max_text_len", k.dim("textual.pos_embedding.weight", 0));
   } else {
     info.warnings.push_back(std::string(n.layout) +
-                            " names are not renamed (Wan's CLIP fuses q/k/v into to_qkv); the CLIP loader must convert");
+                            " names are not renamed (Wan's CLIP fuses q/k/v into to_qkv); the CLIP "
+                            "loader must convert");
   }
   info.variant = dim == 1280 && patch == 14 && layers == 32 ? "vit-h-14" : dim ? "tiny" : "";
 }
 
 // -------------------------------------------------------------------------------- quantization
 
-std::string fp8_name(core::DType t) { return t == core::DType::F8_E5M2 ? "fp8_e5m2" : "fp8_e4m3fn"; }
+std::string fp8_name(core::DType t) {
+  return t == core::DType::F8_E5M2 ? "fp8_e5m2" : "fp8_e4m3fn";
+}
 
 bool is_fp8(core::DType t) { return t == core::DType::F8_E4M3FN || t == core::DType::F8_E5M2; }
 
@@ -346,19 +381,26 @@ void inspect_quantization(const NormalizedCheckpoint& n, const Keys& k, Checkpoi
     if (r.dtype == core::DType::I8 && r.shape.size() >= 2) int8 = true;
   }
   const bool scaled = q.scaled_fp8_marker || q.scale_weight > 0;
-  if (q.comfy_quant > 0) info.quantization = "comfy_quant";
-  else if (fp8.size() > 1) info.quantization = "mixed";
-  else if (fp8.size() == 1) info.quantization = fp8_name(*fp8.begin()) + (scaled ? "_scaled" : "");
-  else if (int8) info.quantization = scaled ? "int8_scaled" : "int8";
-  else info.quantization = "none";
+  if (q.comfy_quant > 0)
+    info.quantization = "comfy_quant";
+  else if (fp8.size() > 1)
+    info.quantization = "mixed";
+  else if (fp8.size() == 1)
+    info.quantization = fp8_name(*fp8.begin()) + (scaled ? "_scaled" : "");
+  else if (int8)
+    info.quantization = scaled ? "int8_scaled" : "int8";
+  else
+    info.quantization = "none";
 
   if (scaled && fp8.empty() && !int8 && q.comfy_quant == 0)
     info.warnings.push_back("scale tensors present but no fp8 weights");
-  if (q.scaled_fp8_marker && q.scaled_fp8_dtype && fp8.size() == 1 && *fp8.begin() != *q.scaled_fp8_dtype)
-    info.warnings.push_back("the scaled_fp8 marker names " + fp8_name(*q.scaled_fp8_dtype) + " but the weights are " +
-                            fp8_name(*fp8.begin()));
+  if (q.scaled_fp8_marker && q.scaled_fp8_dtype && fp8.size() == 1 &&
+      *fp8.begin() != *q.scaled_fp8_dtype)
+    info.warnings.push_back("the scaled_fp8 marker names " + fp8_name(*q.scaled_fp8_dtype) +
+                            " but the weights are " + fp8_name(*fp8.begin()));
   if (q.scaled_fp8_marker && !q.fp8_matmul_allowed)
-    info.warnings.push_back("the scaled_fp8 marker has 2 elements: its producer disabled fp8 matmul");
+    info.warnings.push_back(
+        "the scaled_fp8 marker has 2 elements: its producer disabled fp8 matmul");
   if (scaled && unscaled > 0 && q.comfy_quant == 0)
     info.warnings.push_back(num(unscaled) + " fp8 weights have no scale_weight (scale 1 assumed)");
 }
@@ -373,11 +415,16 @@ std::string format_count(int64_t v) {
 }
 
 std::string format_params(int64_t v) {
+  const double d = static_cast<double>(v);
   char buf[32];
-  if (v >= 1000000000) std::snprintf(buf, sizeof buf, "%.2f B", v / 1e9);
-  else if (v >= 1000000) std::snprintf(buf, sizeof buf, "%.1f M", v / 1e6);
-  else if (v >= 1000) std::snprintf(buf, sizeof buf, "%.1f K", v / 1e3);
-  else return std::to_string(v);
+  if (v >= 1000000000)
+    std::snprintf(buf, sizeof buf, "%.2f B", d / 1e9);
+  else if (v >= 1000000)
+    std::snprintf(buf, sizeof buf, "%.1f M", d / 1e6);
+  else if (v >= 1000)
+    std::snprintf(buf, sizeof buf, "%.1f K", d / 1e3);
+  else
+    return std::to_string(v);
   return buf;
 }
 
@@ -401,9 +448,11 @@ CheckpointInfo inspect_checkpoint(const ParsedCheckpoint& in, const std::string&
   if (k.has("patch_embedding.weight") || k.has("vace_patch_embedding.weight"))
     inspect_dit(k, n.tensors, info);
   else if (k.has("decoder.middle.0.residual.0.gamma") || n.layout == "diffusers-vae" ||
-           (k.has("encoder.conv1.weight") && k.has("decoder.conv1.weight") && k.has("conv2.weight")))
+           (k.has("encoder.conv1.weight") && k.has("decoder.conv1.weight") &&
+            k.has("conv2.weight")))
     inspect_vae(k, n.layout, info);
-  else if (k.has("token_embedding.weight") && (k.has("blocks.0.attn.q.weight") || k.has("blocks.0.ffn.fc1.weight")))
+  else if (k.has("token_embedding.weight") &&
+           (k.has("blocks.0.attn.q.weight") || k.has("blocks.0.ffn.fc1.weight")))
     inspect_umt5(k, n.layout, info);
   else if (clip != std::end(kClipNames))
     inspect_clip(k, *clip, info);
@@ -417,13 +466,15 @@ CheckpointInfo inspect_checkpoint(const ParsedCheckpoint& in, const std::string&
   if (!n.other_components.empty()) {
     std::string parts;
     for (const auto& c : n.other_components) {
-      const auto count = std::count_if(n.set_aside.begin(), n.set_aside.end(),
-                                       [&](const TensorRecord& r) { return starts_with(r.name, c); });
+      const auto count =
+          std::count_if(n.set_aside.begin(), n.set_aside.end(),
+                        [&](const TensorRecord& r) { return starts_with(r.name, c); });
       parts += (parts.empty() ? "" : ", ") + c + "* (" + num(count) + " tensors)";
     }
-    info.warnings.push_back("all-in-one file: also holds " + parts + "; only the " +
-                            (n.stripped_prefix.empty() ? std::string("unprefixed") : "'" + n.stripped_prefix + "'") +
-                            " part is described");
+    info.warnings.push_back(
+        "all-in-one file: also holds " + parts + "; only the " +
+        (n.stripped_prefix.empty() ? std::string("unprefixed") : "'" + n.stripped_prefix + "'") +
+        " part is described");
   }
   return info;
 }
@@ -443,12 +494,14 @@ std::string describe(const CheckpointInfo& info) {
     what += info.task + ")";
   }
   line("model", what);
-  line("layout", info.layout + (info.key_prefix.empty() ? "" : " (prefix '" + info.key_prefix + "')"));
+  line("layout",
+       info.layout + (info.key_prefix.empty() ? "" : " (prefix '" + info.key_prefix + "')"));
   line("quantization", info.quantization);
   line("tensors", format_count(info.num_tensors));
   line("parameters", format_count(info.num_params) + " (" + format_params(info.num_params) + ")");
   std::string dtypes;
-  for (const auto& [name, count] : info.dtypes) dtypes += (dtypes.empty() ? "" : ", ") + name + " x" + num(count);
+  for (const auto& [name, count] : info.dtypes)
+    dtypes += (dtypes.empty() ? "" : ", ") + name + " x" + num(count);
   line("dtypes", dtypes.empty() ? "-" : dtypes);
   if (!info.config.empty()) {
     s += "config\n";

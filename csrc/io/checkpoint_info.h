@@ -14,16 +14,16 @@
 namespace wan::io {
 
 struct CheckpointInfo {
-  std::string family;        // "wan-dit" | "wan-vae" | "umt5" | "clip-vision" | "unknown"
-  std::string variant;       // DiT "1.3B" | "14B" | "5B" | "tiny" (dims of no release); VAE "wan2.1" |
-                             // "wan2.2"; umT5 "xxl" | "tiny"; CLIP "vit-h-14" | "tiny"; "" unknown
-  std::string task;          // DiT: "t2v" | "i2v" | "flf2v" | "vace" | "" (other Wan variants); others ""
-  std::string layout;        // from normalize_keys
+  std::string family;   // "wan-dit" | "wan-vae" | "umt5" | "clip-vision" | "unknown"
+  std::string variant;  // DiT "1.3B" | "14B" | "5B" | "tiny" (dims of no release); VAE "wan2.1" |
+                        // "wan2.2"; umT5 "xxl" | "tiny"; CLIP "vit-h-14" | "tiny"; "" unknown
+  std::string task;    // DiT: "t2v" | "i2v" | "flf2v" | "vace" | "" (other Wan variants); others ""
+  std::string layout;  // from normalize_keys
   std::string key_prefix;    // the stripped prefix, "" if none
   std::string quantization;  // "none" | "fp8_e4m3fn" | "fp8_e5m2" | "fp8_e4m3fn_scaled" |
                              // "fp8_e5m2_scaled" | "mixed" (both fp8 formats) | "int8" |
                              // "int8_scaled" | "comfy_quant"
-  std::map<std::string, int64_t> dtypes;  // core::dtype_name -> tensors, over the whole file
+  std::map<std::string, int64_t> dtypes;    // core::dtype_name -> tensors, over the whole file
   int64_t num_tensors = 0, num_params = 0;  // whole file; num_params counts every element
   // Inferred from shapes, in a stable order. DiT: dim, in_dim, out_dim, ffn_dim, freq_dim,
   // text_dim, num_heads (release dims only), num_layers, patch_t/h/w, qk_norm, cross_attn_norm,

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <set>
 #include <string_view>
 #include <unordered_map>
@@ -141,14 +140,16 @@ constexpr std::string_view kDitPrefixes[] = {"model.diffusion_model.", "diffusio
 // Prefixes of the other components of a ComfyUI all-in-one checkpoint. None of them begins an
 // official Wan key, so setting them aside can never hide a DiT, VAE, T5 or CLIP tensor.
 constexpr std::string_view kComponentPrefixes[] = {
-    "vae.", "first_stage_model.", "text_encoders.", "cond_stage_model.", "clip_vision.", "conditioner.",
+    "vae.",         "first_stage_model.", "text_encoders.", "cond_stage_model.",
+    "clip_vision.", "conditioner.",
 };
 
 // Stripped when every (non-marker) key has it.
 constexpr std::string_view kWholeFilePrefixes[] = {"model.", "vae.", "first_stage_model."};
 
 constexpr std::string_view kScaledFp8Marker = "scaled_fp8";  // ComfyUI model_detection.py
-constexpr std::string_view kModelTypeMarker = "model_type.";  // e.g. model_type.Wan2_1-FLF2V-14B-720P
+constexpr std::string_view kModelTypeMarker =
+    "model_type.";  // e.g. model_type.Wan2_1-FLF2V-14B-720P
 
 // ---------------------------------------------------------------------------------------------
 
@@ -188,14 +189,16 @@ std::string rename_key(std::string_view key, const Dialect& d) {
     const std::string_view index = key.substr(s.from.size(), n - s.from.size());  // "7."
     const std::string_view rest = key.substr(n);
     for (const Table& t : s.tables)
-      if (auto renamed = rename_in(rest, t)) return std::string(s.to) + std::string(index) + *renamed;
+      if (auto renamed = rename_in(rest, t))
+        return std::string(s.to) + std::string(index) + *renamed;
     return std::string(s.to) + std::string(index) + std::string(rest);
   }
   if (auto renamed = rename_in(key, d.top)) return *renamed;
   return std::string(key);
 }
 
-bool has_block_key(const std::vector<std::string>& keys, std::string_view scope, std::string_view what) {
+bool has_block_key(const std::vector<std::string>& keys, std::string_view scope,
+                   std::string_view what) {
   for (const auto& k : keys) {
     const size_t n = scope_length(k, scope);
     if (n != 0 && starts_with(std::string_view(k).substr(n), what)) return true;
@@ -211,11 +214,13 @@ std::string_view detect_layout(const std::vector<std::string>& keys) {
       has_block_key(keys, "blocks.", "attn1.") || has_block_key(keys, "blocks.", "attn2."))
     return "diffusers";
   if (any([](const std::string& k) {
-        return starts_with(k, "encoder.block.") || k == "shared.weight" || k == "encoder.final_layer_norm.weight";
+        return starts_with(k, "encoder.block.") || k == "shared.weight" ||
+               k == "encoder.final_layer_norm.weight";
       }))
     return "hf-t5";
   if (any([](const std::string& k) { return starts_with(k, "vision_model."); })) return "hf-clip";
-  if (any([](const std::string& k) { return starts_with(k, "visual.transformer.resblocks."); })) return "open-clip";
+  if (any([](const std::string& k) { return starts_with(k, "visual.transformer.resblocks."); }))
+    return "open-clip";
   if (any([](const std::string& k) {
         return starts_with(k, "decoder.mid_block.") || starts_with(k, "encoder.down_blocks.") ||
                k == "post_quant_conv.weight";
@@ -226,8 +231,11 @@ std::string_view detect_layout(const std::vector<std::string>& keys) {
 
 int64_t element_count(const std::vector<int64_t>& shape) {
   int64_t n = 1;
-  for (int64_t d : shape)
-    if (__builtin_mul_overflow(n, d < 0 ? 0 : d, &n)) return INT64_MAX;
+  for (int64_t d : shape) {
+    if (d <= 0) return 0;
+    if (n > INT64_MAX / d) return INT64_MAX;  // saturate: only ever compared or summed
+    n *= d;
+  }
   return n;
 }
 
@@ -249,12 +257,13 @@ NormalizedCheckpoint normalize_keys(const ParsedCheckpoint& in, const std::strin
   // 1. Prefixes: pick the DiT prefix, set the other components of all-in-one files aside.
   std::string_view prefix;
   for (std::string_view p : kDitPrefixes) {
-    if (std::any_of(in.tensors.begin(), in.tensors.end(), [&](const TensorRecord& r) { return starts_with(r.name, p); })) {
+    if (std::any_of(in.tensors.begin(), in.tensors.end(),
+                    [&](const TensorRecord& r) { return starts_with(r.name, p); })) {
       prefix = p;
       break;
     }
   }
-  std::vector<const TensorRecord*> primary;
+  std::vector<const TensorRecord*> primary, aside;
   std::vector<std::string> names;  // primary names, prefix stripped
   for (const TensorRecord& r : in.tensors) {
     if (!prefix.empty() && starts_with(r.name, prefix)) {
@@ -265,8 +274,9 @@ NormalizedCheckpoint normalize_keys(const ParsedCheckpoint& in, const std::strin
     auto component = std::find_if(std::begin(kComponentPrefixes), std::end(kComponentPrefixes),
                                   [&](std::string_view c) { return starts_with(r.name, c); });
     if (component != std::end(kComponentPrefixes)) {
-      out.set_aside.push_back(r);
-      if (std::find(out.other_components.begin(), out.other_components.end(), *component) == out.other_components.end())
+      aside.push_back(&r);
+      if (std::find(out.other_components.begin(), out.other_components.end(), *component) ==
+          out.other_components.end())
         out.other_components.emplace_back(*component);
       continue;
     }
@@ -275,20 +285,23 @@ NormalizedCheckpoint normalize_keys(const ParsedCheckpoint& in, const std::strin
   }
   // A file that is nothing but one component (a VAE saved as `vae.*`) is that component.
   if (prefix.empty() && primary.empty() && out.other_components.size() == 1) {
-    for (const TensorRecord& r : out.set_aside) {
-      primary.push_back(&r);
-      names.push_back(r.name);
+    for (const TensorRecord* r : aside) {
+      primary.push_back(r);
+      names.push_back(r->name);
     }
-    out.set_aside.clear();
+    aside.clear();
     out.other_components.clear();
   }
+  for (const TensorRecord* r : aside) out.set_aside.push_back(*r);
   if (prefix.empty()) {
     for (std::string_view p : kWholeFilePrefixes) {
       bool any = false, all = true;
       for (const auto& n : names) {
         if (is_marker_like(n) && !starts_with(n, p)) continue;
-        if (starts_with(n, p)) any = true;
-        else all = false;
+        if (starts_with(n, p))
+          any = true;
+        else
+          all = false;
       }
       if (!any || !all) continue;
       prefix = p;
@@ -301,16 +314,23 @@ NormalizedCheckpoint normalize_keys(const ParsedCheckpoint& in, const std::strin
 
   // 2. Dialect.
   const std::string_view layout = detect_layout(names);
-  const Dialect* dialect = layout == "diffusers" ? &kDiffusers : layout == "hf-t5" ? &kHfT5 : nullptr;
-  if (dialect) out.layout = std::string(layout);
-  else if (layout != "official") out.layout = std::string(layout);
-  else out.layout = prefix.empty() || prefix == "vae." || prefix == "first_stage_model." ? "official" : "comfyui";
+  const Dialect* dialect = layout == "diffusers" ? &kDiffusers
+                           : layout == "hf-t5"   ? &kHfT5
+                                                 : nullptr;
+  if (dialect)
+    out.layout = std::string(layout);
+  else if (layout != "official")
+    out.layout = std::string(layout);
+  else
+    out.layout = prefix.empty() || prefix == "vae." || prefix == "first_stage_model." ? "official"
+                                                                                      : "comfyui";
 
   // HF stores the umT5 token embedding as `shared` and, when tied weights were not
   // deduplicated on save, again as `encoder.embed_tokens`: keep `shared`. (Different shapes
   // are not a tie; both then map to token_embedding.weight and are refused below.)
   const auto shared = std::find(names.begin(), names.end(), "shared.weight");
-  const TensorRecord* shared_record = shared == names.end() ? nullptr : primary[shared - names.begin()];
+  const TensorRecord* shared_record =
+      shared == names.end() ? nullptr : primary[shared - names.begin()];
 
   // 3. Names; markers out.
   std::vector<std::string> canonical(names.size());
@@ -323,7 +343,8 @@ NormalizedCheckpoint normalize_keys(const ParsedCheckpoint& in, const std::strin
       // the matmul in fp8" (ComfyUI model_detection.py).
       auto& q = out.quantization;
       q.scaled_fp8_marker = true;
-      q.scaled_fp8_dtype = r.dtype == core::DType::F8_E5M2 ? core::DType::F8_E5M2 : core::DType::F8_E4M3FN;
+      q.scaled_fp8_dtype =
+          r.dtype == core::DType::F8_E5M2 ? core::DType::F8_E5M2 : core::DType::F8_E4M3FN;
       q.fp8_matmul_allowed = element_count(r.shape) != 2;
       keep[i] = false;
     } else if (starts_with(n, kModelTypeMarker)) {
@@ -347,7 +368,8 @@ NormalizedCheckpoint normalize_keys(const ParsedCheckpoint& in, const std::strin
   for (size_t i = 0; i < names.size(); ++i) {
     if (!keep[i]) continue;
     const std::string_view seg = last_segment(canonical[i]);
-    if (seg == "comfy_quant" || seg == "weight_scale_2") comfy_quant_layers.emplace(layer_of(canonical[i]));
+    if (seg == "comfy_quant" || seg == "weight_scale_2")
+      comfy_quant_layers.emplace(layer_of(canonical[i]));
   }
   std::vector<bool> renamed_scale(names.size(), false);
   for (size_t i = 0; i < names.size(); ++i) {
@@ -369,8 +391,9 @@ NormalizedCheckpoint normalize_keys(const ParsedCheckpoint& in, const std::strin
     if (!keep[i]) continue;
     auto [it, inserted] = source_of.emplace(canonical[i], i);
     if (!inserted)
-      throw core::bad_checkpoint(file, "tensors '" + primary[it->second]->name + "' and '" + primary[i]->name +
-                                           "' both map to '" + canonical[i] + "'");
+      throw core::bad_checkpoint(file, "tensors '" + primary[it->second]->name + "' and '" +
+                                           primary[i]->name + "' both map to '" + canonical[i] +
+                                           "'");
     TensorRecord r = *primary[i];
     r.name = canonical[i];
     const std::string_view seg = last_segment(r.name);

@@ -16,10 +16,12 @@
 //              `<layer>.weight_scale` -> `<layer>.scale_weight`, `<layer>.input_scale` ->
 //              `<layer>.scale_input` (except in comfy_quant layers, where those names mean
 //              something else and are kept).
+//   markers    `model_type.*` (some FLF2V files) is dropped; `spiece_model` (the umT5
+//              tokenizer embedded by Comfy-Org) is kept under its name for the tokenizer.
 // Recognised but not renamed (layout reported, keys kept): Hugging Face CLIP vision
 // (`vision_model.*`, "hf-clip"), open_clip (`visual.transformer.resblocks.*`, "open-clip") and
-// the diffusers VAE ("diffusers-vae"): their conversions need tensor surgery (q/k/v fusion,
-// reshapes), which is the loaders' business.
+// the diffusers VAE ("diffusers-vae"): the CLIPs need tensor surgery (q/k/v fusion, reshapes)
+// and the VAE an index remapping that no file at hand can check; that is the loaders' business.
 // Keys that match no rule are kept as they are; the loaders report unexpected keys.
 #pragma once
 #include <cstdint>
@@ -34,13 +36,13 @@ namespace wan::io {
 
 // What a file's quantization bookkeeping says, gathered while its keys are normalised.
 struct QuantizationFacts {
-  bool scaled_fp8_marker = false;               // a ComfyUI `scaled_fp8` tensor was present (dropped)
+  bool scaled_fp8_marker = false;  // a ComfyUI `scaled_fp8` tensor was present (dropped)
   std::optional<core::DType> scaled_fp8_dtype;  // the format it names: F8_E4M3FN or F8_E5M2
   bool fp8_matmul_allowed = true;               // false when the marker has 2 elements (ComfyUI)
-  int64_t scale_weight = 0;          // `<layer>.scale_weight` tensors, after renaming
-  int64_t scale_input = 0;           // `<layer>.scale_input` tensors, after renaming
-  int64_t renamed_scales = 0;        // how many of those were `.weight_scale` / `.input_scale`
-  int64_t comfy_quant = 0;           // `<layer>.comfy_quant` markers (ComfyUI mixed NVFP4/FP8), kept
+  int64_t scale_weight = 0;                     // `<layer>.scale_weight` tensors, after renaming
+  int64_t scale_input = 0;                      // `<layer>.scale_input` tensors, after renaming
+  int64_t renamed_scales = 0;  // how many of those were `.weight_scale` / `.input_scale`
+  int64_t comfy_quant = 0;     // `<layer>.comfy_quant` markers (ComfyUI mixed NVFP4/FP8), kept
 };
 
 struct NormalizedCheckpoint {

@@ -32,9 +32,9 @@ constexpr size_t kMaxDims = 64;               // tensor rank
 constexpr int kMaxDepth = 64;                 // nested dicts when flattening
 constexpr size_t kMaxObjects = 1u << 21;      // Python values built
 constexpr size_t kMaxVisits = 1u << 20;       // dict entries visited (shared dicts can fan out)
-constexpr size_t kMaxTensors = 1u << 18;      // records returned
+constexpr size_t kMaxTensors = 1u << 16;      // records returned (Wan2.1 14B has ~1,100)
 constexpr size_t kMaxNameBytes = 1u << 16;    // one flattened tensor name
-constexpr size_t kMaxTotalNameBytes = 1u << 26;
+constexpr size_t kMaxTotalNameBytes = 1u << 24;
 constexpr size_t kEocdSize = 22, kCentralSize = 46, kLocalSize = 30;
 
 [[noreturn]] void fail(const std::string& file, const std::string& what) {
@@ -207,9 +207,11 @@ class Archive {
 enum class Kind : uint8_t { None, Bool, Int, Float, Str, Bytes, Tuple, List, Dict, Global,
                             Storage, Tensor };
 
+// With its article, for messages: "REDUCE on an int".
 const char* kind_name(Kind k) {
-  static const char* const kNames[] = {"None", "bool", "int", "float", "str", "bytes", "tuple",
-                                       "list", "dict", "global", "storage", "tensor"};
+  static const char* const kNames[] = {"None",    "a bool",   "an int",   "a float",
+                                       "a str",   "a bytes",  "a tuple",  "a list",
+                                       "a dict",  "a global", "a storage", "a tensor"};
   return kNames[static_cast<int>(k)];
 }
 
@@ -402,27 +404,31 @@ class Unpickler {
     for (const Object* d : t->stride->items) strides.push_back(d->i);
     if (t->i < 0) fail(file_, what + ": negative storage offset " + std::to_string(t->i));
     const uint64_t first = static_cast<uint64_t>(t->i);
-    uint64_t count = 1, reach = 0;  // elements; reach = offset of the last one from the first
-    bool overflow = false;
+    bool empty = false;
     for (size_t d = 0; d < r.shape.size(); ++d) {
       if (r.shape[d] < 0 || strides[d] < 0)
         fail(file_, what + ": negative size or stride in dimension " + std::to_string(d));
-      const uint64_t size = static_cast<uint64_t>(r.shape[d]);
-      overflow |= __builtin_mul_overflow(count, size, &count);
-      uint64_t step = 0;
-      if (size > 0) {
-        overflow |= __builtin_mul_overflow(size - 1, static_cast<uint64_t>(strides[d]), &step);
-        overflow |= __builtin_add_overflow(reach, step, &reach);
-      }
+      empty |= r.shape[d] == 0;
     }
-    if (count == 0) {  // an empty tensor reaches nothing; its offset must still be sane
+    if (empty) {  // an empty tensor reaches nothing; its offset must still be sane
       if (first > s->numel)
         fail(file_, what + ": storage offset " + std::to_string(first) +
                         " lies past its storage of " + std::to_string(s->numel) + " elements");
       r.offset = s->span.offset + first * elem;
       return r;
     }
-    uint64_t last = 0;
+    // The element count may exceed the storage (stride-0, expanded dimensions), but torch
+    // needs it to fit an int64.
+    uint64_t count = 1, reach = 0, last = 0;  // reach: elements from the first to the last
+    bool too_many = false, overflow = false;
+    for (size_t d = 0; d < r.shape.size(); ++d) {
+      const uint64_t size = static_cast<uint64_t>(r.shape[d]);
+      uint64_t step = 0;
+      too_many |= __builtin_mul_overflow(count, size, &count) || count > INT64_MAX;
+      overflow |= __builtin_mul_overflow(size - 1, static_cast<uint64_t>(strides[d]), &step);
+      overflow |= __builtin_add_overflow(reach, step, &reach);
+    }
+    if (too_many) fail(file_, what + ": shape holds 2^63 elements or more");
     if (overflow || __builtin_add_overflow(first, reach, &last) || last >= s->numel)
       fail(file_, what + ": shape, strides and storage offset reach past its storage " +
                       quoted(s->s) + " of " + std::to_string(s->numel) + " elements");
@@ -436,7 +442,7 @@ class Unpickler {
         r.strides = std::move(strides);
         break;
       }
-      expected *= r.shape[d];  // cannot overflow: count fits in the storage
+      expected *= r.shape[d];  // no overflow: while strides match, this is <= reach + 1
     }
     return r;
   }
@@ -513,7 +519,7 @@ class Unpickler {
   Object* container(Kind k, const char* op) const {
     Object* o = top();
     if (o->kind != k)
-      error(std::string(op) + " on a " + kind_name(o->kind) + ", expected a " + kind_name(k));
+      error(std::string(op) + " on " + kind_name(o->kind) + ", expected " + kind_name(k));
     return o;
   }
 
@@ -578,7 +584,7 @@ class Unpickler {
   }
 
   Object* reduce(Object* callable, Object* args) {
-    if (callable->kind != Kind::Global) error(std::string("REDUCE on a ") + kind_name(callable->kind));
+    if (callable->kind != Kind::Global) error(std::string("REDUCE on ") + kind_name(callable->kind));
     if (args->kind != Kind::Tuple) error("REDUCE arguments are not a tuple");
     const auto& a = args->items;
     switch (callable->callable) {
@@ -620,7 +626,7 @@ class Unpickler {
       error(std::string("_rebuild_tensor_v2: ") + what + " is not a tuple of at most 64 ints");
     for (const Object* x : o->items)
       if (x->kind != Kind::Int)
-        error(std::string("_rebuild_tensor_v2: ") + what + " holds a " + kind_name(x->kind));
+        error(std::string("_rebuild_tensor_v2: ") + what + " holds " + kind_name(x->kind));
     return o;
   }
 
@@ -650,15 +656,15 @@ struct Flattener {
   // {'model': {'a.weight': t}} -> 'model.a.weight'. Values that are neither tensors nor dicts
   // (ints, strings, lists: training state saved alongside) are skipped.
   void walk(const Object* dict, const std::string& prefix, int depth) {
+    const std::string where = prefix.empty() ? "at the top level"
+                                             : "under " + quoted(prefix.substr(0, prefix.size() - 1));
     if (depth > kMaxDepth)
-      fail(file, "dicts nested deeper than " + std::to_string(kMaxDepth) + " levels under " +
-                     quoted(prefix));
+      fail(file, "dicts nested deeper than " + std::to_string(kMaxDepth) + " levels " + where);
     for (size_t k = 0; k + 1 < dict->items.size(); k += 2) {
       const Object* key = dict->items[k];
       const Object* value = dict->items[k + 1];
       if (key->kind != Kind::Str)
-        fail(file, std::string("a key of type ") + kind_name(key->kind) +
-                       (prefix.empty() ? " at the top level" : " under " + quoted(prefix)) +
+        fail(file, std::string("a key is ") + kind_name(key->kind) + " " + where +
                        "; only string keys are accepted");
       if (++visits > kMaxVisits) fail(file, "state dict has too many entries");
       if (value->kind != Kind::Tensor && value->kind != Kind::Dict) continue;
@@ -687,7 +693,9 @@ std::string find_prefix(const Archive& archive, const std::string& file) {
         name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0 ||
         name.find('/') != name.size() - suffix.size())
       continue;
-    if (!prefix.empty()) fail(file, "archive holds more than one data.pkl");
+    if (!prefix.empty())
+      fail(file, "archive holds more than one data.pkl (" + quoted(prefix + suffix) + ", " +
+                     quoted(name) + ")");
     prefix = name.substr(0, name.size() - suffix.size());
   }
   if (prefix.empty()) fail(file, "zip archive has no '<folder>/data.pkl'; not a torch.save file");
@@ -709,7 +717,7 @@ ParsedCheckpoint parse_torch_zip(const uint8_t* data, size_t size, const std::st
   Unpickler unpickler(data, archive.locate(pkl_name), pkl_name, prefix, archive, file);
   const Object* root = unpickler.run();
   if (root->kind != Kind::Dict)
-    fail(file, std::string("top-level object is a ") + kind_name(root->kind) +
+    fail(file, std::string("top-level object is ") + kind_name(root->kind) +
                    ", expected a dict of tensors (a state dict)");
   Flattener flat{unpickler, file, {}, {}, 0, 0};
   flat.walk(root, "", 0);

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test suite (`npm test`), run after scripts/setup.sh has built the package:
+#   test/unit    needs no addon          test/native  the CPU addon
+#   test/gpu     skips itself without CUDA
+# plus the CUDA compile check when nvcc is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -f dist/lib/index.js ] || ! ls build/Release/*.node >/dev/null 2>&1; then
+  echo "test: the package is not built; run scripts/setup.sh (or npm run build) first" >&2
+  exit 1
+fi
+scripts/cuda-compile-check.sh
+log=$(mktemp)
+status=0
+npx tap --reporter=tap dist/test/unit dist/test/native dist/test/gpu "$@" | tee "$log" || status=$?
+# A plain closing line for CI: the top-level test files that passed and failed.
+passed=$(grep -cE '^ok [0-9]+' "$log" || true)
+failed=$(grep -cE '^not ok [0-9]+' "$log" || true)
+rm -f "$log"
+echo "$passed passed, $failed failed"
+exit $status

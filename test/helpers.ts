@@ -1,0 +1,74 @@
+// Shared by the tests: where the shared reference data lives, temporary folders, and an
+// independent safetensors writer (so that reader tests do not trust our own writer).
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+export const repoRoot = path.resolve(__dirname, '..', '..');
+export const sharedDir = process.env.WAN_SHARED_DIR ?? path.resolve(repoRoot, '..', 'shared');
+export const goldenDir = path.join(sharedDir, 'golden');
+export const weightsDir = path.join(goldenDir, 'weights');
+export const manifestsDir = path.join(sharedDir, 'manifests');
+export const fixturesDir = path.join(repoRoot, 'test', 'fixtures');
+
+export function tempDir(prefix = 'wan-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export const ELEMENT_SIZE: Record<string, number> = {
+  F64: 8, F32: 4, F16: 2, BF16: 2, F8_E4M3: 1, F8_E5M2: 1, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1,
+};
+
+export interface RawEntry { dtype: string; shape: number[]; data_offsets: [number, number] }
+
+// Parses a safetensors header with JSON.parse: the reference for our C++ parser.
+export function readRawSafetensors(file: string): { header: Record<string, RawEntry>; metadata?: Record<string, string>; data: Buffer } {
+  const bytes = fs.readFileSync(file);
+  const n = Number(bytes.readBigUInt64LE(0));
+  const parsed = JSON.parse(bytes.subarray(8, 8 + n).toString('utf8'));
+  const metadata = parsed.__metadata__;
+  delete parsed.__metadata__;
+  return { header: parsed, metadata, data: bytes.subarray(8 + n) };
+}
+
+// Builds safetensors bytes from entries given as raw byte buffers.
+export function buildSafetensors(tensors: Record<string, { dtype: string; shape: number[]; bytes: Uint8Array }>,
+                                 metadata?: Record<string, string>, headerPatch?: (h: any) => void): Buffer {
+  const header: any = {};
+  if (metadata) header.__metadata__ = metadata;
+  let offset = 0;
+  const parts: Buffer[] = [];
+  for (const [name, t] of Object.entries(tensors)) {
+    header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.bytes.length] };
+    parts.push(Buffer.from(t.bytes.buffer, t.bytes.byteOffset, t.bytes.byteLength));
+    offset += t.bytes.length;
+  }
+  headerPatch?.(header);
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (json.length % 8)) % 8);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+  return Buffer.concat([len, Buffer.from(json, 'utf8'), ...parts]);
+}
+
+// Decodes raw little-endian bytes of a safetensors dtype to numbers, as Python wrote them.
+export function decodeRaw(dtype: string, bytes: Buffer): number[] {
+  const out: number[] = [];
+  const size = ELEMENT_SIZE[dtype];
+  for (let i = 0; i < bytes.length; i += size) {
+    switch (dtype) {
+      case 'F64': out.push(bytes.readDoubleLE(i)); break;
+      case 'F32': out.push(bytes.readFloatLE(i)); break;
+      case 'BF16': { const b = Buffer.alloc(4); b.writeUInt16LE(bytes.readUInt16LE(i), 2); out.push(b.readFloatLE(0)); break; }
+      case 'I64': out.push(Number(bytes.readBigInt64LE(i))); break;
+      case 'I32': out.push(bytes.readInt32LE(i)); break;
+      case 'U8': case 'BOOL': out.push(bytes[i]); break;
+      default: throw new Error(`decodeRaw: ${dtype} not handled`);
+    }
+  }
+  return out;
+}
+
+export function toNumbers(a: ArrayLike<number | bigint>): number[] {
+  return Array.from(a as ArrayLike<number | bigint>, (v) => Number(v));
+}
