@@ -12,7 +12,9 @@ fi
 scripts/cuda-compile-check.sh
 log=$(mktemp)
 status=0
-npx tap --reporter=tap dist/test/unit dist/test/native dist/test/gpu "$@" | tee "$log" || status=$?
+shopt -s globstar nullglob
+files=(dist/test/unit/**/*.test.js dist/test/native/**/*.test.js dist/test/gpu/**/*.test.js)
+npx tap --reporter=tap "${files[@]}" "$@" | tee "$log" || status=$?
 # A plain closing line for CI: the top-level test files that passed and failed.
 passed=$(grep -cE '^ok [0-9]+' "$log" || true)
 failed=$(grep -cE '^not ok [0-9]+' "$log" || true)

@@ -53,20 +53,21 @@ export function buildSafetensors(tensors: Record<string, { dtype: string; shape:
 
 // Decodes raw little-endian bytes of a safetensors dtype to numbers, as Python wrote them.
 export function decodeRaw(dtype: string, bytes: Buffer): number[] {
-  const out: number[] = [];
-  const size = ELEMENT_SIZE[dtype];
-  for (let i = 0; i < bytes.length; i += size) {
-    switch (dtype) {
-      case 'F64': out.push(bytes.readDoubleLE(i)); break;
-      case 'F32': out.push(bytes.readFloatLE(i)); break;
-      case 'BF16': { const b = Buffer.alloc(4); b.writeUInt16LE(bytes.readUInt16LE(i), 2); out.push(b.readFloatLE(0)); break; }
-      case 'I64': out.push(Number(bytes.readBigInt64LE(i))); break;
-      case 'I32': out.push(bytes.readInt32LE(i)); break;
-      case 'U8': case 'BOOL': out.push(bytes[i]); break;
-      default: throw new Error(`decodeRaw: ${dtype} not handled`);
+  const copy = new Uint8Array(bytes).buffer;  // aligned, for the typed-array views below
+  switch (dtype) {
+    case 'F64': return Array.from(new Float64Array(copy));
+    case 'F32': return Array.from(new Float32Array(copy));
+    case 'BF16': {
+      const bits = new Uint16Array(copy);
+      const widened = new Uint32Array(bits.length);
+      for (let i = 0; i < bits.length; i++) widened[i] = bits[i] << 16;
+      return Array.from(new Float32Array(widened.buffer));
     }
+    case 'I64': return Array.from(new BigInt64Array(copy), Number);
+    case 'I32': return Array.from(new Int32Array(copy));
+    case 'U8': case 'BOOL': return Array.from(new Uint8Array(copy));
+    default: throw new Error(`decodeRaw: ${dtype} not handled`);
   }
-  return out;
 }
 
 export function toNumbers(a: ArrayLike<number | bigint>): number[] {

@@ -151,9 +151,10 @@ ParsedCheckpoint parse_safetensors(const uint8_t* data, size_t size, const std::
 FileFormat detect_format(const uint8_t* data, size_t size) {
   if (size >= 4 && std::memcmp(data, "PK\x03\x04", 4) == 0) return FileFormat::TorchZip;
   if (size >= 4 && std::memcmp(data, "GGUF", 4) == 0) return FileFormat::Gguf;
-  // Pre-1.6 torch.save: a bare pickle stream whose first object is the magic number.
-  if (size >= 2 && data[0] == 0x80 && data[1] <= 5) return FileFormat::TorchLegacy;
+  // safetensors before the legacy check: its length prefix may well start with 0x80.
   if (size >= 9 && data[8] == '{') return FileFormat::Safetensors;
+  // Pre-1.6 torch.save: a protocol-2 pickle whose first object is the magic number, a LONG1.
+  if (size >= 4 && data[0] == 0x80 && data[1] == 0x02 && data[2] == 0x8a) return FileFormat::TorchLegacy;
   return FileFormat::Unknown;
 }
 
