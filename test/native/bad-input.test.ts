@@ -31,7 +31,7 @@ const cases: [string, Buffer | Uint8Array, RegExp][] = [
   ['truncated data', good().subarray(0, good().length - 3), /tensor 'blocks\.0\.(bias|weight)': data_offsets end \d+ lies past the end of the data \(\d+ bytes; is the file truncated\?\)/],
   ['shorter than the length prefix', Buffer.from([1, 2, 3]), /not a checkpoint: expected safetensors .* found 3 bytes/],
   ['header length past the end', (() => { const b = good(); b.writeBigUInt64LE(10n ** 6n); return b; })(), /header length 1000000 runs past the end of the file \(\d+ bytes; is the file truncated\?\)/],
-  ['invalid JSON', (() => { const b = good(); b[9] = 0x2c; // '{,' return b; })(), /header is not valid JSON: .* at byte \d+/],
+  ['invalid JSON', (() => { const b = good(); b[9] = 0x2c; /* '{,' */ return b; })(), /header is not valid JSON: .* at byte \d+/],
   ['offsets out of range', header((h) => { h['blocks.0.bias'].data_offsets = [16, 4000]; }), /tensor 'blocks\.0\.bias': data_offsets end 4000 lies past the end of the data/],
   ['offsets backwards', header((h) => { h['blocks.0.bias'].data_offsets = [24, 16]; }), /tensor 'blocks\.0\.bias': data_offsets \[24, 16\] run backwards/],
   ['overlapping tensors', header((h) => { h['blocks.0.bias'].data_offsets = [8, 16]; }), /tensor 'blocks\.0\.bias' overlaps tensor 'blocks\.0\.weight'|tensor 'blocks\.0\.weight' overlaps tensor 'blocks\.0\.bias'/],
