@@ -1,0 +1,336 @@
+// Checkpoint loading benchmark (`npm run bench:load`, after `npx tsc -p tsconfig.json`).
+//
+// Synthesises a full-size Wan2.1 T2V 1.3B DiT checkpoint (every key and shape of the real one,
+// from shared/manifests, bf16 random values, ~2.8 GB) once into a temporary folder, then
+// compares, in the same run:
+//   - loadSafetensors(file) (populate: true, the default) against a plain sequential read of
+//     the same file (fs.readSync into one reused 64 MiB buffer until EOF), in interleaved
+//     rounds, both from disk (page cache dropped before each measurement) when
+//     /proc/sys/vm/drop_caches is writable, else both from the warm page cache (said so);
+//   - the same pair with the file already in the page cache;
+//   - the resident memory a load adds, against the file size (the tensors alias one mapping of
+//     the page cache, so this should be ~1.0x, never 2x);
+//   - loadSafetensors(file, { populate: false }): the lazy load, and the cost of touching every
+//     page afterwards (toTypedArray() of every tensor, compared with the same pass over a
+//     populated load so that the difference is the demand paging alone).
+//
+// Environment: WAN_SHARED_DIR (default: ../shared beside the repository root),
+// WAN_BENCH_DIR (default: os.tmpdir()/wan-native-bench), WAN_BENCH_ROUNDS (default 3).
+import { execFileSync } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { loadSafetensors, Tensor } from '../lib/index';
+
+const repoRoot = path.resolve(__dirname, '..', '..');
+const CHUNK = 64 << 20;
+const GB = 1e9;
+
+// ---------------------------------------------------------------- the synthetic checkpoint
+
+function findManifest(): string {
+  const name = path.join('manifests', 'wan2.1_t2v_1.3B_dit.json');
+  const candidates = [
+    ...(process.env.WAN_SHARED_DIR ? [path.join(process.env.WAN_SHARED_DIR, name)] : []),
+    path.resolve(repoRoot, '..', 'shared', name),
+    path.resolve(repoRoot, 'shared', name),
+  ];
+  const found = candidates.find((c) => fs.existsSync(c));
+  if (!found) throw new Error(`bench:load: manifest not found; looked for ${candidates.join(', ')} (set WAN_SHARED_DIR)`);
+  return found;
+}
+
+interface Layout { header: Buffer; fileSize: number; numTensors: number; numParams: number }
+
+// Our safetensors layout: 8-byte LE header length, JSON header padded with spaces to a
+// multiple of 8 bytes, then the tensors' bytes back to back in manifest order.
+function layout(manifestPath: string): Layout {
+  const manifest = JSON.parse(fs.readFileSync(manifestPath, 'utf8')) as { tensors: { key: string; shape: number[] }[] };
+  const entries: Record<string, unknown> = {
+    __metadata__: { format: 'pt', generator: 'wan-native bench/load.ts (random bf16 values)' },
+  };
+  let offset = 0;
+  let numParams = 0;
+  for (const { key, shape } of manifest.tensors) {
+    const numel = shape.reduce((a, b) => a * b, 1);
+    entries[key] = { dtype: 'BF16', shape, data_offsets: [offset, offset + 2 * numel] };
+    offset += 2 * numel;
+    numParams += numel;
+  }
+  let json = JSON.stringify(entries);
+  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
+  const body = Buffer.from(json, 'utf8');
+  const header = Buffer.alloc(8 + body.length);
+  header.writeBigUInt64LE(BigInt(body.length), 0);
+  body.copy(header, 8);
+  return { header, fileSize: header.length + offset, numTensors: manifest.tensors.length, numParams };
+}
+
+function existingMatches(file: string, want: Layout): boolean {
+  try {
+    if (fs.statSync(file).size !== want.fileSize) return false;
+    const fd = fs.openSync(file, 'r');
+    try {
+      const head = Buffer.alloc(want.header.length);
+      fs.readSync(fd, head, 0, head.length, 0);
+      return head.equals(want.header);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
+}
+
+// Streams the file to disk in 64 MiB chunks of random bf16 values; never holds it in memory.
+function writeCheckpoint(file: string, want: Layout): number {
+  const t0 = performance.now();
+  const tmp = `${file}.tmp-${process.pid}`;
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    fs.writeSync(fd, want.header);
+    const buf = Buffer.allocUnsafe(CHUNK);
+    const words = new Uint32Array(buf.buffer, buf.byteOffset, CHUNK / 4);
+    let left = want.fileSize - want.header.length;
+    while (left > 0) {
+      const n = Math.min(CHUNK, left);
+      crypto.randomFillSync(buf, 0, n);
+      // Two bf16 values per word: keep the sign, the low two exponent bits and the mantissa,
+      // and force the exponent to 120..123, so every value is finite, 2^-7 <= |x| < 2^-3.
+      for (let i = 0; i < Math.ceil(n / 4); i++) words[i] = (words[i] & 0x81ff81ff) | 0x3c003c00;
+      let done = 0;
+      while (done < n) done += fs.writeSync(fd, buf, done, n - done);
+      left -= n;
+    }
+    fs.fsyncSync(fd);
+  } catch (err) {
+    fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw err;
+  }
+  fs.closeSync(fd);
+  fs.renameSync(tmp, file);
+  return performance.now() - t0;
+}
+
+// ---------------------------------------------------------------- measurements
+
+// Drops the page cache (all clean pages, this file's included) after flushing dirty ones.
+function dropCaches(): boolean {
+  try {
+    execFileSync('sync');
+    fs.writeFileSync('/proc/sys/vm/drop_caches', '1');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function meminfo(field: string): number {
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(fs.readFileSync('/proc/meminfo', 'utf8'));
+  return m ? Number(m[1]) * 1024 : NaN;
+}
+
+interface Rss { total: number; anon: number; file: number }
+
+function rss(): Rss {
+  const status = fs.readFileSync('/proc/self/status', 'utf8');
+  const kb = (field: string) => {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status);
+    return m ? Number(m[1]) * 1024 : NaN;
+  };
+  return { total: kb('VmRSS'), anon: kb('RssAnon'), file: kb('RssFile') };
+}
+
+function sequentialRead(file: string, buf: Buffer): { ms: number; bytes: number } {
+  const t0 = performance.now();
+  const fd = fs.openSync(file, 'r');
+  let bytes = 0;
+  try {
+    for (;;) {
+      const n = fs.readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      bytes += n;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return { ms: performance.now() - t0, bytes };
+}
+
+interface LoadResult { ms: number; before: Rss; after: Rss; afterDispose: Rss; tensors: number }
+
+function disposeAll(tensors: Map<string, Tensor>): void {
+  for (const t of tensors.values()) t.dispose();
+}
+
+async function timedLoad(file: string, populate: boolean, keep = false): Promise<LoadResult & { loaded?: Map<string, Tensor> }> {
+  const before = rss();
+  const t0 = performance.now();
+  const { tensors } = await loadSafetensors(file, { populate });
+  const ms = performance.now() - t0;
+  const after = rss();
+  if (keep) return { ms, before, after, afterDispose: after, tensors: tensors.size, loaded: tensors };
+  disposeAll(tensors);
+  return { ms, before, after, afterDispose: rss(), tensors: tensors.size };
+}
+
+// One full pass over every page of every tensor: toTypedArray() reads (and converts to f32)
+// every element; the arrays are dropped one by one.
+function touchAll(tensors: Map<string, Tensor>): number {
+  const t0 = performance.now();
+  let sink = 0;
+  for (const t of tensors.values()) sink += t.toTypedArray().length;
+  if (sink < 0) console.log(sink);
+  return performance.now() - t0;
+}
+
+// ---------------------------------------------------------------- report helpers
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const gbps = (bytes: number, ms: number) => bytes / GB / (ms / 1000);
+const gb = (bytes: number) => (bytes / GB).toFixed(3);
+const mb = (bytes: number) => (bytes / 2 ** 20).toFixed(0);
+
+function table(head: string[], rows: (string | number)[][]): string {
+  const cells = [head, ...rows.map((r) => r.map(String))];
+  const widths = head.map((_, i) => Math.max(...cells.map((r) => r[i].length)));
+  const line = (r: string[]) => `| ${r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(' | ')} |`;
+  return [line(cells[0]), `|${widths.map((w, i) => (i === 0 ? ':' : '-') + '-'.repeat(w) + (i === 0 ? '-' : ':')).join('|')}|`,
+    ...cells.slice(1).map(line)].join('\n');
+}
+
+// ---------------------------------------------------------------- main
+
+async function main(): Promise<void> {
+  const rounds = Math.max(1, Number(process.env.WAN_BENCH_ROUNDS ?? 3) | 0);
+  const manifestPath = findManifest();
+  const want = layout(manifestPath);
+  const dir = process.env.WAN_BENCH_DIR ?? path.join(os.tmpdir(), 'wan-native-bench');
+  fs.mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, 'wan2.1_t2v_1.3B_dit.bf16.safetensors');
+
+  console.log(`bench:load  node ${process.version}, ${os.cpus().length} CPUs, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, ${os.release()}`);
+  console.log(`manifest    ${manifestPath}`);
+  console.log(`checkpoint  ${file}`);
+  console.log(`            ${want.numTensors} tensors, ${(want.numParams / 1e9).toFixed(3)} B params, bf16, ${gb(want.fileSize)} GB (${want.fileSize} bytes)`);
+  if (existingMatches(file, want)) {
+    console.log('            reused (same size and header)');
+  } else {
+    const ms = writeCheckpoint(file, want);
+    console.log(`            written in ${(ms / 1000).toFixed(1)} s (${gbps(want.fileSize, ms).toFixed(2)} GB/s, random bf16, fsync'd)`);
+  }
+
+  const cold = dropCaches();
+  if (cold) {
+    const cachedBefore = meminfo('Cached');
+    sequentialRead(file, Buffer.allocUnsafe(CHUNK));  // bring it in to check that the drop works
+    const cachedWarm = meminfo('Cached');
+    dropCaches();
+    const cachedAfter = meminfo('Cached');
+    console.log(`page cache  dropped before each cold measurement (sync; echo 1 > /proc/sys/vm/drop_caches): ` +
+      `Cached ${mb(cachedBefore)} -> ${mb(cachedWarm)} MiB after a read -> ${mb(cachedAfter)} MiB after a drop`);
+  } else {
+    console.log('page cache  /proc/sys/vm/drop_caches is not writable: every figure below is WARM-CACHE (the file is in the page cache)');
+  }
+  const GB_NOTE = 'GB = 1e9 bytes; times are wall-clock, ms';
+  const buf = Buffer.allocUnsafe(CHUNK);
+
+  // Interleaved (sequential read, load) pairs, the order alternating each round.
+  type Pair = { read: number[]; load: number[]; growth: number[]; loads: LoadResult[] };
+  const run = async (dropEach: boolean): Promise<Pair> => {
+    const out: Pair = { read: [], load: [], growth: [], loads: [] };
+    if (!dropEach) sequentialRead(file, buf);  // warm it
+    for (let r = 0; r < rounds; r++) {
+      const order = r % 2 === 0 ? ['read', 'load'] : ['load', 'read'];
+      for (const what of order) {
+        if (dropEach) dropCaches();
+        if (what === 'read') {
+          const { ms, bytes } = sequentialRead(file, buf);
+          if (bytes !== want.fileSize) throw new Error(`read ${bytes} bytes, expected ${want.fileSize}`);
+          out.read.push(ms);
+        } else {
+          const res = await timedLoad(file, true);
+          if (res.tensors !== want.numTensors) throw new Error(`loaded ${res.tensors} tensors, expected ${want.numTensors}`);
+          out.load.push(res.ms);
+          out.growth.push((res.after.total - res.before.total) / want.fileSize);
+          out.loads.push(res);
+        }
+      }
+    }
+    return out;
+  };
+
+  const coldRun = cold ? await run(true) : undefined;
+  const warmRun = await run(false);
+
+  // Lazy load: from disk when we can drop the cache, then one full pass over every tensor.
+  if (cold) dropCaches();
+  const lazy = await timedLoad(file, false, true);
+  const lazyTouchMs = touchAll(lazy.loaded!);
+  const lazyTouched = rss();
+  disposeAll(lazy.loaded!);
+  // The same pass over a populated load, pages already resident (the cost of toTypedArray alone).
+  if (cold) dropCaches();
+  const full = await timedLoad(file, true, true);
+  const fullTouchMs = touchAll(full.loaded!);
+  disposeAll(full.loaded!);
+
+  // ---- report
+  const label = cold ? 'cold (page cache dropped)' : 'warm-cache';
+  const rows: (string | number)[][] = [];
+  const addRows = (name: string, p: Pair) => {
+    for (let r = 0; r < rounds; r++) {
+      rows.push([`${name} round ${r + 1} (${r % 2 === 0 ? 'read first' : 'load first'})`,
+        p.read[r].toFixed(0), gbps(want.fileSize, p.read[r]).toFixed(2),
+        p.load[r].toFixed(0), gbps(want.fileSize, p.load[r]).toFixed(2),
+        (p.read[r] / p.load[r]).toFixed(2)]);
+    }
+    const mr = median(p.read), ml = median(p.load);
+    rows.push([`${name} median`, mr.toFixed(0), gbps(want.fileSize, mr).toFixed(2), ml.toFixed(0), gbps(want.fileSize, ml).toFixed(2), (mr / ml).toFixed(2)]);
+  };
+  if (coldRun) addRows(label, coldRun);
+  addRows('warm (in page cache)', warmRun);
+  console.log(`\nSequential read (fs.readSync, 64 MiB buffer) vs loadSafetensors (populate: true); ${GB_NOTE}`);
+  console.log(table(['run', 'read ms', 'read GB/s', 'load ms', 'load GB/s', 'ratio load/read GB/s'], rows));
+
+  const memRows: (string | number)[][] = [];
+  const addMem = (name: string, p: Pair) => p.loads.forEach((l, r) => memRows.push([
+    `${name} load ${r + 1}`, mb(l.before.total), mb(l.after.total), mb(l.after.total - l.before.total),
+    mb(l.after.file - l.before.file), mb(l.after.anon - l.before.anon), ((l.after.total - l.before.total) / want.fileSize).toFixed(2) + 'x',
+    mb(l.afterDispose.total)]));
+  if (coldRun) addMem(cold ? 'cold' : 'warm-cache', coldRun);
+  addMem('warm', warmRun);
+  console.log(`\nResident memory per load (MiB; file ${mb(want.fileSize)} MiB; growth = RSS just after the load - RSS just before it)`);
+  console.log(table(['load', 'RSS before', 'RSS after', 'growth', 'of which file', 'of which anon', 'growth / file', 'RSS after dispose'], memRows));
+
+  console.log(`\nLazy load (populate: false${cold ? ', page cache dropped first' : ', warm cache'}) and a full touch afterwards`);
+  console.log(table(['step', 'ms', 'RSS growth MiB'], [
+    ['loadSafetensors(populate: false)', lazy.ms.toFixed(1), mb(lazy.after.total - lazy.before.total)],
+    ['then toTypedArray() of all tensors (faults every page in)', lazyTouchMs.toFixed(0), mb(lazyTouched.total - lazy.before.total)],
+    [`loadSafetensors(populate: true)${cold ? ', page cache dropped first' : ''}`, full.ms.toFixed(0), mb(full.after.total - full.before.total)],
+    ['then toTypedArray() of all tensors (pages resident)', fullTouchMs.toFixed(0), ''],
+  ]));
+  console.log('(toTypedArray converts bf16 to a new Float32Array, so a pass costs more than touching; the difference between the two passes is the demand paging.)');
+
+  const headline = coldRun ?? warmRun;
+  const mr = median(headline.read), ml = median(headline.load);
+  const growth = median(headline.growth);
+  console.log('');
+  console.log(`${cold ? 'cold' : 'warm-cache'}: load: ${gbps(want.fileSize, ml).toFixed(2)} GB/s, sequential read: ${gbps(want.fileSize, mr).toFixed(2)} GB/s, ratio ${(gbps(want.fileSize, ml) / gbps(want.fileSize, mr)).toFixed(2)}`);
+  if (coldRun)
+    console.log(`warm:  load: ${gbps(want.fileSize, median(warmRun.load)).toFixed(2)} GB/s, sequential read: ${gbps(want.fileSize, median(warmRun.read)).toFixed(2)} GB/s, ratio ${(median(warmRun.read) / median(warmRun.load)).toFixed(2)}`);
+  console.log(`lazy load (populate: false): ${lazy.ms.toFixed(1)} ms`);
+  console.log(`RSS growth / file size: ${growth.toFixed(2)}x (median of ${headline.growth.length} ${cold ? 'cold' : 'warm-cache'} loads)`);
+  if (!cold) console.log('NOTE: warm-cache figures: the page cache could not be dropped.');
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
