@@ -7,6 +7,12 @@
 #include "core/cpu_allocator.h"
 #include "core/error.h"
 
+#ifdef WAN_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+
+#include "ops/fp8_decode.h"
+#endif
+
 namespace wan::core {
 
 at::ScalarType storage_scalar_type(DType t) {
@@ -68,7 +74,17 @@ const Lut& fp8_table(DType t) {
 // checkpoints (2.2 Gelem/s on 2 threads into a preallocated output, native-notes.md).
 at::Tensor decode_fp8(const at::Tensor& codes, DType format) {
   const at::Tensor in = codes.contiguous();
-  at::Tensor out = at::empty(in.sizes(), at::TensorOptions().dtype(at::kFloat));
+  at::Tensor out = at::empty(in.sizes(), in.options().dtype(at::kFloat));
+#ifdef WAN_WITH_CUDA
+  if (in.is_cuda()) {
+    const int status = ops::launch_fp8_decode(in.data_ptr<uint8_t>(), out.data_ptr<float>(), in.numel(),
+                                              format == DType::F8_E5M2,
+                                              c10::cuda::getCurrentCUDAStream(in.device().index()).stream());
+    if (status != 0)
+      throw Error(ErrorCode::Internal, "fp8 decode kernel failed with CUDA error " + std::to_string(status));
+    return out;
+  }
+#endif
   const Lut& lut = fp8_table(format);
   const uint8_t* src = in.data_ptr<uint8_t>();
   float* dst = out.data_ptr<float>();
