@@ -200,13 +200,15 @@ export function saveSafetensors(
   })(), caller);
 }
 
-/** Reads headers only and says what the checkpoint is (family, variant, task, layout, dtypes, quantization). */
-export function inspectCheckpoint(file: string): Promise<CheckpointInfo> {
+/**
+ * Reads headers only and says what the checkpoint is (family, variant, task, layout, dtypes,
+ * quantization, config). Shards are inspected together, given as a list or their index.
+ */
+export function inspectCheckpoint(p: PathArg): Promise<CheckpointInfo> {
   const caller = new Error();
   return withCallerStack((async () => {
-    if (typeof file !== 'string' || file.length === 0)
-      throw invalidOption(`Expected a file path for path but received ${describeValue(file)}`);
-    const { text, ...info } = await native().inspectCheckpoint(path.resolve(file));
+    const plan = await planFiles(p, 'path');
+    const { text, ...info } = await native().inspectCheckpoint(plan.files);
     return { ...info, summary: text } as CheckpointInfo;
   })(), caller);
 }

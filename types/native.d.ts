@@ -26,8 +26,6 @@ export interface NativeAddon {
     Promise<{ names: string[]; tensors: NativeTensor[]; metadata: Record<string, string> }>;
   saveSafetensors(path: string, names: string[], tensors: NativeTensor[], metadata: Record<string, string>,
                   abortFlag?: Int32Array): Promise<void>;
-  inspectCheckpoint(path: string): Promise<NativeCheckpointInfo>;
-  readCheckpointIndex(path: string):
-    Promise<{ tensors: { name: string; dtype: string; shape: number[] }[]; metadata: Record<string, string> }>;
+  inspectCheckpoint(files: string[]): Promise<NativeCheckpointInfo>;
   parseCheckpointBuffer(bytes: Uint8Array): number;
 }

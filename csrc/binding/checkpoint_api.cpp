@@ -45,12 +45,6 @@ Napi::Object metadata_object(Napi::Env env, const std::map<std::string, std::str
   return out;
 }
 
-Napi::Array shape_array(Napi::Env env, const std::vector<int64_t>& shape) {
-  Napi::Array out = Napi::Array::New(env, shape.size());
-  for (size_t i = 0; i < shape.size(); ++i) out.Set(i, Napi::Number::New(env, shape[i]));
-  return out;
-}
-
 // loadCheckpoint(file, {populate}, abortFlag) -> Promise<{names, tensors, metadata}>
 Napi::Value load_checkpoint(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -140,48 +134,24 @@ Napi::Object info_object(Napi::Env env, const io::CheckpointInfo& ci) {
   return out;
 }
 
-// inspectCheckpoint(path) -> Promise<CheckpointInfo>; reads headers only.
+// inspectCheckpoint(files) -> Promise<CheckpointInfo>; reads headers only. Shards of one
+// checkpoint are inspected together.
 Napi::Value inspect_checkpoint(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
-    if (!info[0].IsString()) throw_error(env, "WAN_INVALID_OPTION", "path must be a string");
-    const std::string path = info[0].As<Napi::String>().Utf8Value();
+    const auto files = string_list(env, info[0], "files");
+    if (files.empty()) throw_error(env, "WAN_INVALID_OPTION", "files must not be empty");
     return addon(env).engine.run(
         env,
-        [path]() -> Engine::Finish {
-          auto ci = std::make_shared<io::CheckpointInfo>(
-              io::inspect_checkpoint(io::read_checkpoint_index(path), path));
+        [files]() -> Engine::Finish {
+          io::ParsedCheckpoint all;
+          for (const auto& file : files) {
+            io::ParsedCheckpoint part = io::read_checkpoint_index(file);
+            for (auto& r : part.tensors) all.tensors.push_back(std::move(r));
+            all.metadata.insert(part.metadata.begin(), part.metadata.end());
+          }
+          auto ci = std::make_shared<io::CheckpointInfo>(io::inspect_checkpoint(all, files.front()));
           return [ci](Napi::Env env) -> Napi::Value { return info_object(env, *ci); };
-        },
-        Napi::Object());
-  });
-}
-
-// readCheckpointIndex(path) -> Promise<{tensors: [{name, dtype, shape}], metadata}>
-Napi::Value read_checkpoint_index(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&]() -> Napi::Value {
-    if (!info[0].IsString()) throw_error(env, "WAN_INVALID_OPTION", "path must be a string");
-    const std::string path = info[0].As<Napi::String>().Utf8Value();
-    return addon(env).engine.run(
-        env,
-        [path]() -> Engine::Finish {
-          auto parsed = std::make_shared<io::ParsedCheckpoint>(io::read_checkpoint_index(path));
-          return [parsed](Napi::Env env) -> Napi::Value {
-            Napi::Array tensors = Napi::Array::New(env, parsed->tensors.size());
-            for (size_t i = 0; i < parsed->tensors.size(); ++i) {
-              const auto& r = parsed->tensors[i];
-              Napi::Object t = Napi::Object::New(env);
-              t.Set("name", r.name);
-              t.Set("dtype", std::string(core::dtype_name(r.dtype)));
-              t.Set("shape", shape_array(env, r.shape));
-              tensors.Set(i, t);
-            }
-            Napi::Object out = Napi::Object::New(env);
-            out.Set("tensors", tensors);
-            out.Set("metadata", metadata_object(env, parsed->metadata));
-            return out;
-          };
         },
         Napi::Object());
   });
@@ -205,7 +175,6 @@ void init_checkpoint(Napi::Env env, Napi::Object exports) {
   exports.Set("loadCheckpoint", Napi::Function::New(env, load_checkpoint));
   exports.Set("saveSafetensors", Napi::Function::New(env, save_safetensors));
   exports.Set("inspectCheckpoint", Napi::Function::New(env, inspect_checkpoint));
-  exports.Set("readCheckpointIndex", Napi::Function::New(env, read_checkpoint_index));
   exports.Set("parseCheckpointBuffer", Napi::Function::New(env, parse_checkpoint_buffer));
 }
 

@@ -1,0 +1,36 @@
+// The package as an application sees it: require() and import of 'wan-native'.
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+
+import { repoRoot } from '../helpers';
+
+function node(args: string[]) {
+  return spawnSync(process.execPath, args, { cwd: repoRoot, encoding: 'utf8' });
+}
+
+t.test('require("wan-native") gives the API', async (t) => {
+  const r = node(['-e', `const w = require('wan-native');
+    console.log(typeof w.loadSafetensors, typeof w.Tensor.fromTypedArray, typeof w.inspectCheckpoint, w.runtimeInfo().backend)`]);
+  t.equal(r.status, 0, r.stderr);
+  t.equal(r.stdout.trim(), 'function function function cpu');
+});
+
+t.test('import * as wan from "wan-native" gives the same named exports', async (t) => {
+  const r = node(['--input-type=module', '-e', `import * as wan from 'wan-native';
+    import { Tensor, WanError } from 'wan-native';
+    const x = Tensor.fromTypedArray(new Float32Array([1, 2]), [2]);
+    console.log(Object.keys(wan).filter((k) => k !== 'default' && k !== '__esModule').sort().join(','), x.shape.join('x'), new WanError('WAN_IO', 'm').code)`]);
+  t.equal(r.status, 0, r.stderr);
+  t.equal(r.stdout.trim(),
+    'DTYPES,Tensor,WanError,inspectCheckpoint,loadCheckpoint,loadSafetensors,runtimeInfo,saveSafetensors,setThreads 2 WAN_IO');
+});
+
+t.test('a missing native binary is one clear error listing what was tried', async (t) => {
+  const r = spawnSync(process.execPath, ['-e', `try { require('wan-native').runtimeInfo() } catch (e) { console.log(e.code); console.log(e.message) }`],
+    { cwd: repoRoot, encoding: 'utf8', env: { ...process.env, WAN_NATIVE_BINARY: '/nonexistent/wan_native.node' } });
+  t.equal(r.status, 0, r.stderr);
+  t.match(r.stdout, /^WAN_NATIVE_LOAD\n/);
+  t.match(r.stdout, /could not load its native addon for linux-x64 \(backends tried: WAN_NATIVE_BINARY\)/);
+  t.match(r.stdout, /- \/nonexistent\/wan_native\.node: Cannot find module/);
+  t.match(r.stdout, /npm run build:native/);
+});
