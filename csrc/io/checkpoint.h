@@ -25,6 +25,17 @@ struct ParsedCheckpoint {
   std::map<std::string, std::string> metadata;  // safetensors __metadata__; empty for .pth
 };
 
+// Elements in a shape, saturating at INT64_MAX (for counting parameters, never for offsets).
+inline int64_t element_count(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d <= 0) return 0;
+    if (n > INT64_MAX / d) return INT64_MAX;
+    n *= d;
+  }
+  return n;
+}
+
 enum class FileFormat { Safetensors, TorchZip, TorchLegacy, Gguf, Unknown };
 
 // Decides by content (magic bytes), never by file name.

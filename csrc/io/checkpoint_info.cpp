@@ -16,16 +16,6 @@ namespace {
 
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
 
-int64_t element_count(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) {
-    if (d <= 0) return 0;
-    if (n > INT64_MAX / d) return INT64_MAX;  // saturate: only ever compared or summed
-    n *= d;
-  }
-  return n;
-}
-
 // Lookups over the normalised records.
 class Keys {
  public:

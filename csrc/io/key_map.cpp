@@ -229,16 +229,6 @@ std::string_view detect_layout(const std::vector<std::string>& keys) {
   return "official";
 }
 
-int64_t element_count(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) {
-    if (d <= 0) return 0;
-    if (n > INT64_MAX / d) return INT64_MAX;  // saturate: only ever compared or summed
-    n *= d;
-  }
-  return n;
-}
-
 std::string_view last_segment(std::string_view key) {
   const size_t dot = key.rfind('.');
   return dot == std::string_view::npos ? key : key.substr(dot + 1);
