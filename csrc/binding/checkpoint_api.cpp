@@ -145,9 +145,15 @@ Napi::Value inspect_checkpoint(const Napi::CallbackInfo& info) {
         env,
         [files]() -> Engine::Finish {
           io::ParsedCheckpoint all;
+          std::map<std::string, const std::string*> owner;  // tensor name -> shard
           for (const auto& file : files) {
             io::ParsedCheckpoint part = io::read_checkpoint_index(file);
-            for (auto& r : part.tensors) all.tensors.push_back(std::move(r));
+            for (auto& r : part.tensors) {
+              const auto [it, inserted] = owner.emplace(r.name, &file);
+              if (!inserted)
+                throw core::bad_checkpoint(file, "tensor '" + r.name + "' also appears in " + *it->second);
+              all.tensors.push_back(std::move(r));
+            }
             all.metadata.insert(part.metadata.begin(), part.metadata.end());
           }
           auto ci = std::make_shared<io::CheckpointInfo>(io::inspect_checkpoint(all, files.front()));

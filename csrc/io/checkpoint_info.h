@@ -26,9 +26,9 @@ struct CheckpointInfo {
   std::map<std::string, int64_t> dtypes;    // core::dtype_name -> tensors, over the whole file
   int64_t num_tensors = 0, num_params = 0;  // whole file; num_params counts every element
   // Inferred from shapes, in a stable order. DiT: dim, in_dim, out_dim, ffn_dim, freq_dim,
-  // text_dim, num_heads (release dims only), num_layers, patch_t/h/w, qk_norm, cross_attn_norm,
-  // text_len (release dims only, assumed), image_dim (i2v), flf_pos_tokens (flf2v), vace_in_dim,
-  // vace_layers. VAE: dim, z_dim, decoder_dim. umT5: vocab, dim, dim_attn, dim_ffn, num_heads,
+  // text_dim, num_heads and text_len (release dims only; text_len assumed), num_layers,
+  // patch_t/h/w, qk_norm, cross_attn_norm, image_dim (i2v), flf_pos_tokens (flf2v), vace_in_dim,
+  // vace_layers. VAE: dim, z_dim, decoder_dim. umT5: vocab_size, dim, dim_attn, dim_ffn, num_heads,
   // num_buckets, num_layers, shared_pos, spiece_model_bytes. CLIP: vision_dim, patch_size,
   // image_size, vision_layers, vision_mlp_dim, vision_heads (ViT-H only), embed_dim, text_*.
   std::vector<std::pair<std::string, int64_t>> config;

@@ -16,7 +16,8 @@ class MappedFile {
   MappedFile& operator=(const MappedFile&) = delete;
 
   const uint8_t* data() const { return data_; }
-  uint8_t* mutable_data() const { return data_; }  // private copy-on-write pages
+  // Private copy-on-write pages; read-only only under strict overcommit (see open()).
+  uint8_t* mutable_data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
 

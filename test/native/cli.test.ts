@@ -1,0 +1,129 @@
+// The `wan-native` command line (dist/lib/cli.js), run as a user runs it: a child process,
+// checked on its exit code, stdout and stderr.
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { inspectCheckpoint, runtimeInfo } from '../../lib/index';
+import { repoRoot, weightsDir } from '../helpers';
+
+const cli = path.join(repoRoot, 'dist', 'lib', 'cli.js');
+const tinyT2v = path.join(weightsDir, 'tiny_t2v_dit.bf16.safetensors');
+const tinyVae = path.join(weightsDir, 'tiny_vae.bf16.safetensors');
+
+function run(...args: string[]) {
+  const r = spawnSync(process.execPath, [cli, ...args], { cwd: repoRoot, encoding: 'utf8', timeout: 60_000 });
+  if (r.error) throw r.error;
+  return r;
+}
+
+const USAGE = /^Usage: wan-native <command> \[options\]\n\nCommands:\n  inspect <file> \[--json\].*\n  info .*\n$/;
+
+t.test('inspect prints the file and its summary', async (t) => {
+  const r = run('inspect', tinyT2v);
+  t.equal(r.status, 0, r.stderr);
+  t.equal(r.stderr, '');
+  const lines = r.stdout.split('\n');
+  t.equal(lines[0], tinyT2v, 'the first line names the file');
+  t.match(lines[1], /^model\s+wan-dit \(tiny, t2v\)$/, 'then the model: family wan-dit, task t2v');
+  t.match(r.stdout, /^layout\s+official$/m);
+  t.match(r.stdout, /^tensors\s+69$/m);
+  t.match(r.stdout, /^parameters\s+161,536 \(161\.5 K\)$/m);
+  t.match(r.stdout, /^dtypes\s+bf16 x69$/m);
+  t.match(r.stdout, /^ {2}dim\s+64$/m);
+  const info = await inspectCheckpoint(tinyT2v);
+  t.equal(r.stdout, `${tinyT2v}\n${info.summary}`, 'exactly the summary inspectCheckpoint gives');
+});
+
+t.test('inspect several files, one after the other', async (t) => {
+  const r = run('inspect', tinyT2v, tinyVae);
+  t.equal(r.status, 0, r.stderr);
+  const [a, b] = [await inspectCheckpoint(tinyT2v), await inspectCheckpoint(tinyVae)];
+  t.equal(r.stdout, `${tinyT2v}\n${a.summary}${tinyVae}\n${b.summary}`);
+  t.match(b.summary, /^model\s+wan-vae \(wan2\.1\)$/m);
+});
+
+t.test('inspect --json prints the CheckpointInfo as JSON', async (t) => {
+  const r = run('inspect', tinyT2v, '--json');
+  t.equal(r.status, 0, r.stderr);
+  const parsed = JSON.parse(r.stdout);
+  t.equal(parsed.file, tinyT2v);
+  t.equal(parsed.family, 'wan-dit');
+  t.equal(parsed.variant, 'tiny');
+  t.equal(parsed.task, 't2v');
+  t.equal(parsed.layout, 'official');
+  t.equal(parsed.quantization, 'none');
+  t.equal(parsed.numTensors, 69);
+  t.equal(parsed.numParams, 161536);
+  t.strictSame(parsed.dtypes, { bf16: 69 });
+  t.match(parsed.config, { dim: 64, in_dim: 16, out_dim: 16, ffn_dim: 128, text_dim: 32, num_layers: 2 });
+  t.strictSame(parsed, { file: tinyT2v, ...(await inspectCheckpoint(tinyT2v)) }, 'the same object inspectCheckpoint gives');
+  // The flag may come first too.
+  const r2 = run('inspect', '--json', tinyT2v);
+  t.equal(r2.status, 0, r2.stderr);
+  t.equal(r2.stdout, r.stdout);
+});
+
+t.test('a missing file exits 1 naming the file and the error code', async (t) => {
+  const missing = path.join(repoRoot, 'no-such-dir', 'missing.safetensors');
+  const r = run('inspect', missing);
+  t.equal(r.status, 1);
+  t.equal(r.stdout, '');
+  t.match(r.stderr, /^wan-native: /);
+  t.ok(r.stderr.includes(missing), `stderr names the file: ${r.stderr.trim()}`);
+  t.match(r.stderr, /\[WAN_IO\]\n$/);
+});
+
+t.test('a file that is no checkpoint exits 1 with WAN_BAD_CHECKPOINT', async (t) => {
+  const notCheckpoint = path.join(weightsDir, 'tiny_t2v_dit.config.json');
+  t.ok(fs.existsSync(notCheckpoint));
+  const r = run('inspect', notCheckpoint);
+  t.equal(r.status, 1);
+  t.equal(r.stdout, '');
+  t.ok(r.stderr.includes(notCheckpoint), `stderr names the file: ${r.stderr.trim()}`);
+  t.match(r.stderr, /\[WAN_BAD_CHECKPOINT\]\n$/);
+});
+
+t.test('usage errors exit 2', async (t) => {
+  const none = run();
+  t.equal(none.status, 2, 'no arguments');
+  t.match(none.stdout, USAGE, 'no arguments: usage');
+
+  const noFile = run('inspect');
+  t.equal(noFile.status, 2, 'inspect without a file');
+  t.equal(noFile.stdout, '');
+  t.match(noFile.stderr, /^wan-native inspect: expected a checkpoint file\nUsage: wan-native/);
+
+  const unknown = run('frobnicate');
+  t.equal(unknown.status, 2, 'unknown command');
+  t.equal(unknown.stdout, '');
+  t.match(unknown.stderr, /^wan-native: unknown command "frobnicate"\nUsage: wan-native/);
+
+  for (const flag of ['--help', '-h']) {
+    const help = run(flag);
+    t.equal(help.status, 0, `${flag} exits 0`);
+    t.match(help.stdout, USAGE, `${flag}: usage`);
+    t.equal(help.stderr, '');
+  }
+});
+
+t.test('info prints the runtime as JSON', async (t) => {
+  const r = run('info');
+  t.equal(r.status, 0, r.stderr);
+  const info = JSON.parse(r.stdout);
+  t.strictSame(Object.keys(info).sort(), ['backend', 'cuda', 'threads', 'torchVersion']);
+  t.match(info.torchVersion, /^\d+\.\d+\.\d+$/);
+  t.ok(Number.isInteger(info.threads) && info.threads >= 1, `threads ${info.threads}`);
+  t.type(info.cuda, 'boolean');
+  const here = runtimeInfo();
+  t.equal(info.backend, here.backend, 'the backend this process loads');
+  t.equal(info.torchVersion, here.torchVersion);
+  t.equal(info.cuda, here.cuda);
+  if (!fs.existsSync('/proc/driver/nvidia/version')) {
+    t.equal(info.backend, 'cpu', 'no GPU: the CPU backend');
+    t.equal(info.cuda, false, 'no GPU: cuda false');
+  } else {
+    t.match(info.backend, /^(cpu|cuda\d+x)$/);
+  }
+});
