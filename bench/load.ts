@@ -12,7 +12,7 @@
 //     the page cache, so this should be ~1.0x, never 2x);
 //   - loadSafetensors(file, { populate: false }): the lazy load, and the cost of touching every
 //     page afterwards (toTypedArray() of every tensor, compared with the same pass over a
-//     populated load so that the difference is the demand paging alone).
+//     populated load: the difference is what demand paging adds to a first full pass).
 //
 // Environment: WAN_SHARED_DIR (default: ../shared beside the repository root),
 // WAN_BENCH_DIR (default: os.tmpdir()/wan-native-bench), WAN_BENCH_ROUNDS (default 5).
@@ -160,7 +160,8 @@ function sequentialRead(file: string, buf: Buffer): { ms: number; bytes: number 
   return { ms: performance.now() - t0, bytes };
 }
 
-interface LoadResult { ms: number; before: Rss; after: Rss; afterDispose: Rss; tensors: number }
+// Page faults are process-wide (getrusage), so they include the engine thread's populate loop.
+interface LoadResult { ms: number; before: Rss; after: Rss; afterDispose: Rss; tensors: number; minflt: number; majflt: number }
 
 function disposeAll(tensors: Map<string, Tensor>): void {
   for (const t of tensors.values()) t.dispose();
@@ -168,13 +169,16 @@ function disposeAll(tensors: Map<string, Tensor>): void {
 
 async function timedLoad(file: string, populate: boolean, keep = false): Promise<LoadResult & { loaded?: Map<string, Tensor> }> {
   const before = rss();
+  const u0 = process.resourceUsage();
   const t0 = performance.now();
   const { tensors } = await loadSafetensors(file, { populate });
   const ms = performance.now() - t0;
+  const u1 = process.resourceUsage();
   const after = rss();
-  if (keep) return { ms, before, after, afterDispose: after, tensors: tensors.size, loaded: tensors };
+  const faults = { minflt: u1.minorPageFault - u0.minorPageFault, majflt: u1.majorPageFault - u0.majorPageFault };
+  if (keep) return { ms, before, after, afterDispose: after, tensors: tensors.size, ...faults, loaded: tensors };
   disposeAll(tensors);
-  return { ms, before, after, afterDispose: rss(), tensors: tensors.size };
+  return { ms, before, after, afterDispose: rss(), tensors: tensors.size, ...faults };
 }
 
 // One full pass over every page of every tensor: toTypedArray() reads (and converts to f32)
@@ -297,6 +301,9 @@ async function main(): Promise<void> {
     }
     const mr = median(p.read), ml = median(p.load);
     rows.push([`${name} median`, mr.toFixed(0), gbps(want.fileSize, mr).toFixed(2), ml.toFixed(0), gbps(want.fileSize, ml).toFixed(2), (mr / ml).toFixed(2)]);
+    const br = Math.min(...p.read), bl = Math.min(...p.load);
+    rows.push([`${name} best`, br.toFixed(0), gbps(want.fileSize, br).toFixed(2), bl.toFixed(0), gbps(want.fileSize, bl).toFixed(2), (br / bl).toFixed(2)]);
+    rows.push([`${name} median of the per-round ratios`, '', '', '', '', median(p.read.map((r, i) => r / p.load[i])).toFixed(2)]);
   };
   if (coldRun) addRows(label, coldRun);
   addRows('warm (in page cache)', warmRun);
@@ -307,11 +314,11 @@ async function main(): Promise<void> {
   const addMem = (name: string, p: Pair) => p.loads.forEach((l, r) => memRows.push([
     `${name} load ${r + 1}`, mb(l.before.total), mb(l.after.total), mb(l.after.total - l.before.total),
     mb(l.after.file - l.before.file), mb(l.after.anon - l.before.anon), ((l.after.total - l.before.total) / want.fileSize).toFixed(2) + 'x',
-    mb(l.afterDispose.total)]));
+    mb(l.afterDispose.total), l.minflt, l.majflt]));
   if (coldRun) addMem(cold ? 'cold' : 'warm-cache', coldRun);
   addMem('warm', warmRun);
-  console.log(`\nResident memory per load (MiB; file ${mb(want.fileSize)} MiB; growth = RSS just after the load - RSS just before it)`);
-  console.log(table(['load', 'RSS before', 'RSS after', 'growth', 'of which file', 'of which anon', 'growth / file', 'RSS after dispose'], memRows));
+  console.log(`\nResident memory per load (MiB; file ${mb(want.fileSize)} MiB = ${Math.ceil(want.fileSize / 4096)} pages of 4 KiB; growth = RSS just after the load - RSS just before it; page faults of the whole process during the load)`);
+  console.log(table(['load', 'RSS before', 'RSS after', 'growth', 'of which file', 'of which anon', 'growth / file', 'RSS after dispose', 'minor faults', 'major faults'], memRows));
 
   console.log(`\nLazy load (populate: false${cold ? ', page cache dropped first' : ', warm cache'}) and a full touch afterwards`);
   console.log(table(['step', 'ms', 'file-backed RSS growth MiB'], [
@@ -329,6 +336,7 @@ async function main(): Promise<void> {
   console.log('');
   const what = cold ? `from disk, page cache dropped before each; median of ${rounds}` : `WARM-CACHE; median of ${rounds}`;
   console.log(`load: ${gbps(want.fileSize, ml).toFixed(2)} GB/s, sequential read: ${gbps(want.fileSize, mr).toFixed(2)} GB/s, ratio ${(mr / ml).toFixed(2)} (${what})`);
+  console.log(`per-round ratio load/read (each pair back to back): median ${median(headline.read.map((r, i) => r / headline.load[i])).toFixed(2)}`);
   if (coldRun)
     console.log(`warm cache: load: ${gbps(want.fileSize, median(warmRun.load)).toFixed(2)} GB/s, sequential read: ${gbps(want.fileSize, median(warmRun.read)).toFixed(2)} GB/s, ratio ${(median(warmRun.read) / median(warmRun.load)).toFixed(2)} (file already in the page cache)`);
   console.log(`lazy load (populate: false): ${lazy.ms.toFixed(1)} ms`);
