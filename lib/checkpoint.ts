@@ -61,7 +61,7 @@ function checkOptions(options: LoadCheckpointOptions | undefined): LoadCheckpoin
   return options;
 }
 
-interface ShardPlan {
+export interface ShardPlan {
   files: string[];
   expected?: { index: string; owner: Map<string, string> };  // key -> shard file from the index
 }
@@ -93,7 +93,7 @@ async function readShardIndex(indexPath: string): Promise<ShardPlan> {
   return { files, expected: { index: indexPath, owner } };
 }
 
-async function planFiles(p: PathArg, what: string): Promise<ShardPlan> {
+export async function planFiles(p: PathArg, what: string): Promise<ShardPlan> {
   const list = checkPaths(p, what);
   if (list.length === 1 && SHARD_INDEX.test(list[0])) return readShardIndex(list[0]);
   return { files: list.map((f) => path.resolve(f)) };

@@ -8,6 +8,8 @@ export { Tensor, DTYPES } from './tensor';
 export type { DType, TensorData } from './tensor';
 export { loadSafetensors, loadCheckpoint, saveSafetensors, inspectCheckpoint } from './checkpoint';
 export type { CheckpointInfo, LoadCheckpointOptions, LoadedCheckpoint } from './checkpoint';
+export { WanModel, ATTENTION_MODES } from './model';
+export type { AttentionMode, BasePrecision, ModelLoaderOptions, WanModelConfig, WanForwardInput } from './model';
 export type { Progress, LongCallOptions } from './progress';
 
 /** What the loaded native addon was built with, and the threads libtorch uses. */

@@ -73,3 +73,34 @@ export function decodeRaw(dtype: string, bytes: Buffer): number[] {
 export function toNumbers(a: ArrayLike<number | bigint>): number[] {
   return Array.from(a as ArrayLike<number | bigint>, (v) => Number(v));
 }
+
+export interface SparseEntry { key: string; shape: number[]; dtype?: string }
+
+// A safetensors file with a real header whose data section is a hole (ftruncate): the
+// shapes of a full-size checkpoint without writing gigabytes. Values read as zeros.
+export function writeSparseSafetensors(file: string, entries: SparseEntry[], metadata?: Record<string, string>): string {
+  const header: Record<string, unknown> = {};
+  if (metadata) header.__metadata__ = metadata;
+  let offset = 0;
+  for (const e of entries) {
+    if (e.key in header) throw new Error(`writeSparseSafetensors: duplicate key ${e.key}`);
+    const dtype = e.dtype ?? 'BF16';
+    const bytes = e.shape.reduce((a, b) => a * b, 1) * ELEMENT_SIZE[dtype];
+    header[e.key] = { dtype, shape: e.shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  if (!Number.isSafeInteger(offset)) throw new Error('writeSparseSafetensors: size overflow');
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
+  const head = Buffer.alloc(8 + Buffer.byteLength(json));
+  head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)), 0);
+  head.write(json, 8, 'utf8');
+  const fd = fs.openSync(file, 'w');
+  try {
+    fs.writeSync(fd, head);
+    fs.ftruncateSync(fd, head.length + offset);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return file;
+}

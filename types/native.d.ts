@@ -15,6 +15,15 @@ export interface NativeCheckpointInfo {
   config: Record<string, number>; warnings: string[]; text: string;
 }
 
+export interface NativeWanModel {
+  config(): Record<string, unknown>;
+  forward(input: { x: NativeTensor[]; t: NativeTensor; context: NativeTensor[]; seqLen: number;
+                   clipFea?: NativeTensor; y?: NativeTensor[] }, trace: boolean, abortFlag?: Int32Array):
+    Promise<{ outputs: NativeTensor[]; trace?: Record<string, NativeTensor> }>;
+  setAttentionMode(mode: string): void;
+  dispose(): void;
+}
+
 export interface NativeAddon {
   setErrorClass(cls: new (code: string, message: string) => Error): void;
   setThreads(threads: number): void;
@@ -28,4 +37,10 @@ export interface NativeAddon {
                   abortFlag?: Int32Array): Promise<void>;
   inspectCheckpoint(files: string[]): Promise<NativeCheckpointInfo>;
   parseCheckpointBuffer(bytes: Uint8Array): number;
+
+  // ops_api.cpp: kernels for tests and benchmarks (lib/ops.ts), not the public API.
+  attention(q: NativeTensor, k: NativeTensor, v: NativeTensor, mode: string, kLens?: NativeTensor): NativeTensor;
+
+  loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; populate: boolean },
+               abortFlag?: Int32Array): Promise<NativeWanModel>;
 }

@@ -55,6 +55,8 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("runtimeInfo", Napi::Function::New(env, runtime_info));
   init_tensor(env, exports);
   init_checkpoint(env, exports);
+  init_ops(env, exports);
+  init_model(env, exports);
   return exports;
 }
 

@@ -69,6 +69,7 @@ struct AddonData {
   explicit AddonData(Napi::Env env);
   Engine engine;
   Napi::FunctionReference tensor_class;
+  Napi::FunctionReference wan_model_class;
   Napi::FunctionReference error_class;  // lib/errors.ts WanError, registered at load
   // Deletes references to borrowed JS buffers on the JS thread when a tensor dies elsewhere.
   Napi::ThreadSafeFunction releaser;
@@ -77,9 +78,19 @@ struct AddonData {
 
 AddonData& addon(Napi::Env env);
 
+// Arguments. string_list throws WAN_INVALID_OPTION naming `what`.
+std::vector<std::string> string_list(Napi::Env env, Napi::Value value, const std::string& what);
+// The JS side passes an Int32Array over a SharedArrayBuffer and sets element 0 with
+// Atomics.store when its AbortSignal fires; the engine thread polls it (and the shutdown flag).
+std::function<bool()> cancel_flag(Napi::Env env, Napi::Value flag);
+// An array holding `values`, for Engine::run's keep_alive.
+Napi::Object keep_alive(Napi::Env env, std::initializer_list<Napi::Value> values);
+
 // Module parts, each registering its exports.
 void init_tensor(Napi::Env env, Napi::Object exports);
 void init_checkpoint(Napi::Env env, Napi::Object exports);
+void init_ops(Napi::Env env, Napi::Object exports);
+void init_model(Napi::Env env, Napi::Object exports);  // model_api.cpp: WanModel    // ops_api.cpp: kernels, for tests and benchmarks
 
 // The NativeTensor JS object for an engine tensor, and back.
 Napi::Object wrap_tensor(Napi::Env env, core::Tensor tensor);

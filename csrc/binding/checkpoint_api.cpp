@@ -8,37 +8,6 @@
 namespace wan::binding {
 namespace {
 
-std::vector<std::string> string_list(Napi::Env env, Napi::Value value, const std::string& what) {
-  if (!value.IsArray()) throw_error(env, "WAN_INVALID_OPTION", what + " must be an array of strings");
-  const auto array = value.As<Napi::Array>();
-  std::vector<std::string> out;
-  for (uint32_t i = 0; i < array.Length(); ++i) {
-    const Napi::Value v = array.Get(i);
-    if (!v.IsString()) throw_error(env, "WAN_INVALID_OPTION", what + " must be an array of strings");
-    out.push_back(v.As<Napi::String>().Utf8Value());
-  }
-  return out;
-}
-
-// The JS side passes an Int32Array over a SharedArrayBuffer and sets element 0 with
-// Atomics.store when its AbortSignal fires; the engine thread polls it.
-io::CancelCheck cancel_check(Napi::Env env, Napi::Value flag) {
-  Engine* engine = &addon(env).engine;
-  if (!flag.IsTypedArray()) return [engine] { return engine->stopping(); };
-  auto array = flag.As<Napi::Int32Array>();
-  if (array.TypedArrayType() != napi_int32_array || array.ElementLength() < 1)
-    throw_error(env, "WAN_INVALID_OPTION", "abort flag must be an Int32Array");
-  int32_t* cell = array.Data();
-  return [engine, cell] { return __atomic_load_n(cell, __ATOMIC_RELAXED) != 0 || engine->stopping(); };
-}
-
-Napi::Object keep(Napi::Env env, std::initializer_list<Napi::Value> values) {
-  Napi::Array holder = Napi::Array::New(env);
-  uint32_t i = 0;
-  for (const auto& v : values) holder.Set(i++, v);
-  return holder;
-}
-
 Napi::Object metadata_object(Napi::Env env, const std::map<std::string, std::string>& metadata) {
   Napi::Object out = Napi::Object::New(env);
   for (const auto& [k, v] : metadata) out.Set(k, v);
@@ -56,7 +25,7 @@ Napi::Value load_checkpoint(const Napi::CallbackInfo& info) {
       const Napi::Value populate = info[1].As<Napi::Object>().Get("populate");
       if (populate.IsBoolean()) options.populate = populate.As<Napi::Boolean>().Value();
     }
-    auto cancelled = cancel_check(env, info[2]);
+    auto cancelled = cancel_flag(env, info[2]);
     return addon(env).engine.run(
         env,
         [file, options, cancelled]() -> Engine::Finish {
@@ -76,7 +45,7 @@ Napi::Value load_checkpoint(const Napi::CallbackInfo& info) {
             return out;
           };
         },
-        keep(env, {info[2]}));
+        keep_alive(env, {info[2]}));
   });
 }
 
@@ -100,14 +69,14 @@ Napi::Value save_safetensors(const Napi::CallbackInfo& info) {
         metadata[k] = object.Get(k).ToString().Utf8Value();
       }
     }
-    auto cancelled = cancel_check(env, info[4]);
+    auto cancelled = cancel_flag(env, info[4]);
     return addon(env).engine.run(
         env,
         [path, tensors, metadata, cancelled]() -> Engine::Finish {
           io::save_safetensors(path, tensors, metadata, cancelled);
           return [](Napi::Env env) -> Napi::Value { return env.Undefined(); };
         },
-        keep(env, {info[2], info[4]}));
+        keep_alive(env, {info[2], info[4]}));
   });
 }
 

@@ -17,16 +17,29 @@ namespace {
 // libtorch's own alignment for CPU tensors (c10::gAlignment): vectorised kernels expect it.
 constexpr size_t kAlignment = 64;
 
+// The block's own malloc pointer is kept in the 8 bytes before the aligned pointer, so that
+// data and context are one pointer: libtorch's raw_allocate()/raw_deallocate() (used by some
+// kernels, e.g. GELU's scratch space) require exactly that, and a raw deleter.
+void free_block(void* aligned) {
+  if (aligned) std::free(static_cast<void**>(aligned)[-1]);
+}
+
 class HeapCpuAllocator final : public at::Allocator {
  public:
   at::DataPtr allocate(size_t n) const override {
-    if (n == 0) return at::DataPtr(nullptr, nullptr, &std::free, at::Device(at::kCPU));
+    if (n == 0) return at::DataPtr(nullptr, nullptr, &free_block, at::Device(at::kCPU));
     if (n > SIZE_MAX - kAlignment) throw std::bad_alloc();
     void* raw = std::malloc(n + kAlignment);
     if (!raw) throw std::bad_alloc();
-    const auto aligned = (reinterpret_cast<uintptr_t>(raw) + kAlignment - 1) & ~uintptr_t(kAlignment - 1);
-    return at::DataPtr(reinterpret_cast<void*>(aligned), raw, &std::free, at::Device(at::kCPU));
+    // malloc's blocks are 16-byte aligned, so rounding raw + 1 up to 64 leaves 16 to 64 bytes
+    // in front: room for the pointer.
+    const auto aligned = (reinterpret_cast<uintptr_t>(raw) + kAlignment) & ~uintptr_t(kAlignment - 1);
+    void* data = reinterpret_cast<void*>(aligned);
+    static_cast<void**>(data)[-1] = raw;
+    return at::DataPtr(data, data, &free_block, at::Device(at::kCPU));
   }
+
+  at::DeleterFnPtr raw_deleter() const override { return &free_block; }
 
 #if TORCH_VERSION_MAJOR >= 2
   // libtorch 2.x asks allocators to copy their own blocks (Allocator::clone).

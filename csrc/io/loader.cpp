@@ -34,7 +34,14 @@ void populate_range(const uint8_t* begin, const uint8_t* end, const CancelCheck&
   }
 }
 
-core::Tensor make_tensor(const std::shared_ptr<MappedFile>& file, const TensorRecord& r) {
+}  // namespace
+
+ParsedCheckpoint read_checkpoint_index(const std::string& file) {
+  const auto mapped = MappedFile::open(file);
+  return parse_checkpoint(mapped->data(), mapped->size(), file);
+}
+
+core::Tensor tensor_from_record(const std::shared_ptr<MappedFile>& file, const TensorRecord& r) {
   const auto options = at::TensorOptions().dtype(core::storage_scalar_type(r.dtype));
   std::vector<int64_t> strides = r.strides;
   if (strides.empty()) {
@@ -57,25 +64,24 @@ core::Tensor make_tensor(const std::shared_ptr<MappedFile>& file, const TensorRe
   return core::Tensor{t, r.dtype};
 }
 
-}  // namespace
-
-ParsedCheckpoint read_checkpoint_index(const std::string& file) {
-  const auto mapped = MappedFile::open(file);
-  return parse_checkpoint(mapped->data(), mapped->size(), file);
+MappedCheckpoint map_checkpoint(const std::string& file, const LoadOptions& options,
+                                const CancelCheck& cancelled) {
+  check_cancelled(cancelled);
+  MappedCheckpoint out{MappedFile::open(file), {}};
+  out.parsed = parse_checkpoint(out.file->data(), out.file->size(), file);
+  if (options.populate && out.file->size() > 0) {
+    madvise(out.file->mutable_data(), out.file->size(), MADV_SEQUENTIAL);
+    populate_range(out.file->data(), out.file->data() + out.file->size(), cancelled);
+  }
+  return out;
 }
 
 LoadedCheckpoint load_checkpoint(const std::string& file, const LoadOptions& options,
                                  const CancelCheck& cancelled) {
-  check_cancelled(cancelled);
-  const auto mapped = MappedFile::open(file);
-  ParsedCheckpoint parsed = parse_checkpoint(mapped->data(), mapped->size(), file);
-  if (options.populate && mapped->size() > 0) {
-    madvise(mapped->mutable_data(), mapped->size(), MADV_SEQUENTIAL);
-    populate_range(mapped->data(), mapped->data() + mapped->size(), cancelled);
-  }
+  MappedCheckpoint mapped = map_checkpoint(file, options, cancelled);
   LoadedCheckpoint out;
-  out.metadata = std::move(parsed.metadata);
-  for (const auto& r : parsed.tensors) out.tensors.emplace_back(r.name, make_tensor(mapped, r));
+  out.metadata = std::move(mapped.parsed.metadata);
+  for (const auto& r : mapped.parsed.tensors) out.tensors.emplace_back(r.name, tensor_from_record(mapped.file, r));
   return out;
 }
 

@@ -1,6 +1,7 @@
 // Loading checkpoints into tensors that alias memory-mapped files, and writing safetensors.
 #pragma once
 #include <functional>
+#include <memory>
 #include <map>
 #include <string>
 #include <vector>
@@ -23,6 +24,21 @@ struct LoadedCheckpoint {
   std::vector<std::pair<std::string, core::Tensor>> tensors;  // in file order
   std::map<std::string, std::string> metadata;
 };
+
+class MappedFile;
+
+// A checkpoint file mapped into memory and indexed, before any tensor is made.
+struct MappedCheckpoint {
+  std::shared_ptr<MappedFile> file;
+  ParsedCheckpoint parsed;
+};
+
+// Maps and parses one file (and with options.populate reads its pages in).
+MappedCheckpoint map_checkpoint(const std::string& file, const LoadOptions& options,
+                                const CancelCheck& cancelled);
+
+// A tensor aliasing the mapping (copied only when its data is misaligned for its dtype).
+core::Tensor tensor_from_record(const std::shared_ptr<MappedFile>& file, const TensorRecord& r);
 
 // Loads one checkpoint file (safetensors or torch zip, by content); shards are joined by
 // the caller (lib/checkpoint.ts). Throws core::Error: BadCheckpoint (naming the file and

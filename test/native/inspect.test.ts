@@ -8,7 +8,7 @@ import * as path from 'node:path';
 
 import { inspectCheckpoint, loadCheckpoint } from '../../lib/index';
 import type { CheckpointInfo } from '../../lib/index';
-import { ELEMENT_SIZE, manifestsDir, tempDir, weightsDir } from '../helpers';
+import { ELEMENT_SIZE, manifestsDir, tempDir, weightsDir, writeSparseSafetensors } from '../helpers';
 
 const dir = tempDir('wan-inspect-');
 t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -42,31 +42,7 @@ const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 // bytes like the reference writer), then extends the file to its full size without writing:
 // the data section is a hole, but the parser's offset checks see a file of the right length.
 function writeSparse(name: string, entries: Entry[], metadata?: Record<string, string>): string {
-  const header: Record<string, unknown> = {};
-  if (metadata) header.__metadata__ = metadata;
-  let offset = 0;
-  for (const e of entries) {
-    if (e.key in header) throw new Error(`writeSparse: duplicate key ${e.key}`);
-    const dtype = e.dtype ?? 'BF16';
-    const bytes = elements(e.shape) * ELEMENT_SIZE[dtype];
-    header[e.key] = { dtype, shape: e.shape, data_offsets: [offset, offset + bytes] };
-    offset += bytes;
-  }
-  if (!Number.isSafeInteger(offset)) throw new Error('writeSparse: size overflow');
-  let json = JSON.stringify(header);
-  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
-  const head = Buffer.alloc(8 + Buffer.byteLength(json));
-  head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)), 0);
-  head.write(json, 8, 'utf8');
-  const file = path.join(dir, name);
-  const fd = fs.openSync(file, 'w');
-  try {
-    fs.writeSync(fd, head);
-    fs.ftruncateSync(fd, head.length + offset);
-  } finally {
-    fs.closeSync(fd);
-  }
-  return file;
+  return writeSparseSafetensors(path.join(dir, name), entries, metadata);
 }
 
 function headerLength(file: string): number {

@@ -1,0 +1,153 @@
+// WanModel (lib/model.ts): loading a DiT and calling its forward on the engine thread.
+#include "binding/addon_data.h"
+#include "core/error.h"
+#include "models/wan_dit.h"
+
+namespace wan::binding {
+namespace {
+
+std::vector<at::Tensor> tensor_list(Napi::Env env, Napi::Value value, const std::string& what) {
+  if (!value.IsArray()) throw_error(env, "WAN_INVALID_OPTION", what + " must be an array of Tensors");
+  const auto array = value.As<Napi::Array>();
+  std::vector<at::Tensor> out;
+  for (uint32_t i = 0; i < array.Length(); ++i)
+    out.push_back(core::to_float(unwrap_tensor(env, array.Get(i), what + "[" + std::to_string(i) + "]")));
+  return out;
+}
+
+int64_t int_option(Napi::Object o, const char* key) {
+  const Napi::Value v = o.Get(key);
+  return v.IsNumber() ? v.As<Napi::Number>().Int64Value() : 0;
+}
+
+class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
+ public:
+  static Napi::Function define(Napi::Env env) {
+    return DefineClass(env, "NativeWanModel",
+                       {InstanceMethod("config", &NativeWanModel::config),
+                        InstanceMethod("forward", &NativeWanModel::forward),
+                        InstanceMethod("setAttentionMode", &NativeWanModel::set_attention_mode),
+                        InstanceMethod("dispose", &NativeWanModel::dispose)});
+  }
+
+  explicit NativeWanModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeWanModel>(info) {
+    if (!info[0].IsExternal())
+      throw_error(info.Env(), "WAN_INVALID_OPTION", "NativeWanModel cannot be constructed from JS");
+    auto* holder = info[0].As<Napi::External<std::shared_ptr<models::WanDit>>>().Data();
+    model_ = std::move(*holder);
+    delete holder;
+  }
+
+ private:
+  const std::shared_ptr<models::WanDit>& get(Napi::Env env) const {
+    if (!model_) throw_error(env, "WAN_INVALID_OPTION", "the WanModel has been disposed");
+    return model_;
+  }
+
+  Napi::Value config(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const auto& model = get(env);
+    const auto& c = model->config();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("modelType", c.model_type);
+    for (auto [key, value] : {std::pair{"dim", c.dim}, {"ffnDim", c.ffn_dim}, {"freqDim", c.freq_dim},
+                              {"textDim", c.text_dim}, {"inDim", c.in_dim}, {"outDim", c.out_dim},
+                              {"numHeads", c.num_heads}, {"numLayers", c.num_layers}, {"textLen", c.text_len}})
+      o.Set(key, Napi::Number::New(env, static_cast<double>(value)));
+    Napi::Array patch = Napi::Array::New(env, 3);
+    for (uint32_t i = 0; i < 3; ++i) patch.Set(i, Napi::Number::New(env, static_cast<double>(c.patch[i])));
+    o.Set("patchSize", patch);
+    o.Set("qkNorm", c.qk_norm);
+    o.Set("crossAttnNorm", c.cross_attn_norm);
+    o.Set("eps", c.eps);
+    o.Set("computeDtype", std::string(core::dtype_name(core::dtype_of(at::empty({0}, model->options().compute)))));
+    o.Set("attentionMode", ops::attention_mode_name(model->options().attention));
+    return o;
+  }
+
+  Napi::Value set_attention_mode(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    guard(env, [&] { get(env)->set_attention(ops::attention_mode_from_name(info[0].As<Napi::String>().Utf8Value())); });
+    return env.Undefined();
+  }
+
+  // forward({x, t, context, seqLen, clipFea?, y?}, trace, abortFlag) -> Promise<{outputs, trace?}>
+  Napi::Value forward(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&]() -> Napi::Value {
+      auto model = get(env);
+      const auto o = info[0].As<Napi::Object>();
+      models::WanDitInput in;
+      in.x = tensor_list(env, o.Get("x"), "x");
+      in.t = unwrap_tensor(env, o.Get("t"), "t").value;
+      in.context = tensor_list(env, o.Get("context"), "context");
+      in.seq_len = o.Get("seqLen").As<Napi::Number>().Int64Value();
+      if (o.Has("clipFea") && !o.Get("clipFea").IsUndefined())
+        in.clip_fea = core::to_float(unwrap_tensor(env, o.Get("clipFea"), "clipFea"));
+      if (o.Has("y") && !o.Get("y").IsUndefined()) in.y = tensor_list(env, o.Get("y"), "y");
+      const bool want_trace = info[1].ToBoolean();
+      std::function<bool()> cancelled = cancel_flag(env, info[2]);
+      return addon(env).engine.run(
+          env,
+          [model, in, want_trace, cancelled]() -> Engine::Finish {
+            auto trace = std::make_shared<models::Trace>();
+            auto outputs = std::make_shared<std::vector<at::Tensor>>(
+                model->forward(in, cancelled, want_trace ? trace.get() : nullptr));
+            return [outputs, trace, want_trace](Napi::Env env) -> Napi::Value {
+              Napi::Object result = Napi::Object::New(env);
+              Napi::Array list = Napi::Array::New(env, outputs->size());
+              for (size_t i = 0; i < outputs->size(); ++i) list.Set(i, wrap_tensor(env, core::wrap((*outputs)[i])));
+              result.Set("outputs", list);
+              if (want_trace) {
+                Napi::Object t = Napi::Object::New(env);
+                for (const auto& [name, value] : *trace) t.Set(name, wrap_tensor(env, core::wrap(value.contiguous())));
+                result.Set("trace", t);
+              }
+              return result;
+            };
+          },
+          keep_alive(env, {o, info[2]}));
+    });
+  }
+
+  Napi::Value dispose(const Napi::CallbackInfo& info) {
+    model_.reset();
+    return info.Env().Undefined();
+  }
+
+  std::shared_ptr<models::WanDit> model_;
+};
+
+// loadWanModel(files, {numHeads, textLen, attentionMode, populate}, abortFlag) -> Promise<NativeWanModel>
+Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    const auto files = string_list(env, info[0], "files");
+    const auto o = info[1].As<Napi::Object>();
+    models::WanDitOverrides overrides{int_option(o, "numHeads"), int_option(o, "textLen")};
+    models::WanDitOptions options;
+    options.attention = ops::attention_mode_from_name(o.Get("attentionMode").As<Napi::String>().Utf8Value());
+    const bool populate = o.Get("populate").ToBoolean();
+    std::function<bool()> cancelled = cancel_flag(env, info[2]);
+    return addon(env).engine.run(
+        env,
+        [files, overrides, options, populate, cancelled]() -> Engine::Finish {
+          auto model = models::load_wan_dit(files, overrides, options, populate, cancelled);
+          return [model](Napi::Env env) -> Napi::Value {
+            auto* holder = new std::shared_ptr<models::WanDit>(model);
+            return addon(env).wan_model_class.New({Napi::External<std::shared_ptr<models::WanDit>>::New(env, holder)});
+          };
+        },
+        keep_alive(env, {info[2]}));
+  });
+}
+
+}  // namespace
+
+void init_model(Napi::Env env, Napi::Object exports) {
+  Napi::Function cls = NativeWanModel::define(env);
+  addon(env).wan_model_class = Napi::Persistent(cls);
+  exports.Set("loadWanModel", Napi::Function::New(env, load_wan_model));
+}
+
+}  // namespace wan::binding

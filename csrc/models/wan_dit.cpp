@@ -1,0 +1,386 @@
+#include "models/wan_dit.h"
+
+#include <cmath>
+#include <set>
+
+#include "core/error.h"
+#include "io/checkpoint_info.h"
+#include "io/key_map.h"
+#include "io/loader.h"
+#include "io/mapped_file.h"
+#include "ops/norm.h"
+
+namespace wan::models {
+namespace {
+
+using core::Error;
+using core::ErrorCode;
+
+// Hands out parameters by name and remembers what was asked for, so that a load can report
+// every missing and every unexpected key in one error.
+class WeightBag {
+ public:
+  explicit WeightBag(std::map<std::string, ops::Weight> weights) : weights_(std::move(weights)) {}
+
+  ops::Weight take(const std::string& name) {
+    auto it = weights_.find(name);
+    if (it == weights_.end()) {
+      missing_.push_back(name);
+      return {};
+    }
+    used_.insert(name);
+    return it->second;
+  }
+
+  void check(const std::string& source) const {
+    std::vector<std::string> unexpected;
+    for (const auto& [name, w] : weights_)
+      if (!used_.count(name)) unexpected.push_back(name);
+    if (missing_.empty() && unexpected.empty()) return;
+    auto list = [](const std::vector<std::string>& names) {
+      std::string s;
+      for (size_t i = 0; i < names.size() && i < 40; ++i) s += (i ? ", " : "") + names[i];
+      if (names.size() > 40) s += ", ... (" + std::to_string(names.size() - 40) + " more)";
+      return s;
+    };
+    std::string message = "not a Wan2.1 DiT of the inferred configuration:";
+    if (!missing_.empty()) message += " " + std::to_string(missing_.size()) + " missing [" + list(missing_) + "]";
+    if (!unexpected.empty())
+      message += std::string(missing_.empty() ? "" : ";") + " " + std::to_string(unexpected.size()) +
+                 " unexpected [" + list(unexpected) + "]";
+    throw core::bad_checkpoint(source, message);
+  }
+
+ private:
+  std::map<std::string, ops::Weight> weights_;
+  std::set<std::string> used_;
+  std::vector<std::string> missing_;
+};
+
+// Timestep embedding (sinusoidal_embedding_1d), computed in float64 as the official code
+// does: t [B] -> [B, dim] = [cos(t w), sin(t w)], w_j = 10000^(-j/half).
+at::Tensor sinusoidal_embedding(int64_t dim, const at::Tensor& t) {
+  const int64_t half = dim / 2;
+  const at::Tensor position = t.to(at::kDouble).flatten();
+  const at::Tensor freqs = at::pow(10000.0, -at::arange(half, at::kDouble).div(half));
+  const at::Tensor sinusoid = at::outer(position, freqs);
+  return at::cat({at::cos(sinusoid), at::sin(sinusoid)}, 1).to(at::kFloat);
+}
+
+void check(bool ok, const std::string& what) {
+  if (!ok) throw Error(ErrorCode::InvalidTensor, what);
+}
+
+std::string shape_text(at::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+WanDit::WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, WanDitOptions options,
+               const std::string& source)
+    : config_(std::move(config)), options_(options), rope_(ops::rope_table(config_.head_dim())) {
+  // Scaled fp8: `<layer>.scale_weight` belongs to `<layer>.weight`; `.scale_input` only
+  // matters to fp8 matmul kernels, which widen-then-multiply does not use.
+  for (auto it = weights.begin(); it != weights.end();) {
+    const std::string& name = it->first;
+    const auto suffix = [&](const char* s) {
+      const std::string str(s);
+      return name.size() > str.size() && name.compare(name.size() - str.size(), str.size(), str) == 0;
+    };
+    if (suffix(".scale_weight")) {
+      const std::string target = name.substr(0, name.size() - 13) + ".weight";
+      auto w = weights.find(target);
+      if (w != weights.end()) w->second.scale = it->second.stored.value;
+      it = w != weights.end() ? weights.erase(it) : std::next(it);
+    } else if (suffix(".scale_input")) {
+      it = weights.erase(it);
+    } else {
+      ++it;
+    }
+  }
+
+  WeightBag bag(std::move(weights));
+  auto linear = [&](const std::string& p) { return Linear{bag.take(p + ".weight"), bag.take(p + ".bias")}; };
+  patch_embedding_weight_ = bag.take("patch_embedding.weight");
+  patch_embedding_bias_ = bag.take("patch_embedding.bias");
+  text_embedding0_ = linear("text_embedding.0");
+  text_embedding2_ = linear("text_embedding.2");
+  time_embedding0_ = linear("time_embedding.0");
+  time_embedding2_ = linear("time_embedding.2");
+  time_projection1_ = linear("time_projection.1");
+  const bool image = config_.has_image_input();
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    const std::string p = "blocks." + std::to_string(i) + ".";
+    Block b;
+    for (auto [attention, name] : {std::pair{&b.self_attn, "self_attn"}, std::pair{&b.cross_attn, "cross_attn"}}) {
+      const std::string a = p + name + ".";
+      attention->q = linear(a + "q");
+      attention->k = linear(a + "k");
+      attention->v = linear(a + "v");
+      attention->o = linear(a + "o");
+      if (config_.qk_norm) {
+        attention->norm_q = bag.take(a + "norm_q.weight");
+        attention->norm_k = bag.take(a + "norm_k.weight");
+      }
+    }
+    if (image) {
+      b.cross_attn.k_img = linear(p + "cross_attn.k_img");
+      b.cross_attn.v_img = linear(p + "cross_attn.v_img");
+      if (config_.qk_norm) b.cross_attn.norm_k_img = bag.take(p + "cross_attn.norm_k_img.weight");
+    }
+    if (config_.cross_attn_norm) {
+      b.norm3_weight = bag.take(p + "norm3.weight");
+      b.norm3_bias = bag.take(p + "norm3.bias");
+    }
+    b.ffn0 = linear(p + "ffn.0");
+    b.ffn2 = linear(p + "ffn.2");
+    b.modulation = bag.take(p + "modulation");
+    blocks_.push_back(std::move(b));
+  }
+  head_ = linear("head.head");
+  head_modulation_ = bag.take("head.modulation");
+  if (image) {
+    img_norm0_weight_ = bag.take("img_emb.proj.0.weight");
+    img_norm0_bias_ = bag.take("img_emb.proj.0.bias");
+    img_proj1_ = linear("img_emb.proj.1");
+    img_proj3_ = linear("img_emb.proj.3");
+    img_norm4_weight_ = bag.take("img_emb.proj.4.weight");
+    img_norm4_bias_ = bag.take("img_emb.proj.4.bias");
+    if (config_.model_type == "flf2v") img_emb_pos_ = bag.take("img_emb.emb_pos");
+  }
+  bag.check(source);
+}
+
+at::Tensor WanDit::apply(const Linear& l, const at::Tensor& x) const {
+  return ops::linear(x.to(options_.compute), l.weight, l.bias).to(at::kFloat);
+}
+
+at::Tensor WanDit::heads(const at::Tensor& x) const {
+  return x.view({x.size(0), x.size(1), config_.num_heads, config_.head_dim()});
+}
+
+// x: [B, L, dim] -> [B, L, dim]. RMS-normalised q and k, 3D RoPE, keys past each sample's
+// real length masked (the official k_lens=seq_lens).
+at::Tensor WanDit::self_attention(const Attention& a, const at::Tensor& x, const at::Tensor& seq_lens,
+                                  const std::vector<std::array<int64_t, 3>>& grids) const {
+  at::Tensor q = apply(a.q, x), k = apply(a.k, x);
+  if (config_.qk_norm) {
+    q = ops::rms_norm(q, a.norm_q.get(at::kFloat), config_.eps);
+    k = ops::rms_norm(k, a.norm_k.get(at::kFloat), config_.eps);
+  }
+  const at::Tensor v = heads(apply(a.v, x));
+  q = ops::rope_apply(heads(q), grids, rope_);
+  k = ops::rope_apply(heads(k), grids, rope_);
+  const at::Tensor out = ops::attention(q, k, v, options_.attention, seq_lens);  // [B, L, H, D]
+  return apply(a.o, out.to(at::kFloat).flatten(2));
+}
+
+// x: [B, L, dim], context: [B, text_len, dim], context_img: [B, 257|514, dim] or undefined.
+at::Tensor WanDit::cross_attention(const Attention& a, const at::Tensor& x, const at::Tensor& context,
+                                   const at::Tensor& context_img) const {
+  at::Tensor q = apply(a.q, x), k = apply(a.k, context);
+  if (config_.qk_norm) {
+    q = ops::rms_norm(q, a.norm_q.get(at::kFloat), config_.eps);
+    k = ops::rms_norm(k, a.norm_k.get(at::kFloat), config_.eps);
+  }
+  q = heads(q);
+  at::Tensor out = ops::attention(q, heads(k), heads(apply(a.v, context)), options_.attention).to(at::kFloat);
+  if (context_img.defined()) {  // WanI2VCrossAttention: image tokens have their own k/v
+    at::Tensor k_img = apply(a.k_img, context_img);
+    if (config_.qk_norm) k_img = ops::rms_norm(k_img, a.norm_k_img.get(at::kFloat), config_.eps);
+    const at::Tensor v_img = heads(apply(a.v_img, context_img));
+    out = ops::attention(q, heads(k_img), v_img, options_.attention).to(at::kFloat) + out;
+  }
+  return apply(a.o, out.flatten(2));
+}
+
+// x: [B, L, dim], e0: [B, 6, dim] -> [B, L, dim]. Modulation and gating in float32.
+at::Tensor WanDit::block_forward(const Block& b, int index, const at::Tensor& x_in, const at::Tensor& e0,
+                                 const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
+                                 const at::Tensor& context, const at::Tensor& context_img, Trace* trace) const {
+  const std::string name = "block" + std::to_string(index);
+  const auto e = (b.modulation.get(at::kFloat) + e0).chunk(6, 1);  // 6 x [B, 1, dim]
+  const double eps = config_.eps;
+  at::Tensor x = x_in;
+  at::Tensor y = self_attention(b.self_attn, ops::layer_norm(x, {}, {}, eps) * (1 + e[1]) + e[0], seq_lens, grids);
+  if (trace) (*trace)[name + "_self_attn_out"] = y;
+  x = x + y * e[2];
+  const at::Tensor normed = config_.cross_attn_norm
+                                ? ops::layer_norm(x, b.norm3_weight.get(at::kFloat), b.norm3_bias.get(at::kFloat), eps)
+                                : x;
+  y = cross_attention(b.cross_attn, normed, context, context_img);
+  if (trace) (*trace)[name + "_cross_attn_out"] = y;
+  x = x + y;
+  y = apply(b.ffn2, at::gelu(apply(b.ffn0, ops::layer_norm(x, {}, {}, eps) * (1 + e[4]) + e[3]), "tanh"));
+  if (trace) (*trace)[name + "_ffn_out"] = y;
+  x = x + y * e[5];
+  if (trace) (*trace)[name + "_out"] = x;
+  return x;
+}
+
+std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::function<bool()>& cancelled,
+                                        Trace* trace) const {
+  const auto& c = config_;
+  const int64_t batch = static_cast<int64_t>(in.x.size());
+  check(batch > 0, "forward: x must hold at least one sample");
+  check(in.t.defined() && in.t.numel() == batch,
+        "forward: t must hold one timestep per sample (" + std::to_string(batch) + ")");
+  check(static_cast<int64_t>(in.context.size()) == batch,
+        "forward: context must hold one tensor per sample (" + std::to_string(batch) + ")");
+  if (c.has_image_input()) {
+    check(in.clip_fea.defined() && static_cast<int64_t>(in.y.size()) == batch,
+          "forward: a " + c.model_type + " model needs clipFea and one y per sample");
+  }
+
+  // Patch embedding: per sample [C_in, F, H, W] -> [1, dim, F', H', W'] -> [1, L_i, dim].
+  const at::Tensor pw = patch_embedding_weight_.get(options_.compute);
+  const at::Tensor pb = patch_embedding_bias_.get(options_.compute);
+  std::vector<at::Tensor> tokens;
+  std::vector<std::array<int64_t, 3>> grids;
+  for (int64_t i = 0; i < batch; ++i) {
+    at::Tensor u = in.x[i];
+    check(u.dim() == 4, "forward: x[" + std::to_string(i) + "] must be [C, F, H, W], got " + shape_text(u.sizes()));
+    if (c.has_image_input()) u = at::cat({u, in.y[i].to(u.dtype())}, 0);
+    check(u.size(0) == c.in_dim, "forward: x[" + std::to_string(i) + "] (with y) has " + std::to_string(u.size(0)) +
+                                     " channels, the model takes " + std::to_string(c.in_dim));
+    check(u.size(2) % c.patch[1] == 0 && u.size(3) % c.patch[2] == 0,
+          "forward: x[" + std::to_string(i) + "] height and width must be multiples of the patch size 2, got " +
+              shape_text(u.sizes()));
+    const at::Tensor p = at::conv3d(u.unsqueeze(0).to(options_.compute), pw, pb, c.patch).to(at::kFloat);
+    if (trace && i == 0) (*trace)["patch_embedding_out"] = p;
+    grids.push_back({p.size(2), p.size(3), p.size(4)});
+    tokens.push_back(p.flatten(2).transpose(1, 2));
+  }
+  std::vector<int64_t> lens;
+  for (const auto& tk : tokens) lens.push_back(tk.size(1));
+  const at::Tensor seq_lens = at::tensor(lens, at::kLong);
+  const int64_t longest = *std::max_element(lens.begin(), lens.end());
+  check(longest <= in.seq_len, "forward: seqLen " + std::to_string(in.seq_len) + " is shorter than the " +
+                                   std::to_string(longest) + " tokens of the largest sample");
+  for (auto& tk : tokens) tk = at::constant_pad_nd(tk, {0, 0, 0, in.seq_len - tk.size(1)});
+  at::Tensor x = at::cat(tokens, 0);  // [B, seq_len, dim]
+
+  // Time: [B] -> sinusoid [B, freq_dim] -> e [B, dim] -> e0 [B, 6, dim], all float32.
+  const at::Tensor sinusoid = sinusoidal_embedding(c.freq_dim, in.t);
+  const at::Tensor e = apply(time_embedding2_, at::silu(apply(time_embedding0_, sinusoid)));
+  const at::Tensor e0 = apply(time_projection1_, at::silu(e)).unflatten(1, {6, c.dim});
+  if (trace) {
+    (*trace)["sinusoidal_t"] = sinusoid;
+    (*trace)["time_embedding_out_e"] = e;
+    (*trace)["time_projection_out"] = e0.flatten(1);
+  }
+
+  // Text: each [L_i, text_dim] zero-padded to text_len -> [B, text_len, dim].
+  std::vector<at::Tensor> padded;
+  for (int64_t i = 0; i < batch; ++i) {
+    const at::Tensor& u = in.context[i];
+    check(u.dim() == 2 && u.size(1) == c.text_dim && u.size(0) <= c.text_len,
+          "forward: context[" + std::to_string(i) + "] must be [L <= " + std::to_string(c.text_len) + ", " +
+              std::to_string(c.text_dim) + "], got " + shape_text(u.sizes()));
+    padded.push_back(at::constant_pad_nd(u.to(at::kFloat), {0, 0, 0, c.text_len - u.size(0)}));
+  }
+  const at::Tensor context = apply(text_embedding2_, at::gelu(apply(text_embedding0_, at::stack(padded)), "tanh"));
+  if (trace) (*trace)["text_embedding_out"] = context;
+
+  // CLIP image tokens (MLPProj): [B, 257, 1280] (flf2v: two images per sample, 514 tokens
+  // with a learned position embedding) -> [B, 257|514, dim].
+  at::Tensor context_img;
+  if (c.has_image_input()) {
+    at::Tensor f = in.clip_fea.to(at::kFloat);
+    check(f.dim() == 3 && f.size(2) == 1280, "forward: clipFea must be [N, 257, 1280], got " + shape_text(f.sizes()));
+    if (img_emb_pos_.defined()) {
+      check(f.numel() == batch * 514 * 1280, "forward: a flf2v model needs clipFea [" + std::to_string(2 * batch) +
+                                                 ", 257, 1280] (first and last frame), got " + shape_text(f.sizes()));
+      f = f.reshape({batch, 514, 1280}) + img_emb_pos_.get(at::kFloat);
+    }
+    check(f.size(0) == batch, "forward: clipFea must hold one image per sample, got " + shape_text(f.sizes()));
+    f = ops::layer_norm(f, img_norm0_weight_.get(at::kFloat), img_norm0_bias_.get(at::kFloat), 1e-5);
+    f = apply(img_proj3_, at::gelu(apply(img_proj1_, f)));  // GELU (erf) here, as nn.GELU()
+    context_img = ops::layer_norm(f, img_norm4_weight_.get(at::kFloat), img_norm4_bias_.get(at::kFloat), 1e-5);
+    if (trace) (*trace)["img_emb"] = context_img;
+  }
+
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
+    x = block_forward(blocks_[i], static_cast<int>(i), x, e0, seq_lens, grids, context, context_img, trace);
+  }
+
+  // Head: modulated LayerNorm and projection to patch pixels [B, L, out_dim * 4].
+  const auto he = (head_modulation_.get(at::kFloat) + e.unsqueeze(1)).chunk(2, 1);
+  x = apply(head_, ops::layer_norm(x, {}, {}, c.eps) * (1 + he[1]) + he[0]);
+  if (trace) (*trace)["head_out"] = x;
+
+  // Unpatchify: [L, (pt ph pw c)] of each sample -> [c, F pt, H ph, W pw].
+  std::vector<at::Tensor> out;
+  for (int64_t i = 0; i < batch; ++i) {
+    const auto& g = grids[i];
+    at::Tensor u = x[i].narrow(0, 0, g[0] * g[1] * g[2]);
+    u = u.view({g[0], g[1], g[2], c.patch[0], c.patch[1], c.patch[2], c.out_dim});
+    u = u.permute({6, 0, 3, 1, 4, 2, 5});  // fhwpqrc -> cfphqwr
+    out.push_back(u.reshape({c.out_dim, g[0] * c.patch[0], g[1] * c.patch[1], g[2] * c.patch[2]}).contiguous());
+  }
+  return out;
+}
+
+WanDitConfig infer_wan_dit_config(const std::map<std::string, std::vector<int64_t>>& shapes,
+                                  const WanDitOverrides& overrides, const std::string& source) {
+  auto shape = [&](const std::string& key) -> const std::vector<int64_t>& {
+    auto it = shapes.find(key);
+    if (it == shapes.end())
+      throw core::bad_checkpoint(source, "not a Wan2.1 DiT: no tensor '" + key + "' to infer the configuration from");
+    return it->second;
+  };
+  WanDitConfig c;
+  const auto& patch = shape("patch_embedding.weight");  // [dim, in_dim, pt, ph, pw]
+  if (patch.size() != 5) throw core::bad_checkpoint(source, "patch_embedding.weight must be 5-D");
+  c.dim = patch[0];
+  c.in_dim = patch[1];
+  c.patch = {patch[2], patch[3], patch[4]};
+  c.ffn_dim = shape("blocks.0.ffn.0.weight")[0];
+  c.freq_dim = shape("time_embedding.0.weight")[1];
+  c.text_dim = shape("text_embedding.0.weight")[1];
+  c.out_dim = shape("head.head.weight")[0] / (c.patch[0] * c.patch[1] * c.patch[2]);
+  while (shapes.count("blocks." + std::to_string(c.num_layers) + ".modulation")) ++c.num_layers;
+  c.qk_norm = shapes.count("blocks.0.self_attn.norm_q.weight") > 0;
+  c.cross_attn_norm = shapes.count("blocks.0.norm3.weight") > 0;
+  c.model_type = shapes.count("img_emb.emb_pos") ? "flf2v" : shapes.count("img_emb.proj.0.weight") ? "i2v" : "t2v";
+  if (overrides.num_heads > 0) {
+    c.num_heads = overrides.num_heads;
+  } else if (c.dim % 128 == 0) {
+    c.num_heads = c.dim / 128;  // head dim 128 in every release
+  } else {
+    throw Error(ErrorCode::InvalidOption, source + ": numHeads cannot be inferred for dim " + std::to_string(c.dim) +
+                                              " (releases use head dim 128); pass numHeads");
+  }
+  if (c.dim % c.num_heads != 0 || (c.dim / c.num_heads) % 2 != 0)
+    throw Error(ErrorCode::InvalidOption, "numHeads: " + std::to_string(c.num_heads) + " does not divide dim " +
+                                              std::to_string(c.dim) + " into even head dims");
+  c.text_len = overrides.text_len > 0 ? overrides.text_len : 512;
+  return c;
+}
+
+std::shared_ptr<WanDit> load_wan_dit(const std::vector<std::string>& files, const WanDitOverrides& overrides,
+                                     const WanDitOptions& options, bool populate,
+                                     const std::function<bool()>& cancelled) {
+  std::map<std::string, ops::Weight> weights;
+  std::map<std::string, std::vector<int64_t>> shapes;
+  std::map<std::string, std::string> owner;
+  for (const auto& file : files) {
+    io::MappedCheckpoint mapped = io::map_checkpoint(file, io::LoadOptions{populate}, cancelled);
+    const io::NormalizedCheckpoint normalized = io::normalize_keys(mapped.parsed, file);
+    for (const auto& r : normalized.tensors) {
+      const auto [it, inserted] = owner.emplace(r.name, file);
+      if (!inserted) throw core::bad_checkpoint(file, "tensor '" + r.name + "' also appears in " + it->second);
+      weights[r.name] = ops::Weight{io::tensor_from_record(mapped.file, r), {}};
+      shapes[r.name] = r.shape;
+    }
+  }
+  WanDitConfig config = infer_wan_dit_config(shapes, overrides, files.front());
+  auto model = std::make_shared<WanDit>(config, std::move(weights), options, files.front());
+  return model;
+}
+
+}  // namespace wan::models

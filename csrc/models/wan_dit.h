@@ -1,0 +1,124 @@
+// The Wan2.1 diffusion transformer (wan/modules/model.py, WanModel): T2V, I2V and FLF2V.
+// Config from shapes, then the blocks bottom-up, then the model; module names follow the
+// checkpoint keys (`blocks.N.self_attn.q`, `ffn.0`; ffn.1 is GELU(tanh)).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <array>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ops/attention.h"
+#include "ops/linear.h"
+#include "ops/rope.h"
+
+namespace wan::models {
+
+struct WanDitConfig {
+  std::string model_type = "t2v";  // "t2v" | "i2v" | "flf2v"
+  int64_t dim = 0, ffn_dim = 0, freq_dim = 256, text_dim = 4096, in_dim = 16, out_dim = 16;
+  int64_t num_heads = 0, num_layers = 0;
+  int64_t text_len = 512;  // text contexts are zero-padded to this many tokens
+  std::array<int64_t, 3> patch{1, 2, 2};
+  bool qk_norm = true, cross_attn_norm = true;
+  double eps = 1e-6;
+
+  int64_t head_dim() const { return dim / num_heads; }
+  bool has_image_input() const { return model_type == "i2v" || model_type == "flf2v"; }
+};
+
+struct WanDitOptions {
+  at::ScalarType compute = at::kFloat;  // matmul dtype; modulation and norms stay float32
+  ops::AttentionMode attention = ops::AttentionMode::Sdpa;
+};
+
+struct WanDitInput {
+  std::vector<at::Tensor> x;        // per sample [C_in, F, H, W] (latent grid)
+  at::Tensor t;                     // [B] timesteps in [0, 1000]
+  std::vector<at::Tensor> context;  // per sample [L_i, text_dim], L_i <= text_len
+  int64_t seq_len = 0;              // tokens every sample is padded to
+  at::Tensor clip_fea;              // i2v [B, 257, 1280]; flf2v [2B, 257, 1280]; else undefined
+  std::vector<at::Tensor> y;        // i2v/flf2v per sample [in_dim - C_in, F, H, W]; else empty
+};
+
+// Named intermediates of sample 0 for tests and debugging (names as in the goldens).
+using Trace = std::map<std::string, at::Tensor>;
+
+class WanDit {
+ public:
+  // Takes the parameters by their official names; throws core::Error(BadCheckpoint) listing
+  // every missing and unexpected key at once.
+  WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, WanDitOptions options,
+         const std::string& source);
+
+  // The official forward: per sample float32 [out_dim, F, H, W]. `cancelled` is polled
+  // between blocks.
+  std::vector<at::Tensor> forward(const WanDitInput& in, const std::function<bool()>& cancelled = {},
+                                  Trace* trace = nullptr) const;
+
+  const WanDitConfig& config() const { return config_; }
+  const WanDitOptions& options() const { return options_; }
+  void set_attention(ops::AttentionMode mode) { options_.attention = mode; }
+
+ private:
+  struct Linear {
+    ops::Weight weight, bias;
+  };
+  struct Attention {
+    Linear q, k, v, o;
+    ops::Weight norm_q, norm_k;
+    Linear k_img, v_img;  // i2v / flf2v cross-attention only
+    ops::Weight norm_k_img;
+  };
+  struct Block {
+    Attention self_attn, cross_attn;
+    ops::Weight norm3_weight, norm3_bias;  // cross_attn_norm: LayerNorm with affine
+    Linear ffn0, ffn2;                     // ffn.1 is GELU(tanh)
+    ops::Weight modulation;                // [1, 6, dim]
+  };
+
+  at::Tensor apply(const Linear& l, const at::Tensor& x) const;
+  at::Tensor self_attention(const Attention& a, const at::Tensor& x, const at::Tensor& seq_lens,
+                            const std::vector<std::array<int64_t, 3>>& grids) const;
+  at::Tensor cross_attention(const Attention& a, const at::Tensor& x, const at::Tensor& context,
+                             const at::Tensor& context_img) const;
+  at::Tensor block_forward(const Block& b, int index, const at::Tensor& x, const at::Tensor& e0,
+                           const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
+                           const at::Tensor& context, const at::Tensor& context_img, Trace* trace) const;
+  at::Tensor heads(const at::Tensor& x) const;  // [B, L, dim] -> [B, L, H, D]
+
+  WanDitConfig config_;
+  WanDitOptions options_;
+  ops::RopeTable rope_;
+  ops::Weight patch_embedding_weight_, patch_embedding_bias_;
+  Linear text_embedding0_, text_embedding2_;  // text_embedding.1 is GELU(tanh)
+  Linear time_embedding0_, time_embedding2_;  // time_embedding.1 is SiLU
+  Linear time_projection1_;                   // time_projection.0 is SiLU
+  std::vector<Block> blocks_;
+  Linear head_;
+  ops::Weight head_modulation_;   // [1, 2, dim]
+  // img_emb (i2v / flf2v): LayerNorm(1280), Linear, GELU, Linear, LayerNorm(dim)
+  ops::Weight img_norm0_weight_, img_norm0_bias_, img_norm4_weight_, img_norm4_bias_;
+  Linear img_proj1_, img_proj3_;
+  ops::Weight img_emb_pos_;  // flf2v: [1, 514, 1280]
+};
+
+// Infers the configuration of a DiT checkpoint from its (normalised) tensor names and
+// shapes (anchors.md c.3). num_heads and text_len are not stored in the weights: the
+// released dims imply them (head dim 128, 512 text tokens); pass them for other sizes.
+struct WanDitOverrides {
+  int64_t num_heads = 0;  // 0: infer
+  int64_t text_len = 0;   // 0: 512
+};
+WanDitConfig infer_wan_dit_config(const std::map<std::string, std::vector<int64_t>>& shapes,
+                                  const WanDitOverrides& overrides, const std::string& source);
+
+// Loads a DiT from checkpoint files (shards of one checkpoint, any supported layout).
+std::shared_ptr<WanDit> load_wan_dit(const std::vector<std::string>& files, const WanDitOverrides& overrides,
+                                     const WanDitOptions& options, bool populate,
+                                     const std::function<bool()>& cancelled);
+
+}  // namespace wan::models

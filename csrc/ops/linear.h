@@ -1,0 +1,22 @@
+// Parameters as stored in a checkpoint, widened to the compute dtype when used, so that
+// resident memory follows the file's dtype (bf16, fp16 or fp8) rather than fp32.
+#pragma once
+#include <ATen/ATen.h>
+
+#include "core/tensor.h"
+
+namespace wan::ops {
+
+struct Weight {
+  core::Tensor stored;  // any dtype; fp8 kept as codes
+  at::Tensor scale;     // ComfyUI scaled fp8: W = decode(W_fp8) * scale_weight; else undefined
+
+  bool defined() const { return stored.value.defined(); }
+  // The value in `compute` dtype on `stored`'s device.
+  at::Tensor get(at::ScalarType compute) const;
+};
+
+// y = x W^T + b with W [out, in], x [..., in] in the compute dtype.
+at::Tensor linear(const at::Tensor& x, const Weight& weight, const Weight& bias);
+
+}  // namespace wan::ops

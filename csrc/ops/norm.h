@@ -1,0 +1,14 @@
+// Normalisations of the Wan models, computed in float32 as the official code does.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace wan::ops {
+
+// x * rsqrt(mean(x^2, -1) + eps) * weight over the last dimension (WanRMSNorm).
+// x: [..., C] float32 -> [..., C] float32.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// LayerNorm over the last dimension; weight and bias may be undefined (no affine).
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);
+
+}  // namespace wan::ops

@@ -1,0 +1,74 @@
+#include "ops/rope.h"
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace wan::ops {
+
+RopeTable rope_table(int64_t head_dim, int64_t max_pos, double theta) {
+  const int64_t c = head_dim / 2;
+  RopeTable t;
+  t.parts = {c - 2 * (c / 3), c / 3, c / 3};
+  t.cos = at::empty({max_pos, c}, at::kFloat);
+  t.sin = at::empty({max_pos, c}, at::kFloat);
+  float* cs = t.cos.data_ptr<float>();
+  float* sn = t.sin.data_ptr<float>();
+  for (int64_t pos = 0; pos < max_pos; ++pos) {
+    int64_t j = 0;
+    for (const int64_t pairs : t.parts) {
+      const double dim = 2.0 * pairs;  // rope_params(max_pos, dim_k)
+      for (int64_t k = 0; k < pairs; ++k, ++j) {
+        const double angle = pos / std::pow(theta, (2.0 * k) / dim);
+        cs[pos * c + j] = static_cast<float>(std::cos(angle));
+        sn[pos * c + j] = static_cast<float>(std::sin(angle));
+      }
+    }
+  }
+  return t;
+}
+
+at::Tensor rope_apply(const at::Tensor& x, const std::vector<std::array<int64_t, 3>>& grids,
+                      const RopeTable& table) {
+  const at::Tensor in = x.to(at::kFloat).contiguous();
+  const int64_t B = in.size(0), L = in.size(1), H = in.size(2), D = in.size(3), C = D / 2;
+  if (C != table.cos.size(1))
+    throw core::Error(core::ErrorCode::Internal, "rope_apply: head dim " + std::to_string(D) +
+                                                     " does not match the table's " +
+                                                     std::to_string(2 * table.cos.size(1)));
+  const int64_t max_pos = table.cos.size(0);
+  for (const auto& g : grids)
+    for (const int64_t n : g)
+      if (n > max_pos)
+        throw core::Error(core::ErrorCode::InvalidTensor,
+                          "rope: a grid of " + std::to_string(n) + " positions exceeds the " +
+                              std::to_string(max_pos) + " the table covers");
+  at::Tensor out = in.clone();
+  const float* cs = table.cos.data_ptr<float>();
+  const float* sn = table.sin.data_ptr<float>();
+  float* data = out.data_ptr<float>();
+  const int64_t p0 = table.parts[0], p1 = table.parts[0] + table.parts[1];
+  at::parallel_for(0, B * L, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t bl = begin; bl < end; ++bl) {
+      const int64_t b = bl / L, l = bl % L;
+      const auto& g = grids[b];
+      if (l >= g[0] * g[1] * g[2]) continue;  // padding
+      const int64_t pos[3] = {l / (g[1] * g[2]), (l / g[2]) % g[1], l % g[2]};
+      for (int64_t h = 0; h < H; ++h) {
+        float* v = data + (bl * H + h) * D;
+        for (int64_t j = 0; j < C; ++j) {
+          const int64_t p = pos[j < p0 ? 0 : j < p1 ? 1 : 2];
+          const float co = cs[p * C + j], si = sn[p * C + j];
+          const float re = v[2 * j], im = v[2 * j + 1];
+          v[2 * j] = re * co - im * si;
+          v[2 * j + 1] = re * si + im * co;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace wan::ops

@@ -1,0 +1,25 @@
+// 3D rotary position embedding of Wan (wan/modules/model.py rope_params / rope_apply).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <array>
+#include <vector>
+
+namespace wan::ops {
+
+// The angle table for head dim d: [max_pos, d/2] as cos and sin, float32. The d/2 complex
+// pairs are split over frames, height and width as [c - 2(c/3), c/3, c/3], c = d/2; each
+// part k has its own frequencies 1/10000^(2j/d_k), d_k = 2 x its pair count (for d = 128:
+// 22, 21 and 21 pairs). Angles are computed in float64, as the official complex table is.
+struct RopeTable {
+  at::Tensor cos, sin;  // [max_pos, d/2]
+  std::array<int64_t, 3> parts;  // pairs for frame, height, width
+};
+RopeTable rope_table(int64_t head_dim, int64_t max_pos = 1024, double theta = 10000.0);
+
+// Rotates x [B, L, H, D] (float32): token l < F*H*W of sample b sits at grid position
+// (f, h, w) of grids[b] = {F, H, W}; tokens past the grid (padding) are left as they are.
+at::Tensor rope_apply(const at::Tensor& x, const std::vector<std::array<int64_t, 3>>& grids,
+                      const RopeTable& table);
+
+}  // namespace wan::ops

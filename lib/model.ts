@@ -1,0 +1,167 @@
+// WanModel: the Wan2.1 diffusion transformer (csrc/models/wan_dit).
+import type { NativeTensor, NativeWanModel } from '../types/native';
+import { bridgeAbort } from './abort';
+import { planFiles } from './checkpoint';
+import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
+import { native } from './native';
+import { LongCallOptions, ProgressClock } from './progress';
+import { Tensor } from './tensor';
+
+export type AttentionMode = 'sdpa' | 'flash' | 'sageattn';
+export const ATTENTION_MODES: readonly AttentionMode[] = ['sdpa', 'flash', 'sageattn'];
+export type BasePrecision = 'fp32' | 'bf16' | 'fp16' | 'fp16_fast';
+export const BASE_PRECISIONS: readonly BasePrecision[] = ['fp32', 'bf16', 'fp16', 'fp16_fast'];
+
+export interface ModelLoaderOptions extends LongCallOptions {
+  /** Compute dtype on a GPU (WanVideoModelLoader base_precision, default 'bf16'). On a CPU the
+   * model computes in fp32 whatever this says (bf16 matmul is ~30x slower there); `config.computeDtype` tells. */
+  basePrecision?: BasePrecision;
+  /** 'sdpa' (default), 'flash' (tiled, never builds the L x L matrix) or 'sageattn' (int8 Q.K). */
+  attentionMode?: AttentionMode;
+  /** Heads, when the dim is not a release's (releases use head dim 128, so dim / 128). */
+  numHeads?: number;
+  /** Text tokens contexts are padded to (default 512, as every release). */
+  textLen?: number;
+  /** Read the weights into memory at load (default true); false maps them lazily. */
+  populate?: boolean;
+}
+
+export interface WanModelConfig {
+  modelType: 't2v' | 'i2v' | 'flf2v';
+  dim: number; ffnDim: number; freqDim: number; textDim: number; inDim: number; outDim: number;
+  numHeads: number; numLayers: number; textLen: number; patchSize: [number, number, number];
+  qkNorm: boolean; crossAttnNorm: boolean; eps: number;
+  basePrecision: BasePrecision;  // as requested
+  computeDtype: 'f32' | 'bf16' | 'f16';  // what the model computes in here
+  attentionMode: AttentionMode;
+}
+
+/** The official WanModel.forward arguments (wan/modules/model.py). */
+export interface WanForwardInput {
+  x: Tensor[];           // per sample [inDim - yChannels, F, H, W] noisy latent
+  t: Tensor;             // [B] timesteps in [0, 1000] (i64 or float)
+  context: Tensor[];     // per sample [L, textDim] text embeddings, L <= textLen
+  seqLen: number;        // tokens each sample is padded to: >= F * H/2 * W/2
+  clipFea?: Tensor;      // i2v [B, 257, 1280]; flf2v [2B, 257, 1280] (first, last frame per sample)
+  y?: Tensor[];          // i2v / flf2v per sample [4 mask + 16 latent channels, F, H, W]
+}
+
+function checkOptions(o: ModelLoaderOptions): void {
+  if (typeof o !== 'object' || o === null) throw invalidOption(`Expected an object for options but received ${describeValue(o)}`);
+  if (o.attentionMode !== undefined && !ATTENTION_MODES.includes(o.attentionMode))
+    throw invalidOption(`Expected one of ${ATTENTION_MODES.join(', ')} for attentionMode but received ${describeValue(o.attentionMode)}`);
+  if (o.basePrecision !== undefined && !BASE_PRECISIONS.includes(o.basePrecision))
+    throw invalidOption(`Expected one of ${BASE_PRECISIONS.join(', ')} for basePrecision but received ${describeValue(o.basePrecision)}`);
+  for (const key of ['numHeads', 'textLen'] as const) {
+    const v = o[key];
+    if (v !== undefined && !(Number.isSafeInteger(v) && v > 0))
+      throw invalidOption(`Expected a positive integer for ${key} but received ${describeValue(v)}`);
+  }
+  if (o.populate !== undefined && typeof o.populate !== 'boolean')
+    throw invalidOption(`Expected a boolean for populate but received ${describeValue(o.populate)}`);
+}
+
+function handles(list: unknown, what: string): NativeTensor[] {
+  if (!Array.isArray(list) || list.length === 0)
+    throw invalidOption(`Expected a non-empty array of Tensors for ${what} but received ${describeValue(list)}`);
+  return list.map((t, i) => Tensor.handle(t, `${what}[${i}]`));
+}
+
+export class WanModel {
+  readonly config: WanModelConfig;
+  #native: NativeWanModel | undefined;
+
+  private constructor(handle: NativeWanModel, basePrecision: BasePrecision) {
+    this.#native = handle;
+    this.config = { ...(handle.config() as Omit<WanModelConfig, 'basePrecision'>), basePrecision };
+  }
+
+  /** Loads a DiT checkpoint: official, ComfyUI, Kijai (bf16/fp16/fp8/scaled fp8) or diffusers
+   * layout, single file, shards or their `*.index.json`; the config is inferred from shapes. */
+  static load(path: string | string[], options: ModelLoaderOptions = {}): Promise<WanModel> {
+    const caller = new Error();
+    return withCallerStack((async () => {
+      checkOptions(options);
+      const plan = await planFiles(path, 'path');
+      const abort = bridgeAbort(options.signal);
+      const clock = new ProgressClock('load', 1, options.onProgress);
+      try {
+        clock.report(0);
+        const handle = await native().loadWanModel(plan.files, {
+          numHeads: options.numHeads, textLen: options.textLen,
+          attentionMode: options.attentionMode ?? 'sdpa', populate: options.populate ?? true,
+        }, abort.flag);
+        clock.report(1);
+        return new WanModel(handle, options.basePrecision ?? 'bf16');
+      } finally {
+        abort.done();
+      }
+    })(), caller);
+  }
+
+  private handle(): NativeWanModel {
+    if (!this.#native) throw new WanError('WAN_INVALID_OPTION', 'the WanModel has been disposed');
+    return this.#native;
+  }
+
+  get attentionMode(): AttentionMode {
+    return this.config.attentionMode;
+  }
+
+  set attentionMode(mode: AttentionMode) {
+    if (!ATTENTION_MODES.includes(mode))
+      throw invalidOption(`Expected one of ${ATTENTION_MODES.join(', ')} for attentionMode but received ${describeValue(mode)}`);
+    this.handle().setAttentionMode(mode);
+    (this.config as { attentionMode: AttentionMode }).attentionMode = mode;
+  }
+
+  /** One denoiser call, exactly like the official WanModel.forward: per sample [outDim, F, H, W] f32. */
+  async forward(input: WanForwardInput, options: { signal?: AbortSignal } = {}): Promise<Tensor[]> {
+    return (await this.run(input, false, options.signal)).outputs;
+  }
+
+  /** forward() that also returns named intermediates of sample 0 (for debugging and tests). */
+  trace(input: WanForwardInput, options: { signal?: AbortSignal } = {}): Promise<{ outputs: Tensor[]; intermediates: Map<string, Tensor> }> {
+    return this.run(input, true, options.signal);
+  }
+
+  private run(input: WanForwardInput, trace: boolean, signal?: AbortSignal) {
+    const caller = new Error();
+    return withCallerStack((async () => {
+      if (typeof input !== 'object' || input === null) throw invalidOption(`Expected an object for input but received ${describeValue(input)}`);
+      const x = handles(input.x, 'x');
+      const context = handles(input.context, 'context');
+      if (context.length !== x.length)
+        throw invalidOption(`Expected one context per sample (${x.length}) but received ${context.length}`);
+      if (!Number.isSafeInteger(input.seqLen) || input.seqLen <= 0)
+        throw invalidOption(`Expected a positive integer for seqLen but received ${describeValue(input.seqLen)}`);
+      const image = this.config.modelType !== 't2v';
+      if (image && (input.clipFea === undefined || input.y === undefined))
+        throw invalidOption(`Expected clipFea and y for a ${this.config.modelType} model`);
+      const args = {
+        x, context, seqLen: input.seqLen, t: Tensor.handle(input.t, 't'),
+        clipFea: image ? Tensor.handle(input.clipFea!, 'clipFea') : undefined,
+        y: image ? handles(input.y, 'y') : undefined,
+      };
+      const abort = bridgeAbort(signal);
+      try {
+        const result = await this.handle().forward(args, trace, abort.flag);
+        return {
+          outputs: result.outputs.map((h) => new Tensor(h)),
+          intermediates: new Map(Object.entries(result.trace ?? {}).map(([k, h]) => [k, new Tensor(h)])),
+        };
+      } finally {
+        abort.done();
+      }
+    })(), caller);
+  }
+
+  dispose(): void {
+    this.#native?.dispose();
+    this.#native = undefined;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+  }
+}

@@ -1,0 +1,50 @@
+// Kernels exposed for tests and benchmarks (csrc/binding/ops_api.cpp). Internal: not exported
+// from lib/index.ts, and free to change.
+import { describeValue, invalidOption, WanError } from './errors';
+import { native } from './native';
+import { Tensor } from './tensor';
+
+export type AttentionMode = 'sdpa' | 'flash' | 'sageattn';
+export const ATTENTION_MODES: readonly AttentionMode[] = ['sdpa', 'flash', 'sageattn'];
+
+const ATTENTION_DTYPES = ['f32', 'f16', 'bf16'];
+
+function invalidTensor(message: string): WanError {
+  return new WanError('WAN_INVALID_TENSOR', message);
+}
+
+function checkInput(t: Tensor, what: string, rank: string): void {
+  Tensor.handle(t, what);
+  if (t.shape.length !== 4)
+    throw invalidTensor(`attention: expected a 4-D tensor ${rank} for ${what} but received shape [${t.shape.join(', ')}]`);
+  if (!ATTENTION_DTYPES.includes(t.dtype))
+    throw invalidTensor(`attention: expected one of ${ATTENTION_DTYPES.join(', ')} for the dtype of ${what} but received ${t.dtype}`);
+}
+
+/**
+ * softmax(q k^T / sqrt(D)) v per batch and head: q [B, Lq, H, D], k and v [B, Lk, H, D]
+ * -> f32 [B, Lq, H, D]. `kLens` (i64 or i32 [B]) limits batch entry b to its first kLens[b]
+ * keys. 'sdpa' is libtorch's SDPA (the float32 reference on libtorch 1.13), 'flash' the tiled
+ * online-softmax kernel, 'sageattn' SageAttention's int8 Q.K^T.
+ */
+export function attention(q: Tensor, k: Tensor, v: Tensor, mode: AttentionMode, kLens?: Tensor): Tensor {
+  if (typeof mode !== 'string' || !(ATTENTION_MODES as readonly string[]).includes(mode))
+    throw invalidOption(`Expected one of ${ATTENTION_MODES.join(', ')} for mode but received ${describeValue(mode)}`);
+  checkInput(q, 'q', '[B, Lq, H, D]');
+  checkInput(k, 'k', '[B, Lk, H, D]');
+  checkInput(v, 'v', '[B, Lk, H, D]');
+  const [B, , H, D] = q.shape;
+  if (k.shape[0] !== B || k.shape[2] !== H || k.shape[3] !== D)
+    throw invalidTensor(`attention: expected k of shape [${B}, Lk, ${H}, ${D}] to match q [${q.shape.join(', ')}] but received [${k.shape.join(', ')}]`);
+  if (v.shape.some((n, i) => n !== k.shape[i]))
+    throw invalidTensor(`attention: expected v of the shape of k [${k.shape.join(', ')}] but received [${v.shape.join(', ')}]`);
+  if (q.dtype !== k.dtype || q.dtype !== v.dtype)
+    throw invalidTensor(`attention: expected q, k and v of one dtype but received ${q.dtype}, ${k.dtype} and ${v.dtype}`);
+  let lens;
+  if (kLens !== undefined) {
+    lens = Tensor.handle(kLens, 'kLens');
+    if (kLens.shape.length !== 1 || kLens.shape[0] !== B || (kLens.dtype !== 'i64' && kLens.dtype !== 'i32'))
+      throw invalidTensor(`attention: expected an i64 or i32 tensor of shape [${B}] for kLens but received ${kLens.dtype} [${kLens.shape.join(', ')}]`);
+  }
+  return new Tensor(native().attention(Tensor.handle(q, 'q'), Tensor.handle(k, 'k'), Tensor.handle(v, 'v'), mode, lens));
+}
