@@ -104,3 +104,73 @@ export function writeSparseSafetensors(file: string, entries: SparseEntry[], met
   }
   return file;
 }
+
+// Official -> diffusers names, as diffusers scripts/convert_wan_to_diffusers.py does it:
+// TRANSFORMER_KEYS_RENAME_DICT applied in order with str.replace (so `cross_attn.k_img`
+// becomes `attn2.to_k_img` and then `attn2.add_k_proj`, and norm2/norm3 swap via a placeholder).
+export const DIFFUSERS_RENAME: [string, string][] = [
+  ['time_embedding.0', 'condition_embedder.time_embedder.linear_1'],
+  ['time_embedding.2', 'condition_embedder.time_embedder.linear_2'],
+  ['text_embedding.0', 'condition_embedder.text_embedder.linear_1'],
+  ['text_embedding.2', 'condition_embedder.text_embedder.linear_2'],
+  ['time_projection.1', 'condition_embedder.time_proj'],
+  ['head.modulation', 'scale_shift_table'],
+  ['head.head', 'proj_out'],
+  ['modulation', 'scale_shift_table'],
+  ['ffn.0', 'ffn.net.0.proj'],
+  ['ffn.2', 'ffn.net.2'],
+  ['norm2', 'norm__placeholder'],
+  ['norm3', 'norm2'],
+  ['norm__placeholder', 'norm3'],
+  ['img_emb.proj.0', 'condition_embedder.image_embedder.norm1'],
+  ['img_emb.proj.1', 'condition_embedder.image_embedder.ff.net.0.proj'],
+  ['img_emb.proj.3', 'condition_embedder.image_embedder.ff.net.2'],
+  ['img_emb.proj.4', 'condition_embedder.image_embedder.norm2'],
+  ['img_emb.emb_pos', 'condition_embedder.image_embedder.pos_embed'],
+  ['self_attn.q', 'attn1.to_q'],
+  ['self_attn.k', 'attn1.to_k'],
+  ['self_attn.v', 'attn1.to_v'],
+  ['self_attn.o', 'attn1.to_out.0'],
+  ['self_attn.norm_q', 'attn1.norm_q'],
+  ['self_attn.norm_k', 'attn1.norm_k'],
+  ['cross_attn.q', 'attn2.to_q'],
+  ['cross_attn.k', 'attn2.to_k'],
+  ['cross_attn.v', 'attn2.to_v'],
+  ['cross_attn.o', 'attn2.to_out.0'],
+  ['cross_attn.norm_q', 'attn2.norm_q'],
+  ['cross_attn.norm_k', 'attn2.norm_k'],
+  ['attn2.to_k_img', 'attn2.add_k_proj'],
+  ['attn2.to_v_img', 'attn2.add_v_proj'],
+  ['attn2.norm_k_img', 'attn2.norm_added_k'],
+];
+
+export function toDiffusers(key: string): string {
+  for (const [from, to] of DIFFUSERS_RENAME) key = key.split(from).join(to);
+  return key;
+}
+
+// Float32 -> fp8 e4m3fn code, rounding to nearest (ties to even), saturating at +-448 (the
+// way quantising tools write weights; never a NaN code). For tests that make fp8 files.
+const E4M3_VALUES = Array.from({ length: 127 }, (_, c) => {
+  const e = (c >> 3) & 0xf, m = c & 7;
+  return e === 0 ? (m / 8) * 2 ** -6 : (1 + m / 8) * 2 ** (e - 7);
+});
+export function encodeE4m3fn(values: Float32Array): Uint8Array {
+  const out = new Uint8Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i], a = Math.min(Math.abs(v), 448);
+    let lo = 0, hi = 126;
+    while (lo < hi) { const mid = (lo + hi + 1) >> 1; if (E4M3_VALUES[mid] <= a) lo = mid; else hi = mid - 1; }
+    let code = lo;
+    if (lo < 126) {
+      const below = a - E4M3_VALUES[lo], above = E4M3_VALUES[lo + 1] - a;
+      if (above < below || (above === below && (lo & 1) === 1)) code = lo + 1;
+    }
+    out[i] = code | (v < 0 ? 0x80 : 0);
+  }
+  return out;
+}
+export function decodeE4m3fn(code: number): number {
+  const v = E4M3_VALUES[code & 0x7f];
+  return code & 0x80 ? -v : v;
+}

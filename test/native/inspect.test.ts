@@ -8,7 +8,7 @@ import * as path from 'node:path';
 
 import { inspectCheckpoint, loadCheckpoint } from '../../lib/index';
 import type { CheckpointInfo } from '../../lib/index';
-import { ELEMENT_SIZE, manifestsDir, tempDir, weightsDir, writeSparseSafetensors } from '../helpers';
+import { DIFFUSERS_RENAME, ELEMENT_SIZE, manifestsDir, tempDir, toDiffusers, weightsDir, writeSparseSafetensors } from '../helpers';
 
 const dir = tempDir('wan-inspect-');
 t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -470,50 +470,6 @@ t.test('fp8 checkpoints: plain, ComfyUI scaled, and .weight_scale', async (t) =>
       warnings: [TEXT_LEN_WARNING, 'scale tensors present but no fp8 weights'],
     });
 });
-
-// Official -> diffusers names, as diffusers scripts/convert_wan_to_diffusers.py does it:
-// TRANSFORMER_KEYS_RENAME_DICT applied in order with str.replace (so `cross_attn.k_img`
-// becomes `attn2.to_k_img` and then `attn2.add_k_proj`, and norm2/norm3 swap via a placeholder).
-const DIFFUSERS_RENAME: [string, string][] = [
-  ['time_embedding.0', 'condition_embedder.time_embedder.linear_1'],
-  ['time_embedding.2', 'condition_embedder.time_embedder.linear_2'],
-  ['text_embedding.0', 'condition_embedder.text_embedder.linear_1'],
-  ['text_embedding.2', 'condition_embedder.text_embedder.linear_2'],
-  ['time_projection.1', 'condition_embedder.time_proj'],
-  ['head.modulation', 'scale_shift_table'],
-  ['head.head', 'proj_out'],
-  ['modulation', 'scale_shift_table'],
-  ['ffn.0', 'ffn.net.0.proj'],
-  ['ffn.2', 'ffn.net.2'],
-  ['norm2', 'norm__placeholder'],
-  ['norm3', 'norm2'],
-  ['norm__placeholder', 'norm3'],
-  ['img_emb.proj.0', 'condition_embedder.image_embedder.norm1'],
-  ['img_emb.proj.1', 'condition_embedder.image_embedder.ff.net.0.proj'],
-  ['img_emb.proj.3', 'condition_embedder.image_embedder.ff.net.2'],
-  ['img_emb.proj.4', 'condition_embedder.image_embedder.norm2'],
-  ['img_emb.emb_pos', 'condition_embedder.image_embedder.pos_embed'],
-  ['self_attn.q', 'attn1.to_q'],
-  ['self_attn.k', 'attn1.to_k'],
-  ['self_attn.v', 'attn1.to_v'],
-  ['self_attn.o', 'attn1.to_out.0'],
-  ['self_attn.norm_q', 'attn1.norm_q'],
-  ['self_attn.norm_k', 'attn1.norm_k'],
-  ['cross_attn.q', 'attn2.to_q'],
-  ['cross_attn.k', 'attn2.to_k'],
-  ['cross_attn.v', 'attn2.to_v'],
-  ['cross_attn.o', 'attn2.to_out.0'],
-  ['cross_attn.norm_q', 'attn2.norm_q'],
-  ['cross_attn.norm_k', 'attn2.norm_k'],
-  ['attn2.to_k_img', 'attn2.add_k_proj'],
-  ['attn2.to_v_img', 'attn2.add_v_proj'],
-  ['attn2.norm_k_img', 'attn2.norm_added_k'],
-];
-
-function toDiffusers(key: string): string {
-  for (const [from, to] of DIFFUSERS_RENAME) key = key.split(from).join(to);
-  return key;
-}
 
 t.test('the forward diffusers renaming used below gives the names diffusers checkpoints have', async (t) => {
   t.equal(toDiffusers('blocks.3.cross_attn.k_img.weight'), 'blocks.3.attn2.add_k_proj.weight');
