@@ -9,6 +9,8 @@ export type { DType, TensorData } from './tensor';
 export { loadSafetensors, loadCheckpoint, saveSafetensors, inspectCheckpoint } from './checkpoint';
 export type { CheckpointInfo, LoadCheckpointOptions, LoadedCheckpoint } from './checkpoint';
 export { WanModel, ATTENTION_MODES } from './model';
+export { Vae } from './vae';
+export type { VaeOptions, VaeDecodeOptions } from './vae';
 export type { AttentionMode, BasePrecision, ModelLoaderOptions, WanModelConfig, WanForwardInput } from './model';
 export type { Progress, LongCallOptions } from './progress';
 

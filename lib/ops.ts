@@ -45,6 +45,11 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, mode: AttentionMode, 
     lens = Tensor.handle(kLens, 'kLens');
     if (kLens.shape.length !== 1 || kLens.shape[0] !== B || (kLens.dtype !== 'i64' && kLens.dtype !== 'i32'))
       throw invalidTensor(`attention: expected an i64 or i32 tensor of shape [${B}] for kLens but received ${kLens.dtype} [${kLens.shape.join(', ')}]`);
+    const Lk = k.shape[1];
+    const values = Array.from(kLens.toTypedArray() as ArrayLike<number | bigint>, Number);
+    const bad = values.findIndex((n) => !(n >= 1 && n <= Lk));
+    if (bad >= 0)
+      throw invalidTensor(`attention: expected kLens values in [1, ${Lk}] (Lk) but kLens[${bad}] is ${values[bad]}`);
   }
   return new Tensor(native().attention(Tensor.handle(q, 'q'), Tensor.handle(k, 'k'), Tensor.handle(v, 'v'), mode, lens));
 }

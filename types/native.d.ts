@@ -24,6 +24,19 @@ export interface NativeWanModel {
   dispose(): void;
 }
 
+export interface NativeVaeDecoder {
+  next(clamp: boolean, abortFlag?: Int32Array): Promise<NativeTensor | null>;
+  framesLeft(): number;
+}
+
+export interface NativeVae {
+  config(): { dim: number; zDim: number };
+  encode(video: NativeTensor, abortFlag?: Int32Array): Promise<NativeTensor>;
+  decoder(latent: NativeTensor, tiling?: { tileX: number; tileY: number; tileStrideX: number; tileStrideY: number }):
+    Promise<NativeVaeDecoder>;
+  dispose(): void;
+}
+
 export interface NativeAddon {
   setErrorClass(cls: new (code: string, message: string) => Error): void;
   setThreads(threads: number): void;
@@ -41,6 +54,7 @@ export interface NativeAddon {
   // ops_api.cpp: kernels for tests and benchmarks (lib/ops.ts), not the public API.
   attention(q: NativeTensor, k: NativeTensor, v: NativeTensor, mode: string, kLens?: NativeTensor): NativeTensor;
 
+  loadVae(files: string[], options: { populate: boolean }, abortFlag?: Int32Array): Promise<NativeVae>;
   loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; populate: boolean },
                abortFlag?: Int32Array): Promise<NativeWanModel>;
 }

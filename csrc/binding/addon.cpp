@@ -57,6 +57,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   init_checkpoint(env, exports);
   init_ops(env, exports);
   init_model(env, exports);
+  init_vae(env, exports);
   return exports;
 }
 

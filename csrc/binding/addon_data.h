@@ -70,6 +70,7 @@ struct AddonData {
   Engine engine;
   Napi::FunctionReference tensor_class;
   Napi::FunctionReference wan_model_class;
+  Napi::FunctionReference vae_class, vae_decoder_class;
   Napi::FunctionReference error_class;  // lib/errors.ts WanError, registered at load
   // Deletes references to borrowed JS buffers on the JS thread when a tensor dies elsewhere.
   Napi::ThreadSafeFunction releaser;
@@ -90,7 +91,8 @@ Napi::Object keep_alive(Napi::Env env, std::initializer_list<Napi::Value> values
 void init_tensor(Napi::Env env, Napi::Object exports);
 void init_checkpoint(Napi::Env env, Napi::Object exports);
 void init_ops(Napi::Env env, Napi::Object exports);
-void init_model(Napi::Env env, Napi::Object exports);  // model_api.cpp: WanModel    // ops_api.cpp: kernels, for tests and benchmarks
+void init_model(Napi::Env env, Napi::Object exports);  // model_api.cpp: WanModel
+void init_vae(Napi::Env env, Napi::Object exports);    // vae_api.cpp: Vae    // ops_api.cpp: kernels, for tests and benchmarks
 
 // The NativeTensor JS object for an engine tensor, and back.
 Napi::Object wrap_tensor(Napi::Env env, core::Tensor tensor);

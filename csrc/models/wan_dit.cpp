@@ -1,13 +1,9 @@
 #include "models/wan_dit.h"
 
 #include <cmath>
-#include <set>
 
 #include "core/error.h"
-#include "io/checkpoint_info.h"
-#include "io/key_map.h"
-#include "io/loader.h"
-#include "io/mapped_file.h"
+#include "models/weights.h"
 #include "ops/norm.h"
 
 namespace wan::models {
@@ -15,47 +11,6 @@ namespace {
 
 using core::Error;
 using core::ErrorCode;
-
-// Hands out parameters by name and remembers what was asked for, so that a load can report
-// every missing and every unexpected key in one error.
-class WeightBag {
- public:
-  explicit WeightBag(std::map<std::string, ops::Weight> weights) : weights_(std::move(weights)) {}
-
-  ops::Weight take(const std::string& name) {
-    auto it = weights_.find(name);
-    if (it == weights_.end()) {
-      missing_.push_back(name);
-      return {};
-    }
-    used_.insert(name);
-    return it->second;
-  }
-
-  void check(const std::string& source) const {
-    std::vector<std::string> unexpected;
-    for (const auto& [name, w] : weights_)
-      if (!used_.count(name)) unexpected.push_back(name);
-    if (missing_.empty() && unexpected.empty()) return;
-    auto list = [](const std::vector<std::string>& names) {
-      std::string s;
-      for (size_t i = 0; i < names.size() && i < 40; ++i) s += (i ? ", " : "") + names[i];
-      if (names.size() > 40) s += ", ... (" + std::to_string(names.size() - 40) + " more)";
-      return s;
-    };
-    std::string message = "not a Wan2.1 DiT of the inferred configuration:";
-    if (!missing_.empty()) message += " " + std::to_string(missing_.size()) + " missing [" + list(missing_) + "]";
-    if (!unexpected.empty())
-      message += std::string(missing_.empty() ? "" : ";") + " " + std::to_string(unexpected.size()) +
-                 " unexpected [" + list(unexpected) + "]";
-    throw core::bad_checkpoint(source, message);
-  }
-
- private:
-  std::map<std::string, ops::Weight> weights_;
-  std::set<std::string> used_;
-  std::vector<std::string> missing_;
-};
 
 // Timestep embedding (sinusoidal_embedding_1d), computed in float64 as the official code
 // does: t [B] -> [B, dim] = [cos(t w), sin(t w)], w_j = 10000^(-j/half).
@@ -151,7 +106,7 @@ WanDit::WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, 
     img_norm4_bias_ = bag.take("img_emb.proj.4.bias");
     if (config_.model_type == "flf2v") img_emb_pos_ = bag.take("img_emb.emb_pos");
   }
-  bag.check(source);
+  bag.check(source, "Wan2.1 DiT");
 }
 
 at::Tensor WanDit::apply(const Linear& l, const at::Tensor& x) const {
@@ -365,22 +320,9 @@ WanDitConfig infer_wan_dit_config(const std::map<std::string, std::vector<int64_
 std::shared_ptr<WanDit> load_wan_dit(const std::vector<std::string>& files, const WanDitOverrides& overrides,
                                      const WanDitOptions& options, bool populate,
                                      const std::function<bool()>& cancelled) {
-  std::map<std::string, ops::Weight> weights;
-  std::map<std::string, std::vector<int64_t>> shapes;
-  std::map<std::string, std::string> owner;
-  for (const auto& file : files) {
-    io::MappedCheckpoint mapped = io::map_checkpoint(file, io::LoadOptions{populate}, cancelled);
-    const io::NormalizedCheckpoint normalized = io::normalize_keys(mapped.parsed, file);
-    for (const auto& r : normalized.tensors) {
-      const auto [it, inserted] = owner.emplace(r.name, file);
-      if (!inserted) throw core::bad_checkpoint(file, "tensor '" + r.name + "' also appears in " + it->second);
-      weights[r.name] = ops::Weight{io::tensor_from_record(mapped.file, r), {}};
-      shapes[r.name] = r.shape;
-    }
-  }
-  WanDitConfig config = infer_wan_dit_config(shapes, overrides, files.front());
-  auto model = std::make_shared<WanDit>(config, std::move(weights), options, files.front());
-  return model;
+  LoadedWeights loaded = load_weights(files, populate, cancelled);
+  WanDitConfig config = infer_wan_dit_config(loaded.shapes, overrides, files.front());
+  return std::make_shared<WanDit>(config, std::move(loaded.weights), options, files.front());
 }
 
 }  // namespace wan::models

@@ -1,0 +1,130 @@
+// The Wan2.1 causal 3D VAE (wan/modules/vae.py: WanVAE_ and the WanVAE wrapper).
+// Config from shapes, then the blocks bottom-up (causal conv, RMS norm, residual block,
+// attention, resample), then encoder, decoder and the chunked drivers.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ops/linear.h"
+
+namespace wan::models {
+
+struct WanVaeConfig {
+  int64_t dim = 96;    // base channels (encoder.conv1 out); the tiny golden VAE has 8
+  int64_t z_dim = 16;  // latent channels
+  // Fixed for Wan2.1: dim_mult [1, 2, 4, 4], 2 residual blocks per level, temporal
+  // downsampling in the last two levels (4x in time, 8x in space), no attention but the middle.
+};
+
+// Per-call state of the causal convolutions: the last frames each one saw (CACHE_T = 2),
+// carried from chunk to chunk. Slots are taken in call order, as the official feat_idx.
+struct FeatureCache {
+  struct Slot {
+    at::Tensor frames;
+    bool present = false;
+    bool rep = false;  // the upsample3d marker of the first chunk ('Rep')
+  };
+  std::vector<Slot> slots;
+  size_t index = 0;
+  Slot& next() {
+    if (index >= slots.size()) slots.resize(index + 1);
+    return slots[index++];
+  }
+};
+
+class WanVae : public std::enable_shared_from_this<WanVae> {
+ public:
+  WanVae(WanVaeConfig config, std::map<std::string, ops::Weight> weights, const std::string& source);
+
+  // video [3, F, H, W] in [-1, 1], F = 4k + 1, H and W multiples of 8 -> normalised latent
+  // [z_dim, (F - 1) / 4 + 1, H / 8, W / 8]. `mu` (optional) receives the latent before
+  // (mu - mean) / std.
+  at::Tensor encode(const at::Tensor& video, const std::function<bool()>& cancelled = {},
+                    at::Tensor* mu = nullptr) const;
+
+  // Spatial tiling of a decode, in pixels (WanVideo Decode's tile_x, tile_y, tile_stride_x,
+  // tile_stride_y): overlapping tiles of the latent, each with its own cache, blended
+  // linearly where they overlap.
+  struct Tiling {
+    int64_t tile_x = 272, tile_y = 272, stride_x = 144, stride_y = 128;
+  };
+
+  // Decodes one latent frame at a time with the feature cache carried between them (the
+  // official loop), so memory is bounded by one chunk: next() returns the video frames of the
+  // next latent frame, [3, n, 8h, 8w] unclamped (n = 1 for the first, then 4).
+  class Decoder {
+   public:
+    Decoder(std::shared_ptr<const WanVae> vae, const at::Tensor& z, const Tiling* tiling);
+    bool done() const { return next_frame_ >= x_.size(2); }
+    int64_t frames_left() const { return x_.size(2) - next_frame_; }
+    at::Tensor next();
+
+   private:
+    struct Tile {
+      int64_t y, x;           // latent offset
+      FeatureCache cache;
+      at::Tensor weight;      // [1, 1, 8 th, 8 tw] blending weights
+    };
+    std::shared_ptr<const WanVae> vae_;
+    at::Tensor x_;            // [1, z, T, h, w] after the post-quant conv
+    int64_t th_, tw_;         // tile size in latent pixels (the whole latent when untiled)
+    std::vector<Tile> tiles_;
+    int64_t next_frame_ = 0;
+  };
+
+  const WanVaeConfig& config() const { return config_; }
+  static const std::vector<float>& latent_mean();
+  static const std::vector<float>& latent_std();
+
+ private:
+  struct Conv {  // a (causal) convolution: weight [out, in, (kt,) kh, kw]
+    ops::Weight weight, bias;
+  };
+  struct Residual {  // residual: 0 RMS, 1 SiLU, 2 conv, 3 RMS, 4 SiLU, 5 dropout, 6 conv
+    ops::Weight norm0, norm3;
+    Conv conv2, conv6, shortcut;  // shortcut only when channels change
+  };
+  struct Attention {  // single-head attention over each frame's pixels
+    ops::Weight norm;
+    Conv to_qkv, proj;
+  };
+  struct Resample {  // mode: downsample2d/3d (encoder), upsample2d/3d (decoder)
+    std::string mode;
+    Conv resample1, time_conv;
+  };
+  struct Stage {  // one entry of downsamples / upsamples
+    enum Kind { kResidual, kResample } kind;
+    Residual residual;
+    Resample resample;
+  };
+  struct Coder {  // Encoder3d / Decoder3d
+    Conv conv1;
+    std::vector<Stage> stages;
+    Residual middle0, middle2;
+    Attention middle1;
+    ops::Weight head_norm;
+    Conv head_conv;
+  };
+
+  at::Tensor residual(const Residual& r, const at::Tensor& x, FeatureCache& cache) const;
+  at::Tensor attention(const Attention& a, const at::Tensor& x) const;
+  at::Tensor resample(const Resample& r, const at::Tensor& x, FeatureCache& cache) const;
+  at::Tensor run(const Coder& c, const at::Tensor& x, FeatureCache& cache, bool encoder) const;
+  at::Tensor unnormalize(const at::Tensor& z) const;
+
+  WanVaeConfig config_;
+  Coder encoder_, decoder_;
+  Conv conv1_, conv2_;  // quant_conv [2z, 2z, 1, 1, 1] and post_quant_conv [z, z, 1, 1, 1]
+};
+
+WanVaeConfig infer_wan_vae_config(const std::map<std::string, std::vector<int64_t>>& shapes, const std::string& source);
+
+std::shared_ptr<WanVae> load_wan_vae(const std::vector<std::string>& files, bool populate,
+                                     const std::function<bool()>& cancelled);
+
+}  // namespace wan::models

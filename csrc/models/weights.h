@@ -1,0 +1,38 @@
+// Loading a model's parameters from checkpoint files, and handing them out by name.
+#pragma once
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "ops/linear.h"
+
+namespace wan::models {
+
+struct LoadedWeights {
+  std::map<std::string, ops::Weight> weights;             // official names (io/key_map)
+  std::map<std::string, std::vector<int64_t>> shapes;
+};
+
+// Maps the files (shards of one checkpoint, any supported layout) and names their tensors
+// as the official code does; tensors alias the mappings.
+LoadedWeights load_weights(const std::vector<std::string>& files, bool populate,
+                           const std::function<bool()>& cancelled);
+
+// Hands out parameters by name and remembers what was asked for, so that a load can report
+// every missing and every unexpected key in one error.
+class WeightBag {
+ public:
+  explicit WeightBag(std::map<std::string, ops::Weight> weights) : weights_(std::move(weights)) {}
+  ops::Weight take(const std::string& name);
+  // Throws core::Error(BadCheckpoint) naming `source` and listing every missing and unused key.
+  void check(const std::string& source, const std::string& model) const;
+
+ private:
+  std::map<std::string, ops::Weight> weights_;
+  std::set<std::string> used_;
+  std::vector<std::string> missing_;
+};
+
+}  // namespace wan::models
