@@ -2,10 +2,11 @@
 // from lib/index.ts, and free to change.
 import { describeValue, invalidOption, WanError } from './errors';
 import { native } from './native';
+import { ATTENTION_MODES } from './model';
+import type { AttentionMode } from './model';
 import { Tensor } from './tensor';
 
-export type AttentionMode = 'sdpa' | 'flash' | 'sageattn';
-export const ATTENTION_MODES: readonly AttentionMode[] = ['sdpa', 'flash', 'sageattn'];
+export type { AttentionMode };
 
 const ATTENTION_DTYPES = ['f32', 'f16', 'bf16'];
 

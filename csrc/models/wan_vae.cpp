@@ -1,6 +1,8 @@
 #include "models/wan_vae.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <malloc.h>
 
 #include "core/error.h"
 #include "models/weights.h"
@@ -314,6 +316,7 @@ WanVae::Decoder::Decoder(std::shared_ptr<const WanVae> vae, const at::Tensor& z,
 
 at::Tensor WanVae::Decoder::next() {
   if (done()) throw Error(ErrorCode::Internal, "Vae decoder: no frames left");
+  if (std::getenv("VAE_TRIM")) malloc_trim(0);
   const at::Tensor frame = x_.narrow(2, next_frame_++, 1);
   if (tiles_.size() == 1 && !tiles_[0].weight.defined()) {
     tiles_[0].cache.index = 0;

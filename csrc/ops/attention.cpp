@@ -50,13 +50,13 @@ using core::ErrorCode;
 namespace {
 
 // ---------------------------------------------------------------------------------------
-// Tile sizes of the CPU kernels. Per thread the flash kernel holds Q^T [D, 144], the scores
-// S^T [256, 144] and the output accumulator [144, D] in float32 (plus converted K and V rows
-// [256, D] for f16/bf16): 0.4-0.6 MiB at D = 128, which stays in a 1 MiB L2. Nothing grows
-// with L.
+// Tile sizes of the CPU kernels, chosen by measurement at L = 2048 and 4096 (192 x 192 beat
+// 96-384 x 192-384 by 3-8%). Per thread the kernels hold Q^T [D, 192], the scores S^T
+// [192, 192], V [192, D] and the output accumulator [192, D] in float32 (plus converted K rows
+// for f16/bf16): about 0.5 MiB at D = 128, which stays in a 1 MiB L2. Nothing grows with L.
 constexpr int64_t kMathChunk = 1024;  // query rows per score matrix in attention_math
-constexpr int kBlockQ = 192;          // query rows per task (flash and sage); 9 panels of 16, 24 strips of 6
-constexpr int kBlockK = 192;          // keys per tile (flash and sage)
+constexpr int kBlockQ = 192;          // query rows per task: 12 panels of 16, 32 strips of 6
+constexpr int kBlockK = 192;          // keys per tile: 32 strips of 6, 3 Sage K blocks
 constexpr int kSageQueryBlock = 64;   // queries sharing one int8 scale (SageAttention's Q block)
 constexpr int kSageKeyBlock = 64;     // keys sharing one int8 scale (SageAttention's K block)
 constexpr int kPanel = 16;            // queries per panel of Q^T: two AVX2 registers
@@ -98,8 +98,8 @@ struct Dims {
   int64_t B, Lq, Lk, H, D;
 };
 
-// Checks q, k, v and k_lens and returns the sizes. k_lens values are checked when they are on
-// the CPU; on a GPU reading them would stall the stream, and the kernels clamp them instead.
+// Checks q, k, v and k_lens and returns the sizes. k_lens values are checked unless both q and
+// k_lens are on a GPU: reading them would stall the stream, and the kernels clamp them instead.
 Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_lens) {
   if (!q.defined() || !k.defined() || !v.defined()) invalid("q, k and v must all be defined tensors");
   if (q.dim() != 4) invalid("q must be a 4-D tensor [B, Lq, H, D] but got shape " + shape_string(q));
@@ -128,8 +128,8 @@ Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     if (k_lens.dim() != 1 || k_lens.size(0) != d.B || (type != at::kLong && type != at::kInt))
       invalid("k_lens must be a 1-D i64 or i32 tensor of B = " + std::to_string(d.B) + " elements but got " +
               dtype_string(type) + " " + shape_string(k_lens));
-    if (k_lens.device().is_cpu()) {
-      const at::Tensor lens = k_lens.to(at::kLong).contiguous();
+    if (k_lens.device().is_cpu() || !q.is_cuda()) {
+      const at::Tensor lens = k_lens.to(at::kCPU).to(at::kLong).contiguous();
       const int64_t* p = lens.data_ptr<int64_t>();
       for (int64_t b = 0; b < d.B; ++b)
         if (p[b] < 1 || p[b] > d.Lk)
@@ -240,16 +240,18 @@ inline int quantize(float x, float inv_scale) {
 }
 
 // ---------------------------------------------------------------------------------------
-// The tiled CPU kernels work on the transposed score tile S^T [keys, queries], so that K and V
-// rows are read where they lie (f32) or converted row by row (f16/bf16): nothing is
-// transposed per key tile. Layouts, all float32 unless said:
+// The tiled CPU kernels work on the transposed score tile S^T [keys, queries], so that key
+// rows are read where they lie (f32) or converted row by row (f16/bf16): K is never
+// transposed. Layouts, all float32 unless said:
 //   qt  Q^T in panels of 16 queries: [ceil(nq / 16)][D][16], scaled by log2(e) / sqrt(D)
-//   k   key rows, row j at k + j * ldk (D values);   v  value rows at v + j * ldv (dp values)
+//   k   key rows, row j at k + j * ldk (D values)
 //   st  S^T [nk, ldst], scores in log2 units; after the softmax, P^T in place
+//   vp  V in panels of 16 channels: [dp / 16][nk][16]
 //   o   the output accumulator [nq, dp]; m, l, alpha: per query (running max, sum, rescale)
 // dp is D rounded up to 16, ldst a multiple of 16. Sage replaces Q^T and k with int16 pairs
-// of int8 values (qwt [panels][dh][16], kw [nk, dh], dh = ceil(D / 2)) and a per-key scale.
-// The softmax of a 16-query panel runs right after its scores, while they are in L1.
+// of int8 values (qwt [panels][dh][16], kw [nk, dh], dh = ceil(D / 2)) and per-key and
+// per-panel scales. The softmax of a 16-query panel runs right after its scores, while they
+// are in L1.
 
 struct Generic {
   static void qk_panel(const float* qt, int D, const float* k, int64_t ldk, int nk, float* st, int ldst) {
@@ -301,10 +303,12 @@ struct Generic {
       float* orow = o + static_cast<int64_t>(i) * ldo;
       for (int c0 = 0; c0 < dp; c0 += kVec) {
         const float* panel = vp + static_cast<int64_t>(c0 / kVec) * nk * kVec;
+        float acc[kVec] = {};  // the tile's sum, then added to O (see Avx2::pv_6)
         for (int j = 0; j < nk; ++j) {
           const float w = pt[static_cast<int64_t>(j) * ldpt + i];
-          for (int c = 0; c < kVec; ++c) orow[c0 + c] += w * panel[j * kVec + c];
+          for (int c = 0; c < kVec; ++c) acc[c] += w * panel[j * kVec + c];
         }
+        for (int c = 0; c < kVec; ++c) orow[c0 + c] += acc[c];
       }
     }
   }
@@ -471,14 +475,12 @@ struct Avx2 {
     _mm256_storeu_ps(alpha + 8, c1);
   }
 
-  // O rows i..i+5, columns c..c+15 += P^T[:, i..i+5]^T V[:, c..c+15].
+  // O rows i..i+5, columns c..c+15 += P^T[:, i..i+5]^T V[:, c..c+15]. The tile's sum starts
+  // from zero and is added to O at the end, as a GEMM adds its K blocks: one running sum over
+  // all L keys loses about 3x more precision at L = 4096 (measured against float64).
   WAN_AVX2 static void pv_6(const float* pt, int ldpt, int nk, const float* v, float* o, int ldo) {
-    __m256 a00 = _mm256_loadu_ps(o), a01 = _mm256_loadu_ps(o + 8);
-    __m256 a10 = _mm256_loadu_ps(o + ldo), a11 = _mm256_loadu_ps(o + ldo + 8);
-    __m256 a20 = _mm256_loadu_ps(o + 2 * ldo), a21 = _mm256_loadu_ps(o + 2 * ldo + 8);
-    __m256 a30 = _mm256_loadu_ps(o + 3 * ldo), a31 = _mm256_loadu_ps(o + 3 * ldo + 8);
-    __m256 a40 = _mm256_loadu_ps(o + 4 * ldo), a41 = _mm256_loadu_ps(o + 4 * ldo + 8);
-    __m256 a50 = _mm256_loadu_ps(o + 5 * ldo), a51 = _mm256_loadu_ps(o + 5 * ldo + 8);
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
+    __m256 a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
     for (int j = 0; j < nk; ++j) {
       const float* vrow = v + j * kVec;
       const float* prow = pt + static_cast<int64_t>(j) * ldpt;
@@ -498,21 +500,22 @@ struct Avx2 {
     }
     const __m256 rows[12] = {a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51};
     for (int r = 0; r < 6; ++r) {
-      _mm256_storeu_ps(o + static_cast<int64_t>(r) * ldo, rows[2 * r]);
-      _mm256_storeu_ps(o + static_cast<int64_t>(r) * ldo + 8, rows[2 * r + 1]);
+      float* orow = o + static_cast<int64_t>(r) * ldo;
+      _mm256_storeu_ps(orow, _mm256_add_ps(_mm256_loadu_ps(orow), rows[2 * r]));
+      _mm256_storeu_ps(orow + 8, _mm256_add_ps(_mm256_loadu_ps(orow + 8), rows[2 * r + 1]));
     }
   }
 
   WAN_AVX2 static void pv_1(const float* pt, int ldpt, int nk, const float* v, float* o) {
-    __m256 a00 = _mm256_loadu_ps(o), a01 = _mm256_loadu_ps(o + 8);
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00;
     for (int j = 0; j < nk; ++j) {
       const float* vrow = v + j * kVec;
       const __m256 x0 = _mm256_loadu_ps(vrow), x1 = _mm256_loadu_ps(vrow + 8);
       const __m256 w = _mm256_broadcast_ss(pt + static_cast<int64_t>(j) * ldpt);
       WAN_FMA_ROW(0, w);
     }
-    _mm256_storeu_ps(o, a00);
-    _mm256_storeu_ps(o + 8, a01);
+    _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), a00));
+    _mm256_storeu_ps(o + 8, _mm256_add_ps(_mm256_loadu_ps(o + 8), a01));
   }
 
   // vp: V in panels [dp / 16][nk][16]; a panel (16 KiB at 256 keys) stays in L1 while every
