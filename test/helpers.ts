@@ -70,6 +70,14 @@ export function decodeRaw(dtype: string, bytes: Buffer): number[] {
   }
 }
 
+// Largest |a - b| over all elements (Infinity when the sizes differ).
+export function maxAbsDiff(a: { toTypedArray(): ArrayLike<number | bigint> }, b: { toTypedArray(): ArrayLike<number | bigint> }): number {
+  const x = toNumbers(a.toTypedArray()), y = toNumbers(b.toTypedArray());
+  let m = x.length === y.length ? 0 : Infinity;
+  for (let i = 0; i < x.length; i++) m = Math.max(m, Math.abs(x[i] - y[i]));
+  return m;
+}
+
 export function toNumbers(a: ArrayLike<number | bigint>): number[] {
   return Array.from(a as ArrayLike<number | bigint>, (v) => Number(v));
 }

@@ -6,17 +6,11 @@ import * as path from 'node:path';
 
 import { inspectCheckpoint, loadSafetensors, saveSafetensors, Tensor, WanModel } from '../../lib/index';
 import type { WanForwardInput } from '../../lib/index';
-import { decodeE4m3fn, encodeE4m3fn, goldenDir, tempDir, toDiffusers, toNumbers, weightsDir } from '../helpers';
+import { decodeE4m3fn, encodeE4m3fn, goldenDir, maxAbsDiff, tempDir, toDiffusers, toNumbers, weightsDir } from '../helpers';
 
 const dir = tempDir('wan-dit-layouts-');
 t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-function maxAbsDiff(a: Tensor, b: Tensor): number {
-  const x = toNumbers(a.toTypedArray()), y = toNumbers(b.toTypedArray());
-  let m = x.length === y.length ? 0 : Infinity;
-  for (let i = 0; i < x.length; i++) m = Math.max(m, Math.abs(x[i] - y[i]));
-  return m;
-}
 
 async function setup() {
   const g = (await loadSafetensors(path.join(goldenDir, 'golden_dit_t2v.safetensors'))).tensors;

@@ -6,17 +6,10 @@ import * as path from 'node:path';
 
 import { loadSafetensors, Tensor, WanModel } from '../../lib/index';
 import type { AttentionMode, WanForwardInput } from '../../lib/index';
-import { fixturesDir, goldenDir, manifestsDir, tempDir, toNumbers, weightsDir, writeSparseSafetensors } from '../helpers';
+import { fixturesDir, goldenDir, maxAbsDiff, manifestsDir, tempDir, toNumbers, weightsDir, writeSparseSafetensors } from '../helpers';
 
 const TOLERANCE = 1e-5;  // max abs error against the official fp32 forward (outputs are O(1))
 
-function maxAbsDiff(a: Tensor, b: Tensor): number {
-  const x = toNumbers(a.toTypedArray()), y = toNumbers(b.toTypedArray());
-  if (x.length !== y.length) return Infinity;
-  let m = 0;
-  for (let i = 0; i < x.length; i++) m = Math.max(m, Math.abs(x[i] - y[i]));
-  return m;
-}
 
 function cosine(a: Tensor, b: Tensor): number {
   const x = toNumbers(a.toTypedArray()), y = toNumbers(b.toTypedArray());
