@@ -34,6 +34,30 @@ export interface NativeVae {
   encode(video: NativeTensor, abortFlag?: Int32Array): Promise<NativeTensor>;
   decoder(latent: NativeTensor, tiling?: { tileX: number; tileY: number; tileStrideX: number; tileStrideY: number }):
     Promise<NativeVaeDecoder>;
+  estimateDecodeMemory(query: { frames: number; height: number; width: number; tiling?: { tileX: number; tileY: number; tileStrideX: number; tileStrideY: number }; whole: boolean }): { bytes: number; breakdown: { weights: number; runtime: number; caches: number; activations: number; output: number; allocator: number }; peakAt: string };
+  dispose(): void;
+}
+
+export interface NativeTextEncoder {
+  config(): { vocab: number; dim: number; dimAttn: number; dimFfn: number; numHeads: number; numLayers: number;
+              numBuckets: number; sharedPos: boolean };
+  encodeTokens(ids: NativeTensor, mask: NativeTensor, trace: boolean, abortFlag?: Int32Array):
+    Promise<{ output: NativeTensor; trace?: Record<string, NativeTensor> }>;
+  embeddedTokenizer(): Uint8Array | null;  // a ComfyUI checkpoint's `spiece_model` bytes
+  dispose(): void;
+}
+
+export interface NativeClipVisionConfig {
+  imageSize: number; patchSize: number; dim: number; mlpDim: number; numHeads: number; numLayers: number;
+  tokens: number; layout: string;  // 'official' | 'hf-clip' | 'open-clip'
+}
+
+export interface NativeClipVision {
+  config(): NativeClipVisionConfig;
+  // images: each [3, H, W] or [3, 1, H, W] in [-1, 1]; crop 'center' | 'disabled';
+  // combineEmbeds 'average' | 'sum' | 'concat' | 'batch'.
+  encode(images: NativeTensor[], options: { crop: string; strengths: number[]; combineEmbeds: string; trace: boolean },
+         abortFlag?: Int32Array): Promise<{ embeds: NativeTensor; trace?: Record<string, NativeTensor> }>;
   dispose(): void;
 }
 
@@ -50,10 +74,15 @@ export interface NativeAddon {
                   abortFlag?: Int32Array): Promise<void>;
   inspectCheckpoint(files: string[]): Promise<NativeCheckpointInfo>;
   parseCheckpointBuffer(bytes: Uint8Array): number;
+  gemmRate(m: number, k: number, n: number, reps: number): number[];  // seconds per fp32 product
 
   // ops_api.cpp: kernels for tests and benchmarks (lib/ops.ts), not the public API.
   attention(q: NativeTensor, k: NativeTensor, v: NativeTensor, mode: string, kLens?: NativeTensor): NativeTensor;
 
+  loadTextEncoder(files: string[], options: { populate: boolean }, abortFlag?: Int32Array):
+    Promise<NativeTextEncoder>;
+  loadClipVision(files: string[], options: { numHeads?: number; populate: boolean }, abortFlag?: Int32Array):
+    Promise<NativeClipVision>;
   loadVae(files: string[], options: { populate: boolean }, abortFlag?: Int32Array): Promise<NativeVae>;
   loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; populate: boolean },
                abortFlag?: Int32Array): Promise<NativeWanModel>;

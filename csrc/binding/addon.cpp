@@ -58,6 +58,8 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   init_ops(env, exports);
   init_model(env, exports);
   init_vae(env, exports);
+  init_clip(env, exports);
+  init_text_encoder(env, exports);
   return exports;
 }
 

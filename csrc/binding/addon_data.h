@@ -71,6 +71,8 @@ struct AddonData {
   Napi::FunctionReference tensor_class;
   Napi::FunctionReference wan_model_class;
   Napi::FunctionReference vae_class, vae_decoder_class;
+  Napi::FunctionReference clip_class;  // clip_api.cpp: NativeClipVision
+  Napi::FunctionReference text_encoder_class;
   Napi::FunctionReference error_class;  // lib/errors.ts WanError, registered at load
   // Deletes references to borrowed JS buffers on the JS thread when a tensor dies elsewhere.
   Napi::ThreadSafeFunction releaser;
@@ -92,7 +94,9 @@ void init_tensor(Napi::Env env, Napi::Object exports);
 void init_checkpoint(Napi::Env env, Napi::Object exports);
 void init_ops(Napi::Env env, Napi::Object exports);
 void init_model(Napi::Env env, Napi::Object exports);  // model_api.cpp: WanModel
-void init_vae(Napi::Env env, Napi::Object exports);    // vae_api.cpp: Vae    // ops_api.cpp: kernels, for tests and benchmarks
+void init_vae(Napi::Env env, Napi::Object exports);    // vae_api.cpp: Vae
+void init_clip(Napi::Env env, Napi::Object exports);   // clip_api.cpp: ClipVisionEncoder
+void init_text_encoder(Napi::Env env, Napi::Object exports);  // text_encoder_api.cpp: TextEncoder    // ops_api.cpp: kernels, for tests and benchmarks
 
 // The NativeTensor JS object for an engine tensor, and back.
 Napi::Object wrap_tensor(Napi::Env env, core::Tensor tensor);

@@ -1,4 +1,6 @@
 // Kernels exported for tests and benchmarks (lib/ops.ts): not part of the public API.
+#include <chrono>
+
 #include "binding/addon_data.h"
 #include "core/error.h"
 #include "ops/attention.h"
@@ -29,10 +31,34 @@ Napi::Value attention(const Napi::CallbackInfo& info) {
   });
 }
 
+// gemmRate(m, k, n, reps) -> seconds of each of `reps` fp32 [m, k] x [k, n] products, after
+// one warm-up: the machine's matmul rate, for benchmarks to report next to their own.
+Napi::Value gemm_rate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    int64_t dims[4];
+    for (int i = 0; i < 4; ++i) {
+      if (!info[i].IsNumber() || info[i].As<Napi::Number>().Int64Value() <= 0)
+        throw_error(env, "WAN_INVALID_OPTION", "gemmRate(m, k, n, reps): expected positive integers");
+      dims[i] = info[i].As<Napi::Number>().Int64Value();
+    }
+    const at::Tensor a = at::randn({dims[0], dims[1]}), b = at::randn({dims[1], dims[2]});
+    at::Tensor c = at::mm(a, b);
+    Napi::Array seconds = Napi::Array::New(env, dims[3]);
+    for (int64_t r = 0; r < dims[3]; ++r) {
+      const auto start = std::chrono::steady_clock::now();
+      at::mm_out(c, a, b);
+      seconds.Set(r, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    return seconds;
+  });
+}
+
 }  // namespace
 
 void init_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("attention", Napi::Function::New(env, attention));
+  exports.Set("gemmRate", Napi::Function::New(env, gemm_rate));
 }
 
 }  // namespace wan::binding

@@ -1,0 +1,57 @@
+// The umT5 text encoder of Wan2.1 (wan/modules/t5.py: T5Encoder as umt5_xxl(encoder_only)).
+// Config from shapes, then the blocks bottom-up, then the encoder.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ops/linear.h"
+
+namespace wan::models {
+
+struct Umt5Config {
+  int64_t vocab = 0, dim = 0, dim_attn = 0, dim_ffn = 0, num_heads = 0, num_layers = 0;
+  int64_t num_buckets = 32, max_dist = 128;
+  bool shared_pos = false;  // umT5: one relative position table per layer
+};
+
+// T5's bidirectional relative position bucket of rel = key - query (_relative_position_bucket).
+at::Tensor t5_relative_bucket(const at::Tensor& rel, int64_t num_buckets, int64_t max_dist);
+
+class Umt5Encoder {
+ public:
+  Umt5Encoder(Umt5Config config, std::map<std::string, ops::Weight> weights, const std::string& source);
+
+  // ids, mask: int64 [B, L] (mask 1 for real tokens) -> [B, L, dim] float32. `trace` (optional)
+  // receives token_embedding_out, block{i}_pos_bias and block{i}_out.
+  at::Tensor forward(const at::Tensor& ids, const at::Tensor& mask, const std::function<bool()>& cancelled = {},
+                     std::map<std::string, at::Tensor>* trace = nullptr) const;
+
+  const Umt5Config& config() const { return config_; }
+
+ private:
+  struct Block {
+    ops::Weight norm1, norm2;
+    ops::Weight q, k, v, o;            // attn.* (no biases in T5)
+    ops::Weight gate0, fc1, fc2;       // ffn.gate.0 (then GELU-tanh), ffn.fc1, ffn.fc2
+    ops::Weight pos_embedding;         // [num_buckets, num_heads], per layer unless shared
+  };
+  at::Tensor position_bias(const ops::Weight& table, int64_t length) const;  // [1, N, L, L]
+
+  Umt5Config config_;
+  ops::Weight token_embedding_, norm_, shared_pos_embedding_;
+  std::vector<Block> blocks_;
+};
+
+Umt5Config infer_umt5_config(const std::map<std::string, std::vector<int64_t>>& shapes, const std::string& source);
+
+// `embedded_tokenizer` (optional) receives the bytes of a ComfyUI-style `spiece_model` tensor
+// (the serialized SentencePiece model), or is cleared when the file has none.
+std::shared_ptr<Umt5Encoder> load_umt5(const std::vector<std::string>& files, bool populate,
+                                       const std::function<bool()>& cancelled, std::string* embedded_tokenizer = nullptr);
+
+}  // namespace wan::models
