@@ -12,15 +12,55 @@ export interface VaeOptions extends LongCallOptions {
   populate?: boolean;
 }
 
-export interface VaeDecodeOptions extends LongCallOptions {
+export interface VaeTileOptions {
   /** Spatial tiling (WanVideo Decode's enable_vae_tiling), for sizes that would not fit otherwise. */
   tiled?: boolean;
   tileX?: number;        // 272 pixels
   tileY?: number;        // 272
   tileStrideX?: number;  // 144
   tileStrideY?: number;  // 128
+}
+
+export interface VaeDecodeOptions extends LongCallOptions, VaeTileOptions {
   /** Clamp to [-1, 1] as the official decode does (default true). */
   clamp?: boolean;
+}
+
+export type VaeDecodeCall = 'decode' | 'decodeFrames';
+const DECODE_CALLS: readonly VaeDecodeCall[] = ['decode', 'decodeFrames'];
+
+export interface VaeMemoryEstimateOptions extends VaeTileOptions {
+  /** Latent frames T (default 21, the 81 frames of a Wan2.1 video). */
+  frames?: number;
+  /** Video height and width in pixels, multiples of 8. */
+  height: number;
+  width: number;
+  /**
+   * 'decode' (default): decode(), which holds the whole video at the end; 'decodeFrames': a
+   * caller that disposes each chunk before asking for the next.
+   */
+  call?: VaeDecodeCall;
+}
+
+/** Bytes of resident memory at the peak of a decode; the parts add up to `bytes`. */
+export interface VaeMemoryEstimate {
+  bytes: number;
+  breakdown: {
+    /** The VAE's weights as stored (resident once loaded with populate). */
+    weights: number;
+    /** Code and thread buffers a process's first decode maps (a measured constant). */
+    runtime: number;
+    /** Feature caches at the busiest moment (the last 2 frames of each causal conv, per tile). */
+    caches: number;
+    /** Other tensors at the busiest moment: activations, the latent, tile sums, conv buffers. */
+    activations: number;
+    /** The most decoded frames held at once (decode(): the chunks and the whole video, in JS). */
+    output: number;
+    /** What the heap holds beyond those at its peak: freed blocks glibc keeps for reuse. */
+    allocator: number;
+  };
+  /** The busiest moment: chunk, tile, layer and op. */
+  peakAt: string;
 }
 
 const TILE_DEFAULTS = { tileX: 272, tileY: 272, tileStrideX: 144, tileStrideY: 128 };
@@ -32,7 +72,7 @@ function checkTensor(t: unknown, what: string, rank: number): Tensor {
   return t;
 }
 
-function tilingOf(o: VaeDecodeOptions) {
+function tilingOf(o: VaeTileOptions) {
   if (!o.tiled) {
     for (const k of Object.keys(TILE_DEFAULTS) as (keyof typeof TILE_DEFAULTS)[])
       if (o[k] !== undefined) throw invalidOption(`${k} was given but tiled is not true`);
@@ -113,6 +153,34 @@ export class Vae {
     } finally {
       abort.done();
     }
+  }
+
+  /**
+   * Estimates the peak resident memory of a decode of `frames` latent frames into
+   * height x width video, before decoding, from a replay of the decoder on shapes
+   * (csrc/models/wan_vae.cpp, DecodePlanner). test/native/vae-memory.test.ts holds it to
+   * within 25% of the VmHWM a fresh process measures.
+   */
+  estimateDecodeMemory(options: VaeMemoryEstimateOptions): VaeMemoryEstimate {
+    if (typeof options !== 'object' || options === null)
+      throw invalidOption(`Expected an options object for estimateDecodeMemory but received ${describeValue(options)}`);
+    const frames = options.frames ?? 21;
+    if (!Number.isSafeInteger(frames) || frames < 1)
+      throw invalidOption(`Expected a positive integer for frames but received ${describeValue(options.frames)}`);
+    for (const k of ['height', 'width'] as const) {
+      const v = options[k];
+      if (!Number.isSafeInteger(v) || v <= 0 || v % 8 !== 0)
+        throw invalidOption(`Expected a positive multiple of 8 for ${k} but received ${describeValue(v)}`);
+    }
+    const call = options.call ?? 'decode';
+    if (!DECODE_CALLS.includes(call))
+      throw invalidOption(`Expected one of ${DECODE_CALLS.join(', ')} for call but received ${describeValue(options.call)}`);
+    const tiling = tilingOf(options);
+    // Synchronous (a replay on shapes takes milliseconds), so a native error already carries
+    // the caller's stack.
+    return this.handle().estimateDecodeMemory({
+      frames, height: options.height, width: options.width, ...(tiling ? { tiling } : {}), whole: call === 'decode',
+    });
   }
 
   /** Decodes a whole latent [16, T, h, w] to video [3, 4(T-1)+1, 8h, 8w], clamped to [-1, 1]. */

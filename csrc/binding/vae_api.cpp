@@ -56,7 +56,9 @@ class NativeVae : public Napi::ObjectWrap<NativeVae> {
   static Napi::Function define(Napi::Env env) {
     return DefineClass(env, "NativeVae",
                        {InstanceMethod("config", &NativeVae::config), InstanceMethod("encode", &NativeVae::encode),
-                        InstanceMethod("decoder", &NativeVae::decoder), InstanceMethod("dispose", &NativeVae::dispose)});
+                        InstanceMethod("decoder", &NativeVae::decoder),
+                        InstanceMethod("estimateDecodeMemory", &NativeVae::estimate_decode_memory),
+                        InstanceMethod("dispose", &NativeVae::dispose)});
   }
   explicit NativeVae(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeVae>(info) {
     auto* holder = info[0].As<Napi::External<std::shared_ptr<WanVae>>>().Data();
@@ -95,19 +97,21 @@ class NativeVae : public Napi::ObjectWrap<NativeVae> {
     });
   }
 
+  static std::optional<WanVae::Tiling> tiling_of(const Napi::Value& v) {
+    if (!v.IsObject()) return std::nullopt;
+    const auto o = v.As<Napi::Object>();
+    return WanVae::Tiling{o.Get("tileX").As<Napi::Number>().Int64Value(), o.Get("tileY").As<Napi::Number>().Int64Value(),
+                          o.Get("tileStrideX").As<Napi::Number>().Int64Value(),
+                          o.Get("tileStrideY").As<Napi::Number>().Int64Value()};
+  }
+
   // decoder(latent, tiling | undefined) -> Promise<NativeVaeDecoder>
   Napi::Value decoder(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return guard(env, [&]() -> Napi::Value {
       std::shared_ptr<const WanVae> vae = get(env);
       const at::Tensor z = core::to_float(unwrap_tensor(env, info[0], "latent"));
-      std::optional<WanVae::Tiling> tiling;
-      if (info[1].IsObject()) {
-        const auto o = info[1].As<Napi::Object>();
-        tiling = WanVae::Tiling{o.Get("tileX").As<Napi::Number>().Int64Value(), o.Get("tileY").As<Napi::Number>().Int64Value(),
-                                o.Get("tileStrideX").As<Napi::Number>().Int64Value(),
-                                o.Get("tileStrideY").As<Napi::Number>().Int64Value()};
-      }
+      const std::optional<WanVae::Tiling> tiling = tiling_of(info[1]);
       return addon(env).engine.run(
           env,
           [vae, z, tiling]() -> Engine::Finish {
@@ -118,6 +122,35 @@ class NativeVae : public Napi::ObjectWrap<NativeVae> {
             };
           },
           keep_alive(env, {info[0]}));
+    });
+  }
+
+  // estimateDecodeMemory({frames, height, width, tiling?, whole}) -> {bytes, breakdown, peakAt}.
+  // Synchronous: a replay on shapes, milliseconds (WanVae::estimate_decode_memory).
+  Napi::Value estimate_decode_memory(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&]() -> Napi::Value {
+      const auto o = info[0].As<Napi::Object>();
+      WanVae::DecodeMemoryQuery q;
+      q.frames = o.Get("frames").As<Napi::Number>().Int64Value();
+      q.height = o.Get("height").As<Napi::Number>().Int64Value();
+      q.width = o.Get("width").As<Napi::Number>().Int64Value();
+      q.tiling = tiling_of(o.Get("tiling"));
+      q.whole = o.Get("whole").ToBoolean();
+      const WanVae::DecodeMemory m = get(env)->estimate_decode_memory(q);
+      auto number = [&](int64_t v) { return Napi::Number::New(env, static_cast<double>(v)); };
+      Napi::Object breakdown = Napi::Object::New(env);
+      breakdown.Set("weights", number(m.weights));
+      breakdown.Set("runtime", number(m.runtime));
+      breakdown.Set("caches", number(m.caches));
+      breakdown.Set("activations", number(m.activations));
+      breakdown.Set("output", number(m.output));
+      breakdown.Set("allocator", number(m.allocator));
+      Napi::Object out = Napi::Object::New(env);
+      out.Set("bytes", number(m.bytes));
+      out.Set("breakdown", breakdown);
+      out.Set("peakAt", m.peak_at);
+      return out;
     });
   }
 

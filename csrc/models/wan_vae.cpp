@@ -1,8 +1,11 @@
 #include "models/wan_vae.h"
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <malloc.h>
+#include <limits>
+#include <set>
 
 #include "core/error.h"
 #include "models/weights.h"
@@ -22,22 +25,35 @@ void check_cancelled(const std::function<bool()>& cancelled) {
 
 // RMS_norm: F.normalize over channels (dim 1) * sqrt(C) * gamma; gamma is [C, 1, 1, 1] for
 // video tensors and [C, 1, 1] for the attention's per-frame images, so it broadcasts as stored.
+// The two products are taken in place: the same values as x / n * s * g, in one buffer of x's
+// size instead of three (at full resolution each is hundreds of MB).
 at::Tensor rms(const at::Tensor& x, const ops::Weight& gamma) {
   const double scale = std::sqrt(static_cast<double>(x.size(1)));
-  return x / at::clamp_min(at::norm(x, 2, {1}, true), 1e-12) * scale * gamma.get(at::kFloat);
+  at::Tensor y = x / at::clamp_min(at::norm(x, 2, {1}, true), 1e-12);
+  return y.mul_(scale).mul_(gamma.get(at::kFloat));
+}
+
+// residual.0-1 and head.0-1: RMS norm then SiLU, in the norm's buffer.
+at::Tensor rms_silu(const at::Tensor& x, const ops::Weight& gamma) {
+  at::Tensor y = rms(x, gamma);
+  at::silu_(y);
+  return y;
 }
 
 // CausalConv3d: zero padding in front in time (2 x pad_t frames, fewer when cached frames of
-// the previous chunk are prepended), symmetric in space.
-at::Tensor causal_conv(const ops::Weight& w, const ops::Weight& b, at::Tensor x, const at::Tensor& cache,
+// the previous chunk are prepended), symmetric in space. The convolution pads space itself,
+// so that the input is copied only when frames are put in front of it (the official F.pad
+// copies it for every conv).
+at::Tensor causal_conv(const ops::Weight& w, const ops::Weight& b, const at::Tensor& x, const at::Tensor& cache,
                        int64_t pad_t, int64_t pad_hw, int64_t stride_t = 1) {
   int64_t front = 2 * pad_t;
+  at::Tensor in = x;
   if (cache.defined() && front > 0) {
-    x = at::cat({cache, x}, 2);
+    in = at::cat({cache, x}, 2);
     front -= cache.size(2);
   }
-  if (front > 0 || pad_hw > 0) x = at::constant_pad_nd(x, {pad_hw, pad_hw, pad_hw, pad_hw, front, 0});
-  return at::conv3d(x, w.get(at::kFloat), b.get(at::kFloat), {stride_t, 1, 1});
+  if (front > 0) in = at::constant_pad_nd(in, {0, 0, 0, 0, front, 0});
+  return at::conv3d(in, w.get(at::kFloat), b.get(at::kFloat), {stride_t, 1, 1}, {0, pad_hw, pad_hw});
 }
 
 // The official pattern around every cached conv: remember the last CACHE_T input frames
@@ -80,6 +96,7 @@ const std::vector<float>& WanVae::latent_std() {
 
 WanVae::WanVae(WanVaeConfig config, std::map<std::string, ops::Weight> weights, const std::string& source)
     : config_(config) {
+  for (const auto& [name, w] : weights) weight_bytes_ += static_cast<int64_t>(w.stored.value.nbytes());
   WeightBag bag(std::move(weights));
   auto conv = [&](const std::string& p) { return Conv{bag.take(p + ".weight"), bag.take(p + ".bias")}; };
   auto residual = [&](const std::string& p, int64_t in, int64_t out) {
@@ -143,9 +160,9 @@ WanVae::WanVae(WanVaeConfig config, std::map<std::string, ops::Weight> weights, 
 // x: [b, in, t, h, w] -> [b, out, t, h, w]
 at::Tensor WanVae::residual(const Residual& r, const at::Tensor& x, FeatureCache& cache) const {
   const at::Tensor h = r.shortcut.weight.defined() ? causal_conv(r.shortcut.weight, r.shortcut.bias, x, {}, 0, 0) : x;
-  at::Tensor y = cached_conv(r.conv2.weight, r.conv2.bias, at::silu(rms(x, r.norm0)), cache);
-  y = cached_conv(r.conv6.weight, r.conv6.bias, at::silu(rms(y, r.norm3)), cache);
-  return y + h;
+  at::Tensor y = cached_conv(r.conv2.weight, r.conv2.bias, rms_silu(x, r.norm0), cache);
+  y = cached_conv(r.conv6.weight, r.conv6.bias, rms_silu(y, r.norm3), cache);
+  return y.add_(h);
 }
 
 // x: [b, c, t, h, w]; single-head attention among the h*w pixels of each frame.
@@ -220,7 +237,7 @@ at::Tensor WanVae::run(const Coder& c, const at::Tensor& x_in, FeatureCache& cac
   if (!encoder) middle();
   for (const Stage& s : c.stages) x = s.kind == Stage::kResidual ? residual(s.residual, x, cache) : resample(s.resample, x, cache);
   if (encoder) middle();
-  return cached_conv(c.head_conv.weight, c.head_conv.bias, at::silu(rms(x, c.head_norm)), cache);
+  return cached_conv(c.head_conv.weight, c.head_conv.bias, rms_silu(x, c.head_norm), cache);
 }
 
 at::Tensor WanVae::encode(const at::Tensor& video, const std::function<bool()>& cancelled, at::Tensor* mu_out) const {
@@ -277,6 +294,27 @@ std::vector<int64_t> tile_starts(int64_t total, int64_t size, int64_t stride) {
   }
 }
 
+// The tiles of an h x w latent, in latent pixels: th x tw each, starting at ys x xs.
+struct TileGrid {
+  int64_t th, tw;
+  std::vector<int64_t> ys, xs;
+};
+
+TileGrid tile_grid(int64_t h, int64_t w, const WanVae::Tiling& tiling) {
+  for (auto [name, v] : {std::pair{"tileX", tiling.tile_x}, {"tileY", tiling.tile_y},
+                         {"tileStrideX", tiling.stride_x}, {"tileStrideY", tiling.stride_y}})
+    if (v <= 0 || v % 8 != 0)
+      throw Error(ErrorCode::InvalidOption, std::string(name) + ": expected a positive multiple of 8 but received " + std::to_string(v));
+  if (tiling.stride_x > tiling.tile_x || tiling.stride_y > tiling.tile_y)
+    throw Error(ErrorCode::InvalidOption, "tileStrideX and tileStrideY must not exceed tileX and tileY (tiles must overlap or touch)");
+  TileGrid g;
+  g.th = std::min(tiling.tile_y / 8, h);
+  g.tw = std::min(tiling.tile_x / 8, w);
+  g.ys = tile_starts(h, g.th, tiling.stride_y / 8);
+  g.xs = tile_starts(w, g.tw, tiling.stride_x / 8);
+  return g;
+}
+
 }  // namespace
 
 WanVae::Decoder::Decoder(std::shared_ptr<const WanVae> vae, const at::Tensor& z, const Tiling* tiling)
@@ -293,15 +331,11 @@ WanVae::Decoder::Decoder(std::shared_ptr<const WanVae> vae, const at::Tensor& z,
     tiles_.push_back(Tile{0, 0, {}, at::Tensor()});
     return;
   }
-  for (auto [name, v] : {std::pair{"tileX", tiling->tile_x}, {"tileY", tiling->tile_y},
-                         {"tileStrideX", tiling->stride_x}, {"tileStrideY", tiling->stride_y}})
-    if (v <= 0 || v % 8 != 0)
-      throw Error(ErrorCode::InvalidOption, std::string(name) + ": expected a positive multiple of 8 but received " + std::to_string(v));
-  if (tiling->stride_x > tiling->tile_x || tiling->stride_y > tiling->tile_y)
-    throw Error(ErrorCode::InvalidOption, "tileStrideX and tileStrideY must not exceed tileX and tileY (tiles must overlap or touch)");
-  th_ = std::min(tiling->tile_y / 8, h);
-  tw_ = std::min(tiling->tile_x / 8, w);
-  const auto ys = tile_starts(h, th_, tiling->stride_y / 8), xs = tile_starts(w, tw_, tiling->stride_x / 8);
+  const TileGrid g = tile_grid(h, w, *tiling);
+  th_ = g.th;
+  tw_ = g.tw;
+  const auto& ys = g.ys;
+  const auto& xs = g.xs;
   for (size_t i = 0; i < ys.size(); ++i)
     for (size_t j = 0; j < xs.size(); ++j) {
       // Overlap with the previous and next tile, in pixels.
@@ -316,7 +350,6 @@ WanVae::Decoder::Decoder(std::shared_ptr<const WanVae> vae, const at::Tensor& z,
 
 at::Tensor WanVae::Decoder::next() {
   if (done()) throw Error(ErrorCode::Internal, "Vae decoder: no frames left");
-  if (std::getenv("VAE_TRIM")) malloc_trim(0);
   const at::Tensor frame = x_.narrow(2, next_frame_++, 1);
   if (tiles_.size() == 1 && !tiles_[0].weight.defined()) {
     tiles_[0].cache.index = 0;
@@ -335,6 +368,574 @@ at::Tensor WanVae::Decoder::next() {
     weight_sum.narrow(2, 8 * tile.y, 8 * th_).narrow(3, 8 * tile.x, 8 * tw_).add_(tile.weight);
   }
   return sum / weight_sum;
+}
+
+// ---------------------------------------------------------------------------------------
+// Decode memory planning (WanVae::estimate_decode_memory).
+//
+// The planner replays Decoder::next() on shapes: every tensor the functions above allocate,
+// in the same order, freed where the real one dies (a C++ temporary at the end of its
+// full-expression, a local at the end of its scope, an assigned-over value at the
+// assignment), plus the buffers libtorch allocates inside a convolution, and feeds them to a
+// model of the heap. A formula would do for the live bytes (the busiest moment is the second
+// conv of the last level's first residual block, at full resolution with dim channels and 4
+// frames, next to every feature cache), but how much the heap keeps resident on top of them
+// depends on the order of allocations: 15-35% more in the measurements behind this planner.
+// Keep it in step with the code it replays.
+//
+// Inside a convolution (libtorch 1.13 as Debian builds it, traced allocation by allocation):
+// at::conv3d and at::conv2d go to oneDNN when ConvParams::use_mkldnn holds (use_mkldnn()
+// below). oneDNN copies the input into its blocked layout (nCdhw16c with AVX-512, 8c with
+// AVX2; channels padded up to the block), reorders the weight, computes a blocked output,
+// and mkldnn_to_dense copies that into the plain output:
+//   +input(blocked) +weight(blocked) +output(blocked) -weight -input +output -output(blocked)
+// so a conv needs its input once more and its output twice. Below the threshold (small
+// latents or tiles) it is slow_conv3d / slow_conv2d: the output, then a vol2col / im2col
+// column buffer [C kt kh kw, T H W], 27x the input for a 3x3x3 kernel.
+//
+// The heap: core/cpu_allocator sets M_MMAP_MAX 0, M_TRIM_THRESHOLD 256 MiB and M_TOP_PAD
+// 64 MiB, so that tensors come from glibc's heap and freed memory stays resident. The
+// decode runs on the engine thread, whose arena grows in heaps of 64 MiB (HEAP_MAX_SIZE).
+// glibc takes the best-fitting free chunk, coalesces neighbours, and starts a new heap when
+// the current one's top is too small; a non-main heap is never trimmed (its top never
+// reaches the trim threshold, and top_pad keeps it from being deleted). A block larger than
+// a heap is mmapped after all: sysmalloc's fallback for a non-main arena whose new_heap
+// failed calls sysmalloc_mmap without looking at M_MMAP_MAX (glibc 2.36; mallinfo2 showed
+// 506 MiB mmapped in a 256x192 decode), so it is resident while it lives and unmapped when
+// freed. The JS thread's ArrayBuffers (decode()'s copies) come from the main arena (brk),
+// whose top is trimmed to top_pad when it exceeds 256 MiB. Resident memory is what has been
+// handed out, less those trims and unmaps. Replayed on the full allocation
+// trace of a real 128x96 decode (LD_PRELOAD malloc tracer) this model came within 7% of the
+// arena's real resident size; the rest is glibc's tcache, which keeps thousands of small
+// freed chunks (tensor metadata, oneDNN descriptors) where they are, splitting freed
+// blocks. The replay leaves those small allocations out. The estimate as a whole, with
+// kRuntimeBytes, was within +2% to +6% of VmHWM for 64x64 to 128x96 decodes, tiled or not
+// (test/native/vae-memory.test.ts); BENCHMARKS.md has 480x832.
+
+namespace {
+
+constexpr int64_t kMiB = int64_t{1} << 20;
+
+// Pages a process's first decode maps besides its tensors, from /proc/self/smaps before and
+// after decodes of 64x64 and 128x96 (Debian 12, libtorch 1.13, Node 20, 2 threads):
+// libtorch's, oneDNN's and node's code run for the first time (file-backed, 13.5-16 MiB),
+// the OpenBLAS and OpenMP thread buffers and oneDNN's JIT kernels (about 5 MiB) and the JS
+// thread's own small allocations (about 3 MiB). A second decode in the process maps none.
+constexpr int64_t kRuntimeBytes = 22 * kMiB;
+
+class HeapModel {
+ public:
+  struct Block {
+    int arena = -1;  // 0 the engine thread's, 1 the main arena, 2 mmapped
+    int64_t addr = 0, size = 0;
+  };
+
+  HeapModel() {
+    main_.main = true;
+    main_.heaps.push_back(Heap{0, 0, std::numeric_limits<int64_t>::max() / 4, 0});
+  }
+
+  // malloc(bytes + 64) (core/cpu_allocator aligns inside the block) on the engine thread, or
+  // on the JS thread (`js`), which uses the main arena.
+  Block alloc(int64_t bytes, bool js) {
+    const int64_t chunk = std::max<int64_t>(kMinChunk, (bytes + 64 + 8 + 15) / 16 * 16);
+    if (js) return take(main_, 1, chunk);
+    if (chunk <= kHeapUsable) return take(engine_, 0, chunk);
+    const int64_t pages = (chunk + 8 + kPage - 1) / kPage * kPage;
+    mapped_ += pages;
+    return {2, 0, pages};
+  }
+
+  void release(const Block& b) {
+    if (b.arena == 2) {
+      mapped_ -= b.size;
+      return;
+    }
+    Arena& a = b.arena == 0 ? engine_ : main_;
+    int64_t addr = b.addr, size = b.size;
+    if (auto next = a.by_addr.find(addr + size); next != a.by_addr.end()) {
+      size += next->second;
+      a.by_size.erase({next->second, next->first});
+      a.by_addr.erase(next);
+    }
+    if (auto it = a.by_addr.lower_bound(addr); it != a.by_addr.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first + prev->second == addr) {
+        addr = prev->first;
+        size += prev->second;
+        a.by_size.erase({prev->second, prev->first});
+        a.by_addr.erase(prev);
+      }
+    }
+    Heap& top = a.heaps.back();
+    if (addr + size == top.top && addr >= top.base) {
+      top.top = addr;
+      if (a.main && top.end_brk - top.top >= kTrimThreshold) {  // systrim(top_pad)
+        top.end_brk = top.top + kTopPad;
+        top.touched = std::min(top.touched, top.end_brk);
+      }
+      return;
+    }
+    a.by_size.insert({size, addr});
+    a.by_addr[addr] = size;
+  }
+
+  int64_t resident() const {
+    int64_t r = mapped_;
+    for (const Arena* a : {&engine_, &main_})
+      for (const Heap& h : a->heaps) r += h.touched - h.base;
+    return r;
+  }
+
+ private:
+  static constexpr int64_t kMinChunk = 32;
+  static constexpr int64_t kPage = 4096;
+  static constexpr int64_t kHeapUsable = 64 * kMiB - 64;  // HEAP_MAX_SIZE less heap_info and fenceposts
+  static constexpr int64_t kTrimThreshold = 256 * kMiB;
+  static constexpr int64_t kTopPad = 64 * kMiB;
+
+  struct Heap {
+    int64_t base, top, end, touched;
+    int64_t end_brk = 0;  // main arena: the break
+  };
+  struct Arena {
+    bool main = false;
+    std::vector<Heap> heaps;
+    std::set<std::pair<int64_t, int64_t>> by_size;  // free chunks (size, addr): best fit
+    std::map<int64_t, int64_t> by_addr;             // free chunks addr -> size: coalescing
+  };
+
+  Block take(Arena& a, int arena, int64_t chunk) {
+    auto it = a.by_size.lower_bound({chunk, std::numeric_limits<int64_t>::min()});
+    if (it != a.by_size.end()) {
+      const auto [size, addr] = *it;
+      a.by_size.erase(it);
+      a.by_addr.erase(addr);
+      const int64_t used = size - chunk >= kMinChunk ? chunk : size;
+      if (used < size) {
+        a.by_size.insert({size - chunk, addr + chunk});
+        a.by_addr[addr + chunk] = size - chunk;
+      }
+      // A retired heap's old top was never touched.
+      Heap& h = a.main ? a.heaps[0] : a.heaps[static_cast<size_t>((addr >> 40) - 1)];
+      h.touched = std::max(h.touched, addr + used);
+      return {arena, addr, used};
+    }
+    if (a.heaps.empty() || a.heaps.back().top + chunk > a.heaps.back().end) {
+      if (!a.heaps.empty()) {  // the old heap's top becomes an ordinary free chunk
+        Heap& old = a.heaps.back();
+        if (old.end - old.top >= kMinChunk) {
+          a.by_size.insert({old.end - old.top, old.top});
+          a.by_addr[old.top] = old.end - old.top;
+        }
+        old.top = old.end;
+      }
+      const int64_t base = static_cast<int64_t>(a.heaps.size() + 1) << 40;
+      a.heaps.push_back(Heap{base, base, base + kHeapUsable, base});
+    }
+    Heap& h = a.heaps.back();
+    const int64_t addr = h.top;
+    h.top += chunk;
+    h.touched = std::max(h.touched, h.top);
+    if (a.main) h.end_brk = std::max(h.end_brk, h.top + kTopPad);
+    return {arena, addr, chunk};
+  }
+
+  Arena engine_, main_;
+  int64_t mapped_ = 0;
+};
+
+// oneDNN's channel block for blocked layouts on this CPU.
+int64_t onednn_block() {
+#if defined(__x86_64__) || defined(__i386__)
+  return __builtin_cpu_supports("avx512f") ? 16 : 8;
+#else
+  return 8;
+#endif
+}
+
+}  // namespace
+
+class DecodePlanner {
+ public:
+  enum Kind { kActivation, kCache, kOutput, kKinds };
+  struct Shape {  // [c, t, h, w] for video tensors; [t, c, h, w] images are the same bytes
+    int64_t c = 0, t = 0, h = 0, w = 0;
+    int64_t bytes() const { return 4 * c * t * h * w; }
+  };
+  struct Sym {  // a tensor of the replay; id -1: a view of memory it does not own
+    Shape s;
+    int id = -1;
+    bool contiguous = true;
+  };
+
+  DecodePlanner(const WanVae& vae) : vae_(vae), threads_(at::get_num_threads()), block_(onednn_block()) {
+    mkldnn_ = at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
+  }
+
+  WanVae::DecodeMemory run(const WanVae::DecodeMemoryQuery& q) {
+    const int64_t z = vae_.config_.z_dim, T = q.frames, h = q.height / 8, w = q.width / 8;
+    // Decoder::Decoder: unnormalize (z / (1 / std) + mean, then the post-quant conv).
+    stage_ = "post-quant conv";
+    {
+      Sym a = alloc({z, T, h, w}), b = alloc({z, T, h, w});
+      x_ = conv(b, vae_.conv2_, true, 0, {z, T, h, w});
+      drop(b);
+      drop(a);
+    }
+    struct Tile {
+      Cache cache;
+    };
+    int64_t th = h, tw = w;
+    std::vector<Tile> tiles(1);
+    if (q.tiling) {
+      const TileGrid g = tile_grid(h, w, *q.tiling);
+      th = g.th;
+      tw = g.tw;
+      tiles.resize(g.ys.size() * g.xs.size());
+      for (size_t i = 0; i < tiles.size(); ++i) alloc({1, 1, 8 * th, 8 * tw});  // blending weights
+    }
+    for (chunk_ = 0; chunk_ < T; ++chunk_) {
+      const int64_t n = chunk_ == 0 ? 1 : 4;
+      Sym out;
+      if (!q.tiling) {
+        tile_ = -1;
+        tiles[0].cache.index = 0;
+        out = coder({{z, 1, h, w}, -1, T == 1}, tiles[0].cache);
+      } else {
+        Sym sum, weight_sum;
+        for (size_t k = 0; k < tiles.size(); ++k) {
+          tile_ = static_cast<int>(k);
+          tiles[k].cache.index = 0;
+          Sym part = coder({{z, 1, th, tw}, -1, false}, tiles[k].cache);
+          if (sum.id < 0) {
+            sum = alloc({3, n, 8 * h, 8 * w});
+            weight_sum = alloc({1, 1, 8 * h, 8 * w});
+          }
+          Sym weighted = alloc(part.s);  // out * tile.weight
+          drop(weighted);
+          drop(part);
+        }
+        stage_ = "tile blending";
+        tile_ = -1;
+        out = alloc({3, n, 8 * h, 8 * w});  // sum / weight_sum
+        drop(weight_sum);
+        drop(sum);
+      }
+      set_kind(out, kOutput);
+      stage_ = "the decoded frames";
+      if (q.whole) {  // decode(): toTypedArray() copies the chunk into JS, then dispose()
+        Sym copy = alloc(out.s, true, kOutput, /*js=*/true);
+        (void)copy;
+      }
+      drop(out);
+    }
+    if (q.whole) {
+      stage_ = "decode(): the video assembled in JS";
+      alloc({3, 1 + 4 * (T - 1), 8 * h, 8 * w}, true, kOutput, /*js=*/true);
+    }
+    WanVae::DecodeMemory m;
+    m.weights = vae_.weight_bytes_;
+    m.runtime = kRuntimeBytes;
+    m.caches = busiest_.caches;
+    m.activations = busiest_.activations;
+    m.output = output_peak_;
+    // Never below zero: frames JS copies late may reuse heap the decode freed (the main arena).
+    m.allocator = std::max<int64_t>(0, resident_peak_ - m.caches - m.activations - m.output);
+    m.bytes = m.weights + m.runtime + m.caches + m.activations + m.output + m.allocator;
+    m.peak_at = busiest_.where;
+    return m;
+  }
+
+ private:
+  using Conv = WanVae::Conv;
+
+  struct Slot {
+    Sym frames;
+    bool present = false, rep = false;
+  };
+  struct Cache {  // FeatureCache
+    std::vector<Slot> slots;
+    size_t index = 0;
+    Slot& next() {
+      if (index >= slots.size()) slots.resize(index + 1);
+      return slots[index++];
+    }
+  };
+  struct Entry {
+    HeapModel::Block block;
+    int64_t bytes;
+    Kind kind;
+    bool live;
+  };
+  struct Busiest {  // the moment the most caches and activations are live
+    int64_t caches = 0, activations = 0;
+    std::string where;
+  };
+
+  Sym alloc(Shape s, bool contiguous = true, Kind kind = kActivation, bool js = false) {
+    Sym x{s, static_cast<int>(entries_.size()), contiguous};
+    entries_.push_back(Entry{heap_.alloc(s.bytes(), js), s.bytes(), kind, true});
+    live_[kind] += s.bytes();
+    resident_peak_ = std::max(resident_peak_, heap_.resident());
+    output_peak_ = std::max(output_peak_, live_[kOutput]);
+    if (live_[kCache] + live_[kActivation] > busiest_.caches + busiest_.activations)
+      busiest_ = Busiest{live_[kCache], live_[kActivation], where()};
+    return x;
+  }
+  Sym alloc_bytes(int64_t bytes) { return alloc({1, 1, 1, (bytes + 3) / 4}); }
+
+  void drop(Sym& x) {
+    if (x.id >= 0 && entries_[x.id].live) {
+      Entry& e = entries_[x.id];
+      heap_.release(e.block);
+      live_[e.kind] -= e.bytes;
+      e.live = false;
+    }
+    x.id = -1;
+  }
+
+  void set_kind(const Sym& x, Kind kind) {
+    Entry& e = entries_[x.id];
+    live_[e.kind] -= e.bytes;
+    live_[kind] += e.bytes;
+    e.kind = kind;
+    output_peak_ = std::max(output_peak_, live_[kOutput]);
+  }
+
+  std::string where() const {
+    std::string s = chunk_ < 0 ? "before the first chunk" : "chunk " + std::to_string(chunk_ + 1);
+    if (tile_ >= 0) s += ", tile " + std::to_string(tile_ + 1);
+    return s + ", " + stage_ + (op_.empty() ? "" : " (" + op_ + ")");
+  }
+
+  // ConvParams::use_mkldnn (aten/src/ATen/native/Convolution.cpp, libtorch 1.13) for a float
+  // CPU input [n, c, d2, d3, ...], stride and dilation 1, one group.
+  bool use_mkldnn(int64_t n, int64_t c, int64_t d2, int64_t d3, int64_t kh, int64_t kw) const {
+    return mkldnn_ && (n >= 16 || kw != 1 || kh != 1 || threads_ > 1) &&
+           ((kw > 3 && kh > 3) || n > 1 || n * c * d2 * d3 > 20480);
+  }
+
+  int64_t blocked(int64_t channels) const { return (channels + block_ - 1) / block_ * block_; }
+
+  // at::conv3d (`video`: in [c, t, h, w] is [1, C, T, H, W]) or at::conv2d (in [c, t, h, w] is
+  // the images [T, C, H, W]) with zero padding `pad` in space, giving `out`.
+  Sym conv(const Sym& in, const Conv& c, bool video, int64_t pad, Shape out) {
+    const auto& ws = c.weight.stored.value.sizes();
+    const int64_t kh = ws[ws.size() - 2], kw = ws[ws.size() - 1];
+    const int64_t k = c.weight.stored.value.numel() / (ws[0] * ws[1]);
+    Sym widened;  // Weight::get(kFloat) of a bf16 / fp16 / fp8 weight
+    if (c.weight.stored.dtype != core::DType::F32) widened = alloc_bytes(4 * c.weight.stored.value.numel());
+    const bool onednn = video ? use_mkldnn(1, in.s.c, in.s.t, in.s.h, kh, kw) : use_mkldnn(in.s.t, in.s.c, in.s.h, in.s.w, kh, kw);
+    Sym dense;  // the conv's input.contiguous()
+    if (!in.contiguous) dense = alloc(in.s);
+    Sym y;
+    if (onednn) {
+      op_ = "oneDNN conv";
+      Sym src = alloc({blocked(in.s.c), in.s.t, in.s.h, in.s.w});
+      Sym weight = alloc_bytes(4 * blocked(ws[0]) * blocked(ws[1]) * k);
+      Sym dst = alloc({blocked(out.c), out.t, out.h, out.w});
+      drop(weight);
+      drop(src);
+      y = alloc(out);  // mkldnn_to_dense
+      drop(dst);
+    } else {
+      op_ = "vol2col conv";
+      y = alloc(out);
+      const bool columns = video || k != 1 || pad != 0;
+      Sym cols;
+      if (columns) cols = alloc_bytes(4 * ws[1] * k * out.t * out.h * out.w);
+      drop(cols);
+    }
+    op_.clear();
+    drop(dense);
+    drop(widened);
+    return y;
+  }
+
+  // rms(); rms_silu() is the same (SiLU in place).
+  Sym rms(const Sym& x) {
+    Sym norm = alloc({1, x.s.t, x.s.h, x.s.w}), clamped = alloc({1, x.s.t, x.s.h, x.s.w});
+    Sym y = alloc(x.s, x.contiguous);
+    drop(clamped);
+    drop(norm);
+    return y;
+  }
+
+  Sym causal_conv(const Conv& c, const Sym& x, const Sym* cache, int64_t pad_t, int64_t pad_hw) {
+    const auto& ws = c.weight.stored.value.sizes();
+    int64_t front = 2 * pad_t;
+    Sym in = x, copy;
+    if (cache && front > 0) {
+      copy = alloc({x.s.c, cache->s.t + x.s.t, x.s.h, x.s.w});
+      in = copy;
+      front -= cache->s.t;
+    }
+    if (front > 0) {
+      Sym padded = alloc({x.s.c, in.s.t + front, x.s.h, x.s.w});
+      drop(copy);
+      copy = in = padded;
+    }
+    Sym y = conv(in, c, true, pad_hw,
+                 {ws[0], in.s.t - ws[2] + 1, in.s.h + 2 * pad_hw - ws[3] + 1, in.s.w + 2 * pad_hw - ws[4] + 1});
+    drop(copy);
+    return y;
+  }
+
+  Sym cached_conv(const Conv& c, const Sym& x, Cache& cache) {
+    Slot& slot = cache.next();
+    Sym keep = alloc({x.s.c, std::min<int64_t>(x.s.t, kCacheT), x.s.h, x.s.w}, x.contiguous);
+    if (keep.s.t < kCacheT && slot.present) {
+      Sym both = alloc({x.s.c, kCacheT, x.s.h, x.s.w});
+      drop(keep);
+      keep = both;
+    }
+    const int64_t pad = c.weight.stored.value.size(2) / 2;
+    Sym y = causal_conv(c, x, slot.present ? &slot.frames : nullptr, pad, pad);
+    drop(slot.frames);
+    set_kind(keep, kCache);
+    slot.frames = keep;
+    slot.present = true;
+    return y;
+  }
+
+  Sym residual(const WanVae::Residual& r, const Sym& x, Cache& cache, const std::string& name) {
+    Sym h = x;
+    if (r.shortcut.weight.defined()) {
+      stage_ = name + ".shortcut";
+      h = causal_conv(r.shortcut, x, nullptr, 0, 0);
+    }
+    stage_ = name + ".residual.2";
+    Sym a = rms(x);
+    Sym y = cached_conv(r.conv2, a, cache);
+    drop(a);
+    stage_ = name + ".residual.6";
+    Sym b = rms(y);
+    Sym y2 = cached_conv(r.conv6, b, cache);
+    drop(y);
+    drop(b);
+    if (h.id != x.id) drop(h);
+    return y2;  // y.add_(h)
+  }
+
+  Sym attention(const WanVae::Attention& a, const Sym& x, const std::string& name) {
+    stage_ = name;
+    const int64_t c = x.s.c, t = x.s.t, L = x.s.h * x.s.w;
+    Sym img = rms({x.s, x.id, x.contiguous && t == 1});  // frames_to_images: a view
+    Sym qkv = conv(img, a.to_qkv, false, 0, {3 * c, t, x.s.h, x.s.w});
+    op_ = "attention";
+    Sym q = alloc({c, t, x.s.h, x.s.w}), k = alloc(q.s), v = alloc(q.s);  // .contiguous()
+    Sym out = alloc(q.s);
+    for (int64_t b = 0; b < t; ++b)
+      for (int64_t c0 = 0; c0 < L; c0 += kMathChunk) {  // ops/attention.cpp math_impl
+        const int64_t n = std::min(kMathChunk, L - c0);
+        Sym scores = alloc({1, 1, n, L}), probs = alloc({1, 1, n, L});
+        drop(scores);
+        Sym pv = alloc({1, 1, n, c});
+        drop(pv);
+        drop(probs);
+      }
+    drop(v);
+    drop(k);
+    drop(q);
+    op_.clear();
+    Sym back = alloc(q.s);  // out.permute().reshape(): a copy
+    drop(img);
+    Sym proj = conv(back, a.proj, false, 0, back.s);
+    drop(back);
+    Sym y = alloc(x.s);  // images_to_frames(img) + x
+    drop(out);
+    drop(qkv);
+    drop(proj);
+    return y;
+  }
+
+  Sym resample(const WanVae::Resample& r, const Sym& x_in, Cache& cache, const std::string& name) {
+    Sym x = x_in, owned;
+    if (r.mode == "upsample3d") {
+      stage_ = name + ".time_conv";
+      Slot& slot = cache.next();
+      if (!slot.present) {
+        slot.present = true;
+        slot.rep = true;
+      } else {
+        const int64_t t = x.s.t;
+        Sym keep = alloc({x.s.c, std::min<int64_t>(t, kCacheT), x.s.h, x.s.w}, x.contiguous);
+        if (keep.s.t < kCacheT) {
+          Sym zeros;
+          if (slot.rep) zeros = alloc(keep.s);
+          Sym both = alloc({x.s.c, kCacheT, x.s.h, x.s.w});
+          drop(keep);
+          drop(zeros);
+          keep = both;
+        }
+        Sym y = causal_conv(r.time_conv, x, slot.rep ? nullptr : &slot.frames, 1, 0);
+        drop(slot.frames);
+        set_kind(keep, kCache);
+        slot.frames = keep;
+        slot.rep = false;
+        owned = alloc({y.s.c / 2, 2 * t, y.s.h, y.s.w});  // the two halves interleaved (at::stack)
+        drop(y);
+        x = owned;
+      }
+    }
+    stage_ = name + ".resample.1";
+    Sym up = alloc({x.s.c, x.s.t, 2 * x.s.h, 2 * x.s.w});  // upsample_nearest2d of the frames
+    const int64_t out_c = r.resample1.weight.stored.value.size(0);
+    Sym img = conv(up, r.resample1, false, 1, {out_c, x.s.t, 2 * x.s.h, 2 * x.s.w});
+    drop(up);
+    drop(owned);
+    return {img.s, img.id, img.s.t == 1};  // images_to_frames: a view
+  }
+
+  // WanVae::run for the decoder.
+  Sym coder(const Sym& input, Cache& cache) {
+    const WanVae::Coder& c = vae_.decoder_;
+    stage_ = "decoder.conv1";
+    Sym x = cached_conv(c.conv1, input, cache);
+    auto step = [&](Sym y) {
+      drop(x);
+      x = y;
+    };
+    step(residual(c.middle0, x, cache, "decoder.middle.0"));
+    step(attention(c.middle1, x, "decoder.middle.1"));
+    step(residual(c.middle2, x, cache, "decoder.middle.2"));
+    for (size_t i = 0; i < c.stages.size(); ++i) {
+      const std::string name = "decoder.upsamples." + std::to_string(i);
+      const auto& s = c.stages[i];
+      step(s.kind == WanVae::Stage::kResidual ? residual(s.residual, x, cache, name) : resample(s.resample, x, cache, name));
+    }
+    stage_ = "decoder.head.2";
+    Sym a = rms(x);
+    Sym y = cached_conv(c.head_conv, a, cache);
+    drop(a);
+    drop(x);
+    return y;
+  }
+
+  static constexpr int64_t kMathChunk = 1024;  // query rows per score matrix, ops/attention.cpp
+
+  const WanVae& vae_;
+  const int threads_;
+  const int64_t block_;
+  bool mkldnn_ = false;
+  HeapModel heap_;
+  std::vector<Entry> entries_;
+  int64_t live_[kKinds] = {};
+  int64_t resident_peak_ = 0, output_peak_ = 0;
+  Busiest busiest_;
+  Sym x_;  // the unnormalized latent
+  int64_t chunk_ = -1;
+  int tile_ = -1;
+  std::string stage_, op_;
+};
+
+WanVae::DecodeMemory WanVae::estimate_decode_memory(const DecodeMemoryQuery& q) const {
+  if (q.frames < 1 || q.height <= 0 || q.width <= 0 || q.height % 8 != 0 || q.width % 8 != 0)
+    throw Error(ErrorCode::InvalidOption, "Vae.estimateDecodeMemory: expected frames >= 1 and height, width positive multiples of 8, got " +
+                                              std::to_string(q.frames) + " frames of " + std::to_string(q.height) + " x " +
+                                              std::to_string(q.width));
+  return DecodePlanner(*this).run(q);
 }
 
 WanVaeConfig infer_wan_vae_config(const std::map<std::string, std::vector<int64_t>>& shapes, const std::string& source) {

@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -77,11 +78,36 @@ class WanVae : public std::enable_shared_from_this<WanVae> {
     int64_t next_frame_ = 0;
   };
 
+  // The resident memory a decode needs at its peak, in bytes, found before decoding by
+  // replaying Decoder::next() on shapes alone (DecodePlanner in wan_vae.cpp; nothing is
+  // allocated). `bytes` is the sum of the parts:
+  struct DecodeMemory {
+    int64_t bytes = 0;
+    int64_t weights = 0;      // every weight of the VAE as stored: resident once loaded (populate)
+    int64_t runtime = 0;      // code and thread buffers a process's first decode maps (a constant)
+    // At the busiest moment of the decode (the most tensors live, at `peak_at`):
+    int64_t caches = 0;       // feature caches: the last 2 frames of each causal conv, per tile
+    int64_t activations = 0;  // every other tensor: activations, the latent, tile sums, and
+                              // libtorch's own buffers (oneDNN reorders, vol2col columns)
+    int64_t output = 0;       // the most decoded frames held at once (decode(): the video in JS)
+    int64_t allocator = 0;    // what the heap holds beyond those at its resident peak: freed
+                              // blocks glibc keeps for reuse (core/cpu_allocator), fragmentation
+    std::string peak_at;      // the busiest moment: chunk, tile, layer and op
+  };
+  struct DecodeMemoryQuery {
+    int64_t frames = 21;      // latent frames T
+    int64_t height = 0, width = 0;  // video pixels, multiples of 8
+    std::optional<Tiling> tiling;
+    bool whole = true;        // decode() (the whole video is kept) rather than decodeFrames()
+  };
+  DecodeMemory estimate_decode_memory(const DecodeMemoryQuery& query) const;
+
   const WanVaeConfig& config() const { return config_; }
   static const std::vector<float>& latent_mean();
   static const std::vector<float>& latent_std();
 
  private:
+  friend class DecodePlanner;
   struct Conv {  // a (causal) convolution: weight [out, in, (kt,) kh, kw]
     ops::Weight weight, bias;
   };
@@ -118,6 +144,7 @@ class WanVae : public std::enable_shared_from_this<WanVae> {
   at::Tensor unnormalize(const at::Tensor& z) const;
 
   WanVaeConfig config_;
+  int64_t weight_bytes_ = 0;  // all weights as stored
   Coder encoder_, decoder_;
   Conv conv1_, conv2_;  // quant_conv [2z, 2z, 1, 1, 1] and post_quant_conv [z, z, 1, 1, 1]
 };

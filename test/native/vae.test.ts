@@ -3,16 +3,9 @@ import t from 'tap';
 import * as path from 'node:path';
 
 import { loadSafetensors, Tensor, Vae } from '../../lib/index';
-import { goldenDir, toNumbers, weightsDir } from '../helpers';
+import { goldenDir, maxAbsDiff, toNumbers, weightsDir } from '../helpers';
 
 const TOLERANCE = 1e-4;  // max abs error against the official fp32 encode / decode
-
-function maxAbsDiff(a: Tensor, b: Tensor): number {
-  const x = toNumbers(a.toTypedArray()), y = toNumbers(b.toTypedArray());
-  let m = x.length === y.length ? 0 : Infinity;
-  for (let i = 0; i < x.length; i++) m = Math.max(m, Math.abs(x[i] - y[i]));
-  return m;
-}
 
 async function setup(dtype = 'f32') {
   const g = (await loadSafetensors(path.join(goldenDir, 'golden_vae.safetensors'))).tensors;
@@ -112,4 +105,37 @@ t.test('bad shapes are clear errors', async (t) => {
     { code: 'WAN_INVALID_TENSOR', message: 'Vae.decode: latent must be [16, T, h, w], got [8, 1, 2, 2]' });
   await t.rejects(Vae.load(path.join(weightsDir, 'tiny_t2v_dit.f32.safetensors')),
     { code: 'WAN_BAD_CHECKPOINT', message: /not a Wan2\.1 VAE: no 'encoder\.conv1\.weight'/ });
+});
+
+t.test('estimateDecodeMemory: what it counts, and its options', async (t) => {
+  const { vae } = await setup();
+  const size = { frames: 3, height: 32, width: 48 };  // the latent of dec.zr: [16, 3, 4, 6]
+  const stream = vae.estimateDecodeMemory({ ...size, call: 'decodeFrames' });
+  const whole = vae.estimateDecodeMemory(size);
+  for (const e of [stream, whole])
+    t.equal(Object.values(e.breakdown).reduce((a, b) => a + b, 0), e.bytes, 'the parts add up to the estimate');
+  const video = 4 * 3 * 9 * 32 * 48;  // [3, 9, 32, 48] f32
+  t.equal(stream.breakdown.output, 4 * 3 * 4 * 32 * 48, 'decodeFrames() holds one chunk of 4 frames at a time');
+  t.equal(whole.breakdown.output, 2 * video, 'decode() ends holding the chunks and the assembled video');
+  t.equal(whole.breakdown.weights, stream.breakdown.weights);
+  t.ok(stream.breakdown.caches > 0 && stream.breakdown.activations > 0, 'caches and activations are counted');
+  t.match(stream.peakAt, /^chunk \d+, decoder\./, `the peak is located: ${stream.peakAt}`);
+  const longer = vae.estimateDecodeMemory({ ...size, frames: 21, call: 'decodeFrames' });
+  t.ok(longer.bytes <= stream.bytes * 1.1, 'streaming memory does not grow with the number of frames');
+  const tiled = vae.estimateDecodeMemory({ ...size, call: 'decodeFrames', tiled: true, tileX: 32, tileY: 24, tileStrideX: 16, tileStrideY: 8 });
+  t.ok(tiled.breakdown.caches > stream.breakdown.caches, 'each tile keeps its own feature caches');
+  t.match(tiled.peakAt, /tile \d+/);
+
+  const bad = (o: unknown, message: string | RegExp) =>
+    t.throws(() => vae.estimateDecodeMemory(o as never), { code: 'WAN_INVALID_OPTION', message });
+  bad(undefined, 'Expected an options object for estimateDecodeMemory but received undefined');
+  bad({ height: 30, width: 48 }, 'Expected a positive multiple of 8 for height but received 30 of type number');
+  bad({ height: 32 }, 'Expected a positive multiple of 8 for width but received undefined');
+  bad({ ...size, frames: 0 }, 'Expected a positive integer for frames but received 0 of type number');
+  bad({ ...size, call: 'encode' }, 'Expected one of decode, decodeFrames for call but received "encode" of type string');
+  bad({ ...size, tileX: 32 }, 'tileX was given but tiled is not true');
+  bad({ ...size, tiled: true, tileX: 32, tileStrideX: 40 },
+    'tileStrideX and tileStrideY must not exceed tileX and tileY (tiles must overlap or touch)');
+  vae.dispose();
+  t.throws(() => vae.estimateDecodeMemory(size), { code: 'WAN_INVALID_OPTION', message: 'the Vae has been disposed' });
 });
