@@ -37,26 +37,6 @@ std::string shape_text(at::IntArrayRef s) {
 WanDit::WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, WanDitOptions options,
                const std::string& source)
     : config_(std::move(config)), options_(options), rope_(ops::rope_table(config_.head_dim())) {
-  // Scaled fp8: `<layer>.scale_weight` belongs to `<layer>.weight`; `.scale_input` only
-  // matters to fp8 matmul kernels, which widen-then-multiply does not use.
-  for (auto it = weights.begin(); it != weights.end();) {
-    const std::string& name = it->first;
-    const auto suffix = [&](const char* s) {
-      const std::string str(s);
-      return name.size() > str.size() && name.compare(name.size() - str.size(), str.size(), str) == 0;
-    };
-    if (suffix(".scale_weight")) {
-      const std::string target = name.substr(0, name.size() - 13) + ".weight";
-      auto w = weights.find(target);
-      if (w != weights.end()) w->second.scale = it->second.stored.value;
-      it = w != weights.end() ? weights.erase(it) : std::next(it);
-    } else if (suffix(".scale_input")) {
-      it = weights.erase(it);
-    } else {
-      ++it;
-    }
-  }
-
   WeightBag bag(std::move(weights));
   auto linear = [&](const std::string& p) { return Linear{bag.take(p + ".weight"), bag.take(p + ".bias")}; };
   patch_embedding_weight_ = bag.take("patch_embedding.weight");

@@ -20,6 +20,28 @@ LoadedWeights load_weights(const std::vector<std::string>& files, bool populate,
       out.shapes[r.name] = r.shape;
     }
   }
+  // Scaled fp8 (ComfyUI, Kijai): `<layer>.scale_weight` belongs to `<layer>.weight`, which
+  // Weight::get dequantises with it; `.scale_input` only matters to fp8 matmul kernels,
+  // which widen-then-multiply does not use.
+  auto ends_with = [](const std::string& s, const std::string& suffix) {
+    return s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  for (auto it = out.weights.begin(); it != out.weights.end();) {
+    const std::string name = it->first;
+    if (ends_with(name, ".scale_weight")) {
+      auto target = out.weights.find(name.substr(0, name.size() - 13) + ".weight");
+      if (target == out.weights.end()) {
+        ++it;  // an orphan scale: reported as unexpected by the model
+        continue;
+      }
+      target->second.scale = it->second.stored.value;
+    } else if (!ends_with(name, ".scale_input")) {
+      ++it;
+      continue;
+    }
+    out.shapes.erase(name);
+    it = out.weights.erase(it);
+  }
   return out;
 }
 

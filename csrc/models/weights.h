@@ -16,7 +16,8 @@ struct LoadedWeights {
 };
 
 // Maps the files (shards of one checkpoint, any supported layout) and names their tensors
-// as the official code does; tensors alias the mappings.
+// as the official code does; tensors alias the mappings. Scaled-fp8 scales are attached to
+// their weights (Weight::scale) rather than listed.
 LoadedWeights load_weights(const std::vector<std::string>& files, bool populate,
                            const std::function<bool()>& cancelled);
 

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { loadSafetensors, saveSafetensors, Tensor, TextEncoder } from '../../lib/index';
-import { goldenDir, maxAbsDiff, tempDir, toNumbers, weightsDir } from '../helpers';
+import { decodeE4m3fn, encodeE4m3fn, goldenDir, maxAbsDiff, tempDir, toNumbers, weightsDir } from '../helpers';
 
 const TOLERANCE = 1e-5;
 const dir = tempDir('wan-t5-');
@@ -160,4 +160,31 @@ t.test('a missing or corrupt tokenizer is a clear error naming where it looked',
   await t.rejects(TextEncoder.load(path.join(weightsDir, 'tiny_umt5_enc.f32.safetensors'), { tokenizer: path.join(dir, 'nope.model') }),
     { code: 'WAN_IO', message: /tokenizer: cannot read .*nope\.model/ });
   await t.rejects(TextEncoder.load(path.join(weightsDir, 'tiny_vae.f32.safetensors')), { code: 'WAN_BAD_CHECKPOINT', message: /not a umT5 encoder: no tensor 'token_embedding\.weight'/ });
+});
+
+t.test('scaled fp8 (ComfyUI umt5_xxl_fp8_e4m3fn_scaled) computes what its dequantised values give', async (t) => {
+  const g = await golden();
+  const weights = (await loadSafetensors(path.join(weightsDir, 'tiny_umt5_enc.f32.safetensors'))).tensors;
+  const fp8 = new Map<string, Tensor>(), dequantised = new Map<string, Tensor>();
+  for (const [k, v] of weights) {
+    if (!(k.startsWith('blocks.') && v.shape.length === 2 && !k.includes('pos_embedding'))) {
+      fp8.set(k, v);
+      dequantised.set(k, v);
+      continue;
+    }
+    const values = v.toTypedArray() as Float32Array;
+    const scale = Math.fround(values.reduce((m, x) => Math.max(m, Math.abs(x)), 0) / 448);
+    const codes = encodeE4m3fn(values.map((x) => x / scale));
+    fp8.set(k, Tensor.fromTypedArray(codes, v.shape, 'f8_e4m3fn'));
+    fp8.set(k.replace(/\.weight$/, '.scale_weight'), Tensor.fromTypedArray(new Float32Array([scale]), []));
+    dequantised.set(k, Tensor.fromTypedArray(Float32Array.from(codes, (c) => Math.fround(decodeE4m3fn(c) * scale)), v.shape));
+  }
+  fp8.set('scaled_fp8', Tensor.fromTypedArray(new Uint8Array(0), [0], 'f8_e4m3fn'));
+  const fp8File = path.join(dir, 'umt5_fp8_scaled.safetensors'), refFile = path.join(dir, 'umt5_dequantised.safetensors');
+  await saveSafetensors(fp8File, fp8);
+  await saveSafetensors(refFile, dequantised);
+  const a = await (await TextEncoder.load(fp8File)).encodeTokens(g.get('a.ids')!, g.get('a.mask')!);
+  const b = await (await TextEncoder.load(refFile)).encodeTokens(g.get('a.ids')!, g.get('a.mask')!);
+  const err = maxAbsDiff(a, b);
+  t.ok(err <= 1e-6, `max abs difference ${err.toExponential(2)} from the dequantised f32 file`);
 });
