@@ -12,7 +12,7 @@ export { WanModel, ATTENTION_MODES } from './model';
 export { Vae } from './vae';
 export { TextEncoder, DEFAULT_NEGATIVE_PROMPT } from './text-encoder';
 export type { TextEncoderOptions, TextEmbeds, EncodeOptions } from './text-encoder';
-export type { VaeOptions, VaeDecodeOptions } from './vae';
+export type { VaeOptions, VaeDecodeOptions, VaeMemoryEstimate, VaeMemoryEstimateOptions, VaeDecodeCall, VaeTileOptions } from './vae';
 export { ClipVisionEncoder, loadImage, type ClipVisionOptions, type ClipVisionEncodeOptions, type ClipEmbeds, type ClipVisionConfig, type ClipCrop, type ClipCombine, type ImageInput } from './clip';
 export type { AttentionMode, BasePrecision, ModelLoaderOptions, WanModelConfig, WanForwardInput } from './model';
 export type { Progress, LongCallOptions } from './progress';

@@ -9,7 +9,7 @@
 // within 25% of what load and decode add together.
 //
 // The checkpoint (508 MB) is written once to $TMPDIR/wan-native-test/ and reused while its
-// size and header match. The three decodes take about 30 s on 2 cores.
+// size and header match. The three decodes take about 12 s on a quiet 2-core machine.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
