@@ -36,7 +36,8 @@
 // exceeded 0.25 cores.
 //
 // Environment: WAN_SHARED_DIR (default ../shared beside the repository root), WAN_BENCH_DIR,
-// WAN_DIT_BENCH=quick (1,024 tokens, bf16, flash, and the probe only).
+// WAN_DIT_BENCH=quick (1,024 tokens, bf16, flash, and the matmul rates only),
+// WAN_DIT_BENCH_WAIT (seconds to wait for quiet, default 300), WAN_DIT_BENCH_ATTEMPTS (3).
 import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -302,7 +303,8 @@ interface JobResult {
   seconds: number[];     // wall seconds of each timed forward
   cpuSeconds: number[];  // process CPU seconds (all threads) of each
   othersCores: number[]; // cores other processes kept busy during each (from /proc/stat)
-  warmupS: number;
+  warmupS: number;       // the first forward of the process (1 patch, seqLen 64)
+  smallS: number[];      // two more of those, seqLen 1
   hwmBeforeMiB: number;  // VmHWM just before the load
   rssAfterLoadMiB: number;
   hwmAfterMiB: number;   // VmHWM after the last forward
@@ -391,6 +393,15 @@ async function child(job: Job): Promise<void> {
   const patchPads = outputTokens(warm[0].shape) !== 1;
   if (patchPads) log(`  ${job.label}: WARNING: a 1-patch latent [16, 1, 2, 2] came out as [${warm[0].shape.join(', ')}]: the patch embedding pads its input`);
   for (const o of warm) o.dispose();
+  // Two more (forward jobs): what a forward costs whatever the token count (every weight
+  // read, and widened to fp32 when stored narrower; the text embedding; the cross-attention
+  // k, v over the 512 text tokens), without the first forward's one-time costs.
+  const smallS: number[] = [];
+  for (let r = 0; !probe && r < 2; r++) {
+    t0 = performance.now();
+    for (const o of await model.forward({ x: [xs], t, context: [context], seqLen: patchPads ? 27 : 1 })) o.dispose();
+    smallS.push((performance.now() - t0) / 1000);
+  }
 
   // The probe feeds the smallest latent (1 patch, or 27 when the patch embedding pads).
   const shape = probe ? [16, 1, 2, 2] : latentShape(job.tokens, patchPads);
@@ -428,7 +439,7 @@ async function child(job: Job): Promise<void> {
   const hwmAfter = procStatusKiB('VmHWM');
   model.dispose();
   const result: JobResult = {
-    job, threads: info.threads, loadS, seconds, cpuSeconds, othersCores, warmupS,
+    job, threads: info.threads, loadS, seconds, cpuSeconds, othersCores, warmupS, smallS,
     hwmBeforeMiB: hwmBefore / 1024, rssBeforeMiB: rssBefore / 1024, rssAfterLoadMiB: rssAfterLoad / 1024,
     hwmAfterMiB: hwmAfter / 1024, outputRms, nonFinite, loadavg, patchPads, latent: shape, seqLen,
   };
@@ -504,6 +515,7 @@ function snapshotAddon(dir: string): string | undefined {
   const copy = path.join(dir, `wan_native.snapshot-${process.pid}.node`);
   fs.writeFileSync(copy, bytes);
   process.on('exit', () => fs.rmSync(copy, { force: true }));
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => process.exit(130));
   process.env.WAN_NATIVE_BINARY = copy;
   const sha = crypto.createHash('sha256').update(bytes).digest('hex').slice(0, 12);
   return `${resolved} (built ${fs.statSync(resolved).mtime.toISOString()}, sha256 ${sha}), measured from a copy`;
@@ -600,11 +612,13 @@ async function main(): Promise<void> {
     const rate = fl.total / s / 1e9;
     return [tokens, storage, attention, f1(s), f1(fl.total / 1e9), f1(rate), f2(rate / rateFor(tokens)),
       (r.hwmAfterMiB - r.hwmBeforeMiB).toFixed(0), (r.rssAfterLoadMiB - r.rssBeforeMiB).toFixed(0),
-      f2(r.cpuSeconds[0] / s), f2(r.othersCores[0]), f2(r.warmupS), r.nonFinite ? `${r.nonFinite} non-finite!` : r.outputRms.toPrecision(3)];
+      f2(r.cpuSeconds[0] / s), f2(r.othersCores[0]), f2(r.warmupS), f2(min(r.smallS)), r.nonFinite ? `${r.nonFinite} non-finite!` : r.outputRms.toPrecision(3)];
   });
   console.log('One forward, 30 blocks (fresh process each; peak = VmHWM after the forward - VmHWM before the load; weights = RSS growth of ' +
-    'the load alone; 1-patch forward = the untimed first forward of a [16, 1, 2, 2] latent, nearly all weight widening and text/context projections)');
-  console.log(table(['tokens', 'storage', 'attention', 'seconds', 'GFLOP', 'GFLOP/s', 'of matmul rate', 'peak RSS growth MiB', 'weights MiB', 'cpu/wall', 'other procs (cores)', '1-patch forward s', 'output rms'], rows));
+    'the load alone; first forward = the untimed first forward of the process, a [16, 1, 2, 2] latent (seqLen 64); 1-patch forward = the best of ' +
+    'two more of those (seqLen 1): the per-forward cost that does not grow with the tokens (every weight read, and widened to fp32 when stored narrower; ' +
+    `the text embedding; the cross-attention k and v of the 512 text tokens: ${f1(forwardFlops({ tokens: 1, layers: LAYERS }).total / 1e9)} GFLOP))`);
+  console.log(table(['tokens', 'storage', 'attention', 'seconds', 'GFLOP', 'GFLOP/s', 'of matmul rate', 'peak RSS growth MiB', 'weights MiB', 'cpu/wall', 'other procs (cores)', 'first forward (1 patch) s', '1-patch forward s', 'output rms'], rows));
 
   if (smallResults.length) {
     console.log('');

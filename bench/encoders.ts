@@ -23,9 +23,10 @@
 // U(+-0.1), token embedding N(0, 1) * 0.1.
 //
 // The machine may be shared: before each measurement the bench waits (up to WAN_ENC_BENCH_WAIT
-// seconds, default 600) for the 1-minute load average to fall to 1.5 or below, reports it and
-// the cores other processes kept busy during each encode (/proc/stat minus the child), and
-// measures again once when that exceeded 0.25.
+// seconds, default 600) for the 1-minute load average to fall to 1.5 or below, or for other
+// processes to have kept at most 0.25 cores busy for 20 s (the average lags a finished job),
+// reports the load average and the cores other processes kept busy during each encode
+// (/proc/stat minus the child), and measures again once when that exceeded 0.25.
 //
 // Environment: WAN_SHARED_DIR, WAN_BENCH_DIR, WAN_ENC_BENCH=quick (2 layers, vocab 4096: a
 // smoke test of the bench itself, not a measurement).
@@ -265,15 +266,29 @@ function machineBusySeconds(): number {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-// Waits for the 1-minute load average to fall to LOAD_LIMIT; returns it.
-async function waitQuiet(label: string): Promise<number> {
+// Cores kept busy by other processes over the next `ms` (this process idle meanwhile).
+async function othersBusy(ms: number): Promise<number> {
+  const b0 = machineBusySeconds(), c0 = process.cpuUsage(), t0 = performance.now();
+  await sleep(ms);
+  const c = process.cpuUsage(c0);
+  return Math.max(0, (machineBusySeconds() - b0 - (c.user + c.system) / 1e6) / ((performance.now() - t0) / 1000));
+}
+
+// Waits until the 1-minute load average is at most LOAD_LIMIT, or (as it lags a finished job
+// by a minute or so) other processes have kept at most QUIET cores busy for the last 20 s;
+// returns the load average then, and whether either held (false: waited WAN_ENC_BENCH_WAIT s).
+async function waitQuiet(label: string): Promise<{ loadavg: number; quiet: boolean }> {
   const deadline = performance.now() + 1000 * Number(process.env.WAN_ENC_BENCH_WAIT ?? 600);
-  if (os.loadavg()[0] > LOAD_LIMIT) {
-    log(`${label}: load average ${os.loadavg()[0].toFixed(2)} > ${LOAD_LIMIT}; waiting`);
-    while (os.loadavg()[0] > LOAD_LIMIT && performance.now() < deadline) await sleep(5000);
-    log(`${label}: load average ${os.loadavg()[0].toFixed(2)}${os.loadavg()[0] > LOAD_LIMIT ? ', still high: going ahead' : ''}`);
+  if (os.loadavg()[0] <= LOAD_LIMIT) return { loadavg: os.loadavg()[0], quiet: true };
+  log(`${label}: load average ${os.loadavg()[0].toFixed(2)} > ${LOAD_LIMIT}; waiting`);
+  let quietFor = 0, busy = 0;
+  while (os.loadavg()[0] > LOAD_LIMIT && quietFor < 20000 && performance.now() < deadline) {
+    busy = await othersBusy(2000);
+    quietFor = busy <= QUIET ? quietFor + 2000 : 0;
   }
-  return os.loadavg()[0];
+  log(`${label}: load average ${os.loadavg()[0].toFixed(2)}, other processes ${busy.toFixed(2)} cores` +
+    `${os.loadavg()[0] > LOAD_LIMIT && quietFor < 20000 ? ': still busy, going ahead' : ''}`);
+  return { loadavg: os.loadavg()[0], quiet: os.loadavg()[0] <= LOAD_LIMIT || quietFor >= 20000 };
 }
 
 // ---------------------------------------------------------------- the child: one measurement
@@ -361,7 +376,8 @@ function spawnJob(job: Job): JobResult {
   return JSON.parse(line.slice(7)) as JobResult;
 }
 
-type Measured = JobResult & { loadavgBefore: number; error?: undefined } | { error: string };
+type Good = JobResult & { loadavgBefore: number; quiet: boolean; error?: undefined };
+type Measured = Good | { error: string };
 
 // A fresh process per measurement; once more if other processes were busy during it.
 async function runChild(job: Job): Promise<Measured> {
@@ -369,10 +385,10 @@ async function runChild(job: Job): Promise<Measured> {
   // File pages of the weights reclaimed by the kernel during the encode (memory pressure from
   // other processes' page cache) would make the peak an underestimate.
   const evicted = (r: JobResult) => r.fileRssAfterLoadMiB - r.fileRssAfterFirstMiB > 64;
-  const measure = async () => {
+  const measure = async (): Promise<Good> => {
     for (const other of job.others) dropFromCache(other);
-    const loadavgBefore = await waitQuiet(job.storage);
-    return { ...spawnJob(job), loadavgBefore };
+    const { loadavg: loadavgBefore, quiet } = await waitQuiet(job.storage);
+    return { ...spawnJob(job), loadavgBefore, quiet };
   };
   let first;
   try {
@@ -383,11 +399,11 @@ async function runChild(job: Job): Promise<Measured> {
     log(`${job.storage}: FAILED: ${msg}`);
     return { error: msg };
   }
-  if (disturbance(first) <= QUIET && first.loadavgBefore <= LOAD_LIMIT && !evicted(first)) return first;
+  if (disturbance(first) <= QUIET && first.quiet && !evicted(first)) return first;
   log(`${job.storage}: other processes kept ${disturbance(first).toFixed(2)} cores busy (load average before ${first.loadavgBefore.toFixed(2)}), ` +
     `${(first.fileRssAfterLoadMiB - first.fileRssAfterFirstMiB).toFixed(0)} MiB of weights reclaimed during the encode; measuring again`);
-  const second = await measure();
-  const worse = (r: Measured & JobResult) => (evicted(r) ? 10 : 0) + disturbance(r);
+  const second = await measure().catch(() => first);
+  const worse = (r: Good) => (evicted(r) ? 10 : 0) + (r.quiet ? 0 : 1) + disturbance(r);
   return worse(second) < worse(first) ? second : first;
 }
 
@@ -395,7 +411,7 @@ async function runChild(job: Job): Promise<Measured> {
 async function gemmRate(when: string): Promise<{ rate: number; loadavg: number; others: number }> {
   let best = { rate: 0, loadavg: NaN, others: Infinity };
   for (let t = 0; t < 3 && best.others > QUIET; t++) {
-    const loadavg = await waitQuiet(`matmul rate (${when})`);
+    const { loadavg } = await waitQuiet(`matmul rate (${when})`);
     const b0 = machineBusySeconds(), c0 = process.cpuUsage(), t0 = performance.now();
     const seconds = native().gemmRate(L, D, D_FFN, 5);
     const c = process.cpuUsage(c0);
