@@ -11,13 +11,14 @@ import { native } from './native';
 import { LongCallOptions, ProgressClock } from './progress';
 import { Tensor } from './tensor';
 import { SentencePieceTokenizer } from './tokenizer';
+import { isTokenizerJson, sentencePieceFromTokenizerJson } from './tokenizer-json';
 
 /** The official Wan2.1 negative prompt (wan/configs/shared_config.py sample_neg_prompt). */
 export const DEFAULT_NEGATIVE_PROMPT =
   '色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走';
 
 export interface TextEncoderOptions extends LongCallOptions {
-  /** A spiece.model to use; otherwise the checkpoint's own `spiece_model` tensor, then a spiece.model beside it. */
+  /** A spiece.model or tokenizer.json to use; otherwise the checkpoint's own `spiece_model` tensor, then a spiece.model or tokenizer.json beside it. */
   tokenizer?: string;
   /** Tokens every prompt is padded or cut to (default 512, as Wan). */
   textLen?: number;
@@ -35,22 +36,26 @@ export interface EncodeOptions extends LongCallOptions {
   diskCache?: string;
 }
 
-// The tokenizer, wherever users have it: the tokenizer option, the checkpoint's own
-// `spiece_model` tensor (ComfyUI), or a spiece.model beside the checkpoint.
+// The tokenizer, wherever users have it: the tokenizer option (a spiece.model or a Hugging Face
+// tokenizer.json, told apart by content), the checkpoint's own `spiece_model` tensor (ComfyUI),
+// or a spiece.model, then a tokenizer.json, beside the checkpoint. A tokenizer.json becomes the
+// SentencePiece model it was exported from (lib/tokenizer-json.ts), run by SentencePiece itself.
 async function findTokenizer(option: string | undefined, handle: NativeTextEncoder, checkpoint: string): Promise<SentencePieceTokenizer | string> {
+  const fromFile = (bytes: Buffer, file: string) => SentencePieceTokenizer.fromBytes(
+    isTokenizerJson(bytes, file) ? sentencePieceFromTokenizerJson(bytes.toString('utf8'), file) : bytes, file);
   if (option) {
     const file = path.resolve(option);
     const bytes = await fs.promises.readFile(file).catch((err: NodeJS.ErrnoException) => {
       throw new WanError('WAN_IO', `tokenizer: cannot read ${file}: ${err.message}`);
     });
-    return SentencePieceTokenizer.fromBytes(bytes, file);
+    return fromFile(bytes, file);
   }
   const embedded = handle.embeddedTokenizer();
   if (embedded) return SentencePieceTokenizer.fromBytes(embedded, `${checkpoint} (tensor 'spiece_model')`);
-  const beside = path.join(path.dirname(checkpoint), 'spiece.model');
-  if (fs.existsSync(beside)) return SentencePieceTokenizer.fromBytes(await fs.promises.readFile(beside), beside);
-  return `no tokenizer: looked for the tokenizer option, a 'spiece_model' tensor in ${checkpoint} and ${beside}` +
-    ' (a tokenizer.json alone is not read: give the spiece.model it was made from)';
+  const beside = ['spiece.model', 'tokenizer.json'].map((name) => path.join(path.dirname(checkpoint), name));
+  for (const file of beside) if (fs.existsSync(file)) return fromFile(await fs.promises.readFile(file), file);
+  return `no tokenizer: looked for the tokenizer option, a 'spiece_model' tensor in ${checkpoint} and ${beside.join(' or ')}` +
+    " (give the tokenizer option umT5's spiece.model or tokenizer.json)";
 }
 
 export class TextEncoder {
