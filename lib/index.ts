@@ -16,6 +16,7 @@ export type { VaeOptions, VaeDecodeOptions, VaeMemoryEstimate, VaeMemoryEstimate
 export { ClipVisionEncoder, loadImage, type ClipVisionOptions, type ClipVisionEncodeOptions, type ClipEmbeds, type ClipVisionConfig, type ClipCrop, type ClipCombine, type ImageInput } from './clip';
 export type { AttentionMode, BasePrecision, ModelLoaderOptions, WanModelConfig, WanForwardInput } from './model';
 export type { Progress, LongCallOptions } from './progress';
+export { videoCombine, VIDEO_FORMATS, type VideoCombineOptions, type VideoCombineResult, type VideoFormat } from './video';
 
 /** What the loaded native addon was built with, and the threads libtorch uses. */
 export function runtimeInfo(): { backend: string; torchVersion: string; threads: number; cuda: boolean } {

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # libopenblas0-pthread: without it Debian's libtorch multiplies matrices at ~5 GFLOP/s
 # instead of ~150 (shared/spec/native-notes.md).
 # sentencepiece: spm_train and spm_encode, which the tokenizer tests use as the reference.
-packages=(libtorch-dev libopenblas0-pthread cmake ninja-build g++ ccache sentencepiece)
+packages=(libtorch-dev libopenblas0-pthread cmake ninja-build g++ ccache sentencepiece ffmpeg)
 
 if [ -r /etc/debian_version ] && command -v apt-get >/dev/null; then
   missing=()
