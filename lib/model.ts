@@ -44,6 +44,9 @@ export interface WanForwardInput {
   seqLen: number;        // tokens each sample is padded to: >= F * H/2 * W/2
   clipFea?: Tensor;      // i2v [B, 257, 1280]; flf2v [2B, 257, 1280] (first, last frame per sample)
   y?: Tensor[];          // i2v / flf2v per sample [4 mask + 16 latent channels, F, H, W]
+  /** Enhance-A-Video weight (the wrapper's feta_args.weight): scales each self-attention
+   * output by a gain from its cross-frame attention. Off when undefined. */
+  fetaWeight?: number;
 }
 
 function checkOptions(o: ModelLoaderOptions): void {
@@ -142,7 +145,10 @@ export class WanModel {
         x, context, seqLen: input.seqLen, t: Tensor.handle(input.t, 't'),
         clipFea: image ? Tensor.handle(input.clipFea!, 'clipFea') : undefined,
         y: image ? handles(input.y, 'y') : undefined,
+        fetaWeight: input.fetaWeight,
       };
+      if (input.fetaWeight !== undefined && !(typeof input.fetaWeight === 'number' && Number.isFinite(input.fetaWeight)))
+        throw invalidOption(`Expected a finite number for fetaWeight but received ${describeValue(input.fetaWeight)}`);
       const abort = bridgeAbort(signal);
       try {
         const result = await this.handle().forward(args, trace, abort.flag);

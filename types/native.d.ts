@@ -18,7 +18,7 @@ export interface NativeCheckpointInfo {
 export interface NativeWanModel {
   config(): Record<string, unknown>;
   forward(input: { x: NativeTensor[]; t: NativeTensor; context: NativeTensor[]; seqLen: number;
-                   clipFea?: NativeTensor; y?: NativeTensor[] }, trace: boolean, abortFlag?: Int32Array):
+                   clipFea?: NativeTensor; y?: NativeTensor[]; fetaWeight?: number }, trace: boolean, abortFlag?: Int32Array):
     Promise<{ outputs: NativeTensor[]; trace?: Record<string, NativeTensor> }>;
   setAttentionMode(mode: string): void;
   dispose(): void;
@@ -61,6 +61,12 @@ export interface NativeClipVision {
   dispose(): void;
 }
 
+// sampling_api.cpp: PyTorch's CPU generator (mt19937) seeded as torch.Generator().manual_seed(seed).
+export interface NativeNoiseGenerator {
+  randn(shape: number[]): NativeTensor;  // f32
+  randperm(n: number): NativeTensor;     // i64
+}
+
 export interface NativeAddon {
   setErrorClass(cls: new (code: string, message: string) => Error): void;
   setThreads(threads: number): void;
@@ -78,6 +84,9 @@ export interface NativeAddon {
 
   // ops_api.cpp: kernels for tests and benchmarks (lib/ops.ts), not the public API.
   attention(q: NativeTensor, k: NativeTensor, v: NativeTensor, mode: string, kLens?: NativeTensor): NativeTensor;
+
+  NoiseGenerator: new (seed: bigint) => NativeNoiseGenerator;
+  resizeBicubic(image: NativeTensor, height: number, width: number): NativeTensor;  // align_corners=False
 
   loadTextEncoder(files: string[], options: { populate: boolean }, abortFlag?: Int32Array):
     Promise<NativeTextEncoder>;

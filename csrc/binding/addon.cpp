@@ -60,6 +60,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   init_vae(env, exports);
   init_clip(env, exports);
   init_text_encoder(env, exports);
+  init_sampling(env, exports);
   return exports;
 }
 

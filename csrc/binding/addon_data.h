@@ -96,7 +96,8 @@ void init_ops(Napi::Env env, Napi::Object exports);
 void init_model(Napi::Env env, Napi::Object exports);  // model_api.cpp: WanModel
 void init_vae(Napi::Env env, Napi::Object exports);    // vae_api.cpp: Vae
 void init_clip(Napi::Env env, Napi::Object exports);   // clip_api.cpp: ClipVisionEncoder
-void init_text_encoder(Napi::Env env, Napi::Object exports);  // text_encoder_api.cpp: TextEncoder    // ops_api.cpp: kernels, for tests and benchmarks
+void init_sampling(Napi::Env env, Napi::Object exports);      // sampling_api.cpp: noise, resize
+void init_text_encoder(Napi::Env env, Napi::Object exports);  // text_encoder_api.cpp: TextEncoder
 
 // The NativeTensor JS object for an engine tensor, and back.
 Napi::Object wrap_tensor(Napi::Env env, core::Tensor tensor);

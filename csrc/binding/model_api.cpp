@@ -71,7 +71,7 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     return env.Undefined();
   }
 
-  // forward({x, t, context, seqLen, clipFea?, y?}, trace, abortFlag) -> Promise<{outputs, trace?}>
+  // forward({x, t, context, seqLen, clipFea?, y?, fetaWeight?}, trace, abortFlag) -> Promise<{outputs, trace?}>
   Napi::Value forward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return guard(env, [&]() -> Napi::Value {
@@ -85,6 +85,8 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
       if (o.Has("clipFea") && !o.Get("clipFea").IsUndefined())
         in.clip_fea = core::to_float(unwrap_tensor(env, o.Get("clipFea"), "clipFea"));
       if (o.Has("y") && !o.Get("y").IsUndefined()) in.y = tensor_list(env, o.Get("y"), "y");
+      if (o.Has("fetaWeight") && o.Get("fetaWeight").IsNumber())
+        in.feta_weight = o.Get("fetaWeight").As<Napi::Number>().DoubleValue();
       const bool want_trace = info[1].ToBoolean();
       std::function<bool()> cancelled = cancel_flag(env, info[2]);
       return addon(env).engine.run(

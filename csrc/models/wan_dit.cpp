@@ -97,20 +97,48 @@ at::Tensor WanDit::heads(const at::Tensor& x) const {
   return x.view({x.size(0), x.size(1), config_.num_heads, config_.head_dim()});
 }
 
+// Enhance-A-Video (Luo et al. 2025, as the wrapper's enhance_a_video applies it): for every
+// spatial position and head, softmax(q k^T / sqrt(D)) across the T latent frames; the mean of
+// its off-diagonal entries, averaged over positions and heads, times (T + weight), floored at 1,
+// is the gain of the attention output. q, k: [L, H, D] of one sample, RMS-normed, before RoPE;
+// tokens are frame-major (f, h, w), so position s of frame f is token f*S + s. (The wrapper's
+// March 2025 code reshapes them as (S, T) instead, mixing neighbouring positions of one frame;
+// we group by frame as the method and its reference implementation do.)
+static double feta_gain(const at::Tensor& q, const at::Tensor& k, const std::array<int64_t, 3>& grid, double weight) {
+  const int64_t frames = grid[0], positions = grid[1] * grid[2];
+  const int64_t heads = q.size(1), head_dim = q.size(2);
+  auto per_position = [&](const at::Tensor& u) {  // [T*S, H, D] -> [S, H, T, D]
+    return u.narrow(0, 0, frames * positions).to(at::kFloat).view({frames, positions, heads, head_dim}).permute({1, 2, 0, 3});
+  };
+  const at::Tensor attn =
+      at::matmul(per_position(q) * (1.0 / std::sqrt(static_cast<double>(head_dim))), per_position(k).transpose(-2, -1))
+          .softmax(-1);  // [S, H, T, T]
+  const at::Tensor off_diagonal = attn.masked_fill(at::eye(frames, at::kBool), 0.0);
+  const double mean = (off_diagonal.sum({2, 3}) / static_cast<double>(frames * frames - frames)).mean().item<double>();
+  return std::max(1.0, mean * (static_cast<double>(frames) + weight));
+}
+
 // x: [B, L, dim] -> [B, L, dim]. RMS-normalised q and k, 3D RoPE, keys past each sample's
 // real length masked (the official k_lens=seq_lens).
 at::Tensor WanDit::self_attention(const Attention& a, const at::Tensor& x, const at::Tensor& seq_lens,
-                                  const std::vector<std::array<int64_t, 3>>& grids) const {
+                                  const std::vector<std::array<int64_t, 3>>& grids,
+                                  std::optional<double> feta_weight) const {
   at::Tensor q = apply(a.q, x), k = apply(a.k, x);
   if (config_.qk_norm) {
     q = ops::rms_norm(q, a.norm_q.get(at::kFloat), config_.eps);
     k = ops::rms_norm(k, a.norm_k.get(at::kFloat), config_.eps);
   }
   const at::Tensor v = heads(apply(a.v, x));
+  std::vector<double> gains;
+  if (feta_weight) {
+    for (size_t i = 0; i < grids.size(); ++i)
+      gains.push_back(grids[i][0] > 1 ? feta_gain(heads(q)[i], heads(k)[i], grids[i], *feta_weight) : 1.0);
+  }
   q = ops::rope_apply(heads(q), grids, rope_);
   k = ops::rope_apply(heads(k), grids, rope_);
-  const at::Tensor out = ops::attention(q, k, v, options_.attention, seq_lens);  // [B, L, H, D]
-  return apply(a.o, out.to(at::kFloat).flatten(2));
+  at::Tensor out = ops::attention(q, k, v, options_.attention, seq_lens).to(at::kFloat);  // [B, L, H, D]
+  if (!gains.empty()) out = out * at::tensor(gains, at::kDouble).to(at::kFloat).view({-1, 1, 1, 1});
+  return apply(a.o, out.flatten(2));
 }
 
 // x: [B, L, dim], context: [B, text_len, dim], context_img: [B, 257|514, dim] or undefined.
@@ -135,12 +163,13 @@ at::Tensor WanDit::cross_attention(const Attention& a, const at::Tensor& x, cons
 // x: [B, L, dim], e0: [B, 6, dim] -> [B, L, dim]. Modulation and gating in float32.
 at::Tensor WanDit::block_forward(const Block& b, int index, const at::Tensor& x_in, const at::Tensor& e0,
                                  const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
-                                 const at::Tensor& context, const at::Tensor& context_img, Trace* trace) const {
+                                 const at::Tensor& context, const at::Tensor& context_img,
+                                 std::optional<double> feta_weight, Trace* trace) const {
   const std::string name = "block" + std::to_string(index);
   const auto e = (b.modulation.get(at::kFloat) + e0).chunk(6, 1);  // 6 x [B, 1, dim]
   const double eps = config_.eps;
   at::Tensor x = x_in;
-  at::Tensor y = self_attention(b.self_attn, ops::layer_norm(x, {}, {}, eps) * (1 + e[1]) + e[0], seq_lens, grids);
+  at::Tensor y = self_attention(b.self_attn, ops::layer_norm(x, {}, {}, eps) * (1 + e[1]) + e[0], seq_lens, grids, feta_weight);
   if (trace) (*trace)[name + "_self_attn_out"] = y;
   x = x + y * e[2];
   const at::Tensor normed = config_.cross_attn_norm
@@ -240,7 +269,8 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
 
   for (size_t i = 0; i < blocks_.size(); ++i) {
     if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
-    x = block_forward(blocks_[i], static_cast<int>(i), x, e0, seq_lens, grids, context, context_img, trace);
+    x = block_forward(blocks_[i], static_cast<int>(i), x, e0, seq_lens, grids, context, context_img, in.feta_weight,
+                      trace);
   }
 
   // Head: modulated LayerNorm and projection to patch pixels [B, L, out_dim * 4].

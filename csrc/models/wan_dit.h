@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,10 @@ struct WanDitInput {
   int64_t seq_len = 0;              // tokens every sample is padded to
   at::Tensor clip_fea;              // i2v [B, 257, 1280]; flf2v [2B, 257, 1280]; else undefined
   std::vector<at::Tensor> y;        // i2v/flf2v per sample [in_dim - C_in, F, H, W]; else empty
+  // Enhance-A-Video (the wrapper's feta_args): when set, every self-attention output is scaled
+  // by a gain computed from its cross-frame attention, with this weight. The sampler decides
+  // per step (start/end percent); samples of one latent frame are left alone.
+  std::optional<double> feta_weight;
 };
 
 // Named intermediates of sample 0 for tests and debugging (names as in the goldens).
@@ -82,12 +87,13 @@ class WanDit {
 
   at::Tensor apply(const Linear& l, const at::Tensor& x) const;
   at::Tensor self_attention(const Attention& a, const at::Tensor& x, const at::Tensor& seq_lens,
-                            const std::vector<std::array<int64_t, 3>>& grids) const;
+                            const std::vector<std::array<int64_t, 3>>& grids, std::optional<double> feta_weight) const;
   at::Tensor cross_attention(const Attention& a, const at::Tensor& x, const at::Tensor& context,
                              const at::Tensor& context_img) const;
   at::Tensor block_forward(const Block& b, int index, const at::Tensor& x, const at::Tensor& e0,
                            const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
-                           const at::Tensor& context, const at::Tensor& context_img, Trace* trace) const;
+                           const at::Tensor& context, const at::Tensor& context_img, std::optional<double> feta_weight,
+                           Trace* trace) const;
   at::Tensor heads(const at::Tensor& x) const;  // [B, L, dim] -> [B, L, H, D]
 
   WanDitConfig config_;
