@@ -9,13 +9,14 @@
 //     count, as they do for any process that reads a checkpoint).
 // Every measurement runs in its own child process (process.execPath on this script).
 //
-// The checkpoints are synthesised from shared/manifests/wan2.1_t2v_1.3B_dit.json (every key
-// and shape of the real one) and streamed to WAN_BENCH_DIR (default os.tmpdir()/wan-native-bench),
-// once per storage dtype (F32 5.7 GB, BF16 2.8 GB, F8_E4M3 1.4 GB; reused when the size and the
-// header match). Every tensor is stored in that dtype. Values: linear and conv weights uniform
-// in +-sqrt(3/fan_in) (variance 1/fan_in, so activations keep their scale through the blocks),
-// biases 0, norm weights 1, modulation uniform in +-sqrt(3/dim); fp8 values are the nearest
-// e4m3fn codes of those values (never the 0x7F/0xFF NaN codes).
+// The checkpoints are synthesised by bench/synthesize.ts (ensureDitCheckpoint) from
+// shared/manifests/wan2.1_t2v_1.3B_dit.json (every key and shape of the real one) and streamed to
+// WAN_BENCH_DIR (default os.tmpdir()/wan-native-bench), once per storage dtype (F32 5.7 GB, BF16
+// 2.8 GB, F8_E4M3 1.4 GB; reused when the size and the header match). Every tensor is stored in
+// that dtype. Values: linear and conv weights uniform in +-sqrt(3/fan_in) (variance 1/fan_in, so
+// activations keep their scale through the blocks), biases 0, norm weights 1, modulation uniform
+// in +-sqrt(3/dim); fp8 values are the nearest e4m3fn codes of those values (never the 0x7F/0xFF
+// NaN codes).
 //
 // The matmul rate: the addon's gemmRate(m, k, n, reps) (seconds of each of `reps` fp32 at::mm
 // of [m, k] x [k, n]) at the FFN shape [tokens, 1536] x [1536, 8960], best of 5, in a child
@@ -47,6 +48,7 @@ import * as path from 'node:path';
 import { runtimeInfo, Tensor, WanModel } from '../lib/index';
 import type { AttentionMode } from '../lib/model';
 import { native } from '../lib/native';
+import { benchDir, DIT_MANIFEST, ditSpecs, ensureDitCheckpoint, ensureDitLikeCheckpoint, manifestPath, type Storage, type TensorSpec } from './synthesize';
 
 const repoRoot = path.resolve(__dirname, '..', '..');
 const MiB = 2 ** 20;
@@ -76,196 +78,9 @@ function forwardFlops({ tokens: L, layers, textLen = TEXT_LEN, textDim = TEXT_DI
 
 // ---------------------------------------------------------------- synthetic checkpoints
 
-type Storage = 'f32' | 'bf16' | 'fp8';
-const STORAGES: Record<Storage, { tag: string; bytes: number }> = {
-  f32: { tag: 'F32', bytes: 4 }, bf16: { tag: 'BF16', bytes: 2 }, fp8: { tag: 'F8_E4M3', bytes: 1 },
-};
-interface Spec { key: string; shape: number[] }
-
-function findManifest(): string {
-  const name = path.join('manifests', 'wan2.1_t2v_1.3B_dit.json');
-  const candidates = [
-    ...(process.env.WAN_SHARED_DIR ? [path.join(process.env.WAN_SHARED_DIR, name)] : []),
-    path.resolve(repoRoot, '..', 'shared', name),
-    path.resolve(repoRoot, 'shared', name),
-  ];
-  const found = candidates.find((c) => fs.existsSync(c));
-  if (!found) throw new Error(`bench/dit: manifest not found; looked for ${candidates.join(', ')} (set WAN_SHARED_DIR)`);
-  return found;
-}
-
-// The full model's tensors, or the same with only the first `blocks` blocks.
-function modelSpecs(manifest: Spec[], blocks: number): Spec[] {
-  return manifest.filter(({ key }) => {
-    const m = /^blocks\.(\d+)\./.exec(key);
-    return !m || Number(m[1]) < blocks;
-  });
-}
-
 // The GEMM probe: one block, text_embedding.0 taking an 8960-wide context.
-function probeSpecs(manifest: Spec[]): Spec[] {
-  return modelSpecs(manifest, 1).map((s) => (s.key === 'text_embedding.0.weight' ? { key: s.key, shape: [D, FFN] } : s));
-}
-
-type Init = { kind: 'zero' } | { kind: 'one' } | { kind: 'uniform'; bound: number };
-
-function initOf({ key, shape }: Spec): Init {
-  if (key.endsWith('.bias')) return { kind: 'zero' };
-  if (shape.length === 1 && key.endsWith('.weight')) return { kind: 'one' };  // norm_q, norm_k, norm3
-  if (key.endsWith('modulation')) return { kind: 'uniform', bound: Math.sqrt(3 / shape[shape.length - 1]) };
-  const fanIn = shape.slice(1).reduce((a, b) => a * b, 1);
-  return { kind: 'uniform', bound: Math.sqrt(3 / fanIn) };
-}
-
-// e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits; no infinities, 0x7F/0xFF are NaN,
-// largest finite 448 (0x7E). Codes 0x00..0x7E are increasing in value.
-function e4m3Value(code: number): number {
-  const e = (code >> 3) & 15, m = code & 7;
-  const v = e === 0 ? (m / 8) * 2 ** -6 : (1 + m / 8) * 2 ** (e - 7);
-  return code & 0x80 ? -v : v;
-}
-
-const f32Scratch = new Float32Array(1);
-const u32Scratch = new Uint32Array(f32Scratch.buffer);
-
-// Nearest e4m3fn code of a finite float (ties to even), saturating at +-448.
-function e4m3Encode(x: number): number {
-  const sign = x < 0 || Object.is(x, -0) ? 0x80 : 0;
-  const a = Math.abs(x);
-  if (a >= 448) return sign | 0x7e;
-  if (a < 2 ** -6) {
-    // Subnormals are multiples of 2^-9 (code = multiple); code 8 is 2^-6, the first normal.
-    const q = a * 512, r = Math.floor(q), frac = q - r;
-    return sign | (frac > 0.5 || (frac === 0.5 && (r & 1)) ? r + 1 : r);
-  }
-  f32Scratch[0] = a;
-  const bits = u32Scratch[0];
-  const rounded = (bits + 0x7ffff + ((bits >>> 20) & 1)) >>> 20;  // exponent and 3 mantissa bits
-  const code = (((rounded >>> 3) - 127 + 7) << 3) | (rounded & 7);
-  return sign | Math.min(code, 0x7e);
-}
-
-// Checks the encoder against a brute-force nearest search (run once per process writing fp8).
-function checkE4m3(): void {
-  const values = Array.from({ length: 0x7f }, (_, c) => e4m3Value(c));
-  for (let i = 0; i < 200000; i++) {
-    const x = (Math.random() * 2 - 1) * (i % 2 ? 0.3 : 500) * (i % 7 === 0 ? 1e-3 : 1);
-    const code = e4m3Encode(x);
-    if ((code & 0x7f) === 0x7f) throw new Error(`e4m3Encode(${x}) gave a NaN code`);
-    const best = Math.min(...values.map((v) => Math.abs(v - Math.min(Math.abs(x), 448))));
-    if (Math.abs(Math.abs(e4m3Value(code)) - Math.min(Math.abs(x), 448)) > best + 1e-12)
-      throw new Error(`e4m3Encode(${x}) = 0x${code.toString(16)} is not the nearest code`);
-  }
-}
-
-interface Layout { header: Buffer; fileSize: number; numParams: number }
-
-function layout(specs: Spec[], storage: Storage, what: string): Layout {
-  const bytes = STORAGES[storage].bytes;
-  const entries: Record<string, unknown> = {
-    __metadata__: {
-      format: 'pt',
-      generator: `wan-native bench/dit.ts v1 (${what}; random ${storage}: weights U(+-sqrt(3/fan_in)), biases 0, norms 1, modulation U(+-sqrt(3/dim)))`,
-    },
-  };
-  let offset = 0, numParams = 0;
-  for (const { key, shape } of specs) {
-    const numel = shape.reduce((a, b) => a * b, 1);
-    entries[key] = { dtype: STORAGES[storage].tag, shape, data_offsets: [offset, offset + bytes * numel] };
-    offset += bytes * numel;
-    numParams += numel;
-  }
-  let json = JSON.stringify(entries);
-  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
-  const body = Buffer.from(json, 'utf8');
-  const header = Buffer.alloc(8 + body.length);
-  header.writeBigUInt64LE(BigInt(body.length), 0);
-  body.copy(header, 8);
-  return { header, fileSize: header.length + offset, numParams };
-}
-
-function existingMatches(file: string, want: Layout): boolean {
-  try {
-    if (fs.statSync(file).size !== want.fileSize) return false;
-    const fd = fs.openSync(file, 'r');
-    try {
-      const head = Buffer.alloc(want.header.length);
-      fs.readSync(fd, head, 0, head.length, 0);
-      return head.equals(want.header);
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch {
-    return false;
-  }
-}
-
-const CHUNK_ELEMS = 1 << 22;
-
-// Streams the tensors to disk chunk by chunk (never more than 4 Mi values in memory).
-function writeCheckpoint(file: string, specs: Spec[], storage: Storage, want: Layout): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, 'w');
-  const rnd = new Uint32Array(CHUNK_ELEMS);
-  const f32 = new Float32Array(CHUNK_ELEMS);
-  const u32 = new Uint32Array(f32.buffer);
-  const out16 = new Uint16Array(CHUNK_ELEMS);
-  const out8 = new Uint8Array(CHUNK_ELEMS);
-  const write = (view: ArrayBufferView, n: number) => {
-    const buf = Buffer.from(view.buffer, view.byteOffset, n);
-    let done = 0;
-    while (done < n) done += fs.writeSync(fd, buf, done, n - done);
-  };
-  try {
-    write(want.header, want.header.length);
-    for (const spec of specs) {
-      const init = initOf(spec);
-      let left = spec.shape.reduce((a, b) => a * b, 1);
-      while (left > 0) {
-        const n = Math.min(CHUNK_ELEMS, left);
-        if (init.kind === 'uniform') {
-          crypto.randomFillSync(rnd, 0, n);
-          const scale = (2 * init.bound) / 2 ** 32;
-          for (let i = 0; i < n; i++) f32[i] = rnd[i] * scale - init.bound;
-        } else {
-          f32.fill(init.kind === 'one' ? 1 : 0, 0, n);
-        }
-        if (storage === 'f32') {
-          write(f32, 4 * n);
-        } else if (storage === 'bf16') {
-          for (let i = 0; i < n; i++) {
-            const b = u32[i];
-            out16[i] = (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;  // round to nearest even
-          }
-          write(out16, 2 * n);
-        } else {
-          for (let i = 0; i < n; i++) out8[i] = e4m3Encode(f32[i]);
-          write(out8, n);
-        }
-        left -= n;
-      }
-    }
-  } catch (err) {
-    fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw err;
-  }
-  fs.closeSync(fd);
-  fs.renameSync(tmp, file);
-}
-
-function ensureCheckpoint(dir: string, name: string, specs: Spec[], storage: Storage, what: string): string {
-  const file = path.join(dir, `${name}.${storage}.safetensors`);
-  const want = layout(specs, storage, what);
-  if (existingMatches(file, want)) {
-    log(`checkpoint ${file}: reused (${(want.fileSize / 1e9).toFixed(2)} GB)`);
-  } else {
-    if (storage === 'fp8') checkE4m3();
-    const t0 = performance.now();
-    writeCheckpoint(file, specs, storage, want);
-    log(`checkpoint ${file}: written, ${(want.numParams / 1e9).toFixed(3)} B params, ${(want.fileSize / 1e9).toFixed(2)} GB in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  }
-  return file;
+function probeSpecs(): TensorSpec[] {
+  return ditSpecs(1).map((s) => (s.key === 'text_embedding.0.weight' ? { key: s.key, shape: [D, FFN] } : s));
 }
 
 // ---------------------------------------------------------------- machine load
@@ -527,24 +342,21 @@ const f1 = (x: number) => x.toFixed(1), f2 = (x: number) => x.toFixed(2);
 async function main(): Promise<void> {
   const quick = process.env.WAN_DIT_BENCH === 'quick';
   const started = performance.now();
-  const manifestPath = findManifest();
-  const manifest = (JSON.parse(fs.readFileSync(manifestPath, 'utf8')) as { tensors: Spec[] }).tensors;
-  const dir = process.env.WAN_BENCH_DIR ?? path.join(os.tmpdir(), 'wan-native-bench');
-  fs.mkdirSync(dir, { recursive: true });
+  const dir = benchDir();
   const addon = snapshotAddon(dir);
   const info = runtimeInfo();
   console.log(`bench/dit  node ${process.version}, ${os.cpus().length} CPUs (${os.cpus()[0]?.model ?? '?'}), ` +
     `${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, libtorch ${info.torchVersion} ${info.backend}, ${info.threads} threads`);
-  console.log(`manifest   ${manifestPath}`);
+  console.log(`manifest   ${manifestPath(DIT_MANIFEST)}`);
   if (addon) console.log(`addon      ${addon}`);
 
   const storages: Storage[] = quick ? ['bf16'] : ['f32', 'bf16', 'fp8'];
   const full: Partial<Record<Storage, string>> = {};
-  for (const s of storages) full[s] = ensureCheckpoint(dir, 'dit-1.3B-30blocks', manifest, s, '1.3B, 30 blocks');
-  const probeFile = ensureCheckpoint(dir, 'dit-gemm-probe', probeSpecs(manifest), 'f32', 'GEMM probe: 1 block, text_dim 8960');
+  for (const s of storages) full[s] = ensureDitCheckpoint({ storage: s, log });
+  const probeFile = ensureDitLikeCheckpoint({ name: 'dit-gemm-probe', specs: probeSpecs(), storage: 'f32', what: 'GEMM probe: 1 block, text_dim 8960', log });
   const small: Record<string, string> = {};
   if (!quick) for (const blocks of [1, 2]) for (const s of storages)
-    small[`${blocks}.${s}`] = ensureCheckpoint(dir, `dit-1.3B-${blocks}block${blocks > 1 ? 's' : ''}`, modelSpecs(manifest, blocks), s, `1.3B, ${blocks} block(s)`);
+    small[`${blocks}.${s}`] = ensureDitCheckpoint({ blocks, storage: s, log });
 
   const tokenCounts = quick ? [1024] : [1024, 4096];
   // ---- the matmul rate, before and after everything else

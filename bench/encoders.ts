@@ -9,9 +9,9 @@
 //   - peak memory: VmHWM after load + one encode minus VmHWM before the load (the weights are
 //     mapped from the file and populated, so file-backed pages count, as for any reader).
 //
-// Checkpoints, synthesised from shared/manifests/umt5_xxl_encoder.json (every key and shape)
-// and streamed to WAN_BENCH_DIR (default os.tmpdir()/wan-native-bench), written once and
-// reused when the size and header match:
+// Checkpoints, synthesised by bench/synthesize.ts (ensureUmt5Checkpoint) from
+// shared/manifests/umt5_xxl_encoder.json (every key and shape) and streamed to WAN_BENCH_DIR
+// (default os.tmpdir()/wan-native-bench), written once and reused when the size and header match:
 //   bf16: every tensor BF16 (11.4 GB);
 //   fp8:  the 2-D linear weights of the blocks as F8_E4M3 codes of weight / scale (nearest
 //         e4m3fn value, never the NaN codes 0x7F/0xFF) with scale = absmax / 448 stored as an F32
@@ -38,6 +38,7 @@ import * as path from 'node:path';
 
 import { runtimeInfo, Tensor, TextEncoder } from '../lib/index';
 import { native } from '../lib/native';
+import { benchDir, ensureUmt5Checkpoint, manifestPath, umt5CheckpointPath, type Umt5Storage as Storage } from './synthesize';
 
 const repoRoot = path.resolve(__dirname, '..', '..');
 const QUICK = process.env.WAN_ENC_BENCH === 'quick';
@@ -47,214 +48,7 @@ const LOAD_LIMIT = 1.5, QUIET = 0.25, MiB = 2 ** 20;
 // Multiply-adds count 2. Per layer: q, k, v, o; scores and PV; FFN gate, fc1, fc2.
 const LAYER_FLOPS = 4 * 2 * L * D * D_ATTN + 2 * 2 * L * L * D_ATTN + 3 * 2 * L * D * D_FFN;
 const FORWARD_FLOPS = LAYERS * LAYER_FLOPS;
-
-// ---------------------------------------------------------------- synthetic checkpoints
-
-type Storage = 'bf16' | 'fp8' | 'fp8-unscaled';
-type Init = { kind: 'one' } | { kind: 'uniform'; bound: number } | { kind: 'normal'; std: number } | { kind: 'scale' } | { kind: 'none' };
-interface Entry { key: string; shape: number[]; dtype: 'BF16' | 'F8_E4M3' | 'F32'; init: Init }
-
-function findManifest(): string {
-  const name = path.join('manifests', 'umt5_xxl_encoder.json');
-  const candidates = [
-    ...(process.env.WAN_SHARED_DIR ? [path.join(process.env.WAN_SHARED_DIR, name)] : []),
-    path.resolve(repoRoot, '..', 'shared', name),
-    path.resolve(repoRoot, 'shared', name),
-  ];
-  const found = candidates.find((c) => fs.existsSync(c));
-  if (!found) throw new Error(`bench/encoders: manifest not found; looked for ${candidates.join(', ')} (set WAN_SHARED_DIR)`);
-  return found;
-}
-
-const LINEAR = /^blocks\.\d+\.(attn\.[qkvo]|ffn\.(gate\.0|fc1|fc2))\.weight$/;
-
-function entries(manifest: { key: string; shape: number[] }[], storage: Storage): Entry[] {
-  const out: Entry[] = [];
-  for (const { key, shape: full } of manifest) {
-    const m = /^blocks\.(\d+)\./.exec(key);
-    if (m && Number(m[1]) >= LAYERS) continue;
-    const shape = key === 'token_embedding.weight' ? [VOCAB, full[1]] : full;
-    const init: Init = key === 'token_embedding.weight' ? { kind: 'normal', std: 0.1 }
-      : key.endsWith('pos_embedding.embedding.weight') ? { kind: 'uniform', bound: 0.1 }
-      : shape.length === 1 ? { kind: 'one' }
-      : { kind: 'uniform', bound: Math.sqrt(3 / shape[1]) };
-    if (storage !== 'bf16' && LINEAR.test(key)) {
-      out.push({ key, shape, dtype: 'F8_E4M3', init });
-      if (storage === 'fp8') out.push({ key: key.replace(/\.weight$/, '.scale_weight'), shape: [], dtype: 'F32', init: { kind: 'scale' } });
-    } else {
-      out.push({ key, shape, dtype: 'BF16', init });
-    }
-  }
-  if (storage === 'fp8') out.push({ key: 'scaled_fp8', shape: [0], dtype: 'F8_E4M3', init: { kind: 'none' } });
-  return out;
-}
-
-const BYTES = { BF16: 2, F8_E4M3: 1, F32: 4 } as const;
 const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
-
-interface Layout { header: Buffer; fileSize: number; numParams: number }
-
-function layout(list: Entry[], storage: Storage): Layout {
-  const header: Record<string, unknown> = {
-    __metadata__: { format: 'pt', generator: `wan-native bench/encoders.ts v1 (umT5-XXL, ${LAYERS} layers, random ${storage})` },
-  };
-  let offset = 0, numParams = 0;
-  for (const e of list) {
-    const n = numel(e.shape);
-    header[e.key] = { dtype: e.dtype, shape: e.shape, data_offsets: [offset, offset + BYTES[e.dtype] * n] };
-    offset += BYTES[e.dtype] * n;
-    if (e.init.kind !== 'scale') numParams += n;
-  }
-  let json = JSON.stringify(header);
-  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
-  const body = Buffer.from(json, 'utf8');
-  const buf = Buffer.alloc(8 + body.length);
-  buf.writeBigUInt64LE(BigInt(body.length), 0);
-  body.copy(buf, 8);
-  return { header: buf, fileSize: buf.length + offset, numParams };
-}
-
-function existingMatches(file: string, want: Layout): boolean {
-  try {
-    if (fs.statSync(file).size !== want.fileSize) return false;
-    const fd = fs.openSync(file, 'r');
-    try {
-      const head = Buffer.alloc(want.header.length);
-      fs.readSync(fd, head, 0, head.length, 0);
-      return head.equals(want.header);
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch {
-    return false;
-  }
-}
-
-// e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits; 0x7F/0xFF are NaN, largest finite 448.
-function e4m3Value(code: number): number {
-  const e = (code >> 3) & 15, m = code & 7;
-  const v = e === 0 ? (m / 8) * 2 ** -6 : (1 + m / 8) * 2 ** (e - 7);
-  return code & 0x80 ? -v : v;
-}
-
-const f32Scratch = new Float32Array(1);
-const u32Scratch = new Uint32Array(f32Scratch.buffer);
-
-// Nearest e4m3fn code of a finite float (ties to even), saturating at +-448 (bench/dit.ts).
-function e4m3Encode(x: number): number {
-  const sign = x < 0 || Object.is(x, -0) ? 0x80 : 0;
-  const a = Math.abs(x);
-  if (a >= 448) return sign | 0x7e;
-  if (a < 2 ** -6) {
-    const q = a * 512, r = Math.floor(q), frac = q - r;
-    return sign | (frac > 0.5 || (frac === 0.5 && (r & 1)) ? r + 1 : r);
-  }
-  f32Scratch[0] = a;
-  const bits = u32Scratch[0];
-  const rounded = (bits + 0x7ffff + ((bits >>> 20) & 1)) >>> 20;
-  const code = (((rounded >>> 3) - 127 + 7) << 3) | (rounded & 7);
-  return sign | Math.min(code, 0x7e);
-}
-
-function checkE4m3(): void {
-  const values = Array.from({ length: 0x7f }, (_, c) => e4m3Value(c));
-  for (let i = 0; i < 100000; i++) {
-    const x = (Math.random() * 2 - 1) * (i % 2 ? 1 : 460) * (i % 7 === 0 ? 1e-3 : 1);
-    const code = e4m3Encode(x), a = Math.min(Math.abs(x), 448);
-    const best = Math.min(...values.map((v) => Math.abs(v - a)));
-    if ((code & 0x7f) === 0x7f || Math.abs(Math.abs(e4m3Value(code)) - a) > best + 1e-12)
-      throw new Error(`e4m3Encode(${x}) = 0x${code.toString(16)} is not the nearest finite code`);
-  }
-}
-
-const CHUNK = 1 << 22;
-
-// Fills f32[0, n) with values of `init` from crypto random words.
-function fill(f32: Float32Array, n: number, init: Init, rnd: Uint32Array): void {
-  for (let done = 0; done < n; done += CHUNK) {
-    const m = Math.min(CHUNK, n - done);
-    if (init.kind === 'one') { f32.fill(1, done, done + m); continue; }
-    crypto.randomFillSync(rnd, 0, m);
-    if (init.kind === 'uniform') {
-      const b = init.bound, s = (2 * b) / 2 ** 32;
-      for (let i = 0; i < m; i++) f32[done + i] = rnd[i] * s - b;
-    } else if (init.kind === 'normal') {
-      const std = init.std;  // Box-Muller on pairs of words
-      for (let i = 0; i + 1 < m; i += 2) {
-        const r = Math.sqrt(-2 * Math.log((rnd[i] + 1) / 4294967297)) * std, t = (2 * Math.PI * rnd[i + 1]) / 2 ** 32;
-        f32[done + i] = r * Math.cos(t);
-        f32[done + i + 1] = r * Math.sin(t);
-      }
-      if (m % 2) f32[done + m - 1] = 0;
-    }
-  }
-}
-
-// Streams the tensors to disk; an fp8 weight is generated whole (at most 42 Mi values) so that
-// its absmax, hence its scale, is known before its codes are written.
-function writeCheckpoint(file: string, list: Entry[], want: Layout): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, 'w');
-  const biggest = Math.max(...list.filter((e) => e.dtype === 'F8_E4M3').map((e) => numel(e.shape)), CHUNK);
-  const f32 = new Float32Array(biggest), u32 = new Uint32Array(f32.buffer);
-  const rnd = new Uint32Array(CHUNK), out16 = new Uint16Array(CHUNK), out8 = new Uint8Array(biggest);
-  const write = (view: ArrayBufferView, n: number) => {
-    const buf = Buffer.from(view.buffer, view.byteOffset, n);
-    for (let done = 0; done < n;) done += fs.writeSync(fd, buf, done, n - done);
-  };
-  let lastScale = NaN;
-  try {
-    write(want.header, want.header.length);
-    for (const [index, e] of list.entries()) {
-      const n = numel(e.shape);
-      if (e.init.kind === 'none') continue;
-      if (e.dtype === 'F32') {  // the scale of the weight just written
-        write(new Float32Array([lastScale]), 4);
-      } else if (e.dtype === 'F8_E4M3') {
-        fill(f32, n, e.init, rnd);
-        let absmax = 0;
-        for (let i = 0; i < n; i++) absmax = Math.max(absmax, Math.abs(f32[i]));
-        lastScale = list[index + 1]?.init.kind === 'scale' ? Math.fround(absmax / 448) : 1;
-        const inv = 1 / lastScale;
-        for (let i = 0; i < n; i++) out8[i] = e4m3Encode(f32[i] * inv);
-        write(out8, n);
-      } else {
-        for (let done = 0; done < n; done += CHUNK) {
-          const m = Math.min(CHUNK, n - done);
-          fill(f32, m, e.init, rnd);
-          for (let i = 0; i < m; i++) {
-            const b = u32[i];
-            out16[i] = (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;  // round to nearest even
-          }
-          write(out16, 2 * m);
-        }
-      }
-    }
-  } catch (err) {
-    fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw err;
-  }
-  fs.closeSync(fd);
-  fs.renameSync(tmp, file);
-}
-
-const fileFor = (dir: string, storage: Storage) => path.join(dir, `umt5-xxl-${LAYERS}layers${QUICK ? '-quick' : ''}.${storage}.safetensors`);
-
-function ensureCheckpoint(dir: string, manifest: { key: string; shape: number[] }[], storage: Storage): { file: string; bytes: number } {
-  const list = entries(manifest, storage);
-  const file = fileFor(dir, storage);
-  const want = layout(list, storage);
-  if (existingMatches(file, want)) {
-    log(`checkpoint ${file}: reused (${(want.fileSize / 1e9).toFixed(2)} GB)`);
-  } else {
-    if (storage !== 'bf16') checkE4m3();
-    const t0 = performance.now();
-    writeCheckpoint(file, list, want);
-    log(`checkpoint ${file}: written, ${(want.numParams / 1e9).toFixed(3)} B params, ${(want.fileSize / 1e9).toFixed(2)} GB in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
-  }
-  return { file, bytes: want.fileSize };
-}
 
 // ---------------------------------------------------------------- machine load
 
@@ -456,31 +250,28 @@ const la = () => os.loadavg().map(f2).join(' ');
 
 async function main(): Promise<void> {
   const started = performance.now();
-  const manifestPath = findManifest();
-  const manifest = (JSON.parse(fs.readFileSync(manifestPath, 'utf8')) as { tensors: { key: string; shape: number[] }[] }).tensors;
-  const dir = process.env.WAN_BENCH_DIR ?? path.join(os.tmpdir(), 'wan-native-bench');
-  fs.mkdirSync(dir, { recursive: true });
+  const dir = benchDir();
   const addon = snapshotAddon(dir);
   const info = runtimeInfo();
   console.log(`bench/encoders  node ${process.version}, ${os.cpus().length} CPUs (${os.cpus()[0]?.model ?? '?'}), ` +
     `${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, libtorch ${info.torchVersion} ${info.backend}, ${info.threads} threads; load average ${la()}`);
-  console.log(`manifest        ${manifestPath}${QUICK ? ' (QUICK: 2 layers, vocab 4096; not a measurement)' : ''}`);
+  console.log(`manifest        ${manifestPath('umt5_xxl_encoder.json')}${QUICK ? ' (QUICK: 2 layers, vocab 4096; not a measurement)' : ''}`);
   if (addon) console.log(`addon           ${addon}`);
 
   const storages: Storage[] = ['bf16', 'fp8'];
   const files = {} as Record<Storage, { file: string; bytes: number }>;
-  for (const s of storages) files[s] = ensureCheckpoint(dir, manifest, s);
+  for (const s of storages) files[s] = ensureUmt5Checkpoint({ storage: s, layers: LAYERS, vocab: VOCAB, log });
 
   const gemmStart = await gemmRate('start');
   const results = {} as Record<Storage, Measured>;
   for (let i = 0; i < storages.length; i++) {
     const storage = storages[i];
     log(`${storage}: starting`);
-    const others = (['bf16', 'fp8', 'fp8-unscaled'] as Storage[]).filter((s) => s !== storage).map((s) => fileFor(dir, s));
+    const others = (['bf16', 'fp8', 'fp8-unscaled'] as Storage[]).filter((s) => s !== storage).map((s) => umt5CheckpointPath(s, LAYERS, VOCAB));
     results[storage] = await runChild({ file: files[storage].file, storage, reps: 2, others });
     if (storage === 'fp8' && results.fp8.error !== undefined) {
       log('fp8: the scaled file did not load; measuring plain (unscaled) e4m3fn weights instead');
-      files['fp8-unscaled'] = ensureCheckpoint(dir, manifest, 'fp8-unscaled');
+      files['fp8-unscaled'] = ensureUmt5Checkpoint({ storage: 'fp8-unscaled', layers: LAYERS, vocab: VOCAB, log });
       storages.push('fp8-unscaled');
     }
   }

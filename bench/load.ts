@@ -1,7 +1,8 @@
 // Checkpoint loading benchmark (`npm run bench:load`, after `npx tsc -p tsconfig.json`).
 //
 // Synthesises a full-size Wan2.1 T2V 1.3B DiT checkpoint (every key and shape of the real one,
-// from shared/manifests, bf16 random values, ~2.8 GB) once into a temporary folder, then
+// from shared/manifests, random bf16 codes, ~2.8 GB; bench/synthesize.ts) once into a temporary
+// folder, then
 // compares, in the same run:
 //   - loadSafetensors(file) (populate: true, the default) against a plain sequential read of
 //     the same file (fs.readSync into one reused 64 MiB buffer until EOF), in interleaved
@@ -17,103 +18,14 @@
 // Environment: WAN_SHARED_DIR (default: ../shared beside the repository root),
 // WAN_BENCH_DIR (default: os.tmpdir()/wan-native-bench), WAN_BENCH_ROUNDS (default 5).
 import { execFileSync } from 'node:child_process';
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
-import * as path from 'node:path';
 
 import { loadSafetensors, Tensor } from '../lib/index';
+import { DIT_MANIFEST, ensureCheckpoint, manifestPath, readManifest, withInit } from './synthesize';
 
-const repoRoot = path.resolve(__dirname, '..', '..');
 const CHUNK = 64 << 20;
 const GB = 1e9;
-
-// ---------------------------------------------------------------- the synthetic checkpoint
-
-function findManifest(): string {
-  const name = path.join('manifests', 'wan2.1_t2v_1.3B_dit.json');
-  const candidates = [
-    ...(process.env.WAN_SHARED_DIR ? [path.join(process.env.WAN_SHARED_DIR, name)] : []),
-    path.resolve(repoRoot, '..', 'shared', name),
-    path.resolve(repoRoot, 'shared', name),
-  ];
-  const found = candidates.find((c) => fs.existsSync(c));
-  if (!found) throw new Error(`bench:load: manifest not found; looked for ${candidates.join(', ')} (set WAN_SHARED_DIR)`);
-  return found;
-}
-
-interface Layout { header: Buffer; fileSize: number; numTensors: number; numParams: number }
-
-// Our safetensors layout: 8-byte LE header length, JSON header padded with spaces to a
-// multiple of 8 bytes, then the tensors' bytes back to back in manifest order.
-function layout(manifestPath: string): Layout {
-  const manifest = JSON.parse(fs.readFileSync(manifestPath, 'utf8')) as { tensors: { key: string; shape: number[] }[] };
-  const entries: Record<string, unknown> = {
-    __metadata__: { format: 'pt', generator: 'wan-native bench/load.ts (random bf16 values)' },
-  };
-  let offset = 0;
-  let numParams = 0;
-  for (const { key, shape } of manifest.tensors) {
-    const numel = shape.reduce((a, b) => a * b, 1);
-    entries[key] = { dtype: 'BF16', shape, data_offsets: [offset, offset + 2 * numel] };
-    offset += 2 * numel;
-    numParams += numel;
-  }
-  let json = JSON.stringify(entries);
-  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
-  const body = Buffer.from(json, 'utf8');
-  const header = Buffer.alloc(8 + body.length);
-  header.writeBigUInt64LE(BigInt(body.length), 0);
-  body.copy(header, 8);
-  return { header, fileSize: header.length + offset, numTensors: manifest.tensors.length, numParams };
-}
-
-function existingMatches(file: string, want: Layout): boolean {
-  try {
-    if (fs.statSync(file).size !== want.fileSize) return false;
-    const fd = fs.openSync(file, 'r');
-    try {
-      const head = Buffer.alloc(want.header.length);
-      fs.readSync(fd, head, 0, head.length, 0);
-      return head.equals(want.header);
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch {
-    return false;
-  }
-}
-
-// Streams the file to disk in 64 MiB chunks of random bf16 values; never holds it in memory.
-function writeCheckpoint(file: string, want: Layout): number {
-  const t0 = performance.now();
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    fs.writeSync(fd, want.header);
-    const buf = Buffer.allocUnsafe(CHUNK);
-    const words = new Uint32Array(buf.buffer, buf.byteOffset, CHUNK / 4);
-    let left = want.fileSize - want.header.length;
-    while (left > 0) {
-      const n = Math.min(CHUNK, left);
-      crypto.randomFillSync(buf, 0, n);
-      // Two bf16 values per word: keep the sign, the low two exponent bits and the mantissa,
-      // and force the exponent to 120..123, so every value is finite, 2^-7 <= |x| < 2^-3.
-      for (let i = 0; i < Math.ceil(n / 4); i++) words[i] = (words[i] & 0x81ff81ff) | 0x3c003c00;
-      let done = 0;
-      while (done < n) done += fs.writeSync(fd, buf, done, n - done);
-      left -= n;
-    }
-    fs.fsyncSync(fd);
-  } catch (err) {
-    fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw err;
-  }
-  fs.closeSync(fd);
-  fs.renameSync(tmp, file);
-  return performance.now() - t0;
-}
 
 // ---------------------------------------------------------------- measurements
 
@@ -213,22 +125,21 @@ function table(head: string[], rows: (string | number)[][]): string {
 
 async function main(): Promise<void> {
   const rounds = Math.max(1, Number(process.env.WAN_BENCH_ROUNDS ?? 5) | 0);
-  const manifestPath = findManifest();
-  const want = layout(manifestPath);
-  const dir = process.env.WAN_BENCH_DIR ?? path.join(os.tmpdir(), 'wan-native-bench');
-  fs.mkdirSync(dir, { recursive: true });
-  const file = path.join(dir, 'wan2.1_t2v_1.3B_dit.bf16.safetensors');
-
   console.log(`bench:load  node ${process.version}, ${os.cpus().length} CPUs, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, ${os.release()}, load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
-  console.log(`manifest    ${manifestPath}`);
+  console.log(`manifest    ${manifestPath(DIT_MANIFEST)}`);
+  // Random bf16 codes with the exponent forced to 120..123: finite, 2^-7 <= |x| < 2^-3.
+  const ckpt = ensureCheckpoint({
+    name: 'wan2.1_t2v_1.3B_dit.bf16.safetensors',
+    tensors: withInit(readManifest(DIT_MANIFEST), 'BF16', () => ({ kind: 'bf16-codes' })),
+    generator: 'wan-native bench/load.ts (random bf16 values)',
+    log: () => undefined,
+  });
+  const { file } = ckpt;
+  const want = { fileSize: ckpt.bytes, numTensors: ckpt.tensors };
   console.log(`checkpoint  ${file}`);
-  console.log(`            ${want.numTensors} tensors, ${(want.numParams / 1e9).toFixed(3)} B params, bf16, ${gb(want.fileSize)} GB (${want.fileSize} bytes)`);
-  if (existingMatches(file, want)) {
-    console.log('            reused (same size and header)');
-  } else {
-    const ms = writeCheckpoint(file, want);
-    console.log(`            written in ${(ms / 1000).toFixed(1)} s (${gbps(want.fileSize, ms).toFixed(2)} GB/s, random bf16, fsync'd)`);
-  }
+  console.log(`            ${ckpt.tensors} tensors, ${(ckpt.params / 1e9).toFixed(3)} B params, bf16, ${gb(ckpt.bytes)} GB (${ckpt.bytes} bytes)`);
+  if (ckpt.writtenS === undefined) console.log('            reused (same size and header)');
+  else console.log(`            written in ${ckpt.writtenS.toFixed(1)} s (${gbps(ckpt.bytes, 1000 * ckpt.writtenS).toFixed(2)} GB/s, random bf16, fsync'd)`);
 
   // Warm-up: the first native call loads the addon and libtorch and faults their code in
   // (~90 MiB of file-backed RSS, and a disk read when the cache is cold); keep that out of round 1.

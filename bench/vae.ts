@@ -2,9 +2,9 @@
 //
 // Decodes a random latent with a VAE of the real Wan2.1 dimensions (dim 96, z 16: every key
 // and shape of Wan2.1_VAE.pth from shared/manifests/wan2.1_vae.json; random fp32 weights, conv
-// weights uniform in +-sqrt(3/fan_in), RMS gammas 1, biases 0) through Vae.decodeFrames(),
-// disposing each chunk, untiled and tiled (the default 272 x 272 tiles every 144 x 128), and
-// reports for each:
+// weights uniform in +-sqrt(3/fan_in), RMS gammas 1, biases 0; bench/synthesize.ts) through
+// Vae.decodeFrames(), disposing each chunk, untiled and tiled (the default 272 x 272 tiles every
+// 144 x 128), and reports for each:
 //   - seconds per video frame, over the whole decode and over the steady chunks (every chunk
 //     after the first decodes 4 frames with full feature caches);
 //   - the achieved GFLOP/s: the decoder's FLOPs counted analytically (decodeFlops below) over
@@ -25,15 +25,13 @@
 // frames: the 15 default tiles of 480x832 cost 2.8x the untiled decode per frame),
 // WAN_VAE_BENCH=quick (64x64, 3 and 2 latent frames, for a smoke test).
 import { execFileSync } from 'node:child_process';
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
-import * as path from 'node:path';
 
 import { runtimeInfo, Tensor, Vae } from '../lib/index';
 import { native } from '../lib/native';
+import { ensureVaeCheckpoint } from './synthesize';
 
-const repoRoot = path.resolve(__dirname, '..', '..');
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
 const DEFAULT_TILES = { tileX: 272, tileY: 272, tileStrideX: 144, tileStrideY: 128 };
@@ -97,84 +95,6 @@ function decodeFlops(frames: number, height: number, width: number, tiled: boole
   let f = 2 * 16 * 16 * frames * h * w;  // post-quant conv
   for (let k = 0; k < frames; k++) for (const [th, tw] of tiles) f += chunkFlops(k === 0, th, tw);
   return f;
-}
-
-// ---------------------------------------------------------------- the checkpoint
-
-interface Spec { key: string; shape: number[] }
-
-function findManifest(): string {
-  const name = path.join('manifests', 'wan2.1_vae.json');
-  const candidates = [
-    ...(process.env.WAN_SHARED_DIR ? [path.join(process.env.WAN_SHARED_DIR, name)] : []),
-    path.resolve(repoRoot, '..', 'shared', name),
-    path.resolve(repoRoot, 'shared', name),
-  ];
-  const found = candidates.find((c) => fs.existsSync(c));
-  if (!found) throw new Error(`bench/vae: manifest not found; looked for ${candidates.join(', ')} (set WAN_SHARED_DIR)`);
-  return found;
-}
-
-function layout(specs: Spec[]): { header: Buffer; size: number } {
-  const entries: Record<string, unknown> = {
-    __metadata__: { format: 'pt', generator: 'wan-native bench/vae.ts v1 (random f32: U(+-sqrt(3/fan_in)), gammas 1, biases 0)' },
-  };
-  let offset = 0;
-  for (const { key, shape } of specs) {
-    const bytes = 4 * shape.reduce((a, b) => a * b, 1);
-    entries[key] = { dtype: 'F32', shape, data_offsets: [offset, offset + bytes] };
-    offset += bytes;
-  }
-  let json = JSON.stringify(entries);
-  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
-  const header = Buffer.alloc(8 + Buffer.byteLength(json));
-  header.writeBigUInt64LE(BigInt(Buffer.byteLength(json)), 0);
-  header.write(json, 8, 'utf8');
-  return { header, size: header.length + offset };
-}
-
-function ensureCheckpoint(): string {
-  const specs: Spec[] = JSON.parse(fs.readFileSync(findManifest(), 'utf8')).tensors;
-  const want = layout(specs);
-  const dir = process.env.WAN_BENCH_DIR ?? path.join(os.tmpdir(), 'wan-native-bench');
-  fs.mkdirSync(dir, { recursive: true });
-  const file = path.join(dir, 'wan2.1_vae.random.f32.safetensors');
-  try {
-    if (fs.statSync(file).size === want.size) {
-      const fd = fs.openSync(file, 'r');
-      const head = Buffer.alloc(want.header.length);
-      fs.readSync(fd, head, 0, head.length, 0);
-      fs.closeSync(fd);
-      if (head.equals(want.header)) {
-        log(`checkpoint ${file}: reused`);
-        return file;
-      }
-    }
-  } catch {
-    // absent: written below
-  }
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    fs.writeSync(fd, want.header);
-    for (const { key, shape } of specs) {
-      const n = shape.reduce((a, b) => a * b, 1);
-      const values = new Float32Array(n);
-      if (key.endsWith('.gamma')) {
-        values.fill(1);
-      } else if (!key.endsWith('.bias')) {
-        const bound = Math.sqrt(3 / (n / shape[0]));
-        const bits = crypto.randomFillSync(new Uint32Array(n));
-        for (let i = 0; i < n; i++) values[i] = (bits[i] / 2 ** 32 * 2 - 1) * bound;
-      }
-      fs.writeSync(fd, new Uint8Array(values.buffer));
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-  log(`checkpoint ${file}: written (${(want.size / 1e6).toFixed(0)} MB)`);
-  return file;
 }
 
 // ---------------------------------------------------------------- machine load
@@ -269,7 +189,7 @@ async function main(): Promise<void> {
   const tiledFrames = Number(process.env.WAN_VAE_BENCH_TILED_FRAMES ?? 2);
   for (const [name, v] of [['height', height], ['width', width]] as const)
     if (!Number.isSafeInteger(v) || v <= 0 || v % 8 !== 0) throw new Error(`bench/vae: ${name} ${v} is not a positive multiple of 8`);
-  const file = ensureCheckpoint();
+  const file = ensureVaeCheckpoint({ generator: 'wan-native bench/vae.ts v1 (random f32: U(+-sqrt(3/fan_in)), gammas 1, biases 0)', log });
   const info = runtimeInfo();
   log(`libtorch ${info.torchVersion}, ${info.threads} threads, ${os.cpus()[0]?.model ?? 'unknown CPU'}, ${(os.totalmem() / GiB).toFixed(1)} GiB`);
 

@@ -8,88 +8,29 @@
 // must be within 25% of what the decode adds to VmHWM, and its total (with the weights)
 // within 25% of what load and decode add together.
 //
-// The checkpoint (508 MB) is written once to $TMPDIR/wan-native-test/ and reused while its
-// size and header match. The three decodes take about 12 s on a quiet 2-core machine.
+// The checkpoint (508 MB; bench/synthesize.ts: conv weights U(+-sqrt(3/fan_in)), RMS gammas 1,
+// biases 0) is written once to $TMPDIR/wan-native-test/ and reused while its size and header
+// match. The three decodes take about 12 s on a quiet 2-core machine.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { manifestsDir, tempDir } from '../helpers';
+import { ensureVaeCheckpoint } from '../../bench/synthesize';
+import { tempDir } from '../helpers';
 
 const TOLERANCE = 0.25;  // |estimate - measured| <= 25% of measured
 const MiB = 2 ** 20;
 
-interface Spec { key: string; shape: number[] }
-
-// Header of the synthetic checkpoint: every tensor F32, in manifest order.
-function layout(specs: Spec[]): { header: Buffer; size: number } {
-  const entries: Record<string, unknown> = {
-    __metadata__: { format: 'pt', generator: 'wan-native test/native/vae-memory.test.ts (random: U(+-sqrt(3/fan_in)), gammas 1, biases 0)' },
-  };
-  let offset = 0;
-  for (const { key, shape } of specs) {
-    const bytes = 4 * shape.reduce((a, b) => a * b, 1);
-    entries[key] = { dtype: 'F32', shape, data_offsets: [offset, offset + bytes] };
-    offset += bytes;
-  }
-  let json = JSON.stringify(entries);
-  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
-  const header = Buffer.alloc(8 + Buffer.byteLength(json));
-  header.writeBigUInt64LE(BigInt(Buffer.byteLength(json)), 0);
-  header.write(json, 8, 'utf8');
-  return { header, size: header.length + offset };
-}
-
-function matches(file: string, want: { header: Buffer; size: number }): boolean {
-  try {
-    if (fs.statSync(file).size !== want.size) return false;
-    const fd = fs.openSync(file, 'r');
-    try {
-      const head = Buffer.alloc(want.header.length);
-      fs.readSync(fd, head, 0, head.length, 0);
-      return head.equals(want.header);
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch {
-    return false;
-  }
-}
-
-// Streams the tensors out one at a time: conv weights uniform in +-sqrt(3/fan_in) (variance
-// 1/fan_in, so activations keep their scale through the decoder), RMS gammas 1, biases 0.
+// The synthetic VAE, written once to $TMPDIR/wan-native-test/ (its own header, so the bench's
+// file in WAN_BENCH_DIR is another one).
 function randomVae(): string {
-  const manifest = JSON.parse(fs.readFileSync(path.join(manifestsDir, 'wan2.1_vae.json'), 'utf8'));
-  const specs: Spec[] = manifest.tensors;
-  const want = layout(specs);
-  const dir = path.join(os.tmpdir(), 'wan-native-test');
-  fs.mkdirSync(dir, { recursive: true });
-  const file = path.join(dir, 'wan2.1_vae.random.f32.safetensors');
-  if (matches(file, want)) return file;
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    fs.writeSync(fd, want.header);
-    for (const { key, shape } of specs) {
-      const n = shape.reduce((a, b) => a * b, 1);
-      const values = new Float32Array(n);
-      if (key.endsWith('.gamma')) {
-        values.fill(1);
-      } else if (!key.endsWith('.bias')) {
-        const bound = Math.sqrt(3 / (n / shape[0]));
-        const bits = crypto.randomFillSync(new Uint32Array(n));
-        for (let i = 0; i < n; i++) values[i] = (bits[i] / 2 ** 32 * 2 - 1) * bound;
-      }
-      fs.writeSync(fd, new Uint8Array(values.buffer));
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-  return file;
+  return ensureVaeCheckpoint({
+    generator: 'wan-native test/native/vae-memory.test.ts (random: U(+-sqrt(3/fan_in)), gammas 1, biases 0)',
+    dir: path.join(os.tmpdir(), 'wan-native-test'),
+    log: () => undefined,
+  });
 }
 
 // The measuring process. VmHWM is read after libtorch has started (runtimeInfo) and again
