@@ -16,6 +16,14 @@ export type { VaeOptions, VaeDecodeOptions, VaeMemoryEstimate, VaeMemoryEstimate
 export { ClipVisionEncoder, loadImage, type ClipVisionOptions, type ClipVisionEncodeOptions, type ClipEmbeds, type ClipVisionConfig, type ClipCrop, type ClipCombine, type ImageInput } from './clip';
 export type { AttentionMode, BasePrecision, ModelLoaderOptions, WanModelConfig, WanForwardInput } from './model';
 export type { Progress, LongCallOptions } from './progress';
+export { emptyEmbeds, imageToVideoEncode } from './conditioning';
+export type { ImageEmbeds, ImageToVideoEncodeOptions, VideoSize } from './conditioning';
+export { Sampler } from './sampler';
+export type { SamplerOptions, SamplerProgress, FetaArgs } from './sampler';
+export { schedule, SCHEDULER_NAMES } from './schedulers';
+export type { SchedulerName, Schedule, ScheduleOptions } from './schedulers';
+export type { ContextOptions, ContextSchedule, ContextFuse } from './context-windows';
+export type { Preview } from './preview';
 export { videoCombine, VIDEO_FORMATS, type VideoCombineOptions, type VideoCombineResult, type VideoFormat } from './video';
 
 /** What the loaded native addon was built with, and the threads libtorch uses. */

@@ -1,0 +1,168 @@
+// What the sampler is conditioned on besides text: the latent shape of the video to make
+// (WanVideoEmptyEmbeds) and, for I2V / FLF2V, the encoded start/end images with their frame
+// mask and CLIP embeddings (WanVideoImageToVideoEncode, computed as the official
+// wan/image2video.py and wan/first_last_frame2video.py compute them).
+import type { ClipEmbeds } from './clip';
+import { describeValue, invalidOption, withCallerStack } from './errors';
+import { ImageInput, loadImage } from './image';
+import { native } from './native';
+import { LongCallOptions } from './progress';
+import { Tensor } from './tensor';
+import type { Vae } from './vae';
+
+// The Wan2.1 VAE compresses 4x in time and 8x in space; the DiT patches 2x2.
+const VAE_STRIDE_T = 4;
+const VAE_STRIDE_S = 8;
+const PATCH_AREA = 4;
+const LATENT_CHANNELS = 16;
+
+/** The wrapper's WANVIDIMAGE_EMBEDS. */
+export interface ImageEmbeds {
+  /** Latent [16, (F-1)/4+1, H/8, W/8]. */
+  targetShape: [number, number, number, number];
+  /** Tokens after patching: T * H/16 * W/16. */
+  seqLen: number;
+  numFrames: number;
+  width: number;
+  height: number;
+  /** I2V / FLF2V conditioning [20, T, H/8, W/8]: 4 frame-mask channels, then the 16 latent channels. */
+  y?: Tensor;
+  /** [1, 257, 1280] (FLF2V: [2, 257, 1280], first and last frame). */
+  clipContext?: Tensor;
+  /** CLIP embeddings of a negative image, used by the unconditional pass when given. */
+  negativeClipContext?: Tensor;
+}
+
+export interface VideoSize {
+  /** Pixels, a multiple of 16 (832). */
+  width?: number;
+  /** Pixels, a multiple of 16 (480). */
+  height?: number;
+  /** 4k+1 frames (81). */
+  numFrames?: number;
+}
+
+function checkSize(o: VideoSize): { width: number; height: number; numFrames: number } {
+  const width = o.width ?? 832, height = o.height ?? 480, numFrames = o.numFrames ?? 81;
+  for (const [name, value] of [['width', width], ['height', height]] as const) {
+    if (!Number.isSafeInteger(value) || value < 16 || value % 16 !== 0)
+      throw invalidOption(`Expected a positive multiple of 16 for ${name} but received ${describeValue(value)}`);
+  }
+  if (!Number.isSafeInteger(numFrames) || numFrames < 1 || (numFrames - 1) % 4 !== 0)
+    throw invalidOption(`Expected a frame count of the form 4k+1 (1, 5, ..., 81) for numFrames but received ${describeValue(numFrames)}`);
+  return { width, height, numFrames };
+}
+
+function latentShape(width: number, height: number, numFrames: number): [number, number, number, number] {
+  return [LATENT_CHANNELS, (numFrames - 1) / VAE_STRIDE_T + 1, height / VAE_STRIDE_S, width / VAE_STRIDE_S];
+}
+
+/** WanVideoEmptyEmbeds: the latent shape of a text-to-video (or, with numFrames 1, text-to-image) run. */
+export function emptyEmbeds(o: VideoSize = {}): ImageEmbeds {
+  if (typeof o !== 'object' || o === null) throw invalidOption(`Expected an object for options but received ${describeValue(o)}`);
+  const { width, height, numFrames } = checkSize(o);
+  const targetShape = latentShape(width, height, numFrames);
+  return { targetShape, seqLen: (targetShape[1] * targetShape[2] * targetShape[3]) / PATCH_AREA, numFrames, width, height };
+}
+
+export interface ImageToVideoEncodeOptions extends VideoSize, LongCallOptions {
+  /** Encodes the conditioning video. */
+  vae: Vae;
+  /** The first frame: a [3, H, W] tensor in [-1, 1] or an image file / its bytes. */
+  startImage: Tensor | ImageInput;
+  /** The last frame (FLF2V models). */
+  endImage?: Tensor | ImageInput;
+  /** CLIP embeddings of the start image (FLF2V: of both images, combineEmbeds 'batch'). */
+  clipEmbeds?: ClipEmbeds;
+  /** Gaussian noise of this standard deviation added to the images before encoding (0, 0..10). */
+  noiseAugStrength?: number;
+  /** Multiplier of the first latent frame (1, 0..10). */
+  startLatentStrength?: number;
+  /** Multiplier of the last latent frame when an end image is given (1, 0..10). */
+  endLatentStrength?: number;
+  /** Seed of the noise augmentation (0). */
+  seed?: number | bigint;
+}
+
+function checkStrength(name: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || value > 10)
+    throw invalidOption(`Expected a number in 0..10 for ${name} but received ${describeValue(value)}`);
+  return value;
+}
+
+async function imageTensor(image: Tensor | ImageInput, name: string): Promise<Tensor> {
+  const t = image instanceof Tensor ? image : await loadImage(image);
+  const s = t.shape;
+  if (s.length !== 3 || s[0] !== 3)
+    throw invalidOption(`Expected an image [3, H, W] in [-1, 1] for ${name} but received a tensor of shape [${s.join(', ')}]`);
+  return t;
+}
+
+/**
+ * WanVideoImageToVideoEncode: the I2V / FLF2V conditioning. The images are resized to
+ * width x height bicubically (torch's interpolate, as the official code), put at the first
+ * (and last) of numFrames frames with black (zero) frames between, VAE-encoded, and stacked
+ * under a 4-channel mask that is 1 on the given frames: y = [mask 4, latent 16] x [T, H/8, W/8].
+ */
+export function imageToVideoEncode(o: ImageToVideoEncodeOptions): Promise<ImageEmbeds> {
+  const caller = new Error();
+  return withCallerStack((async () => {
+    if (typeof o !== 'object' || o === null) throw invalidOption(`Expected an object for options but received ${describeValue(o)}`);
+    if (o.vae === undefined || typeof (o.vae as Vae).encode !== 'function')
+      throw invalidOption(`Expected a Vae for vae but received ${describeValue(o.vae)}`);
+    if (o.startImage === undefined) throw invalidOption('Expected an image for startImage but received undefined');
+    const { width, height, numFrames } = checkSize(o);
+    const noiseAug = checkStrength('noiseAugStrength', o.noiseAugStrength, 0);
+    const startStrength = checkStrength('startLatentStrength', o.startLatentStrength, 1);
+    const endStrength = checkStrength('endLatentStrength', o.endLatentStrength, 1);
+    const hasEnd = o.endImage !== undefined;
+    if (hasEnd && numFrames < 5) throw invalidOption(`Expected numFrames >= 5 with an endImage but received ${numFrames}`);
+    const seed = BigInt.asUintN(64, BigInt(o.seed ?? 0));
+
+    // The conditioning video [3, F, H, W]: the resized image(s), zeros between.
+    const video = new Float32Array(3 * numFrames * height * width);
+    const images = [await imageTensor(o.startImage, 'startImage')];
+    if (hasEnd) images.push(await imageTensor(o.endImage!, 'endImage'));
+    const generator = noiseAug > 0 ? new (native().NoiseGenerator)(seed) : undefined;
+    images.forEach((image, k) => {
+      const pixels = new Tensor(native().resizeBicubic(Tensor.handle(image, k ? 'endImage' : 'startImage'), height, width)).toTypedArray() as Float32Array;
+      if (generator) {
+        // The wrapper's add_noise_to_reference_video: noise everywhere but on pure black (-1).
+        const noise = generator.randn([3, height, width]).toTypedArray() as Float32Array;
+        for (let i = 0; i < pixels.length; ++i) if (pixels[i] !== -1) pixels[i] += noise[i] * noiseAug;
+      }
+      const frame = k === 0 ? 0 : numFrames - 1;
+      for (let c = 0; c < 3; ++c)
+        video.set(pixels.subarray(c * height * width, (c + 1) * height * width), (c * numFrames + frame) * height * width);
+    });
+
+    const latent = (await o.vae.encode(Tensor.fromTypedArray(video, [3, numFrames, height, width]),
+                                       { signal: o.signal, onProgress: o.onProgress })).toTypedArray() as Float32Array;
+    const [, frames, latH, latW] = latentShape(width, height, numFrames);
+    const plane = latH * latW;
+
+    // y = [mask, latent]. Mask channel j of latent frame t covers pixel frame 4t - 3 + j (the
+    // first latent frame holds frame 0 four times): 1 where an image was given.
+    const y = new Float32Array(20 * frames * plane);
+    const given = (pixelFrame: number) => pixelFrame <= 0 || (hasEnd && pixelFrame === numFrames - 1);
+    for (let j = 0; j < 4; ++j)
+      for (let t = 0; t < frames; ++t)
+        if (given(4 * t - 3 + j)) y.fill(1, (j * frames + t) * plane, (j * frames + t + 1) * plane);
+    y.set(latent, 4 * frames * plane);
+    for (let c = 0; c < LATENT_CHANNELS; ++c) {
+      const channel = (4 + c) * frames * plane;
+      if (startStrength !== 1) for (let i = 0; i < plane; ++i) y[channel + i] *= startStrength;
+      if (hasEnd && endStrength !== 1)
+        for (let i = 0; i < plane; ++i) y[channel + (frames - 1) * plane + i] *= endStrength;
+    }
+
+    const targetShape: [number, number, number, number] = [LATENT_CHANNELS, frames, latH, latW];
+    return {
+      targetShape, seqLen: (frames * plane) / PATCH_AREA, numFrames, width, height,
+      y: Tensor.fromTypedArray(y, [20, frames, latH, latW]),
+      clipContext: o.clipEmbeds?.clipEmbeds,
+      negativeClipContext: o.clipEmbeds?.negativeClipEmbeds,
+    };
+  })(), caller);
+}

@@ -1,0 +1,317 @@
+// Sampler: the generation loop of the wrapper's WanVideo Sampler, producing the latents the
+// official WanT2V.generate / WanI2V.generate produce for the same inputs and seed. The DiT runs
+// natively; the loop, guidance and scheduler arithmetic run here on Float32Arrays (a few
+// milliseconds per step against seconds to minutes for the model).
+import type { ImageEmbeds } from './conditioning';
+import {
+  contextWindows, ContextOptions, freeNoiseShuffle, promptIndexForWindow, resolveContextOptions,
+  ResolvedContextOptions, WindowAccumulator, windowWeights,
+} from './context-windows';
+import { abortedError } from './abort';
+import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
+import type { WanModel } from './model';
+import { native } from './native';
+import { latentPreview, Preview } from './preview';
+import { LongCallOptions, Progress } from './progress';
+import { createScheduler, SCHEDULER_NAMES, SchedulerName } from './schedulers';
+import { Tensor } from './tensor';
+import type { TextEmbeds } from './text-encoder';
+
+/** The wrapper's WanVideoEnhanceAVideo (feta_args). */
+export interface FetaArgs {
+  weight?: number;        // 2.0, 0..100
+  startPercent?: number;  // 0.0
+  endPercent?: number;    // 1.0
+}
+
+export interface SamplerProgress extends Progress {
+  /** With `preview: true`: the middle frame of the current clean-latent prediction. */
+  preview?: Preview;
+}
+
+export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
+  imageEmbeds: ImageEmbeds;
+  textEmbeds: TextEmbeds;
+  steps?: number;                 // 30
+  cfg?: number | number[];        // 6.0, or one per step; 1 skips the negative pass
+  shift?: number;                 // 5.0
+  seed?: number | bigint;         // 0, 0..2^64-1
+  scheduler?: SchedulerName;      // 'unipc'
+  sigmas?: number[];              // custom sigmas (steps + 1 values, last 0), replacing the schedule
+  startStep?: number;             // 0: first step to run (split sampling)
+  endStep?: number;               // -1: step to stop before (-1 = the end)
+  samples?: Tensor;               // latents to start from (video-to-video, continuation)
+  denoiseStrength?: number;       // 1.0: with samples, how much of the schedule to run
+  addNoiseToSamples?: boolean;    // false: noise continuation samples to startStep's sigma
+  contextOptions?: ContextOptions;
+  fetaArgs?: FetaArgs;
+  batchedCfg?: boolean;           // false: run the conditional and unconditional passes as one batch
+  preview?: boolean;              // false: add an RGB preview to each progress report
+  onProgress?: (p: SamplerProgress) => void;
+}
+
+const U64_MAX = (1n << 64n) - 1n;
+
+function positiveInteger(name: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isSafeInteger(value) || (value as number) < 1)
+    throw invalidOption(`Expected a positive integer for ${name} but received ${describeValue(value)}`);
+  return value as number;
+}
+
+function finiteIn(name: string, value: unknown, fallback: number, min: number, max: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max)
+    throw invalidOption(`Expected a number in ${min}..${max} for ${name} but received ${describeValue(value)}`);
+  return value;
+}
+
+function seedOf(value: unknown): bigint {
+  if (value === undefined) return 0n;
+  const ok = (typeof value === 'bigint' && value >= 0n && value <= U64_MAX) ||
+             (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0);
+  if (!ok) throw invalidOption(`Expected an integer in 0..2^64-1 for seed but received ${describeValue(value)}`);
+  return BigInt(value as number | bigint);
+}
+
+function numel(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+function checkLatent(name: string, t: unknown, shape: readonly number[]): Tensor {
+  if (!(t instanceof Tensor)) throw invalidOption(`Expected a Tensor for ${name} but received ${describeValue(t)}`);
+  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
+    throw invalidOption(`Expected ${name} of shape [${shape.join(', ')}] (imageEmbeds.targetShape) but received [${t.shape.join(', ')}]`);
+  return t;
+}
+
+// Copies latent frames `frames` of a [C, T, H, W] array into a [C, frames.length, H, W] one.
+function gatherFrames(x: Float32Array, shape: readonly number[], frames: readonly number[]): Float32Array {
+  const [channels, total, height, width] = shape;
+  const plane = height * width;
+  const out = new Float32Array(channels * frames.length * plane);
+  for (let c = 0; c < channels; ++c)
+    frames.forEach((f, j) => out.set(x.subarray((c * total + f) * plane, (c * total + f + 1) * plane), (c * frames.length + j) * plane));
+  return out;
+}
+
+interface Pass {
+  context: Tensor;       // [L, textDim]
+  clipFea?: Tensor;
+}
+
+// What one step's model calls share.
+interface StepCall {
+  t: number;
+  cfg: number;
+  fetaWeight?: number;
+  signal?: AbortSignal;
+  batched: boolean;
+  pass: (promptIndex: number, unconditional: boolean) => Pass;
+  numPrompts: number;
+}
+
+export class Sampler {
+  constructor(readonly model: WanModel) {
+    if (model === null || typeof model !== 'object' || typeof (model as WanModel).forward !== 'function')
+      throw invalidOption(`Expected a WanModel for model but received ${describeValue(model)}`);
+  }
+
+  /** Runs the denoising loop; resolves to the final latent [16, T, H/8, W/8] f32. */
+  sample(o: SamplerOptions): Promise<Tensor> {
+    const caller = new Error();
+    return withCallerStack(this.run(o), caller);
+  }
+
+  private async run(o: SamplerOptions): Promise<Tensor> {
+    if (typeof o !== 'object' || o === null) throw invalidOption(`Expected an object for options but received ${describeValue(o)}`);
+    const embeds = o.imageEmbeds;
+    if (!embeds || !Array.isArray(embeds.targetShape) || embeds.targetShape.length !== 4)
+      throw invalidOption(`Expected imageEmbeds from emptyEmbeds() or imageToVideoEncode() but received ${describeValue(embeds)}`);
+    const text = o.textEmbeds;
+    if (!text || !Array.isArray(text.promptEmbeds) || text.promptEmbeds.length === 0)
+      throw invalidOption(`Expected textEmbeds with at least one prompt (TextEncoder.encode) but received ${describeValue(text)}`);
+    const steps = positiveInteger('steps', o.steps, 30);
+    const shift = finiteIn('shift', o.shift, 5.0, 0, 1000);
+    const seed = seedOf(o.seed);
+    const schedulerName = o.scheduler ?? 'unipc';
+    if (!SCHEDULER_NAMES.includes(schedulerName))
+      throw invalidOption(`Expected one of ${SCHEDULER_NAMES.join(', ')} for scheduler but received ${describeValue(schedulerName)}`);
+    const denoise = finiteIn('denoiseStrength', o.denoiseStrength, 1.0, 0, 1);
+    const cfgOption = o.cfg ?? 6.0;
+    const cfgAt = (i: number): number => (Array.isArray(cfgOption) ? cfgOption[i] : cfgOption);
+    if (Array.isArray(cfgOption)) {
+      if (cfgOption.length < steps || !cfgOption.every((v) => typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= 30))
+        throw invalidOption(`Expected a number in 0..30 or an array of ${steps} of them (one per step) for cfg but received ${describeValue(cfgOption)}`);
+    } else {
+      finiteIn('cfg', cfgOption, 6.0, 0, 30);
+    }
+    const feta = o.fetaArgs === undefined ? undefined : {
+      weight: finiteIn('fetaArgs.weight', o.fetaArgs.weight, 2.0, 0, 100),
+      start: finiteIn('fetaArgs.startPercent', o.fetaArgs.startPercent, 0, 0, 1),
+      end: finiteIn('fetaArgs.endPercent', o.fetaArgs.endPercent, 1, 0, 1),
+    };
+
+    const modelType = this.model.config.modelType;
+    const imageModel = modelType !== 't2v';
+    if (imageModel && (embeds.y === undefined || embeds.clipContext === undefined))
+      throw invalidOption(`Expected imageEmbeds from imageToVideoEncode() with clipEmbeds for a ${modelType} model (y and clipContext are missing)`);
+    if (!imageModel && embeds.y !== undefined)
+      throw invalidOption('Expected imageEmbeds from emptyEmbeds() for a t2v model, but these carry image conditioning (y)');
+
+    const schedule = createScheduler(schedulerName, { steps, shift, sigmas: o.sigmas });
+    let startStep = o.startStep === undefined ? 0 : o.startStep;
+    if (!Number.isSafeInteger(startStep) || startStep < 0 || startStep >= steps)
+      throw invalidOption(`Expected an integer in 0..${steps - 1} for startStep but received ${describeValue(o.startStep)}`);
+    let endStep = o.endStep === undefined || o.endStep === -1 ? steps : o.endStep;
+    if (!Number.isSafeInteger(endStep) || endStep <= startStep || endStep > steps)
+      throw invalidOption(`Expected -1 or an integer in ${startStep + 1}..${steps} for endStep but received ${describeValue(o.endStep)}`);
+    // Denoise strength (the wrapper's rule): with samples, start late enough that about
+    // `denoise` of the schedule remains.
+    if (denoise < 1) {
+      if (o.samples === undefined) throw invalidOption('Expected samples with denoiseStrength < 1 (there is nothing to denoise from)');
+      startStep = Math.max(startStep, Math.max(0, steps - Math.floor(steps * denoise) - 1));
+    }
+
+    const shape = embeds.targetShape;
+    const size = numel(shape);
+    const generator = new (native().NoiseGenerator)(seed);
+    // The official noise: randn(16, T, H, W) float32 from a CPU generator seeded with seed.
+    const noise = generator.randn([...shape]).toTypedArray() as Float32Array;
+
+    const context = resolveContextOptions(o.contextOptions, shape[1]);
+    if (context && context.freenoise) freeNoiseShuffle(noise, shape, context, (n: number) => generator.randperm(n).toTypedArray() as BigInt64Array);
+
+    let latent: Float32Array;
+    if (o.samples !== undefined) {
+      const samples = checkLatent('samples', o.samples, shape).toTypedArray() as Float32Array;
+      if (startStep > 0 && denoise === 1 && !o.addNoiseToSamples) {
+        latent = Float32Array.from(samples);  // continuing a split run: already at startStep's noise level
+      } else {
+        const sigma = schedule.timesteps[startStep] / 1000;
+        latent = new Float32Array(size);
+        for (let i = 0; i < size; ++i) latent[i] = noise[i] * sigma + (1 - sigma) * samples[i];
+      }
+    } else {
+      latent = noise;
+    }
+
+    const negatives = text.negativePromptEmbeds ?? [];
+    const prompts = text.promptEmbeds;
+    const passes = (promptIndex: number, unconditional: boolean): Pass => unconditional
+      ? { context: negatives[0], clipFea: embeds.negativeClipContext ?? embeds.clipContext }
+      : { context: prompts[Math.min(promptIndex, prompts.length - 1)], clipFea: embeds.clipContext };
+    for (let i = startStep; i < endStep; ++i) {
+      if (cfgAt(i) !== 1 && negatives.length === 0)
+        throw invalidOption(`Expected textEmbeds.negativePromptEmbeds for cfg ${cfgAt(i)} (cfg 1 needs none)`);
+    }
+
+    const total = endStep - startStep;
+    const started = performance.now();
+    for (let i = startStep; i < endStep; ++i) {
+      if (o.signal?.aborted) throw abortedError();
+      const t = schedule.timesteps[i];
+      const fraction = i / steps;
+      const fetaWeight = feta && shape[1] > 1 && fraction >= feta.start && fraction <= feta.end ? feta.weight : undefined;
+      const call: StepCall = {
+        t, cfg: cfgAt(i), fetaWeight, signal: o.signal, batched: o.batchedCfg === true, pass: passes, numPrompts: prompts.length,
+      };
+      const prediction = context
+        ? await this.windowedPrediction(latent, shape, embeds, context, i, steps, call)
+        : await this.guidedPrediction(latent, shape, embeds.y, embeds.seqLen, 0, call);
+      const next = schedule.step(prediction, i, latent, () => generator.randn([...shape]).toTypedArray() as Float32Array);
+
+      if (o.onProgress) {
+        const elapsedMs = performance.now() - started;
+        const done = i - startStep + 1;
+        const report: SamplerProgress = {
+          stage: 'sample', step: done, totalSteps: total, fraction: done / total, elapsedMs,
+          etaMs: (elapsedMs / done) * (total - done),
+        };
+        if (o.preview) {
+          const sigma = schedule.sigmas[i];  // flow matching: x0 = x_t - sigma * v
+          const x0 = new Float32Array(size);
+          for (let k = 0; k < size; ++k) x0[k] = latent[k] - sigma * prediction[k];
+          report.preview = latentPreview(x0, shape);
+        }
+        o.onProgress(report);
+      }
+      latent = next;
+    }
+    return Tensor.fromTypedArray(latent, [...shape]);
+  }
+
+  // One guided prediction on a latent (or a window of it):
+  // uncond + cfg * (cond - uncond), with the negative pass skipped at cfg 1.
+  private async guidedPrediction(latent: Float32Array, shape: readonly number[], y: Tensor | undefined, seqLen: number,
+                                 promptIndex: number, call: StepCall): Promise<Float32Array> {
+    const positive = call.pass(promptIndex, false), negative = call.pass(promptIndex, true);
+    const x = Tensor.fromTypedArray(latent, [...shape]);
+    const t1 = Float64Array.of(call.t);
+    const base = { seqLen, fetaWeight: call.fetaWeight };
+    const withImage = (p: Pass) => (y ? { clipFea: p.clipFea } : {});
+    const take = (tensors: Tensor[]) => tensors.map((u) => { const a = u.toTypedArray() as Float32Array; u.dispose(); return a; });
+    let cond: Float32Array, uncond: Float32Array | undefined;
+    try {
+      if (call.cfg === 1) {
+        [cond] = take(await this.model.forward({ ...base, x: [x], t: Tensor.fromTypedArray(t1, [1]), context: [positive.context],
+          ...withImage(positive), y: y ? [y] : undefined }, { signal: call.signal }));
+      } else if (call.batched && positive.clipFea === negative.clipFea) {
+        [cond, uncond] = take(await this.model.forward({ ...base, x: [x, x], t: Tensor.fromTypedArray(Float64Array.of(call.t, call.t), [2]),
+          context: [positive.context, negative.context],
+          ...(y ? { clipFea: batchClip(positive.clipFea!) } : {}), y: y ? [y, y] : undefined }, { signal: call.signal }));
+      } else {
+        [cond] = take(await this.model.forward({ ...base, x: [x], t: Tensor.fromTypedArray(t1, [1]), context: [positive.context],
+          ...withImage(positive), y: y ? [y] : undefined }, { signal: call.signal }));
+        [uncond] = take(await this.model.forward({ ...base, x: [x], t: Tensor.fromTypedArray(t1, [1]), context: [negative.context],
+          ...withImage(negative), y: y ? [y] : undefined }, { signal: call.signal }));
+      }
+    } catch (err) {
+      if (err instanceof WanError && err.code === 'WAN_ABORTED') throw abortedError();
+      throw err;
+    }
+    if (!uncond) return cond;
+    const out = new Float32Array(cond.length);
+    for (let i = 0; i < out.length; ++i) out[i] = uncond[i] + call.cfg * (cond[i] - uncond[i]);
+    return out;
+  }
+
+  // Context windows: each window of latent frames is predicted on its own (with the prompt of
+  // its section when prompts are separated by '|') and the predictions are averaged with
+  // the fuse weights (the wrapper's WanVideo Context Options).
+  private async windowedPrediction(latent: Float32Array, shape: readonly number[], embeds: ImageEmbeds,
+                                   context: ResolvedContextOptions, step: number, steps: number, call: StepCall):
+                                   Promise<Float32Array> {
+    const [, frames, height, width] = shape;
+    const accumulator = new WindowAccumulator([shape[0], frames, height, width]);
+    const yAll = embeds.y ? (embeds.y.toTypedArray() as Float32Array) : undefined;
+    for (const window of contextWindows(step, steps, frames, context)) {
+      const windowShape = [shape[0], window.length, height, width];
+      const part = gatherFrames(latent, shape, window);
+      let y: Tensor | undefined;
+      if (yAll) {
+        // Every window keeps the start image's conditioning frame first (the wrapper does the same).
+        const yShape = [embeds.y!.shape[0], frames, height, width];
+        const yPart = gatherFrames(yAll, yShape, window);
+        const first = gatherFrames(yAll, yShape, [0]);
+        const plane = height * width;
+        for (let c = 0; c < yShape[0]; ++c) yPart.set(first.subarray(c * plane, (c + 1) * plane), c * window.length * plane);
+        y = Tensor.fromTypedArray(yPart, [yShape[0], window.length, height, width]);
+      }
+      const promptIndex = promptIndexForWindow(window, frames, call.numPrompts);
+      const seqLen = (window.length * height * width) / 4;
+      const prediction = await this.guidedPrediction(part, windowShape, y, seqLen, promptIndex, call);
+      accumulator.add(window, prediction, windowWeights(window, frames, context));
+    }
+    return accumulator.result();
+  }
+}
+
+// The batched pass gives each sample its own image tokens: [1, N, 1280] -> [2, N, 1280].
+function batchClip(clip: Tensor): Tensor {
+  const data = clip.toTypedArray() as Float32Array;
+  const doubled = new Float32Array(data.length * 2);
+  doubled.set(data);
+  doubled.set(data, data.length);
+  return Tensor.fromTypedArray(doubled, [clip.shape[0] * 2, ...clip.shape.slice(1)]);
+}

@@ -1,0 +1,283 @@
+// The sampling loop against the official WanT2V.generate loop on the tiny models
+// (test/fixtures/sampling, made by scripts/make-sampling-references.py with the official
+// code at 9737cba9 on CPU in float32), plus seeds, guidance, split runs, T2I, Enhance-A-Video,
+// progress and cancellation.
+import t from 'tap';
+import * as path from 'node:path';
+
+import { emptyEmbeds, imageToVideoEncode, loadSafetensors, Sampler, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
+import type { SamplerProgress, TextEmbeds } from '../../lib/index';
+import { native } from '../../lib/native';
+import { fixturesDir, maxAbsDiff, toNumbers, weightsDir } from '../helpers';
+
+// A 1e-6 relative difference per DiT call (our fp32 forward vs the official one) grows over
+// the steps (shared/golden README: ~2e-5 after 10 steps); latents here are O(5).
+const LATENT_TOLERANCE = 2e-5;
+const CONTEXT_TOLERANCE = 1e-5;
+
+const goldenFile = path.join(fixturesDir, 'sampling', 'golden_t2v_sampling.safetensors');
+
+interface Call { solver: string; steps: number; shift: number; guide_scale: number; seed: number; size: [number, number]; frames: number }
+
+async function setup() {
+  const { tensors: g, metadata } = await loadSafetensors(goldenFile);
+  const calls = JSON.parse(metadata.calls) as Record<string, Call>;
+  const model = await WanModel.load(path.join(weightsDir, 'tiny_t2v_dit.f32.safetensors'), { numHeads: 2, textLen: 16 });
+  const encoder = await TextEncoder.load(path.join(weightsDir, 'tiny_umt5_enc.f32.safetensors'));
+  // The pipeline's contexts: T5 on our fixed ids, each trimmed to its real length.
+  const trimmed = async (ids: string, mask: string) => {
+    const out = await encoder.encodeTokens(g.get(ids)!, g.get(mask)!);
+    const length = toNumbers(g.get(mask)!.toTypedArray()).reduce((a, b) => a + b, 0);
+    const rows = (out.toTypedArray() as Float32Array).slice(0, length * 32);
+    return Tensor.fromTypedArray(rows, [length, 32]);
+  };
+  const text: TextEmbeds = { promptEmbeds: [await trimmed('ids_pos', 'mask_pos')], negativePromptEmbeds: [await trimmed('ids_neg', 'mask_neg')] };
+  encoder.dispose();
+  return { g, calls, model, text };
+}
+
+const shared = setup();
+
+t.test('the noise is PyTorch CPU generator noise for the seed', async (t) => {
+  // torch.Generator().manual_seed(seed); torch.randn(16, 2, 4, 6, generator=g): elements 0, 1,
+  // 2, 100, 767, the float64 sum, then randperm(7) from the same generator (python3-torch 1.13).
+  const expected: Array<[bigint, number[], number, number[]]> = [
+    [0n, [-1.1258398294448853, -1.152360200881958, -0.2505785822868347, -2.6133224964141846, -0.23261602222919464], 47.871551953896414, [4, 6, 5, 2, 3, 0, 1]],
+    [42n, [1.9269152879714966, 1.4872840642929077, 0.9007171988487244, 0.640755295753479, 0.5761587619781494], 27.414545370207634, [5, 0, 1, 3, 4, 6, 2]],
+    [(1n << 32n) + 7n, [-0.8201345205307007, 0.39563116431236267, 0.8989084959030151, 0.12744353711605072, 0.08307138830423355], -4.546268500038423, [6, 0, 3, 1, 5, 4, 2]],
+    [(1n << 64n) - 1n, [-2.664297580718994, -1.0910485982894897, 0.45144742727279663, -2.3514962196350098, -0.1853148639202118], -14.681012243730947, [4, 0, 3, 5, 1, 6, 2]],
+  ];
+  for (const [seed, values, sum, perm] of expected) {
+    const generator = new (native().NoiseGenerator)(seed);
+    const noise = generator.randn([16, 2, 4, 6]).toTypedArray() as Float32Array;
+    t.same([0, 1, 2, 100, 767].map((i) => noise[i]), values, `seed ${seed}: the same float32 values`);
+    t.ok(Math.abs(noise.reduce((a, b) => a + b, 0) - sum) < 1e-9, `seed ${seed}: the same sum`);
+    t.same(Array.from(generator.randperm(7).toTypedArray() as BigInt64Array, Number), perm, `seed ${seed}: randperm continues the stream`);
+  }
+  const { g } = await shared;
+  for (const c of ['unipc', 'dpmpp']) {
+    const shape = g.get(`${c}.noise`)!.shape;
+    const seed = c === 'unipc' ? 42n : 7n;
+    const noise = new (native().NoiseGenerator)(seed).randn(shape);
+    t.equal(maxAbsDiff(new Tensor(noise), g.get(`${c}.noise`)!), 0, `${c}: the official initial noise, exactly`);
+  }
+});
+
+t.test('T2V end to end equals the official generate loop', async (t) => {
+  const { g, calls, model, text } = await shared;
+  const encoder = await TextEncoder.load(path.join(weightsDir, 'tiny_umt5_enc.f32.safetensors'));
+  for (const [ids, mask, name] of [['ids_pos', 'mask_pos', 'context'], ['ids_neg', 'mask_neg', 'context_null']]) {
+    const out = await encoder.encodeTokens(g.get(ids)!, g.get(mask)!);
+    const ref = g.get(name)!;
+    const rows = Tensor.fromTypedArray((out.toTypedArray() as Float32Array).slice(0, ref.shape[0] * 32), ref.shape);
+    const err = maxAbsDiff(rows, ref);
+    t.ok(err <= CONTEXT_TOLERANCE, `${name}: max abs error ${err.toExponential(2)} <= ${CONTEXT_TOLERANCE}`);
+  }
+  encoder.dispose();
+
+  const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
+  for (const [c, scheduler] of [['unipc', 'unipc'], ['dpmpp', 'dpm++']] as const) {
+    const call = calls[c];
+    const steps: number[] = [];
+    const latent = await new Sampler(model).sample({
+      imageEmbeds: emptyEmbeds({ width: call.size[0], height: call.size[1], numFrames: call.frames }),
+      textEmbeds: text, steps: call.steps, cfg: call.guide_scale, shift: call.shift, seed: call.seed, scheduler,
+      onProgress: (p) => steps.push(p.step),
+    });
+    t.same(steps, Array.from({ length: call.steps }, (_, i) => i + 1), `${c}: one progress report per step`);
+    const err = maxAbsDiff(latent, g.get(`${c}.x0`)!);
+    t.ok(err <= LATENT_TOLERANCE, `${c}: final latent max abs error ${err.toExponential(2)} <= ${LATENT_TOLERANCE}`);
+    const video = await vae.decode(latent);
+    const verr = maxAbsDiff(video, g.get(`${c}.video`)!);
+    t.ok(verr <= LATENT_TOLERANCE, `${c}: decoded video max abs error ${verr.toExponential(2)} <= ${LATENT_TOLERANCE}`);
+  }
+  vae.dispose();
+});
+
+t.test('guidance: cfg 1 needs no negative pass; batched cfg equals two passes', async (t) => {
+  const { model, text } = await shared;
+  const sampler = new Sampler(model);
+  const base = { imageEmbeds: emptyEmbeds({ width: 48, height: 32, numFrames: 5 }), steps: 3, seed: 3, scheduler: 'euler' as const };
+  const noNegative = await sampler.sample({ ...base, cfg: 1, textEmbeds: { promptEmbeds: text.promptEmbeds, negativePromptEmbeds: [] } });
+  const withNegative = await sampler.sample({ ...base, cfg: 1, textEmbeds: text });
+  t.equal(maxAbsDiff(noNegative, withNegative), 0, 'cfg 1 ignores the negative prompt');
+  await t.rejects(sampler.sample({ ...base, cfg: 5, textEmbeds: { promptEmbeds: text.promptEmbeds, negativePromptEmbeds: [] } }),
+    { code: 'WAN_INVALID_OPTION', message: /negativePromptEmbeds for cfg 5/ });
+  const twoPasses = await sampler.sample({ ...base, cfg: 5, textEmbeds: text });
+  const batched = await sampler.sample({ ...base, cfg: 5, textEmbeds: text, batchedCfg: true });
+  const err = maxAbsDiff(twoPasses, batched);
+  t.ok(err <= 2e-5, `batched cfg: max abs difference ${err.toExponential(2)} <= 2e-5`);
+  const perStep = await sampler.sample({ ...base, cfg: [5, 5, 5], textEmbeds: text });
+  t.equal(maxAbsDiff(perStep, twoPasses), 0, 'a cfg list of equal values equals the number');
+  const varied = await sampler.sample({ ...base, cfg: [5, 1, 3], textEmbeds: text });
+  t.ok(maxAbsDiff(varied, twoPasses) > 1e-3, 'a per-step cfg list changes the result');
+  await t.rejects(sampler.sample({ ...base, cfg: [5, 5], textEmbeds: text }), { code: 'WAN_INVALID_OPTION', message: /one per step/ });
+});
+
+t.test('a seed gives the same latents every time; another seed does not', async (t) => {
+  const { model, text } = await shared;
+  const o = { imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 5 }), textEmbeds: text, steps: 2, cfg: 4, seed: 11 };
+  const a = await new Sampler(model).sample(o);
+  const b = await new Sampler(model).sample(o);
+  t.equal(maxAbsDiff(a, b), 0, 'identical');
+  const c = await new Sampler(model).sample({ ...o, seed: 12 });
+  t.ok(maxAbsDiff(a, c) > 0.1, 'seed 12 differs');
+});
+
+t.test('split sampling: steps 0-2 then 2-4 from the samples equal one euler run', async (t) => {
+  const { model, text } = await shared;
+  const sampler = new Sampler(model);
+  const o = { imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 5 }), textEmbeds: text, steps: 4, cfg: 4, seed: 5, scheduler: 'euler' as const };
+  const whole = await sampler.sample(o);
+  const first = await sampler.sample({ ...o, endStep: 2 });
+  const second = await sampler.sample({ ...o, startStep: 2, samples: first });
+  t.equal(maxAbsDiff(whole, second), 0, 'bit for bit');
+  // denoiseStrength with samples: start from the given latents at a later step.
+  const partial = await sampler.sample({ ...o, samples: whole, denoiseStrength: 0.5 });
+  t.same(partial.shape, whole.shape);
+  t.ok(maxAbsDiff(partial, whole) > 0, 'a partial denoise changes the latents');
+  await t.rejects(sampler.sample({ ...o, denoiseStrength: 0.5 }), { code: 'WAN_INVALID_OPTION', message: /samples/ });
+  await t.rejects(sampler.sample({ ...o, startStep: 2, samples: Tensor.fromTypedArray(new Float32Array(16), [16, 1, 1, 1]) }),
+    { code: 'WAN_INVALID_OPTION', message: /samples of shape \[16, 2, 4, 4\]/ });
+});
+
+t.test('T2I: one frame', async (t) => {
+  const { model, text } = await shared;
+  const latent = await new Sampler(model).sample({ imageEmbeds: emptyEmbeds({ width: 48, height: 32, numFrames: 1 }), textEmbeds: text, steps: 2, cfg: 3 });
+  t.same(latent.shape, [16, 1, 4, 6]);
+  t.ok(toNumbers(latent.toTypedArray()).every(Number.isFinite));
+});
+
+t.test('sizes are validated with clear errors', async (t) => {
+  t.throws(() => emptyEmbeds({ width: 40, height: 32, numFrames: 5 }), { code: 'WAN_INVALID_OPTION', message: /multiple of 16 for width but received 40/ });
+  t.throws(() => emptyEmbeds({ width: 32, height: 32, numFrames: 6 }), { code: 'WAN_INVALID_OPTION', message: /4k\+1 .* numFrames but received 6/ });
+  t.same(emptyEmbeds(), { targetShape: [16, 21, 60, 104], seqLen: 32760, numFrames: 81, width: 832, height: 480 }, 'the wrapper defaults');
+  const { model, text } = await shared;
+  await t.rejects(new Sampler(model).sample({ imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 1 }), textEmbeds: text, scheduler: 'ddim' as never }),
+    { code: 'WAN_INVALID_OPTION', message: /for scheduler but received "ddim"/ });
+  await t.rejects(new Sampler(model).sample({ imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 1 }), textEmbeds: text, seed: -1 }),
+    { code: 'WAN_INVALID_OPTION', message: /0\.\.2\^64-1 for seed/ });
+});
+
+t.test('Enhance-A-Video equals the reference forward with the gain', async (t) => {
+  const { g, calls, model, text } = await shared;
+  void calls;
+  const input = { x: [g.get('feta.x')!], t: Tensor.fromTypedArray(BigInt64Array.of(700n), [1]), context: [g.get('context')!], seqLen: 18 };
+  const [out] = await model.forward({ ...input, fetaWeight: 2 });
+  const err = maxAbsDiff(out, g.get('feta.out')!);
+  t.ok(err <= 1e-5, `fetaWeight 2: max abs error ${err.toExponential(2)} <= 1e-5`);
+  const [plain] = await model.forward(input);
+  const [floored] = await model.forward({ ...input, fetaWeight: -100 });
+  t.equal(maxAbsDiff(floored, plain), 0, 'a gain floored at 1 leaves the forward unchanged');
+  // In the sampler: an empty step range leaves sampling unchanged.
+  const o = { imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 9 }), textEmbeds: text, steps: 2, cfg: 1, scheduler: 'euler' as const };
+  const none = await new Sampler(model).sample(o);
+  const outside = await new Sampler(model).sample({ ...o, fetaArgs: { weight: 2, startPercent: 0.9, endPercent: 1 } });
+  t.equal(maxAbsDiff(none, outside), 0, 'fetaArgs outside the run change nothing');
+  const inside = await new Sampler(model).sample({ ...o, fetaArgs: { weight: 2 } });
+  t.ok(maxAbsDiff(none, inside) > 1e-3, 'fetaArgs change the result');
+});
+
+t.test('progress with previews; abort mid-run, then a successful run', async (t) => {
+  const { model, text } = await shared;
+  const sampler = new Sampler(model);
+  const o = { imageEmbeds: emptyEmbeds({ width: 48, height: 32, numFrames: 5 }), textEmbeds: text, steps: 4, cfg: 3 };
+  const reports: SamplerProgress[] = [];
+  await sampler.sample({ ...o, preview: true, onProgress: (p) => reports.push(p) });
+  t.same(reports.map((p) => p.step), [1, 2, 3, 4]);
+  t.same(reports.map((p) => p.totalSteps), [4, 4, 4, 4]);
+  t.equal(reports[3].fraction, 1);
+  t.equal(reports[3].etaMs, 0);
+  t.match(reports[0], { stage: 'sample', preview: { width: 6, height: 4, frame: 1 } });
+  t.equal(reports[0].preview!.rgb.length, 6 * 4 * 3);
+
+  const controller = new AbortController();
+  let seen = 0;
+  await t.rejects(sampler.sample({ ...o, signal: controller.signal, onProgress: (p) => { seen = p.step; if (p.step === 2) controller.abort(); } }),
+    { code: 'WAN_ABORTED' });
+  t.equal(seen, 2, 'stopped right after the step that aborted');
+  const after = await sampler.sample(o);
+  t.same(after.shape, [16, 2, 4, 6], 'the model stays usable');
+});
+
+t.test('I2V and FLF2V conditioning and an I2V run equal the official code', async (t) => {
+  const { g, text } = await shared;
+  const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
+  const size = { width: 48, height: 32, numFrames: 5 };
+  const clip = new Tensor(new (native().NoiseGenerator)(11n).randn([1, 257, 1280]));
+  const i2v = await imageToVideoEncode({ vae, ...size, startImage: g.get('i2v.image')!, clipEmbeds: { clipEmbeds: clip } });
+  t.same(i2v.targetShape, [16, 2, 4, 6]);
+  t.equal(i2v.seqLen, 12);
+  let err = maxAbsDiff(i2v.y!, g.get('i2v.y')!);
+  t.ok(err <= 1e-5, `I2V y: max abs error ${err.toExponential(2)} <= 1e-5`);
+  const flf = await imageToVideoEncode({ vae, ...size, startImage: g.get('i2v.image')!, endImage: g.get('i2v.end_image')! });
+  err = maxAbsDiff(flf.y!, g.get('flf2v.y')!);
+  t.ok(err <= 1e-5, `FLF2V y: max abs error ${err.toExponential(2)} <= 1e-5`);
+
+  const model = await WanModel.load(path.join(weightsDir, 'tiny_i2v_dit.f32.safetensors'), { numHeads: 2 });
+  const latent = await new Sampler(model).sample({ imageEmbeds: i2v, textEmbeds: text, steps: 3, cfg: 5, shift: 5, seed: 42 });
+  err = maxAbsDiff(latent, g.get('i2v.x0')!);
+  t.ok(err <= LATENT_TOLERANCE, `I2V run: final latent max abs error ${err.toExponential(2)} <= ${LATENT_TOLERANCE}`);
+  await t.rejects(new Sampler(model).sample({ imageEmbeds: emptyEmbeds(size), textEmbeds: text }),
+    { code: 'WAN_INVALID_OPTION', message: /imageToVideoEncode\(\) with clipEmbeds for a i2v model/ });
+
+  // Latent strengths scale the first and last latent frames of the 16 latent channels.
+  const strong = await imageToVideoEncode({ vae, ...size, startImage: g.get('i2v.image')!, endImage: g.get('i2v.end_image')!,
+    startLatentStrength: 0.5, endLatentStrength: 2 });
+  const a = strong.y!.toTypedArray() as Float32Array, b = flf.y!.toTypedArray() as Float32Array;
+  const plane = 24;
+  t.equal(a[(4 * 2 + 0) * plane + 3], b[(4 * 2 + 0) * plane + 3] * 0.5, 'start frame x0.5');
+  t.equal(a[(4 * 2 + 1) * plane + 3], b[(4 * 2 + 1) * plane + 3] * 2, 'end frame x2');
+  t.equal(a[0], 1, 'the mask is untouched');
+  await t.rejects(imageToVideoEncode({ vae, ...size, startImage: g.get('i2v.image')!, noiseAugStrength: -1 }),
+    { code: 'WAN_INVALID_OPTION', message: /0\.\.10 for noiseAugStrength but received -1/ });
+  const noisy = await imageToVideoEncode({ vae, ...size, startImage: g.get('i2v.image')!, noiseAugStrength: 0.1 });
+  t.ok(maxAbsDiff(noisy.y!, i2v.y!) > 1e-3, 'noise augmentation changes the encoded image');
+  model.dispose();
+  vae.dispose();
+});
+
+t.test('context windows', async (t) => {
+  const { model, text } = await shared;
+  const sampler = new Sampler(model);
+  // 33 frames = 9 latent frames of 4 x 4 (36 tokens).
+  const o = { imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 33 }), textEmbeds: text, steps: 3, cfg: 4, seed: 21, scheduler: 'euler' as const };
+  const plain = await sampler.sample(o);
+
+  for (const schedule of ['uniform_standard', 'uniform_looped', 'static_standard'] as const) {
+    const one = await sampler.sample({ ...o, contextOptions: { schedule, frames: 33, overlap: 16 } });
+    t.equal(maxAbsDiff(one, plain), 0, `${schedule}: one window covering the video equals sampling without windows`);
+  }
+
+  // Windows of 5 latent frames overlapping by 2: every frame covered (no NaN from an empty
+  // weight sum), and the joins as smooth as the rest of the video.
+  for (const fuse of ['linear', 'pyramid'] as const) {
+    const windowed = await sampler.sample({ ...o, contextOptions: { schedule: 'static_standard', frames: 17, overlap: 8, fuse, freenoise: false } });
+    const x = windowed.toTypedArray() as Float32Array;
+    t.ok(x.every(Number.isFinite), `${fuse}: every frame was predicted`);
+    t.ok(maxAbsDiff(windowed, plain) > 1e-3, `${fuse}: windows change the result`);
+    // Mean absolute change between neighbouring latent frames, at each of the 8 frame pairs.
+    const plane = 16, frames = 9;
+    const step = Array.from({ length: frames - 1 }, (_, f) => {
+      let sum = 0;
+      for (let c = 0; c < 16; ++c) for (let p = 0; p < plane; ++p) sum += Math.abs(x[(c * frames + f + 1) * plane + p] - x[(c * frames + f) * plane + p]);
+      return sum / (16 * plane);
+    });
+    const ratio = Math.max(...step) / Math.min(...step);
+    t.comment(`${fuse}: frame-to-frame mean change ${step.map((s) => s.toFixed(3)).join(' ')}`);
+    t.ok(ratio < 2, `${fuse}: no frame pair changes more than 2x the calmest one (ratio ${ratio.toFixed(2)})`);
+  }
+
+  // Prompts separated by '|' map to successive windows.
+  const [p0] = text.promptEmbeds, [n0] = text.negativePromptEmbeds;
+  const windows = { schedule: 'static_standard' as const, frames: 17, overlap: 8, freenoise: false };
+  const single = await sampler.sample({ ...o, contextOptions: windows });
+  const same = await sampler.sample({ ...o, textEmbeds: { promptEmbeds: [p0, p0], negativePromptEmbeds: [n0] }, contextOptions: windows });
+  t.equal(maxAbsDiff(same, single), 0, 'two identical prompts equal one');
+  const two = await sampler.sample({ ...o, textEmbeds: { promptEmbeds: [p0, n0], negativePromptEmbeds: [n0] }, contextOptions: windows });
+  const a = two.toTypedArray() as Float32Array, b = single.toTypedArray() as Float32Array;
+  const frameDiff = (f: number) => { let m = 0; for (let c = 0; c < 16; ++c) for (let p = 0; p < 16; ++p) m = Math.max(m, Math.abs(a[(c * 9 + f) * 16 + p] - b[(c * 9 + f) * 16 + p])); return m; };
+  t.ok(frameDiff(8) > 1e-3, 'the second prompt steers the last window');
+
+  await t.rejects(sampler.sample({ ...o, contextOptions: { frames: 17, overlap: 20 } }), { code: 'WAN_INVALID_OPTION', message: /contextOptions.overlap/ });
+});
