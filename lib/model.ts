@@ -12,7 +12,16 @@ export const ATTENTION_MODES: readonly AttentionMode[] = ['sdpa', 'flash', 'sage
 export type BasePrecision = 'fp32' | 'bf16' | 'fp16' | 'fp16_fast';
 export const BASE_PRECISIONS: readonly BasePrecision[] = ['fp32', 'bf16', 'fp16', 'fp16_fast'];
 
+export type Quantization = 'disabled' | 'fp8_e4m3fn' | 'fp8_e4m3fn_scaled' | 'fp8_e5m2' | 'fp8_e4m3fn_fast';
+export const QUANTIZATIONS: readonly Quantization[] = ['disabled', 'fp8_e4m3fn', 'fp8_e4m3fn_scaled', 'fp8_e5m2', 'fp8_e4m3fn_fast'];
+
 export interface ModelLoaderOptions extends LongCallOptions {
+  /** Weight storage (WanVideoModelLoader quantization, default 'disabled': the file's dtypes).
+   * The fp8 forms convert the large linear weights at load (a bf16 file halves in memory);
+   * norms, biases, modulation, time and image embeddings, patch embedding and head keep the
+   * file's precision, as the wrapper keeps them. On a CPU fp8 is storage, widened per layer.
+   * 'fp8_e4m3fn_fast' (fp8 matmuls) needs the model on a GPU of compute capability >= 8.9. */
+  quantization?: Quantization;
   /** Compute dtype on a GPU (WanVideoModelLoader base_precision, default 'bf16'). On a CPU the
    * model computes in fp32 whatever this says (bf16 matmul is ~30x slower there); `config.computeDtype` tells. */
   basePrecision?: BasePrecision;
@@ -34,6 +43,7 @@ export interface WanModelConfig {
   basePrecision: BasePrecision;  // as requested
   computeDtype: 'f32' | 'bf16' | 'f16';  // what the model computes in here
   attentionMode: AttentionMode;
+  quantization: Exclude<Quantization, 'fp8_e4m3fn_fast'>;  // as loaded
 }
 
 /** The official WanModel.forward arguments (wan/modules/model.py). */
@@ -53,6 +63,11 @@ function checkOptions(o: ModelLoaderOptions): void {
   if (typeof o !== 'object' || o === null) throw invalidOption(`Expected an object for options but received ${describeValue(o)}`);
   if (o.attentionMode !== undefined && !ATTENTION_MODES.includes(o.attentionMode))
     throw invalidOption(`Expected one of ${ATTENTION_MODES.join(', ')} for attentionMode but received ${describeValue(o.attentionMode)}`);
+  if (o.quantization !== undefined && !QUANTIZATIONS.includes(o.quantization))
+    throw invalidOption(`Expected one of ${QUANTIZATIONS.join(', ')} for quantization but received ${describeValue(o.quantization)}`);
+  if (o.quantization === 'fp8_e4m3fn_fast')
+    throw invalidOption("quantization 'fp8_e4m3fn_fast' runs fp8 matmuls on a GPU (compute capability >= 8.9), and this version " +
+                        "computes the model on the CPU; use 'fp8_e4m3fn' (fp8 storage)");
   if (o.basePrecision !== undefined && !BASE_PRECISIONS.includes(o.basePrecision))
     throw invalidOption(`Expected one of ${BASE_PRECISIONS.join(', ')} for basePrecision but received ${describeValue(o.basePrecision)}`);
   for (const key of ['numHeads', 'textLen'] as const) {
@@ -92,7 +107,8 @@ export class WanModel {
         clock.report(0);
         const handle = await native().loadWanModel(plan.files, {
           numHeads: options.numHeads, textLen: options.textLen,
-          attentionMode: options.attentionMode ?? 'sdpa', populate: options.populate ?? true,
+          attentionMode: options.attentionMode ?? 'sdpa', quantization: options.quantization ?? 'disabled',
+          populate: options.populate ?? true,
         }, abort.flag);
         clock.report(1);
         return new WanModel(handle, options.basePrecision ?? 'bf16');

@@ -93,6 +93,6 @@ export interface NativeAddon {
   loadClipVision(files: string[], options: { numHeads?: number; populate: boolean }, abortFlag?: Int32Array):
     Promise<NativeClipVision>;
   loadVae(files: string[], options: { populate: boolean }, abortFlag?: Int32Array): Promise<NativeVae>;
-  loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; populate: boolean },
+  loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; quantization: string; populate: boolean },
                abortFlag?: Int32Array): Promise<NativeWanModel>;
 }

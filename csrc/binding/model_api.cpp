@@ -62,6 +62,7 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     o.Set("eps", c.eps);
     o.Set("computeDtype", std::string(core::dtype_name(core::dtype_of(at::empty({0}, model->options().compute)))));
     o.Set("attentionMode", ops::attention_mode_name(model->options().attention));
+    o.Set("quantization", ops::quantization_name(model->options().quantization));
     return o;
   }
 
@@ -120,7 +121,7 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
   std::shared_ptr<models::WanDit> model_;
 };
 
-// loadWanModel(files, {numHeads, textLen, attentionMode, populate}, abortFlag) -> Promise<NativeWanModel>
+// loadWanModel(files, {numHeads, textLen, attentionMode, quantization?, populate}, abortFlag) -> Promise<NativeWanModel>
 Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
@@ -129,6 +130,8 @@ Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
     models::WanDitOverrides overrides{int_option(o, "numHeads"), int_option(o, "textLen")};
     models::WanDitOptions options;
     options.attention = ops::attention_mode_from_name(o.Get("attentionMode").As<Napi::String>().Utf8Value());
+    if (o.Get("quantization").IsString())
+      options.quantization = ops::quantization_from_name(o.Get("quantization").As<Napi::String>().Utf8Value());
     const bool populate = o.Get("populate").ToBoolean();
     std::function<bool()> cancelled = cancel_flag(env, info[2]);
     return addon(env).engine.run(

@@ -332,6 +332,7 @@ std::shared_ptr<WanDit> load_wan_dit(const std::vector<std::string>& files, cons
                                      const std::function<bool()>& cancelled) {
   LoadedWeights loaded = load_weights(files, populate, cancelled);
   WanDitConfig config = infer_wan_dit_config(loaded.shapes, overrides, files.front());
+  ops::quantize_weights(loaded.weights, options.quantization, cancelled);
   return std::make_shared<WanDit>(config, std::move(loaded.weights), options, files.front());
 }
 

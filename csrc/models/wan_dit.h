@@ -14,6 +14,7 @@
 
 #include "ops/attention.h"
 #include "ops/linear.h"
+#include "ops/quantize.h"
 #include "ops/rope.h"
 
 namespace wan::models {
@@ -34,6 +35,7 @@ struct WanDitConfig {
 struct WanDitOptions {
   at::ScalarType compute = at::kFloat;  // matmul dtype; modulation and norms stay float32
   ops::AttentionMode attention = ops::AttentionMode::Sdpa;
+  ops::Quantization quantization = ops::Quantization::Disabled;  // weight storage chosen at load
 };
 
 struct WanDitInput {
