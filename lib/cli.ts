@@ -1,33 +1,197 @@
 #!/usr/bin/env node
-// The `wan-native` command line.
-import { inspectCheckpoint, runtimeInfo, WanError } from './index';
+// The `wan-native` command line: generate (lib/cli-generate.ts), run (lib/workflow.ts), inspect, info.
+// Exit codes: 0 done, 1 failed, 2 bad usage, 130 stopped by Ctrl-C (SIGINT), 143 by SIGTERM.
+import { CommanderError } from 'commander';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 
+import { generateCommand, runGenerate, settingsFrom, UsageError } from './cli-generate';
+import { StageView } from './cli-view';
+import { inspectCheckpoint, runtimeInfo, WanError } from './index';
+import { runWorkflow } from './workflow';
+
+// The overview (test/native/cli.test.ts pins its lines).
 const USAGE = `Usage: wan-native <command> [options]
 
 Commands:
+  generate [options]        Make a video from a prompt (and images): see generate --help
+  run <workflow.json>       Run a ComfyUI WanVideoWrapper workflow: see run --help
   inspect <file> [--json]   Say what a checkpoint holds (reads headers only)
   info                      Show the native backend, libtorch version and threads
 `;
 
+const INSPECT_USAGE = `Usage: wan-native inspect <file>... [--json]
+
+Says what each checkpoint holds (family, task, layout, dtypes, quantization and the config
+inferred from tensor shapes), reading headers only. Shards are inspected one by one.
+
+Options:
+  --json      print the full report as JSON
+  -h, --help  show this help
+`;
+
+function version(): string {
+  // dist/lib/cli.js and lib/cli.ts both sit two folders below the package root.
+  const file = path.join(__dirname, '..', '..', 'package.json');
+  return (JSON.parse(fs.readFileSync(file, 'utf8')) as { version: string }).version;
+}
+
+async function inspect(rest: string[]): Promise<number> {
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(INSPECT_USAGE);
+    return 0;
+  }
+  const files = rest.filter((a) => !a.startsWith('--'));
+  const json = rest.includes('--json');
+  if (files.length === 0) {
+    process.stderr.write('wan-native inspect: expected a checkpoint file\n' + USAGE);
+    return 2;
+  }
+  for (const file of files) {
+    const info = await inspectCheckpoint(file);
+    if (json) process.stdout.write(JSON.stringify({ file, ...info }, null, 2) + '\n');
+    else process.stdout.write(`${file}\n${info.summary}`);
+  }
+  return 0;
+}
+
+async function generate(rest: string[]): Promise<number> {
+  const cmd = generateCommand()
+    .exitOverride()
+    .configureOutput({
+      writeOut: (s) => process.stdout.write(s),
+      writeErr: (s) => process.stderr.write(s),
+      outputError: (s, write) => write(`wan-native generate: ${s.replace(/^error: /, '')}` +
+        '(wan-native generate --help lists the options)\n'),
+    });
+  try {
+    cmd.parse(rest, { from: 'user' });
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    throw err;
+  }
+  const settings = settingsFrom(cmd);
+
+  const view = new StageView({ tty: process.stderr.isTTY === true, quiet: settings.quiet });
+  const written: string[] = [];
+  return interruptible(view, written, (signal) => runGenerate(settings, {
+    argv: ['generate', ...rest], version: version(), signal, view, written,
+    output: (line) => process.stdout.write(line + '\n'),
+  }));
+}
+
+// Runs `body` with Ctrl-C handling: the first SIGINT/SIGTERM aborts every long call through the
+// signal and lets the run clean up (no partial output: videoCombine removes what it wrote); the
+// second quits at once. Resolves to the exit code.
+async function interruptible(view: StageView, written: string[], body: (signal: AbortSignal) => Promise<unknown>): Promise<number> {
+  const controller = new AbortController();
+  let stoppedBy: NodeJS.Signals | undefined;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stoppedBy) {
+      view.stopBar();
+      process.stderr.write('wan-native: stopped at once\n');
+      process.exit(exitCodeOf(signal));
+    }
+    stoppedBy = signal;
+    view.stopBar();
+    process.stderr.write(`\nwan-native: stopping... (${signal === 'SIGINT' ? 'Ctrl-C' : signal} again to quit at once)\n`);
+    controller.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    await body(controller.signal);
+    return 0;
+  } catch (err) {
+    if (stoppedBy) {
+      // Files are complete or absent: a format written before the stop is kept, and said so.
+      process.stderr.write(written.length === 0 ? 'wan-native: stopped; nothing was written\n'
+        : `wan-native: stopped; kept what was complete before:\n${written.map((f) => `  ${f}\n`).join('')}`);
+      return exitCodeOf(stoppedBy);
+    }
+    throw err;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+const RUN_USAGE = `Usage: wan-native run <workflow.json> [options]
+
+Runs a ComfyUI workflow (API format, or the UI format where its widgets map unambiguously)
+built from WanVideoWrapper and VideoHelperSuite nodes. Model names in the workflow are looked
+up in the --models folders (as a relative path, then by file name anywhere below them).
+
+Options:
+  --models <dir>       a folder holding checkpoints, LoRAs and input images; repeatable
+  --output-dir <dir>   where Video Combine writes (default ./output)
+  -q, --quiet          no progress
+  -h, --help           show this help
+`;
+
+async function run(rest: string[]): Promise<number> {
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(RUN_USAGE);
+    return 0;
+  }
+  const models: string[] = [];
+  let outputDir: string | undefined, file: string | undefined, quiet = false;
+  for (let i = 0; i < rest.length; ++i) {
+    const a = rest[i];
+    if (a === '--models' || a === '--output-dir') {
+      const value = rest[++i];
+      if (value === undefined) throw new UsageError(`${a} expects a folder`, 'run');
+      if (a === '--models') models.push(value); else outputDir = value;
+    } else if (a === '-q' || a === '--quiet') {
+      quiet = true;
+    } else if (a.startsWith('-')) {
+      throw new UsageError(`unknown option ${a} (wan-native run --help lists the options)`, 'run');
+    } else if (file === undefined) {
+      file = a;
+    } else {
+      throw new UsageError(`expected one workflow file but received ${file} and ${a}`, 'run');
+    }
+  }
+  if (file === undefined) throw new UsageError('expected a workflow file (wan-native run --help)', 'run');
+  if (models.length === 0) models.push(process.cwd());
+  const view = new StageView({ tty: process.stderr.isTTY === true, quiet });
+  const written: string[] = [];
+  return interruptible(view, written, async (signal) => {
+    const result = await runWorkflow(file!, {
+      modelDirs: models, outputDir, signal,
+      onNodeStart: (id, classType) => { view.stopBar(); view.note(`node ${id} (${classType})`); },
+      onProgress: (e) => { if (e.progress) view.progress(e.progress, e.progress.stage === 'sample' ? 'step' : 'frame'); },
+    });
+    view.stopBar();
+    for (const { files } of Object.values(result.outputs)) for (const f of files ?? []) { written.push(f); process.stdout.write(`${f}\n`); }
+  });
+}
+
+function exitCodeOf(signal: NodeJS.Signals): number {
+  return signal === 'SIGTERM' ? 143 : 130;
+}
+
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
-    case 'inspect': {
-      const files = rest.filter((a) => !a.startsWith('--'));
-      const json = rest.includes('--json');
-      if (files.length === 0) {
-        process.stderr.write('wan-native inspect: expected a checkpoint file\n' + USAGE);
-        return 2;
-      }
-      for (const file of files) {
-        const info = await inspectCheckpoint(file);
-        if (json) process.stdout.write(JSON.stringify({ file, ...info }, null, 2) + '\n');
-        else process.stdout.write(`${file}\n${info.summary}`);
-      }
-      return 0;
-    }
+    case 'generate':
+      return generate(rest);
+    case 'run':
+      return run(rest);
+    case 'inspect':
+      return inspect(rest);
     case 'info':
       process.stdout.write(JSON.stringify(runtimeInfo(), null, 2) + '\n');
+      return 0;
+    case 'help':
+      if (rest[0] === 'generate') return generate(['--help']);
+      if (rest[0] === 'inspect') return inspect(['--help']);
+      if (rest[0] === 'run') return run(['--help']);
+      process.stdout.write(USAGE);
+      return 0;
+    case '-V':
+    case '--version':
+      process.stdout.write(`${version()}\n`);
       return 0;
     case undefined:
     case '-h':
@@ -43,6 +207,11 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => { process.exitCode = code; },
   (err) => {
+    if (err instanceof UsageError) {
+      process.stderr.write(`wan-native ${err.command}: ${err.message}\n`);
+      process.exitCode = 2;
+      return;
+    }
     const code = err instanceof WanError ? ` [${err.code}]` : '';
     process.stderr.write(`wan-native: ${err instanceof Error ? err.message : String(err)}${code}\n`);
     process.exitCode = 1;

@@ -24,6 +24,8 @@ export { schedule, SCHEDULER_NAMES } from './schedulers';
 export type { SchedulerName, Schedule, ScheduleOptions } from './schedulers';
 export type { ContextOptions, ContextSchedule, ContextFuse } from './context-windows';
 export type { Preview } from './preview';
+export { runWorkflow, parseWorkflow } from './workflow';
+export type { RunWorkflowOptions, WorkflowResult } from './workflow';
 export { videoCombine, VIDEO_FORMATS, type VideoCombineOptions, type VideoCombineResult, type VideoFormat } from './video';
 
 /** What the loaded native addon was built with, and the threads libtorch uses. */

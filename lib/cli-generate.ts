@@ -1,0 +1,812 @@
+// `wan-native generate`: the wrapper's text-to-video and image-to-video workflow from the command
+// line (WanVideoTextEncode -> ClipVisionEncode -> ImageToVideoEncode or EmptyEmbeds -> Sampler
+// -> Decode -> VideoCombine), with the nodes' options under their names in kebab case
+// (shared/spec/anchors.md b.1-b.15) and the nodes' defaults, except where noted in --help.
+//
+// Options are parsed by commander; every value is checked before any file is read, then the
+// files are checked from their headers (what model each is, whether their widths fit together),
+// so that a mistake costs seconds, not a model load. Each stage frees what it no longer needs
+// before the next starts, as the wrapper's force_offload does.
+import { Command, InvalidArgumentError, Option } from 'commander';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { inspectCheckpoint, loadSafetensors, type CheckpointInfo } from './checkpoint';
+import { CLIP_CROPS, ClipVisionEncoder, loadImage, type ClipCrop, type ClipEmbeds } from './clip';
+import { emptyEmbeds, imageToVideoEncode, type ImageEmbeds } from './conditioning';
+import {
+  CONTEXT_FUSE_METHODS, CONTEXT_SCHEDULES, latentFramesOf, resolveContextOptions,
+  type ContextFuse, type ContextOptions, type ContextSchedule,
+} from './context-windows';
+import { WanError } from './errors';
+import { formatSeconds, StageView } from './cli-view';
+import { ATTENTION_MODES, BASE_PRECISIONS, WanModel, type AttentionMode, type BasePrecision, type ModelLoaderOptions } from './model';
+import { native } from './native';
+import { Sampler } from './sampler';
+import { schedule, SCHEDULER_NAMES, type SchedulerName } from './schedulers';
+import { Tensor } from './tensor';
+import { DEFAULT_NEGATIVE_PROMPT, TextEncoder, type TextEmbeds } from './text-encoder';
+import { Vae, type VaeTileOptions } from './vae';
+import { findFfmpeg, VIDEO_FORMATS, videoCombine, type VideoCombineOptions, type VideoFormat } from './video';
+
+/** A mistake on the command line: exit code 2, the message names the option. */
+/** Bad command-line usage (exit code 2), reported as `wan-native <command>: <message>`. */
+export class UsageError extends Error {
+  constructor(message: string, readonly command = 'generate') {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+// WanVideoModelLoader's quantization values (anchors.md b.1). 'disabled' uses the weights in the
+// dtype they are stored in (fp8 files included); the library converts to the fp8 storage forms
+// in LOADED_QUANTIZATIONS at load; the others are refused.
+const QUANTIZATIONS = [
+  'disabled', 'fp8_e4m3fn', 'fp8_e4m3fn_fast', 'fp8_e4m3fn_scaled', 'fp8_e4m3fn_scaled_fast',
+  'fp8_e5m2', 'fp8_e5m2_fast', 'fp8_e5m2_scaled', 'fp8_e5m2_scaled_fast',
+] as const;
+type Quantization = typeof QUANTIZATIONS[number];
+const LOADED_QUANTIZATIONS: readonly Quantization[] = ['disabled', 'fp8_e4m3fn', 'fp8_e4m3fn_scaled', 'fp8_e5m2'];
+
+// Short names for --format, besides the VideoHelperSuite names.
+const FORMAT_ALIASES: Record<string, VideoFormat> = {
+  mp4: 'video/h264-mp4', h264: 'video/h264-mp4', 'h264-mp4': 'video/h264-mp4',
+  h265: 'video/h265-mp4', hevc: 'video/h265-mp4', 'h265-mp4': 'video/h265-mp4',
+  webm: 'video/webm', gif: 'image/gif', webp: 'image/webp', png: 'image/png',
+};
+const VIDEO_CODEC_FORMATS: readonly VideoFormat[] = ['video/h264-mp4', 'video/h265-mp4', 'video/webm'];
+
+const MAX_SIZE = 8192;
+const U64_MAX = (1n << 64n) - 1n;
+
+const GROUPS = {
+  models: 'Models:',
+  prompt: 'Prompt:',
+  image: 'Image to video (I2V, FLF2V):',
+  video: 'Video:',
+  sampling: 'Sampling:',
+  context: 'Context windows (long videos):',
+  memory: 'Memory and speed:',
+  output: 'Output:',
+} as const;
+
+export interface LoraSpec { path: string; strength: number }
+
+/** Everything a run uses, defaults filled in; saved in the output's metadata. */
+export interface GenerateSettings {
+  model: string[];
+  t5: string;
+  tokenizer?: string;
+  vae: string;
+  clipVision?: string;
+  clipEmbeds?: string;
+  attentionMode: AttentionMode;
+  basePrecision: BasePrecision;
+  quantization: Quantization;
+  loras: LoraSpec[];
+  compile: boolean;
+  numHeads?: number;
+  textLen: number;
+
+  prompt: string;
+  negativePrompt: string;
+  diskCache?: string;
+
+  image?: string;
+  endImage?: string;
+  clipCrop: ClipCrop;
+  noiseAugStrength: number;
+  startLatentStrength: number;
+  endLatentStrength: number;
+
+  width: number;
+  height: number;
+  numFrames: number;
+
+  steps: number;
+  cfg: number | number[];
+  shift: number;
+  seed: bigint;
+  scheduler: SchedulerName;
+  sigmas?: number[];
+  startStep: number;
+  endStep: number;
+  batchedCfg: boolean;
+  riflexFreqIndex: number;
+  feta?: { weight: number; startPercent: number; endPercent: number };
+  context?: Required<ContextOptions>;
+
+  blocksToSwap: number;
+  vaeTiling?: Required<Omit<VaeTileOptions, 'tiled'>>;
+  threads?: number;
+
+  outputDir: string;
+  filenamePrefix: string;
+  formats: VideoFormat[];
+  frameRate: number;
+  loopCount: number;
+  pingpong: boolean;
+  crf?: number;
+  pixFmt?: string;
+  lossless?: boolean;
+  saveMetadata: boolean;
+  quiet: boolean;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value parsers: each throws InvalidArgumentError, which commander prints after
+// "option '--width <pixels>' argument '40' is invalid."
+
+const INTEGER = /^[-+]?\d+$/;
+const DECIMAL = /^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/;
+
+function integer(min: number, max: number, extra?: (n: number) => string | undefined) {
+  return (value: string): number => {
+    const n = Number(value.trim());
+    if (!INTEGER.test(value.trim()) || !Number.isSafeInteger(n))
+      throw new InvalidArgumentError(`Expected an integer but received "${value}".`);
+    if (n < min || n > max) throw new InvalidArgumentError(`Expected an integer in ${min}..${max} but received ${n}.`);
+    const problem = extra?.(n);
+    if (problem) throw new InvalidArgumentError(problem);
+    return n;
+  };
+}
+
+function decimal(value: string, what = 'a number'): number {
+  const v = value.trim();
+  if (!DECIMAL.test(v)) throw new InvalidArgumentError(`Expected ${what} but received "${value}".`);
+  return Number(v);
+}
+
+function number(min: number, max: number) {
+  return (value: string): number => {
+    const n = decimal(value);
+    if (n < min || n > max) throw new InvalidArgumentError(`Expected a number in ${min}..${max} but received ${n}.`);
+    return n;
+  };
+}
+
+const multipleOf16 = integer(16, MAX_SIZE, (n) => n % 16 === 0 ? undefined
+  : `Expected a multiple of 16 (the VAE downsamples 8x and the DiT patches 2x2), such as ${Math.max(16, Math.round(n / 16) * 16)}, but received ${n}.`);
+
+const frameCount = integer(1, 10001, (n) => (n - 1) % 4 === 0 ? undefined
+  : `Expected a frame count of the form 4k+1 (1, 5, ..., 81: the VAE compresses 4 frames into one after the first), such as ${Math.max(1, Math.round((n - 1) / 4) * 4 + 1)}, but received ${n}.`);
+
+function numberList(min: number, max: number, what: string) {
+  return (value: string): number[] => {
+    const parts = value.split(',').map((s) => s.trim());
+    if (parts.length === 0 || parts.some((p) => p === ''))
+      throw new InvalidArgumentError(`Expected ${what}: numbers separated by commas, but received "${value}".`);
+    return parts.map((p) => {
+      const n = decimal(p, `${what}: numbers separated by commas,`);
+      if (n < min || n > max) throw new InvalidArgumentError(`Expected ${what} in ${min}..${max} but received ${n}.`);
+      return n;
+    });
+  };
+}
+
+function cfgValue(value: string): number | number[] {
+  const list = numberList(0, 30, 'cfg values')(value);
+  return list.length === 1 ? list[0] : list;
+}
+
+function seedValue(value: string): bigint {
+  const v = value.trim();
+  if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`Expected an integer in 0..2^64-1 but received "${value}".`);
+  const n = BigInt(v);
+  if (n > U64_MAX) throw new InvalidArgumentError(`Expected an integer in 0..2^64-1 (18446744073709551615) but received ${v}.`);
+  return n;
+}
+
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
+}
+
+function formatList(value: string, previous: VideoFormat[] | undefined): VideoFormat[] {
+  const out = [...(previous ?? [])];
+  for (const raw of value.split(',').map((s) => s.trim())) {
+    const f = (VIDEO_FORMATS as readonly string[]).includes(raw) ? raw as VideoFormat : FORMAT_ALIASES[raw];
+    if (!f) throw new InvalidArgumentError(`Expected one of ${VIDEO_FORMATS.join(', ')} ` +
+      `(or ${Object.keys(FORMAT_ALIASES).join(', ')}), or several separated by commas, but received "${raw}".`);
+    if (!out.includes(f)) out.push(f);
+  }
+  return out;
+}
+
+// `file:strength` (the strength after the last colon; 1.0 when there is none), as WanVideoLoraSelect.
+function loraValue(value: string, previous: LoraSpec[] | undefined): LoraSpec[] {
+  const colon = value.lastIndexOf(':');
+  let file = value, strength = 1;
+  if (colon >= 0) {
+    file = value.slice(0, colon);
+    const s = value.slice(colon + 1).trim();
+    if (!DECIMAL.test(s))
+      throw new InvalidArgumentError(`Expected <file>:<strength> with a number strength in -1000..1000 but the strength is "${s}".`);
+    strength = Number(s);
+    if (strength < -1000 || strength > 1000)
+      throw new InvalidArgumentError(`Expected a strength in -1000..1000 but received ${strength}.`);
+  }
+  if (file === '') throw new InvalidArgumentError('Expected <file>:<strength> but the file is empty.');
+  return [...(previous ?? []), { path: file, strength }];
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command
+
+interface OptionSpec {
+  default?: unknown;
+  defaultText?: string;
+  parse?: (value: string, previous: any) => unknown;
+  choices?: readonly string[];
+  mandatory?: boolean;
+  hidden?: boolean;
+}
+
+function option(group: string, flags: string, description: string, spec: OptionSpec = {}): Option {
+  // commander shows a default only when there is a value; "off" and "all cores" go in the text.
+  const text = spec.default === undefined && spec.defaultText ? `${description} (default: ${spec.defaultText})` : description;
+  const o = new Option(flags, text).helpGroup(group);
+  if (spec.choices) o.choices(spec.choices);
+  if (spec.parse) o.argParser(spec.parse);
+  if (spec.default !== undefined) o.default(spec.default, spec.defaultText);
+  if (spec.mandatory) o.makeOptionMandatory();
+  if (spec.hidden) o.hideHelp();
+  return o;
+}
+
+const NOT_YET = '(not available yet in this version)';
+
+export function generateCommand(): Command {
+  const g = GROUPS;
+  const cmd = new Command('generate')
+    .description('Make a video from a text prompt (text-to-video), or from a first frame and a prompt ' +
+      '(image-to-video; first and last frame with an FLF2V model).')
+    .usage('--model <file> --t5 <file> --vae <file> --prompt <text> [options]')
+    .helpOption('-h, --help', 'show this help')
+    .allowExcessArguments(false)
+    .configureHelp({ commandUsage: (c) => `wan-native generate ${c.usage()}` });
+
+  const options: Option[] = [
+    option(g.models, '--model <file>', 'the diffusion transformer (DiT): official, ComfyUI, Kijai or diffusers files, ' +
+      'bf16, fp16 or fp8; repeat for shards, or give their .index.json', { parse: collect, mandatory: true }),
+    option(g.models, '--t5 <file>', 'the umT5-XXL text encoder', { mandatory: true }),
+    option(g.models, '--tokenizer <file>', "umT5's spiece.model or tokenizer.json",
+      { defaultText: "the T5 file's own, or one beside it" }),
+    option(g.models, '--vae <file>', 'the Wan2.1 VAE', { mandatory: true }),
+    option(g.models, '--clip-vision <file>', 'the CLIP vision model (clip_vision_h, open-clip ViT-H/14): I2V and FLF2V models need it'),
+    option(g.models, '--clip-embeds <file>', 'CLIP embeddings computed before (safetensors with a clip_embeds tensor ' +
+      '[1, 257, 1280], optionally negative_clip_embeds) instead of --clip-vision'),
+    option(g.models, '--attention-mode <mode>', 'attention kernel; flash is tiled (never builds the L x L matrix), sageattn computes Q.K in int8',
+      { choices: ATTENTION_MODES, default: 'sdpa' }),
+    option(g.models, '--base-precision <dtype>', 'compute dtype on a GPU (a CPU always computes in fp32)',
+      { choices: BASE_PRECISIONS, default: 'bf16' }),
+    option(g.models, '--quantization <mode>', `weight storage; 'disabled' uses the weights as stored, fp8 files included; fp8_e4m3fn, fp8_e4m3fn_scaled and fp8_e5m2 convert at load; others ${NOT_YET}`,
+      { choices: QUANTIZATIONS, default: 'disabled' }),
+    option(g.models, '--lora <file[:strength]>', `apply a LoRA at a strength (1.0, -1000..1000); repeatable ${NOT_YET}`,
+      { parse: loraValue }),
+    option(g.models, '--compile', `torch.compile the transformer blocks ${NOT_YET}`),
+    option(g.models, '--num-heads <n>', "attention heads of the DiT, for models that are not a release's",
+      { parse: integer(1, 1024), defaultText: 'dim / 128, as in every release' }),
+    option(g.models, '--text-len <n>', 'text tokens a prompt is padded or cut to (text encoder and DiT)',
+      { parse: integer(2, 4096), default: 512 }),
+
+    option(g.prompt, '--prompt <text>', "what the video shows; prompts separated by '|' go to successive context windows",
+      { mandatory: true }),
+    option(g.prompt, '--negative-prompt <text>', 'what to steer away from (used when cfg is not 1)',
+      { default: DEFAULT_NEGATIVE_PROMPT, defaultText: "Wan2.1's official negative prompt (Chinese)" }),
+    option(g.prompt, '--disk-cache <dir>', 'keep text encodings in this folder and reuse them (use_disk_cache)'),
+
+    option(g.image, '--image <file>', 'the first frame (PNG, JPEG or WebP); needs an I2V or FLF2V model'),
+    option(g.image, '--end-image <file>', 'the last frame (FLF2V models; with an I2V model it conditions the last latent)'),
+    option(g.image, '--clip-crop <mode>', "how CLIP sees the image: 'disabled' stretches it to 224x224 as the official " +
+      "pipeline does, 'center' cuts the centre as the wrapper's default", { choices: CLIP_CROPS, default: 'disabled' }),
+    option(g.image, '--noise-aug-strength <x>', 'noise added to the images before encoding', { parse: number(0, 10), default: 0 }),
+    option(g.image, '--start-latent-strength <x>', 'multiplier of the first latent frame', { parse: number(0, 10), default: 1 }),
+    option(g.image, '--end-latent-strength <x>', 'multiplier of the last latent frame (with --end-image)', { parse: number(0, 10), default: 1 }),
+
+    option(g.video, '--width <pixels>', 'a multiple of 16', { parse: multipleOf16, default: 832 }),
+    option(g.video, '--height <pixels>', 'a multiple of 16', { parse: multipleOf16, default: 480 }),
+    option(g.video, '--num-frames <n>', 'frames, of the form 4k+1 (81 = 5 s at 16 fps)', { parse: frameCount, default: 81 }),
+
+    option(g.sampling, '--steps <n>', 'denoising steps', { parse: integer(1, 10000), default: 30 }),
+    option(g.sampling, '--cfg <x>', 'classifier-free guidance scale 0..30, or one per step separated by commas; 1 skips the negative pass',
+      { parse: cfgValue, default: 6 }),
+    option(g.sampling, '--shift <x>', 'timestep shift of the flow-matching schedule', { parse: number(0, 1000), default: 5 }),
+    option(g.sampling, '--seed <n>', 'noise seed, 0..2^64-1', { parse: seedValue, default: 0n, defaultText: '0' }),
+    option(g.sampling, '--scheduler <name>', 'sampler', { choices: SCHEDULER_NAMES, default: 'unipc' }),
+    option(g.sampling, '--sigmas <list>', 'custom sigmas in [0, 1] separated by commas (steps + 1 values, the last 0); ' +
+      'replaces the schedule and sets --steps', { parse: numberList(0, 1, 'sigmas') }),
+    option(g.sampling, '--start-step <n>', 'first step to run', { parse: integer(0, 10000), default: 0 }),
+    option(g.sampling, '--end-step <n>', 'step to stop before; -1 runs to the end', { parse: integer(-1, 10000), default: -1 }),
+    option(g.sampling, '--batched-cfg', 'run the positive and negative passes as one batch (faster on a GPU, more memory)'),
+    option(g.sampling, '--feta-weight <x>', 'Enhance-A-Video weight, 0..100 (2.0 is typical)', { parse: number(0, 100), defaultText: 'off' }),
+    option(g.sampling, '--feta-start-percent <x>', 'Enhance-A-Video from this fraction of the steps', { parse: number(0, 1), default: 0 }),
+    option(g.sampling, '--feta-end-percent <x>', 'Enhance-A-Video until this fraction of the steps', { parse: number(0, 1), default: 1 }),
+    option(g.sampling, '--riflex-freq-index <n>', `RIFLEx extrapolation frequency, 0 off (6 is typical) ${NOT_YET}`,
+      { parse: integer(0, 1000), default: 0 }),
+
+    option(g.context, '--context-frames <n>', 'frames per window (pixel frames); giving it turns context windows on',
+      { parse: integer(2, 1000), defaultText: 'off' }),
+    option(g.context, '--context-schedule <name>', 'how windows are placed', { choices: CONTEXT_SCHEDULES, default: 'uniform_standard' }),
+    option(g.context, '--context-stride <n>', 'window stride, pixel frames (uniform schedules)', { parse: integer(4, 100), default: 4 }),
+    option(g.context, '--context-overlap <n>', 'frames neighbouring windows share', { parse: integer(4, 100), default: 16 }),
+    option(g.context, '--no-freenoise', 'do not shuffle the noise per window (FreeNoise is on by default)'),
+    option(g.context, '--fuse-method <name>', "how overlapping windows blend: 'linear' ramps at the edges, 'pyramid' peaks mid-window",
+      { choices: CONTEXT_FUSE_METHODS, default: 'linear' }),
+
+    option(g.memory, '--blocks-to-swap <n>', `transformer blocks kept in CPU memory and moved to the GPU when used ${NOT_YET}`,
+      { parse: integer(0, 48), default: 0 }),
+    option(g.memory, '--vae-tiling', 'decode in spatial tiles, for sizes that do not fit otherwise'),
+    option(g.memory, '--tile-x <pixels>', 'tile width (with --vae-tiling), a multiple of 8', { parse: integer(8, MAX_SIZE), default: 272 }),
+    option(g.memory, '--tile-y <pixels>', 'tile height (with --vae-tiling), a multiple of 8', { parse: integer(8, MAX_SIZE), default: 272 }),
+    option(g.memory, '--tile-stride-x <pixels>', 'horizontal tile stride (with --vae-tiling), a multiple of 8', { parse: integer(8, MAX_SIZE), default: 144 }),
+    option(g.memory, '--tile-stride-y <pixels>', 'vertical tile stride (with --vae-tiling), a multiple of 8', { parse: integer(8, MAX_SIZE), default: 128 }),
+    option(g.memory, '--threads <n>', 'CPU threads libtorch uses', { parse: integer(1, 4096), defaultText: 'all cores' }),
+
+    option(g.output, '--output-dir <dir>', 'where files are written', { default: 'output', defaultText: './output' }),
+    option(g.output, '--filename-prefix <prefix>', 'start of the file names, may hold subfolders: <prefix>_00001.mp4', { default: 'wan' }),
+    option(g.output, '--format <formats>', `one or several separated by commas (or repeated): ${VIDEO_FORMATS.join(', ')}; ` +
+      'short names mp4, h265, webm, gif, webp, png (one file per frame)', { parse: formatList, defaultText: 'video/h264-mp4' }),
+    option(g.output, '--frame-rate <fps>', 'frames per second (Wan2.1 is trained on 16)', { parse: number(1, 1000), default: 16 }),
+    option(g.output, '--loop-count <n>', 'GIF and WebP: repeats after the first play, 0 forever; videos: extra copies',
+      { parse: integer(0, 100), default: 0 }),
+    option(g.output, '--pingpong', 'append the frames backwards, for a seamless loop'),
+    option(g.output, '--crf <n>', 'constant rate factor of video formats', { parse: integer(0, 63), defaultText: 'h264 19, h265 22, webm 20' }),
+    option(g.output, '--pix-fmt <name>', 'pixel format of video formats: yuv420p, yuv420p10le (h264, h265), yuva420p (webm)',
+      { defaultText: 'yuv420p; h265 yuv420p10le' }),
+    option(g.output, '--no-lossless', 'WebP: lossy at quality 80 instead of lossless'),
+    option(g.output, '--no-save-metadata', 'do not embed the prompt and settings in the output'),
+    option(g.output, '-q, --quiet', 'print only the written paths (and errors)'),
+  ];
+  for (const o of options) cmd.addOption(o);
+
+  cmd.addHelpText('after', `
+Files are checked from their headers before anything is loaded. Each model is freed as soon
+as its stage is done (text encoder, CLIP, then the DiT before decoding). Ctrl-C stops cleanly
+and writes nothing; a second Ctrl-C quits at once. Exit codes: 0 done, 1 failed, 2 bad
+options, 130 stopped.
+
+Examples:
+  wan-native generate --model wan2.1_t2v_1.3B_bf16.safetensors --t5 umt5-xxl-enc-bf16.safetensors \\
+    --vae wan_2.1_vae.safetensors --prompt "a cat walks on the beach at sunset" --format mp4,gif
+  wan-native generate --model wan2.1_i2v_480p_14B_bf16.safetensors --t5 umt5-xxl-enc-bf16.safetensors \\
+    --vae wan_2.1_vae.safetensors --clip-vision clip_vision_h.safetensors --image first.png \\
+    --prompt "the camera pans slowly to the right" --steps 20 --seed 42`);
+  return cmd;
+}
+
+// ---------------------------------------------------------------------------------------------
+// From parsed options to settings
+
+/** Library option names in messages -> the flags users typed. */
+const FLAG_OF: Record<string, string> = {
+  'contextOptions.frames': '--context-frames', 'contextOptions.stride': '--context-stride',
+  'contextOptions.overlap': '--context-overlap', 'contextOptions.schedule': '--context-schedule',
+  'contextOptions.fuse': '--fuse-method', steps: '--steps', shift: '--shift', sigmas: '--sigmas', scheduler: '--scheduler',
+  crf: '--crf', pixFmt: '--pix-fmt', loopCount: '--loop-count', frameRate: '--frame-rate', lossless: '--no-lossless',
+  filenamePrefix: '--filename-prefix', outputDir: '--output-dir', format: '--format',
+};
+
+function asUsage(err: unknown): never {
+  if (err instanceof WanError && err.code === 'WAN_INVALID_OPTION') {
+    const message = err.message
+      .replace(/\bcontextOptions\.\w+/g, (name) => FLAG_OF[name] ?? name)
+      .replace(/\b(for|with) ([a-z][A-Za-z]*)\b/g, (all, word, name) => (FLAG_OF[name] ? `${word} ${FLAG_OF[name]}` : all))
+      .replace(/ of type \w+/g, '');
+    throw new UsageError(message);
+  }
+  throw err;
+}
+
+export function settingsFrom(cmd: Command): GenerateSettings {
+  const o = cmd.opts();
+  const given = (key: string) => cmd.getOptionValueSource(key) === 'cli';
+  const flag = (key: string) => '--' + key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+
+  // Cross-option rules first; what is not implemented is refused after every value was checked.
+  for (const key of ['endImage', 'clipCrop', 'noiseAugStrength', 'startLatentStrength']) {
+    if (given(key) && !o.image) throw new UsageError(`${flag(key)} needs --image (it applies to image-to-video)`);
+  }
+  if (given('endLatentStrength') && !o.endImage) throw new UsageError('--end-latent-strength needs --end-image');
+  if (o.clipVision && o.clipEmbeds) throw new UsageError('--clip-vision and --clip-embeds exclude each other: give one');
+  if ((o.clipVision || o.clipEmbeds) && !o.image)
+    throw new UsageError(`${o.clipVision ? '--clip-vision' : '--clip-embeds'} needs --image (CLIP sees the first frame)`);
+  for (const key of ['contextSchedule', 'contextStride', 'contextOverlap', 'freenoise', 'fuseMethod']) {
+    if (given(key) && o.contextFrames === undefined)
+      throw new UsageError(`${key === 'freenoise' ? '--no-freenoise' : flag(key)} needs --context-frames (which turns context windows on)`);
+  }
+  for (const key of ['fetaStartPercent', 'fetaEndPercent']) {
+    if (given(key) && o.fetaWeight === undefined) throw new UsageError(`${flag(key)} needs --feta-weight (which turns Enhance-A-Video on)`);
+  }
+  for (const key of ['tileX', 'tileY', 'tileStrideX', 'tileStrideY']) {
+    if (given(key) && !o.vaeTiling) throw new UsageError(`${flag(key)} needs --vae-tiling`);
+    if (o[key] % 8 !== 0) throw new UsageError(`${flag(key)}: expected a multiple of 8 but received ${o[key]}`);
+  }
+  if (o.vaeTiling) {
+    if (o.tileStrideX >= o.tileX) throw new UsageError(`--tile-stride-x (${o.tileStrideX}) must be smaller than --tile-x (${o.tileX}) for tiles to overlap`);
+    if (o.tileStrideY >= o.tileY) throw new UsageError(`--tile-stride-y (${o.tileStrideY}) must be smaller than --tile-y (${o.tileY}) for tiles to overlap`);
+  }
+
+  // Steps: --sigmas sets them.
+  let steps: number = o.steps;
+  if (o.sigmas) {
+    if (given('steps') && o.steps !== o.sigmas.length - 1)
+      throw new UsageError(`--steps ${o.steps} does not match --sigmas, which gives ${o.sigmas.length - 1} steps (one fewer than sigmas); leave --steps out`);
+    steps = o.sigmas.length - 1;
+  }
+  try {
+    schedule(o.scheduler, { steps, shift: o.shift, sigmas: o.sigmas });
+  } catch (err) {
+    asUsage(err);
+  }
+  if (Array.isArray(o.cfg) && o.cfg.length !== steps)
+    throw new UsageError(`--cfg: expected one value or ${steps} (one per step) but received ${o.cfg.length}`);
+  if (o.startStep >= steps) throw new UsageError(`--start-step: expected an integer in 0..${steps - 1} but received ${o.startStep}`);
+  if (o.endStep !== -1 && (o.endStep <= o.startStep || o.endStep > steps))
+    throw new UsageError(`--end-step: expected -1 or an integer in ${o.startStep + 1}..${steps} but received ${o.endStep}`);
+
+  let context: Required<ContextOptions> | undefined;
+  if (o.contextFrames !== undefined) {
+    context = {
+      frames: o.contextFrames, schedule: o.contextSchedule as ContextSchedule, stride: o.contextStride,
+      overlap: o.contextOverlap, freenoise: o.freenoise as boolean, fuse: o.fuseMethod as ContextFuse,
+    };
+    try {
+      resolveContextOptions(context, latentFramesOf(o.numFrames));
+    } catch (err) {
+      asUsage(err);
+    }
+  }
+
+  const promptCount = (o.prompt as string).split('|').length;
+  if (promptCount > 1 && !context)
+    throw new UsageError(`--prompt holds ${promptCount} prompts separated by '|', which go to successive context windows: ` +
+      'give --context-frames too (or leave the | out)');
+
+  const formats: VideoFormat[] = o.format ?? ['video/h264-mp4'];
+  const videoFormats = formats.filter((f) => VIDEO_CODEC_FORMATS.includes(f));
+  for (const key of ['crf', 'pixFmt']) {
+    if (o[key] !== undefined && videoFormats.length === 0)
+      throw new UsageError(`${flag(key)} applies to the video formats (${VIDEO_CODEC_FORMATS.join(', ')}) but --format is ${formats.join(',')}`);
+  }
+  if (given('lossless') && !formats.includes('image/webp'))
+    throw new UsageError(`--no-lossless applies to image/webp but --format is ${formats.join(',')}`);
+
+  const s: GenerateSettings = {
+    model: o.model, t5: o.t5, tokenizer: o.tokenizer, vae: o.vae, clipVision: o.clipVision, clipEmbeds: o.clipEmbeds,
+    attentionMode: o.attentionMode, basePrecision: o.basePrecision, quantization: o.quantization,
+    loras: o.lora ?? [], compile: o.compile === true, numHeads: o.numHeads, textLen: o.textLen,
+    prompt: o.prompt, negativePrompt: o.negativePrompt, diskCache: o.diskCache,
+    image: o.image, endImage: o.endImage, clipCrop: o.clipCrop, noiseAugStrength: o.noiseAugStrength,
+    startLatentStrength: o.startLatentStrength, endLatentStrength: o.endLatentStrength,
+    width: o.width, height: o.height, numFrames: o.numFrames,
+    steps, cfg: o.cfg, shift: o.shift, seed: o.seed, scheduler: o.scheduler, sigmas: o.sigmas,
+    startStep: o.startStep, endStep: o.endStep, batchedCfg: o.batchedCfg === true, riflexFreqIndex: o.riflexFreqIndex,
+    feta: o.fetaWeight === undefined ? undefined
+      : { weight: o.fetaWeight, startPercent: o.fetaStartPercent, endPercent: o.fetaEndPercent },
+    context,
+    blocksToSwap: o.blocksToSwap,
+    vaeTiling: o.vaeTiling ? { tileX: o.tileX, tileY: o.tileY, tileStrideX: o.tileStrideX, tileStrideY: o.tileStrideY } : undefined,
+    threads: o.threads,
+    outputDir: path.resolve(o.outputDir), filenamePrefix: o.filenamePrefix, formats, frameRate: o.frameRate,
+    loopCount: o.loopCount, pingpong: o.pingpong === true, crf: o.crf, pixFmt: o.pixFmt,
+    lossless: given('lossless') ? o.lossless : undefined, saveMetadata: o.saveMetadata !== false, quiet: o.quiet === true,
+  };
+
+  // Parsed and valid, but not implemented: refused rather than ignored.
+  const notYet = (what: string, why: string) =>
+    new UsageError(`${what} is not available yet in this version of wan-native (${why}); leave it out`);
+  if (!LOADED_QUANTIZATIONS.includes(s.quantization))
+    throw notYet(`--quantization ${s.quantization}`, `the model computes on the CPU, where fp8 is storage: use one of ${LOADED_QUANTIZATIONS.join(', ')}`);
+  if (s.loras.length > 0) throw notYet('--lora', 'LoRA weights cannot be applied to the model yet');
+  if (s.compile) throw notYet('--compile', 'there is no compiled path');
+  if (s.blocksToSwap > 0) throw notYet('--blocks-to-swap', 'block swapping between CPU and GPU memory is not implemented');
+  if (s.riflexFreqIndex > 0) throw notYet('--riflex-freq-index', 'RIFLEx is not implemented');
+  return s;
+}
+
+// The output options as videoCombine will check them, checked now: a stream that yields nothing
+// and a signal already aborted make videoCombine validate its options, then stop before it
+// touches ffmpeg or the disk (it rejects with WAN_ABORTED when the options are valid).
+async function checkOutputOptions(s: GenerateSettings): Promise<void> {
+  const empty: AsyncIterable<Tensor> = { [Symbol.asyncIterator]: () => ({ next: async () => ({ done: true, value: undefined }) }) };
+  for (const format of s.formats) {
+    try {
+      await videoCombine(empty, { ...combineOptions(s, format), metadata: {}, signal: AbortSignal.abort() });
+    } catch (err) {
+      if (err instanceof WanError && err.code === 'WAN_ABORTED') continue;
+      asUsage(err);
+    }
+  }
+}
+
+function combineOptions(s: GenerateSettings, format: VideoFormat): VideoCombineOptions {
+  const video = VIDEO_CODEC_FORMATS.includes(format);
+  return {
+    format, frameRate: s.frameRate, loopCount: s.loopCount, pingpong: s.pingpong, outputDir: s.outputDir,
+    filenamePrefix: s.filenamePrefix, saveMetadata: s.saveMetadata,
+    ...(video && s.crf !== undefined ? { crf: s.crf } : {}),
+    ...(video && s.pixFmt !== undefined ? { pixFmt: s.pixFmt } : {}),
+    ...(format === 'image/webp' && s.lossless !== undefined ? { lossless: s.lossless } : {}),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files, from their headers
+
+type Task = 't2v' | 'i2v' | 'flf2v';
+
+interface Plan { task: Task; startImage?: Tensor; endImage?: Tensor }
+
+// Images are decoded now (they are small), so that a file that is no image is a usage error.
+async function decodeImage(file: string, flagName: string): Promise<Tensor> {
+  try {
+    return await loadImage(file);
+  } catch (err) {
+    if (err instanceof WanError && err.code === 'WAN_INVALID_OPTION') throw new UsageError(`${flagName}: ${err.message}`);
+    throw err;
+  }
+}
+
+function mustExist(file: string, flagName: string): void {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(file);
+  } catch {
+    throw new UsageError(`${flagName}: no such file: ${file}`);
+  }
+  if (!stat.isFile()) throw new UsageError(`${flagName}: not a file: ${file}`);
+}
+
+async function inspectAs(file: string | string[], flagName: string, family: CheckpointInfo['family'], what: string): Promise<CheckpointInfo> {
+  let info: CheckpointInfo;
+  try {
+    info = await inspectCheckpoint(file);
+  } catch (err) {
+    if (err instanceof WanError) throw new WanError(err.code, `${flagName}: ${err.message}`);
+    throw err;
+  }
+  if (info.family !== family && info.family !== 'unknown') {
+    const name = Array.isArray(file) ? file[0] : file;
+    throw new UsageError(`${flagName}: ${name} is a ${info.family} checkpoint, not ${what}`);
+  }
+  return info;
+}
+
+async function preflight(s: GenerateSettings): Promise<Plan> {
+  for (const f of s.model) mustExist(f, '--model');
+  mustExist(s.t5, '--t5');
+  mustExist(s.vae, '--vae');
+  for (const [file, name] of [[s.tokenizer, '--tokenizer'], [s.clipVision, '--clip-vision'], [s.clipEmbeds, '--clip-embeds'],
+    [s.image, '--image'], [s.endImage, '--end-image']] as const) if (file !== undefined) mustExist(file, name);
+
+  const dit = await inspectAs(s.model.length === 1 ? s.model[0] : s.model, '--model', 'wan-dit', 'a Wan diffusion model (DiT)');
+  const t5 = await inspectAs(s.t5, '--t5', 'umt5', 'a umT5 text encoder');
+  await inspectAs(s.vae, '--vae', 'wan-vae', 'a Wan VAE');
+  // A layout inspect cannot name: trust the options now, and the loaded model's config later.
+  const task = dit.family === 'unknown' ? (s.image ? (s.endImage ? 'flf2v' : 'i2v') : 't2v') : (dit.task || 't2v');
+  if (!['t2v', 'i2v', 'flf2v'].includes(task))
+    throw new UsageError(`--model: a ${task} model cannot generate on its own (t2v, i2v and flf2v models can)`);
+  const textDim = dit.config.text_dim, t5Dim = t5.config.dim;
+  if (textDim !== undefined && t5Dim !== undefined && textDim !== t5Dim)
+    throw new UsageError(`--t5: the text encoder gives ${t5Dim}-wide embeddings but the model takes ${textDim} (text_dim)`);
+
+  if (task === 't2v') {
+    if (s.image) throw new UsageError('--image: the model is a text-to-video (t2v) model; image-to-video needs an I2V or FLF2V model');
+  } else {
+    if (!s.image) throw new UsageError(`--image: the model is an ${task} model, which needs a first frame (--image)`);
+    if (task === 'flf2v' && !s.endImage) throw new UsageError('--end-image: the model is an FLF2V model, which needs a last frame');
+    if (!s.clipVision && !s.clipEmbeds)
+      throw new UsageError(`--clip-vision: an ${task} model needs CLIP embeddings of the image (--clip-vision, or --clip-embeds)`);
+    const imageDim = dit.config.image_dim;
+    if (s.clipVision) {
+      const clip = await inspectAs(s.clipVision, '--clip-vision', 'clip-vision', 'a CLIP vision model');
+      const visionDim = clip.config.vision_dim;
+      if (imageDim !== undefined && visionDim !== undefined && visionDim !== imageDim)
+        throw new UsageError(`--clip-vision: ${s.clipVision} gives ${visionDim}-wide embeddings but the model takes ${imageDim} ` +
+          `(image_dim); Wan2.1 I2V and FLF2V models take those of CLIP ViT-H/14 (clip_vision_h)`);
+    }
+  }
+  if (s.formats.some((f) => f !== 'image/png')) await findFfmpeg();
+  if (task === 't2v') return { task };
+  const startImage = await decodeImage(s.image!, '--image');
+  const endImage = s.endImage ? await decodeImage(s.endImage, '--end-image').catch((err) => { startImage.dispose(); throw err; }) : undefined;
+  return { task: task as Task, startImage, endImage };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+export interface RunContext {
+  argv: string[];
+  version: string;
+  signal: AbortSignal;
+  view: StageView;
+  /** Receives each written path (stdout). */
+  output: (line: string) => void;
+  /** Filled with the files written so far, complete ones only (for a message when stopped). */
+  written: string[];
+}
+
+function jsonSafe(s: GenerateSettings, task: Task): Record<string, unknown> {
+  const { quiet: _quiet, ...rest } = s;
+  const seed = Number.isSafeInteger(Number(s.seed)) ? Number(s.seed) : s.seed.toString();
+  return { task, ...rest, seed };
+}
+
+async function loadClipEmbeds(file: string, task: Task): Promise<ClipEmbeds> {
+  const { tensors } = await loadSafetensors(file);
+  const clip = tensors.get('clip_embeds');
+  if (!clip) {
+    for (const t of tensors.values()) t.dispose();
+    throw new UsageError(`--clip-embeds: ${file} has no tensor named clip_embeds (it has ${[...tensors.keys()].join(', ') || 'none'})`);
+  }
+  const negative = tensors.get('negative_clip_embeds');
+  for (const [k, t] of tensors) if (k !== 'clip_embeds' && k !== 'negative_clip_embeds') t.dispose();
+  // One image per sample; FLF2V models take the first and the last frame's.
+  const images = task === 'flf2v' ? 2 : 1;
+  for (const [name, t] of [['clip_embeds', clip], ['negative_clip_embeds', negative]] as const) {
+    if (t && (t.shape.length !== 3 || t.shape[0] !== images || t.shape[2] !== 1280)) {
+      clip.dispose();
+      negative?.dispose();
+      throw new UsageError(`--clip-embeds: expected ${name} of shape [${images}, 257, 1280] for an ${task} model but ${file} holds [${t.shape.join(', ')}]`);
+    }
+  }
+  return { clipEmbeds: clip, negativeClipEmbeds: negative };
+}
+
+/** Runs the pipeline; resolves to the written paths. Aborting `ctx.signal` stops it at the next check. */
+export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise<string[]> {
+  const { view, signal } = ctx;
+  await checkOutputOptions(s);
+  const plan = await preflight(s);
+  if (s.threads !== undefined) native().setThreads(s.threads);
+  const started = performance.now();
+  const prompts = s.prompt.split('|').map((p) => p.trim());
+  const base = (f: string) => path.basename(f);
+  const seed = s.seed;
+  const latentFrames = latentFramesOf(s.numFrames);
+  view.note(`wan-native generate: ${plan.task} ${s.width}x${s.height}, ${s.numFrames} frames, ${s.steps} steps ` +
+    `(${s.scheduler}, cfg ${Array.isArray(s.cfg) ? 'per step' : s.cfg}, shift ${s.shift}, seed ${seed})`);
+
+  const owned: { dispose(): void }[] = [];
+  const keep = <T extends { dispose(): void }>(x: T): T => { owned.push(x); return x; };
+  const startImage = plan.startImage && keep(plan.startImage), endImage = plan.endImage && keep(plan.endImage);
+  const free = (x: { dispose(): void } | undefined) => {
+    if (!x) return;
+    x.dispose();
+    const i = owned.indexOf(x);
+    if (i >= 0) owned.splice(i, 1);
+  };
+  const sampleSteps = (s.endStep === -1 ? s.steps : s.endStep) - s.startStep;
+  const extra: Partial<Record<'sampling', string>> = {};
+  try {
+    // Text: umT5 encodes the prompts and the negative prompt, then is freed.
+    view.begin('text', `encoding ${prompts.length} prompt${prompts.length > 1 ? 's' : ''} with ${base(s.t5)}`);
+    const encoder = keep(await TextEncoder.load(s.t5, { tokenizer: s.tokenizer, textLen: s.textLen, signal }));
+    const text: TextEmbeds = await encoder.encode({ positive: prompts.length > 1 ? prompts : prompts[0], negative: s.negativePrompt },
+      { diskCache: s.diskCache, signal });
+    free(encoder);
+    for (const t of [...text.promptEmbeds, ...text.negativePromptEmbeds]) keep(t);
+    view.end();
+
+    // CLIP: the first frame (and the last, for FLF2V) into image tokens; the encoder is freed.
+    let clipEmbeds: ClipEmbeds | undefined;
+    if (plan.task !== 't2v') {
+      if (s.clipEmbeds) {
+        view.begin('clip', `reading ${base(s.clipEmbeds)}`);
+        clipEmbeds = await loadClipEmbeds(s.clipEmbeds, plan.task);
+      } else {
+        view.begin('clip', `encoding the ${plan.task === 'flf2v' ? 'first and last frames' : 'first frame'} with ${base(s.clipVision!)}`);
+        const clip = keep(await ClipVisionEncoder.load(s.clipVision!, { signal }));
+        clipEmbeds = await clip.encode(startImage!, {
+          crop: s.clipCrop, signal,
+          ...(plan.task === 'flf2v' ? { image2: endImage, combineEmbeds: 'batch' as const } : {}),
+        });
+        free(clip);
+      }
+      keep(clipEmbeds.clipEmbeds);
+      if (clipEmbeds.negativeClipEmbeds) keep(clipEmbeds.negativeClipEmbeds);
+      view.end();
+    }
+
+    // Encode: the latent shape (T2V) or the VAE-encoded first/last frames under their mask (I2V).
+    let vae: Vae | undefined;
+    let embeds: ImageEmbeds;
+    if (plan.task === 't2v') {
+      embeds = emptyEmbeds({ width: s.width, height: s.height, numFrames: s.numFrames });
+    } else {
+      view.begin('encode', `encoding the image${endImage ? 's' : ''} with ${base(s.vae)}`);
+      vae = keep(await Vae.load(s.vae, { signal }));
+      embeds = await imageToVideoEncode({
+        vae, width: s.width, height: s.height, numFrames: s.numFrames, startImage: startImage!, endImage,
+        clipEmbeds, noiseAugStrength: s.noiseAugStrength, startLatentStrength: s.startLatentStrength,
+        endLatentStrength: s.endLatentStrength, seed, signal,
+      });
+      if (embeds.y) keep(embeds.y);
+      free(startImage);
+      free(endImage);
+      view.end();
+    }
+
+    // Load and sample; the model is freed before decoding.
+    view.begin('load', `${s.model.map(base).join(' + ')}`);
+    const model = keep(await WanModel.load(s.model.length === 1 ? s.model[0] : s.model, {
+      attentionMode: s.attentionMode, basePrecision: s.basePrecision, numHeads: s.numHeads, textLen: s.textLen, signal,
+      quantization: s.quantization as ModelLoaderOptions['quantization'],
+    }));
+    if (model.config.modelType !== plan.task) {
+      // Shards can hold what the first file does not (FLF2V's second image position table).
+      throw new UsageError(`--model: the loaded model is ${model.config.modelType}, not ${plan.task} as its headers said`);
+    }
+    view.end();
+
+    view.begin('sampling', `${sampleSteps} step${sampleSteps > 1 ? 's' : ''} of ${s.scheduler}, ${latentFrames} latent frame${latentFrames > 1 ? 's' : ''}` +
+      (s.context ? `, context windows of ${s.context.frames} frames` : ''));
+    const latent = keep(await new Sampler(model).sample({
+      imageEmbeds: embeds, textEmbeds: text, steps: s.steps, cfg: s.cfg, shift: s.shift, seed, scheduler: s.scheduler,
+      sigmas: s.sigmas, startStep: s.startStep, endStep: s.endStep, batchedCfg: s.batchedCfg,
+      contextOptions: s.context, fetaArgs: s.feta, signal,
+      onProgress: (p) => view.progress(p, 'steps'),
+    }));
+    // The denoiser and its conditioning are done with: freed before the VAE decodes.
+    free(model);
+    for (const x of [...text.promptEmbeds, ...text.negativePromptEmbeds, embeds.y, clipEmbeds?.clipEmbeds, clipEmbeds?.negativeClipEmbeds]) free(x);
+    view.end((seconds) => (extra.sampling = `${(seconds / sampleSteps).toFixed(2)} s/step`));
+
+    // Decode and write. One format: frames are encoded as they are decoded, never all in memory;
+    // several: the video is decoded once and written in each format.
+    vae ??= keep(await Vae.load(s.vae, { signal }));
+    const metadata = s.saveMetadata ? {
+      prompt: s.prompt, negative_prompt: s.negativePrompt,
+      settings: { version: ctx.version, ...jsonSafe(s, plan.task) },
+      command: ['wan-native', ...ctx.argv],
+    } : undefined;
+    const tiling = s.vaeTiling ? { tiled: true, ...s.vaeTiling } : {};
+    const files = ctx.written;
+    if (s.formats.length === 1) {
+      view.begin('decode', `${latentFrames} latent frame${latentFrames > 1 ? 's' : ''} with ${base(s.vae)}, written as ${s.formats[0]} as they come`);
+      const writeStart = performance.now();
+      let decodeMs = 0;
+      const timed = async function* (source: AsyncGenerator<Tensor>): AsyncGenerator<Tensor> {
+        try {
+          for (;;) {
+            const t0 = performance.now();
+            const next = await source.next();
+            decodeMs += performance.now() - t0;
+            if (next.done) return;
+            yield next.value;
+          }
+        } finally {
+          await source.return(undefined);
+        }
+      };
+      const result = await videoCombine(timed(vae.decodeFrames(latent, { ...tiling, signal,
+        onProgress: (p) => view.progress(p, 'latent frames') })), { ...combineOptions(s, s.formats[0]), metadata, signal });
+      files.push(...result.files);
+      // Decoding and writing interleave: decode is the time spent waiting for frames, write the rest.
+      const total = (performance.now() - writeStart) / 1000, decode = decodeMs / 1000, write = Math.max(0, total - decode);
+      view.close();
+      view.record('decode', decode);
+      view.record('write', write);
+      view.note(`decode: done in ${formatSeconds(decode)}; write: ${result.frames} frames in ${formatSeconds(write)}`);
+    } else {
+      view.begin('decode', `${latentFrames} latent frame${latentFrames > 1 ? 's' : ''} with ${base(s.vae)}`);
+      const video = keep(await vae.decode(latent, { ...tiling, signal, onProgress: (p) => view.progress(p, 'latent frames') }));
+      free(vae);
+      view.end();
+      view.begin('write', s.formats.join(', '));
+      for (const format of s.formats) {
+        const result = await videoCombine(video, { ...combineOptions(s, format), metadata, signal });
+        files.push(...result.files);
+      }
+      view.end();
+    }
+    view.note(view.summary(extra, (performance.now() - started) / 1000));
+    for (const f of files) ctx.output(f);
+    return files;
+  } finally {
+    view.stopBar();
+    for (const x of owned.reverse()) x.dispose();
+  }
+}

@@ -1,0 +1,275 @@
+// What each ComfyUI node does, in terms of the library. Values passed between nodes keep the
+// library's layouts: IMAGE is a Tensor [3, H, W] or [3, F, H, W] in [-1, 1] (not ComfyUI's
+// [F, H, W, 3] in [0, 1]), LATENT a Tensor [16, T, H/8, W/8], and the wrapper's dicts
+// (text_embeds, image_embeds, clip embeds, context options, feta args) the library's objects.
+import { ClipVisionEncoder, type ClipEmbeds } from './clip';
+import { emptyEmbeds, imageToVideoEncode, type ImageEmbeds } from './conditioning';
+import type { ContextOptions } from './context-windows';
+import { invalidOption, WanError } from './errors';
+import { loadImage } from './image';
+import { WanModel, type Quantization } from './model';
+import type { Progress } from './progress';
+import { Sampler, type FetaArgs } from './sampler';
+import type { SchedulerName } from './schedulers';
+import { Tensor } from './tensor';
+import { TextEncoder, type TextEmbeds } from './text-encoder';
+import { Vae, type VaeDecodeOptions } from './vae';
+import { videoCombine, type VideoCombineOptions, type VideoFormat } from './video';
+import type { GraphNode } from './workflow-graph';
+import { ATTENTION_MAP } from './workflow-spec';
+
+/** One output of a node: its value, how to free it, and which of the node's inputs it borrows from. */
+export interface Produced {
+  value: unknown;
+  dispose?: () => void;
+  /** Input names whose values this output refers to (they stay alive as long as it does). */
+  retains?: string[];
+}
+
+export interface NodeContext {
+  node: GraphNode;
+  /** A widget value (defaults applied). */
+  value<T>(name: string): T;
+  /** The value on a link input, or undefined when it is not connected. */
+  input<T>(name: string): T | undefined;
+  /** The file a FILE input names, resolved against the model folders. */
+  file(name: string): string;
+  signal?: AbortSignal;
+  onProgress: (p: Progress) => void;
+  /** WanVideoDecode: the frames feed one VHS_VideoCombine only, so they may be streamed. */
+  streamFrames: boolean;
+  /** What VHS_VideoCombine embeds (VHS: prompt and workflow). */
+  metadata: Record<string, unknown>;
+  outputDir?: string;
+  /** Where WanVideoTextEncode's use_disk_cache keeps embeddings. */
+  textCacheDir: string;
+}
+
+export type Executor = (ctx: NodeContext) => Promise<Produced[]>;
+
+/** Frames decoded chunk by chunk (Vae.decodeFrames) on their way to VHS_VideoCombine. */
+export class FrameStream {
+  constructor(readonly frames: AsyncIterable<Tensor>) {}
+}
+
+const disposing = (...tensors: (Tensor | undefined)[]) => () => { for (const t of tensors) t?.dispose(); };
+
+// The wrapper rounds frame counts down to 4k + 1 ((num_frames - 1) // 4 * 4 + 1).
+const framesOf = (n: number) => Math.floor((n - 1) / 4) * 4 + 1;
+
+// [3, H, W] from an IMAGE: itself, or a copy of a one-frame [3, 1, H, W].
+function singleImage(image: Tensor, what: string): { image: Tensor; owned: boolean } {
+  const s = image.shape;
+  if (s.length === 3) return { image, owned: false };
+  if (s.length === 4 && s[1] === 1)
+    return { image: Tensor.fromTypedArray(image.toTypedArray() as Float32Array, [s[0], s[2], s[3]]), owned: true };
+  throw invalidOption(`${what}: expected one image but received ${s.length === 4 ? `${s[1]} frames` : `a tensor of shape [${s.join(', ')}]`}`);
+}
+
+// [3, F, H, W] from an IMAGE: itself, or a single image as one frame (a copy).
+function videoFrames(image: Tensor): { frames: Tensor; owned: boolean } {
+  const s = image.shape;
+  if (s.length === 3) return { frames: Tensor.fromTypedArray(image.toTypedArray() as Float32Array, [s[0], 1, s[1], s[2]]), owned: true };
+  return { frames: image, owned: false };
+}
+
+function disposeTextEmbeds(e: TextEmbeds): void {
+  for (const t of [...e.promptEmbeds, ...e.negativePromptEmbeds]) t.dispose();
+}
+
+export const EXECUTORS: Record<string, Executor> = {
+  async WanVideoModelLoader(c) {
+    const model = await WanModel.load(c.file('model'), {
+      basePrecision: c.value('base_precision'),
+      quantization: c.value<Quantization>('quantization'),
+      attentionMode: ATTENTION_MAP[c.value<string>('attention_mode')],
+      numHeads: c.value('num_heads'),
+      textLen: c.value('text_len'),
+      signal: c.signal, onProgress: c.onProgress,
+    });
+    // block_swap_args, compile_args and lora reach here only as no-ops (their nodes refuse the rest).
+    return [{ value: model, dispose: () => model.dispose() }];
+  },
+
+  async WanVideoBlockSwap(c) {
+    return [{ value: { blocksToSwap: c.value('blocks_to_swap') } }];
+  },
+
+  async WanVideoTorchCompileSettings() {
+    throw new WanError('WAN_INTERNAL', 'torch.compile settings should have been refused when the workflow was read');
+  },
+
+  async WanVideoLoraSelect(c) {
+    // Only strength 0 gets here: the wrapper skips such a LoRA, so the list is the previous one.
+    return [{ value: c.input<unknown[]>('prev_lora') ?? [] }];
+  },
+
+  async LoadWanVideoT5TextEncoder(c) {
+    const tokenizer = c.value<string | undefined>('tokenizer');
+    const encoder = await TextEncoder.load(c.file('model_name'), {
+      tokenizer: tokenizer === undefined ? undefined : c.file('tokenizer'),
+      signal: c.signal, onProgress: c.onProgress,
+    });
+    return [{ value: encoder, dispose: () => encoder.dispose() }];
+  },
+
+  async WanVideoVAELoader(c) {
+    const vae = await Vae.load(c.file('model_name'), { signal: c.signal, onProgress: c.onProgress });
+    return [{ value: vae, dispose: () => vae.dispose() }];
+  },
+
+  async LoadWanVideoClipTextEncoder(c) {
+    const clip = await ClipVisionEncoder.load(c.file('model_name'), { numHeads: c.value('num_heads'), signal: c.signal, onProgress: c.onProgress });
+    return [{ value: clip, dispose: () => clip.dispose() }];
+  },
+
+  async CLIPVisionLoader(c) {
+    const clip = await ClipVisionEncoder.load(c.file('clip_name'), { numHeads: c.value('num_heads'), signal: c.signal, onProgress: c.onProgress });
+    return [{ value: clip, dispose: () => clip.dispose() }];
+  },
+
+  async WanVideoTextEncode(c) {
+    const text = c.value<string>('positive_prompt');
+    // As the wrapper: several prompts separated by '|' (for context windows), each stripped.
+    const positive = text.includes('|') ? text.split('|').map((p) => p.trim()) : [text.trim()];
+    const embeds = await c.input<TextEncoder>('t5')!.encode({ positive, negative: c.value('negative_prompt') }, {
+      diskCache: c.value<boolean>('use_disk_cache') ? c.textCacheDir : undefined,
+      signal: c.signal, onProgress: c.onProgress,
+    });
+    return [{ value: embeds, dispose: () => disposeTextEmbeds(embeds) }];
+  },
+
+  async WanVideoClipVisionEncode(c) {
+    const owned: Tensor[] = [];
+    const image = (name: string): Tensor | undefined => {
+      const t = c.input<Tensor>(name);
+      if (t === undefined) return undefined;
+      const single = singleImage(t, `input ${name}`);
+      if (single.owned) owned.push(single.image);
+      return single.image;
+    };
+    try {
+      const embeds = await c.input<ClipVisionEncoder>('clip_vision')!.encode(image('image_1')!, {
+        strength1: c.value('strength_1'), strength2: c.value('strength_2'), crop: c.value('crop'),
+        combineEmbeds: c.value('combine_embeds'), image2: image('image_2'), negativeImage: image('negative_image'),
+        signal: c.signal, onProgress: c.onProgress,
+      });
+      return [{ value: embeds, dispose: disposing(embeds.clipEmbeds, embeds.negativeClipEmbeds) }];
+    } finally {
+      for (const t of owned) t.dispose();
+    }
+  },
+
+  async WanVideoImageToVideoEncode(c) {
+    const width = c.value<number>('width'), height = c.value<number>('height'), numFrames = framesOf(c.value('num_frames'));
+    const start = c.input<Tensor>('start_image'), end = c.input<Tensor>('end_image');
+    // Without images the wrapper returns WanVideoEmptyEmbeds' output.
+    if (!start && !end) return [{ value: emptyEmbeds({ width, height, numFrames }) }];
+    const owned: Tensor[] = [];
+    const image = (t: Tensor | undefined, name: string) => {
+      if (!t) return undefined;
+      const single = singleImage(t, `input ${name}`);
+      if (single.owned) owned.push(single.image);
+      return single.image;
+    };
+    try {
+      const clip = c.input<ClipEmbeds>('clip_embeds');
+      const embeds = await imageToVideoEncode({
+        vae: c.input<Vae>('vae')!, width, height, numFrames,
+        startImage: image(start, 'start_image')!, endImage: image(end, 'end_image'), clipEmbeds: clip,
+        noiseAugStrength: c.value('noise_aug_strength'), startLatentStrength: c.value('start_latent_strength'),
+        endLatentStrength: c.value('end_latent_strength'), signal: c.signal, onProgress: c.onProgress,
+      });
+      // clipContext is the CLIP node's tensor, borrowed: that node's output stays alive with this one.
+      return [{ value: embeds, dispose: disposing(embeds.y), retains: clip ? ['clip_embeds'] : [] }];
+    } finally {
+      for (const t of owned) t.dispose();
+    }
+  },
+
+  async WanVideoEmptyEmbeds(c) {
+    return [{ value: emptyEmbeds({ width: c.value('width'), height: c.value('height'), numFrames: framesOf(c.value('num_frames')) }) }];
+  },
+
+  async WanVideoContextOptions(c) {
+    const options: ContextOptions = {
+      schedule: c.value('context_schedule'), frames: c.value('context_frames'), stride: c.value('context_stride'),
+      overlap: c.value('context_overlap'), freenoise: c.value('freenoise'), fuse: c.value('fuse_method'),
+    };
+    return [{ value: options }];
+  },
+
+  async WanVideoEnhanceAVideo(c) {
+    const feta: FetaArgs = { weight: c.value('weight'), startPercent: c.value('start_percent'), endPercent: c.value('end_percent') };
+    return [{ value: feta }];
+  },
+
+  async WanVideoSampler(c) {
+    const latent = await new Sampler(c.input<WanModel>('model')!).sample({
+      imageEmbeds: c.input<ImageEmbeds>('image_embeds')!,
+      textEmbeds: c.input<TextEmbeds>('text_embeds')!,
+      steps: c.value('steps'), cfg: c.value('cfg'), shift: c.value('shift'), seed: c.value('seed'),
+      scheduler: c.value<SchedulerName>('scheduler'),
+      samples: c.input<Tensor>('samples'), denoiseStrength: c.value('denoise_strength'),
+      contextOptions: c.input<ContextOptions>('context_options'), fetaArgs: c.input<FetaArgs>('feta_args'),
+      batchedCfg: c.value('batched_cfg'), startStep: c.value('start_step'), endStep: c.value('end_step'),
+      addNoiseToSamples: c.value('add_noise_to_samples'),
+      signal: c.signal, onProgress: c.onProgress,
+    });
+    return [{ value: latent, dispose: () => latent.dispose() }, { value: undefined }];
+  },
+
+  async WanVideoDecode(c) {
+    const vae = c.input<Vae>('vae')!, latent = c.input<Tensor>('samples')!;
+    const options: VaeDecodeOptions = {
+      clamp: c.value('normalization') !== 'none',
+      ...(c.value('enable_vae_tiling') ? {
+        tiled: true, tileX: c.value('tile_x'), tileY: c.value('tile_y'),
+        tileStrideX: c.value('tile_stride_x'), tileStrideY: c.value('tile_stride_y'),
+      } : {}),
+      signal: c.signal, onProgress: c.onProgress,
+    };
+    if (c.streamFrames) {
+      // Decoded as Video Combine writes: memory holds one chunk, not the video. The stream
+      // reads the VAE and the latent until then, so both stay alive with it.
+      return [{ value: new FrameStream(vae.decodeFrames(latent, options)), retains: ['vae', 'samples'] }];
+    }
+    const video = await vae.decode(latent, options);
+    return [{ value: video, dispose: () => video.dispose() }];
+  },
+
+  async VHS_VideoCombine(c) {
+    const images = c.input<Tensor | FrameStream>('images')!;
+    let owned: Tensor | undefined;
+    let frames: Tensor | AsyncIterable<Tensor>;
+    if (images instanceof FrameStream) {
+      frames = images.frames;
+    } else {
+      const v = videoFrames(images);
+      frames = v.frames;
+      if (v.owned) owned = v.frames;
+    }
+    const optional = <T>(name: string): T | undefined => c.value<T | undefined>(name);
+    const options: VideoCombineOptions = {
+      frameRate: c.value('frame_rate'), loopCount: c.value('loop_count'), filenamePrefix: c.value('filename_prefix'),
+      format: c.value<VideoFormat>('format'), pingpong: c.value('pingpong'), saveOutput: c.value('save_output'),
+      saveMetadata: c.value('save_metadata'), outputDir: c.outputDir, metadata: c.metadata,
+      signal: c.signal, onProgress: c.onProgress,
+    };
+    const crf = optional<number>('crf'), pixFmt = optional<string>('pix_fmt'), lossless = optional<boolean>('lossless');
+    if (crf !== undefined) options.crf = crf;
+    if (pixFmt !== undefined) options.pixFmt = pixFmt;
+    if (lossless !== undefined) options.lossless = lossless;
+    try {
+      const result = await videoCombine(frames, options);
+      return [{ value: { files: result.files } }];
+    } finally {
+      owned?.dispose();
+    }
+  },
+
+  async LoadImage(c) {
+    const image = await loadImage(c.file('image'));
+    return [{ value: image, dispose: () => image.dispose() }, { value: undefined }];
+  },
+};

@@ -1,0 +1,419 @@
+// The ComfyUI nodes wan-native runs: every input with its ComfyUI name, type, default and range
+// (shared/spec/anchors.md section b, which follows the nodes' INPUT_TYPES), in the order of
+// INPUT_TYPES (required, then optional), which is also the order of a UI workflow's
+// `widgets_values`. Inputs the library cannot honour yet are listed too, each with the value
+// that makes it a no-op, so that a workflow using them fails with a message naming the node
+// and the input instead of running something else.
+import type { ModelFolder } from './workflow-models';
+import { QUANTIZATIONS } from './model';
+import { SCHEDULER_NAMES } from './schedulers';
+import { VIDEO_FORMATS } from './video';
+
+interface InputBase {
+  name: string;
+  required: boolean;
+  /** Not an input of the ComfyUI node: a wan-native extension (documented in lib/workflow.ts). */
+  extension?: boolean;
+  /** Why the given value cannot be honoured yet (undefined: it can). For links: called when linked. */
+  refuse?: (value: unknown) => string | undefined;
+  /** A link that orders nothing: its value is never read (the wrapper's model_to_offload). */
+  hint?: boolean;
+}
+
+export type InputSpec = InputBase & (
+  | { kind: 'INT'; default?: number; min: number; max: number; /** also a bigint up to 2^64 - 1 (seeds) */ u64?: boolean }
+  | { kind: 'FLOAT'; default?: number; min: number; max: number }
+  | { kind: 'BOOLEAN'; default?: boolean }
+  | { kind: 'STRING'; default?: string }
+  | { kind: 'COMBO'; options: readonly string[]; default?: string; supported?: readonly string[] }
+  | { kind: 'FILE'; folders: readonly ModelFolder[] }
+  | { kind: 'LINK'; type: string }
+);
+
+export interface NodeSpec {
+  classType: string;
+  inputs: InputSpec[];
+  /** Output types, by slot. */
+  outputs: string[];
+  /** True for the nodes a run is for (VHS_VideoCombine). */
+  output?: boolean;
+  /** Widgets the UI stores in widgets_values that are no inputs: LoadImage's 'upload' button (at its position). */
+  uiOnlyWidgets?: { after: string; name: string }[];
+  /** UI workflows store widgets_values as an object by name (VideoHelperSuite), never as an array. */
+  uiObjectWidgets?: boolean;
+  /** Checks across inputs, with the resolved literal values and which links are connected. */
+  check?: (values: Record<string, unknown>, linked: ReadonlySet<string>) => string | undefined;
+}
+
+// Input constructors: req(...) required, opt(...) optional, ext(...) a wan-native extension.
+type Spec = InputSpec extends infer T ? T extends unknown ? Omit<T, 'name' | 'required'> : never : never;
+const req = (name: string, s: Spec): InputSpec => ({ name, required: true, ...s } as InputSpec);
+const opt = (name: string, s: Spec): InputSpec => ({ name, required: false, ...s } as InputSpec);
+const ext = (name: string, s: Spec): InputSpec => ({ name, required: false, extension: true, ...s } as InputSpec);
+
+const int = (def: number | undefined, min: number, max: number, refuse?: InputBase['refuse']): Spec => ({ kind: 'INT', default: def, min, max, refuse });
+const float = (def: number, min: number, max: number, refuse?: InputBase['refuse']): Spec => ({ kind: 'FLOAT', default: def, min, max, refuse });
+const bool = (def: boolean, refuse?: InputBase['refuse']): Spec => ({ kind: 'BOOLEAN', default: def, refuse });
+const str = (def: string): Spec => ({ kind: 'STRING', default: def });
+const combo = (options: readonly string[], def: string, supported?: readonly string[], refuse?: InputBase['refuse']): Spec =>
+  ({ kind: 'COMBO', options, default: def, supported, refuse });
+const file = (...folders: ModelFolder[]): Spec => ({ kind: 'FILE', folders });
+const link = (type: string, refuse?: string, hint?: boolean): Spec =>
+  ({ kind: 'LINK', type, refuse: refuse === undefined ? undefined : () => refuse, hint });
+
+const notYet = (what: string) => `${what} is not implemented yet in wan-native`;
+const onlyFalse = (what: string) => (v: unknown) => (v === true ? `${notYet(what)}: set it to false` : undefined);
+const onlyZero = (what: string) => (v: unknown) => (v !== 0 ? `${notYet(what)}: set it to 0` : undefined);
+
+const PRECISIONS = ['fp32', 'bf16', 'fp16', 'fp16_fast'] as const;
+const WRAPPER_QUANTIZATIONS = ['disabled', 'fp8_e4m3fn', 'fp8_e4m3fn_fast', 'fp8_e4m3fn_scaled', 'fp8_e4m3fn_scaled_fast',
+  'fp8_e5m2', 'fp8_e5m2_fast', 'fp8_e5m2_scaled', 'fp8_e5m2_scaled_fast'] as const;
+const ATTENTION = ['sdpa', 'flash_attn_2', 'flash_attn_3', 'sageattn', 'sageattn_3', 'radial_sage_attention',
+  'sageattn_compiled', 'sageattn_ultravico', 'comfy'] as const;
+/** The wrapper's attention modes the library has, and what they become (ModelLoaderOptions.attentionMode). */
+export const ATTENTION_MAP: Record<string, 'sdpa' | 'flash' | 'sageattn'> = {
+  sdpa: 'sdpa', flash_attn_2: 'flash', flash_attn_3: 'flash', sageattn: 'sageattn',
+};
+const DEVICES = ['main_device', 'offload_device'] as const;
+// The wrapper's scheduler list (anchors.md a.9); the library runs SCHEDULER_NAMES of them.
+const WRAPPER_SCHEDULERS = ['unipc', 'unipc/beta', 'dpm++', 'dpm++/beta', 'dpm++_sde', 'dpm++_sde/beta', 'euler', 'euler/beta',
+  'longcat_distill_euler', 'deis', 'lcm', 'lcm/beta', 'res_multistep', 'er_sde', 'flowmatch_causvid', 'flowmatch_distill',
+  'flowmatch_pusa', 'multitalk', 'sa_ode_stable', 'rcm', 'vibt_unipc'] as const;
+// VideoHelperSuite's formats (anchors.md b.15) and the library's (image/png is the library's own).
+const VHS_FORMATS = ['image/gif', 'image/webp', 'video/16bit-png', 'video/8bit-png', 'video/ProRes', 'video/av1-webm',
+  'video/ffmpeg-gif', 'video/ffv1-mkv', 'video/gifski', 'video/h264-mp4', 'video/h265-mp4', 'video/nvenc_av1-mp4',
+  'video/nvenc_h264-mp4', 'video/nvenc_hevc-mp4', 'video/webm', 'image/png'] as const;
+
+// The per-format widgets of VHS's video formats (video_formats/*.json) the library writes.
+const VHS_CODECS: Record<string, { pixFmts: string[]; maxCrf: number }> = {
+  'video/h264-mp4': { pixFmts: ['yuv420p', 'yuv420p10le'], maxCrf: 51 },
+  'video/h265-mp4': { pixFmts: ['yuv420p10le', 'yuv420p'], maxCrf: 51 },
+  'video/webm': { pixFmts: ['yuv420p', 'yuva420p'], maxCrf: 63 },
+};
+
+const SPECS: NodeSpec[] = [
+  {
+    classType: 'WanVideoModelLoader',
+    outputs: ['WANVIDEOMODEL'],
+    inputs: [
+      req('model', file('diffusion_models')),
+      req('base_precision', combo(PRECISIONS, 'bf16')),
+      // 'disabled' keeps the file's dtypes (fp8 files included); the library converts to the others at load.
+      req('quantization', combo(WRAPPER_QUANTIZATIONS, 'disabled', QUANTIZATIONS)),
+      req('load_device', combo(DEVICES, 'offload_device')),
+      opt('attention_mode', combo(ATTENTION, 'sdpa', Object.keys(ATTENTION_MAP))),
+      opt('compile_args', link('WANCOMPILEARGS')),
+      opt('block_swap_args', link('BLOCKSWAPARGS')),
+      opt('lora', link('WANVIDLORA')),
+      opt('vram_management_args', link('VRAM_MANAGEMENTARGS', notYet('VRAM management (vram_management_args)'))),
+      opt('extra_model', link('VACEPATH', notYet('VACE and other extra models (extra_model)'))),
+      opt('fantasytalking_model', link('FANTASYTALKINGMODEL', notYet('FantasyTalking'))),
+      opt('multitalk_model', link('MULTITALKMODEL', notYet('MultiTalk'))),
+      opt('fantasyportrait_model', link('FANTASYPORTRAITMODEL', notYet('FantasyPortrait'))),
+      opt('rms_norm_function', combo(['default', 'pytorch'], 'default')),
+      ext('num_heads', int(undefined, 1, 4096)),
+      ext('text_len', int(undefined, 1, 65536)),
+    ],
+  },
+  {
+    classType: 'WanVideoBlockSwap',
+    outputs: ['BLOCKSWAPARGS'],
+    inputs: [
+      req('blocks_to_swap', int(20, 0, 48, onlyZero('block swap (blocks_to_swap)'))),
+      req('offload_img_emb', bool(false, onlyFalse('offload_img_emb'))),
+      req('offload_txt_emb', bool(false, onlyFalse('offload_txt_emb'))),
+      opt('use_non_blocking', bool(false)),
+      opt('vace_blocks_to_swap', int(0, 0, 15, onlyZero('VACE block swap (vace_blocks_to_swap)'))),
+      opt('prefetch_blocks', int(0, 0, 40)),
+      opt('block_swap_debug', bool(false)),
+    ],
+  },
+  {
+    classType: 'WanVideoTorchCompileSettings',
+    outputs: ['WANCOMPILEARGS'],
+    inputs: [
+      req('backend', combo(['inductor', 'cudagraphs'], 'inductor')),
+      req('fullgraph', bool(false)),
+      req('mode', combo(['default', 'max-autotune', 'max-autotune-no-cudagraphs', 'reduce-overhead'], 'default')),
+      req('dynamic', bool(false)),
+      req('dynamo_cache_size_limit', int(64, 0, 1024)),
+      req('compile_transformer_blocks_only', bool(true)),
+      opt('dynamo_recompile_limit', int(128, 0, 1024)),
+      opt('force_parameter_static_shapes', bool(false)),
+      opt('allow_unmerged_lora_compile', bool(false)),
+    ],
+    check: () => `${notYet('torch.compile (compile_args)')}: remove the link from this node`,
+  },
+  {
+    classType: 'WanVideoLoraSelect',
+    outputs: ['WANVIDLORA'],
+    inputs: [
+      req('lora', file('loras')),
+      req('strength', float(1, -1000, 1000, (v) => v !== 0 ? `${notYet('LoRA')}: only strength 0 (the wrapper skips the LoRA) is accepted` : undefined)),
+      opt('prev_lora', link('WANVIDLORA')),
+      opt('blocks', link('SELECTEDBLOCKS', notYet('LoRA block selection (blocks)'))),
+      opt('low_mem_load', bool(false)),
+      opt('merge_loras', bool(true)),
+    ],
+  },
+  {
+    classType: 'LoadWanVideoT5TextEncoder',
+    outputs: ['WANTEXTENCODER'],
+    inputs: [
+      req('model_name', file('text_encoders')),
+      req('precision', combo(['fp32', 'bf16'], 'bf16')),
+      opt('load_device', combo(DEVICES, 'offload_device')),
+      opt('quantization', combo(['disabled', 'fp8_e4m3fn'], 'disabled', undefined, (v) => v === 'disabled' ? undefined :
+        `quantization '${v}' is not available yet in wan-native: use 'disabled' (weights are then used as the file stores them)`)),
+      ext('tokenizer', file('text_encoders')),
+    ],
+  },
+  {
+    classType: 'WanVideoVAELoader',
+    outputs: ['WANVAE'],
+    inputs: [
+      req('model_name', file('vae')),
+      opt('precision', combo(['fp16', 'fp32', 'bf16'], 'bf16')),
+      opt('compile_args', link('WANCOMPILEARGS')),
+      opt('use_cpu_cache', bool(false, onlyFalse('use_cpu_cache'))),
+      opt('verbose', bool(false)),
+    ],
+  },
+  {
+    classType: 'LoadWanVideoClipTextEncoder',
+    outputs: ['CLIP_VISION'],
+    inputs: [
+      req('model_name', file('clip_vision', 'text_encoders')),
+      req('precision', combo(['fp16', 'fp32', 'bf16'], 'fp16')),
+      opt('load_device', combo(DEVICES, 'offload_device')),
+      ext('num_heads', int(undefined, 1, 4096)),
+    ],
+  },
+  {
+    classType: 'CLIPVisionLoader',
+    outputs: ['CLIP_VISION'],
+    inputs: [
+      req('clip_name', file('clip_vision')),
+      ext('num_heads', int(undefined, 1, 4096)),
+    ],
+  },
+  {
+    classType: 'WanVideoTextEncode',
+    outputs: ['WANVIDEOTEXTEMBEDS'],
+    inputs: [
+      req('positive_prompt', str('')),
+      req('negative_prompt', str('')),
+      opt('t5', link('WANTEXTENCODER')),
+      opt('force_offload', bool(true)),
+      opt('model_to_offload', link('WANVIDEOMODEL', undefined, true)),
+      opt('use_disk_cache', bool(false)),
+      opt('device', combo(['gpu', 'cpu'], 'gpu')),
+    ],
+    check: (_, linked) => linked.has('t5') ? undefined
+      : 't5 is not connected: wan-native encodes prompts with a text encoder (connect a LoadWanVideoT5TextEncoder)',
+  },
+  {
+    classType: 'WanVideoClipVisionEncode',
+    outputs: ['WANVIDIMAGE_CLIPEMBEDS'],
+    inputs: [
+      req('clip_vision', link('CLIP_VISION')),
+      req('image_1', link('IMAGE')),
+      req('strength_1', float(1, 0, 10)),
+      req('strength_2', float(1, 0, 10)),
+      req('crop', combo(['center', 'disabled'], 'center')),
+      req('combine_embeds', combo(['average', 'sum', 'concat', 'batch'], 'average')),
+      req('force_offload', bool(true)),
+      opt('image_2', link('IMAGE')),
+      opt('negative_image', link('IMAGE')),
+      opt('tiles', int(0, 0, 16, onlyZero('tiled CLIP encoding (tiles)'))),
+      opt('ratio', float(0.5, 0, 1)),
+    ],
+  },
+  {
+    classType: 'WanVideoImageToVideoEncode',
+    outputs: ['WANVIDIMAGE_EMBEDS'],
+    inputs: [
+      req('width', int(832, 64, 8096)),
+      req('height', int(480, 64, 8096)),
+      req('num_frames', int(81, 1, 10000)),
+      req('noise_aug_strength', float(0, 0, 10)),
+      req('start_latent_strength', float(1, 0, 10)),
+      req('end_latent_strength', float(1, 0, 10)),
+      req('force_offload', bool(true)),
+      opt('vae', link('WANVAE')),
+      opt('clip_embeds', link('WANVIDIMAGE_CLIPEMBEDS')),
+      opt('start_image', link('IMAGE')),
+      opt('end_image', link('IMAGE')),
+      opt('control_embeds', link('WANVIDIMAGE_EMBEDS', notYet('Fun control (control_embeds)'))),
+      opt('fun_or_fl2v_model', bool(true)),
+      opt('temporal_mask', link('MASK', notYet('temporal_mask'))),
+      opt('extra_latents', link('LATENT', notYet('extra_latents'))),
+      opt('tiled_vae', bool(false, onlyFalse('tiled VAE encoding (tiled_vae)'))),
+      opt('add_cond_latents', link('ADD_COND_LATENTS', notYet('add_cond_latents'))),
+      opt('augment_empty_frames', float(0, 0, 10, onlyZero('augment_empty_frames'))),
+      opt('empty_frame_pad_image', link('IMAGE', notYet('empty_frame_pad_image'))),
+    ],
+    check: (v, linked) => {
+      if ((linked.has('start_image') || linked.has('end_image')) && !linked.has('vae'))
+        return 'vae is not connected: encoding start_image / end_image needs one';
+      if (linked.has('start_image') && linked.has('end_image') && v.fun_or_fl2v_model === false)
+        return `${notYet('the start + end image encoding with an extra latent frame (fun_or_fl2v_model false)')}: ` +
+          'set fun_or_fl2v_model to true (what the official FLF2V model expects)';
+      if (linked.has('end_image') && !linked.has('start_image')) return notYet('an end_image without a start_image');
+      return undefined;
+    },
+  },
+  {
+    classType: 'WanVideoEmptyEmbeds',
+    outputs: ['WANVIDIMAGE_EMBEDS'],
+    inputs: [
+      req('width', int(832, 64, 8096)),
+      req('height', int(480, 64, 8096)),
+      req('num_frames', int(81, 1, 10000)),
+      opt('control_embeds', link('WANVIDIMAGE_EMBEDS', notYet('Fun control (control_embeds)'))),
+      opt('extra_latents', link('LATENT', notYet('extra_latents'))),
+    ],
+  },
+  {
+    classType: 'WanVideoContextOptions',
+    outputs: ['WANVIDCONTEXT'],
+    inputs: [
+      req('context_schedule', combo(['uniform_standard', 'uniform_looped', 'static_standard'], 'uniform_standard')),
+      req('context_frames', int(81, 2, 1000)),
+      req('context_stride', int(4, 4, 100)),
+      req('context_overlap', int(16, 4, 100)),
+      req('freenoise', bool(true)),
+      req('verbose', bool(false)),
+      opt('fuse_method', combo(['linear', 'pyramid'], 'linear')),
+      opt('reference_latent', link('LATENT', notYet('reference_latent'))),
+    ],
+  },
+  {
+    classType: 'WanVideoEnhanceAVideo',
+    outputs: ['FETAARGS'],
+    inputs: [
+      req('weight', float(2, 0, 100)),
+      req('start_percent', float(0, 0, 1)),
+      req('end_percent', float(1, 0, 1)),
+    ],
+  },
+  {
+    classType: 'WanVideoSampler',
+    outputs: ['LATENT', 'LATENT'],
+    inputs: [
+      req('model', link('WANVIDEOMODEL')),
+      req('image_embeds', link('WANVIDIMAGE_EMBEDS')),
+      req('steps', int(30, 1, 10000)),
+      req('cfg', float(6, 0, 30)),
+      req('shift', float(5, 0, 1000)),
+      req('seed', { kind: 'INT', default: 0, min: 0, max: Number.MAX_SAFE_INTEGER, u64: true }),
+      req('force_offload', bool(true)),
+      req('scheduler', combo(WRAPPER_SCHEDULERS, 'unipc', SCHEDULER_NAMES)),
+      req('riflex_freq_index', int(0, 0, 1000, onlyZero('RIFLEx (riflex_freq_index)'))),
+      opt('text_embeds', link('WANVIDEOTEXTEMBEDS')),
+      opt('samples', link('LATENT')),
+      opt('denoise_strength', float(1, 0, 1)),
+      opt('feta_args', link('FETAARGS')),
+      opt('context_options', link('WANVIDCONTEXT')),
+      opt('cache_args', link('CACHEARGS', notYet('TeaCache / MagCache / EasyCache (cache_args)'))),
+      opt('flowedit_args', link('FLOWEDITARGS', 'FlowEdit was removed from the wrapper and is not supported')),
+      opt('batched_cfg', bool(false)),
+      opt('slg_args', link('SLGARGS', notYet('skip layer guidance (slg_args)'))),
+      opt('rope_function', combo(['default', 'comfy', 'comfy_chunked'], 'comfy')),
+      opt('loop_args', link('LOOPARGS', notYet('loop_args'))),
+      opt('experimental_args', link('EXPERIMENTALARGS', notYet('experimental_args'))),
+      opt('sigmas', link('SIGMAS', notYet('a sigmas link'))),
+      opt('unianimate_poses', link('UNIANIMATE_POSE', notYet('UniAnimate'))),
+      opt('fantasytalking_embeds', link('FANTASYTALKING_EMBEDS', notYet('FantasyTalking'))),
+      opt('uni3c_embeds', link('UNI3C_EMBEDS', notYet('Uni3C'))),
+      opt('multitalk_embeds', link('MULTITALK_EMBEDS', notYet('MultiTalk'))),
+      opt('freeinit_args', link('FREEINITARGS', notYet('FreeInit'))),
+      opt('start_step', int(0, 0, 10000)),
+      opt('end_step', int(-1, -1, 10000)),
+      opt('add_noise_to_samples', bool(false)),
+    ],
+    check: (v, linked) => {
+      if (!linked.has('text_embeds')) return 'text_embeds is not connected: wan-native samples with text embeddings (connect a WanVideoTextEncode)';
+      // As the wrapper: denoise_strength sets the start step itself.
+      if ((v.denoise_strength as number) < 1 && v.start_step !== 0) return 'start_step must be 0 when denoise_strength is below 1';
+      if ((v.denoise_strength as number) < 1 && !linked.has('samples')) return 'denoise_strength below 1 needs samples to start from';
+      return undefined;
+    },
+  },
+  {
+    classType: 'WanVideoDecode',
+    outputs: ['IMAGE'],
+    inputs: [
+      req('vae', link('WANVAE')),
+      req('samples', link('LATENT')),
+      req('enable_vae_tiling', bool(false)),
+      req('tile_x', int(272, 40, 2048)),
+      req('tile_y', int(272, 40, 2048)),
+      req('tile_stride_x', int(144, 32, 2040)),
+      req('tile_stride_y', int(128, 32, 2040)),
+      opt('normalization', combo(['default', 'minmax', 'none'], 'default', ['default', 'none'])),
+    ],
+    check: (v) => {
+      if (v.enable_vae_tiling !== true) return undefined;
+      if ((v.tile_x as number) <= (v.tile_stride_x as number)) return `tile_x (${v.tile_x}) must be larger than tile_stride_x (${v.tile_stride_x})`;
+      if ((v.tile_y as number) <= (v.tile_stride_y as number)) return `tile_y (${v.tile_y}) must be larger than tile_stride_y (${v.tile_stride_y})`;
+      return undefined;
+    },
+  },
+  {
+    classType: 'VHS_VideoCombine',
+    outputs: ['VHS_FILENAMES'],
+    output: true,
+    // The format's widgets are inserted after `format`, so an array could not be mapped.
+    uiObjectWidgets: true,
+    check: (v) => {
+      const codec = VHS_CODECS[v.format as string];
+      for (const name of ['pix_fmt', 'crf'] as const) {
+        if (v[name] !== undefined && !codec)
+          return `${name} applies to ${Object.keys(VHS_CODECS).join(', ')} only, not to format ${v.format}`;
+      }
+      if (codec && v.pix_fmt !== undefined && !codec.pixFmts.includes(v.pix_fmt as string))
+        return `expected one of ${codec.pixFmts.join(', ')} for pix_fmt (${v.format}) but received ${JSON.stringify(v.pix_fmt)}`;
+      if (codec && v.crf !== undefined && (v.crf as number) > codec.maxCrf)
+        return `expected crf between 0 and ${codec.maxCrf} for ${v.format} but received ${v.crf}`;
+      if (v.lossless !== undefined && v.format !== 'image/webp') return `lossless applies to image/webp only, not to format ${v.format}`;
+      return undefined;
+    },
+    inputs: [
+      req('images', link('IMAGE')),
+      req('frame_rate', float(8, 1, 1e9)),
+      req('loop_count', int(0, 0, 100)),
+      req('filename_prefix', str('AnimateDiff')),
+      req('format', combo(VHS_FORMATS, 'image/gif', VIDEO_FORMATS)),
+      req('pingpong', bool(false)),
+      req('save_output', bool(true)),
+      opt('audio', link('AUDIO', notYet('audio muxing (audio)'))),
+      opt('meta_batch', link('VHS_BatchManager', notYet('meta_batch'))),
+      opt('vae', link('VAE', notYet('decoding latents in Video Combine (vae): decode with WanVideoDecode'))),
+      // The format's own widgets (VHS video_formats/*.json), present only for formats that have them.
+      opt('pix_fmt', { kind: 'STRING' }),
+      opt('crf', { kind: 'INT', min: 0, max: 100 }),
+      opt('save_metadata', bool(true)),
+      opt('trim_to_audio', bool(false)),
+      opt('preset', { kind: 'STRING', refuse: (v) => v !== 'medium' ? `${notYet(`preset '${v}'`)}: only 'medium' (ffmpeg's default)` : undefined }),
+      opt('lossless', { kind: 'BOOLEAN' }),
+    ],
+  },
+  {
+    classType: 'LoadImage',
+    outputs: ['IMAGE', 'MASK'],
+    inputs: [req('image', file('input'))],
+    uiOnlyWidgets: [{ after: 'image', name: 'upload' }],
+  },
+];
+
+export const NODE_SPECS: ReadonlyMap<string, NodeSpec> = new Map(SPECS.map((s) => [s.classType, s]));
+
+/** The input names of a spec whose values a UI workflow stores in widgets_values, in order. */
+export function widgetNames(spec: NodeSpec): { official: string[]; extensions: string[] } {
+  const widgets = spec.inputs.filter((i) => i.kind !== 'LINK');
+  return {
+    official: widgets.filter((i) => !i.extension).map((i) => i.name),
+    extensions: widgets.filter((i) => i.extension).map((i) => i.name),
+  };
+}

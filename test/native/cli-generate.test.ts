@@ -1,0 +1,277 @@
+// `wan-native generate` run as a user runs it (a child process of dist/lib/cli.js) on the tiny
+// models of shared/golden/weights: T2V and I2V runs, determinism, option errors, --help and
+// Ctrl-C.
+import t from 'tap';
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { saveSafetensors, Tensor } from '../../lib/index';
+import { generateCommand } from '../../lib/cli-generate';
+import { repoRoot, tempDir, weightsDir } from '../helpers';
+
+const cli = path.join(repoRoot, 'dist', 'lib', 'cli.js');
+const dir = tempDir('wan-cli-generate-');
+const w = (name: string) => path.join(weightsDir, name);
+
+// The tiny umT5 has no tokenizer: one trained here with Debian's spm_train, as in
+// text-encoder.test.ts (T5 conventions: pad 0, eos 1, unk 2; vocab 40 <= the model's 256).
+function trainTokenizer(): string {
+  const corpus = path.join(dir, 'corpus.txt');
+  const words = ['a', 'cat', 'walks', 'on', 'the', 'beach', 'at', 'sunset', 'camera', 'pans', 'slowly', 'over', 'waves', 'city', 'night', 'neon', 'rain'];
+  const lines = Array.from({ length: 600 }, (_, i) => Array.from({ length: 8 }, (_, j) => words[(i * 7 + j * 3) % words.length]).join(' '));
+  fs.writeFileSync(corpus, lines.join('\n'));
+  const r = spawnSync('spm_train', [`--input=${corpus}`, `--model_prefix=${path.join(dir, 'spiece')}`, '--vocab_size=40',
+    '--model_type=unigram', '--character_coverage=1.0', '--pad_id=0', '--eos_id=1', '--unk_id=2', '--bos_id=-1'], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`spm_train (Debian package sentencepiece) failed or is missing: ${r.error?.message ?? r.stderr}`);
+  return path.join(dir, 'spiece.model');
+}
+const tokenizer = trainTokenizer();
+
+// The tiny T2V DiT: head dim 32 and text_len 16, which its weights do not record.
+const T2V = ['--model', w('tiny_t2v_dit.f32.safetensors'), '--num-heads', '2', '--text-len', '16',
+  '--t5', w('tiny_umt5_enc.f32.safetensors'), '--tokenizer', tokenizer, '--vae', w('tiny_vae.f32.safetensors')];
+const I2V = ['--model', w('tiny_i2v_dit.f32.safetensors'), '--num-heads', '2',
+  '--t5', w('tiny_umt5_enc.f32.safetensors'), '--tokenizer', tokenizer, '--vae', w('tiny_vae.f32.safetensors')];
+const SMALL = ['--width', '48', '--height', '32', '--num-frames', '5', '--steps', '2'];
+
+function run(...args: string[]) {
+  const r = spawnSync(process.execPath, [cli, ...args], { cwd: repoRoot, encoding: 'utf8', timeout: 120_000 });
+  if (r.error) throw r.error;
+  return r;
+}
+
+function outDir(name: string): string {
+  return path.join(dir, name);
+}
+
+function listing(folder: string): string[] {
+  return fs.existsSync(folder) ? fs.readdirSync(folder).sort() : [];
+}
+
+function probe(file: string): { frames: number; width: number; height: number; tags: Record<string, string> } {
+  const r = spawnSync('ffprobe', ['-v', 'error', '-count_frames', '-select_streams', 'v:0', '-show_entries',
+    'stream=nb_read_frames,width,height:format_tags', '-of', 'json', file], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`ffprobe ${file}: ${r.stderr}`);
+  const j = JSON.parse(r.stdout);
+  const s = j.streams[0];
+  return { frames: Number(s.nb_read_frames), width: s.width, height: s.height, tags: j.format?.tags ?? {} };
+}
+
+t.test('T2V: an mp4 and a gif of the requested size and length, stage times, the paths on stdout', async (t) => {
+  const out = outDir('t2v');
+  const r = run('generate', ...T2V, ...SMALL, '--prompt', 'a cat walks on the beach', '--seed', '42',
+    '--format', 'mp4,gif', '--output-dir', out);
+  t.equal(r.status, 0, r.stderr);
+  const files = r.stdout.trim().split('\n');
+  t.equal(files.length, 3, `the mp4, then the gif's metadata PNG and the gif: ${r.stdout}`);
+  t.match(files[0], /t2v\/wan_\d{5}\.mp4$/);
+  t.match(files[2], /t2v\/wan_\d{5}\.gif$/);
+  for (const f of files) t.ok(fs.existsSync(f) && fs.statSync(f).size > 0, `${f} exists`);
+  t.same(listing(out), files.map((f) => path.basename(f)).sort(), 'nothing else in the folder');
+
+  const mp4 = probe(files[0]);
+  t.same([mp4.frames, mp4.width, mp4.height], [5, 48, 32], 'mp4: 5 frames of 48x32');
+  const gif = probe(files[2]);
+  t.same([gif.frames, gif.width, gif.height], [5, 48, 32], 'gif: 5 frames of 48x32');
+
+  // The prompt and every setting ride along, so that the run can be repeated.
+  t.equal(JSON.parse(mp4.tags.prompt), 'a cat walks on the beach');
+  const settings = JSON.parse(mp4.tags.settings);
+  t.match(settings, { task: 't2v', width: 48, height: 32, numFrames: 5, steps: 2, seed: 42, scheduler: 'unipc', cfg: 6, shift: 5 });
+  t.same(JSON.parse(mp4.tags.command).slice(0, 2), ['wan-native', 'generate']);
+
+  // Progress: stderr is no terminal here, so one plain line per step; then the time per stage.
+  t.match(r.stderr, /^sampling: step 1\/2 {2}[\d.]+ (it\/s|s\/it) {2}ETA \d+:\d\d$/m);
+  t.match(r.stderr, /^sampling: step 2\/2 /m);
+  t.match(r.stderr, /^time per stage:$/m);
+  for (const stage of ['text', 'load', 'sampling', 'decode', 'write', 'total'])
+    t.match(r.stderr, new RegExp(`^  ${stage} +[\\d.]+ s`, 'm'), `time of ${stage}`);
+  t.match(r.stderr, /^ {2}sampling +[\d.]+ s {2}\([\d.]+ s\/step\)$/m, 'sampling in s/step');
+  t.notMatch(r.stderr, /^ {2}clip /m, 'no CLIP stage for T2V');
+});
+
+t.test('the same seed gives the same frames; another seed other frames', async (t) => {
+  const frames = (name: string, seed: string) => {
+    const out = outDir(name);
+    const r = run('generate', ...T2V, ...SMALL, '--prompt', 'neon city at night', '--seed', seed,
+      '--format', 'png', '--no-save-metadata', '--output-dir', out, '--quiet');
+    t.equal(r.status, 0, r.stderr);
+    t.equal(r.stderr, '', '--quiet prints nothing but the paths');
+    const files = r.stdout.trim().split('\n');
+    t.equal(files.length, 5, 'one PNG per frame');
+    return files.map((f) => fs.readFileSync(f));
+  };
+  const a = frames('seed-a', '7'), b = frames('seed-b', '7'), c = frames('seed-c', '8');
+  t.ok(a.every((png, i) => png.equals(b[i])), 'seed 7 twice: byte-identical PNGs');
+  t.notOk(a.every((png, i) => png.equals(c[i])), 'seed 8: different frames');
+});
+
+t.test('I2V', async (t) => {
+  const sharp = require('sharp');
+  const [width, height] = [64, 48];
+  const rgb = Buffer.alloc(width * height * 3);
+  for (let i = 0; i < width * height; i++) rgb.set([(i % width) * 4, Math.floor(i / width) * 5, 128], i * 3);
+  const image = path.join(dir, 'first.png');
+  await sharp(rgb, { raw: { width, height, channels: 3 } }).png().toFile(image);
+
+  t.test('the tiny CLIP cannot condition the tiny I2V DiT: refused from the headers, naming both widths', async (t) => {
+    // tiny_clip is 64 wide and makes [1, 17, 64] tokens; every Wan2.1 I2V DiT (the tiny one
+    // too: img_emb = MLPProj(1280, dim)) takes ViT-H/14's 1280-wide ones. So the CLI checks the
+    // widths in the headers before loading anything, and a full I2V run goes through
+    // --clip-embeds below.
+    const out = outDir('i2v-tiny-clip');
+    const r = run('generate', ...I2V, ...SMALL, '--prompt', 'a cat', '--image', image,
+      '--clip-vision', w('tiny_clip.f32.safetensors'), '--output-dir', out);
+    t.equal(r.status, 2, r.stderr);
+    t.match(r.stderr, /^wan-native generate: --clip-vision: .*tiny_clip\.f32\.safetensors gives 64-wide embeddings but the model takes 1280 \(image_dim\)/);
+    t.equal(r.stdout, '');
+    t.same(listing(out), []);
+  });
+
+  // CLIP tokens as the DiT takes them ([1, 257, 1280]), made up: the file --clip-embeds reads.
+  const clip = path.join(dir, 'clip_embeds.safetensors');
+  const data = Float32Array.from({ length: 257 * 1280 }, (_, i) => Math.sin(i * 0.37));
+  await saveSafetensors(clip, { clip_embeds: Tensor.fromTypedArray(data, [1, 257, 1280]) });
+
+  t.test('a full I2V run with CLIP embeddings given as a file', async (t) => {
+    const out = outDir('i2v');
+    const r = run('generate', ...I2V, ...SMALL, '--prompt', 'a cat', '--image', image, '--clip-embeds', clip,
+      '--format', 'mp4', '--output-dir', out);
+    t.equal(r.status, 0, r.stderr);
+    const files = r.stdout.trim().split('\n');
+    t.equal(files.length, 1);
+    const mp4 = probe(files[0]);
+    t.same([mp4.frames, mp4.width, mp4.height], [5, 48, 32]);
+    t.match(JSON.parse(mp4.tags.settings), { task: 'i2v', image, clipEmbeds: clip, clipCrop: 'disabled' });
+    for (const stage of ['text', 'clip', 'encode', 'load', 'sampling', 'decode', 'write'])
+      t.match(r.stderr, new RegExp(`^  ${stage} +[\\d.]+ s`, 'm'), `time of ${stage}`);
+  });
+
+  t.test('I2V and T2V models refuse what does not fit them', async (t) => {
+    let r = run('generate', ...I2V, ...SMALL, '--prompt', 'a cat', '--output-dir', outDir('i2v-no-image'));
+    t.equal(r.status, 2);
+    t.match(r.stderr, /--image: the model is an i2v model, which needs a first frame/);
+    r = run('generate', ...I2V, ...SMALL, '--prompt', 'a cat', '--image', image, '--output-dir', outDir('i2v-no-clip'));
+    t.equal(r.status, 2);
+    t.match(r.stderr, /--clip-vision: an i2v model needs CLIP embeddings of the image/);
+    r = run('generate', ...I2V, ...SMALL, '--prompt', 'a cat', '--image', tokenizer, '--clip-embeds', clip, '--output-dir', outDir('i2v-not-image'));
+    t.equal(r.status, 2);
+    t.match(r.stderr, /^wan-native generate: --image: Expected a PNG, JPEG or WebP image but .*spiece\.model could not be decoded/);
+    const flf = path.join(dir, 'clip_embeds_2.safetensors');
+    await saveSafetensors(flf, { clip_embeds: Tensor.fromTypedArray(new Float32Array(2 * 257 * 1280), [2, 257, 1280]) });
+    r = run('generate', ...I2V, ...SMALL, '--prompt', 'a cat', '--image', image, '--clip-embeds', flf, '--output-dir', outDir('i2v-clip-2'));
+    t.equal(r.status, 2);
+    t.match(r.stderr, /--clip-embeds: expected clip_embeds of shape \[1, 257, 1280\] for an i2v model but .* holds \[2, 257, 1280\]/);
+    r = run('generate', ...T2V, ...SMALL, '--prompt', 'a cat', '--image', image, '--output-dir', outDir('t2v-image'));
+    t.equal(r.status, 2);
+    t.match(r.stderr, /--image: the model is a text-to-video \(t2v\) model/);
+    r = run('generate', ...T2V, ...SMALL, '--prompt', 'a cat', '--clip-crop', 'center', '--output-dir', outDir('t2v-crop'));
+    t.equal(r.status, 2);
+    t.match(r.stderr, /--clip-crop needs --image/);
+  });
+  t.end();
+});
+
+t.test('bad options exit 2 with a message naming the option, before anything is loaded', async (t) => {
+  const cases: [string[], RegExp][] = [
+    [['--width', '40'], /option '--width <pixels>' argument '40' is invalid\. Expected a multiple of 16 .*such as 48/],
+    [['--height', 'tall'], /option '--height <pixels>' argument 'tall' is invalid\. Expected an integer/],
+    [['--num-frames', '6'], /option '--num-frames <n>' argument '6' is invalid\. Expected a frame count of the form 4k\+1/],
+    [['--scheduler', 'ddim'], /option '--scheduler <name>' argument 'ddim' is invalid\. Allowed choices are unipc, dpm\+\+/],
+    [['--lora', 'x:abc'], /option '--lora <file\[:strength\]>' argument 'x:abc' is invalid\. .*the strength is "abc"/],
+    [['--lora', 'style.safetensors:0.8'], /--lora is not available yet in this version of wan-native/],
+    [['--quantization', 'fp8_e4m3fn_fast'], /--quantization fp8_e4m3fn_fast is not available yet/],
+    [['--quantization', 'int4'], /option '--quantization <mode>' argument 'int4' is invalid/],
+    [['--blocks-to-swap', '20'], /--blocks-to-swap is not available yet/],
+    [['--blocks-to-swap', '49'], /option '--blocks-to-swap <n>' argument '49' is invalid\. Expected an integer in 0\.\.48/],
+    [['--compile'], /--compile is not available yet/],
+    [['--riflex-freq-index', '6'], /--riflex-freq-index is not available yet/],
+    [['--seed', '-1'], /option '--seed <n>' argument '-1' is invalid/],
+    [['--cfg', '5,4,3'], /--cfg: expected one value or 2 \(one per step\) but received 3/],
+    [['--steps', '3', '--scheduler', 'flowmatch_distill'], /Expected 4 for --steps with --scheduler flowmatch_distill/],
+    [['--context-overlap', '8'], /--context-overlap needs --context-frames/],
+    [['--context-frames', '5', '--context-overlap', '8'], /--context-overlap .* to be smaller than --context-frames/],
+    [['--tile-x', '64'], /--tile-x needs --vae-tiling/],
+    [['--format', 'avi'], /option '--format <formats>' argument 'avi' is invalid/],
+    [['--format', 'gif', '--crf', '20'], /--crf applies to the video formats/],
+    [['--pix-fmt', 'rgb24'], /Expected one of yuv420p, yuv420p10le for --pix-fmt \(video\/h264-mp4\)/],
+    [['--prompt', 'a|b'], /--prompt holds 2 prompts separated by '\|'.*--context-frames/],
+    [['--t5', path.join(dir, 'missing.safetensors')], /--t5: no such file: .*missing\.safetensors/],
+    [['--vae', w('tiny_clip.f32.safetensors')], /--vae: .*tiny_clip\.f32\.safetensors is a clip-vision checkpoint, not a Wan VAE/],
+    [['--frobnicate'], /unknown option '--frobnicate'/],
+  ];
+  for (const [extra, message] of cases) {
+    const out = outDir(`bad-${extra.join('_').replace(/[^\w.-]/g, '')}`);
+    const r = run('generate', ...T2V, ...SMALL, '--prompt', 'a cat', '--output-dir', out, ...extra);
+    t.equal(r.status, 2, `${extra.join(' ')}: exit 2`);
+    t.match(r.stderr, /^wan-native generate: /, `${extra.join(' ')}: one message`);
+    t.match(r.stderr, message, `${extra.join(' ')}: ${r.stderr.trim().split('\n')[0]}`);
+    t.equal(r.stdout, '');
+    t.same(listing(out), [], 'nothing written');
+  }
+  const missing = run('generate', '--prompt', 'a cat');
+  t.equal(missing.status, 2);
+  t.match(missing.stderr, /required option '--model <file>' not specified/);
+});
+
+t.test('--help lists every option with its default, in groups', async (t) => {
+  const r = run('generate', '--help');
+  t.equal(r.status, 0);
+  t.equal(r.stderr, '');
+  t.match(r.stdout, /^Usage: wan-native generate --model <file> --t5 <file> --vae <file> --prompt <text> \[options\]/);
+  const groups = ['Models:', 'Prompt:', 'Image to video (I2V, FLF2V):', 'Video:', 'Sampling:', 'Context windows (long videos):',
+    'Memory and speed:', 'Output:'];
+  let last = -1;
+  for (const g of groups) {
+    const at = r.stdout.indexOf(`\n${g}\n`);
+    t.ok(at > last, `group ${g}, in order`);
+    last = at;
+  }
+  for (const o of generateCommand().options) t.ok(r.stdout.includes(o.flags), `lists ${o.flags}`);
+  // Descriptions wrap to the terminal's width (80 columns here): compare with spaces collapsed.
+  const flat = r.stdout.replace(/\s+/g, ' ');
+  for (const d of ['--width <pixels> a multiple of 16 (default: 832)', '--steps <n> denoising steps (default: 30)',
+    '--num-frames <n> frames, of the form 4k+1 (81 = 5 s at 16 fps) (default: 81)', 'default: "unipc")',
+    '(default: video/h264-mp4)', 'Enhance-A-Video weight, 0..100 (2.0 is typical) (default: off)',
+    "(default: Wan2.1's official negative prompt (Chinese))", '--frame-rate <fps> frames per second (Wan2.1 is trained on 16) (default: 16)'])
+    t.ok(flat.includes(d), `shows ${d}`);
+  t.match(flat, /--blocks-to-swap <n> transformer blocks .* \(not available yet in this version\) \(default: 0\)/);
+
+  const viaHelp = run('help', 'generate');
+  t.equal(viaHelp.status, 0);
+  t.equal(viaHelp.stdout, r.stdout, 'wan-native help generate: the same text');
+  const version = run('--version');
+  t.equal(version.status, 0);
+  t.equal(version.stdout, `${JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')).version}\n`);
+});
+
+t.test('Ctrl-C stops the run cleanly: exit 130, "stopping", no file', async (t) => {
+  const out = outDir('interrupted');
+  const child = spawn(process.execPath, [cli, 'generate', ...T2V, '--width', '48', '--height', '32', '--num-frames', '5',
+    '--steps', '5000', '--prompt', 'a cat', '--output-dir', out], { cwd: repoRoot });
+  let stderr = '', stdout = '';
+  let signalled = false;
+  child.stdout.on('data', (d) => { stdout += d; });
+  child.stderr.on('data', (d) => {
+    stderr += d;
+    if (!signalled && /^sampling: step 1\/5000 /m.test(stderr)) {
+      signalled = true;
+      child.kill('SIGINT');
+    }
+  });
+  const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
+    child.on('close', (c, s) => resolve([c, s])));
+  clearTimeout(timer);
+  t.ok(signalled, 'the run reached its first step');
+  t.equal(signal, null, 'exited on its own');
+  t.equal(code, 130, stderr.slice(-500));
+  t.match(stderr, /wan-native: stopping\.\.\./);
+  t.match(stderr, /stopped; nothing was written/);
+  t.notMatch(stderr, /sampling: step 5000\/5000/, 'stopped long before the end');
+  t.equal(stdout, '');
+  t.same(listing(out), [], 'no file in the output folder');
+});
+
+t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));

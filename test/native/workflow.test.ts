@@ -1,0 +1,545 @@
+// ComfyUI workflows run natively (lib/workflow.ts) on the tiny models of shared/golden/weights:
+// an API-format T2V workflow (test/fixtures/workflows/t2v.api.json) and the same in UI format
+// (t2v.ui.json), checked against the same pipeline called through the library, plus the order
+// nodes run and free their values in, validation messages, model lookup and cancellation.
+import t from 'tap';
+import type * as tap from 'tap';
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { ClipVisionEncoder, emptyEmbeds, imageToVideoEncode, Sampler, Tensor, TextEncoder, Vae, videoCombine, WanModel } from '../../lib/index';
+import type { ClipEmbeds, ContextOptions, FetaArgs, ImageEmbeds } from '../../lib/index';
+import { native } from '../../lib/native';
+import { parseWorkflow, runWorkflow } from '../../lib/workflow';
+import type { RunWorkflowOptions } from '../../lib/workflow';
+import { EXECUTORS, NodeContext } from '../../lib/workflow-nodes';
+import { fixturesDir, maxAbsDiff, repoRoot, tempDir, weightsDir } from '../helpers';
+
+const sharp = require('sharp');
+
+const root = tempDir('wan-workflow-');
+t.teardown(() => fs.rmSync(root, { recursive: true, force: true }));
+let outputs = 0;
+const newOutputDir = () => path.join(root, `out${++outputs}`);
+
+const apiFile = path.join(fixturesDir, 'workflows', 't2v.api.json');
+const uiFile = path.join(fixturesDir, 'workflows', 't2v.ui.json');
+const api = () => JSON.parse(fs.readFileSync(apiFile, 'utf8'));
+const ui = () => JSON.parse(fs.readFileSync(uiFile, 'utf8'));
+
+// The tiny umT5 has no tokenizer: one is trained here with Debian's spm_train, as
+// test/native/text-encoder.test.ts does (T5 conventions: pad 0, eos 1, unk 2; vocab <= 256).
+// The workflows name it "spiece.model", found in this folder, given as a model folder.
+const tokenizerDir = path.join(root, 'tokenizer');
+function trainTokenizer(): boolean {
+  fs.mkdirSync(tokenizerDir, { recursive: true });
+  const words = ['a', 'cat', 'walks', 'on', 'the', 'beach', 'at', 'sunset', 'camera', 'pans', 'slowly', 'over', 'waves', 'city', 'night', 'neon', 'rain'];
+  const lines = Array.from({ length: 600 }, (_, i) => Array.from({ length: 8 }, (_, j) => words[(i * 7 + j * 3) % words.length]).join(' '));
+  fs.writeFileSync(path.join(tokenizerDir, 'corpus.txt'), lines.join('\n'));
+  const r = spawnSync('spm_train', [`--input=${path.join(tokenizerDir, 'corpus.txt')}`, `--model_prefix=${path.join(tokenizerDir, 'spiece')}`,
+    '--vocab_size=40', '--model_type=unigram', '--character_coverage=1.0', '--pad_id=0', '--eos_id=1', '--unk_id=2', '--bos_id=-1'], { encoding: 'utf8' });
+  return r.status === 0;
+}
+const haveTokenizer = trainTokenizer();
+const modelDirs = [weightsDir, tokenizerDir];
+
+function have(bin: string): boolean {
+  try {
+    execFileSync(bin, ['-version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+const skip = !haveTokenizer ? 'spm_train (Debian package sentencepiece) is needed: scripts/setup.sh installs it'
+  : !(have('ffmpeg') && have('ffprobe')) ? 'ffmpeg and ffprobe are needed (apt install ffmpeg)' : false;
+
+function ffprobe(file: string): { streams: { width: number; height: number; nb_read_frames: string }[]; format: { tags?: Record<string, string> } } {
+  return JSON.parse(execFileSync('ffprobe', ['-v', 'error', '-count_frames', '-show_entries',
+    'stream=width,height,nb_read_frames:format_tags', '-of', 'json', file], { encoding: 'utf8' }));
+}
+
+// A video file's frames as RGB24 bytes, as ffmpeg decodes them.
+function decodeVideo(file: string): Buffer {
+  return execFileSync('ffmpeg', ['-v', 'error', '-i', file, '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-'], { maxBuffer: 1 << 26 });
+}
+
+// Decoded frames [3, F, H, W] in [-1, 1] as the RGB24 bytes videoCombine writes: round((x + 1) / 2 * 255).
+function frameBytes(video: Tensor): Buffer[] {
+  const [, F, H, W] = video.shape;
+  const data = video.toTypedArray() as Float32Array;
+  return Array.from({ length: F }, (_, f) => {
+    const out = Buffer.alloc(H * W * 3);
+    for (let c = 0; c < 3; c++)
+      for (let i = 0; i < H * W; i++) out[i * 3 + c] = Math.min(255, Math.max(0, Math.round((data[(c * F + f) * H * W + i] + 1) / 2 * 255)));
+    return out;
+  });
+}
+
+async function pngBytes(file: string): Promise<Buffer> {
+  return (await sharp(file).raw().toBuffer({ resolveWithObject: true })).data;
+}
+
+function listFiles(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs.readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile())
+    .map((e) => path.relative(dir, path.join(e.parentPath ?? (e as unknown as { path: string }).path, e.name))).sort();
+}
+
+// The fixture's pipeline called through the library.
+interface Direct { width: number; height: number; numFrames: number; contextOptions?: ContextOptions; fetaArgs?: FetaArgs }
+async function direct(o: Direct): Promise<Tensor> {
+  const encoder = await TextEncoder.load(path.join(weightsDir, 'tiny_umt5_enc.f32.safetensors'), { tokenizer: path.join(tokenizerDir, 'spiece.model') });
+  const textEmbeds = await encoder.encode({ positive: ['a cat walks on the beach at sunset'], negative: 'rain at night' });
+  encoder.dispose();
+  const model = await WanModel.load(path.join(weightsDir, 'tiny_t2v_dit.f32.safetensors'),
+    { numHeads: 2, textLen: 16, basePrecision: 'fp32', attentionMode: 'sdpa' });
+  const latent = await new Sampler(model).sample({
+    imageEmbeds: emptyEmbeds({ width: o.width, height: o.height, numFrames: o.numFrames }), textEmbeds,
+    steps: 3, cfg: 5, shift: 5, seed: 42, scheduler: 'unipc', contextOptions: o.contextOptions, fetaArgs: o.fetaArgs,
+  });
+  model.dispose();
+  const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
+  const video = await vae.decode(latent);
+  vae.dispose();
+  return video;
+}
+let directRun: Promise<Tensor> | undefined;
+const directT2v = () => (directRun ??= direct({ width: 64, height: 64, numFrames: 5 }));
+
+// Calls fn with the dispose() of the model classes recording into `events`.
+async function spyDisposals<T>(events: string[], fn: () => Promise<T>): Promise<T> {
+  const classes = { TextEncoder, WanModel, Vae } as Record<string, { prototype: { dispose(): void } }>;
+  const saved = Object.entries(classes).map(([name, cls]) => [name, cls, cls.prototype.dispose] as const);
+  for (const [name, cls, original] of saved) {
+    cls.prototype.dispose = function (this: unknown) {
+      events.push(`dispose ${name}`);
+      return original.call(this);
+    };
+  }
+  try {
+    return await fn();
+  } finally {
+    for (const [, cls, original] of saved) cls.prototype.dispose = original;
+  }
+}
+
+async function rejectsWith(t: tap.Test, p: Promise<unknown>, code: string, message: RegExp) {
+  await t.rejects(p, { code, message }, `${code} ${message}`);
+}
+
+t.test('an API-format T2V workflow runs: the nodes that lead to the output, in order, each value freed once read', { skip }, async (t) => {
+  const workflow = api();
+  // An unconnected loader whose file does not exist: not run, so not an error.
+  workflow['11'] = { class_type: 'WanVideoVAELoader', inputs: { model_name: 'no-such-vae.safetensors', precision: 'bf16' } };
+  const outputDir = newOutputDir();
+  const events: string[] = [];
+  const progress = new Map<string, number>();
+  const result = await spyDisposals(events, () => runWorkflow(workflow, {
+    modelDirs, outputDir,
+    onNodeStart: (id, classType) => events.push(`start ${id} ${classType}`),
+    onProgress: (e) => progress.set(e.nodeId, (progress.get(e.nodeId) ?? 0) + 1),
+  }));
+
+  t.same(events, [
+    'start 1 LoadWanVideoT5TextEncoder', 'start 2 WanVideoTextEncode', 'dispose TextEncoder',
+    'start 5 WanVideoEmptyEmbeds', 'start 3 WanVideoBlockSwap', 'start 4 WanVideoModelLoader', 'start 6 WanVideoSampler', 'dispose WanModel',
+    'start 7 WanVideoVAELoader', 'start 8 WanVideoDecode', 'start 9 VHS_VideoCombine', 'dispose Vae',
+  ], 'the text encoder is freed before the model loads, the model before the VAE loads; nodes 10 and 11 do not run');
+  t.same(Object.keys(result.timings).sort(), ['1', '2', '3', '4', '5', '6', '7', '8', '9']);
+  t.ok(Object.values(result.timings).every((ms) => ms >= 0), 'a time for each node that ran');
+  t.equal(progress.get('6'), 3, 'the sampler reports its 3 steps');
+  t.ok((progress.get('8') ?? 0) >= 2, 'the decode, streamed into Video Combine, reports under its own node');
+  t.ok((progress.get('9') ?? 0) >= 5, 'Video Combine reports each frame');
+
+  t.same(Object.keys(result.outputs), ['9']);
+  const files = result.outputs['9'].files!;
+  t.same(files, [path.join(outputDir, 'wan', 't2v_00001.mp4')], 'filename_prefix with a subfolder, under outputDir');
+  t.same(listFiles(outputDir), [path.join('wan', 't2v_00001.mp4')], 'and nothing else');
+  const probe = ffprobe(files[0]);
+  t.same([probe.streams[0].width, probe.streams[0].height, Number(probe.streams[0].nb_read_frames)], [64, 64, 5], 'ffprobe: 5 frames of 64x64');
+  t.same(JSON.parse(probe.format.tags!.prompt), workflow, 'the workflow is embedded as VHS does (prompt)');
+
+  // The same pipeline through the library, written with the same options: the same frames.
+  const video = await directT2v();
+  const same = await videoCombine(video, { format: 'video/h264-mp4', frameRate: 8, crf: 19, pixFmt: 'yuv420p',
+    outputDir: newOutputDir(), filenamePrefix: 'direct' });
+  t.ok(decodeVideo(files[0]).equals(decodeVideo(same.files[0])), 'identical decoded frames to the library pipeline');
+});
+
+t.test('decoded frames equal the library pipeline exactly (PNG output)', { skip }, async (t) => {
+  const workflow = api();
+  const combine = workflow['9'].inputs;
+  combine.format = 'image/png';
+  delete combine.pix_fmt;
+  delete combine.crf;
+  delete combine.trim_to_audio;
+  const outputDir = newOutputDir();
+  const result = await runWorkflow(workflow, { modelDirs, outputDir });
+  const files = result.outputs['9'].files!;
+  t.same(files.map((f) => path.basename(f)), [1, 2, 3, 4, 5].map((i) => `t2v_00001_000${i}.png`));
+  const expected = frameBytes(await directT2v());
+  for (const [i, file] of files.entries()) t.ok((await pngBytes(file)).equals(expected[i]), `frame ${i}: the library's bytes`);
+});
+
+t.test('the UI format of the same workflow gives the same graph and the same frames', { skip }, async (t) => {
+  const fromUi = parseWorkflow(ui()), fromApi = parseWorkflow(api());
+  t.equal(fromUi.format, 'ui');
+  t.equal(fromApi.format, 'api');
+  t.same(fromUi.order, fromApi.order, 'the same nodes run, in the same order');
+  for (const id of fromApi.order) {
+    const a = fromApi.nodes.get(id)!, u = fromUi.nodes.get(id)!;
+    t.same([u.classType, u.values, u.links], [a.classType, a.values, a.links], `node ${id}: the same values and links`);
+  }
+  t.same(fromUi.nodes.get('8')!.links.samples, { node: '6', slot: 0 }, 'through the Reroute');
+  t.equal(fromUi.nodes.get('6')!.values.seed, 42, 'the seed from widgets_values, skipping "control after generate" and the PrimitiveNode');
+
+  const outputDir = newOutputDir();
+  const result = await runWorkflow(uiFile, { modelDirs, outputDir });
+  const file = result.outputs['9'].files![0];
+  const reference = await videoCombine(await directT2v(), { format: 'video/h264-mp4', frameRate: 8, outputDir: newOutputDir() });
+  t.ok(decodeVideo(file).equals(decodeVideo(reference.files[0])), 'identical decoded frames');
+  const tags = ffprobe(file).format.tags!;
+  t.same(JSON.parse(tags.workflow), ui(), 'VHS metadata: workflow is the UI workflow');
+  t.same(Object.keys(JSON.parse(tags.prompt)).sort(), ['1', '10', '2', '3', '4', '5', '6', '7', '8', '9'], 'and prompt its API form');
+});
+
+t.test('context options and Enhance-A-Video reach the sampler', { skip }, async (t) => {
+  const workflow = api();
+  workflow['5'].inputs.num_frames = 9;
+  workflow['12'] = { class_type: 'WanVideoContextOptions', inputs: {
+    context_schedule: 'static_standard', context_frames: 5, context_stride: 4, context_overlap: 4, freenoise: true, verbose: false, fuse_method: 'pyramid' } };
+  workflow['13'] = { class_type: 'WanVideoEnhanceAVideo', inputs: { weight: 2, start_percent: 0, end_percent: 1 } };
+  workflow['6'].inputs.context_options = ['12', 0];
+  workflow['6'].inputs.feta_args = ['13', 0];
+  Object.assign(workflow['9'].inputs, { format: 'image/png', save_metadata: false });
+  for (const k of ['pix_fmt', 'crf', 'trim_to_audio']) delete workflow['9'].inputs[k];
+  const result = await runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() });
+  const expected = frameBytes(await direct({ width: 64, height: 64, numFrames: 9,
+    contextOptions: { schedule: 'static_standard', frames: 5, stride: 4, overlap: 4, freenoise: true, fuse: 'pyramid' },
+    fetaArgs: { weight: 2, startPercent: 0, endPercent: 1 } }));
+  const files = result.outputs['9'].files!;
+  t.equal(files.length, 9);
+  let same = true;
+  for (const [i, file] of files.entries()) same &&= (await pngBytes(file)).equals(expected[i]);
+  t.ok(same, 'the frames of the library run with the same contextOptions and fetaArgs');
+});
+
+t.test('LoadImage reads from the input folders', { skip }, async (t) => {
+  const inputDir = path.join(root, 'input');
+  fs.mkdirSync(path.join(inputDir, 'stills'), { recursive: true });
+  const rgb = Buffer.alloc(16 * 8 * 3);
+  for (let i = 0; i < rgb.length; i++) rgb[i] = (i * 37) % 256;
+  await sharp(rgb, { raw: { width: 16, height: 8, channels: 3 } }).png().toFile(path.join(inputDir, 'stills', 'frame.png'));
+  const workflow = {
+    1: { class_type: 'LoadImage', inputs: { image: 'frame.png [input]' } },
+    2: { class_type: 'VHS_VideoCombine', inputs: { images: ['1', 0], frame_rate: 8, loop_count: 0, filename_prefix: 'still',
+      format: 'image/png', pingpong: false, save_output: true, save_metadata: false } },
+  };
+  const result = await runWorkflow(workflow, { modelDirs: { input: [inputDir] }, outputDir: newOutputDir() });
+  const files = result.outputs['2'].files!;
+  t.same(files.map((f) => path.basename(f)), ['still_00001.png']);
+  t.ok((await pngBytes(files[0])).equals(rgb), 'the image, found by its name below the input folder, written back unchanged');
+});
+
+t.test('validation errors name the node and the input, and nothing runs', async (t) => {
+  const started: string[] = [];
+  const o: RunWorkflowOptions = { modelDirs, outputDir: newOutputDir(), onNodeStart: (id) => started.push(id) };
+  const patched = (patch: (w: any) => void) => { const w = api(); patch(w); return w; };
+
+  await rejectsWith(t, runWorkflow(patched((w) => { w['11'] = { class_type: 'WanVideoTeaCache', inputs: {} }; }), o),
+    'WAN_INVALID_OPTION', /^node 11 \(WanVideoTeaCache\): unknown node type "WanVideoTeaCache" \(wan-native runs WanVideoModelLoader, /);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.samples = ['8', 0]; }), o),
+    'WAN_INVALID_OPTION', /^the workflow has a cycle: node 6 \(WanVideoSampler\) -> node 8 \(WanVideoDecode\) -> node 6 \(WanVideoSampler\)$/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.model = ['99', 0]; }), o),
+    'WAN_INVALID_OPTION', /^node 6 \(WanVideoSampler\) input model: links to node 99, which does not exist$/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.model = ['5', 0]; }), o),
+    'WAN_INVALID_OPTION', /^node 6 \(WanVideoSampler\) input model: expected a WANVIDEOMODEL but output 0 of node 5 \(WanVideoEmptyEmbeds\) is a WANVIDIMAGE_EMBEDS$/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.model = ['4', 1]; }), o),
+    'WAN_INVALID_OPTION', /input model: links to output 1 of node 4 \(WanVideoModelLoader\), which has 1 output/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['8'].inputs.samples = ['6', 1]; }), o),
+    'WAN_INVALID_OPTION', /node 8 \(WanVideoDecode\) input samples: denoised_samples .* is not available yet/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.steps = 0; }), o),
+    'WAN_INVALID_OPTION', /^node 6 \(WanVideoSampler\) input steps: expected an integer between 1 and 10000 but received 0 of type number$/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.cfg = 31; }), o),
+    'WAN_INVALID_OPTION', /^node 6 \(WanVideoSampler\) input cfg: expected a number between 0 and 30 but received 31 of type number$/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.seed = '42'; }), o),
+    'WAN_INVALID_OPTION', /^node 6 \(WanVideoSampler\) input seed: expected an integer \(or a BigInt\) but received "42" of type string$/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.scheduler = 'deis'; }), o),
+    'WAN_INVALID_OPTION', /^node 6 \(WanVideoSampler\) input scheduler: "deis" is not available yet in wan-native \(available: unipc, dpm\+\+, /);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.scheduler = 'ddim'; }), o),
+    'WAN_INVALID_OPTION', /input scheduler: expected one of unipc, unipc\/beta, .* but received "ddim" of type string$/);
+  await rejectsWith(t, runWorkflow(patched((w) => { delete w['6'].inputs.steps; }), o),
+    'WAN_INVALID_OPTION', /^node 6 \(WanVideoSampler\): missing required input steps$/);
+  await rejectsWith(t, runWorkflow(patched((w) => { delete w['6'].inputs.image_embeds; }), o),
+    'WAN_INVALID_OPTION', /^node 6 \(WanVideoSampler\): missing required input image_embeds$/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.stepz = 3; }), o),
+    'WAN_INVALID_OPTION', /^node 6 \(WanVideoSampler\): unknown input stepz \(the node's inputs: model, image_embeds, steps, /);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.steps = ['5', 0]; }), o),
+    'WAN_INVALID_OPTION', /input steps: expected a value of type INT but received a link to node 5/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.model = 'model.safetensors'; }), o),
+    'WAN_INVALID_OPTION', /input model: expected a link \[node id, output index\] to a WANVIDEOMODEL output but received "model.safetensors"/);
+  await rejectsWith(t, runWorkflow(patched((w) => { delete w['9']; }), o),
+    'WAN_INVALID_OPTION', /^the workflow has no output node \(VHS_VideoCombine\): nothing would be made$/);
+  await rejectsWith(t, runWorkflow(patched((w) => { delete w['6'].inputs.text_embeds; }), o),
+    'WAN_INVALID_OPTION', /^node 6 \(WanVideoSampler\): text_embeds is not connected/);
+
+  // What the library cannot do yet: refused by name, unless the value is the no-op one.
+  await rejectsWith(t, runWorkflow(patched((w) => { w['4'].inputs.quantization = 'fp8_e5m2_scaled'; }), o),
+    'WAN_INVALID_OPTION', /^node 4 \(WanVideoModelLoader\) input quantization: "fp8_e5m2_scaled" is not available yet in wan-native \(available: disabled, fp8_e4m3fn, /);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['1'].inputs.quantization = 'fp8_e4m3fn'; }), o),
+    'WAN_INVALID_OPTION', /^node 1 \(LoadWanVideoT5TextEncoder\) input quantization: quantization 'fp8_e4m3fn' is not available yet/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['4'].inputs.attention_mode = 'sageattn_3'; }), o),
+    'WAN_INVALID_OPTION', /input attention_mode: "sageattn_3" is not available yet in wan-native \(available: sdpa, flash_attn_2, flash_attn_3, sageattn\)/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['3'].inputs.blocks_to_swap = 20; }), o),
+    'WAN_INVALID_OPTION', /^node 3 \(WanVideoBlockSwap\) input blocks_to_swap: block swap \(blocks_to_swap\) is not implemented yet in wan-native: set it to 0$/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['4'].inputs.compile_args = ['10', 0]; }), o),
+    'WAN_INVALID_OPTION', /^node 10 \(WanVideoTorchCompileSettings\): torch.compile \(compile_args\) is not implemented yet/);
+  await rejectsWith(t, runWorkflow(patched((w) => {
+    w['11'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'lightx2v.safetensors', strength: 1 } };
+    w['4'].inputs.lora = ['11', 0];
+  }), o), 'WAN_INVALID_OPTION', /^node 11 \(WanVideoLoraSelect\) input strength: LoRA is not implemented yet in wan-native/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.riflex_freq_index = 6; }), o),
+    'WAN_INVALID_OPTION', /input riflex_freq_index: RIFLEx \(riflex_freq_index\) is not implemented yet in wan-native: set it to 0/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['9'].inputs.format = 'video/ProRes'; }), o),
+    'WAN_INVALID_OPTION', /^node 9 \(VHS_VideoCombine\) input format: "video\/ProRes" is not available yet in wan-native \(available: image\/gif, /);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['9'].inputs.pix_fmt = 'yuv444p'; }), o),
+    'WAN_INVALID_OPTION', /^node 9 \(VHS_VideoCombine\): expected one of yuv420p, yuv420p10le for pix_fmt \(video\/h264-mp4\) but received "yuv444p"$/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['9'].inputs.format = 'image/gif'; }), o),
+    'WAN_INVALID_OPTION', /^node 9 \(VHS_VideoCombine\): pix_fmt applies to video\/h264-mp4, video\/h265-mp4, video\/webm only, not to format image\/gif$/);
+  t.same(started, [], 'no node ran');
+});
+
+t.test('a LoRA at strength 0 and block swap at 0 are no-ops: the workflow is accepted', async (t) => {
+  const w = api();
+  w['11'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'not-even-there.safetensors', strength: 0 } };
+  w['4'].inputs.lora = ['11', 0];
+  const graph = parseWorkflow(w);
+  t.ok(graph.order.includes('11'), 'the LoRA node is part of the run');
+  t.ok(graph.order.indexOf('11') < graph.order.indexOf('4'), 'before the model loader');
+});
+
+t.test('seeds: BigInt up to 2^64-1; a JSON number past 2^53 is refused; model_to_offload orders nothing', async (t) => {
+  const w = api();
+  w['6'].inputs.seed = (1n << 64n) - 1n;
+  t.equal(parseWorkflow(w).nodes.get('6')!.values.seed, (1n << 64n) - 1n);
+  w['6'].inputs.seed = 1n << 64n;
+  t.throws(() => parseWorkflow(w), { message: /input seed: expected an integer between 0 and 2\^64-1 but received 18446744073709551616/ });
+  w['6'].inputs.seed = 2 ** 60;
+  t.throws(() => parseWorkflow(w), { message: /input seed: 1152921504606847000 is above 2\^53-1, where JSON numbers lose digits; pass the workflow as an object with a BigInt seed$/ });
+  const offload = api();
+  offload['2'].inputs.model_to_offload = ['4', 0];
+  t.same(parseWorkflow(offload).order, parseWorkflow(api()).order, 'the model is not loaded before the text encoder for it');
+  offload['2'].inputs.model_to_offload = ['5', 0];
+  t.throws(() => parseWorkflow(offload), { message: /node 2 \(WanVideoTextEncode\) input model_to_offload: expected a WANVIDEOMODEL but output 0 of node 5/ });
+});
+
+t.test('an I2V workflow: validated, and each model loaded just before its first use', async (t) => {
+  const w = {
+    1: { class_type: 'LoadImage', inputs: { image: 'start.png' } },
+    2: { class_type: 'CLIPVisionLoader', inputs: { clip_name: 'clip_vision_h.safetensors' } },
+    3: { class_type: 'WanVideoClipVisionEncode', inputs: { clip_vision: ['2', 0], image_1: ['1', 0], strength_1: 1, strength_2: 1,
+      crop: 'center', combine_embeds: 'average', force_offload: true } },
+    4: { class_type: 'WanVideoVAELoader', inputs: { model_name: 'wan_2.1_vae.safetensors' } },
+    5: { class_type: 'WanVideoImageToVideoEncode', inputs: { width: 832, height: 480, num_frames: 81, noise_aug_strength: 0,
+      start_latent_strength: 1, end_latent_strength: 1, force_offload: true, vae: ['4', 0], clip_embeds: ['3', 0], start_image: ['1', 0] } },
+    6: { class_type: 'LoadWanVideoT5TextEncoder', inputs: { model_name: 'umt5-xxl-enc-bf16.safetensors', precision: 'bf16' } },
+    7: { class_type: 'WanVideoTextEncode', inputs: { positive_prompt: 'a cat', negative_prompt: '', t5: ['6', 0] } },
+    8: { class_type: 'WanVideoModelLoader', inputs: { model: 'wan2.1_i2v_480p_14B_bf16.safetensors', base_precision: 'bf16',
+      quantization: 'disabled', load_device: 'offload_device' } },
+    9: { class_type: 'WanVideoSampler', inputs: { model: ['8', 0], image_embeds: ['5', 0], text_embeds: ['7', 0], steps: 30, cfg: 6,
+      shift: 5, seed: 0, force_offload: true, scheduler: 'unipc', riflex_freq_index: 0 } },
+    10: { class_type: 'WanVideoDecode', inputs: { vae: ['4', 0], samples: ['9', 0], enable_vae_tiling: false, tile_x: 272, tile_y: 272,
+      tile_stride_x: 144, tile_stride_y: 128 } },
+    11: { class_type: 'VHS_VideoCombine', inputs: { images: ['10', 0], frame_rate: 16, loop_count: 0, filename_prefix: 'i2v',
+      format: 'video/h264-mp4', pingpong: false, save_output: true } },
+  };
+  t.same(parseWorkflow(w).order, ['1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11']);
+  const noVae: any = structuredClone(w);
+  delete noVae[5].inputs.vae;
+  t.throws(() => parseWorkflow(noVae), { message: /^node 5 \(WanVideoImageToVideoEncode\): vae is not connected: encoding start_image \/ end_image needs one$/ });
+  const flf: any = structuredClone(w);
+  Object.assign(flf[5].inputs, { end_image: ['1', 0], fun_or_fl2v_model: false });
+  t.throws(() => parseWorkflow(flf), { message: /fun_or_fl2v_model false\) is not implemented yet in wan-native: set fun_or_fl2v_model to true/ });
+  const tiled: any = structuredClone(w);
+  Object.assign(tiled[10].inputs, { enable_vae_tiling: true, tile_x: 128, tile_stride_x: 144 });
+  t.throws(() => parseWorkflow(tiled), { message: /^node 10 \(WanVideoDecode\): tile_x \(128\) must be larger than tile_stride_x \(144\)$/ });
+});
+
+t.test('the I2V nodes compute what the library computes', async (t) => {
+  const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
+  const clip = await ClipVisionEncoder.load(path.join(weightsDir, 'tiny_clip.f32.safetensors'), { numHeads: 4 });
+  const noise = new Tensor(new (native().NoiseGenerator)(5n).randn([3, 1, 40, 48])).toTypedArray() as Float32Array;
+  const pixels = noise.map((v) => Math.tanh(v));
+  const image = Tensor.fromTypedArray(pixels, [3, 40, 48]);
+  const asFrame = Tensor.fromTypedArray(pixels, [3, 1, 40, 48]);  // one frame, as a decode or a video loader gives it
+  const context = (values: Record<string, unknown>, inputs: Record<string, unknown>): NodeContext => ({
+    node: undefined as never, value: <T>(name: string) => values[name] as T, input: <T>(name: string) => inputs[name] as T,
+    file: () => { throw new Error('no files here'); }, onProgress: () => {}, streamFrames: false, metadata: {}, textCacheDir: root,
+  });
+  const [clipOut] = await EXECUTORS.WanVideoClipVisionEncode(context(
+    { strength_1: 0.5, strength_2: 1, crop: 'disabled', combine_embeds: 'average', force_offload: true, tiles: 0, ratio: 0.5 },
+    { clip_vision: clip, image_1: asFrame }));
+  const clipEmbeds = clipOut.value as ClipEmbeds;
+  const expectedClip = await clip.encode(image, { strength1: 0.5, crop: 'disabled' });
+  t.equal(maxAbsDiff(clipEmbeds.clipEmbeds, expectedClip.clipEmbeds), 0, 'WanVideoClipVisionEncode: ClipVisionEncoder.encode');
+
+  const [i2vOut] = await EXECUTORS.WanVideoImageToVideoEncode(context(
+    { width: 48, height: 32, num_frames: 7, noise_aug_strength: 0, start_latent_strength: 0.5, end_latent_strength: 1,
+      force_offload: true, fun_or_fl2v_model: true, tiled_vae: false, augment_empty_frames: 0 },
+    { vae, clip_embeds: clipEmbeds, start_image: asFrame }));
+  const embeds = i2vOut.value as ImageEmbeds;
+  const expected = await imageToVideoEncode({ vae, width: 48, height: 32, numFrames: 5, startImage: image, startLatentStrength: 0.5 });
+  t.same(embeds.targetShape, [16, 2, 4, 6], 'num_frames 7 rounded down to 5, as the wrapper');
+  t.equal(maxAbsDiff(embeds.y!, expected.y!), 0, 'WanVideoImageToVideoEncode: imageToVideoEncode');
+  t.equal(embeds.clipContext, clipEmbeds.clipEmbeds, 'the CLIP tokens are borrowed ...');
+  t.same(i2vOut.retains, ['clip_embeds'], '... so the CLIP node output is kept alive with the embeds');
+  const [plain] = await EXECUTORS.WanVideoImageToVideoEncode(context({ width: 48, height: 32, num_frames: 5 }, {}));
+  t.same(plain.value, emptyEmbeds({ width: 48, height: 32, numFrames: 5 }), 'no image: WanVideoEmptyEmbeds, as the wrapper');
+  i2vOut.dispose?.();
+  clipOut.dispose?.();
+  clip.dispose();
+  vae.dispose();
+});
+
+t.test('the model loader passes its options to WanModel.load', { skip }, async (t) => {
+  const w = api();
+  Object.assign(w['4'].inputs, { quantization: 'fp8_e4m3fn', attention_mode: 'flash_attn_2', base_precision: 'bf16' });
+  const seen: unknown[] = [];
+  const load = WanModel.load;
+  WanModel.load = async (file, options) => {
+    const model = await load(file, options);
+    seen.push({ file, quantization: model.config.quantization, attentionMode: model.config.attentionMode,
+      basePrecision: model.config.basePrecision, numHeads: model.config.numHeads, textLen: model.config.textLen });
+    return model;
+  };
+  const controller = new AbortController();
+  try {
+    await t.rejects(runWorkflow(w, { modelDirs, outputDir: newOutputDir(), signal: controller.signal,
+      onNodeStart: (id) => { if (id === '6') controller.abort(); } }), { code: 'WAN_ABORTED' });
+  } finally {
+    WanModel.load = load;
+  }
+  t.same(seen, [{ file: path.join(weightsDir, 'tiny_t2v_dit.f32.safetensors'), quantization: 'fp8_e4m3fn', attentionMode: 'flash',
+    basePrecision: 'bf16', numHeads: 2, textLen: 16 }], 'quantization, attention_mode flash_attn_2 -> flash, base_precision, num_heads, text_len');
+});
+
+t.test('model files: exact relative names, then file names below the folders; a miss lists where it looked', { skip }, async (t) => {
+  const nested = path.join(root, 'models');
+  fs.mkdirSync(path.join(nested, 'vae', 'wan'), { recursive: true });
+  fs.copyFileSync(path.join(weightsDir, 'tiny_vae.f32.safetensors'), path.join(nested, 'vae', 'wan', 'tiny_vae.f32.safetensors'));
+  const withVae = (name: string, dirs: RunWorkflowOptions['modelDirs']) => {
+    const w = api();
+    w['7'].inputs.model_name = name;
+    w['9'].inputs.filename_prefix = 'lookup';
+    return runWorkflow(w, { modelDirs: dirs, outputDir: newOutputDir() });
+  };
+  const perKind = { diffusion_models: [weightsDir], text_encoders: [weightsDir, tokenizerDir], vae: [path.join(nested, 'vae')] };
+  t.ok((await withVae('wan\\tiny_vae.f32.safetensors', perKind)).outputs['9'].files, 'a Windows-style relative name');
+  t.ok((await withVae('other/place/tiny_vae.f32.safetensors', perKind)).outputs['9'].files, 'found by file name below the folder');
+
+  await rejectsWith(t, withVae('wan_2.1_vae.safetensors', perKind), 'WAN_IO',
+    new RegExp(`^node 7 \\(WanVideoVAELoader\\) input model_name: "wan_2.1_vae.safetensors" not found: looked for wan_2.1_vae.safetensors in ${path.join(nested, 'vae')} ` +
+      '\\(modelDirs.vae\\) and for a file named wan_2.1_vae.safetensors below them$'));
+  await rejectsWith(t, withVae('wan_2.1_vae.safetensors', modelDirs), 'WAN_IO',
+    new RegExp(`looked for wan_2.1_vae.safetensors in ${weightsDir}, ${tokenizerDir} \\(modelDirs\\)`));
+  await rejectsWith(t, withVae('tiny_vae.f32.safetensors', { diffusion_models: [weightsDir], text_encoders: [weightsDir, tokenizerDir] }), 'WAN_IO',
+    /^node 7 \(WanVideoVAELoader\) input model_name: cannot look for "tiny_vae.f32.safetensors": no vae folders were given \(modelDirs.vae\)$/);
+  await rejectsWith(t, withVae('../weights/tiny_vae.f32.safetensors', modelDirs), 'WAN_INVALID_OPTION',
+    /input model_name: expected a file name relative to the vae folders but received "..\/weights/);
+  fs.mkdirSync(path.join(nested, 'vae', 'copy'));
+  fs.copyFileSync(path.join(weightsDir, 'tiny_vae.f32.safetensors'), path.join(nested, 'vae', 'copy', 'tiny_vae.f32.safetensors'));
+  await rejectsWith(t, withVae('tiny_vae.f32.safetensors', perKind), 'WAN_INVALID_OPTION',
+    /"tiny_vae.f32.safetensors" is ambiguous: 2 files named tiny_vae.f32.safetensors under .*; give its path relative to the folder/);
+});
+
+t.test('UI format: what cannot be mapped is an error', async (t) => {
+  const long = ui();
+  long.nodes.find((n: any) => n.id === 5).widgets_values = [64, 64, 5, 1];
+  t.throws(() => parseWorkflow(long), { code: 'WAN_INVALID_OPTION',
+    message: /^node 5 \(WanVideoEmptyEmbeds\): widgets_values has 4 values but the node has 3 widgets \(width, height, num_frames\); .*export it in API format$/ });
+  const old = ui();  // the March 2025 sampler had an empty string where batched_cfg is now
+  old.nodes.find((n: any) => n.id === 6).widgets_values = [3, 5, 5, 42, 'fixed', true, 'unipc', 0, 1, ''];
+  t.throws(() => parseWorkflow(old), { code: 'WAN_INVALID_OPTION',
+    message: /^node 6 \(WanVideoSampler\) input batched_cfg \(widgets_values\[9\]\): expected a boolean but received "" of type string$/ });
+  const vhs = ui();
+  vhs.nodes.find((n: any) => n.id === 9).widgets_values = [8, 0, 'wan/t2v', 'video/h264-mp4', 'yuv420p', 19, true, false, false, true];
+  t.throws(() => parseWorkflow(vhs), { code: 'WAN_INVALID_OPTION', message: /^node 9 \(VHS_VideoCombine\): widgets_values is an array, which cannot be mapped/ });
+  const dangling = ui();
+  dangling.nodes.find((n: any) => n.id === 8).inputs[0].link = 77;
+  t.throws(() => parseWorkflow(dangling), { code: 'WAN_INVALID_OPTION', message: /^node 8 \(WanVideoDecode\) input vae: refers to link 77, which is not in the workflow's links$/ });
+  const muted = ui();
+  muted.nodes.find((n: any) => n.id === 7).mode = 2;
+  t.throws(() => parseWorkflow(muted), { code: 'WAN_INVALID_OPTION', message: /^node 8 \(WanVideoDecode\): missing required input vae$/ });
+  const loadImage = {
+    nodes: [
+      { id: 1, type: 'LoadImage', mode: 0, widgets_values: ['frame.png', 'image'], outputs: [{ name: 'IMAGE', type: 'IMAGE', links: [1] }] },
+      { id: 2, type: 'VHS_VideoCombine', mode: 0, inputs: [{ name: 'images', type: 'IMAGE', link: 1 }],
+        widgets_values: { frame_rate: 8, loop_count: 0, filename_prefix: 'x', format: 'image/gif', pingpong: false, save_output: true } },
+    ],
+    links: [{ id: 1, origin_id: 1, origin_slot: 0, target_id: 2, target_slot: 0, type: 'IMAGE' }],
+  };
+  t.same(parseWorkflow(loadImage).nodes.get('1')!.values, { image: 'frame.png' }, "LoadImage's upload widget skipped; links in object form");
+  const bypassed = ui();
+  bypassed.nodes.find((n: any) => n.id === 3).mode = 4;  // bypassed, with no input of its output's type
+  t.equal(parseWorkflow(bypassed).nodes.get('4')!.links.block_swap_args, undefined, 'a bypassed node with nothing to pass on: unconnected');
+});
+
+t.test('abort stops the run and leaves no output file', { skip }, async (t) => {
+  const outputDir = newOutputDir();
+  const controller = new AbortController();
+  const started: string[] = [];
+  await t.rejects(runWorkflow(apiFile, {
+    modelDirs, outputDir, signal: controller.signal,
+    onNodeStart: (id) => started.push(id),
+    onProgress: (e) => { if (e.nodeId === '6' && e.progress?.step === 1) controller.abort(); },
+  }), { code: 'WAN_ABORTED' });
+  t.same(started, ['1', '2', '5', '3', '4', '6'], 'nothing ran after the sampler');
+  t.same(listFiles(outputDir), [], 'no output file');
+
+  // Aborted while the video is written (decode streamed into Video Combine).
+  const late = new AbortController();
+  await t.rejects(runWorkflow(apiFile, {
+    modelDirs, outputDir, signal: late.signal,
+    onProgress: (e) => { if (e.nodeId === '9' && (e.progress?.step ?? 0) >= 2) late.abort(); },
+  }), { code: 'WAN_ABORTED' });
+  t.same(listFiles(outputDir), [], 'no output file, not even a partial one');
+
+  const before = new AbortController();
+  before.abort();
+  await t.rejects(runWorkflow(apiFile, { modelDirs, outputDir, signal: before.signal }), { code: 'WAN_ABORTED' });
+});
+
+t.test('bad arguments', async (t) => {
+  await t.rejects(runWorkflow(path.join(root, 'nope.json')), { code: 'WAN_IO', message: /cannot read the workflow .*nope\.json/ });
+  fs.writeFileSync(path.join(root, 'broken.json'), '{"1": ');
+  await t.rejects(runWorkflow(path.join(root, 'broken.json')), { code: 'WAN_INVALID_OPTION', message: /broken\.json is not JSON/ });
+  await t.rejects(runWorkflow(api(), { modelDirs: 'models' as never }), { code: 'WAN_INVALID_OPTION',
+    message: /Expected an array of folders or an object of folder lists per kind for modelDirs but received "models"/ });
+  await t.rejects(runWorkflow(api(), { modelDirs: { checkpoints: ['x'] } as never }), { code: 'WAN_INVALID_OPTION',
+    message: /Expected modelDirs keys among diffusion_models, text_encoders, vae, clip_vision, loras, input but received "checkpoints"/ });
+  await t.rejects(runWorkflow(42 as never), { code: 'WAN_INVALID_OPTION', message: /Expected a workflow file path or object/ });
+  t.throws(() => parseWorkflow({}), { code: 'WAN_INVALID_OPTION', message: /the workflow has no nodes/ });
+});
+
+t.test('npx wan-native run: the command line runs the workflow file', { skip }, async (t) => {
+  const outputDir = newOutputDir();
+  const cli = path.join(repoRoot, 'dist', 'lib', 'cli.js');
+  const r = spawnSync(process.execPath, [cli, 'run', apiFile, '--models', weightsDir, '--models', tokenizerDir, '--output-dir', outputDir],
+    { encoding: 'utf8' });
+  t.equal(r.status, 0, r.stderr);
+  const files = r.stdout.trim().split('\n');
+  t.equal(files.length, 1, 'one file written, its path on stdout');
+  t.ok(files[0].startsWith(outputDir + path.sep), `written below the output folder: ${files[0]}`);
+  t.match(r.stderr, /node 6 \(WanVideoSampler\)/, 'each node is announced on stderr');
+  const expected = frameBytes(await directT2v());
+  t.equal(decodeVideo(files[0]).length, Buffer.concat(expected).length, 'a video of the library pipeline\'s frame count and size');
+
+  const bad = spawnSync(process.execPath, [cli, 'run', apiFile, '--bogus'], { encoding: 'utf8' });
+  t.equal(bad.status, 2);
+  t.match(bad.stderr, /wan-native run: unknown option --bogus/);
+  const missing = spawnSync(process.execPath, [cli, 'run', apiFile, '--models', tokenizerDir, '--output-dir', newOutputDir()], { encoding: 'utf8' });
+  t.equal(missing.status, 1);
+  t.match(missing.stderr, /node \d+ \(\w+\) input model_name: .* not found: looked for .* in /, 'a model missing from the folders is named with where it looked');
+});
