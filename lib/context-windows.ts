@@ -34,7 +34,8 @@ export interface ContextOptions {
   stride?: number;
   /** context_overlap: pixel frames shared by neighbouring windows; 16, 4..100. */
   overlap?: number;
-  /** freenoise: shuffle the initial noise so that every window starts from the same noise; true. */
+  /** freenoise: each window after the first starts from the initial noise of the frames before it,
+   *  shuffled (FreeNoise), rather than from fresh noise; true. */
   freenoise?: boolean;
   /** fuse_method: 'linear' (ramps over the overlap at inner window edges) or 'pyramid'
    *  (triangular weights peaking mid-window); 'linear'. */
@@ -124,6 +125,8 @@ export function resolveContextOptions(options: ContextOptions | undefined, laten
 // ordered_halving(step): the bits of the step reversed as a 64-bit fraction: 0, 1/2, 1/4, 3/4,
 // 1/8, .. so that window boundaries move to a new place every step.
 export function orderedHalving(step: number): number {
+  if (!Number.isSafeInteger(step) || step < 0)
+    throw invalidOption(`Expected a non-negative integer for step but received ${describeValue(step)}`);
   let v = BigInt(step);
   let reversed = 0n;
   for (let i = 0; i < 64; i++) {
@@ -156,26 +159,35 @@ function dilationLevels(o: ResolvedContextOptions, T: number): number {
   return Math.min(o.stride, k + 1);
 }
 
-// The dilated windows of uniform_standard / uniform_looped only stay valid while a window of
-// `frames` frames spaced 2^(levels-1) apart fits in the video: past that the wrapper's windows
-// wrap onto themselves (uniform_looped: [0, 2, 0] for T = 4) or, once shifted, index frames past
-// the end (uniform_standard: [3, 5, 3]), and its sampler raises "Invalid context window
-// indices". We refuse such options up front with a message that says what to change.
+// Whether the windows dilated by 2^level are valid for T frames, for every step. uniform_looped
+// keeps a dilated window as it wraps around the loop, so its frames stay distinct while no two of
+// them are a multiple of T apart: frames <= T / gcd(T, 2^level) (else [0, 2, 0] for T = 4).
+// uniform_standard moves a window that wraps back to end on the last frame, which only stays in
+// the video while the dilated window fits: (frames - 1) * 2^level + 1 <= T (else [3, 5, 3]).
+// The wrapper makes such windows and its sampler then raises "Invalid context window indices";
+// both conditions match where it does, for all steps, over every frames <= 16, overlap, stride
+// <= 5 and T <= 4 * frames + 2 (checked against its context.py). Both only tighten as the level
+// grows, and level 0 is always valid.
+function dilationValid(o: ResolvedContextOptions, T: number, level: number): boolean {
+  const dilation = 2 ** level;
+  if (o.looped) return o.frames <= T / gcd(T, dilation);
+  return (o.frames - 1) * dilation + 1 <= T;
+}
+
+function gcd(a: number, b: number): number {
+  while (b !== 0) [a, b] = [b, a % b];
+  return a;
+}
+
 function checkDilation(o: ResolvedContextOptions, T: number, pixelStride: number): void {
   if (o.schedule === 'static_standard' || T <= o.frames) return;
   const levels = dilationLevels(o, T);
-  const span = (o.frames - 1) * 2 ** (levels - 1) + 1;
-  if (span > T)
-    throw invalidOption(`contextOptions.stride of ${pixelStride} pixel frames dilates the ${o.schedule} windows of ${o.frames} latent ` +
-                        `frames by up to ${2 ** (levels - 1)}, more than a video of ${T} latent frames holds; use a stride below ` +
-                        `${4 * maxStride(o, T)} or the static_standard schedule`);
-}
-
-// The largest latent stride whose widest dilated window fits in T frames (at least 1).
-function maxStride(o: ResolvedContextOptions, T: number): number {
-  let s = 1;
-  while ((o.frames - 1) * 2 ** s + 1 <= T) s++;
-  return s + 1;
+  for (let level = 1; level < levels; level++) {
+    if (!dilationValid(o, T, level))
+      throw invalidOption(`contextOptions.stride of ${pixelStride} pixel frames (${o.stride} latent) dilates ${o.schedule} windows of ` +
+                          `${o.frames} latent frames by ${2 ** level}, which a video of ${T} latent frames cannot hold; use a ` +
+                          `contextOptions.stride of at most ${4 * level + 3} or the static_standard schedule`);
+  }
 }
 
 // uniform_standard and uniform_looped before uniform_standard's clean-up: for each dilation
@@ -249,6 +261,24 @@ function uniformStandard(step: number, T: number, o: ResolvedContextOptions): nu
   return windows;
 }
 
+// Unlike the wrapper: with dilated windows (a latent stride of 2 or more) uniform_standard can
+// leave a frame in no window (8 latent frames a window, overlap 2, stride 2, T = 18, step 2: frame 1),
+// where the wrapper's sampler divides 0 by 0. Each such frame gets a plain window starting on it
+// (moved back to end on the last frame if need be), as uniform_standard itself inserts after a
+// window that wraps. With the default stride (1 latent) every frame is always covered.
+function coverMissingFrames(windows: number[][], T: number, o: ResolvedContextOptions): number[][] {
+  const covered = new Uint8Array(T);
+  for (const w of windows) for (const f of w) covered[f] = 1;
+  for (let f = 0; f < T; f++) {
+    if (covered[f]) continue;
+    const start = Math.min(f, T - o.frames);
+    const w = Array.from({ length: o.frames }, (_, k) => start + k);
+    for (const g of w) covered[g] = 1;
+    windows.push(w);
+  }
+  return windows;
+}
+
 // static_standard: the same windows every step, `frames - overlap` apart, the last one moved
 // back to end on the last frame.
 function staticStandard(T: number, o: ResolvedContextOptions): number[][] {
@@ -278,13 +308,13 @@ export function contextWindows(step: number, numSteps: number, latentFrames: num
   if (T <= o.frames) return [Array.from({ length: T }, (_, k) => k)];
   const windows = o.schedule === 'static_standard' ? staticStandard(T, o)
     : o.schedule === 'uniform_looped' ? uniformWindows(step, T, o)
-    : uniformStandard(step, T, o);
+    : coverMissingFrames(uniformStandard(step, T, o), T, o);
   // The sampler's own check ("Invalid context window indices"), plus repeated frames, which the
   // wrapper would scatter into with an undefined result. resolveContextOptions rules both out.
   for (const w of windows) {
     if (w.some((f) => f < 0 || f >= T) || new Set(w).size !== w.length)
-      throw new WanError('WAN_INVALID_OPTION', `contextOptions: the ${o.schedule} schedule made the invalid window [${w.join(', ')}] ` +
-                         `for ${T} latent frames at step ${step}; use a smaller contextOptions.stride`);
+      throw invalidOption(`contextOptions: the ${o.schedule} schedule made the invalid window [${w.join(', ')}] ` +
+                          `for ${T} latent frames at step ${step}; use a smaller contextOptions.stride`);
   }
   return windows;
 }
@@ -292,9 +322,12 @@ export function contextWindows(step: number, numSteps: number, latentFrames: num
 // ---------------------------------------------------------------------------------------------
 // Fuse weights (context_windows/context.py create_window_mask)
 
-// torch.linspace(start, end, n) in float32 as PyTorch computes it (CUDA LinspaceOp, and the
-// scalar CPU path): the first half counted from start, the second half back from end, so that
-// both ends are exact. n == 1 gives [start].
+// torch.linspace(start, end, n) in float32, by the formula of PyTorch's kernels: the first half
+// counted up from start, the second half back from end, so that both ends are exact; each
+// operation rounded to float32. n == 1 gives [start]. PyTorch's own results can differ from this
+// by a few float32 ulps in the middle elements (its vectorised CPU kernel steps on from the start
+// of each vector; on CUDA nvcc may fuse the multiply-add), never with the default overlap of 4
+// latent frames.
 function torchLinspace(start: number, end: number, n: number): Float32Array {
   const out = new Float32Array(n);
   if (n === 1) {
@@ -314,8 +347,9 @@ function torchLinspace(start: number, end: number, n: number): Float32Array {
  * - linear: 1, with a ramp 0 -> 1 over the first `overlap` frames unless the window starts on
  *   frame 0, and a ramp 1 -> 0 over the last `overlap` frames unless it ends on the last frame;
  *   uniform_looped ramps both edges of a window that touches either end (it wraps).
- * - pyramid: 1, 2, .., m, .., 2, 1 divided by m (m = ceil(len / 2)); except with uniform_looped,
- *   the edge of a window on the first (last) frame is raised to at least the ramp 0 -> 1 (1 -> 0).
+ * - pyramid: 1, 2, .., m, .., 2, 1 divided by m (m = ceil(len / 2)); outside uniform_looped, the
+ *   first `overlap` weights of a window that starts on frame 0 are raised to at least the ramp
+ *   0 -> 1, and the last `overlap` of one that ends on the last frame to at least 1 -> 0.
  * Unlike the wrapper, the single window of a video no longer than a window weighs 1 everywhere:
  * there is nothing to fuse, so sampling equals sampling without windows exactly (the wrapper's
  * pyramid weights cancel only up to rounding, and its looped linear mask makes 0 / 0 there).
@@ -381,6 +415,9 @@ export class WindowAccumulator {
   private readonly sum: Float32Array;     // [C, T, H, W]
   private readonly weight: Float32Array;  // [T]: the same for every channel and pixel
   private readonly covered: Uint32Array;  // [T]: windows that included the frame
+  // Per frame, the plain sum [C, H, W] of the predictions added at weight 0: the fallback for a
+  // frame that only ever gets weight 0 (see result()).
+  private readonly unweighted = new Map<number, Float32Array>();
 
   constructor(shape: readonly [number, number, number, number]) {
     if (!Array.isArray(shape) || shape.length !== 4 || !shape.every((d) => Number.isInteger(d) && d > 0))
@@ -401,8 +438,8 @@ export class WindowAccumulator {
     if (!(pred instanceof Float32Array) || pred.length !== C * n * HW)
       throw invalidOption(`Expected a Float32Array of ${C * n * HW} elements ([${C}, ${n}, ${H}, ${W}]) for pred but received ${describeValue(pred)}` +
                           (pred instanceof Float32Array ? ` of ${pred.length}` : ''));
-    if (!(weights instanceof Float32Array) || weights.length !== n)
-      throw invalidOption(`Expected a Float32Array of ${n} weights for weights but received ${describeValue(weights)}`);
+    if (!(weights instanceof Float32Array) || weights.length !== n || !weights.every((w) => w >= 0 && w < Infinity))
+      throw invalidOption(`Expected a Float32Array of ${n} non-negative finite weights for weights but received ${describeValue(weights)}`);
     const f = Math.fround;
     for (let k = 0; k < n; k++) {
       const t = window[k];
@@ -414,28 +451,41 @@ export class WindowAccumulator {
         const dst = (c * T + t) * HW;
         for (let i = 0; i < HW; i++) this.sum[dst + i] += f(pred[src + i] * w);
       }
+      if (w === 0) {
+        let plain = this.unweighted.get(t);
+        if (!plain) this.unweighted.set(t, plain = new Float32Array(C * HW));
+        for (let c = 0; c < C; c++) {
+          const src = (c * n + k) * HW;
+          for (let i = 0; i < HW; i++) plain[c * HW + i] += pred[src + i];
+        }
+      }
       this.weight[t] += w;
       this.covered[t]++;
     }
   }
 
   /**
-   * The fused prediction [C, T, H, W]. Throws if a frame was in no window, or only at zero weight
-   * (where the wrapper would divide 0 by 0); resolveContextOptions' schedules never do either.
+   * The fused prediction [C, T, H, W]. Unlike the wrapper, a frame that every window covering it
+   * weighs 0 (the linear ramp's first frame, in some dilated uniform_standard schedules) takes the
+   * plain mean of those windows' predictions instead of 0 / 0. Throws if a frame was in no window.
    */
   result(): Float32Array {
     const [C, T, H, W] = this.shape;
     const HW = H * W;
     for (let t = 0; t < T; t++) {
-      if (this.covered[t] === 0 || this.weight[t] === 0)
-        throw new WanError('WAN_INTERNAL', `context windows: latent frame ${t} was ${this.covered[t] === 0 ? 'in no window' : 'only in windows at zero weight'}`);
+      if (this.covered[t] === 0) throw new WanError('WAN_INTERNAL', `context windows: latent frame ${t} was in no window`);
     }
     const out = new Float32Array(this.sum.length);
-    for (let c = 0; c < C; c++) {
-      for (let t = 0; t < T; t++) {
-        const d = this.weight[t];
+    for (let t = 0; t < T; t++) {
+      const d = this.weight[t];
+      const plain = d === 0 ? this.unweighted.get(t) : undefined;
+      for (let c = 0; c < C; c++) {
         const base = (c * T + t) * HW;
-        for (let i = 0; i < HW; i++) out[base + i] = this.sum[base + i] / d;
+        if (plain) {
+          for (let i = 0; i < HW; i++) out[base + i] = plain[c * HW + i] / this.covered[t];
+        } else {
+          for (let i = 0; i < HW; i++) out[base + i] = this.sum[base + i] / d;
+        }
       }
     }
     return out;

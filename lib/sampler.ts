@@ -37,7 +37,7 @@ export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
   shift?: number;                 // 5.0
   seed?: number | bigint;         // 0, 0..2^64-1
   scheduler?: SchedulerName;      // 'unipc'
-  sigmas?: number[];              // custom sigmas (steps + 1 values, last 0), replacing the schedule
+  sigmas?: number[];              // custom sigmas (steps + 1 values, last 0), replacing the schedule and steps
   startStep?: number;             // 0: first step to run (split sampling)
   endStep?: number;               // -1: step to stop before (-1 = the end)
   samples?: Tensor;               // latents to start from (video-to-video, continuation)
@@ -131,7 +131,8 @@ export class Sampler {
     const text = o.textEmbeds;
     if (!text || !Array.isArray(text.promptEmbeds) || text.promptEmbeds.length === 0)
       throw invalidOption(`Expected textEmbeds with at least one prompt (TextEncoder.encode) but received ${describeValue(text)}`);
-    const steps = positiveInteger('steps', o.steps, 30);
+    // Custom sigmas define the steps (one fewer than the sigmas), as the wrapper's SIGMAS input.
+    const steps = Array.isArray(o.sigmas) && o.sigmas.length >= 2 ? o.sigmas.length - 1 : positiveInteger('steps', o.steps, 30);
     const shift = finiteIn('shift', o.shift, 5.0, 0, 1000);
     const seed = seedOf(o.seed);
     const schedulerName = o.scheduler ?? 'unipc';

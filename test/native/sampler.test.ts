@@ -281,3 +281,12 @@ t.test('context windows', async (t) => {
 
   await t.rejects(sampler.sample({ ...o, contextOptions: { frames: 17, overlap: 20 } }), { code: 'WAN_INVALID_OPTION', message: /contextOptions.overlap/ });
 });
+
+t.test('custom sigmas set the steps', async (t) => {
+  const { model, text } = await shared;
+  const reports: number[] = [];
+  const o = { imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 1 }), textEmbeds: text, cfg: 1, scheduler: 'euler' as const };
+  const custom = await new Sampler(model).sample({ ...o, sigmas: [1, 0.6, 0.2, 0], onProgress: (p) => reports.push(p.totalSteps) });
+  t.same(reports, [3, 3, 3], 'three steps from four sigmas');
+  t.ok(toNumbers(custom.toTypedArray()).every(Number.isFinite));
+});
