@@ -33,6 +33,62 @@ export interface ModelLoaderOptions extends LongCallOptions {
   textLen?: number;
   /** Read the weights into memory at load (default true); false maps them lazily. */
   populate?: boolean;
+  /** Block swap (WanVideoBlockSwap); also settable later with setBlockSwap(). */
+  blockSwap?: BlockSwapOptions;
+  /** LoRAs merged into the weights at load, in order (WanVideoLoraSelect with merge_loras). */
+  loras?: LoraOptions[];
+}
+
+/** One LoRA (the wrapper's WanVideoLoraSelect + WanVideoLoraBlockEdit). Its updates are added
+ * to the weights at load: strength * alpha / rank * (up @ down) per low-rank pair (alpha = rank
+ * when the file has none), strength * diff per `.diff` / `.diff_b` / `.diff_m` key; computed in
+ * float64, rounded once to float32 and stored in each weight's dtype (fp8 re-encoded with its
+ * scale). Keys may use ComfyUI, kohya (`lora_unet_*`), diffusers/finetrainers, PEFT, DiffSynth or
+ * LyCORIS names; a key that matches no weight is an error listing every such key (keys of
+ * the I2V image branch are dropped on a T2V model, as the wrapper drops them). */
+export interface LoraOptions {
+  /** The LoRA file: safetensors or .pth, or the shards of one (a list or their `*.index.json`). */
+  path: string | string[];
+  /** Scale of the update (default 1.0, from -1000 to 1000 as the wrapper); 0 skips the LoRA. */
+  strength?: number;
+  /** Only keys of these block indices apply (keys outside `blocks.N`, such as the head, always
+   * do, as the wrapper's block selection). Default: every block. */
+  blocks?: number[];
+  /** Skip keys whose name, or the official name of the weight they change, contains one of
+   * these (the wrapper's layer_filter, e.g. ['ffn', 'cross_attn']); empty strings are ignored. */
+  layerFilter?: string[];
+}
+
+/** The wrapper's block_swap_args. On the CPU, where the model computes today, weights stay in
+ * their storage dtype and a swapped block's "transfer" is its widening to float32, a whole block
+ * at a time just before use; with prefetchBlocks > 0, worker threads widen the next blocks while
+ * the current one computes. The output is bitwise the same with any setting. */
+export interface BlockSwapOptions {
+  /** How many of the last blocks are swapped (20 in the wrapper's node; here default 0, 0..numLayers). */
+  blocksToSwap?: number;
+  /** Swapped blocks prepared ahead of use (0). */
+  prefetchBlocks?: number;
+  /** GPU transfers from pinned memory on a side stream (false); no effect on the CPU. */
+  useNonBlocking?: boolean;
+  /** Keep img_emb / text_embedding on the offload device (false); no effect on the CPU. */
+  offloadImgEmb?: boolean;
+  offloadTxtEmb?: boolean;
+}
+
+function checkBlockSwap(o: unknown): Required<Pick<BlockSwapOptions, 'blocksToSwap' | 'prefetchBlocks'>> {
+  if (typeof o !== 'object' || o === null || Array.isArray(o))
+    throw invalidOption(`Expected an object { blocksToSwap?, prefetchBlocks?, ... } for blockSwap but received ${describeValue(o)}`);
+  const b = o as BlockSwapOptions;
+  for (const key of ['blocksToSwap', 'prefetchBlocks'] as const) {
+    const v = b[key];
+    if (v !== undefined && !(Number.isSafeInteger(v) && v >= 0))
+      throw invalidOption(`Expected a non-negative integer for blockSwap.${key} but received ${describeValue(v)}`);
+  }
+  for (const key of ['useNonBlocking', 'offloadImgEmb', 'offloadTxtEmb'] as const) {
+    if (b[key] !== undefined && typeof b[key] !== 'boolean')
+      throw invalidOption(`Expected a boolean for blockSwap.${key} but received ${describeValue(b[key])}`);
+  }
+  return { blocksToSwap: b.blocksToSwap ?? 0, prefetchBlocks: b.prefetchBlocks ?? 0 };
 }
 
 export interface WanModelConfig {
@@ -44,6 +100,8 @@ export interface WanModelConfig {
   computeDtype: 'f32' | 'bf16' | 'f16';  // what the model computes in here
   attentionMode: AttentionMode;
   quantization: Exclude<Quantization, 'fp8_e4m3fn_fast'>;  // as loaded
+  blocksToSwap: number;
+  prefetchBlocks: number;
 }
 
 /** The official WanModel.forward arguments (wan/modules/model.py). */
@@ -77,6 +135,39 @@ function checkOptions(o: ModelLoaderOptions): void {
   }
   if (o.populate !== undefined && typeof o.populate !== 'boolean')
     throw invalidOption(`Expected a boolean for populate but received ${describeValue(o.populate)}`);
+  if (o.blockSwap !== undefined) checkBlockSwap(o.blockSwap);
+  if (o.loras !== undefined) checkLoras(o.loras);
+}
+
+function checkLoras(loras: unknown): void {
+  if (!Array.isArray(loras))
+    throw invalidOption(`Expected an array of { path, strength?, blocks?, layerFilter? } for loras but received ${describeValue(loras)}`);
+  loras.forEach((l: unknown, i) => {
+    const what = `loras[${i}]`;
+    if (typeof l !== 'object' || l === null || Array.isArray(l))
+      throw invalidOption(`Expected an object { path, strength?, blocks?, layerFilter? } for ${what} but received ${describeValue(l)}`);
+    const { strength, blocks, layerFilter } = l as LoraOptions;
+    if (Array.isArray(strength))
+      throw invalidOption(`Expected a number for ${what}.strength but received ${describeValue(strength)}: ` +
+                          'a per-step strength list needs unmerged LoRAs, and LoRAs are merged at load here');
+    if (strength !== undefined && !(typeof strength === 'number' && strength >= -1000 && strength <= 1000))
+      throw invalidOption(`Expected a number from -1000 to 1000 for ${what}.strength but received ${describeValue(strength)}`);
+    if (blocks !== undefined && !(Array.isArray(blocks) && blocks.length > 0 && blocks.every((b) => Number.isSafeInteger(b) && b >= 0)))
+      throw invalidOption(`Expected a non-empty array of block indices (integers >= 0) for ${what}.blocks but received ${describeValue(blocks)}`);
+    if (layerFilter !== undefined && !(Array.isArray(layerFilter) && layerFilter.every((f) => typeof f === 'string')))
+      throw invalidOption(`Expected an array of strings for ${what}.layerFilter but received ${describeValue(layerFilter)}`);
+  });
+}
+
+// The LoRAs as the addon takes them: files planned, strength 0 left out (never opened, as the wrapper skips them).
+async function planLoras(loras: LoraOptions[] | undefined) {
+  const out: { files: string[]; strength: number; blocks?: number[]; layerFilter?: string[] }[] = [];
+  for (const [i, l] of (loras ?? []).entries()) {
+    const { files } = await planFiles(l.path, `loras[${i}].path`);
+    const strength = l.strength ?? 1;
+    if (strength !== 0) out.push({ files, strength, blocks: l.blocks, layerFilter: l.layerFilter });
+  }
+  return out;
 }
 
 function handles(list: unknown, what: string): NativeTensor[] {
@@ -101,6 +192,7 @@ export class WanModel {
     return withCallerStack((async () => {
       checkOptions(options);
       const plan = await planFiles(path, 'path');
+      const loras = await planLoras(options.loras);
       const abort = bridgeAbort(options.signal);
       const clock = new ProgressClock('load', 1, options.onProgress);
       try {
@@ -108,7 +200,8 @@ export class WanModel {
         const handle = await native().loadWanModel(plan.files, {
           numHeads: options.numHeads, textLen: options.textLen,
           attentionMode: options.attentionMode ?? 'sdpa', quantization: options.quantization ?? 'disabled',
-          populate: options.populate ?? true,
+          ...(options.blockSwap ? checkBlockSwap(options.blockSwap) : {}),
+          populate: options.populate ?? true, loras,
         }, abort.flag);
         clock.report(1);
         return new WanModel(handle, options.basePrecision ?? 'bf16');
@@ -121,6 +214,13 @@ export class WanModel {
   private handle(): NativeWanModel {
     if (!this.#native) throw new WanError('WAN_INVALID_OPTION', 'the WanModel has been disposed');
     return this.#native;
+  }
+
+  /** Changes block swap for the next forward calls (see BlockSwapOptions). */
+  setBlockSwap(o: BlockSwapOptions): void {
+    const { blocksToSwap, prefetchBlocks } = checkBlockSwap(o);
+    this.handle().setBlockSwap(blocksToSwap, prefetchBlocks);
+    Object.assign(this.config, { blocksToSwap, prefetchBlocks });
   }
 
   get attentionMode(): AttentionMode {

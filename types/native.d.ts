@@ -21,6 +21,7 @@ export interface NativeWanModel {
                    clipFea?: NativeTensor; y?: NativeTensor[]; fetaWeight?: number }, trace: boolean, abortFlag?: Int32Array):
     Promise<{ outputs: NativeTensor[]; trace?: Record<string, NativeTensor> }>;
   setAttentionMode(mode: string): void;
+  setBlockSwap(blocksToSwap: number, prefetchBlocks: number): void;
   dispose(): void;
 }
 
@@ -93,6 +94,8 @@ export interface NativeAddon {
   loadClipVision(files: string[], options: { numHeads?: number; populate: boolean }, abortFlag?: Int32Array):
     Promise<NativeClipVision>;
   loadVae(files: string[], options: { populate: boolean }, abortFlag?: Int32Array): Promise<NativeVae>;
-  loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; quantization: string; populate: boolean },
+  loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; quantization: string; populate: boolean;
+                                        blocksToSwap?: number; prefetchBlocks?: number;
+                                           loras?: { files: string[]; strength: number; blocks?: number[]; layerFilter?: string[] }[] },
                abortFlag?: Int32Array): Promise<NativeWanModel>;
 }

@@ -20,6 +20,30 @@ int64_t int_option(Napi::Object o, const char* key) {
   return v.IsNumber() ? v.As<Napi::Number>().Int64Value() : 0;
 }
 
+// loras: [{files: string[], strength: number, blocks?: number[], layerFilter?: string[]}], checked in lib/model.ts.
+std::vector<models::LoraSpec> lora_list(Napi::Env env, Napi::Value value) {
+  std::vector<models::LoraSpec> out;
+  if (value.IsUndefined()) return out;
+  if (!value.IsArray()) throw_error(env, "WAN_INVALID_OPTION", "loras must be an array");
+  const auto array = value.As<Napi::Array>();
+  for (uint32_t i = 0; i < array.Length(); ++i) {
+    const std::string what = "loras[" + std::to_string(i) + "]";
+    if (!array.Get(i).IsObject()) throw_error(env, "WAN_INVALID_OPTION", what + " must be an object");
+    const auto o = array.Get(i).As<Napi::Object>();
+    models::LoraSpec spec;
+    spec.files = string_list(env, o.Get("files"), what + ".files");
+    if (o.Get("strength").IsNumber()) spec.strength = o.Get("strength").As<Napi::Number>().DoubleValue();
+    if (o.Get("blocks").IsArray()) {
+      const auto blocks = o.Get("blocks").As<Napi::Array>();
+      spec.blocks.emplace();
+      for (uint32_t j = 0; j < blocks.Length(); ++j) spec.blocks->push_back(blocks.Get(j).ToNumber().Int64Value());
+    }
+    if (o.Get("layerFilter").IsArray()) spec.layer_filter = string_list(env, o.Get("layerFilter"), what + ".layerFilter");
+    out.push_back(std::move(spec));
+  }
+  return out;
+}
+
 class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
  public:
   static Napi::Function define(Napi::Env env) {
@@ -27,6 +51,7 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
                        {InstanceMethod("config", &NativeWanModel::config),
                         InstanceMethod("forward", &NativeWanModel::forward),
                         InstanceMethod("setAttentionMode", &NativeWanModel::set_attention_mode),
+                        InstanceMethod("setBlockSwap", &NativeWanModel::set_block_swap),
                         InstanceMethod("dispose", &NativeWanModel::dispose)});
   }
 
@@ -63,7 +88,18 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     o.Set("computeDtype", std::string(core::dtype_name(core::dtype_of(at::empty({0}, model->options().compute)))));
     o.Set("attentionMode", ops::attention_mode_name(model->options().attention));
     o.Set("quantization", ops::quantization_name(model->options().quantization));
+    o.Set("blocksToSwap", model->options().blocks_to_swap);
+    o.Set("prefetchBlocks", model->options().prefetch_blocks);
     return o;
+  }
+
+  // setBlockSwap(blocksToSwap, prefetchBlocks): takes effect at the next forward.
+  Napi::Value set_block_swap(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    guard(env, [&] {
+      get(env)->set_block_swap(info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Number>().Int32Value());
+    });
+    return env.Undefined();
   }
 
   Napi::Value set_attention_mode(const Napi::CallbackInfo& info) {
@@ -121,15 +157,18 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
   std::shared_ptr<models::WanDit> model_;
 };
 
-// loadWanModel(files, {numHeads, textLen, attentionMode, quantization?, populate}, abortFlag) -> Promise<NativeWanModel>
+// loadWanModel(files, {numHeads, textLen, attentionMode, quantization?, loras?, populate}, abortFlag) -> Promise<NativeWanModel>
 Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
     const auto files = string_list(env, info[0], "files");
     const auto o = info[1].As<Napi::Object>();
     models::WanDitOverrides overrides{int_option(o, "numHeads"), int_option(o, "textLen")};
+    overrides.loras = lora_list(env, o.Get("loras"));
     models::WanDitOptions options;
     options.attention = ops::attention_mode_from_name(o.Get("attentionMode").As<Napi::String>().Utf8Value());
+    options.blocks_to_swap = static_cast<int>(int_option(o, "blocksToSwap"));
+    options.prefetch_blocks = static_cast<int>(int_option(o, "prefetchBlocks"));
     if (o.Get("quantization").IsString())
       options.quantization = ops::quantization_from_name(o.Get("quantization").As<Napi::String>().Utf8Value());
     const bool populate = o.Get("populate").ToBoolean();

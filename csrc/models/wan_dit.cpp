@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "models/weights.h"
 #include "ops/norm.h"
+#include "runtime/prefetch.h"
 
 namespace wan::models {
 namespace {
@@ -87,6 +88,7 @@ WanDit::WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, 
     if (config_.model_type == "flf2v") img_emb_pos_ = bag.take("img_emb.emb_pos");
   }
   bag.check(source, "Wan2.1 DiT");
+  set_block_swap(options.blocks_to_swap, options.prefetch_blocks);
 }
 
 at::Tensor WanDit::apply(const Linear& l, const at::Tensor& x) const {
@@ -185,6 +187,39 @@ at::Tensor WanDit::block_forward(const Block& b, int index, const at::Tensor& x_
   return x;
 }
 
+WanDit::Block WanDit::widened_block(int64_t index, bool serial) const {
+  Block b = blocks_[index];
+  auto widen = [serial](ops::Weight& w) {
+    if (!w.defined()) return;
+    w = serial ? w.widened() : ops::Weight{core::Tensor{w.get(at::kFloat), core::DType::F32}, {}};
+  };
+  for (Attention* a : {&b.self_attn, &b.cross_attn}) {
+    for (Linear* l : {&a->q, &a->k, &a->v, &a->o, &a->k_img, &a->v_img}) {
+      widen(l->weight);
+      widen(l->bias);
+    }
+    for (ops::Weight* w : {&a->norm_q, &a->norm_k, &a->norm_k_img}) widen(*w);
+  }
+  for (Linear* l : {&b.ffn0, &b.ffn2}) {
+    widen(l->weight);
+    widen(l->bias);
+  }
+  for (ops::Weight* w : {&b.norm3_weight, &b.norm3_bias, &b.modulation}) widen(*w);
+  return b;
+}
+
+void WanDit::set_block_swap(int blocks, int prefetch) {
+  const int layers = static_cast<int>(blocks_.size());
+  if (blocks < 0 || blocks > layers)
+    throw Error(ErrorCode::InvalidOption, "blocksToSwap: expected 0.." + std::to_string(layers) +
+                                              " (the model's blocks) but received " + std::to_string(blocks));
+  if (prefetch < 0)
+    throw Error(ErrorCode::InvalidOption, "prefetchBlocks: expected a non-negative integer but received " +
+                                              std::to_string(prefetch));
+  options_.blocks_to_swap = blocks;
+  options_.prefetch_blocks = prefetch;
+}
+
 std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::function<bool()>& cancelled,
                                         Trace* trace) const {
   const auto& c = config_;
@@ -267,10 +302,25 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
     if (trace) (*trace)["img_emb"] = context_img;
   }
 
-  for (size_t i = 0; i < blocks_.size(); ++i) {
+  // The last blocks_to_swap blocks come widened a block at a time (runtime/prefetch.h).
+  const int64_t layers = static_cast<int64_t>(blocks_.size());
+  const int64_t first_swapped = layers - options_.blocks_to_swap;
+  std::optional<runtime::Prefetcher<Block>> swapped;
+  if (first_swapped < layers) {
+    swapped.emplace(first_swapped, layers, options_.prefetch_blocks,
+                    [this](int64_t i) { return widened_block(i, /*serial=*/true); },
+                    [this](int64_t i) { return widened_block(i, /*serial=*/false); });
+  }
+  for (int64_t i = 0; i < layers; ++i) {
     if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
-    x = block_forward(blocks_[i], static_cast<int>(i), x, e0, seq_lens, grids, context, context_img, in.feta_weight,
-                      trace);
+    if (i < first_swapped) {
+      x = block_forward(blocks_[i], static_cast<int>(i), x, e0, seq_lens, grids, context, context_img, in.feta_weight,
+                        trace);
+    } else {
+      const Block block = swapped->take(i);
+      x = block_forward(block, static_cast<int>(i), x, e0, seq_lens, grids, context, context_img, in.feta_weight,
+                        trace);
+    }
   }
 
   // Head: modulated LayerNorm and projection to patch pixels [B, L, out_dim * 4].
@@ -332,6 +382,7 @@ std::shared_ptr<WanDit> load_wan_dit(const std::vector<std::string>& files, cons
                                      const std::function<bool()>& cancelled) {
   LoadedWeights loaded = load_weights(files, populate, cancelled);
   WanDitConfig config = infer_wan_dit_config(loaded.shapes, overrides, files.front());
+  merge_loras(loaded.weights, overrides.loras, cancelled);  // before quantizing: into the file's values
   ops::quantize_weights(loaded.weights, options.quantization, cancelled);
   return std::make_shared<WanDit>(config, std::move(loaded.weights), options, files.front());
 }

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "models/lora.h"
 #include "ops/attention.h"
 #include "ops/linear.h"
 #include "ops/quantize.h"
@@ -36,6 +37,12 @@ struct WanDitOptions {
   at::ScalarType compute = at::kFloat;  // matmul dtype; modulation and norms stay float32
   ops::AttentionMode attention = ops::AttentionMode::Sdpa;
   ops::Quantization quantization = ops::Quantization::Disabled;  // weight storage chosen at load
+  // Block swap (the wrapper's block_swap_args). On the CPU the last `blocks_to_swap` blocks are
+  // widened to float32 a whole block at a time just before use, `prefetch_blocks` of them ahead
+  // on worker threads while the current block computes; the others widen each weight as it is
+  // used. Either way the output is bitwise the same.
+  int blocks_to_swap = 0;
+  int prefetch_blocks = 0;
 };
 
 struct WanDitInput {
@@ -69,6 +76,8 @@ class WanDit {
   const WanDitConfig& config() const { return config_; }
   const WanDitOptions& options() const { return options_; }
   void set_attention(ops::AttentionMode mode) { options_.attention = mode; }
+  // Throws InvalidOption unless 0 <= blocks <= num_layers and prefetch >= 0.
+  void set_block_swap(int blocks, int prefetch);
 
  private:
   struct Linear {
@@ -97,6 +106,9 @@ class WanDit {
                            const at::Tensor& context, const at::Tensor& context_img, std::optional<double> feta_weight,
                            Trace* trace) const;
   at::Tensor heads(const at::Tensor& x) const;  // [B, L, dim] -> [B, L, H, D]
+  // A copy of block `index` with every weight in float32: widened by this thread alone
+  // (serial: for a prefetch worker) or with libtorch's thread pool.
+  Block widened_block(int64_t index, bool serial) const;
 
   WanDitConfig config_;
   WanDitOptions options_;
@@ -120,6 +132,7 @@ class WanDit {
 struct WanDitOverrides {
   int64_t num_heads = 0;  // 0: infer
   int64_t text_len = 0;   // 0: 512
+  std::vector<LoraSpec> loras;  // merged into the weights at load, in order (models/lora.h)
 };
 WanDitConfig infer_wan_dit_config(const std::map<std::string, std::vector<int64_t>>& shapes,
                                   const WanDitOverrides& overrides, const std::string& source);

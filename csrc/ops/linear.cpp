@@ -1,6 +1,60 @@
 #include "ops/linear.h"
 
+#include <array>
+#include <cstring>
+
 namespace wan::ops {
+
+namespace {
+
+const std::array<float, 256>& fp8_values(core::DType format) {
+  static const auto table = [](float (*decode)(uint8_t)) {
+    std::array<float, 256> t{};
+    for (int i = 0; i < 256; ++i) t[i] = decode(static_cast<uint8_t>(i));
+    return t;
+  };
+  static const std::array<float, 256> e4m3 = table(core::f8_e4m3fn_to_float), e5m2 = table(core::f8_e5m2_to_float);
+  return format == core::DType::F8_E5M2 ? e5m2 : e4m3;
+}
+
+}  // namespace
+
+Weight Weight::widened() const {
+  using core::DType;
+  if (!defined() || (stored.dtype == DType::F32 && !scale.defined())) return *this;
+  const bool per_tensor_scale = !scale.defined() || scale.numel() == 1;
+  const bool direct = stored.dtype == DType::F32 || stored.dtype == DType::BF16 || stored.dtype == DType::F16 ||
+                      stored.dtype == DType::F8_E4M3FN || stored.dtype == DType::F8_E5M2;
+  if (!direct || !per_tensor_scale || !stored.value.is_contiguous() || !stored.value.device().is_cpu())
+    return Weight{core::Tensor{get(at::kFloat), DType::F32}, {}};
+  const int64_t n = stored.value.numel();
+  at::Tensor out = at::empty(stored.value.sizes(), at::TensorOptions().dtype(at::kFloat));
+  float* dst = out.data_ptr<float>();
+  const void* src = stored.value.data_ptr();
+  switch (stored.dtype) {
+    case DType::F32:
+      std::memcpy(dst, src, n * sizeof(float));
+      break;
+    case DType::BF16:  // the top half of a float32
+      for (int64_t i = 0; i < n; ++i) {
+        const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(src)[i]) << 16;
+        std::memcpy(&dst[i], &bits, sizeof(float));
+      }
+      break;
+    case DType::F16:
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(static_cast<const c10::Half*>(src)[i]);
+      break;
+    default: {  // fp8 codes
+      const auto& table = fp8_values(stored.dtype);
+      for (int64_t i = 0; i < n; ++i) dst[i] = table[static_cast<const uint8_t*>(src)[i]];
+    }
+  }
+  if (scale.defined()) {
+    const float s = scale.to(at::kFloat).item<float>();
+    for (int64_t i = 0; i < n; ++i) dst[i] *= s;
+  }
+  return Weight{core::Tensor{out, DType::F32}, {}};
+}
 
 at::Tensor Weight::get(at::ScalarType compute) const {
   at::Tensor w = stored.dtype == core::DType::F8_E4M3FN || stored.dtype == core::DType::F8_E5M2

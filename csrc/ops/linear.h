@@ -14,6 +14,10 @@ struct Weight {
   bool defined() const { return stored.value.defined(); }
   // The value in `compute` dtype on `stored`'s device.
   at::Tensor get(at::ScalarType compute) const;
+  // The float32 value as a Weight, computed by the calling thread alone (plain loops, no
+  // libtorch thread pool), so that a worker can widen the next block while the model's own
+  // parallel work runs; bitwise equal to get(at::kFloat). An fp32 weight is returned as is.
+  Weight widened() const;
 };
 
 // y = x W^T + b with W [out, in], x [..., in] in the compute dtype.
