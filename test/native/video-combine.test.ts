@@ -10,6 +10,7 @@ import * as zlib from 'node:zlib';
 import { Tensor, videoCombine, VIDEO_FORMATS, WanError } from '../../lib/index';
 import type { Progress, VideoCombineOptions, VideoFormat } from '../../lib/index';
 import { tempDir } from '../helpers';
+import { have } from '../media';
 
 const sharp = require('sharp');
 
@@ -18,14 +19,6 @@ t.teardown(() => fs.rmSync(root, { recursive: true, force: true }));
 let dirs = 0;
 const newDir = () => path.join(root, `d${++dirs}`);
 
-function have(bin: string): boolean {
-  try {
-    execFileSync(bin, ['-version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
 const noFfmpeg = have('ffmpeg') && have('ffprobe') ? false : 'ffmpeg and ffprobe are not installed (apt install ffmpeg)';
 
 // A smooth gradient that moves with the frame, given as exact bytes so that PNG and lossless
