@@ -70,7 +70,8 @@ const GROUPS = {
   output: 'Output:',
 } as const;
 
-export interface LoraSpec { path: string; strength: number }
+/** One --lora, with the --lora-blocks / --lora-layer-filter given after it (WanModel.load's loras). */
+export interface LoraSpec { path: string; strength: number; blocks?: number[]; layerFilter?: string[] }
 
 /** Everything a run uses, defaults filled in; saved in the output's metadata. */
 export interface GenerateSettings {
@@ -117,6 +118,7 @@ export interface GenerateSettings {
   context?: Required<ContextOptions>;
 
   blocksToSwap: number;
+  prefetchBlocks: number;
   vaeTiling?: Required<Omit<VaeTileOptions, 'tiled'>>;
   threads?: number;
 
@@ -230,6 +232,21 @@ function loraValue(value: string, previous: LoraSpec[] | undefined): LoraSpec[] 
   return [...(previous ?? []), { path: file, strength }];
 }
 
+// `0-9,20,30-39`: block indices and inclusive ranges (WanVideoLoraBlockEdit's toggles as a list),
+// below 48 (the most blocks a Wan model has, as --blocks-to-swap).
+function blockList(value: string): number[] {
+  const out = new Set<number>();
+  for (const part of value.split(',').map((s) => s.trim())) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
+    const [from, to] = m ? [Number(m[1]), Number(m[2] ?? m[1])] : [NaN, NaN];
+    if (!m || to < from)
+      throw new InvalidArgumentError(`Expected block indices and ranges separated by commas, such as 0-9,20, but received "${value}".`);
+    if (to > 47) throw new InvalidArgumentError(`Expected block indices in 0..47 but received ${to}.`);
+    for (let b = from; b <= to; b++) out.add(b);
+  }
+  return [...out].sort((a, b) => a - b);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The command
 
@@ -257,6 +274,15 @@ function option(group: string, flags: string, description: string, spec: OptionS
 const NOT_YET = '(not available yet in this version)';
 
 export function generateCommand(): Command {
+  // --lora-blocks and --lora-layer-filter change the --lora given before them: commander parses
+  // options in the order they are typed, so the last LoraSpec parsed so far is theirs.
+  const lastLora = (flag: string, key: 'blocks' | 'layerFilter'): LoraSpec => {
+    const loras = cmd.getOptionValue('lora') as LoraSpec[] | undefined;
+    const last = loras?.[loras.length - 1];
+    if (!last) throw new InvalidArgumentError(`${flag} applies to the --lora given before it, and there is none.`);
+    if (last[key] !== undefined) throw new InvalidArgumentError(`${flag} is given twice for --lora ${last.path}.`);
+    return last;
+  };
   const g = GROUPS;
   const cmd = new Command('generate')
     .description('Make a video from a text prompt (text-to-video), or from a first frame and a prompt ' +
@@ -280,10 +306,21 @@ export function generateCommand(): Command {
       { choices: ATTENTION_MODES, default: 'sdpa' }),
     option(g.models, '--base-precision <dtype>', 'compute dtype on a GPU (a CPU always computes in fp32)',
       { choices: BASE_PRECISIONS, default: 'bf16' }),
-    option(g.models, '--quantization <mode>', `weight storage; 'disabled' uses the weights as stored, fp8 files included; fp8_e4m3fn, fp8_e4m3fn_scaled and fp8_e5m2 convert at load; others ${NOT_YET}`,
+    option(g.models, '--quantization <mode>', "weight storage; 'disabled' uses the weights as stored, fp8 files included; " +
+      `${LOADED_QUANTIZATIONS.slice(1).join(', ')} convert the large linear weights to fp8 at load (widened per layer on the CPU); ` +
+      `the _fast forms (fp8 matmuls on a GPU) and fp8_e5m2_scaled ${NOT_YET}`,
       { choices: QUANTIZATIONS, default: 'disabled' }),
-    option(g.models, '--lora <file[:strength]>', `apply a LoRA at a strength (1.0, -1000..1000); repeatable ${NOT_YET}`,
-      { parse: loraValue }),
+    option(g.models, '--lora <file[:strength]>', 'merge a LoRA into the model at load, at a strength (1.0, -1000..1000; 0 skips it); ' +
+      'repeatable, merged in order; safetensors or .pth in any common key layout', { parse: loraValue }),
+    option(g.models, '--lora-blocks <list>', 'only the given transformer blocks of the --lora before it take its update, ' +
+      'e.g. 0-9,20 (keys outside the blocks, such as the head, always do)', { parse: (v) => { lastLora('--lora-blocks', 'blocks').blocks = blockList(v); return true; } }),
+    option(g.models, '--lora-layer-filter <list>', "skip the layers of the --lora before it whose names contain one of these, e.g. ffn,cross_attn",
+      { parse: (v) => {
+        const filters = v.split(',').map((f) => f.trim()).filter((f) => f !== '');
+        if (filters.length === 0) throw new InvalidArgumentError(`Expected layer names separated by commas but received "${v}".`);
+        lastLora('--lora-layer-filter', 'layerFilter').layerFilter = filters;
+        return true;
+      } }),
     option(g.models, '--compile', `torch.compile the transformer blocks ${NOT_YET}`),
     option(g.models, '--num-heads <n>', "attention heads of the DiT, for models that are not a release's",
       { parse: integer(1, 1024), defaultText: 'dim / 128, as in every release' }),
@@ -334,8 +371,11 @@ export function generateCommand(): Command {
     option(g.context, '--fuse-method <name>', "how overlapping windows blend: 'linear' ramps at the edges, 'pyramid' peaks mid-window",
       { choices: CONTEXT_FUSE_METHODS, default: 'linear' }),
 
-    option(g.memory, '--blocks-to-swap <n>', `transformer blocks kept in CPU memory and moved to the GPU when used ${NOT_YET}`,
+    option(g.memory, '--blocks-to-swap <n>', 'the last n transformer blocks keep their stored weights and are made ready a block ' +
+      'at a time just before use (on the CPU: widened from bf16/fp8 to fp32; on a GPU: moved from CPU memory); the output is the same',
       { parse: integer(0, 48), default: 0 }),
+    option(g.memory, '--prefetch-blocks <n>', 'swapped blocks prepared ahead, on worker threads, while the current one computes (with --blocks-to-swap; 1 is usually enough)',
+      { parse: integer(0, 40), default: 0 }),
     option(g.memory, '--vae-tiling', 'decode in spatial tiles, for sizes that do not fit otherwise'),
     option(g.memory, '--tile-x <pixels>', 'tile width (with --vae-tiling), a multiple of 8', { parse: integer(8, MAX_SIZE), default: 272 }),
     option(g.memory, '--tile-y <pixels>', 'tile height (with --vae-tiling), a multiple of 8', { parse: integer(8, MAX_SIZE), default: 272 }),
@@ -422,6 +462,8 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     if (given(key) && !o.vaeTiling) throw new UsageError(`${flag(key)} needs --vae-tiling`);
     if (o[key] % 8 !== 0) throw new UsageError(`${flag(key)}: expected a multiple of 8 but received ${o[key]}`);
   }
+  if (given('prefetchBlocks') && o.prefetchBlocks > 0 && o.blocksToSwap === 0)
+    throw new UsageError('--prefetch-blocks needs --blocks-to-swap (it prepares swapped blocks ahead of their use)');
   if (o.vaeTiling) {
     if (o.tileStrideX >= o.tileX) throw new UsageError(`--tile-stride-x (${o.tileStrideX}) must be smaller than --tile-x (${o.tileX}) for tiles to overlap`);
     if (o.tileStrideY >= o.tileY) throw new UsageError(`--tile-stride-y (${o.tileStrideY}) must be smaller than --tile-y (${o.tileY}) for tiles to overlap`);
@@ -485,7 +527,7 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     feta: o.fetaWeight === undefined ? undefined
       : { weight: o.fetaWeight, startPercent: o.fetaStartPercent, endPercent: o.fetaEndPercent },
     context,
-    blocksToSwap: o.blocksToSwap,
+    blocksToSwap: o.blocksToSwap, prefetchBlocks: o.prefetchBlocks,
     vaeTiling: o.vaeTiling ? { tileX: o.tileX, tileY: o.tileY, tileStrideX: o.tileStrideX, tileStrideY: o.tileStrideY } : undefined,
     threads: o.threads,
     outputDir: path.resolve(o.outputDir), filenamePrefix: o.filenamePrefix, formats, frameRate: o.frameRate,
@@ -496,11 +538,13 @@ export function settingsFrom(cmd: Command): GenerateSettings {
   // Parsed and valid, but not implemented: refused rather than ignored.
   const notYet = (what: string, why: string) =>
     new UsageError(`${what} is not available yet in this version of wan-native (${why}); leave it out`);
-  if (!LOADED_QUANTIZATIONS.includes(s.quantization))
-    throw notYet(`--quantization ${s.quantization}`, `the model computes on the CPU, where fp8 is storage: use one of ${LOADED_QUANTIZATIONS.join(', ')}`);
-  if (s.loras.length > 0) throw notYet('--lora', 'LoRA weights cannot be applied to the model yet');
+  if (!LOADED_QUANTIZATIONS.includes(s.quantization)) {
+    const why = s.quantization.endsWith('_fast')
+      ? 'its fp8 matmuls need a GPU of compute capability >= 8.9, and the model computes on the CPU, where fp8 is storage'
+      : 'scaled fp8_e5m2 storage is not implemented';
+    throw notYet(`--quantization ${s.quantization}`, `${why}: use one of ${LOADED_QUANTIZATIONS.join(', ')}`);
+  }
   if (s.compile) throw notYet('--compile', 'there is no compiled path');
-  if (s.blocksToSwap > 0) throw notYet('--blocks-to-swap', 'block swapping between CPU and GPU memory is not implemented');
   if (s.riflexFreqIndex > 0) throw notYet('--riflex-freq-index', 'RIFLEx is not implemented');
   return s;
 }
@@ -577,6 +621,7 @@ async function preflight(s: GenerateSettings): Promise<Plan> {
   for (const f of s.model) mustExist(f, '--model');
   mustExist(s.t5, '--t5');
   mustExist(s.vae, '--vae');
+  for (const l of s.loras) mustExist(l.path, '--lora');
   for (const [file, name] of [[s.tokenizer, '--tokenizer'], [s.clipVision, '--clip-vision'], [s.clipEmbeds, '--clip-embeds'],
     [s.image, '--image'], [s.endImage, '--end-image']] as const) if (file !== undefined) mustExist(file, name);
 
@@ -587,6 +632,14 @@ async function preflight(s: GenerateSettings): Promise<Plan> {
   const task = dit.family === 'unknown' ? (s.image ? (s.endImage ? 'flf2v' : 'i2v') : 't2v') : (dit.task || 't2v');
   if (!['t2v', 'i2v', 'flf2v'].includes(task))
     throw new UsageError(`--model: a ${task} model cannot generate on its own (t2v, i2v and flf2v models can)`);
+  const layers = dit.config.num_layers;
+  if (layers !== undefined && s.blocksToSwap > layers)
+    throw new UsageError(`--blocks-to-swap: the model has ${layers} transformer blocks, so expected 0..${layers} but received ${s.blocksToSwap}`);
+  for (const l of s.loras) {
+    const beyond = layers === undefined ? undefined : l.blocks?.find((b) => b >= layers);
+    if (beyond !== undefined)
+      throw new UsageError(`--lora-blocks: the model has ${layers} transformer blocks (0..${layers! - 1}) but block ${beyond} is selected for --lora ${l.path}`);
+  }
   const textDim = dit.config.text_dim, t5Dim = t5.config.dim;
   if (textDim !== undefined && t5Dim !== undefined && textDim !== t5Dim)
     throw new UsageError(`--t5: the text encoder gives ${t5Dim}-wide embeddings but the model takes ${textDim} (text_dim)`);
@@ -612,6 +665,19 @@ async function preflight(s: GenerateSettings): Promise<Plan> {
   const startImage = await decodeImage(s.image!, '--image');
   const endImage = s.endImage ? await decodeImage(s.endImage, '--end-image').catch((err) => { startImage.dispose(); throw err; }) : undefined;
   return { task: task as Task, startImage, endImage };
+}
+
+// A load error that is about a --lora file (the library names the file) or --blocks-to-swap
+// (a layout whose headers did not say how many blocks it has) says which option it is about.
+function loadError(err: unknown, s: GenerateSettings): unknown {
+  if (!(err instanceof WanError)) return err;
+  if (/^blocksToSwap: /.test(err.message)) return new UsageError(err.message.replace(/^blocksToSwap/, '--blocks-to-swap'));
+  if (s.loras.some((l) => err.message.includes(l.path))) {
+    const wrapped = new WanError(err.code, `--lora: ${err.message}`);
+    wrapped.stack = err.stack;
+    return wrapped;
+  }
+  return err;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -730,11 +796,15 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
     }
 
     // Load and sample; the model is freed before decoding.
-    view.begin('load', `${s.model.map(base).join(' + ')}`);
+    const loras = s.loras.filter((l) => l.strength !== 0);
+    view.begin('load', `${s.model.map(base).join(' + ')}` +
+      (loras.length ? `, merging ${loras.map((l) => `${base(l.path)} at ${l.strength}`).join(', ')}` : ''));
     const model = keep(await WanModel.load(s.model.length === 1 ? s.model[0] : s.model, {
       attentionMode: s.attentionMode, basePrecision: s.basePrecision, numHeads: s.numHeads, textLen: s.textLen, signal,
       quantization: s.quantization as ModelLoaderOptions['quantization'],
-    }));
+      loras: s.loras.map((l) => ({ path: l.path, strength: l.strength, blocks: l.blocks, layerFilter: l.layerFilter })),
+      blockSwap: s.blocksToSwap > 0 ? { blocksToSwap: s.blocksToSwap, prefetchBlocks: s.prefetchBlocks } : undefined,
+    }).catch((err) => { throw loadError(err, s); }));
     if (model.config.modelType !== plan.task) {
       // Shards can hold what the first file does not (FLF2V's second image position table).
       throw new UsageError(`--model: the loaded model is ${model.config.modelType}, not ${plan.task} as its headers said`);

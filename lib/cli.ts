@@ -163,6 +163,7 @@ async function run(rest: string[]): Promise<number> {
       onProgress: (e) => { if (e.progress) view.progress(e.progress, e.progress.stage === 'sample' ? 'step' : 'frame'); },
     });
     view.stopBar();
+    for (const warning of result.warnings) process.stderr.write(`wan-native run: note: ${warning}\n`);
     for (const { files } of Object.values(result.outputs)) for (const f of files ?? []) { written.push(f); process.stdout.write(`${f}\n`); }
   });
 }

@@ -1,13 +1,15 @@
 // What each ComfyUI node does, in terms of the library. Values passed between nodes keep the
 // library's layouts: IMAGE is a Tensor [3, H, W] or [3, F, H, W] in [-1, 1] (not ComfyUI's
 // [F, H, W, 3] in [0, 1]), LATENT a Tensor [16, T, H/8, W/8], and the wrapper's dicts
-// (text_embeds, image_embeds, clip embeds, context options, feta args) the library's objects.
+// (text_embeds, image_embeds, clip embeds, context options, feta args, block swap args, the
+// LoRA list) the library's objects.
+import { inspectCheckpoint } from './checkpoint';
 import { ClipVisionEncoder, type ClipEmbeds } from './clip';
 import { emptyEmbeds, imageToVideoEncode, type ImageEmbeds } from './conditioning';
 import type { ContextOptions } from './context-windows';
 import { invalidOption, WanError } from './errors';
 import { loadImage } from './image';
-import { WanModel, type Quantization } from './model';
+import { WanModel, type BlockSwapOptions, type LoraOptions, type Quantization } from './model';
 import type { Progress } from './progress';
 import { Sampler, type FetaArgs } from './sampler';
 import type { SchedulerName } from './schedulers';
@@ -16,7 +18,7 @@ import { TextEncoder, type TextEmbeds } from './text-encoder';
 import { Vae, type VaeDecodeOptions } from './vae';
 import { videoCombine, type VideoCombineOptions, type VideoFormat } from './video';
 import type { GraphNode } from './workflow-graph';
-import { ATTENTION_MAP } from './workflow-spec';
+import { ATTENTION_MAP, LORA_BLOCK_TOGGLES } from './workflow-spec';
 
 /** One output of a node: its value, how to free it, and which of the node's inputs it borrows from. */
 export interface Produced {
@@ -43,6 +45,8 @@ export interface NodeContext {
   outputDir?: string;
   /** Where WanVideoTextEncode's use_disk_cache keeps embeddings. */
   textCacheDir: string;
+  /** Records something the run did not do as asked (WorkflowResult.warnings). */
+  warn(message: string): void;
 }
 
 export type Executor = (ctx: NodeContext) => Promise<Produced[]>;
@@ -50,6 +54,12 @@ export type Executor = (ctx: NodeContext) => Promise<Produced[]>;
 /** Frames decoded chunk by chunk (Vae.decodeFrames) on their way to VHS_VideoCombine. */
 export class FrameStream {
   constructor(readonly frames: AsyncIterable<Tensor>) {}
+}
+
+/** SELECTEDBLOCKS (WanVideoLoraBlockEdit): the blocks switched on and the layer filter. */
+export interface SelectedBlocks {
+  blocks: number[];
+  layerFilter: string[];
 }
 
 const disposing = (...tensors: (Tensor | undefined)[]) => () => { for (const t of tensors) t?.dispose(); };
@@ -79,29 +89,61 @@ function disposeTextEmbeds(e: TextEmbeds): void {
 
 export const EXECUTORS: Record<string, Executor> = {
   async WanVideoModelLoader(c) {
-    const model = await WanModel.load(c.file('model'), {
+    const file = c.file('model');
+    let blockSwap = c.input<BlockSwapOptions>('block_swap_args');
+    if (blockSwap?.blocksToSwap) {
+      // As the wrapper, which clamps blocks_to_swap to the model's blocks: a workflow made for
+      // the 40 blocks of a 14B model swaps all 30 of a 1.3B one. The headers tell how many; when
+      // they cannot, WanModel.load checks the count itself.
+      const layers = (await inspectCheckpoint(file).catch(() => undefined))?.config.num_layers;
+      if (layers !== undefined && blockSwap.blocksToSwap > layers) blockSwap = { ...blockSwap, blocksToSwap: layers };
+    }
+    const model = await WanModel.load(file, {
       basePrecision: c.value('base_precision'),
       quantization: c.value<Quantization>('quantization'),
       attentionMode: ATTENTION_MAP[c.value<string>('attention_mode')],
       numHeads: c.value('num_heads'),
       textLen: c.value('text_len'),
+      loras: c.input<LoraOptions[]>('lora'),
+      blockSwap,
       signal: c.signal, onProgress: c.onProgress,
     });
-    // block_swap_args, compile_args and lora reach here only as no-ops (their nodes refuse the rest).
     return [{ value: model, dispose: () => model.dispose() }];
   },
 
   async WanVideoBlockSwap(c) {
-    return [{ value: { blocksToSwap: c.value('blocks_to_swap') } }];
+    const args: BlockSwapOptions = {
+      blocksToSwap: c.value('blocks_to_swap'), prefetchBlocks: c.value('prefetch_blocks'),
+      useNonBlocking: c.value('use_non_blocking'), offloadImgEmb: c.value('offload_img_emb'), offloadTxtEmb: c.value('offload_txt_emb'),
+    };
+    return [{ value: args }];
   },
 
-  async WanVideoTorchCompileSettings() {
-    throw new WanError('WAN_INTERNAL', 'torch.compile settings should have been refused when the workflow was read');
+  async WanVideoTorchCompileSettings(c) {
+    c.warn('torch.compile settings have no effect: wan-native does not compile the model yet (the results are the same, only slower)');
+    return [{ value: { backend: c.value('backend'), mode: c.value('mode') } }];
   },
 
   async WanVideoLoraSelect(c) {
-    // Only strength 0 gets here: the wrapper skips such a LoRA, so the list is the previous one.
-    return [{ value: c.input<unknown[]>('prev_lora') ?? [] }];
+    // The list grows along the prev_lora chain, the first selected first (merged in that order).
+    const previous = c.input<LoraOptions[]>('prev_lora') ?? [];
+    // As the wrapper: the strength rounded to 4 decimals; 0 skips the LoRA (its file is not even looked up).
+    const strength = Number(c.value<number>('strength').toFixed(4));
+    if (strength === 0) return [{ value: previous }];
+    const selected = c.input<SelectedBlocks>('blocks');
+    const lora: LoraOptions = { path: c.file('lora'), strength };
+    // The wrapper filters only when some block is switched on: with none, the whole LoRA applies
+    // and layer_filter is ignored too (`if l["blocks"]:` in its loader).
+    if (selected && selected.blocks.length > 0) Object.assign(lora, { blocks: selected.blocks, layerFilter: selected.layerFilter });
+    return [{ value: [...previous, lora] }];
+  },
+
+  async WanVideoLoraBlockEdit(c) {
+    const blocks = Array.from({ length: LORA_BLOCK_TOGGLES }, (_, i) => i).filter((i) => c.value<boolean>(`blocks.${i}.`));
+    // Comma-separated, each stripped, empty ones dropped (WanModel.load ignores them; so does the wrapper).
+    const layerFilter = c.value<string>('layer_filter').split(',').map((f) => f.trim()).filter((f) => f !== '');
+    const selected: SelectedBlocks = { blocks, layerFilter };
+    return [{ value: selected }];
   },
 
   async LoadWanVideoT5TextEncoder(c) {

@@ -65,6 +65,9 @@ const notYet = (what: string) => `${what} is not implemented yet in wan-native`;
 const onlyFalse = (what: string) => (v: unknown) => (v === true ? `${notYet(what)}: set it to false` : undefined);
 const onlyZero = (what: string) => (v: unknown) => (v !== 0 ? `${notYet(what)}: set it to 0` : undefined);
 
+/** WanVideoLoraBlockEdit's toggles: one per block of the largest Wan2.1 model (40). */
+export const LORA_BLOCK_TOGGLES = 40;
+
 const PRECISIONS = ['fp32', 'bf16', 'fp16', 'fp16_fast'] as const;
 const WRAPPER_QUANTIZATIONS = ['disabled', 'fp8_e4m3fn', 'fp8_e4m3fn_fast', 'fp8_e4m3fn_scaled', 'fp8_e4m3fn_scaled_fast',
   'fp8_e5m2', 'fp8_e5m2_fast', 'fp8_e5m2_scaled', 'fp8_e5m2_scaled_fast'] as const;
@@ -103,6 +106,7 @@ const SPECS: NodeSpec[] = [
       req('load_device', combo(DEVICES, 'offload_device')),
       opt('attention_mode', combo(ATTENTION, 'sdpa', Object.keys(ATTENTION_MAP))),
       opt('compile_args', link('WANCOMPILEARGS')),
+      // WanModel.load's blockSwap and loras (merged at load).
       opt('block_swap_args', link('BLOCKSWAPARGS')),
       opt('lora', link('WANVIDLORA')),
       opt('vram_management_args', link('VRAM_MANAGEMENTARGS', notYet('VRAM management (vram_management_args)'))),
@@ -118,12 +122,15 @@ const SPECS: NodeSpec[] = [
   {
     classType: 'WanVideoBlockSwap',
     outputs: ['BLOCKSWAPARGS'],
+    // On the CPU the embeddings' placement and use_non_blocking change nothing; block_swap_debug
+    // (the wrapper's timing log) is accepted and ignored.
     inputs: [
-      req('blocks_to_swap', int(20, 0, 48, onlyZero('block swap (blocks_to_swap)'))),
-      req('offload_img_emb', bool(false, onlyFalse('offload_img_emb'))),
-      req('offload_txt_emb', bool(false, onlyFalse('offload_txt_emb'))),
+      req('blocks_to_swap', int(20, 0, 48)),
+      req('offload_img_emb', bool(false)),
+      req('offload_txt_emb', bool(false)),
       opt('use_non_blocking', bool(false)),
-      opt('vace_blocks_to_swap', int(0, 0, 15, onlyZero('VACE block swap (vace_blocks_to_swap)'))),
+      opt('vace_blocks_to_swap', int(0, 0, 15, (v) => v !== 0
+        ? 'VACE block swap (vace_blocks_to_swap) needs a VACE model, which wan-native does not load yet: set it to 0' : undefined)),
       opt('prefetch_blocks', int(0, 0, 40)),
       opt('block_swap_debug', bool(false)),
     ],
@@ -142,18 +149,32 @@ const SPECS: NodeSpec[] = [
       opt('force_parameter_static_shapes', bool(false)),
       opt('allow_unmerged_lora_compile', bool(false)),
     ],
-    check: () => `${notYet('torch.compile (compile_args)')}: remove the link from this node`,
+    // torch.compile changes speed, never results: the node runs and the workflow result warns
+    // that wan-native does not compile yet (issue 7's fused ops will take these settings).
   },
   {
     classType: 'WanVideoLoraSelect',
     outputs: ['WANVIDLORA'],
     inputs: [
       req('lora', file('loras')),
-      req('strength', float(1, -1000, 1000, (v) => v !== 0 ? `${notYet('LoRA')}: only strength 0 (the wrapper skips the LoRA) is accepted` : undefined)),
+      // A per-step strength list (a FLOAT list on a link) needs unmerged LoRAs: no node wan-native
+      // runs outputs one, so such a link is refused when the workflow is read.
+      req('strength', float(1, -1000, 1000)),
       opt('prev_lora', link('WANVIDLORA')),
-      opt('blocks', link('SELECTEDBLOCKS', notYet('LoRA block selection (blocks)'))),
+      opt('blocks', link('SELECTEDBLOCKS')),
+      // The wrapper's loading with less VRAM: the LoRA is read once here anyway.
       opt('low_mem_load', bool(false)),
-      opt('merge_loras', bool(true)),
+      opt('merge_loras', bool(true, (v) => v === false
+        ? 'merge_loras false (LoRAs applied unmerged, on the fly) is not available in wan-native, which merges ' +
+          'LoRAs into the weights when the model loads: set merge_loras to true' : undefined)),
+    ],
+  },
+  {
+    classType: 'WanVideoLoraBlockEdit',
+    outputs: ['SELECTEDBLOCKS'],
+    inputs: [
+      ...Array.from({ length: LORA_BLOCK_TOGGLES }, (_, i) => req(`blocks.${i}.`, bool(true))),
+      opt('layer_filter', str('')),
     ],
   },
   {

@@ -8,13 +8,18 @@
 // each does): WanVideoModelLoader, LoadWanVideoT5TextEncoder, WanVideoVAELoader,
 // LoadWanVideoClipTextEncoder, CLIPVisionLoader, WanVideoTextEncode, WanVideoClipVisionEncode,
 // WanVideoImageToVideoEncode, WanVideoEmptyEmbeds, WanVideoBlockSwap, WanVideoTorchCompileSettings,
-// WanVideoLoraSelect, WanVideoContextOptions, WanVideoEnhanceAVideo, WanVideoSampler,
-// WanVideoDecode, VHS_VideoCombine and LoadImage. Inputs the library cannot honour yet (the
-// text encoder's fp8 quantization and the model's fp8 variants the library lacks, block swap,
-// torch.compile, LoRA, caches, SLG, RIFLEx, ...) are refused with a message naming the node and
-// input, unless their value is the one that does nothing.
-// Placement inputs (load_device, force_offload, device, model_to_offload) and precisions of
-// the encoders are accepted and have no effect: the library places and casts weights itself.
+// WanVideoLoraSelect, WanVideoLoraBlockEdit, WanVideoContextOptions, WanVideoEnhanceAVideo,
+// WanVideoSampler, WanVideoDecode, VHS_VideoCombine and LoadImage. Inputs the library cannot
+// honour yet (the text encoder's fp8 quantization and the model's fp8 variants the library
+// lacks, torch.compile, unmerged LoRAs (merge_loras false), caches, SLG, RIFLEx, ...) are
+// refused with a message naming the node and input, unless their value is the one that does
+// nothing.
+// LoRAs chained through prev_lora are merged into the model's weights at load, in chain order,
+// their files looked up in the loras folders. Block swap applies as WanModel.load's blockSwap,
+// blocks_to_swap clamped to the model's blocks as the wrapper clamps it.
+// Placement inputs (load_device, force_offload, device, model_to_offload, offload_img_emb,
+// offload_txt_emb, use_non_blocking, low_mem_load) and precisions of the encoders are accepted
+// and have no effect: the library places and casts weights itself.
 //
 // wan-native extensions, inputs the ComfyUI nodes do not have (in a UI workflow, extra
 // widgets_values after the node's own):
@@ -64,6 +69,8 @@ export interface WorkflowResult {
   outputs: Record<string, { files?: string[] }>;
   /** Milliseconds each node ran, by node id (a decode streamed into Video Combine counts in the latter). */
   timings: Record<string, number>;
+  /** What ran differently from ComfyUI, by node (e.g. torch.compile settings, which have no effect here). */
+  warnings: string[];
 }
 
 /**
@@ -178,7 +185,7 @@ export async function runWorkflow(workflow: string | object, options: RunWorkflo
     for (const held of slot.holds) release(held);
   };
 
-  const result: WorkflowResult = { outputs: {}, timings: {} };
+  const result: WorkflowResult = { outputs: {}, timings: {}, warnings: [] };
   const textCacheDir = path.join(path.resolve(o.cacheDir ?? defaultCacheDir()), 'text-embeds');
   try {
     for (const id of graph.order) {
@@ -204,6 +211,7 @@ export async function runWorkflow(workflow: string | object, options: RunWorkflo
           metadata,
           outputDir: o.outputDir,
           textCacheDir,
+          warn: (message: string) => result.warnings.push(`${nodeName(id, node.classType)}: ${message}`),
         });
       } catch (err) {
         throw inNode(err, node);

@@ -1,6 +1,6 @@
 // `wan-native generate` run as a user runs it (a child process of dist/lib/cli.js) on the tiny
-// models of shared/golden/weights: T2V and I2V runs, determinism, option errors, --help and
-// Ctrl-C.
+// models of shared/golden/weights: T2V and I2V runs, determinism, LoRAs and block swap, option
+// errors, --help and Ctrl-C.
 import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -107,6 +107,67 @@ t.test('the same seed gives the same frames; another seed other frames', async (
   t.notOk(a.every((png, i) => png.equals(c[i])), 'seed 8: different frames');
 });
 
+// PNG frames of a short T2V run (no metadata: the bytes are the pixels alone).
+function pngFrames(name: string, ...extra: string[]): Buffer[] {
+  const r = run('generate', ...T2V, ...SMALL, '--prompt', 'a cat walks on the beach', '--seed', '3',
+    '--format', 'png', '--no-save-metadata', '--output-dir', outDir(name), '--quiet', ...extra);
+  if (r.status !== 0) throw new Error(`generate ${extra.join(' ')}: exit ${r.status}: ${r.stderr}`);
+  const files = r.stdout.trim().split('\n');
+  if (files.length !== 5) throw new Error(`expected 5 frames but received ${r.stdout}`);
+  return files.map((f) => fs.readFileSync(f));
+}
+const same = (a: Buffer[], b: Buffer[]) => a.length === b.length && a.every((png, i) => png.equals(b[i]));
+
+t.test('--lora: merged at load; strength 0, other blocks or filtered layers change nothing', async (t) => {
+  // A rank-4 LoRA (ComfyUI keys) for the tiny DiT (dim 64, ffn 128): block 0's self-attention q
+  // and block 1's ffn.0, with updates large enough to show in 8-bit frames.
+  const rank = 4;
+  let seed = 11;
+  const values = (n: number) => Float32Array.from({ length: n }, () => {
+    seed = (seed * 1103515245 + 12345) % 2147483648;
+    return (seed / 2147483648 - 0.5) * 0.6;
+  });
+  const tensors: Record<string, Tensor> = {};
+  for (const [module, out, inp] of [['blocks.0.self_attn.q', 64, 64], ['blocks.1.ffn.0', 128, 64]] as const) {
+    tensors[`diffusion_model.${module}.lora_A.weight`] = Tensor.fromTypedArray(values(rank * inp), [rank, inp]);
+    tensors[`diffusion_model.${module}.lora_B.weight`] = Tensor.fromTypedArray(values(out * rank), [out, rank]);
+  }
+  const lora = path.join(dir, 'tiny_lora.safetensors');
+  await saveSafetensors(lora, tensors);
+
+  const plain = pngFrames('lora-none');
+  const merged = pngFrames('lora-1', '--lora', `${lora}:1`);
+  t.notOk(same(plain, merged), 'strength 1: other frames');
+  t.ok(same(pngFrames('lora-0', '--lora', `${lora}:0`), plain), 'strength 0: byte-identical frames (the LoRA is skipped)');
+  t.ok(same(pngFrames('lora-default', '--lora', lora), merged), 'no strength: 1.0');
+  t.ok(same(pngFrames('lora-blocks', '--lora', lora, '--lora-blocks', '0-1'), merged), '--lora-blocks 0-1: every block, the same');
+  t.notOk(same(pngFrames('lora-block0', '--lora', lora, '--lora-blocks', '0'), merged), '--lora-blocks 0: block 1 left out');
+  t.ok(same(pngFrames('lora-filtered', '--lora', lora, '--lora-layer-filter', 'self_attn, ffn'), plain),
+    '--lora-layer-filter self_attn,ffn: every key skipped, byte-identical to no LoRA');
+
+  // The settings in the metadata name the LoRA; a LoRA whose keys fit no weight names --lora.
+  const out = outDir('lora-meta');
+  const r = run('generate', ...T2V, ...SMALL, '--prompt', 'a cat', '--lora', `${lora}:0.5`, '--lora-blocks', '0',
+    '--format', 'mp4', '--output-dir', out);
+  t.equal(r.status, 0, r.stderr);
+  t.match(r.stderr, /tiny_lora\.safetensors at 0\.5/, 'the load stage names the LoRA');
+  t.same(JSON.parse(probe(r.stdout.trim()).tags.settings).loras, [{ path: lora, strength: 0.5, blocks: [0] }]);
+  const wrong = path.join(dir, 'wrong_lora.safetensors');
+  await saveSafetensors(wrong, { 'diffusion_model.blocks.0.self_attn.nope.lora_A.weight': Tensor.fromTypedArray(values(rank * 64), [rank, 64]),
+    'diffusion_model.blocks.0.self_attn.nope.lora_B.weight': Tensor.fromTypedArray(values(64 * rank), [64, rank]) });
+  const bad = run('generate', ...T2V, ...SMALL, '--prompt', 'a cat', '--lora', wrong, '--output-dir', outDir('lora-wrong'));
+  t.equal(bad.status, 1);
+  t.match(bad.stderr, /^wan-native: --lora: .*wrong_lora\.safetensors: .*blocks\.0\.self_attn\.nope/m, bad.stderr);
+  t.same(listing(outDir('lora-wrong')), []);
+});
+
+t.test('--blocks-to-swap with --prefetch-blocks: byte-identical frames', async (t) => {
+  const plain = pngFrames('swap-none');
+  t.ok(same(pngFrames('swap-2-1', '--blocks-to-swap', '2', '--prefetch-blocks', '1'), plain), 'swap 2, prefetch 1');
+  t.ok(same(pngFrames('swap-1', '--blocks-to-swap', '1', '--quantization', 'fp8_e4m3fn'), pngFrames('fp8', '--quantization', 'fp8_e4m3fn')),
+    'swap 1 of an fp8-stored model: the frames of the same model unswapped');
+});
+
 t.test('I2V', async (t) => {
   const sharp = require('sharp');
   const [width, height] = [64, 48];
@@ -180,11 +241,19 @@ t.test('bad options exit 2 with a message naming the option, before anything is 
     [['--num-frames', '6'], /option '--num-frames <n>' argument '6' is invalid\. Expected a frame count of the form 4k\+1/],
     [['--scheduler', 'ddim'], /option '--scheduler <name>' argument 'ddim' is invalid\. Allowed choices are unipc, dpm\+\+/],
     [['--lora', 'x:abc'], /option '--lora <file\[:strength\]>' argument 'x:abc' is invalid\. .*the strength is "abc"/],
-    [['--lora', 'style.safetensors:0.8'], /--lora is not available yet in this version of wan-native/],
-    [['--quantization', 'fp8_e4m3fn_fast'], /--quantization fp8_e4m3fn_fast is not available yet/],
+    [['--lora', 'style.safetensors:0.8'], /^wan-native generate: --lora: no such file: style\.safetensors$/m],
+    [['--lora-blocks', '0-1'], /option '--lora-blocks <list>' argument '0-1' is invalid\. --lora-blocks applies to the --lora given before it, and there is none/],
+    [['--lora', 'style.safetensors', '--lora-blocks', '3-1'], /argument '3-1' is invalid\. Expected block indices and ranges separated by commas, such as 0-9,20/],
+    [['--lora', 'style.safetensors', '--lora-blocks', '40-48'], /argument '40-48' is invalid\. Expected block indices in 0\.\.47 but received 48/],
+    [['--lora', 'style.safetensors', '--lora-layer-filter', 'ffn', '--lora-layer-filter', 'q'], /--lora-layer-filter is given twice for --lora style\.safetensors/],
+    [['--lora', w('tiny_t2v_dit.f32.safetensors'), '--lora-blocks', '0,2-3'], /^wan-native generate: --lora-blocks: the model has 2 transformer blocks \(0\.\.1\) but block 2 is selected for --lora /m],
+    [['--quantization', 'fp8_e4m3fn_fast'], /--quantization fp8_e4m3fn_fast is not available yet .*fp8 matmuls need a GPU .*: use one of disabled, fp8_e4m3fn, fp8_e4m3fn_scaled, fp8_e5m2/],
+    [['--quantization', 'fp8_e5m2_scaled'], /--quantization fp8_e5m2_scaled is not available yet .*scaled fp8_e5m2 storage is not implemented/],
     [['--quantization', 'int4'], /option '--quantization <mode>' argument 'int4' is invalid/],
-    [['--blocks-to-swap', '20'], /--blocks-to-swap is not available yet/],
+    [['--blocks-to-swap', '5'], /^wan-native generate: --blocks-to-swap: the model has 2 transformer blocks, so expected 0\.\.2 but received 5$/m],
     [['--blocks-to-swap', '49'], /option '--blocks-to-swap <n>' argument '49' is invalid\. Expected an integer in 0\.\.48/],
+    [['--prefetch-blocks', '1'], /--prefetch-blocks needs --blocks-to-swap/],
+    [['--prefetch-blocks', '41'], /option '--prefetch-blocks <n>' argument '41' is invalid\. Expected an integer in 0\.\.40/],
     [['--compile'], /--compile is not available yet/],
     [['--riflex-freq-index', '6'], /--riflex-freq-index is not available yet/],
     [['--seed', '-1'], /option '--seed <n>' argument '-1' is invalid/],
@@ -236,7 +305,13 @@ t.test('--help lists every option with its default, in groups', async (t) => {
     '(default: video/h264-mp4)', 'Enhance-A-Video weight, 0..100 (2.0 is typical) (default: off)',
     "(default: Wan2.1's official negative prompt (Chinese))", '--frame-rate <fps> frames per second (Wan2.1 is trained on 16) (default: 16)'])
     t.ok(flat.includes(d), `shows ${d}`);
-  t.match(flat, /--blocks-to-swap <n> transformer blocks .* \(not available yet in this version\) \(default: 0\)/);
+  t.match(flat, /--blocks-to-swap <n> the last n transformer blocks .* the output is the same \(default: 0\)/);
+  t.match(flat, /--prefetch-blocks <n> swapped blocks prepared ahead, .* \(default: 0\)/);
+  for (const flag of ['--lora <file[:strength]>', '--lora-blocks <list>', '--lora-layer-filter <list>', '--blocks-to-swap <n>', '--prefetch-blocks <n>']) {
+    const at = flat.indexOf(` ${flag} `);
+    const next = flat.indexOf(' --', at + flag.length + 2);
+    t.notMatch(flat.slice(at, next), /not available yet/, `${flag} is available`);
+  }
 
   const viaHelp = run('help', 'generate');
   t.equal(viaHelp.status, 0);

@@ -1,15 +1,16 @@
 // ComfyUI workflows run natively (lib/workflow.ts) on the tiny models of shared/golden/weights:
 // an API-format T2V workflow (test/fixtures/workflows/t2v.api.json) and the same in UI format
 // (t2v.ui.json), checked against the same pipeline called through the library, plus the order
-// nodes run and free their values in, validation messages, model lookup and cancellation.
+// nodes run and free their values in, LoRAs and block swap, validation messages, model lookup
+// and cancellation.
 import t from 'tap';
 import type * as tap from 'tap';
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-import { ClipVisionEncoder, emptyEmbeds, imageToVideoEncode, Sampler, Tensor, TextEncoder, Vae, videoCombine, WanModel } from '../../lib/index';
-import type { ClipEmbeds, ContextOptions, FetaArgs, ImageEmbeds } from '../../lib/index';
+import { ClipVisionEncoder, emptyEmbeds, imageToVideoEncode, Sampler, saveSafetensors, Tensor, TextEncoder, Vae, videoCombine, WanModel } from '../../lib/index';
+import type { ClipEmbeds, ContextOptions, FetaArgs, ImageEmbeds, ModelLoaderOptions } from '../../lib/index';
 import { native } from '../../lib/native';
 import { parseWorkflow, runWorkflow } from '../../lib/workflow';
 import type { RunWorkflowOptions } from '../../lib/workflow';
@@ -88,13 +89,16 @@ function listFiles(dir: string): string[] {
 }
 
 // The fixture's pipeline called through the library.
-interface Direct { width: number; height: number; numFrames: number; contextOptions?: ContextOptions; fetaArgs?: FetaArgs }
+interface Direct {
+  width: number; height: number; numFrames: number; contextOptions?: ContextOptions; fetaArgs?: FetaArgs;
+  loras?: ModelLoaderOptions['loras']; blockSwap?: ModelLoaderOptions['blockSwap'];
+}
 async function direct(o: Direct): Promise<Tensor> {
   const encoder = await TextEncoder.load(path.join(weightsDir, 'tiny_umt5_enc.f32.safetensors'), { tokenizer: path.join(tokenizerDir, 'spiece.model') });
   const textEmbeds = await encoder.encode({ positive: ['a cat walks on the beach at sunset'], negative: 'rain at night' });
   encoder.dispose();
   const model = await WanModel.load(path.join(weightsDir, 'tiny_t2v_dit.f32.safetensors'),
-    { numHeads: 2, textLen: 16, basePrecision: 'fp32', attentionMode: 'sdpa' });
+    { numHeads: 2, textLen: 16, basePrecision: 'fp32', attentionMode: 'sdpa', loras: o.loras, blockSwap: o.blockSwap });
   const latent = await new Sampler(model).sample({
     imageEmbeds: emptyEmbeds({ width: o.width, height: o.height, numFrames: o.numFrames }), textEmbeds,
     steps: 3, cfg: 5, shift: 5, seed: 42, scheduler: 'unipc', contextOptions: o.contextOptions, fetaArgs: o.fetaArgs,
@@ -292,14 +296,31 @@ t.test('validation errors name the node and the input, and nothing runs', async 
     'WAN_INVALID_OPTION', /^node 1 \(LoadWanVideoT5TextEncoder\) input quantization: quantization 'fp8_e4m3fn' is not available yet/);
   await rejectsWith(t, runWorkflow(patched((w) => { w['4'].inputs.attention_mode = 'sageattn_3'; }), o),
     'WAN_INVALID_OPTION', /input attention_mode: "sageattn_3" is not available yet in wan-native \(available: sdpa, flash_attn_2, flash_attn_3, sageattn\)/);
-  await rejectsWith(t, runWorkflow(patched((w) => { w['3'].inputs.blocks_to_swap = 20; }), o),
-    'WAN_INVALID_OPTION', /^node 3 \(WanVideoBlockSwap\) input blocks_to_swap: block swap \(blocks_to_swap\) is not implemented yet in wan-native: set it to 0$/);
-  await rejectsWith(t, runWorkflow(patched((w) => { w['4'].inputs.compile_args = ['10', 0]; }), o),
-    'WAN_INVALID_OPTION', /^node 10 \(WanVideoTorchCompileSettings\): torch.compile \(compile_args\) is not implemented yet/);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['3'].inputs.vace_blocks_to_swap = 5; }), o),
+    'WAN_INVALID_OPTION', /^node 3 \(WanVideoBlockSwap\) input vace_blocks_to_swap: VACE block swap \(vace_blocks_to_swap\) needs a VACE model, .*: set it to 0$/);
   await rejectsWith(t, runWorkflow(patched((w) => {
     w['11'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'lightx2v.safetensors', strength: 1 } };
+    w['12'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'style.safetensors', strength: 0.5, merge_loras: false, prev_lora: ['11', 0] } };
+    w['4'].inputs.lora = ['12', 0];
+  }), o), 'WAN_INVALID_OPTION', /^node 12 \(WanVideoLoraSelect\) input merge_loras: merge_loras false \(LoRAs applied unmerged, on the fly\) is not available in wan-native, which merges LoRAs into the weights when the model loads: set merge_loras to true$/);
+  // A per-step strength list: as a literal (ComfyUI would refuse it too) or on a link (no node here makes one).
+  await rejectsWith(t, runWorkflow(patched((w) => {
+    w['11'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'lightx2v.safetensors', strength: [1, 0.9, 0.8] } };
     w['4'].inputs.lora = ['11', 0];
-  }), o), 'WAN_INVALID_OPTION', /^node 11 \(WanVideoLoraSelect\) input strength: LoRA is not implemented yet in wan-native/);
+  }), o), 'WAN_INVALID_OPTION', /^node 11 \(WanVideoLoraSelect\) input strength: expected a number but received /);
+  await rejectsWith(t, runWorkflow(patched((w) => {
+    w['11'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'lightx2v.safetensors', strength: ['5', 0] } };
+    w['4'].inputs.lora = ['11', 0];
+  }), o), 'WAN_INVALID_OPTION', /^node 11 \(WanVideoLoraSelect\) input strength: expected a value of type FLOAT but received a link to node 5/);
+  await rejectsWith(t, runWorkflow(patched((w) => {
+    w['11'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'lightx2v.safetensors', strength: 1001 } };
+    w['4'].inputs.lora = ['11', 0];
+  }), o), 'WAN_INVALID_OPTION', /^node 11 \(WanVideoLoraSelect\) input strength: expected a number between -1000 and 1000 but received 1001/);
+  await rejectsWith(t, runWorkflow(patched((w) => {
+    w['11'] = { class_type: 'WanVideoLoraBlockEdit', inputs: { 'blocks.0.': 'yes' } };
+    w['12'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'lightx2v.safetensors', strength: 1, blocks: ['11', 0] } };
+    w['4'].inputs.lora = ['12', 0];
+  }), o), 'WAN_INVALID_OPTION', /^node 11 \(WanVideoLoraBlockEdit\) input blocks\.0\.: expected a boolean but received "yes"/);
   await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.riflex_freq_index = 6; }), o),
     'WAN_INVALID_OPTION', /input riflex_freq_index: RIFLEx \(riflex_freq_index\) is not implemented yet in wan-native: set it to 0/);
   await rejectsWith(t, runWorkflow(patched((w) => { w['9'].inputs.format = 'video/ProRes'; }), o),
@@ -318,6 +339,90 @@ t.test('a LoRA at strength 0 and block swap at 0 are no-ops: the workflow is acc
   const graph = parseWorkflow(w);
   t.ok(graph.order.includes('11'), 'the LoRA node is part of the run');
   t.ok(graph.order.indexOf('11') < graph.order.indexOf('4'), 'before the model loader');
+});
+
+// A rank-4 LoRA for the tiny DiT (dim 64, ffn 128) with ComfyUI keys: block 0's self-attention
+// q and block 1's ffn.0, large enough to show in 8-bit frames. In a loras folder, one level down.
+const lorasDir = path.join(root, 'loras');
+async function writeLora(name: string, seed: number): Promise<string> {
+  const rank = 4;
+  let state = seed;
+  const values = (n: number) => Float32Array.from({ length: n }, () => {
+    state = (state * 1103515245 + 12345) % 2147483648;
+    return (state / 2147483648 - 0.5) * 0.6;
+  });
+  const tensors: Record<string, Tensor> = {};
+  for (const [module, out, inp] of [['blocks.0.self_attn.q', 64, 64], ['blocks.1.ffn.0', 128, 64]] as const) {
+    tensors[`diffusion_model.${module}.lora_A.weight`] = Tensor.fromTypedArray(values(rank * inp), [rank, inp]);
+    tensors[`diffusion_model.${module}.lora_B.weight`] = Tensor.fromTypedArray(values(out * rank), [out, rank]);
+  }
+  const file = path.join(lorasDir, 'wan', name);
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  await saveSafetensors(file, tensors);
+  return file;
+}
+const perKind = () => ({ diffusion_models: [weightsDir], text_encoders: [weightsDir, tokenizerDir], vae: [weightsDir], loras: [lorasDir] });
+
+// The fixture as PNG frames, without metadata, patched; the frames' pixels.
+async function pngRun(patch: (w: any) => void, o: RunWorkflowOptions = {}): Promise<Buffer[]> {
+  const w = api();
+  Object.assign(w['9'].inputs, { format: 'image/png', save_metadata: false });
+  for (const k of ['pix_fmt', 'crf', 'trim_to_audio']) delete w['9'].inputs[k];
+  patch(w);
+  const result = await runWorkflow(w, { modelDirs: perKind(), outputDir: newOutputDir(), ...o });
+  return Promise.all(result.outputs['9'].files!.map(pngBytes));
+}
+const sameFrames = (a: Buffer[], b: Buffer[]) => a.length === b.length && a.every((f, i) => f.equals(b[i]));
+
+t.test('a LoRA (strength 0.7) and block swap (1 block, prefetch 1): the frames of the library with the same loras and blockSwap', { skip }, async (t) => {
+  const file = await writeLora('style.safetensors', 11);
+  const frames = await pngRun((w) => {
+    w['11'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'style.safetensors', strength: 0.7, low_mem_load: false, merge_loras: true } };
+    w['4'].inputs.lora = ['11', 0];
+    Object.assign(w['3'].inputs, { blocks_to_swap: 1, prefetch_blocks: 1, offload_img_emb: true, use_non_blocking: true });
+  });
+  const expected = frameBytes(await direct({ width: 64, height: 64, numFrames: 5,
+    loras: [{ path: file, strength: 0.7 }], blockSwap: { blocksToSwap: 1, prefetchBlocks: 1 } }));
+  t.equal(frames.length, 5);
+  t.ok(sameFrames(frames, expected), 'identical frames');
+  t.notOk(sameFrames(frames, frameBytes(await directT2v())), 'and not those without the LoRA');
+});
+
+t.test('chained LoraSelect nodes: merged in chain order, with the block selection; blocks_to_swap clamped to the model', { skip }, async (t) => {
+  const first = await writeLora('first.safetensors', 21), second = await writeLora('second.safetensors', 37);
+  const seen: { loras: unknown; blockSwap: unknown; config: unknown }[] = [];
+  const load = WanModel.load;
+  WanModel.load = async (file, options) => {
+    const model = await load(file, options);
+    seen.push({ loras: options?.loras, blockSwap: options?.blockSwap, config: { blocksToSwap: model.config.blocksToSwap, prefetchBlocks: model.config.prefetchBlocks } });
+    return model;
+  };
+  const blockEdit = { ...Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`blocks.${i}.`, i !== 1])), layer_filter: 'ffn, ' };
+  let frames: Buffer[];
+  try {
+    frames = await pngRun((w) => {
+      w['11'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'wan/first.safetensors', strength: 0.5 } };
+      w['12'] = { class_type: 'WanVideoLoraBlockEdit', inputs: blockEdit };
+      w['13'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'second.safetensors', strength: -0.30004, prev_lora: ['11', 0], blocks: ['12', 0] } };
+      w['14'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'not-even-there.safetensors', strength: 0, prev_lora: ['13', 0] } };
+      w['4'].inputs.lora = ['14', 0];
+      Object.assign(w['3'].inputs, { blocks_to_swap: 20, prefetch_blocks: 1 });
+    });
+  } finally {
+    WanModel.load = load;
+  }
+  const loras = [
+    { path: first, strength: 0.5 },
+    // strength rounded to 4 decimals, as the wrapper; every block but 1; the filter's empty entry dropped.
+    { path: second, strength: -0.3, blocks: [0, ...Array.from({ length: 38 }, (_, i) => i + 2)], layerFilter: ['ffn'] },
+  ];
+  t.same(seen.map((s) => s.loras), [loras], 'the chain in order; the strength-0 LoRA skipped (its file never looked up)');
+  t.same(seen.map((s) => s.config), [{ blocksToSwap: 2, prefetchBlocks: 1 }], 'blocks_to_swap 20 swaps the 2 blocks the tiny model has');
+  const expected = frameBytes(await direct({ width: 64, height: 64, numFrames: 5, loras, blockSwap: { blocksToSwap: 2, prefetchBlocks: 1 } }));
+  t.ok(sameFrames(frames, expected), 'identical frames to the library with those loras');
+  // The second LoRA touches block 0's q (kept) and block 1's ffn.0 (block 1 off, and ffn filtered): first alone
+  // would differ, since second's block 0 update applies.
+  t.notOk(sameFrames(frames, frameBytes(await direct({ width: 64, height: 64, numFrames: 5, loras: [loras[0]] }))), 'the second LoRA counts');
 });
 
 t.test('seeds: BigInt up to 2^64-1; a JSON number past 2^53 is refused; model_to_offload orders nothing', async (t) => {
@@ -376,7 +481,7 @@ t.test('the I2V nodes compute what the library computes', async (t) => {
   const asFrame = Tensor.fromTypedArray(pixels, [3, 1, 40, 48]);  // one frame, as a decode or a video loader gives it
   const context = (values: Record<string, unknown>, inputs: Record<string, unknown>): NodeContext => ({
     node: undefined as never, value: <T>(name: string) => values[name] as T, input: <T>(name: string) => inputs[name] as T,
-    file: () => { throw new Error('no files here'); }, onProgress: () => {}, streamFrames: false, metadata: {}, textCacheDir: root,
+    file: () => { throw new Error('no files here'); }, onProgress: () => {}, streamFrames: false, metadata: {}, textCacheDir: root, warn: () => {},
   });
   const [clipOut] = await EXECUTORS.WanVideoClipVisionEncode(context(
     { strength_1: 0.5, strength_2: 1, crop: 'disabled', combine_embeds: 'average', force_offload: true, tiles: 0, ratio: 0.5 },
@@ -542,4 +647,18 @@ t.test('npx wan-native run: the command line runs the workflow file', { skip }, 
   const missing = spawnSync(process.execPath, [cli, 'run', apiFile, '--models', tokenizerDir, '--output-dir', newOutputDir()], { encoding: 'utf8' });
   t.equal(missing.status, 1);
   t.match(missing.stderr, /node \d+ \(\w+\) input model_name: .* not found: looked for .* in /, 'a model missing from the folders is named with where it looked');
+});
+
+t.test('torch.compile settings run as a no-op with a warning, and change nothing', { skip }, async (t) => {
+  const workflow = api();
+  workflow['4'].inputs.compile_args = ['10', 0];
+  const combine = workflow['9'].inputs;
+  combine.format = 'image/png';
+  delete combine.pix_fmt;
+  delete combine.crf;
+  delete combine.trim_to_audio;
+  const result = await runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() });
+  t.match(result.warnings, [/^node 10 \(WanVideoTorchCompileSettings\): torch.compile settings have no effect/]);
+  const expected = frameBytes(await directT2v());
+  for (const [i, file] of result.outputs['9'].files!.entries()) t.ok((await pngBytes(file)).equals(expected[i]), `frame ${i}: unchanged`);
 });
