@@ -5,7 +5,7 @@
 // and cancellation.
 import t from 'tap';
 import type * as tap from 'tap';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -16,6 +16,7 @@ import { parseWorkflow, runWorkflow } from '../../lib/workflow';
 import type { RunWorkflowOptions } from '../../lib/workflow';
 import { EXECUTORS, NodeContext } from '../../lib/workflow-nodes';
 import { fixturesDir, maxAbsDiff, repoRoot, tempDir, weightsDir } from '../helpers';
+import { decodeVideo, ffprobe, frameBytes, have, listFiles, pngBytes, trainTinyTokenizer } from '../media';
 
 const sharp = require('sharp');
 
@@ -33,60 +34,17 @@ const ui = () => JSON.parse(fs.readFileSync(uiFile, 'utf8'));
 // test/native/text-encoder.test.ts does (T5 conventions: pad 0, eos 1, unk 2; vocab <= 256).
 // The workflows name it "spiece.model", found in this folder, given as a model folder.
 const tokenizerDir = path.join(root, 'tokenizer');
-function trainTokenizer(): boolean {
-  fs.mkdirSync(tokenizerDir, { recursive: true });
-  const words = ['a', 'cat', 'walks', 'on', 'the', 'beach', 'at', 'sunset', 'camera', 'pans', 'slowly', 'over', 'waves', 'city', 'night', 'neon', 'rain'];
-  const lines = Array.from({ length: 600 }, (_, i) => Array.from({ length: 8 }, (_, j) => words[(i * 7 + j * 3) % words.length]).join(' '));
-  fs.writeFileSync(path.join(tokenizerDir, 'corpus.txt'), lines.join('\n'));
-  const r = spawnSync('spm_train', [`--input=${path.join(tokenizerDir, 'corpus.txt')}`, `--model_prefix=${path.join(tokenizerDir, 'spiece')}`,
-    '--vocab_size=40', '--model_type=unigram', '--character_coverage=1.0', '--pad_id=0', '--eos_id=1', '--unk_id=2', '--bos_id=-1'], { encoding: 'utf8' });
-  return r.status === 0;
-}
+const trainTokenizer = () => trainTinyTokenizer(tokenizerDir);
 const haveTokenizer = trainTokenizer();
 const modelDirs = [weightsDir, tokenizerDir];
 
-function have(bin: string): boolean {
-  try {
-    execFileSync(bin, ['-version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
 const skip = !haveTokenizer ? 'spm_train (Debian package sentencepiece) is needed: scripts/setup.sh installs it'
   : !(have('ffmpeg') && have('ffprobe')) ? 'ffmpeg and ffprobe are needed (apt install ffmpeg)' : false;
 
-function ffprobe(file: string): { streams: { width: number; height: number; nb_read_frames: string }[]; format: { tags?: Record<string, string> } } {
-  return JSON.parse(execFileSync('ffprobe', ['-v', 'error', '-count_frames', '-show_entries',
-    'stream=width,height,nb_read_frames:format_tags', '-of', 'json', file], { encoding: 'utf8' }));
-}
 
-// A video file's frames as RGB24 bytes, as ffmpeg decodes them.
-function decodeVideo(file: string): Buffer {
-  return execFileSync('ffmpeg', ['-v', 'error', '-i', file, '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-'], { maxBuffer: 1 << 26 });
-}
 
-// Decoded frames [3, F, H, W] in [-1, 1] as the RGB24 bytes videoCombine writes: round((x + 1) / 2 * 255).
-function frameBytes(video: Tensor): Buffer[] {
-  const [, F, H, W] = video.shape;
-  const data = video.toTypedArray() as Float32Array;
-  return Array.from({ length: F }, (_, f) => {
-    const out = Buffer.alloc(H * W * 3);
-    for (let c = 0; c < 3; c++)
-      for (let i = 0; i < H * W; i++) out[i * 3 + c] = Math.min(255, Math.max(0, Math.round((data[(c * F + f) * H * W + i] + 1) / 2 * 255)));
-    return out;
-  });
-}
 
-async function pngBytes(file: string): Promise<Buffer> {
-  return (await sharp(file).raw().toBuffer({ resolveWithObject: true })).data;
-}
 
-function listFiles(dir: string): string[] {
-  if (!fs.existsSync(dir)) return [];
-  return fs.readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile())
-    .map((e) => path.relative(dir, path.join(e.parentPath ?? (e as unknown as { path: string }).path, e.name))).sort();
-}
 
 // The fixture's pipeline called through the library.
 interface Direct {
