@@ -187,25 +187,43 @@ at::Tensor WanDit::block_forward(const Block& b, int index, const at::Tensor& x_
   return x;
 }
 
-WanDit::Block WanDit::widened_block(int64_t index, bool serial) const {
-  Block b = blocks_[index];
-  auto widen = [serial](ops::Weight& w) {
-    if (!w.defined()) return;
-    w = serial ? w.widened() : ops::Weight{core::Tensor{w.get(at::kFloat), core::DType::F32}, {}};
-  };
+template <typename F>
+void WanDit::for_each_weight(Block& b, F&& f) {
   for (Attention* a : {&b.self_attn, &b.cross_attn}) {
     for (Linear* l : {&a->q, &a->k, &a->v, &a->o, &a->k_img, &a->v_img}) {
-      widen(l->weight);
-      widen(l->bias);
+      f(l->weight);
+      f(l->bias);
     }
-    for (ops::Weight* w : {&a->norm_q, &a->norm_k, &a->norm_k_img}) widen(*w);
+    for (ops::Weight* w : {&a->norm_q, &a->norm_k, &a->norm_k_img}) f(*w);
   }
   for (Linear* l : {&b.ffn0, &b.ffn2}) {
-    widen(l->weight);
-    widen(l->bias);
+    f(l->weight);
+    f(l->bias);
   }
-  for (ops::Weight* w : {&b.norm3_weight, &b.norm3_bias, &b.modulation}) widen(*w);
+  for (ops::Weight* w : {&b.norm3_weight, &b.norm3_bias, &b.modulation}) f(*w);
+}
+
+WanDit::Block WanDit::widened_block(int64_t index) const {
+  Block b = blocks_[index];
+  for_each_weight(b, [](ops::Weight& w) {
+    if (w.needs_widening()) w = ops::Weight{core::Tensor{w.get(at::kFloat), core::DType::F32}, {}};
+  });
   return b;
+}
+
+std::function<WanDit::Block()> WanDit::widened_block_job(int64_t index) const {
+  Block b = blocks_[index];
+  std::vector<at::Tensor> outs;
+  for_each_weight(b, [&outs](ops::Weight& w) {
+    if (w.needs_widening()) outs.push_back(at::empty(w.stored.value.sizes(), at::TensorOptions().dtype(at::kFloat)));
+  });
+  return [b, outs]() mutable {
+    size_t k = 0;
+    for_each_weight(b, [&](ops::Weight& w) {
+      if (w.needs_widening()) w = w.widened_into(outs[k++]);
+    });
+    return b;
+  };
 }
 
 void WanDit::set_block_swap(int blocks, int prefetch) {
@@ -308,8 +326,8 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
   std::optional<runtime::Prefetcher<Block>> swapped;
   if (first_swapped < layers) {
     swapped.emplace(first_swapped, layers, options_.prefetch_blocks,
-                    [this](int64_t i) { return widened_block(i, /*serial=*/true); },
-                    [this](int64_t i) { return widened_block(i, /*serial=*/false); });
+                    [this](int64_t i) { return widened_block_job(i); },
+                    [this](int64_t i) { return widened_block(i); });
   }
   for (int64_t i = 0; i < layers; ++i) {
     if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");

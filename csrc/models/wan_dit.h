@@ -106,9 +106,14 @@ class WanDit {
                            const at::Tensor& context, const at::Tensor& context_img, std::optional<double> feta_weight,
                            Trace* trace) const;
   at::Tensor heads(const at::Tensor& x) const;  // [B, L, dim] -> [B, L, H, D]
-  // A copy of block `index` with every weight in float32: widened by this thread alone
-  // (serial: for a prefetch worker) or with libtorch's thread pool.
-  Block widened_block(int64_t index, bool serial) const;
+  // Calls f on every weight of a block, always in the same order.
+  template <typename F>
+  static void for_each_weight(Block& b, F&& f);
+  // A copy of block `index` with every weight in float32, widened with libtorch's thread pool.
+  Block widened_block(int64_t index) const;
+  // The same in two steps: the float32 tensors are allocated here, and the returned job (for a
+  // prefetch worker) fills them by that thread alone.
+  std::function<Block()> widened_block_job(int64_t index) const;
 
   WanDitConfig config_;
   WanDitOptions options_;

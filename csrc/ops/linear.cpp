@@ -20,15 +20,21 @@ const std::array<float, 256>& fp8_values(core::DType format) {
 }  // namespace
 
 Weight Weight::widened() const {
+  if (!needs_widening()) return *this;
+  return widened_into(at::empty(stored.value.sizes(), at::TensorOptions().dtype(at::kFloat)));
+}
+
+Weight Weight::widened_into(at::Tensor out) const {
   using core::DType;
-  if (!defined() || (stored.dtype == DType::F32 && !scale.defined())) return *this;
+  if (!needs_widening()) return *this;
   const bool per_tensor_scale = !scale.defined() || scale.numel() == 1;
   const bool direct = stored.dtype == DType::F32 || stored.dtype == DType::BF16 || stored.dtype == DType::F16 ||
                       stored.dtype == DType::F8_E4M3FN || stored.dtype == DType::F8_E5M2;
-  if (!direct || !per_tensor_scale || !stored.value.is_contiguous() || !stored.value.device().is_cpu())
-    return Weight{core::Tensor{get(at::kFloat), DType::F32}, {}};
+  if (!direct || !per_tensor_scale || !stored.value.is_contiguous() || !stored.value.device().is_cpu()) {
+    out.copy_(get(at::kFloat));
+    return Weight{core::Tensor{out, DType::F32}, {}};
+  }
   const int64_t n = stored.value.numel();
-  at::Tensor out = at::empty(stored.value.sizes(), at::TensorOptions().dtype(at::kFloat));
   float* dst = out.data_ptr<float>();
   const void* src = stored.value.data_ptr();
   switch (stored.dtype) {

@@ -18,6 +18,12 @@ struct Weight {
   // libtorch thread pool), so that a worker can widen the next block while the model's own
   // parallel work runs; bitwise equal to get(at::kFloat). An fp32 weight is returned as is.
   Weight widened() const;
+  // widened(), written into `out` (float32, this weight's shape, allocated by the caller: a
+  // prefetch worker fills blocks that the engine thread allocated, so that freed blocks return
+  // to the engine thread's malloc arena rather than to one per worker).
+  Weight widened_into(at::Tensor out) const;
+  // Whether widened() makes a new tensor (false for float32 without a scale).
+  bool needs_widening() const { return defined() && (stored.dtype != core::DType::F32 || scale.defined()); }
 };
 
 // y = x W^T + b with W [out, in], x [..., in] in the compute dtype.

@@ -12,11 +12,15 @@ namespace wan::runtime {
 
 // Items first..end-1, taken in order. depth 0: each is made on the caller's thread when taken.
 // depth k > 0: workers make up to k items ahead of the one in use (k + 1 in memory at most).
+// `prepare(i)` runs on the caller's thread (where memory should be allocated) and returns the
+// job a worker runs to finish item i.
 template <typename T>
 class Prefetcher {
  public:
-  Prefetcher(int64_t first, int64_t end, int depth, std::function<T(int64_t)> make, std::function<T(int64_t)> make_here)
-      : next_(first), end_(end), depth_(depth), make_(std::move(make)), make_here_(std::move(make_here)) {
+  using Job = std::function<T()>;
+  Prefetcher(int64_t first, int64_t end, int depth, std::function<Job(int64_t)> prepare,
+             std::function<T(int64_t)> make_here)
+      : next_(first), end_(end), depth_(depth), prepare_(std::move(prepare)), make_here_(std::move(make_here)) {
     fill(first);
   }
   Prefetcher(const Prefetcher&) = delete;
@@ -38,14 +42,15 @@ class Prefetcher {
   // Keeps items up to `from` + depth - 1 launched.
   void fill(int64_t from) {
     while (depth_ > 0 && next_ < end_ && next_ < from + depth_) {
-      pending_.push_back(std::async(std::launch::async, make_, next_));
+      pending_.push_back(std::async(std::launch::async, prepare_(next_)));
       ++next_;
     }
   }
 
   int64_t next_, end_;
   int depth_;
-  std::function<T(int64_t)> make_, make_here_;
+  std::function<Job(int64_t)> prepare_;
+  std::function<T(int64_t)> make_here_;
   std::deque<std::future<T>> pending_;
 };
 
