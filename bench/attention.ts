@@ -17,6 +17,7 @@ import * as os from 'node:os';
 
 import { runtimeInfo, Tensor } from '../lib/index';
 import { attention, AttentionMode } from '../lib/ops';
+import { procStatusKiB } from './machine';
 
 const H = 12, D = 128;
 const MODES: AttentionMode[] = ['sdpa', 'flash', 'sageattn'];
@@ -46,11 +47,6 @@ function inputs(L: number): [Tensor, Tensor, Tensor] {
   return [1, 2, 3].map((seed) => Tensor.fromTypedArray(normals(n, seed), shape)) as [Tensor, Tensor, Tensor];
 }
 
-function statusKiB(field: string): number {
-  const match = fs.readFileSync('/proc/self/status', 'utf8').match(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm'));
-  if (!match) throw new Error(`bench:attention: no ${field} in /proc/self/status`);
-  return Number(match[1]);
-}
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -70,11 +66,11 @@ function child(mode: AttentionMode, L: number): void {
   } catch {
     reset = false;  // then VmHWM before the call may already exceed the resident set
   }
-  const base = statusKiB(reset ? 'VmHWM' : 'VmRSS');
+  const base = procStatusKiB(reset ? 'VmHWM' : 'VmRSS');
   const t0 = process.hrtime.bigint();
   const out = attention(q, k, v, mode);
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  const peak = statusKiB('VmHWM');
+  const peak = procStatusKiB('VmHWM');
   out.dispose();
   const result: ChildResult = { mode, L, ms, baseMiB: base / 1024, peakMiB: peak / 1024, growthMiB: (peak - base) / 1024, reset };
   process.stdout.write(JSON.stringify(result) + '\n');

@@ -40,17 +40,14 @@
 // WAN_DIT_BENCH=quick (1,024 tokens, bf16, flash, and the matmul rates only),
 // WAN_DIT_BENCH_WAIT (seconds to wait for quiet, default 300), WAN_DIT_BENCH_ATTEMPTS (3).
 import { execFileSync } from 'node:child_process';
-import * as crypto from 'node:crypto';
-import * as fs from 'node:fs';
 import * as os from 'node:os';
-import * as path from 'node:path';
 
 import { runtimeInfo, Tensor, WanModel } from '../lib/index';
 import type { AttentionMode } from '../lib/model';
 import { native } from '../lib/native';
 import { benchDir, DIT_MANIFEST, ditSpecs, ensureDitCheckpoint, ensureDitLikeCheckpoint, manifestPath, type Storage, type TensorSpec } from './synthesize';
+import { machineBusySeconds, othersBusy, procStatusKiB, snapshotAddon, table } from './machine';
 
-const repoRoot = path.resolve(__dirname, '..', '..');
 const MiB = 2 ** 20;
 
 // ---------------------------------------------------------------- dimensions and FLOPs
@@ -81,23 +78,6 @@ function forwardFlops({ tokens: L, layers, textLen = TEXT_LEN, textDim = TEXT_DI
 // The GEMM probe: one block, text_embedding.0 taking an 8960-wide context.
 function probeSpecs(): TensorSpec[] {
   return ditSpecs(1).map((s) => (s.key === 'text_embedding.0.weight' ? { key: s.key, shape: [D, FFN] } : s));
-}
-
-// ---------------------------------------------------------------- machine load
-
-// Busy CPU seconds of the whole machine so far (/proc/stat, USER_HZ = 100).
-function machineBusySeconds(): number {
-  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-  const [user, nice, system, , , irq, softirq, steal] = f;
-  return (user + nice + system + irq + softirq + (steal ?? 0)) / 100;
-}
-
-// Cores kept busy by everything else over `ms` (this process idle meanwhile).
-async function othersBusy(ms: number): Promise<number> {
-  const b0 = machineBusySeconds(), c0 = process.cpuUsage(), t0 = performance.now();
-  await new Promise((r) => setTimeout(r, ms));
-  const c = process.cpuUsage(c0);
-  return Math.max(0, (machineBusySeconds() - b0 - (c.user + c.system) / 1e6) / ((performance.now() - t0) / 1000));
 }
 
 // ---------------------------------------------------------------- the child: one measurement
@@ -132,11 +112,6 @@ interface JobResult {
   loadavg: number[];
 }
 
-function procStatusKiB(field: string): number {
-  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(fs.readFileSync('/proc/self/status', 'utf8'));
-  if (!m) throw new Error(`no ${field} in /proc/self/status`);
-  return Number(m[1]);
-}
 
 function uniformUnitVariance(n: number): Float32Array {
   const a = new Float32Array(n);
@@ -307,34 +282,7 @@ async function runChild(job: Job): Promise<JobResult> {
   return best!;
 }
 
-function table(head: string[], rows: (string | number)[][]): string {
-  const cells = [head, ...rows.map((r) => r.map(String))];
-  const widths = head.map((_, i) => Math.max(...cells.map((r) => r[i].length)));
-  const line = (r: string[]) => `| ${r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(' | ')} |`;
-  return [line(cells[0]), `|${widths.map((w, i) => (i === 0 ? ':' : '-') + '-'.repeat(w) + (i === 0 ? '-' : ':')).join('|')}|`,
-    ...cells.slice(1).map(line)].join('\n');
-}
 
-// A local build can be rebuilt while the bench runs (replacing the .node under a running
-// process): measure a copy of it, taken once, unless WAN_NATIVE_BINARY names one.
-function snapshotAddon(dir: string): string | undefined {
-  if (process.env.WAN_NATIVE_BINARY) return undefined;
-  let resolved: string;
-  try {
-    resolved = require('node-gyp-build').path(repoRoot) as string;
-  } catch {
-    return undefined;
-  }
-  if (!resolved.startsWith(path.join(repoRoot, 'build') + path.sep)) return undefined;
-  const bytes = fs.readFileSync(resolved);
-  const copy = path.join(dir, `wan_native.snapshot-${process.pid}.node`);
-  fs.writeFileSync(copy, bytes);
-  process.on('exit', () => fs.rmSync(copy, { force: true }));
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => process.exit(130));
-  process.env.WAN_NATIVE_BINARY = copy;
-  const sha = crypto.createHash('sha256').update(bytes).digest('hex').slice(0, 12);
-  return `${resolved} (built ${fs.statSync(resolved).mtime.toISOString()}, sha256 ${sha}), measured from a copy`;
-}
 
 const min = (xs: number[]) => Math.min(...xs);
 const f1 = (x: number) => x.toFixed(1), f2 = (x: number) => x.toFixed(2);

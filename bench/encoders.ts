@@ -39,6 +39,7 @@ import * as path from 'node:path';
 import { runtimeInfo, Tensor, TextEncoder } from '../lib/index';
 import { native } from '../lib/native';
 import { benchDir, ensureUmt5Checkpoint, manifestPath, umt5CheckpointPath, type Umt5Storage as Storage } from './synthesize';
+import { machineBusySeconds, othersBusy, procStatusKiB, snapshotAddon, table } from './machine';
 
 const repoRoot = path.resolve(__dirname, '..', '..');
 const QUICK = process.env.WAN_ENC_BENCH === 'quick';
@@ -52,21 +53,8 @@ const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 
 // ---------------------------------------------------------------- machine load
 
-function machineBusySeconds(): number {
-  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-  const [user, nice, system, , , irq, softirq, steal] = f;
-  return (user + nice + system + irq + softirq + (steal ?? 0)) / 100;
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-// Cores kept busy by other processes over the next `ms` (this process idle meanwhile).
-async function othersBusy(ms: number): Promise<number> {
-  const b0 = machineBusySeconds(), c0 = process.cpuUsage(), t0 = performance.now();
-  await sleep(ms);
-  const c = process.cpuUsage(c0);
-  return Math.max(0, (machineBusySeconds() - b0 - (c.user + c.system) / 1e6) / ((performance.now() - t0) / 1000));
-}
 
 // Waits until the 1-minute load average is at most LOAD_LIMIT, or (as it lags a finished job
 // by a minute or so) other processes have kept at most QUIET cores busy for the last 20 s;
@@ -104,11 +92,6 @@ interface JobResult {
   outputShape: number[]; outputRms: number; nonFinite: number; threads: number; config: Record<string, unknown>;
 }
 
-function procStatusKiB(field: string): number {
-  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(fs.readFileSync('/proc/self/status', 'utf8'));
-  if (!m) throw new Error(`no ${field} in /proc/self/status`);
-  return Number(m[1]);
-}
 
 async function child(job: Job): Promise<void> {
   const info = runtimeInfo();  // loads the addon and libtorch before the baseline
@@ -218,32 +201,7 @@ async function gemmRate(when: string): Promise<{ rate: number; loadavg: number; 
   return best;
 }
 
-// A local build can be rebuilt while the bench runs: measure a copy of it (as bench/dit.ts).
-function snapshotAddon(dir: string): string | undefined {
-  if (process.env.WAN_NATIVE_BINARY) return undefined;
-  let resolved: string;
-  try {
-    resolved = require('node-gyp-build').path(repoRoot) as string;
-  } catch {
-    return undefined;
-  }
-  if (!resolved.startsWith(path.join(repoRoot, 'build') + path.sep)) return undefined;
-  const bytes = fs.readFileSync(resolved);
-  const copy = path.join(dir, `wan_native.snapshot-${process.pid}.node`);
-  fs.writeFileSync(copy, bytes);
-  process.on('exit', () => fs.rmSync(copy, { force: true }));
-  process.env.WAN_NATIVE_BINARY = copy;
-  const sha = crypto.createHash('sha256').update(bytes).digest('hex').slice(0, 12);
-  return `${resolved} (built ${fs.statSync(resolved).mtime.toISOString()}, sha256 ${sha}), measured from a copy`;
-}
 
-function table(head: string[], rows: (string | number)[][]): string {
-  const cells = [head, ...rows.map((r) => r.map(String))];
-  const widths = head.map((_, i) => Math.max(...cells.map((r) => r[i].length)));
-  const line = (r: string[]) => `| ${r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(' | ')} |`;
-  return [line(cells[0]), `|${widths.map((w, i) => (i === 0 ? ':' : '-') + '-'.repeat(w) + (i === 0 ? '-' : ':')).join('|')}|`,
-    ...cells.slice(1).map(line)].join('\n');
-}
 
 const f1 = (x: number) => x.toFixed(1), f2 = (x: number) => x.toFixed(2);
 const la = () => os.loadavg().map(f2).join(' ');

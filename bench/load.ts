@@ -23,6 +23,7 @@ import * as os from 'node:os';
 
 import { loadSafetensors, Tensor } from '../lib/index';
 import { DIT_MANIFEST, ensureCheckpoint, manifestPath, readManifest, withInit } from './synthesize';
+import { table } from './machine';
 
 const CHUNK = 64 << 20;
 const GB = 1e9;
@@ -113,13 +114,6 @@ const gbps = (bytes: number, ms: number) => bytes / GB / (ms / 1000);
 const gb = (bytes: number) => (bytes / GB).toFixed(3);
 const mb = (bytes: number) => (bytes / 2 ** 20).toFixed(0);
 
-function table(head: string[], rows: (string | number)[][]): string {
-  const cells = [head, ...rows.map((r) => r.map(String))];
-  const widths = head.map((_, i) => Math.max(...cells.map((r) => r[i].length)));
-  const line = (r: string[]) => `| ${r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(' | ')} |`;
-  return [line(cells[0]), `|${widths.map((w, i) => (i === 0 ? ':' : '-') + '-'.repeat(w) + (i === 0 ? '-' : ':')).join('|')}|`,
-    ...cells.slice(1).map(line)].join('\n');
-}
 
 // ---------------------------------------------------------------- main
 

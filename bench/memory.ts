@@ -20,6 +20,7 @@ import * as fs from 'node:fs';
 import { runtimeInfo, Tensor, WanModel } from '../lib/index';
 import { native } from '../lib/native';
 import { ensureDitCheckpoint, type Storage } from './synthesize';
+import { procStatusKiB } from './machine';
 
 const TOKENS = 1024;
 const LATENT = [16, 4, 32, 32];  // 4 x 16 x 16 patches = 1,024 tokens
@@ -28,11 +29,6 @@ const TEXT = [512, 4096];
 interface Job { storage: Storage; swap: number; prefetch: number }
 interface Result extends Job { peakMiB: number; loadS: number; firstS: number; seconds: number }
 
-function statusKiB(field: string): number {
-  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(fs.readFileSync('/proc/self/status', 'utf8'));
-  if (!m) throw new Error(`no ${field} in /proc/self/status`);
-  return Number(m[1]);
-}
 
 function randomTensor(shape: number[], seed: number): Tensor {
   return new Tensor(new (native().NoiseGenerator)(BigInt(seed)).randn(shape));
@@ -42,7 +38,7 @@ async function child(job: Job): Promise<void> {
   const file = ensureDitCheckpoint({ storage: job.storage });
   const x = randomTensor(LATENT, 1), context = randomTensor(TEXT, 2);
   const t = Tensor.fromTypedArray(Float64Array.of(700), [1]);
-  const before = statusKiB('VmHWM');
+  const before = procStatusKiB('VmHWM');
   let start = performance.now();
   const model = await WanModel.load(file, { attentionMode: 'flash', blockSwap: { blocksToSwap: job.swap, prefetchBlocks: job.prefetch } });
   const loadS = (performance.now() - start) / 1000;
@@ -53,7 +49,7 @@ async function child(job: Job): Promise<void> {
     times.push((performance.now() - start) / 1000);
     out.dispose();
   }
-  const peakMiB = (statusKiB('VmHWM') - before) / 1024;
+  const peakMiB = (procStatusKiB('VmHWM') - before) / 1024;
   const result: Result = { ...job, peakMiB, loadS, firstS: times[0], seconds: times[1] };
   process.stdout.write(`RESULT ${JSON.stringify(result)}\n`);
 }

@@ -25,12 +25,12 @@
 // frames: the 15 default tiles of 480x832 cost 2.8x the untiled decode per frame),
 // WAN_VAE_BENCH=quick (64x64, 3 and 2 latent frames, for a smoke test).
 import { execFileSync } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as os from 'node:os';
 
 import { runtimeInfo, Tensor, Vae } from '../lib/index';
 import { native } from '../lib/native';
 import { ensureVaeCheckpoint } from './synthesize';
+import { machineBusySeconds, procStatusKiB } from './machine';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -97,21 +97,6 @@ function decodeFlops(frames: number, height: number, width: number, tiled: boole
   return f;
 }
 
-// ---------------------------------------------------------------- machine load
-
-// Busy CPU seconds of the whole machine so far (/proc/stat, USER_HZ = 100).
-function machineBusySeconds(): number {
-  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-  const [user, nice, system, , , irq, softirq, steal] = f;
-  return (user + nice + system + irq + softirq + (steal ?? 0)) / 100;
-}
-
-function status(field: string): number {
-  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(fs.readFileSync('/proc/self/status', 'utf8'));
-  if (!m) throw new Error(`no ${field} in /proc/self/status`);
-  return 1024 * Number(m[1]);
-}
-
 // ---------------------------------------------------------------- the child: one decode
 
 interface Job { file: string; frames: number; height: number; width: number; tiled: boolean; label: string }
@@ -134,7 +119,7 @@ interface JobResult {
 
 async function child(job: Job): Promise<void> {
   const threads = runtimeInfo().threads;  // starts libtorch before the baseline
-  const hwmBeforeLoad = status('VmHWM');
+  const hwmBeforeLoad = 1024 * procStatusKiB('VmHWM');
   const vae = await Vae.load(job.file);
   const tiling = job.tiled ? { tiled: true, ...DEFAULT_TILES } : {};
   const estimate = vae.estimateDecodeMemory({ frames: job.frames, height: job.height, width: job.width, call: 'decodeFrames', ...tiling });
@@ -142,7 +127,7 @@ async function child(job: Job): Promise<void> {
   const z = new Float32Array(16 * job.frames * h * w);
   for (let i = 0; i < z.length; i++) z[i] = Math.sin(i * 12.9898) * 2;
   const latent = Tensor.fromTypedArray(z, [16, job.frames, h, w]);
-  const rssBeforeDecode = status('VmRSS'), hwmBeforeDecode = status('VmHWM');
+  const rssBeforeDecode = 1024 * procStatusKiB('VmRSS'), hwmBeforeDecode = 1024 * procStatusKiB('VmHWM');
   const chunkSeconds: number[] = [], chunkFrames: number[] = [];
   const busy0 = machineBusySeconds(), cpu0 = process.cpuUsage(), start = performance.now();
   let t0 = start;
@@ -159,7 +144,7 @@ async function child(job: Job): Promise<void> {
   const cpuSeconds = (cpu.user + cpu.system) / 1e6;
   const othersCores = Math.max(0, (machineBusySeconds() - busy0 - cpuSeconds) / wall);
   const result: JobResult = {
-    job, threads, estimate, hwmBeforeLoad, rssBeforeDecode, hwmBeforeDecode, hwmAfter: status('VmHWM'),
+    job, threads, estimate, hwmBeforeLoad, rssBeforeDecode, hwmBeforeDecode, hwmAfter: 1024 * procStatusKiB('VmHWM'),
     chunkSeconds, chunkFrames, cpuSeconds, othersCores,
   };
   process.stdout.write(JSON.stringify(result));
