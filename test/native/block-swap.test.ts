@@ -51,7 +51,7 @@ t.test('block swap options are validated', async (t) => {
   t.throws(() => model.setBlockSwap({ useNonBlocking: 'yes' as never }), { code: 'WAN_INVALID_OPTION', message: /blockSwap.useNonBlocking/ });
 });
 
-t.test('an abort during a prefetching forward leaves the model usable', async (t) => {
+t.test('a call aborted before it starts leaves a prefetching model usable', async (t) => {
   const [input] = await inputs();
   const model = await WanModel.load(path.join(weightsDir, 'tiny_t2v_dit.bf16.safetensors'), { ...tiny, blockSwap: { blocksToSwap: 2, prefetchBlocks: 2 } });
   const controller = new AbortController();
