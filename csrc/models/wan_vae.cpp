@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "models/weights.h"
 #include "ops/attention.h"
+#include "ops/norm.h"
 
 namespace wan::models {
 namespace {
@@ -27,15 +28,20 @@ void check_cancelled(const std::function<bool()>& cancelled) {
 // video tensors and [C, 1, 1] for the attention's per-frame images, so it broadcasts as stored.
 // The two products are taken in place: the same values as x / n * s * g, in one buffer of x's
 // size instead of three (at full resolution each is hundreds of MB).
+// Where autograd records (training), out of place: the in-place products and SiLU would
+// overwrite values the backward needs.
 at::Tensor rms(const at::Tensor& x, const ops::Weight& gamma) {
   const double scale = std::sqrt(static_cast<double>(x.size(1)));
   at::Tensor y = x / at::clamp_min(at::norm(x, 2, {1}, true), 1e-12);
-  return y.mul_(scale).mul_(gamma.get(at::kFloat));
+  const at::Tensor g = gamma.get(at::kFloat);
+  if (ops::records_grad(x, g)) return y * scale * g;
+  return y.mul_(scale).mul_(g);
 }
 
 // residual.0-1 and head.0-1: RMS norm then SiLU, in the norm's buffer.
 at::Tensor rms_silu(const at::Tensor& x, const ops::Weight& gamma) {
   at::Tensor y = rms(x, gamma);
+  if (y.requires_grad() && at::GradMode::is_enabled()) return at::silu(y);
   at::silu_(y);
   return y;
 }
@@ -162,6 +168,7 @@ at::Tensor WanVae::residual(const Residual& r, const at::Tensor& x, FeatureCache
   const at::Tensor h = r.shortcut.weight.defined() ? causal_conv(r.shortcut.weight, r.shortcut.bias, x, {}, 0, 0) : x;
   at::Tensor y = cached_conv(r.conv2.weight, r.conv2.bias, rms_silu(x, r.norm0), cache);
   y = cached_conv(r.conv6.weight, r.conv6.bias, rms_silu(y, r.norm3), cache);
+  if (ops::records_grad(y, h)) return y + h;
   return y.add_(h);
 }
 
@@ -245,21 +252,47 @@ at::Tensor WanVae::encode(const at::Tensor& video, const std::function<bool()>& 
   if (video.dim() != 4 || s[0] != 3 || (s[1] - 1) % 4 != 0 || s[2] % 8 != 0 || s[3] % 8 != 0 || s[2] == 0 || s[3] == 0)
     throw Error(ErrorCode::InvalidTensor, "Vae.encode: video must be [3, F, H, W] with F = 4k + 1 and H, W multiples of 8, got " +
                                               c10::str(s));
-  const at::Tensor x = video.to(at::kFloat).unsqueeze(0);
+  const at::Tensor mu = encode_moments(video.to(at::kFloat).unsqueeze(0), cancelled).first;
+  if (mu_out) *mu_out = mu.squeeze(0);
+  return normalize(mu).squeeze(0);
+}
+
+at::Tensor WanVae::normalize(const at::Tensor& mu) {
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  const at::Tensor mean = at::tensor(latent_mean(), opts).view({1, -1, 1, 1, 1});
+  const at::Tensor inv_std = (1.0 / at::tensor(latent_std(), opts)).view({1, -1, 1, 1, 1});
+  return (mu - mean) * inv_std;
+}
+
+std::pair<at::Tensor, at::Tensor> WanVae::encode_moments(const at::Tensor& x,
+                                                         const std::function<bool()>& cancelled) const {
+  if (x.dim() != 5 || x.size(1) != 3 || (x.size(2) - 1) % 4 != 0)
+    throw Error(ErrorCode::InvalidTensor, "Vae: video batch must be [B, 3, F, H, W] with F = 4k + 1, got " + c10::str(x.sizes()));
   FeatureCache cache;
   std::vector<at::Tensor> outs;
   // The first frame alone, then chunks of four (vae.py encode).
-  for (int64_t i = 0, chunks = 1 + (s[1] - 1) / 4; i < chunks; ++i) {
+  for (int64_t i = 0, chunks = 1 + (x.size(2) - 1) / 4; i < chunks; ++i) {
     check_cancelled(cancelled);
     cache.index = 0;
     outs.push_back(run(encoder_, i == 0 ? x.narrow(2, 0, 1) : x.narrow(2, 1 + 4 * (i - 1), 4), cache, true));
   }
-  const at::Tensor mu = causal_conv(conv1_.weight, conv1_.bias, at::cat(outs, 2), {}, 0, 0).chunk(2, 1)[0];
-  if (mu_out) *mu_out = mu.squeeze(0);
-  const auto opts = at::TensorOptions().dtype(at::kFloat);
-  const at::Tensor mean = at::tensor(latent_mean(), opts).view({1, -1, 1, 1, 1});
-  const at::Tensor inv_std = (1.0 / at::tensor(latent_std(), opts)).view({1, -1, 1, 1, 1});
-  return ((mu - mean) * inv_std).squeeze(0);
+  const auto moments = causal_conv(conv1_.weight, conv1_.bias, at::cat(outs, 2), {}, 0, 0).chunk(2, 1);
+  return {moments[0], moments[1]};
+}
+
+at::Tensor WanVae::decode_raw(const at::Tensor& z) const {
+  if (z.dim() != 5 || z.size(1) != config_.z_dim)
+    throw Error(ErrorCode::InvalidTensor, "Vae: latent batch must be [B, " + std::to_string(config_.z_dim) +
+                                              ", T, h, w], got " + c10::str(z.sizes()));
+  const at::Tensor x = causal_conv(conv2_.weight, conv2_.bias, z, {}, 0, 0);
+  FeatureCache cache;
+  std::vector<at::Tensor> frames;
+  // One latent frame at a time, as Decoder::next() (vae.py decode).
+  for (int64_t i = 0; i < x.size(2); ++i) {
+    cache.index = 0;
+    frames.push_back(run(decoder_, x.narrow(2, i, 1), cache, false));
+  }
+  return at::cat(frames, 2);
 }
 
 at::Tensor WanVae::unnormalize(const at::Tensor& z) const {

@@ -48,6 +48,18 @@ class WanVae : public std::enable_shared_from_this<WanVae> {
   at::Tensor encode(const at::Tensor& video, const std::function<bool()>& cancelled = {},
                     at::Tensor* mu = nullptr) const;
 
+  // The encoder and decoder over a batch, for training (tools/train-demo.cpp): autograd
+  // follows them when the weights require grad. video [B, 3, F, H, W] in [-1, 1] -> the
+  // posterior's mean and log variance [B, z_dim, (F - 1) / 4 + 1, H / 8, W / 8], before the
+  // latent normalisation; decode_raw takes such a latent back to [B, 3, 4T - 3, 8h, 8w],
+  // unclamped. encode() and decode() are these plus normalisation (and clamping).
+  std::pair<at::Tensor, at::Tensor> encode_moments(const at::Tensor& video,
+                                                   const std::function<bool()>& cancelled = {}) const;
+  at::Tensor decode_raw(const at::Tensor& z) const;
+  // (mu - mean) / std with Wan's per-channel constants: [B, z_dim, T, h, w] -> the latent
+  // encode() returns (and the DiT works on).
+  static at::Tensor normalize(const at::Tensor& mu);
+
   // Spatial tiling of a decode, in pixels (WanVideo Decode's tile_x, tile_y, tile_stride_x,
   // tile_stride_y): overlapping tiles of the latent, each with its own cache, blended
   // linearly where they overlap.
@@ -103,6 +115,9 @@ class WanVae : public std::enable_shared_from_this<WanVae> {
   DecodeMemory estimate_decode_memory(const DecodeMemoryQuery& query) const;
 
   const WanVaeConfig& config() const { return config_; }
+  // Calls f(weight) on every parameter as held, for memory accounting (runtime/memory_stats.h).
+  template <typename F>
+  void visit_weights(F&& f) const;
   static const std::vector<float>& latent_mean();
   static const std::vector<float>& latent_std();
 
@@ -153,5 +168,35 @@ WanVaeConfig infer_wan_vae_config(const std::map<std::string, std::vector<int64_
 
 std::shared_ptr<WanVae> load_wan_vae(const std::vector<std::string>& files, bool populate,
                                      const std::function<bool()>& cancelled);
+
+template <typename F>
+void WanVae::visit_weights(F&& f) const {
+  auto conv = [&f](const Conv& c) {
+    f(c.weight);
+    f(c.bias);
+  };
+  auto residual = [&](const Residual& r) {
+    f(r.norm0);
+    f(r.norm3);
+    for (const Conv* c : {&r.conv2, &r.conv6, &r.shortcut}) conv(*c);
+  };
+  for (const Coder* c : {&encoder_, &decoder_}) {
+    conv(c->conv1);
+    for (const Stage& s : c->stages) {
+      residual(s.residual);
+      conv(s.resample.resample1);
+      conv(s.resample.time_conv);
+    }
+    residual(c->middle0);
+    residual(c->middle2);
+    f(c->middle1.norm);
+    conv(c->middle1.to_qkv);
+    conv(c->middle1.proj);
+    f(c->head_norm);
+    conv(c->head_conv);
+  }
+  conv(conv1_);
+  conv(conv2_);
+}
 
 }  // namespace wan::models

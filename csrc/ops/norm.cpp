@@ -2,13 +2,20 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/core/grad_mode.h>
 
 #include <cmath>
 
 namespace wan::ops {
 
+bool records_grad(const at::Tensor& a, const at::Tensor& b) {
+  return at::GradMode::is_enabled() && ((a.defined() && a.requires_grad()) || (b.defined() && b.requires_grad()));
+}
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  if (!x.is_cpu() || x.scalar_type() != at::kFloat) {
+  // The composite ops off the CPU, and wherever autograd records (tools/train-demo): the
+  // fused loop below has no backward.
+  if (!x.is_cpu() || x.scalar_type() != at::kFloat || records_grad(x, weight)) {
     const at::Tensor xf = x.to(at::kFloat);
     return (xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps) * weight.to(xf.options())).to(x.scalar_type());
   }

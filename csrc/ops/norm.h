@@ -4,6 +4,10 @@
 
 namespace wan::ops {
 
+// Whether autograd records an op on a or b: the hand-written CPU loops (which have no
+// backward) then give way to composite ATen ops, for training (tools/train-demo.cpp).
+bool records_grad(const at::Tensor& a, const at::Tensor& b = {});
+
 // x * rsqrt(mean(x^2, -1) + eps) * weight over the last dimension (WanRMSNorm).
 // x: [..., C] float32 -> [..., C] float32.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "ops/norm.h"
 
 namespace wan::ops {
 
@@ -30,6 +31,43 @@ RopeTable rope_table(int64_t head_dim, int64_t max_pos, double theta) {
   return t;
 }
 
+namespace {
+
+// The same rotation in composite ops, which autograd can differentiate (training): per token
+// the cos and sin of its three grid coordinates, gathered from the table; padding gets the
+// identity rotation.
+at::Tensor rope_apply_composite(const at::Tensor& x, const std::vector<std::array<int64_t, 3>>& grids,
+                                const RopeTable& table) {
+  const int64_t B = x.size(0), L = x.size(1), H = x.size(2), D = x.size(3), C = D / 2;
+  std::vector<int64_t> index[3];
+  std::vector<float> live;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& g = grids[b];
+    for (int64_t l = 0; l < L; ++l) {
+      const bool inside = l < g[0] * g[1] * g[2];
+      const int64_t pos[3] = {inside ? l / (g[1] * g[2]) : 0, inside ? (l / g[2]) % g[1] : 0, inside ? l % g[2] : 0};
+      for (int k = 0; k < 3; ++k) index[k].push_back(pos[k]);
+      live.push_back(inside ? 1.0f : 0.0f);
+    }
+  }
+  at::Tensor cos_parts[3], sin_parts[3];
+  int64_t start = 0;
+  for (int k = 0; k < 3; ++k) {
+    const at::Tensor idx = at::tensor(index[k], at::kLong);
+    cos_parts[k] = table.cos.index_select(0, idx).narrow(1, start, table.parts[k]);
+    sin_parts[k] = table.sin.index_select(0, idx).narrow(1, start, table.parts[k]);
+    start += table.parts[k];
+  }
+  const at::Tensor mask = at::tensor(live, at::kFloat).view({B * L, 1});
+  const at::Tensor co = (at::cat({cos_parts[0], cos_parts[1], cos_parts[2]}, 1) * mask + (1 - mask)).view({B, L, 1, C});
+  const at::Tensor si = (at::cat({sin_parts[0], sin_parts[1], sin_parts[2]}, 1) * mask).view({B, L, 1, C});
+  const at::Tensor pairs = x.to(at::kFloat).reshape({B, L, H, C, 2});
+  const at::Tensor re = pairs.select(4, 0), im = pairs.select(4, 1);
+  return at::stack({re * co - im * si, re * si + im * co}, 4).reshape({B, L, H, D});
+}
+
+}  // namespace
+
 at::Tensor rope_apply(const at::Tensor& x, const std::vector<std::array<int64_t, 3>>& grids,
                       const RopeTable& table) {
   const at::Tensor in = x.to(at::kFloat).contiguous();
@@ -45,6 +83,7 @@ at::Tensor rope_apply(const at::Tensor& x, const std::vector<std::array<int64_t,
         throw core::Error(core::ErrorCode::InvalidTensor,
                           "rope: a grid of " + std::to_string(n) + " positions exceeds the " +
                               std::to_string(max_pos) + " the table covers");
+  if (records_grad(x)) return rope_apply_composite(x, grids, table);
   at::Tensor out = in.clone();
   const float* cs = table.cos.data_ptr<float>();
   const float* sn = table.sin.data_ptr<float>();
