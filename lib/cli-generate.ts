@@ -21,6 +21,7 @@ import {
 import { WanError } from './errors';
 import { formatSeconds, StageView } from './cli-view';
 import { ATTENTION_MODES, BASE_PRECISIONS, WanModel, type AttentionMode, type BasePrecision, type ModelLoaderOptions } from './model';
+import { planMemory } from './memory-planner';
 import { native } from './native';
 import { Sampler } from './sampler';
 import { schedule, SCHEDULER_NAMES, type SchedulerName } from './schedulers';
@@ -119,6 +120,8 @@ export interface GenerateSettings {
 
   blocksToSwap: number;
   prefetchBlocks: number;
+  /** --max-memory: a budget in GiB, or 'auto' (what the machine has free). */
+  maxMemory?: number | 'auto';
   vaeTiling?: Required<Omit<VaeTileOptions, 'tiled'>>;
   threads?: number;
 
@@ -376,6 +379,10 @@ export function generateCommand(): Command {
       { parse: integer(0, 48), default: 0 }),
     option(g.memory, '--prefetch-blocks <n>', 'swapped blocks prepared ahead, on worker threads, while the current one computes (with --blocks-to-swap; 1 is usually enough)',
       { parse: integer(0, 40), default: 0 }),
+    option(g.memory, '--max-memory <GB>', "memory budget in GiB (or 'auto': what the machine has free); before loading anything, " +
+      'the planner picks the weight storage (fp8 only when needed), block swap and VAE tiling that fit, prints a memory summary, ' +
+      'or stops saying what is needed and what would fit; --quantization and --blocks-to-swap given are kept',
+      { parse: (v: string) => (v === 'auto' ? 'auto' : number(0.1, 1e6)(v)), defaultText: 'off' }),
     option(g.memory, '--vae-tiling', 'decode in spatial tiles, for sizes that do not fit otherwise'),
     option(g.memory, '--tile-x <pixels>', 'tile width (with --vae-tiling), a multiple of 8', { parse: integer(8, MAX_SIZE), default: 272 }),
     option(g.memory, '--tile-y <pixels>', 'tile height (with --vae-tiling), a multiple of 8', { parse: integer(8, MAX_SIZE), default: 272 }),
@@ -527,7 +534,7 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     feta: o.fetaWeight === undefined ? undefined
       : { weight: o.fetaWeight, startPercent: o.fetaStartPercent, endPercent: o.fetaEndPercent },
     context,
-    blocksToSwap: o.blocksToSwap, prefetchBlocks: o.prefetchBlocks,
+    blocksToSwap: o.blocksToSwap, prefetchBlocks: o.prefetchBlocks, maxMemory: o.maxMemory,
     vaeTiling: o.vaeTiling ? { tileX: o.tileX, tileY: o.tileY, tileStrideX: o.tileStrideX, tileStrideY: o.tileStrideY } : undefined,
     threads: o.threads,
     outputDir: path.resolve(o.outputDir), filenamePrefix: o.filenamePrefix, formats, frameRate: o.frameRate,
@@ -727,6 +734,27 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
   await checkOutputOptions(s);
   const plan = await preflight(s);
   if (s.threads !== undefined) native().setThreads(s.threads);
+  if (s.maxMemory !== undefined) {
+    // The memory plan, from the files' headers, before anything is loaded (lib/memory-planner.ts).
+    const memory = await planMemory({
+      dit: s.model.length === 1 ? s.model[0] : s.model, textEncoder: s.t5, vae: s.vae,
+      ...(plan.task !== 't2v' && s.clipVision ? { clipVision: s.clipVision } : {}),
+      width: s.width, height: s.height, numFrames: s.numFrames, attentionMode: s.attentionMode,
+      maxMemory: s.maxMemory === 'auto' ? undefined : s.maxMemory * 2 ** 30, batch: s.batchedCfg ? 2 : 1,
+      prefetchBlocks: s.prefetchBlocks,
+      ...(s.quantization !== 'disabled' ? { quantization: s.quantization as 'fp8_e4m3fn' } : {}),
+      ...(s.blocksToSwap > 0 ? { blocksToSwap: s.blocksToSwap } : {}),
+    });
+    if (!memory.fits) {
+      plan.startImage?.dispose();
+      plan.endImage?.dispose();
+      throw new WanError('WAN_OUT_OF_MEMORY', `--max-memory: ${memory.message}`);
+    }
+    if (!s.quiet) view.note(memory.summary);
+    s.quantization = memory.quantization;
+    s.blocksToSwap = memory.blocksToSwap;
+    if (memory.vaeTiling && !s.vaeTiling) s.vaeTiling = { tileX: 272, tileY: 272, tileStrideX: 144, tileStrideY: 128 };
+  }
   const started = performance.now();
   const prompts = s.prompt.split('|').map((p) => p.trim());
   const base = (f: string) => path.basename(f);

@@ -4,6 +4,7 @@ import type { NativeClipVision, NativeTensor } from '../types/native';
 import { bridgeAbort } from './abort';
 import { planFiles } from './checkpoint';
 import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
+import { memoryStatsOf, type MemoryStats } from './memory-planner';
 import { ImageInput, loadImage } from './image';
 import { native } from './native';
 import { LongCallOptions, ProgressClock } from './progress';
@@ -155,6 +156,11 @@ export class ClipVisionEncoder {
         abort.done();
       }
     })(), caller);
+  }
+
+  /** The bytes of the weights this model holds, by storage dtype (all resident). */
+  memoryStats(): MemoryStats {
+    return memoryStatsOf(this.handle().memoryStats());
   }
 
   private handle(): NativeClipVision {

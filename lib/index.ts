@@ -18,6 +18,8 @@ export type { AttentionMode, BasePrecision, BlockSwapOptions, LoraOptions, Model
 export type { Progress, LongCallOptions } from './progress';
 export { emptyEmbeds, imageToVideoEncode } from './conditioning';
 export type { ImageEmbeds, ImageToVideoEncodeOptions, VideoSize } from './conditioning';
+export { planMemory, tensorsFromManifest, freeMemory, tokenCount, PLAN_DEVICES } from './memory-planner';
+export type { MemoryPlan, PlanMemoryOptions, PlanDevice, PlanSource, TensorEntry, StagePlan, DitMemoryPlan, MemoryStats, HeldBytes, VaeEstimator } from './memory-planner';
 export { Sampler } from './sampler';
 export type { SamplerOptions, SamplerProgress, FetaArgs } from './sampler';
 export { schedule, SCHEDULER_NAMES } from './schedulers';

@@ -3,6 +3,7 @@ import type { NativeTensor, NativeWanModel } from '../types/native';
 import { bridgeAbort } from './abort';
 import { planFiles } from './checkpoint';
 import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
+import { memoryStatsOf, planMemory, type MemoryPlan, type MemoryStats } from './memory-planner';
 import { native } from './native';
 import { LongCallOptions, ProgressClock } from './progress';
 import { Tensor } from './tensor';
@@ -37,6 +38,17 @@ export interface ModelLoaderOptions extends LongCallOptions {
   blockSwap?: BlockSwapOptions;
   /** LoRAs merged into the weights at load, in order (WanVideoLoraSelect with merge_loras). */
   loras?: LoraOptions[];
+  /**
+   * A memory budget in bytes, or 'auto' for what the machine has free (MemAvailable). Before
+   * loading anything, the memory planner (planMemory) finds the least swapping, then fp8
+   * storage, that keeps the DiT's forward for `planFor` under it and applies them; quantization
+   * and blockSwap given here are kept as given. When nothing fits, the load fails with
+   * WAN_OUT_OF_MEMORY naming what is needed, what would fit and the budget. The plan, with a
+   * summary like the wrapper's "Block swap memory summary", is `model.memoryPlan`.
+   */
+  maxMemory?: number | 'auto';
+  /** The generation maxMemory plans for; left out, 832 x 480, 81 frames, 1 sample a forward. */
+  planFor?: { width?: number; height?: number; numFrames?: number; batch?: number };
 }
 
 /** One LoRA (the wrapper's WanVideoLoraSelect + WanVideoLoraBlockEdit). Its updates are added
@@ -137,6 +149,13 @@ function checkOptions(o: ModelLoaderOptions): void {
     throw invalidOption(`Expected a boolean for populate but received ${describeValue(o.populate)}`);
   if (o.blockSwap !== undefined) checkBlockSwap(o.blockSwap);
   if (o.loras !== undefined) checkLoras(o.loras);
+  if (o.maxMemory !== undefined && o.maxMemory !== 'auto' && !(typeof o.maxMemory === 'number' && Number.isFinite(o.maxMemory) && o.maxMemory > 0))
+    throw invalidOption(`Expected a positive number of bytes or 'auto' for maxMemory but received ${describeValue(o.maxMemory)}`);
+  if (o.planFor !== undefined) {
+    if (o.maxMemory === undefined) throw invalidOption('planFor was given but maxMemory was not (planFor is the generation maxMemory plans for)');
+    if (typeof o.planFor !== 'object' || o.planFor === null || Array.isArray(o.planFor))
+      throw invalidOption(`Expected an object { width?, height?, numFrames?, batch? } for planFor but received ${describeValue(o.planFor)}`);
+  }
 }
 
 function checkLoras(loras: unknown): void {
@@ -178,11 +197,14 @@ function handles(list: unknown, what: string): NativeTensor[] {
 
 export class WanModel {
   readonly config: WanModelConfig;
+  /** The memory plan the load applied, when it was given maxMemory. */
+  readonly memoryPlan?: MemoryPlan;
   #native: NativeWanModel | undefined;
 
-  private constructor(handle: NativeWanModel, basePrecision: BasePrecision) {
+  private constructor(handle: NativeWanModel, basePrecision: BasePrecision, memoryPlan?: MemoryPlan) {
     this.#native = handle;
     this.config = { ...(handle.config() as Omit<WanModelConfig, 'basePrecision'>), basePrecision };
+    if (memoryPlan) this.memoryPlan = memoryPlan;
   }
 
   /** Loads a DiT checkpoint: official, ComfyUI, Kijai (bf16/fp16/fp8/scaled fp8) or diffusers
@@ -193,18 +215,33 @@ export class WanModel {
       checkOptions(options);
       const plan = await planFiles(path, 'path');
       const loras = await planLoras(options.loras);
+      let quantization = options.quantization ?? 'disabled';
+      let blockSwap = options.blockSwap ? checkBlockSwap(options.blockSwap) : undefined;
+      let memoryPlan: MemoryPlan | undefined;
+      if (options.maxMemory !== undefined) {
+        // Planned from the headers before any weight is read (the files are only mapped).
+        memoryPlan = await planMemory({
+          dit: plan.files, ...options.planFor, maxMemory: options.maxMemory === 'auto' ? undefined : options.maxMemory,
+          device: 'cpu', attentionMode: options.attentionMode ?? 'sdpa',
+          quantization: options.quantization as Exclude<Quantization, 'fp8_e4m3fn_fast'> | undefined,
+          blocksToSwap: blockSwap?.blocksToSwap, prefetchBlocks: blockSwap?.prefetchBlocks,
+        });
+        if (!memoryPlan.fits) throw new WanError('WAN_OUT_OF_MEMORY', `maxMemory: ${memoryPlan.message}`);
+        quantization = memoryPlan.quantization;
+        blockSwap = { blocksToSwap: memoryPlan.blocksToSwap, prefetchBlocks: memoryPlan.prefetchBlocks };
+      }
       const abort = bridgeAbort(options.signal);
       const clock = new ProgressClock('load', 1, options.onProgress);
       try {
         clock.report(0);
         const handle = await native().loadWanModel(plan.files, {
           numHeads: options.numHeads, textLen: options.textLen,
-          attentionMode: options.attentionMode ?? 'sdpa', quantization: options.quantization ?? 'disabled',
-          ...(options.blockSwap ? checkBlockSwap(options.blockSwap) : {}),
+          attentionMode: options.attentionMode ?? 'sdpa', quantization,
+          ...(blockSwap ?? {}),
           populate: options.populate ?? true, loras,
         }, abort.flag);
         clock.report(1);
-        return new WanModel(handle, options.basePrecision ?? 'bf16');
+        return new WanModel(handle, options.basePrecision ?? 'bf16', memoryPlan);
       } finally {
         abort.done();
       }
@@ -221,6 +258,11 @@ export class WanModel {
     const { blocksToSwap, prefetchBlocks } = checkBlockSwap(o);
     this.handle().setBlockSwap(blocksToSwap, prefetchBlocks);
     Object.assign(this.config, { blocksToSwap, prefetchBlocks });
+  }
+
+  /** The bytes of the weights the model holds, by storage dtype; `swapped` is the last blocksToSwap blocks. */
+  memoryStats(): MemoryStats {
+    return memoryStatsOf(this.handle().memoryStats());
   }
 
   get attentionMode(): AttentionMode {

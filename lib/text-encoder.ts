@@ -7,6 +7,7 @@ import type { NativeTextEncoder } from '../types/native';
 import { bridgeAbort } from './abort';
 import { loadSafetensors, planFiles, saveSafetensors } from './checkpoint';
 import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
+import { memoryStatsOf, type MemoryStats } from './memory-planner';
 import { native } from './native';
 import { LongCallOptions, ProgressClock } from './progress';
 import { Tensor } from './tensor';
@@ -97,6 +98,11 @@ export class TextEncoder {
         abort.done();
       }
     })(), caller);
+  }
+
+  /** The bytes of the weights this model holds, by storage dtype (all resident). */
+  memoryStats(): MemoryStats {
+    return memoryStatsOf(this.handle().memoryStats());
   }
 
   private handle(): NativeTextEncoder {

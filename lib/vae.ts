@@ -3,6 +3,7 @@ import type { NativeVae } from '../types/native';
 import { bridgeAbort } from './abort';
 import { planFiles } from './checkpoint';
 import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
+import { memoryStatsOf, type MemoryStats } from './memory-planner';
 import { native } from './native';
 import { LongCallOptions, ProgressClock } from './progress';
 import { Tensor } from './tensor';
@@ -112,6 +113,11 @@ export class Vae {
         abort.done();
       }
     })(), caller);
+  }
+
+  /** The bytes of the weights this model holds, by storage dtype (all resident). */
+  memoryStats(): MemoryStats {
+    return memoryStatsOf(this.handle().memoryStats());
   }
 
   private handle(): NativeVae {

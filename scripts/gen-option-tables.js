@@ -38,6 +38,7 @@ const INTERFACES = [
   { name: 'LoadCheckpointOptions', usedBy: ['loadSafetensors(path, options)', 'loadCheckpoint(path, options)'] },
   { name: 'ModelLoaderOptions', usedBy: ['WanModel.load(path, options)'] },
   { name: 'BlockSwapOptions', usedBy: ['ModelLoaderOptions.blockSwap', 'model.setBlockSwap(options)'] },
+  { name: 'PlanMemoryOptions', usedBy: ['planMemory(options)'] },
   { name: 'LoraOptions', usedBy: ['ModelLoaderOptions.loras (one entry per LoRA)'] },
   { name: 'TextEncoderOptions', usedBy: ['TextEncoder.load(path, options)'] },
   { name: 'EncodeOptions', usedBy: ['textEncoder.encode({ positive, negative }, options)'] },

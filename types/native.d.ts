@@ -15,8 +15,14 @@ export interface NativeCheckpointInfo {
   config: Record<string, number>; warnings: string[]; text: string;
 }
 
+// memoryStats() of every model: its parameters as held, by storage dtype ('f32', 'bf16',
+// 'f8_e4m3fn', ...); `swapped` holds the blocks block swap makes ready just in time.
+export interface NativeHeldBytes { bytes: number; tensors: number; byDtype: Record<string, number> }
+export interface NativeMemoryStats { resident: NativeHeldBytes; swapped: NativeHeldBytes }
+
 export interface NativeWanModel {
   config(): Record<string, unknown>;
+  memoryStats(): NativeMemoryStats;
   forward(input: { x: NativeTensor[]; t: NativeTensor; context: NativeTensor[]; seqLen: number;
                    clipFea?: NativeTensor; y?: NativeTensor[]; fetaWeight?: number }, trace: boolean, abortFlag?: Int32Array):
     Promise<{ outputs: NativeTensor[]; trace?: Record<string, NativeTensor> }>;
@@ -35,6 +41,7 @@ export interface NativeVae {
   encode(video: NativeTensor, abortFlag?: Int32Array): Promise<NativeTensor>;
   decoder(latent: NativeTensor, tiling?: { tileX: number; tileY: number; tileStrideX: number; tileStrideY: number }):
     Promise<NativeVaeDecoder>;
+  memoryStats(): NativeMemoryStats;
   estimateDecodeMemory(query: { frames: number; height: number; width: number; tiling?: { tileX: number; tileY: number; tileStrideX: number; tileStrideY: number }; whole: boolean }): { bytes: number; breakdown: { weights: number; runtime: number; caches: number; activations: number; output: number; allocator: number }; peakAt: string };
   dispose(): void;
 }
@@ -44,7 +51,8 @@ export interface NativeTextEncoder {
               numBuckets: number; sharedPos: boolean };
   encodeTokens(ids: NativeTensor, mask: NativeTensor, trace: boolean, abortFlag?: Int32Array):
     Promise<{ output: NativeTensor; trace?: Record<string, NativeTensor> }>;
-  embeddedTokenizer(): Uint8Array | null;  // a ComfyUI checkpoint's `spiece_model` bytes
+  embeddedTokenizer(): Uint8Array | null;
+  memoryStats(): NativeMemoryStats;  // a ComfyUI checkpoint's `spiece_model` bytes
   dispose(): void;
 }
 
@@ -55,6 +63,7 @@ export interface NativeClipVisionConfig {
 
 export interface NativeClipVision {
   config(): NativeClipVisionConfig;
+  memoryStats(): NativeMemoryStats;
   // images: each [3, H, W] or [3, 1, H, W] in [-1, 1]; crop 'center' | 'disabled';
   // combineEmbeds 'average' | 'sum' | 'concat' | 'batch'.
   encode(images: NativeTensor[], options: { crop: string; strengths: number[]; combineEmbeds: string; trace: boolean },

@@ -15,7 +15,15 @@
 
 #include "core/tensor.h"
 
+namespace wan::runtime {
+class MemoryStats;
+}
+
 namespace wan::binding {
+
+// memoryStats() of every model class: { resident, swapped }, each { bytes, tensors, byDtype }
+// (memory_api.cpp).
+Napi::Object memory_stats_object(Napi::Env env, const runtime::MemoryStats& stats);
 
 // A failure described on the worker thread, turned into a WanError on the JS thread.
 struct ErrorInfo {

@@ -2,6 +2,7 @@
 #include "binding/addon_data.h"
 #include "core/error.h"
 #include "models/clip_vision.h"
+#include "runtime/memory_stats.h"
 
 namespace wan::binding {
 namespace {
@@ -23,6 +24,7 @@ class NativeClipVision : public Napi::ObjectWrap<NativeClipVision> {
     return DefineClass(env, "NativeClipVision",
                        {InstanceMethod("config", &NativeClipVision::config),
                         InstanceMethod("encode", &NativeClipVision::encode),
+                        InstanceMethod("memoryStats", &NativeClipVision::memory_stats),
                         InstanceMethod("dispose", &NativeClipVision::dispose)});
   }
 
@@ -92,6 +94,13 @@ class NativeClipVision : public Napi::ObjectWrap<NativeClipVision> {
           },
           keep_alive(env, {info[0], info[2]}));
     });
+  }
+
+  Napi::Value memory_stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    runtime::MemoryStats stats;
+    get(env)->visit_weights([&](const ops::Weight& w) { stats.add(w, false); });
+    return memory_stats_object(env, stats);
   }
 
   Napi::Value dispose(const Napi::CallbackInfo& info) {

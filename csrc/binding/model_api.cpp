@@ -2,6 +2,7 @@
 #include "binding/addon_data.h"
 #include "core/error.h"
 #include "models/wan_dit.h"
+#include "runtime/memory_stats.h"
 
 namespace wan::binding {
 namespace {
@@ -52,6 +53,7 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
                         InstanceMethod("forward", &NativeWanModel::forward),
                         InstanceMethod("setAttentionMode", &NativeWanModel::set_attention_mode),
                         InstanceMethod("setBlockSwap", &NativeWanModel::set_block_swap),
+                        InstanceMethod("memoryStats", &NativeWanModel::memory_stats),
                         InstanceMethod("dispose", &NativeWanModel::dispose)});
   }
 
@@ -100,6 +102,16 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
       get(env)->set_block_swap(info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Number>().Int32Value());
     });
     return env.Undefined();
+  }
+
+  // memoryStats() -> {resident, swapped}: the last blocksToSwap blocks count as swapped.
+  Napi::Value memory_stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const auto& model = get(env);
+    const int64_t first_swapped = model->config().num_layers - model->options().blocks_to_swap;
+    runtime::MemoryStats stats;
+    model->visit_weights([&](const ops::Weight& w, int64_t block) { stats.add(w, block >= first_swapped); });
+    return memory_stats_object(env, stats);
   }
 
   Napi::Value set_attention_mode(const Napi::CallbackInfo& info) {

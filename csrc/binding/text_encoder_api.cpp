@@ -2,6 +2,7 @@
 #include "binding/addon_data.h"
 #include "core/error.h"
 #include "models/umt5.h"
+#include "runtime/memory_stats.h"
 
 namespace wan::binding {
 namespace {
@@ -19,6 +20,7 @@ class NativeTextEncoder : public Napi::ObjectWrap<NativeTextEncoder> {
                        {InstanceMethod("config", &NativeTextEncoder::config),
                         InstanceMethod("encodeTokens", &NativeTextEncoder::encode_tokens),
                         InstanceMethod("embeddedTokenizer", &NativeTextEncoder::embedded_tokenizer),
+                        InstanceMethod("memoryStats", &NativeTextEncoder::memory_stats),
                         InstanceMethod("dispose", &NativeTextEncoder::dispose)});
   }
   explicit NativeTextEncoder(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeTextEncoder>(info) {
@@ -38,6 +40,13 @@ class NativeTextEncoder : public Napi::ObjectWrap<NativeTextEncoder> {
     Napi::Env env = info.Env();
     if (parts_.embedded_tokenizer.empty()) return env.Null();
     return Napi::Buffer<char>::Copy(env, parts_.embedded_tokenizer.data(), parts_.embedded_tokenizer.size());
+  }
+
+  Napi::Value memory_stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    runtime::MemoryStats stats;
+    get(env)->visit_weights([&](const ops::Weight& w) { stats.add(w, false); });
+    return memory_stats_object(env, stats);
   }
 
   Napi::Value config(const Napi::CallbackInfo& info) {

@@ -2,6 +2,7 @@
 #include "binding/addon_data.h"
 #include "core/error.h"
 #include "models/wan_vae.h"
+#include "runtime/memory_stats.h"
 
 namespace wan::binding {
 namespace {
@@ -58,6 +59,7 @@ class NativeVae : public Napi::ObjectWrap<NativeVae> {
                        {InstanceMethod("config", &NativeVae::config), InstanceMethod("encode", &NativeVae::encode),
                         InstanceMethod("decoder", &NativeVae::decoder),
                         InstanceMethod("estimateDecodeMemory", &NativeVae::estimate_decode_memory),
+                        InstanceMethod("memoryStats", &NativeVae::memory_stats),
                         InstanceMethod("dispose", &NativeVae::dispose)});
   }
   explicit NativeVae(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeVae>(info) {
@@ -152,6 +154,13 @@ class NativeVae : public Napi::ObjectWrap<NativeVae> {
       out.Set("peakAt", m.peak_at);
       return out;
     });
+  }
+
+  Napi::Value memory_stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    runtime::MemoryStats stats;
+    get(env)->visit_weights([&](const ops::Weight& w) { stats.add(w, false); });
+    return memory_stats_object(env, stats);
   }
 
   Napi::Value dispose(const Napi::CallbackInfo& info) {

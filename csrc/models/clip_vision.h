@@ -73,6 +73,16 @@ class ClipVision {
 
   const ClipVisionConfig& config() const { return config_; }
   const std::string& layout() const { return layout_; }  // the file's naming: official | hf-clip | open-clip
+  // Calls f(weight) on every parameter as held, for memory accounting (runtime/memory_stats.h).
+  template <typename F>
+  void visit_weights(F&& f) const {
+    for (const ops::Weight* w : {&patch_embedding_, &cls_embedding_, &pos_embedding_, &pre_norm_.weight, &pre_norm_.bias}) f(*w);
+    for (const Block& b : blocks_)
+      for (const ops::Weight* w : {&b.norm1.weight, &b.norm1.bias, &b.norm2.weight, &b.norm2.bias, &b.to_qkv.weight,
+                                   &b.to_qkv.bias, &b.proj.weight, &b.proj.bias, &b.mlp0.weight, &b.mlp0.bias,
+                                   &b.mlp2.weight, &b.mlp2.bias})
+        f(*w);
+  }
 
  private:
   struct Linear {

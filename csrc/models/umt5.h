@@ -32,6 +32,14 @@ class Umt5Encoder {
                      std::map<std::string, at::Tensor>* trace = nullptr) const;
 
   const Umt5Config& config() const { return config_; }
+  // Calls f(weight) on every parameter as held, for memory accounting (runtime/memory_stats.h).
+  template <typename F>
+  void visit_weights(F&& f) const {
+    for (const ops::Weight* w : {&token_embedding_, &norm_, &shared_pos_embedding_}) f(*w);
+    for (const Block& b : blocks_)
+      for (const ops::Weight* w : {&b.norm1, &b.norm2, &b.q, &b.k, &b.v, &b.o, &b.gate0, &b.fc1, &b.fc2, &b.pos_embedding})
+        f(*w);
+  }
 
  private:
   struct Block {

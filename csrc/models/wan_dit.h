@@ -78,6 +78,11 @@ class WanDit {
   void set_attention(ops::AttentionMode mode) { options_.attention = mode; }
   // Throws InvalidOption unless 0 <= blocks <= num_layers and prefetch >= 0.
   void set_block_swap(int blocks, int prefetch);
+  // Calls f(weight, block) on every parameter as held (block -1 outside the blocks), for
+  // memory accounting (runtime/memory_stats.h). Defined below, so that the count needs no
+  // change to the forward's source file.
+  template <typename F>
+  void visit_weights(F&& f) const;
 
  private:
   struct Linear {
@@ -130,6 +135,35 @@ class WanDit {
   Linear img_proj1_, img_proj3_;
   ops::Weight img_emb_pos_;  // flf2v: [1, 514, 1280]
 };
+
+template <typename F>
+void WanDit::visit_weights(F&& f) const {
+  auto linear = [&f](const Linear& l, int64_t block) {
+    f(l.weight, block);
+    f(l.bias, block);
+  };
+  f(patch_embedding_weight_, -1);
+  f(patch_embedding_bias_, -1);
+  for (const Linear* l : {&text_embedding0_, &text_embedding2_, &time_embedding0_, &time_embedding2_, &time_projection1_})
+    linear(*l, -1);
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    const Block& b = blocks_[i];
+    const auto n = static_cast<int64_t>(i);
+    for (const Attention* a : {&b.self_attn, &b.cross_attn}) {
+      for (const Linear* l : {&a->q, &a->k, &a->v, &a->o, &a->k_img, &a->v_img}) linear(*l, n);
+      for (const ops::Weight* w : {&a->norm_q, &a->norm_k, &a->norm_k_img}) f(*w, n);
+    }
+    linear(b.ffn0, n);
+    linear(b.ffn2, n);
+    for (const ops::Weight* w : {&b.norm3_weight, &b.norm3_bias, &b.modulation}) f(*w, n);
+  }
+  linear(head_, -1);
+  f(head_modulation_, -1);
+  for (const ops::Weight* w : {&img_norm0_weight_, &img_norm0_bias_, &img_norm4_weight_, &img_norm4_bias_, &img_emb_pos_})
+    f(*w, -1);
+  linear(img_proj1_, -1);
+  linear(img_proj3_, -1);
+}
 
 // Infers the configuration of a DiT checkpoint from its (normalised) tensor names and
 // shapes (anchors.md c.3). num_heads and text_len are not stored in the weights: the
