@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { generateCommand, runGenerate, settingsFrom, UsageError } from './cli-generate';
 import { StageView } from './cli-view';
 import { inspectCheckpoint, runtimeInfo, WanError } from './index';
+import type { Device } from './device';
 import { runWorkflow } from './workflow';
 
 // The overview (test/native/cli.test.ts pins its lines).
@@ -125,6 +126,8 @@ up in the --models folders (as a relative path, then by file name anywhere below
 Options:
   --models <dir>       a folder holding checkpoints, LoRAs and input images; repeatable
   --output-dir <dir>   where Video Combine writes (default ./output)
+  --device <name>      where the DiT, T5 and VAE compute: auto (default: the GPU when
+                       this build sees one), cpu, cuda or cuda:N
   -q, --quiet          no progress
   -h, --help           show this help
 `;
@@ -135,13 +138,17 @@ async function run(rest: string[]): Promise<number> {
     return 0;
   }
   const models: string[] = [];
-  let outputDir: string | undefined, file: string | undefined, quiet = false;
+  let outputDir: string | undefined, file: string | undefined, device: string | undefined, quiet = false;
   for (let i = 0; i < rest.length; ++i) {
     const a = rest[i];
     if (a === '--models' || a === '--output-dir') {
       const value = rest[++i];
       if (value === undefined) throw new UsageError(`${a} expects a folder`, 'run');
       if (a === '--models') models.push(value); else outputDir = value;
+    } else if (a === '--device') {
+      device = rest[++i];
+      if (device === undefined || !/^(auto|cpu|cuda|cuda:\d{1,3})$/.test(device))
+        throw new UsageError(`--device expects auto, cpu, cuda or cuda:N but received ${device === undefined ? 'nothing' : `"${device}"`}`, 'run');
     } else if (a === '-q' || a === '--quiet') {
       quiet = true;
     } else if (a.startsWith('-')) {
@@ -158,7 +165,7 @@ async function run(rest: string[]): Promise<number> {
   const written: string[] = [];
   return interruptible(view, written, async (signal) => {
     const result = await runWorkflow(file!, {
-      modelDirs: models, outputDir, signal,
+      modelDirs: models, outputDir, signal, device: device as Device | undefined,
       onNodeStart: (id, classType) => { view.stopBar(); view.note(`node ${id} (${classType})`); },
       onProgress: (e) => { if (e.progress) view.progress(e.progress, e.progress.stage === 'sample' ? 'step' : 'frame'); },
     });

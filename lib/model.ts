@@ -2,6 +2,7 @@
 import type { NativeTensor, NativeWanModel } from '../types/native';
 import { bridgeAbort } from './abort';
 import { planFiles } from './checkpoint';
+import { checkDevice, resolveDevice, type Device } from './device';
 import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
 import { memoryStatsOf, planMemory, type MemoryPlan, type MemoryStats } from './memory-planner';
 import { native } from './native';
@@ -17,16 +18,23 @@ export type Quantization = 'disabled' | 'fp8_e4m3fn' | 'fp8_e4m3fn_scaled' | 'fp
 export const QUANTIZATIONS: readonly Quantization[] = ['disabled', 'fp8_e4m3fn', 'fp8_e4m3fn_scaled', 'fp8_e5m2', 'fp8_e4m3fn_fast'];
 
 export interface ModelLoaderOptions extends LongCallOptions {
+  /** Where the model computes (WanVideoModelLoader main_device): 'cpu' (default), 'cuda',
+   * 'cuda:N', or 'auto' (the first GPU where the addon sees one, else the CPU). On a GPU the
+   * weights that are not swapped live there in their storage dtype, and the model computes in
+   * basePrecision; inputs and outputs stay CPU tensors. */
+  device?: Device;
   /** Weight storage (WanVideoModelLoader quantization, default 'disabled': the file's dtypes).
    * The fp8 forms convert the large linear weights at load (a bf16 file halves in memory);
    * norms, biases, modulation, time and image embeddings, patch embedding and head keep the
    * file's precision, as the wrapper keeps them. On a CPU fp8 is storage, widened per layer.
    * 'fp8_e4m3fn_fast' (fp8 matmuls) needs the model on a GPU of compute capability >= 8.9. */
   quantization?: Quantization;
-  /** Compute dtype on a GPU (WanVideoModelLoader base_precision, default 'bf16'). On a CPU the
+  /** Compute dtype on a GPU (WanVideoModelLoader base_precision, default 'bf16'; fp16_fast is fp16 here). On a CPU the
    * model computes in fp32 whatever this says (bf16 matmul is ~30x slower there); `config.computeDtype` tells. */
   basePrecision?: BasePrecision;
-  /** 'sdpa' (default), 'flash' (tiled, never builds the L x L matrix) or 'sageattn' (int8 Q.K). */
+  /** 'sdpa' (default), 'flash' (tiled, never builds the L x L matrix) or 'sageattn' (int8 Q.K).
+   * On a GPU, 'sdpa' and 'flash' are libtorch's SDPA (FlashAttention-2 kernels); 'sageattn' is our
+   * own int8 kernel there, correct but many times slower than SDPA (BENCHMARKS.md, GPU). */
   attentionMode?: AttentionMode;
   /** Heads, when the dim is not a release's (releases use head dim 128, so dim / 128). */
   numHeads?: number;
@@ -71,16 +79,19 @@ export interface LoraOptions {
   layerFilter?: string[];
 }
 
-/** The wrapper's block_swap_args. On the CPU, where the model computes today, weights stay in
- * their storage dtype and a swapped block's "transfer" is its widening to float32, a whole block
- * at a time just before use; with prefetchBlocks > 0, worker threads widen the next blocks while
- * the current one computes. The output is bitwise the same with any setting. */
+/** The wrapper's block_swap_args. On a GPU the last blocksToSwap blocks stay in page-locked CPU
+ * memory and are copied to the GPU just before use, prefetchBlocks of them ahead on a side stream
+ * so that the copies overlap compute. On the CPU weights stay in their storage dtype and a swapped
+ * block's "transfer" is its widening to float32, a whole block at a time just before use; with
+ * prefetchBlocks > 0, worker threads widen the next blocks while the current one computes. The
+ * output is bitwise the same with any setting. */
 export interface BlockSwapOptions {
   /** How many of the last blocks are swapped (20 in the wrapper's node; here default 0, 0..numLayers). */
   blocksToSwap?: number;
   /** Swapped blocks prepared ahead of use (0). */
   prefetchBlocks?: number;
-  /** GPU transfers from pinned memory on a side stream (false); no effect on the CPU. */
+  /** Accepted for the wrapper's workflows; GPU transfers here are always non-blocking copies
+   * from page-locked memory on a side stream. No effect on the CPU. */
   useNonBlocking?: boolean;
   /** Keep img_emb / text_embedding on the offload device (false); no effect on the CPU. */
   offloadImgEmb?: boolean;
@@ -109,9 +120,10 @@ export interface WanModelConfig {
   numHeads: number; numLayers: number; textLen: number; patchSize: [number, number, number];
   qkNorm: boolean; crossAttnNorm: boolean; eps: number;
   basePrecision: BasePrecision;  // as requested
+  device: string;  // where it computes: 'cpu', 'cuda:0', ...
   computeDtype: 'f32' | 'bf16' | 'f16';  // what the model computes in here
   attentionMode: AttentionMode;
-  quantization: Exclude<Quantization, 'fp8_e4m3fn_fast'>;  // as loaded
+  quantization: Quantization;  // as loaded
   blocksToSwap: number;
   prefetchBlocks: number;
 }
@@ -135,9 +147,7 @@ function checkOptions(o: ModelLoaderOptions): void {
     throw invalidOption(`Expected one of ${ATTENTION_MODES.join(', ')} for attentionMode but received ${describeValue(o.attentionMode)}`);
   if (o.quantization !== undefined && !QUANTIZATIONS.includes(o.quantization))
     throw invalidOption(`Expected one of ${QUANTIZATIONS.join(', ')} for quantization but received ${describeValue(o.quantization)}`);
-  if (o.quantization === 'fp8_e4m3fn_fast')
-    throw invalidOption("quantization 'fp8_e4m3fn_fast' runs fp8 matmuls on a GPU (compute capability >= 8.9), and this version " +
-                        "computes the model on the CPU; use 'fp8_e4m3fn' (fp8 storage)");
+  if (o.device !== undefined) checkDevice(o.device);
   if (o.basePrecision !== undefined && !BASE_PRECISIONS.includes(o.basePrecision))
     throw invalidOption(`Expected one of ${BASE_PRECISIONS.join(', ')} for basePrecision but received ${describeValue(o.basePrecision)}`);
   for (const key of ['numHeads', 'textLen'] as const) {
@@ -213,6 +223,10 @@ export class WanModel {
     const caller = new Error();
     return withCallerStack((async () => {
       checkOptions(options);
+      const device = resolveDevice(options.device);
+      if (options.quantization === 'fp8_e4m3fn_fast' && device === 'cpu')
+        throw invalidOption("quantization 'fp8_e4m3fn_fast' runs fp8 matmuls on a GPU (compute capability >= 8.9), and this model " +
+                            "computes on the CPU (device 'cpu'); use 'fp8_e4m3fn' (fp8 storage, widened per layer)");
       const plan = await planFiles(path, 'path');
       const loras = await planLoras(options.loras);
       let quantization = options.quantization ?? 'disabled';
@@ -222,12 +236,13 @@ export class WanModel {
         // Planned from the headers before any weight is read (the files are only mapped).
         memoryPlan = await planMemory({
           dit: plan.files, ...options.planFor, maxMemory: options.maxMemory === 'auto' ? undefined : options.maxMemory,
-          device: 'cpu', attentionMode: options.attentionMode ?? 'sdpa',
-          quantization: options.quantization as Exclude<Quantization, 'fp8_e4m3fn_fast'> | undefined,
+          device: device === 'cpu' ? 'cpu' : 'cuda', attentionMode: options.attentionMode ?? 'sdpa',
+          // fp8_e4m3fn_fast stores what fp8_e4m3fn stores
+          quantization: options.quantization === 'fp8_e4m3fn_fast' ? 'fp8_e4m3fn' : options.quantization,
           blocksToSwap: blockSwap?.blocksToSwap, prefetchBlocks: blockSwap?.prefetchBlocks,
         });
         if (!memoryPlan.fits) throw new WanError('WAN_OUT_OF_MEMORY', `maxMemory: ${memoryPlan.message}`);
-        quantization = memoryPlan.quantization;
+        if (quantization !== 'fp8_e4m3fn_fast' || memoryPlan.quantization !== 'fp8_e4m3fn') quantization = memoryPlan.quantization;
         blockSwap = { blocksToSwap: memoryPlan.blocksToSwap, prefetchBlocks: memoryPlan.prefetchBlocks };
       }
       const abort = bridgeAbort(options.signal);
@@ -237,6 +252,7 @@ export class WanModel {
         const handle = await native().loadWanModel(plan.files, {
           numHeads: options.numHeads, textLen: options.textLen,
           attentionMode: options.attentionMode ?? 'sdpa', quantization,
+          device, basePrecision: options.basePrecision ?? 'bf16',
           ...(blockSwap ?? {}),
           populate: options.populate ?? true, loras,
         }, abort.flag);

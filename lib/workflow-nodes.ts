@@ -7,6 +7,7 @@ import { inspectCheckpoint } from './checkpoint';
 import { ClipVisionEncoder, type ClipEmbeds } from './clip';
 import { emptyEmbeds, imageToVideoEncode, type ImageEmbeds } from './conditioning';
 import type { ContextOptions } from './context-windows';
+import type { Device } from './device';
 import { invalidOption, WanError } from './errors';
 import { loadImage } from './image';
 import { WanModel, type BlockSwapOptions, type LoraOptions, type Quantization } from './model';
@@ -45,6 +46,8 @@ export interface NodeContext {
   outputDir?: string;
   /** Where WanVideoTextEncode's use_disk_cache keeps embeddings. */
   textCacheDir: string;
+  /** Where the DiT, T5 and VAE loaders put their models (RunWorkflowOptions.device, resolved). */
+  device: Device;
   /** Records something the run did not do as asked (WorkflowResult.warnings). */
   warn(message: string): void;
 }
@@ -99,6 +102,7 @@ export const EXECUTORS: Record<string, Executor> = {
       if (layers !== undefined && blockSwap.blocksToSwap > layers) blockSwap = { ...blockSwap, blocksToSwap: layers };
     }
     const model = await WanModel.load(file, {
+      device: c.device,
       basePrecision: c.value('base_precision'),
       quantization: c.value<Quantization>('quantization'),
       attentionMode: ATTENTION_MAP[c.value<string>('attention_mode')],
@@ -150,13 +154,13 @@ export const EXECUTORS: Record<string, Executor> = {
     const tokenizer = c.value<string | undefined>('tokenizer');
     const encoder = await TextEncoder.load(c.file('model_name'), {
       tokenizer: tokenizer === undefined ? undefined : c.file('tokenizer'),
-      signal: c.signal, onProgress: c.onProgress,
+      device: c.device, signal: c.signal, onProgress: c.onProgress,
     });
     return [{ value: encoder, dispose: () => encoder.dispose() }];
   },
 
   async WanVideoVAELoader(c) {
-    const vae = await Vae.load(c.file('model_name'), { signal: c.signal, onProgress: c.onProgress });
+    const vae = await Vae.load(c.file('model_name'), { device: c.device, signal: c.signal, onProgress: c.onProgress });
     return [{ value: vae, dispose: () => vae.dispose() }];
   },
 

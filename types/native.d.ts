@@ -37,7 +37,7 @@ export interface NativeVaeDecoder {
 }
 
 export interface NativeVae {
-  config(): { dim: number; zDim: number };
+  config(): { dim: number; zDim: number; device: string };
   encode(video: NativeTensor, abortFlag?: Int32Array): Promise<NativeTensor>;
   decoder(latent: NativeTensor, tiling?: { tileX: number; tileY: number; tileStrideX: number; tileStrideY: number }):
     Promise<NativeVaeDecoder>;
@@ -48,7 +48,7 @@ export interface NativeVae {
 
 export interface NativeTextEncoder {
   config(): { vocab: number; dim: number; dimAttn: number; dimFfn: number; numHeads: number; numLayers: number;
-              numBuckets: number; sharedPos: boolean };
+              numBuckets: number; sharedPos: boolean; device: string };
   encodeTokens(ids: NativeTensor, mask: NativeTensor, trace: boolean, abortFlag?: Int32Array):
     Promise<{ output: NativeTensor; trace?: Record<string, NativeTensor> }>;
   embeddedTokenizer(): Uint8Array | null;
@@ -93,17 +93,20 @@ export interface NativeAddon {
   gemmRate(m: number, k: number, n: number, reps: number): number[];  // seconds per fp32 product
 
   // ops_api.cpp: kernels for tests and benchmarks (lib/ops.ts), not the public API.
-  attention(q: NativeTensor, k: NativeTensor, v: NativeTensor, mode: string, kLens?: NativeTensor): NativeTensor;
+  attention(q: NativeTensor, k: NativeTensor, v: NativeTensor, mode: string, kLens?: NativeTensor, device?: string): NativeTensor;
+  attentionSeconds(q: NativeTensor, k: NativeTensor, v: NativeTensor, mode: string, kLens: NativeTensor | undefined,
+                   device: string, reps: number): number[];
+  gpuMemory(device: string, reset: boolean): { allocated: number; peak: number; reserved: number } | null;
 
   NoiseGenerator: new (seed: bigint) => NativeNoiseGenerator;
   resizeBicubic(image: NativeTensor, height: number, width: number): NativeTensor;  // align_corners=False
 
-  loadTextEncoder(files: string[], options: { populate: boolean }, abortFlag?: Int32Array):
+  loadTextEncoder(files: string[], options: { populate: boolean; device: string }, abortFlag?: Int32Array):
     Promise<NativeTextEncoder>;
   loadClipVision(files: string[], options: { numHeads?: number; populate: boolean }, abortFlag?: Int32Array):
     Promise<NativeClipVision>;
-  loadVae(files: string[], options: { populate: boolean }, abortFlag?: Int32Array): Promise<NativeVae>;
-  loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; quantization: string; populate: boolean;
+  loadVae(files: string[], options: { populate: boolean; device: string }, abortFlag?: Int32Array): Promise<NativeVae>;
+  loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; quantization: string; populate: boolean; device: string; basePrecision: string;
                                         blocksToSwap?: number; prefetchBlocks?: number;
                                            loras?: { files: string[]; strength: number; blocks?: number[]; layerFilter?: string[] }[] },
                abortFlag?: Int32Array): Promise<NativeWanModel>;

@@ -1,5 +1,6 @@
 // WanModel (lib/model.ts): loading a DiT and calling its forward on the engine thread.
 #include "binding/addon_data.h"
+#include "core/device.h"
 #include "core/error.h"
 #include "models/wan_dit.h"
 #include "runtime/memory_stats.h"
@@ -89,7 +90,9 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     o.Set("eps", c.eps);
     o.Set("computeDtype", std::string(core::dtype_name(core::dtype_of(at::empty({0}, model->options().compute)))));
     o.Set("attentionMode", ops::attention_mode_name(model->options().attention));
-    o.Set("quantization", ops::quantization_name(model->options().quantization));
+    o.Set("quantization", model->options().fp8_matmul ? "fp8_e4m3fn_fast"
+                                                       : ops::quantization_name(model->options().quantization));
+    o.Set("device", core::device_name(model->options().device));
     o.Set("blocksToSwap", model->options().blocks_to_swap);
     o.Set("prefetchBlocks", model->options().prefetch_blocks);
     return o;
@@ -169,7 +172,8 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
   std::shared_ptr<models::WanDit> model_;
 };
 
-// loadWanModel(files, {numHeads, textLen, attentionMode, quantization?, loras?, populate}, abortFlag) -> Promise<NativeWanModel>
+// loadWanModel(files, {numHeads, textLen, attentionMode, device, basePrecision, quantization?, loras?, populate},
+//              abortFlag) -> Promise<NativeWanModel>
 Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
@@ -181,8 +185,25 @@ Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
     options.attention = ops::attention_mode_from_name(o.Get("attentionMode").As<Napi::String>().Utf8Value());
     options.blocks_to_swap = static_cast<int>(int_option(o, "blocksToSwap"));
     options.prefetch_blocks = static_cast<int>(int_option(o, "prefetchBlocks"));
-    if (o.Get("quantization").IsString())
-      options.quantization = ops::quantization_from_name(o.Get("quantization").As<Napi::String>().Utf8Value());
+    options.device = core::parse_device(o.Get("device").As<Napi::String>().Utf8Value(), "device");
+    if (!options.device.is_cpu()) {
+      // On a GPU the model computes in basePrecision; on the CPU always in float32 (bf16 matmul
+      // is ~30x slower there, native-notes.md).
+      const std::string precision = o.Get("basePrecision").As<Napi::String>().Utf8Value();
+      options.compute = precision == "fp32" ? at::kFloat : precision == "bf16" ? at::kBFloat16 : at::kHalf;
+    }
+    if (o.Get("quantization").IsString()) {
+      const std::string name = o.Get("quantization").As<Napi::String>().Utf8Value();
+      // fp8_e4m3fn_fast: e4m3fn storage (as fp8_e4m3fn), multiplied in fp8 on the GPU.
+      options.fp8_matmul = name == "fp8_e4m3fn_fast";
+      options.quantization = ops::quantization_from_name(options.fp8_matmul ? "fp8_e4m3fn" : name);
+      if (options.fp8_matmul) {
+        const std::string why = ops::fp8_matmul_unsupported(options.device);
+        if (!why.empty())
+          throw core::Error(core::ErrorCode::InvalidOption,
+                            "quantization 'fp8_e4m3fn_fast' runs fp8 matmuls, but " + why + "; use 'fp8_e4m3fn' (fp8 storage)");
+      }
+    }
     const bool populate = o.Get("populate").ToBoolean();
     std::function<bool()> cancelled = cancel_flag(env, info[2]);
     return addon(env).engine.run(

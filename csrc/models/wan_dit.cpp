@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "models/weights.h"
 #include "ops/norm.h"
+#include "runtime/device_swap.h"
 #include "runtime/prefetch.h"
 
 namespace wan::models {
@@ -18,7 +19,7 @@ using core::ErrorCode;
 at::Tensor sinusoidal_embedding(int64_t dim, const at::Tensor& t) {
   const int64_t half = dim / 2;
   const at::Tensor position = t.to(at::kDouble).flatten();
-  const at::Tensor freqs = at::pow(10000.0, -at::arange(half, at::kDouble).div(half));
+  const at::Tensor freqs = at::pow(10000.0, -at::arange(half, position.options()).div(half));
   const at::Tensor sinusoid = at::outer(position, freqs);
   return at::cat({at::cos(sinusoid), at::sin(sinusoid)}, 1).to(at::kFloat);
 }
@@ -89,10 +90,29 @@ WanDit::WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, 
   }
   bag.check(source, "Wan2.1 DiT");
   set_block_swap(options.blocks_to_swap, options.prefetch_blocks);
+  if (!options_.device.is_cpu()) {
+    // Everything outside the blocks lives on the device; the blocks are placed by place_blocks.
+    const at::Device device = options_.device;
+    for (ops::Weight* w : {&patch_embedding_weight_, &patch_embedding_bias_, &head_modulation_, &img_norm0_weight_,
+                           &img_norm0_bias_, &img_norm4_weight_, &img_norm4_bias_, &img_emb_pos_})
+      if (w->defined()) *w = w->to(device);
+    for (Linear* l : {&text_embedding0_, &text_embedding2_, &time_embedding0_, &time_embedding2_, &time_projection1_,
+                      &head_, &img_proj1_, &img_proj3_}) {
+      if (l->weight.defined()) l->weight = l->weight.to(device);
+      if (l->bias.defined()) l->bias = l->bias.to(device);
+    }
+    rope_.cos = rope_.cos.to(device);
+    rope_.sin = rope_.sin.to(device);
+    const std::lock_guard<std::mutex> lock(placement_mutex_);
+    place_blocks();  // at load, so that a model too large for the device fails here
+  }
 }
 
 at::Tensor WanDit::apply(const Linear& l, const at::Tensor& x) const {
-  return ops::linear(x.to(options_.compute), l.weight, l.bias).to(at::kFloat);
+  const at::Tensor in = x.to(options_.compute);
+  if (options_.fp8_matmul && ops::fp8_matmul_fits(in, l.weight))
+    return ops::linear_fp8(in, l.weight, l.bias).to(at::kFloat);
+  return ops::linear(in, l.weight, l.bias).to(at::kFloat);
 }
 
 at::Tensor WanDit::heads(const at::Tensor& x) const {
@@ -115,7 +135,7 @@ static double feta_gain(const at::Tensor& q, const at::Tensor& k, const std::arr
   const at::Tensor attn =
       at::matmul(per_position(q) * (1.0 / std::sqrt(static_cast<double>(head_dim))), per_position(k).transpose(-2, -1))
           .softmax(-1);  // [S, H, T, T]
-  const at::Tensor off_diagonal = attn.masked_fill(at::eye(frames, at::kBool), 0.0);
+  const at::Tensor off_diagonal = attn.masked_fill(at::eye(frames, attn.options().dtype(at::kBool)), 0.0);
   const double mean = (off_diagonal.sum({2, 3}) / static_cast<double>(frames * frames - frames)).mean().item<double>();
   return std::max(1.0, mean * (static_cast<double>(frames) + weight));
 }
@@ -138,8 +158,10 @@ at::Tensor WanDit::self_attention(const Attention& a, const at::Tensor& x, const
   }
   q = ops::rope_apply(heads(q), grids, rope_);
   k = ops::rope_apply(heads(k), grids, rope_);
-  at::Tensor out = ops::attention(q, k, v, options_.attention, seq_lens).to(at::kFloat);  // [B, L, H, D]
-  if (!gains.empty()) out = out * at::tensor(gains, at::kDouble).to(at::kFloat).view({-1, 1, 1, 1});
+  const auto compute = options_.compute;  // float32 on the CPU, where attention computes in float32 anyway
+  at::Tensor out = ops::attention(q.to(compute), k.to(compute), v.to(compute), options_.attention, seq_lens)
+                       .to(at::kFloat);  // [B, L, H, D]
+  if (!gains.empty()) out = out * at::tensor(gains, at::kDouble).to(out.device(), at::kFloat).view({-1, 1, 1, 1});
   return apply(a.o, out.flatten(2));
 }
 
@@ -151,13 +173,15 @@ at::Tensor WanDit::cross_attention(const Attention& a, const at::Tensor& x, cons
     q = ops::rms_norm(q, a.norm_q.get(at::kFloat), config_.eps);
     k = ops::rms_norm(k, a.norm_k.get(at::kFloat), config_.eps);
   }
-  q = heads(q);
-  at::Tensor out = ops::attention(q, heads(k), heads(apply(a.v, context)), options_.attention).to(at::kFloat);
+  const auto compute = options_.compute;
+  q = heads(q).to(compute);
+  at::Tensor out =
+      ops::attention(q, heads(k).to(compute), heads(apply(a.v, context)).to(compute), options_.attention).to(at::kFloat);
   if (context_img.defined()) {  // WanI2VCrossAttention: image tokens have their own k/v
     at::Tensor k_img = apply(a.k_img, context_img);
     if (config_.qk_norm) k_img = ops::rms_norm(k_img, a.norm_k_img.get(at::kFloat), config_.eps);
-    const at::Tensor v_img = heads(apply(a.v_img, context_img));
-    out = ops::attention(q, heads(k_img), v_img, options_.attention).to(at::kFloat) + out;
+    const at::Tensor v_img = heads(apply(a.v_img, context_img)).to(compute);
+    out = ops::attention(q, heads(k_img).to(compute), v_img, options_.attention).to(at::kFloat) + out;
   }
   return apply(a.o, out.flatten(2));
 }
@@ -226,6 +250,60 @@ std::function<WanDit::Block()> WanDit::widened_block_job(int64_t index) const {
   };
 }
 
+void WanDit::place_blocks() const {
+  if (placed_swap_ == options_.blocks_to_swap) return;
+  placed_.clear();  // the old copies go before the new ones are made, so that both never coexist
+  placed_swap_ = -1;
+  const int64_t layers = static_cast<int64_t>(blocks_.size());
+  const int64_t first_swapped = layers - options_.blocks_to_swap;
+  const bool cuda = options_.device.is_cuda();
+  for (int64_t i = 0; i < layers; ++i) {
+    Block b = blocks_[i];
+    const bool swapped = i >= first_swapped;
+    for_each_weight(b, [&](ops::Weight& w) {
+      if (w.defined()) w = swapped ? w.to(at::kCPU, /*pinned=*/cuda) : w.to(options_.device);
+    });
+    placed_.push_back(std::move(b));
+  }
+  placed_swap_ = options_.blocks_to_swap;
+}
+
+template <typename Run>
+void WanDit::run_blocks_on_device(Run&& run) const {
+  const int64_t layers = static_cast<int64_t>(placed_.size());
+  const int64_t first_swapped = layers - options_.blocks_to_swap;
+  for (int64_t i = 0; i < first_swapped; ++i) run(placed_[i], i);
+  if (first_swapped == layers) return;
+  const at::Device device = options_.device;
+  // Pairs of (device weight, host weight) of one block, in for_each_weight's order.
+  auto weights_of = [](Block& b) {
+    std::vector<ops::Weight*> out;
+    for_each_weight(b, [&](ops::Weight& w) { out.push_back(&w); });
+    return out;
+  };
+  runtime::DeviceSwap<Block> swap(
+      device, first_swapped, layers, options_.prefetch_blocks,
+      [&](int64_t i) {
+        Block b = placed_[i];
+        for (ops::Weight* w : weights_of(b)) {
+          if (!w->defined()) continue;
+          w->stored.value = at::empty_like(w->stored.value, w->stored.value.options().device(device).pinned_memory(false));
+          if (w->scale.defined()) w->scale = at::empty_like(w->scale, w->scale.options().device(device).pinned_memory(false));
+        }
+        return b;
+      },
+      [&](Block& b, int64_t i) {
+        Block& host = placed_[i];
+        const auto to = weights_of(b), from = weights_of(host);
+        for (size_t k = 0; k < to.size(); ++k) {
+          if (!to[k]->defined()) continue;
+          to[k]->stored.value.copy_(from[k]->stored.value, /*non_blocking=*/true);
+          if (to[k]->scale.defined()) to[k]->scale.copy_(from[k]->scale, /*non_blocking=*/true);
+        }
+      });
+  for (int64_t i = first_swapped; i < layers; ++i) run(swap.take(i), i);
+}
+
 void WanDit::set_block_swap(int blocks, int prefetch) {
   const int layers = static_cast<int>(blocks_.size());
   if (blocks < 0 || blocks > layers)
@@ -252,15 +330,19 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
           "forward: a " + c.model_type + " model needs clipFea and one y per sample");
   }
 
+  // Inputs come to the model's device; the outputs (and the trace) go back to the CPU.
+  const at::Device device = options_.device;
+  auto here = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
+
   // Patch embedding: per sample [C_in, F, H, W] -> [1, dim, F', H', W'] -> [1, L_i, dim].
   const at::Tensor pw = patch_embedding_weight_.get(options_.compute);
   const at::Tensor pb = patch_embedding_bias_.get(options_.compute);
   std::vector<at::Tensor> tokens;
   std::vector<std::array<int64_t, 3>> grids;
   for (int64_t i = 0; i < batch; ++i) {
-    at::Tensor u = in.x[i];
+    at::Tensor u = here(in.x[i]);
     check(u.dim() == 4, "forward: x[" + std::to_string(i) + "] must be [C, F, H, W], got " + shape_text(u.sizes()));
-    if (c.has_image_input()) u = at::cat({u, in.y[i].to(u.dtype())}, 0);
+    if (c.has_image_input()) u = at::cat({u, here(in.y[i]).to(u.dtype())}, 0);
     check(u.size(0) == c.in_dim, "forward: x[" + std::to_string(i) + "] (with y) has " + std::to_string(u.size(0)) +
                                      " channels, the model takes " + std::to_string(c.in_dim));
     check(u.size(2) % c.patch[1] == 0 && u.size(3) % c.patch[2] == 0,
@@ -281,7 +363,7 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
   at::Tensor x = at::cat(tokens, 0);  // [B, seq_len, dim]
 
   // Time: [B] -> sinusoid [B, freq_dim] -> e [B, dim] -> e0 [B, 6, dim], all float32.
-  const at::Tensor sinusoid = sinusoidal_embedding(c.freq_dim, in.t);
+  const at::Tensor sinusoid = sinusoidal_embedding(c.freq_dim, here(in.t));
   const at::Tensor e = apply(time_embedding2_, at::silu(apply(time_embedding0_, sinusoid)));
   const at::Tensor e0 = apply(time_projection1_, at::silu(e)).unflatten(1, {6, c.dim});
   if (trace) {
@@ -297,7 +379,7 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
     check(u.dim() == 2 && u.size(1) == c.text_dim && u.size(0) <= c.text_len,
           "forward: context[" + std::to_string(i) + "] must be [L <= " + std::to_string(c.text_len) + ", " +
               std::to_string(c.text_dim) + "], got " + shape_text(u.sizes()));
-    padded.push_back(at::constant_pad_nd(u.to(at::kFloat), {0, 0, 0, c.text_len - u.size(0)}));
+    padded.push_back(at::constant_pad_nd(here(u).to(at::kFloat), {0, 0, 0, c.text_len - u.size(0)}));
   }
   const at::Tensor context = apply(text_embedding2_, at::gelu(apply(text_embedding0_, at::stack(padded)), "tanh"));
   if (trace) (*trace)["text_embedding_out"] = context;
@@ -306,7 +388,7 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
   // with a learned position embedding) -> [B, 257|514, dim].
   at::Tensor context_img;
   if (c.has_image_input()) {
-    at::Tensor f = in.clip_fea.to(at::kFloat);
+    at::Tensor f = here(in.clip_fea).to(at::kFloat);
     check(f.dim() == 3 && f.size(2) == 1280, "forward: clipFea must be [N, 257, 1280], got " + shape_text(f.sizes()));
     if (img_emb_pos_.defined()) {
       check(f.numel() == batch * 514 * 1280, "forward: a flf2v model needs clipFea [" + std::to_string(2 * batch) +
@@ -320,24 +402,27 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
     if (trace) (*trace)["img_emb"] = context_img;
   }
 
-  // The last blocks_to_swap blocks come widened a block at a time (runtime/prefetch.h).
-  const int64_t layers = static_cast<int64_t>(blocks_.size());
-  const int64_t first_swapped = layers - options_.blocks_to_swap;
-  std::optional<runtime::Prefetcher<Block>> swapped;
-  if (first_swapped < layers) {
-    swapped.emplace(first_swapped, layers, options_.prefetch_blocks,
-                    [this](int64_t i) { return widened_block_job(i); },
-                    [this](int64_t i) { return widened_block(i); });
-  }
-  for (int64_t i = 0; i < layers; ++i) {
+  auto run_block = [&](const Block& block, int64_t i) {
     if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
-    if (i < first_swapped) {
-      x = block_forward(blocks_[i], static_cast<int>(i), x, e0, seq_lens, grids, context, context_img, in.feta_weight,
-                        trace);
-    } else {
-      const Block block = swapped->take(i);
-      x = block_forward(block, static_cast<int>(i), x, e0, seq_lens, grids, context, context_img, in.feta_weight,
-                        trace);
+    x = block_forward(block, static_cast<int>(i), x, e0, seq_lens, grids, context, context_img, in.feta_weight, trace);
+  };
+  if (!device.is_cpu()) {
+    const std::lock_guard<std::mutex> lock(placement_mutex_);
+    place_blocks();
+    run_blocks_on_device(run_block);
+  } else {
+    // The last blocks_to_swap blocks come widened a block at a time (runtime/prefetch.h).
+    const int64_t layers = static_cast<int64_t>(blocks_.size());
+    const int64_t first_swapped = layers - options_.blocks_to_swap;
+    std::optional<runtime::Prefetcher<Block>> swapped;
+    if (first_swapped < layers) {
+      swapped.emplace(first_swapped, layers, options_.prefetch_blocks,
+                      [this](int64_t i) { return widened_block_job(i); },
+                      [this](int64_t i) { return widened_block(i); });
+    }
+    for (int64_t i = 0; i < layers; ++i) {
+      if (i < first_swapped) run_block(blocks_[i], i);
+      else run_block(swapped->take(i), i);
     }
   }
 
@@ -353,8 +438,12 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
     at::Tensor u = x[i].narrow(0, 0, g[0] * g[1] * g[2]);
     u = u.view({g[0], g[1], g[2], c.patch[0], c.patch[1], c.patch[2], c.out_dim});
     u = u.permute({6, 0, 3, 1, 4, 2, 5});  // fhwpqrc -> cfphqwr
-    out.push_back(u.reshape({c.out_dim, g[0] * c.patch[0], g[1] * c.patch[1], g[2] * c.patch[2]}).contiguous());
+    out.push_back(u.reshape({c.out_dim, g[0] * c.patch[0], g[1] * c.patch[1], g[2] * c.patch[2]})
+                      .to(at::kCPU)
+                      .contiguous());
   }
+  if (trace && !device.is_cpu())
+    for (auto& [name, value] : *trace) value = value.to(at::kCPU);
   return out;
 }
 

@@ -8,12 +8,14 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "models/lora.h"
 #include "ops/attention.h"
+#include "ops/fp8_matmul.h"
 #include "ops/linear.h"
 #include "ops/quantize.h"
 #include "ops/rope.h"
@@ -34,13 +36,20 @@ struct WanDitConfig {
 };
 
 struct WanDitOptions {
-  at::ScalarType compute = at::kFloat;  // matmul dtype; modulation and norms stay float32
+  // Where the model computes (the wrapper's main_device). Weights that are not swapped live
+  // there in their storage dtype; inputs are copied there and outputs back to the CPU.
+  at::Device device = at::kCPU;
+  at::ScalarType compute = at::kFloat;  // matmul and attention dtype; modulation and norms stay float32
   ops::AttentionMode attention = ops::AttentionMode::Sdpa;
   ops::Quantization quantization = ops::Quantization::Disabled;  // weight storage chosen at load
+  // 'fp8_e4m3fn_fast': linears with e4m3fn weights multiply in fp8 on the GPU (ops/fp8_matmul.h).
+  bool fp8_matmul = false;
   // Block swap (the wrapper's block_swap_args). On the CPU the last `blocks_to_swap` blocks are
   // widened to float32 a whole block at a time just before use, `prefetch_blocks` of them ahead
   // on worker threads while the current block computes; the others widen each weight as it is
-  // used. Either way the output is bitwise the same.
+  // used. Either way the output is bitwise the same. On a GPU the swapped blocks stay in
+  // page-locked CPU memory and are copied over just in time, `prefetch_blocks` ahead on a side
+  // stream (runtime/device_swap.h).
   int blocks_to_swap = 0;
   int prefetch_blocks = 0;
 };
@@ -76,7 +85,8 @@ class WanDit {
   const WanDitConfig& config() const { return config_; }
   const WanDitOptions& options() const { return options_; }
   void set_attention(ops::AttentionMode mode) { options_.attention = mode; }
-  // Throws InvalidOption unless 0 <= blocks <= num_layers and prefetch >= 0.
+  // Throws InvalidOption unless 0 <= blocks <= num_layers and prefetch >= 0. On a GPU the
+  // blocks move at the next forward.
   void set_block_swap(int blocks, int prefetch);
   // Calls f(weight, block) on every parameter as held (block -1 outside the blocks), for
   // memory accounting (runtime/memory_stats.h). Defined below, so that the count needs no
@@ -119,6 +129,12 @@ class WanDit {
   // The same in two steps: the float32 tensors are allocated here, and the returned job (for a
   // prefetch worker) fills them by that thread alone.
   std::function<Block()> widened_block_job(int64_t index) const;
+  // Off the CPU: makes placed_ match blocks_to_swap (resident blocks on the device, swapped
+  // ones in page-locked CPU memory). The caller holds placement_mutex_.
+  void place_blocks() const;
+  // The blocks on the device for one forward: resident ones as placed, swapped ones copied in.
+  template <typename Run>
+  void run_blocks_on_device(Run&& run) const;
 
   WanDitConfig config_;
   WanDitOptions options_;
@@ -127,7 +143,10 @@ class WanDit {
   Linear text_embedding0_, text_embedding2_;  // text_embedding.1 is GELU(tanh)
   Linear time_embedding0_, time_embedding2_;  // time_embedding.1 is SiLU
   Linear time_projection1_;                   // time_projection.0 is SiLU
-  std::vector<Block> blocks_;
+  std::vector<Block> blocks_;  // as loaded, on the CPU
+  mutable std::mutex placement_mutex_;  // held by a forward off the CPU
+  mutable std::vector<Block> placed_;   // off the CPU: blocks_ placed for placed_swap_
+  mutable int placed_swap_ = -1;
   Linear head_;
   ops::Weight head_modulation_;   // [1, 2, dim]
   // img_emb (i2v / flf2v): LayerNorm(1280), Linear, GELU, Linear, LayerNorm(dim)

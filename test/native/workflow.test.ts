@@ -439,7 +439,7 @@ t.test('the I2V nodes compute what the library computes', async (t) => {
   const asFrame = Tensor.fromTypedArray(pixels, [3, 1, 40, 48]);  // one frame, as a decode or a video loader gives it
   const context = (values: Record<string, unknown>, inputs: Record<string, unknown>): NodeContext => ({
     node: undefined as never, value: <T>(name: string) => values[name] as T, input: <T>(name: string) => inputs[name] as T,
-    file: () => { throw new Error('no files here'); }, onProgress: () => {}, streamFrames: false, metadata: {}, textCacheDir: root, warn: () => {},
+    file: () => { throw new Error('no files here'); }, onProgress: () => {}, streamFrames: false, metadata: {}, textCacheDir: root, device: 'cpu', warn: () => {},
   });
   const [clipOut] = await EXECUTORS.WanVideoClipVisionEncode(context(
     { strength_1: 0.5, strength_2: 1, crop: 'disabled', combine_embeds: 'average', force_offload: true, tiles: 0, ratio: 0.5 },

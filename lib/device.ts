@@ -1,0 +1,18 @@
+// Where a model computes (the wrapper's main_device): the CPU, or a GPU when the addon was built
+// against a CUDA libtorch and the machine has one.
+import { describeValue, invalidOption } from './errors';
+import { native } from './native';
+
+/** 'cpu', 'cuda' (GPU 0), 'cuda:N', or 'auto': the first GPU where there is one, else the CPU. */
+export type Device = 'cpu' | 'cuda' | 'auto' | `cuda:${number}`;
+
+export function checkDevice(value: unknown, what = 'device'): void {
+  if (typeof value !== 'string' || !/^(cpu|cuda|auto|cuda:\d{1,3})$/.test(value))
+    throw invalidOption(`Expected 'cpu', 'cuda', 'cuda:N' or 'auto' for ${what} but received ${describeValue(value)}`);
+}
+
+/** The device name the addon takes: 'auto' resolved. Whether the GPU exists is checked natively. */
+export function resolveDevice(device: Device | undefined): string {
+  if (device === undefined || device === 'auto') return device === 'auto' && native().runtimeInfo().cuda ? 'cuda' : 'cpu';
+  return device;
+}
