@@ -92,6 +92,8 @@ export interface GenerateSettings {
   device: string;
   quantization: Quantization;
   loras: LoraSpec[];
+  /** false: the LoRAs apply at run time (--no-merge-loras). */
+  mergeLoras: boolean;
   compile: boolean;
   numHeads?: number;
   textLen: number;
@@ -327,6 +329,8 @@ export function generateCommand(): Command {
       { choices: QUANTIZATIONS, default: 'disabled' }),
     option(g.models, '--lora <file[:strength]>', 'merge a LoRA into the model at load, at a strength (1.0, -1000..1000; 0 skips it); ' +
       'repeatable, merged in order; safetensors or .pth in any common key layout', { parse: loraValue }),
+    option(g.models, '--no-merge-loras', 'apply the LoRAs at every step instead of merging them into the weights at load ' +
+      '(exact on fp8 weights, where merging re-quantizes)'),
     option(g.models, '--lora-blocks <list>', 'only the given transformer blocks of the --lora before it take its update, ' +
       'e.g. 0-9,20 (keys outside the blocks, such as the head, always do)', { parse: (v) => { lastLora('--lora-blocks', 'blocks').blocks = blockList(v); return true; } }),
     option(g.models, '--lora-layer-filter <list>', "skip the layers of the --lora before it whose names contain one of these, e.g. ffn,cross_attn",
@@ -530,13 +534,15 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     if (o[key] !== undefined && videoFormats.length === 0)
       throw new UsageError(`${flag(key)} applies to the video formats (${VIDEO_CODEC_FORMATS.join(', ')}) but --format is ${formats.join(',')}`);
   }
+  if (given('mergeLoras') && (o.lora ?? []).length === 0)
+    throw new UsageError('--no-merge-loras applies to the --lora files, and none is given');
   if (given('lossless') && !formats.includes('image/webp'))
     throw new UsageError(`--no-lossless applies to image/webp but --format is ${formats.join(',')}`);
 
   const s: GenerateSettings = {
     model: o.model, t5: o.t5, tokenizer: o.tokenizer, vae: o.vae, clipVision: o.clipVision, clipEmbeds: o.clipEmbeds,
     attentionMode: o.attentionMode, basePrecision: o.basePrecision, device: resolveDevice(o.device), quantization: o.quantization,
-    loras: o.lora ?? [], compile: o.compile === true, numHeads: o.numHeads, textLen: o.textLen,
+    loras: o.lora ?? [], mergeLoras: o.mergeLoras !== false, compile: o.compile === true, numHeads: o.numHeads, textLen: o.textLen,
     prompt: o.prompt, negativePrompt: o.negativePrompt, diskCache: o.diskCache,
     image: o.image, endImage: o.endImage, clipCrop: o.clipCrop, noiseAugStrength: o.noiseAugStrength,
     startLatentStrength: o.startLatentStrength, endLatentStrength: o.endLatentStrength,
@@ -850,6 +856,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
       attentionMode: s.attentionMode, basePrecision: s.basePrecision, device: s.device as Device, numHeads: s.numHeads, textLen: s.textLen, signal,
       quantization: s.quantization as ModelLoaderOptions['quantization'],
       loras: s.loras.map((l) => ({ path: l.path, strength: l.strength, blocks: l.blocks, layerFilter: l.layerFilter })),
+      mergeLoras: s.mergeLoras,
       blockSwap: s.blocksToSwap > 0 ? { blocksToSwap: s.blocksToSwap, prefetchBlocks: s.prefetchBlocks } : undefined,
     }).catch((err) => { throw loadError(err, s); }));
     if (model.config.modelType !== plan.task) {

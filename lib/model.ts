@@ -44,8 +44,14 @@ export interface ModelLoaderOptions extends LongCallOptions {
   populate?: boolean;
   /** Block swap (WanVideoBlockSwap); also settable later with setBlockSwap(). */
   blockSwap?: BlockSwapOptions;
-  /** LoRAs merged into the weights at load, in order (WanVideoLoraSelect with merge_loras). */
+  /** LoRAs, applied in order (WanVideoLoraSelect). */
   loras?: LoraOptions[];
+  /** Merge the LoRAs into the weights at load (default true, the wrapper's merge_loras). false
+   * keeps each low-rank pair on a linear layer apart and applies it at every call,
+   * y += strength * alpha / rank * (x down^T) up^T: exact on fp8 weights (nothing re-quantized),
+   * and needed for per-step strength lists. Other updates (full differences, the patch
+   * embedding's convolution) are merged either way. */
+  mergeLoras?: boolean;
   /**
    * A memory budget in bytes, or 'auto' for what the machine has free (MemAvailable). Before
    * loading anything, the memory planner (planMemory) finds the least swapping, then fp8
@@ -59,18 +65,19 @@ export interface ModelLoaderOptions extends LongCallOptions {
   planFor?: { width?: number; height?: number; numFrames?: number; batch?: number };
 }
 
-/** One LoRA (the wrapper's WanVideoLoraSelect + WanVideoLoraBlockEdit). Its updates are added
- * to the weights at load: strength * alpha / rank * (up @ down) per low-rank pair (alpha = rank
- * when the file has none), strength * diff per `.diff` / `.diff_b` / `.diff_m` key; computed in
- * float64, rounded once to float32 and stored in each weight's dtype (fp8 re-encoded with its
- * scale). Keys may use ComfyUI, kohya (`lora_unet_*`), diffusers/finetrainers, PEFT, DiffSynth or
+/** One LoRA (the wrapper's WanVideoLoraSelect + WanVideoLoraBlockEdit). Merged (the default),
+ * its updates are added to the weights at load: strength * alpha / rank * (up @ down) per
+ * low-rank pair (alpha = rank when the file has none), strength * diff per `.diff` / `.diff_b` /
+ * `.diff_m` key; computed in float64, rounded once to float32 and stored in each weight's dtype
+ * (fp8 re-encoded with its scale). Unmerged (mergeLoras false), see ModelLoaderOptions.mergeLoras. Keys may use ComfyUI, kohya (`lora_unet_*`), diffusers/finetrainers, PEFT, DiffSynth or
  * LyCORIS names; a key that matches no weight is an error listing every such key (keys of
  * the I2V image branch are dropped on a T2V model, as the wrapper drops them). */
 export interface LoraOptions {
   /** The LoRA file: safetensors or .pth, or the shards of one (a list or their `*.index.json`). */
   path: string | string[];
-  /** Scale of the update (default 1.0, from -1000 to 1000 as the wrapper); 0 skips the LoRA. */
-  strength?: number;
+  /** Scale of the update (default 1.0, from -1000 to 1000 as the wrapper); 0 skips the LoRA. A list
+   * gives one strength per sampling step (the wrapper's strength list), with mergeLoras false. */
+  strength?: number | number[];
   /** Only keys of these block indices apply (keys outside `blocks.N`, such as the head, always
    * do, as the wrapper's block selection). Default: every block. */
   blocks?: number[];
@@ -121,6 +128,7 @@ export interface WanModelConfig {
   qkNorm: boolean; crossAttnNorm: boolean; eps: number;
   basePrecision: BasePrecision;  // as requested
   device: string;  // where it computes: 'cpu', 'cuda:0', ...
+  mergeLoras: boolean;
   computeDtype: 'f32' | 'bf16' | 'f16';  // what the model computes in here
   attentionMode: AttentionMode;
   quantization: Quantization;  // as loaded
@@ -139,6 +147,8 @@ export interface WanForwardInput {
   /** Enhance-A-Video weight (the wrapper's feta_args.weight): scales each self-attention
    * output by a gain from its cross-frame attention. Off when undefined. */
   fetaWeight?: number;
+  /** The sampling step (index in the schedule): picks each per-step LoRA strength. */
+  step?: number;
 }
 
 function checkOptions(o: ModelLoaderOptions): void {
@@ -158,7 +168,9 @@ function checkOptions(o: ModelLoaderOptions): void {
   if (o.populate !== undefined && typeof o.populate !== 'boolean')
     throw invalidOption(`Expected a boolean for populate but received ${describeValue(o.populate)}`);
   if (o.blockSwap !== undefined) checkBlockSwap(o.blockSwap);
-  if (o.loras !== undefined) checkLoras(o.loras);
+  if (o.mergeLoras !== undefined && typeof o.mergeLoras !== 'boolean')
+    throw invalidOption(`Expected a boolean for mergeLoras but received ${describeValue(o.mergeLoras)}`);
+  if (o.loras !== undefined) checkLoras(o.loras, o.mergeLoras ?? true);
   if (o.maxMemory !== undefined && o.maxMemory !== 'auto' && !(typeof o.maxMemory === 'number' && Number.isFinite(o.maxMemory) && o.maxMemory > 0))
     throw invalidOption(`Expected a positive number of bytes or 'auto' for maxMemory but received ${describeValue(o.maxMemory)}`);
   if (o.planFor !== undefined) {
@@ -168,7 +180,7 @@ function checkOptions(o: ModelLoaderOptions): void {
   }
 }
 
-function checkLoras(loras: unknown): void {
+function checkLoras(loras: unknown, merge: boolean): void {
   if (!Array.isArray(loras))
     throw invalidOption(`Expected an array of { path, strength?, blocks?, layerFilter? } for loras but received ${describeValue(loras)}`);
   loras.forEach((l: unknown, i) => {
@@ -176,11 +188,15 @@ function checkLoras(loras: unknown): void {
     if (typeof l !== 'object' || l === null || Array.isArray(l))
       throw invalidOption(`Expected an object { path, strength?, blocks?, layerFilter? } for ${what} but received ${describeValue(l)}`);
     const { strength, blocks, layerFilter } = l as LoraOptions;
-    if (Array.isArray(strength))
-      throw invalidOption(`Expected a number for ${what}.strength but received ${describeValue(strength)}: ` +
-                          'a per-step strength list needs unmerged LoRAs, and LoRAs are merged at load here');
-    if (strength !== undefined && !(typeof strength === 'number' && strength >= -1000 && strength <= 1000))
+    const inRange = (v: unknown) => typeof v === 'number' && v >= -1000 && v <= 1000;
+    if (Array.isArray(strength)) {
+      if (merge)
+        throw invalidOption(`${what}.strength is a per-step list, which needs unmerged LoRAs: give mergeLoras: false (or one strength)`);
+      if (strength.length === 0 || !strength.every(inRange))
+        throw invalidOption(`Expected a non-empty list of numbers from -1000 to 1000 for ${what}.strength but received ${describeValue(strength)}`);
+    } else if (strength !== undefined && !inRange(strength)) {
       throw invalidOption(`Expected a number from -1000 to 1000 for ${what}.strength but received ${describeValue(strength)}`);
+    }
     if (blocks !== undefined && !(Array.isArray(blocks) && blocks.length > 0 && blocks.every((b) => Number.isSafeInteger(b) && b >= 0)))
       throw invalidOption(`Expected a non-empty array of block indices (integers >= 0) for ${what}.blocks but received ${describeValue(blocks)}`);
     if (layerFilter !== undefined && !(Array.isArray(layerFilter) && layerFilter.every((f) => typeof f === 'string')))
@@ -188,15 +204,22 @@ function checkLoras(loras: unknown): void {
   });
 }
 
-// The LoRAs as the addon takes them: files planned, strength 0 left out (never opened, as the wrapper skips them).
+// The LoRAs as the addon takes them: files planned, strength 0 left out (never opened, as the
+// wrapper skips them). `schedules` holds each one's strength or per-step list, `indices` its
+// place in the caller's list.
 async function planLoras(loras: LoraOptions[] | undefined) {
-  const out: { files: string[]; strength: number; blocks?: number[]; layerFilter?: string[] }[] = [];
+  const native: { files: string[]; strength: number; blocks?: number[]; layerFilter?: string[]; perStep: boolean }[] = [];
+  const schedules: (number | number[])[] = [], indices: number[] = [];
   for (const [i, l] of (loras ?? []).entries()) {
     const { files } = await planFiles(l.path, `loras[${i}].path`);
     const strength = l.strength ?? 1;
-    if (strength !== 0) out.push({ files, strength, blocks: l.blocks, layerFilter: l.layerFilter });
+    if (strength === 0) continue;
+    const perStep = Array.isArray(strength);
+    native.push({ files, strength: perStep ? strength[0] : strength, blocks: l.blocks, layerFilter: l.layerFilter, perStep });
+    schedules.push(strength);
+    indices.push(i);
   }
-  return out;
+  return { native, schedules, indices };
 }
 
 function handles(list: unknown, what: string): NativeTensor[] {
@@ -210,10 +233,14 @@ export class WanModel {
   /** The memory plan the load applied, when it was given maxMemory. */
   readonly memoryPlan?: MemoryPlan;
   #native: NativeWanModel | undefined;
+  // Unmerged LoRAs (mergeLoras false): each one's strength or per-step list, and its index in the
+  // loras option, for messages.
+  #loraSchedules: (number | number[])[] = [];
+  #loraIndices: number[] = [];
 
-  private constructor(handle: NativeWanModel, basePrecision: BasePrecision, memoryPlan?: MemoryPlan) {
+  private constructor(handle: NativeWanModel, basePrecision: BasePrecision, mergeLoras: boolean, memoryPlan?: MemoryPlan) {
     this.#native = handle;
-    this.config = { ...(handle.config() as Omit<WanModelConfig, 'basePrecision'>), basePrecision };
+    this.config = { ...(handle.config() as Omit<WanModelConfig, 'basePrecision' | 'mergeLoras'>), basePrecision, mergeLoras };
     if (memoryPlan) this.memoryPlan = memoryPlan;
   }
 
@@ -229,6 +256,7 @@ export class WanModel {
                             "computes on the CPU (device 'cpu'); use 'fp8_e4m3fn' (fp8 storage, widened per layer)");
       const plan = await planFiles(path, 'path');
       const loras = await planLoras(options.loras);
+      const mergeLoras = options.mergeLoras ?? true;
       let quantization = options.quantization ?? 'disabled';
       let blockSwap = options.blockSwap ? checkBlockSwap(options.blockSwap) : undefined;
       let memoryPlan: MemoryPlan | undefined;
@@ -254,10 +282,15 @@ export class WanModel {
           attentionMode: options.attentionMode ?? 'sdpa', quantization,
           device, basePrecision: options.basePrecision ?? 'bf16',
           ...(blockSwap ?? {}),
-          populate: options.populate ?? true, loras,
+          populate: options.populate ?? true, loras: loras.native, mergeLoras,
         }, abort.flag);
         clock.report(1);
-        return new WanModel(handle, options.basePrecision ?? 'bf16', memoryPlan);
+        const model = new WanModel(handle, options.basePrecision ?? 'bf16', mergeLoras, memoryPlan);
+        if (!mergeLoras) {
+          model.#loraSchedules = loras.schedules;
+          model.#loraIndices = loras.indices;
+        }
+        return model;
       } finally {
         abort.done();
       }
@@ -315,14 +348,18 @@ export class WanModel {
       const image = this.config.modelType !== 't2v';
       if (image && (input.clipFea === undefined || input.y === undefined))
         throw invalidOption(`Expected clipFea and y for a ${this.config.modelType} model`);
+      if (input.fetaWeight !== undefined && !(typeof input.fetaWeight === 'number' && Number.isFinite(input.fetaWeight)))
+        throw invalidOption(`Expected a finite number for fetaWeight but received ${describeValue(input.fetaWeight)}`);
+      if (input.step !== undefined && !(Number.isSafeInteger(input.step) && input.step >= 0))
+        throw invalidOption(`Expected a non-negative integer for step but received ${describeValue(input.step)}`);
+      const loraStrengths = this.loraStrengthsAt(input.step);
       const args = {
         x, context, seqLen: input.seqLen, t: Tensor.handle(input.t, 't'),
         clipFea: image ? Tensor.handle(input.clipFea!, 'clipFea') : undefined,
         y: image ? handles(input.y, 'y') : undefined,
         fetaWeight: input.fetaWeight,
+        ...(loraStrengths ? { loraStrengths } : {}),
       };
-      if (input.fetaWeight !== undefined && !(typeof input.fetaWeight === 'number' && Number.isFinite(input.fetaWeight)))
-        throw invalidOption(`Expected a finite number for fetaWeight but received ${describeValue(input.fetaWeight)}`);
       const abort = bridgeAbort(signal);
       try {
         const result = await this.handle().forward(args, trace, abort.flag);
@@ -334,6 +371,20 @@ export class WanModel {
         abort.done();
       }
     })(), caller);
+  }
+
+  // Each unmerged LoRA's strength at `step` (undefined when there is no per-step list).
+  private loraStrengthsAt(step: number | undefined): number[] | undefined {
+    if (!this.#loraSchedules.some(Array.isArray)) return undefined;
+    return this.#loraSchedules.map((s, k) => {
+      if (!Array.isArray(s)) return s;
+      const what = `loras[${this.#loraIndices[k]}].strength`;
+      if (step === undefined)
+        throw invalidOption(`${what} is a per-step list: give the step of this call (input.step; the Sampler does)`);
+      if (step >= s.length)
+        throw invalidOption(`${what} has ${s.length} values, one per step, but step ${step} was asked (steps count from 0)`);
+      return s[step];
+    });
   }
 
   dispose(): void {

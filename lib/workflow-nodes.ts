@@ -59,6 +59,9 @@ export class FrameStream {
   constructor(readonly frames: AsyncIterable<Tensor>) {}
 }
 
+/** WANVIDLORA (WanVideoLoraSelect): the chain's LoRAs, each with its merge_loras. */
+type WorkflowLora = LoraOptions & { merge: boolean };
+
 /** SELECTEDBLOCKS (WanVideoLoraBlockEdit): the blocks switched on and the layer filter. */
 export interface SelectedBlocks {
   blocks: number[];
@@ -101,6 +104,7 @@ export const EXECUTORS: Record<string, Executor> = {
       const layers = (await inspectCheckpoint(file).catch(() => undefined))?.config.num_layers;
       if (layers !== undefined && blockSwap.blocksToSwap > layers) blockSwap = { ...blockSwap, blocksToSwap: layers };
     }
+    const chain = c.input<WorkflowLora[]>('lora') ?? [];  // one merge_loras (checked when the workflow was read)
     const model = await WanModel.load(file, {
       device: c.device,
       basePrecision: c.value('base_precision'),
@@ -108,7 +112,8 @@ export const EXECUTORS: Record<string, Executor> = {
       attentionMode: ATTENTION_MAP[c.value<string>('attention_mode')],
       numHeads: c.value('num_heads'),
       textLen: c.value('text_len'),
-      loras: c.input<LoraOptions[]>('lora'),
+      loras: chain.map(({ merge: _, ...lora }) => lora),
+      mergeLoras: chain.every((l) => l.merge),
       blockSwap,
       signal: c.signal, onProgress: c.onProgress,
     });
@@ -130,12 +135,12 @@ export const EXECUTORS: Record<string, Executor> = {
 
   async WanVideoLoraSelect(c) {
     // The list grows along the prev_lora chain, the first selected first (merged in that order).
-    const previous = c.input<LoraOptions[]>('prev_lora') ?? [];
+    const previous = c.input<WorkflowLora[]>('prev_lora') ?? [];
     // As the wrapper: the strength rounded to 4 decimals; 0 skips the LoRA (its file is not even looked up).
     const strength = Number(c.value<number>('strength').toFixed(4));
     if (strength === 0) return [{ value: previous }];
     const selected = c.input<SelectedBlocks>('blocks');
-    const lora: LoraOptions = { path: c.file('lora'), strength };
+    const lora: WorkflowLora = { path: c.file('lora'), strength, merge: c.value<boolean>('merge_loras') };
     // The wrapper filters only when some block is switched on: with none, the whole LoRA applies
     // and layer_filter is ignored too (`if l["blocks"]:` in its loader).
     if (selected && selected.blocks.length > 0) Object.assign(lora, { blocks: selected.blocks, layerFilter: selected.layerFilter });

@@ -11,11 +11,11 @@
 // WanVideoLoraSelect, WanVideoLoraBlockEdit, WanVideoContextOptions, WanVideoEnhanceAVideo,
 // WanVideoSampler, WanVideoDecode, VHS_VideoCombine and LoadImage. Inputs the library cannot
 // honour yet (the text encoder's fp8 quantization and the model's fp8 variants the library
-// lacks, torch.compile, unmerged LoRAs (merge_loras false), caches, SLG, RIFLEx, ...) are
-// refused with a message naming the node and input, unless their value is the one that does
-// nothing.
-// LoRAs chained through prev_lora are merged into the model's weights at load, in chain order,
-// their files looked up in the loras folders. Block swap applies as WanModel.load's blockSwap,
+// lacks, torch.compile, caches, SLG, RIFLEx, ...) are refused with a message naming the node and
+// input, unless their value is the one that does nothing.
+// LoRAs chained through prev_lora are merged into the model's weights at load, in chain order
+// (or, with merge_loras false on all of them, applied at run time), their files looked up in the
+// loras folders. Block swap applies as WanModel.load's blockSwap,
 // blocks_to_swap clamped to the model's blocks as the wrapper clamps it.
 // Placement: the DiT, T5 and VAE compute on RunWorkflowOptions.device (default: the GPU where
 // there is one), CLIP vision on the CPU. The nodes' own placement inputs (load_device,

@@ -24,7 +24,8 @@ export interface NativeWanModel {
   config(): Record<string, unknown>;
   memoryStats(): NativeMemoryStats;
   forward(input: { x: NativeTensor[]; t: NativeTensor; context: NativeTensor[]; seqLen: number;
-                   clipFea?: NativeTensor; y?: NativeTensor[]; fetaWeight?: number }, trace: boolean, abortFlag?: Int32Array):
+                   clipFea?: NativeTensor; y?: NativeTensor[]; fetaWeight?: number;
+                   loraStrengths?: number[] }, trace: boolean, abortFlag?: Int32Array):
     Promise<{ outputs: NativeTensor[]; trace?: Record<string, NativeTensor> }>;
   setAttentionMode(mode: string): void;
   setBlockSwap(blocksToSwap: number, prefetchBlocks: number): void;
@@ -108,6 +109,7 @@ export interface NativeAddon {
   loadVae(files: string[], options: { populate: boolean; device: string }, abortFlag?: Int32Array): Promise<NativeVae>;
   loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; quantization: string; populate: boolean; device: string; basePrecision: string;
                                         blocksToSwap?: number; prefetchBlocks?: number;
-                                           loras?: { files: string[]; strength: number; blocks?: number[]; layerFilter?: string[] }[] },
+                                           loras?: { files: string[]; strength: number; blocks?: number[]; layerFilter?: string[]; perStep?: boolean }[];
+                                           mergeLoras?: boolean },
                abortFlag?: Int32Array): Promise<NativeWanModel>;
 }

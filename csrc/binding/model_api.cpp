@@ -22,7 +22,8 @@ int64_t int_option(Napi::Object o, const char* key) {
   return v.IsNumber() ? v.As<Napi::Number>().Int64Value() : 0;
 }
 
-// loras: [{files: string[], strength: number, blocks?: number[], layerFilter?: string[]}], checked in lib/model.ts.
+// loras: [{files: string[], strength: number, blocks?: number[], layerFilter?: string[], perStep?: boolean}],
+// checked in lib/model.ts.
 std::vector<models::LoraSpec> lora_list(Napi::Env env, Napi::Value value) {
   std::vector<models::LoraSpec> out;
   if (value.IsUndefined()) return out;
@@ -41,6 +42,7 @@ std::vector<models::LoraSpec> lora_list(Napi::Env env, Napi::Value value) {
       for (uint32_t j = 0; j < blocks.Length(); ++j) spec.blocks->push_back(blocks.Get(j).ToNumber().Int64Value());
     }
     if (o.Get("layerFilter").IsArray()) spec.layer_filter = string_list(env, o.Get("layerFilter"), what + ".layerFilter");
+    spec.per_step = o.Get("perStep").ToBoolean();
     out.push_back(std::move(spec));
   }
   return out;
@@ -123,7 +125,7 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     return env.Undefined();
   }
 
-  // forward({x, t, context, seqLen, clipFea?, y?, fetaWeight?}, trace, abortFlag) -> Promise<{outputs, trace?}>
+  // forward({x, t, context, seqLen, clipFea?, y?, fetaWeight?, loraStrengths?}, trace, abortFlag) -> Promise<{outputs, trace?}>
   Napi::Value forward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return guard(env, [&]() -> Napi::Value {
@@ -137,6 +139,10 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
       if (o.Has("clipFea") && !o.Get("clipFea").IsUndefined())
         in.clip_fea = core::to_float(unwrap_tensor(env, o.Get("clipFea"), "clipFea"));
       if (o.Has("y") && !o.Get("y").IsUndefined()) in.y = tensor_list(env, o.Get("y"), "y");
+      if (o.Get("loraStrengths").IsArray()) {
+        const auto list = o.Get("loraStrengths").As<Napi::Array>();
+        for (uint32_t i = 0; i < list.Length(); ++i) in.lora_strengths.push_back(list.Get(i).ToNumber().DoubleValue());
+      }
       if (o.Has("fetaWeight") && o.Get("fetaWeight").IsNumber())
         in.feta_weight = o.Get("fetaWeight").As<Napi::Number>().DoubleValue();
       const bool want_trace = info[1].ToBoolean();
@@ -172,7 +178,7 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
   std::shared_ptr<models::WanDit> model_;
 };
 
-// loadWanModel(files, {numHeads, textLen, attentionMode, device, basePrecision, quantization?, loras?, populate},
+// loadWanModel(files, {numHeads, textLen, attentionMode, device, basePrecision, quantization?, loras?, mergeLoras?, populate},
 //              abortFlag) -> Promise<NativeWanModel>
 Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -181,6 +187,7 @@ Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
     const auto o = info[1].As<Napi::Object>();
     models::WanDitOverrides overrides{int_option(o, "numHeads"), int_option(o, "textLen")};
     overrides.loras = lora_list(env, o.Get("loras"));
+    overrides.merge_loras = !o.Get("mergeLoras").IsBoolean() || o.Get("mergeLoras").ToBoolean();
     models::WanDitOptions options;
     options.attention = ops::attention_mode_from_name(o.Get("attentionMode").As<Napi::String>().Utf8Value());
     options.blocks_to_swap = static_cast<int>(int_option(o, "blocksToSwap"));

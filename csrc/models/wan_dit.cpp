@@ -37,10 +37,18 @@ std::string shape_text(at::IntArrayRef s) {
 }  // namespace
 
 WanDit::WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, WanDitOptions options,
-               const std::string& source)
-    : config_(std::move(config)), options_(options), rope_(ops::rope_table(config_.head_dim())) {
+               const std::string& source, LoraAdapters adapters, std::vector<double> lora_strengths)
+    : config_(std::move(config)), options_(options), rope_(ops::rope_table(config_.head_dim())),
+      lora_strengths_(std::move(lora_strengths)) {
   WeightBag bag(std::move(weights));
-  auto linear = [&](const std::string& p) { return Linear{bag.take(p + ".weight"), bag.take(p + ".bias")}; };
+  auto linear = [&](const std::string& p) {
+    Linear l{bag.take(p + ".weight"), bag.take(p + ".bias"), {}};
+    if (auto it = adapters.find(p + ".weight"); it != adapters.end()) {
+      l.loras = std::move(it->second);
+      adapters.erase(it);
+    }
+    return l;
+  };
   patch_embedding_weight_ = bag.take("patch_embedding.weight");
   patch_embedding_bias_ = bag.take("patch_embedding.bias");
   text_embedding0_ = linear("text_embedding.0");
@@ -89,6 +97,8 @@ WanDit::WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, 
     if (config_.model_type == "flf2v") img_emb_pos_ = bag.take("img_emb.emb_pos");
   }
   bag.check(source, "Wan2.1 DiT");
+  if (!adapters.empty())  // split_loras makes adapters of 2-D weights only, which are all linear layers
+    throw Error(ErrorCode::Internal, "an unmerged LoRA changes '" + adapters.begin()->first + "', which is not a linear layer");
   set_block_swap(options.blocks_to_swap, options.prefetch_blocks);
   if (!options_.device.is_cpu()) {
     // Everything outside the blocks lives on the device; the blocks are placed by place_blocks.
@@ -98,8 +108,12 @@ WanDit::WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, 
       if (w->defined()) *w = w->to(device);
     for (Linear* l : {&text_embedding0_, &text_embedding2_, &time_embedding0_, &time_embedding2_, &time_projection1_,
                       &head_, &img_proj1_, &img_proj3_}) {
-      if (l->weight.defined()) l->weight = l->weight.to(device);
-      if (l->bias.defined()) l->bias = l->bias.to(device);
+      for (ops::Weight* w : {&l->weight, &l->bias})
+        if (w->defined()) *w = w->to(device);
+      for (LoraAdapter& a : l->loras) {
+        a.down = a.down.to(device);
+        a.up = a.up.to(device);
+      }
     }
     rope_.cos = rope_.cos.to(device);
     rope_.sin = rope_.sin.to(device);
@@ -108,11 +122,16 @@ WanDit::WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, 
   }
 }
 
-at::Tensor WanDit::apply(const Linear& l, const at::Tensor& x) const {
+at::Tensor WanDit::apply(const Linear& l, const at::Tensor& x, const LoraStrengths& lora) const {
   const at::Tensor in = x.to(options_.compute);
-  if (options_.fp8_matmul && ops::fp8_matmul_fits(in, l.weight))
-    return ops::linear_fp8(in, l.weight, l.bias).to(at::kFloat);
-  return ops::linear(in, l.weight, l.bias).to(at::kFloat);
+  at::Tensor y = options_.fp8_matmul && ops::fp8_matmul_fits(in, l.weight) ? ops::linear_fp8(in, l.weight, l.bias)
+                                                                            : ops::linear(in, l.weight, l.bias);
+  // Unmerged LoRAs: y += strength * alpha / rank * (x down^T) up^T, at this call's strength.
+  for (const LoraAdapter& a : l.loras) {
+    const double factor = lora.at(a.lora) * a.scale;
+    if (factor != 0) y = y + ops::linear(ops::linear(in, a.down, {}), a.up, {}) * factor;
+  }
+  return y.to(at::kFloat);
 }
 
 at::Tensor WanDit::heads(const at::Tensor& x) const {
@@ -143,14 +162,14 @@ static double feta_gain(const at::Tensor& q, const at::Tensor& k, const std::arr
 // x: [B, L, dim] -> [B, L, dim]. RMS-normalised q and k, 3D RoPE, keys past each sample's
 // real length masked (the official k_lens=seq_lens).
 at::Tensor WanDit::self_attention(const Attention& a, const at::Tensor& x, const at::Tensor& seq_lens,
-                                  const std::vector<std::array<int64_t, 3>>& grids,
-                                  std::optional<double> feta_weight) const {
-  at::Tensor q = apply(a.q, x), k = apply(a.k, x);
+                                  const std::vector<std::array<int64_t, 3>>& grids, std::optional<double> feta_weight,
+                                  const LoraStrengths& lora) const {
+  at::Tensor q = apply(a.q, x, lora), k = apply(a.k, x, lora);
   if (config_.qk_norm) {
     q = ops::rms_norm(q, a.norm_q.get(at::kFloat), config_.eps);
     k = ops::rms_norm(k, a.norm_k.get(at::kFloat), config_.eps);
   }
-  const at::Tensor v = heads(apply(a.v, x));
+  const at::Tensor v = heads(apply(a.v, x, lora));
   std::vector<double> gains;
   if (feta_weight) {
     for (size_t i = 0; i < grids.size(); ++i)
@@ -162,49 +181,49 @@ at::Tensor WanDit::self_attention(const Attention& a, const at::Tensor& x, const
   at::Tensor out = ops::attention(q.to(compute), k.to(compute), v.to(compute), options_.attention, seq_lens)
                        .to(at::kFloat);  // [B, L, H, D]
   if (!gains.empty()) out = out * at::tensor(gains, at::kDouble).to(out.device(), at::kFloat).view({-1, 1, 1, 1});
-  return apply(a.o, out.flatten(2));
+  return apply(a.o, out.flatten(2), lora);
 }
 
 // x: [B, L, dim], context: [B, text_len, dim], context_img: [B, 257|514, dim] or undefined.
 at::Tensor WanDit::cross_attention(const Attention& a, const at::Tensor& x, const at::Tensor& context,
-                                   const at::Tensor& context_img) const {
-  at::Tensor q = apply(a.q, x), k = apply(a.k, context);
+                                   const at::Tensor& context_img, const LoraStrengths& lora) const {
+  at::Tensor q = apply(a.q, x, lora), k = apply(a.k, context, lora);
   if (config_.qk_norm) {
     q = ops::rms_norm(q, a.norm_q.get(at::kFloat), config_.eps);
     k = ops::rms_norm(k, a.norm_k.get(at::kFloat), config_.eps);
   }
   const auto compute = options_.compute;
   q = heads(q).to(compute);
-  at::Tensor out =
-      ops::attention(q, heads(k).to(compute), heads(apply(a.v, context)).to(compute), options_.attention).to(at::kFloat);
+  const at::Tensor v = heads(apply(a.v, context, lora)).to(compute);
+  at::Tensor out = ops::attention(q, heads(k).to(compute), v, options_.attention).to(at::kFloat);
   if (context_img.defined()) {  // WanI2VCrossAttention: image tokens have their own k/v
-    at::Tensor k_img = apply(a.k_img, context_img);
+    at::Tensor k_img = apply(a.k_img, context_img, lora);
     if (config_.qk_norm) k_img = ops::rms_norm(k_img, a.norm_k_img.get(at::kFloat), config_.eps);
-    const at::Tensor v_img = heads(apply(a.v_img, context_img)).to(compute);
+    const at::Tensor v_img = heads(apply(a.v_img, context_img, lora)).to(compute);
     out = ops::attention(q, heads(k_img).to(compute), v_img, options_.attention).to(at::kFloat) + out;
   }
-  return apply(a.o, out.flatten(2));
+  return apply(a.o, out.flatten(2), lora);
 }
 
 // x: [B, L, dim], e0: [B, 6, dim] -> [B, L, dim]. Modulation and gating in float32.
 at::Tensor WanDit::block_forward(const Block& b, int index, const at::Tensor& x_in, const at::Tensor& e0,
                                  const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
                                  const at::Tensor& context, const at::Tensor& context_img,
-                                 std::optional<double> feta_weight, Trace* trace) const {
+                                 std::optional<double> feta_weight, const LoraStrengths& lora, Trace* trace) const {
   const std::string name = "block" + std::to_string(index);
   const auto e = (b.modulation.get(at::kFloat) + e0).chunk(6, 1);  // 6 x [B, 1, dim]
   const double eps = config_.eps;
   at::Tensor x = x_in;
-  at::Tensor y = self_attention(b.self_attn, ops::layer_norm(x, {}, {}, eps) * (1 + e[1]) + e[0], seq_lens, grids, feta_weight);
+  at::Tensor y = self_attention(b.self_attn, ops::layer_norm(x, {}, {}, eps) * (1 + e[1]) + e[0], seq_lens, grids, feta_weight, lora);
   if (trace) (*trace)[name + "_self_attn_out"] = y;
   x = x + y * e[2];
   const at::Tensor normed = config_.cross_attn_norm
                                 ? ops::layer_norm(x, b.norm3_weight.get(at::kFloat), b.norm3_bias.get(at::kFloat), eps)
                                 : x;
-  y = cross_attention(b.cross_attn, normed, context, context_img);
+  y = cross_attention(b.cross_attn, normed, context, context_img, lora);
   if (trace) (*trace)[name + "_cross_attn_out"] = y;
   x = x + y;
-  y = apply(b.ffn2, at::gelu(apply(b.ffn0, ops::layer_norm(x, {}, {}, eps) * (1 + e[4]) + e[3]), "tanh"));
+  y = apply(b.ffn2, at::gelu(apply(b.ffn0, ops::layer_norm(x, {}, {}, eps) * (1 + e[4]) + e[3], lora), "tanh"), lora);
   if (trace) (*trace)[name + "_ffn_out"] = y;
   x = x + y * e[5];
   if (trace) (*trace)[name + "_out"] = x;
@@ -213,17 +232,20 @@ at::Tensor WanDit::block_forward(const Block& b, int index, const at::Tensor& x_
 
 template <typename F>
 void WanDit::for_each_weight(Block& b, F&& f) {
-  for (Attention* a : {&b.self_attn, &b.cross_attn}) {
-    for (Linear* l : {&a->q, &a->k, &a->v, &a->o, &a->k_img, &a->v_img}) {
-      f(l->weight);
-      f(l->bias);
+  auto linear = [&f](Linear& l) {
+    f(l.weight);
+    f(l.bias);
+    for (LoraAdapter& a : l.loras) {
+      f(a.down);
+      f(a.up);
     }
+  };
+  for (Attention* a : {&b.self_attn, &b.cross_attn}) {
+    for (Linear* l : {&a->q, &a->k, &a->v, &a->o, &a->k_img, &a->v_img}) linear(*l);
     for (ops::Weight* w : {&a->norm_q, &a->norm_k, &a->norm_k_img}) f(*w);
   }
-  for (Linear* l : {&b.ffn0, &b.ffn2}) {
-    f(l->weight);
-    f(l->bias);
-  }
+  linear(b.ffn0);
+  linear(b.ffn2);
   for (ops::Weight* w : {&b.norm3_weight, &b.norm3_bias, &b.modulation}) f(*w);
 }
 
@@ -330,6 +352,11 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
           "forward: a " + c.model_type + " model needs clipFea and one y per sample");
   }
 
+  const LoraStrengths& lora = in.lora_strengths.empty() ? lora_strengths_ : in.lora_strengths;
+  check(lora.size() == lora_strengths_.size(), "forward: loraStrengths must hold one strength per LoRA given at load (" +
+                                                   std::to_string(lora_strengths_.size()) + "), got " +
+                                                   std::to_string(lora.size()));
+
   // Inputs come to the model's device; the outputs (and the trace) go back to the CPU.
   const at::Device device = options_.device;
   auto here = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
@@ -364,8 +391,8 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
 
   // Time: [B] -> sinusoid [B, freq_dim] -> e [B, dim] -> e0 [B, 6, dim], all float32.
   const at::Tensor sinusoid = sinusoidal_embedding(c.freq_dim, here(in.t));
-  const at::Tensor e = apply(time_embedding2_, at::silu(apply(time_embedding0_, sinusoid)));
-  const at::Tensor e0 = apply(time_projection1_, at::silu(e)).unflatten(1, {6, c.dim});
+  const at::Tensor e = apply(time_embedding2_, at::silu(apply(time_embedding0_, sinusoid, lora)), lora);
+  const at::Tensor e0 = apply(time_projection1_, at::silu(e), lora).unflatten(1, {6, c.dim});
   if (trace) {
     (*trace)["sinusoidal_t"] = sinusoid;
     (*trace)["time_embedding_out_e"] = e;
@@ -381,7 +408,8 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
               std::to_string(c.text_dim) + "], got " + shape_text(u.sizes()));
     padded.push_back(at::constant_pad_nd(here(u).to(at::kFloat), {0, 0, 0, c.text_len - u.size(0)}));
   }
-  const at::Tensor context = apply(text_embedding2_, at::gelu(apply(text_embedding0_, at::stack(padded)), "tanh"));
+  const at::Tensor context =
+      apply(text_embedding2_, at::gelu(apply(text_embedding0_, at::stack(padded), lora), "tanh"), lora);
   if (trace) (*trace)["text_embedding_out"] = context;
 
   // CLIP image tokens (MLPProj): [B, 257, 1280] (flf2v: two images per sample, 514 tokens
@@ -397,14 +425,15 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
     }
     check(f.size(0) == batch, "forward: clipFea must hold one image per sample, got " + shape_text(f.sizes()));
     f = ops::layer_norm(f, img_norm0_weight_.get(at::kFloat), img_norm0_bias_.get(at::kFloat), 1e-5);
-    f = apply(img_proj3_, at::gelu(apply(img_proj1_, f)));  // GELU (erf) here, as nn.GELU()
+    f = apply(img_proj3_, at::gelu(apply(img_proj1_, f, lora)), lora);  // GELU (erf) here, as nn.GELU()
     context_img = ops::layer_norm(f, img_norm4_weight_.get(at::kFloat), img_norm4_bias_.get(at::kFloat), 1e-5);
     if (trace) (*trace)["img_emb"] = context_img;
   }
 
   auto run_block = [&](const Block& block, int64_t i) {
     if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
-    x = block_forward(block, static_cast<int>(i), x, e0, seq_lens, grids, context, context_img, in.feta_weight, trace);
+    x = block_forward(block, static_cast<int>(i), x, e0, seq_lens, grids, context, context_img, in.feta_weight, lora,
+                      trace);
   };
   if (!device.is_cpu()) {
     const std::lock_guard<std::mutex> lock(placement_mutex_);
@@ -428,7 +457,7 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
 
   // Head: modulated LayerNorm and projection to patch pixels [B, L, out_dim * 4].
   const auto he = (head_modulation_.get(at::kFloat) + e.unsqueeze(1)).chunk(2, 1);
-  x = apply(head_, ops::layer_norm(x, {}, {}, c.eps) * (1 + he[1]) + he[0]);
+  x = apply(head_, ops::layer_norm(x, {}, {}, c.eps) * (1 + he[1]) + he[0], lora);
   if (trace) (*trace)["head_out"] = x;
 
   // Unpatchify: [L, (pt ph pw c)] of each sample -> [c, F pt, H ph, W pw].
@@ -489,9 +518,15 @@ std::shared_ptr<WanDit> load_wan_dit(const std::vector<std::string>& files, cons
                                      const std::function<bool()>& cancelled) {
   LoadedWeights loaded = load_weights(files, populate, cancelled);
   WanDitConfig config = infer_wan_dit_config(loaded.shapes, overrides, files.front());
-  merge_loras(loaded.weights, overrides.loras, cancelled);  // before quantizing: into the file's values
+  // Before quantizing: merged updates go into the file's values; unmerged ones stay float32.
+  LoraAdapters adapters;
+  if (overrides.merge_loras) merge_loras(loaded.weights, overrides.loras, cancelled);
+  else adapters = split_loras(loaded.weights, overrides.loras, cancelled);
   ops::quantize_weights(loaded.weights, options.quantization, cancelled);
-  return std::make_shared<WanDit>(config, std::move(loaded.weights), options, files.front());
+  std::vector<double> strengths;
+  for (const LoraSpec& l : overrides.loras) strengths.push_back(l.strength);
+  return std::make_shared<WanDit>(config, std::move(loaded.weights), options, files.front(), std::move(adapters),
+                                  std::move(strengths));
 }
 
 }  // namespace wan::models

@@ -61,6 +61,9 @@ struct WanDitInput {
   int64_t seq_len = 0;              // tokens every sample is padded to
   at::Tensor clip_fea;              // i2v [B, 257, 1280]; flf2v [2B, 257, 1280]; else undefined
   std::vector<at::Tensor> y;        // i2v/flf2v per sample [in_dim - C_in, F, H, W]; else empty
+  // Unmerged LoRAs: each LoRA's strength for this call, one per LoRA given at load (a per-step
+  // strength list's value at this step); empty: the strengths given at load.
+  std::vector<double> lora_strengths;
   // Enhance-A-Video (the wrapper's feta_args): when set, every self-attention output is scaled
   // by a gain computed from its cross-frame attention, with this weight. The sampler decides
   // per step (start/end percent); samples of one latent frame are left alone.
@@ -74,8 +77,10 @@ class WanDit {
  public:
   // Takes the parameters by their official names; throws core::Error(BadCheckpoint) listing
   // every missing and unexpected key at once.
+  // `adapters` (split_loras) are unmerged LoRAs by weight name, `lora_strengths` the strength
+  // of each LoRA given at load (the default of WanDitInput::lora_strengths).
   WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, WanDitOptions options,
-         const std::string& source);
+         const std::string& source, LoraAdapters adapters = {}, std::vector<double> lora_strengths = {});
 
   // The official forward: per sample float32 [out_dim, F, H, W]. `cancelled` is polled
   // between blocks.
@@ -97,6 +102,7 @@ class WanDit {
  private:
   struct Linear {
     ops::Weight weight, bias;
+    std::vector<LoraAdapter> loras;  // unmerged LoRAs of this layer, applied at run time
   };
   struct Attention {
     Linear q, k, v, o;
@@ -111,15 +117,18 @@ class WanDit {
     ops::Weight modulation;                // [1, 6, dim]
   };
 
-  at::Tensor apply(const Linear& l, const at::Tensor& x) const;
+  // Each call's strength of every LoRA given at load (only unmerged ones' are read).
+  using LoraStrengths = std::vector<double>;
+  at::Tensor apply(const Linear& l, const at::Tensor& x, const LoraStrengths& lora) const;
   at::Tensor self_attention(const Attention& a, const at::Tensor& x, const at::Tensor& seq_lens,
-                            const std::vector<std::array<int64_t, 3>>& grids, std::optional<double> feta_weight) const;
+                            const std::vector<std::array<int64_t, 3>>& grids, std::optional<double> feta_weight,
+                            const LoraStrengths& lora) const;
   at::Tensor cross_attention(const Attention& a, const at::Tensor& x, const at::Tensor& context,
-                             const at::Tensor& context_img) const;
+                             const at::Tensor& context_img, const LoraStrengths& lora) const;
   at::Tensor block_forward(const Block& b, int index, const at::Tensor& x, const at::Tensor& e0,
                            const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
                            const at::Tensor& context, const at::Tensor& context_img, std::optional<double> feta_weight,
-                           Trace* trace) const;
+                           const LoraStrengths& lora, Trace* trace) const;
   at::Tensor heads(const at::Tensor& x) const;  // [B, L, dim] -> [B, L, H, D]
   // Calls f on every weight of a block, always in the same order.
   template <typename F>
@@ -153,6 +162,7 @@ class WanDit {
   ops::Weight img_norm0_weight_, img_norm0_bias_, img_norm4_weight_, img_norm4_bias_;
   Linear img_proj1_, img_proj3_;
   ops::Weight img_emb_pos_;  // flf2v: [1, 514, 1280]
+  std::vector<double> lora_strengths_;  // at load, per LoRA
 };
 
 template <typename F>
@@ -160,6 +170,10 @@ void WanDit::visit_weights(F&& f) const {
   auto linear = [&f](const Linear& l, int64_t block) {
     f(l.weight, block);
     f(l.bias, block);
+    for (const LoraAdapter& a : l.loras) {
+      f(a.down, block);
+      f(a.up, block);
+    }
   };
   f(patch_embedding_weight_, -1);
   f(patch_embedding_bias_, -1);
@@ -190,7 +204,8 @@ void WanDit::visit_weights(F&& f) const {
 struct WanDitOverrides {
   int64_t num_heads = 0;  // 0: infer
   int64_t text_len = 0;   // 0: 512
-  std::vector<LoraSpec> loras;  // merged into the weights at load, in order (models/lora.h)
+  std::vector<LoraSpec> loras;  // applied in order (models/lora.h)
+  bool merge_loras = true;       // merged into the weights at load; else applied at run time
 };
 WanDitConfig infer_wan_dit_config(const std::map<std::string, std::vector<int64_t>>& shapes,
                                   const WanDitOverrides& overrides, const std::string& source);

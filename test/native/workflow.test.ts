@@ -260,7 +260,7 @@ t.test('validation errors name the node and the input, and nothing runs', async 
     w['11'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'lightx2v.safetensors', strength: 1 } };
     w['12'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'style.safetensors', strength: 0.5, merge_loras: false, prev_lora: ['11', 0] } };
     w['4'].inputs.lora = ['12', 0];
-  }), o), 'WAN_INVALID_OPTION', /^node 12 \(WanVideoLoraSelect\) input merge_loras: merge_loras false \(LoRAs applied unmerged, on the fly\) is not available in wan-native, which merges LoRAs into the weights when the model loads: set merge_loras to true$/);
+  }), o), 'WAN_INVALID_OPTION', /^node 4 \(WanVideoModelLoader\) input lora: its LoRAs mix merge_loras true \(node 11 \(WanVideoLoraSelect\)\) and false \(node 12 \(WanVideoLoraSelect\)\), and wan-native merges all of one model's LoRAs or none: give them the same merge_loras$/);
   // A per-step strength list: as a literal (ComfyUI would refuse it too) or on a link (no node here makes one).
   await rejectsWith(t, runWorkflow(patched((w) => {
     w['11'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'lightx2v.safetensors', strength: [1, 0.9, 0.8] } };
