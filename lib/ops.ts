@@ -44,8 +44,9 @@ export function attentionSeconds(q: Tensor, k: Tensor, v: Tensor, mode: Attentio
 }
 
 /** libtorch's CUDA allocator on `device`: bytes allocated now, the peak since the last reset
- * (reset by this call when `reset`), and bytes reserved; null in a CPU-only build. */
-export function gpuMemory(device: Device = 'cuda', reset = false): { allocated: number; peak: number; reserved: number } | null {
+ * (reset by this call when `reset`) and bytes reserved; and the device's free and total bytes
+ * (the driver's); null in a CPU-only build. */
+export function gpuMemory(device: Device = 'cuda', reset = false): { allocated: number; peak: number; reserved: number; free: number; total: number } | null {
   checkDevice(device);
   return native().gpuMemory(resolveDevice(device), reset);
 }

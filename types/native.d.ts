@@ -97,7 +97,7 @@ export interface NativeAddon {
   attention(q: NativeTensor, k: NativeTensor, v: NativeTensor, mode: string, kLens?: NativeTensor, device?: string): NativeTensor;
   attentionSeconds(q: NativeTensor, k: NativeTensor, v: NativeTensor, mode: string, kLens: NativeTensor | undefined,
                    device: string, reps: number): number[];
-  gpuMemory(device: string, reset: boolean): { allocated: number; peak: number; reserved: number } | null;
+  gpuMemory(device: string, reset: boolean): { allocated: number; peak: number; reserved: number; free: number; total: number } | null;
 
   NoiseGenerator: new (seed: bigint) => NativeNoiseGenerator;
   resizeBicubic(image: NativeTensor, height: number, width: number): NativeTensor;  // align_corners=False

@@ -11,6 +11,8 @@
 
 #ifdef WAN_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
 #endif
 
 namespace wan::binding {
@@ -81,8 +83,9 @@ Napi::Value attention_seconds(const Napi::CallbackInfo& info) {
   });
 }
 
-// gpuMemory(device, reset) -> {allocated, peak, reserved} bytes of libtorch's CUDA caching
-// allocator on that GPU (peak since the last reset), or null in a CPU-only build.
+// gpuMemory(device, reset) -> {allocated, peak, reserved, free, total}: bytes of libtorch's CUDA
+// caching allocator on that GPU (peak since the last reset), and the device's free and total
+// memory as the driver reports them (cudaMemGetInfo); null in a CPU-only build.
 Napi::Value gpu_memory(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
@@ -96,6 +99,13 @@ Napi::Value gpu_memory(const Napi::CallbackInfo& info) {
     o.Set("peak", Napi::Number::New(env, static_cast<double>(stats.allocated_bytes[0].peak)));
     o.Set("reserved", Napi::Number::New(env, static_cast<double>(stats.reserved_bytes[0].current)));
     if (info[1].ToBoolean()) alloc::resetPeakStats(device.index());
+    const c10::cuda::CUDAGuard on_device(device);
+    size_t free = 0, total = 0;
+    const cudaError_t status = cudaMemGetInfo(&free, &total);
+    if (status != cudaSuccess)
+      throw core::Error(core::ErrorCode::Internal, std::string("gpuMemory: cudaMemGetInfo failed: ") + cudaGetErrorString(status));
+    o.Set("free", Napi::Number::New(env, static_cast<double>(free)));
+    o.Set("total", Napi::Number::New(env, static_cast<double>(total)));
     return o;
 #else
     return env.Null();

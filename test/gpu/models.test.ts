@@ -4,7 +4,8 @@
 import t from 'tap';
 import * as path from 'node:path';
 
-import { emptyEmbeds, loadSafetensors, runtimeInfo, Sampler, TextEncoder, Vae, WanModel } from '../../lib/index';
+import { emptyEmbeds, loadSafetensors, planMemory, runtimeInfo, Sampler, TextEncoder, Vae, WanModel } from '../../lib/index';
+import { gpuMemory } from '../../lib/ops';
 import type { AttentionMode, Tensor, WanForwardInput } from '../../lib/index';
 import { goldenDir, maxAbsDiff, toNumbers, weightsDir } from '../helpers';
 
@@ -171,4 +172,11 @@ t.test('sampling to video on the GPU (fp32) matches the CPU', { skip }, async (t
   const latentErr = maxAbsDiff(gpu.latent, cpu.latent), videoErr = maxAbsDiff(gpu.video, cpu.video);
   t.ok(latentErr <= FP32_MAX_ABS, `latent after 4 UniPC steps: GPU and CPU within ${latentErr.toExponential(2)} <= ${FP32_MAX_ABS}`);
   t.ok(videoErr <= VAE_MAX_ABS, `decoded video: GPU and CPU within ${videoErr.toExponential(2)} <= ${VAE_MAX_ABS}`);
+});
+
+t.test("planMemory on 'cuda' budgets the GPU's free memory", { skip }, async (t) => {
+  const plan = await planMemory({ dit: dit('bf16'), device: 'cuda', width: 16, height: 16, numFrames: 1 });
+  const m = gpuMemory('cuda')!;
+  t.ok(plan.budget > 2 ** 30 && plan.budget <= m.total, `budget ${(plan.budget / 2 ** 30).toFixed(1)} GiB of ${(m.total / 2 ** 30).toFixed(1)} GiB`);
+  t.ok(plan.fits, 'the tiny model fits');
 });
