@@ -88,7 +88,7 @@ export interface GenerateSettings {
   clipEmbeds?: string;
   attentionMode: AttentionMode;
   basePrecision: BasePrecision;
-  /** Where the text encoder, DiT and VAE compute, resolved ('cpu', 'cuda', 'cuda:N'). */
+  /** Where the models compute, resolved ('cpu', 'cuda', 'cuda:N'). */
   device: string;
   quantization: Quantization;
   loras: LoraSpec[];
@@ -313,8 +313,8 @@ export function generateCommand(): Command {
     option(g.models, '--clip-vision <file>', 'the CLIP vision model (clip_vision_h, open-clip ViT-H/14): I2V and FLF2V models need it'),
     option(g.models, '--clip-embeds <file>', 'CLIP embeddings computed before (safetensors with a clip_embeds tensor ' +
       '[1, 257, 1280], optionally negative_clip_embeds) instead of --clip-vision'),
-    option(g.models, '--device <name>', "where the text encoder, DiT and VAE compute: auto (the GPU when this build sees one), " +
-      "cpu, cuda or cuda:N (CLIP vision stays on the CPU)", { default: 'auto', parse: (v) => {
+    option(g.models, '--device <name>', "where the models compute: auto (the GPU when this build sees one), cpu, cuda or cuda:N",
+      { default: 'auto', parse: (v) => {
       if (!(DEVICES as readonly string[]).includes(v) && !/^cuda:\d{1,3}$/.test(v))
         throw new InvalidArgumentError(`Expected one of ${DEVICES.join(', ')} or cuda:N.`);
       return v;
@@ -817,7 +817,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
         clipEmbeds = await loadClipEmbeds(s.clipEmbeds, plan.task);
       } else {
         view.begin('clip', `encoding the ${plan.task === 'flf2v' ? 'first and last frames' : 'first frame'} with ${base(s.clipVision!)}`);
-        const clip = keep(await ClipVisionEncoder.load(s.clipVision!, { signal }));
+        const clip = keep(await ClipVisionEncoder.load(s.clipVision!, { device: s.device as Device, signal }));
         clipEmbeds = await clip.encode(startImage!, {
           crop: s.clipCrop, signal,
           ...(plan.task === 'flf2v' ? { image2: endImage, combineEmbeds: 'batch' as const } : {}),

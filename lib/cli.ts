@@ -126,8 +126,8 @@ up in the --models folders (as a relative path, then by file name anywhere below
 Options:
   --models <dir>       a folder holding checkpoints, LoRAs and input images; repeatable
   --output-dir <dir>   where Video Combine writes (default ./output)
-  --device <name>      where the DiT, T5 and VAE compute: auto (default: the GPU when
-                       this build sees one), cpu, cuda or cuda:N
+  --device <name>      where the models compute: auto (default: the GPU when this
+                       build sees one), cpu, cuda or cuda:N
   -q, --quiet          no progress
   -h, --help           show this help
 `;

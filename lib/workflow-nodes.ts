@@ -46,7 +46,7 @@ export interface NodeContext {
   outputDir?: string;
   /** Where WanVideoTextEncode's use_disk_cache keeps embeddings. */
   textCacheDir: string;
-  /** Where the DiT, T5 and VAE loaders put their models (RunWorkflowOptions.device, resolved). */
+  /** Where the loaders put their models (RunWorkflowOptions.device, resolved). */
   device: Device;
   /** Records something the run did not do as asked (WorkflowResult.warnings). */
   warn(message: string): void;
@@ -170,12 +170,16 @@ export const EXECUTORS: Record<string, Executor> = {
   },
 
   async LoadWanVideoClipTextEncoder(c) {
-    const clip = await ClipVisionEncoder.load(c.file('model_name'), { numHeads: c.value('num_heads'), signal: c.signal, onProgress: c.onProgress });
+    const clip = await ClipVisionEncoder.load(c.file('model_name'), {
+      numHeads: c.value('num_heads'), device: c.device, signal: c.signal, onProgress: c.onProgress,
+    });
     return [{ value: clip, dispose: () => clip.dispose() }];
   },
 
   async CLIPVisionLoader(c) {
-    const clip = await ClipVisionEncoder.load(c.file('clip_name'), { numHeads: c.value('num_heads'), signal: c.signal, onProgress: c.onProgress });
+    const clip = await ClipVisionEncoder.load(c.file('clip_name'), {
+      numHeads: c.value('num_heads'), device: c.device, signal: c.signal, onProgress: c.onProgress,
+    });
     return [{ value: clip, dispose: () => clip.dispose() }];
   },
 

@@ -17,8 +17,8 @@
 // (or, with merge_loras false on all of them, applied at run time), their files looked up in the
 // loras folders. Block swap applies as WanModel.load's blockSwap,
 // blocks_to_swap clamped to the model's blocks as the wrapper clamps it.
-// Placement: the DiT, T5 and VAE compute on RunWorkflowOptions.device (default: the GPU where
-// there is one), CLIP vision on the CPU. The nodes' own placement inputs (load_device,
+// Placement: every model computes on RunWorkflowOptions.device (default: the GPU where there is
+// one). The nodes' own placement inputs (load_device,
 // force_offload, device, model_to_offload, offload_img_emb, offload_txt_emb, use_non_blocking,
 // low_mem_load) and the encoders' precisions are accepted and have no effect.
 //
@@ -59,8 +59,8 @@ export interface RunWorkflowOptions {
   outputDir?: string;
   /** Where WanVideoTextEncode's use_disk_cache keeps embeddings; default `$XDG_CACHE_HOME/wan-native` or `~/.cache/wan-native`. */
   cacheDir?: string;
-  /** Where the DiT, the T5 encoder and the VAE compute (the loaders' main_device), as
-   * ModelLoaderOptions.device: default 'auto', the GPU where this build sees one. */
+  /** Where the models compute (the loaders' main_device), as ModelLoaderOptions.device:
+   * default 'auto', the GPU where this build sees one. */
   device?: Device;
   signal?: AbortSignal;
   /** Progress of the node running (a decode streamed into Video Combine reports under the decode node). */

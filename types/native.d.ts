@@ -60,6 +60,7 @@ export interface NativeTextEncoder {
 export interface NativeClipVisionConfig {
   imageSize: number; patchSize: number; dim: number; mlpDim: number; numHeads: number; numLayers: number;
   tokens: number; layout: string;  // 'official' | 'hf-clip' | 'open-clip'
+  device: string;
 }
 
 export interface NativeClipVision {
@@ -104,7 +105,7 @@ export interface NativeAddon {
 
   loadTextEncoder(files: string[], options: { populate: boolean; device: string }, abortFlag?: Int32Array):
     Promise<NativeTextEncoder>;
-  loadClipVision(files: string[], options: { numHeads?: number; populate: boolean }, abortFlag?: Int32Array):
+  loadClipVision(files: string[], options: { numHeads?: number; populate: boolean; device: string }, abortFlag?: Int32Array):
     Promise<NativeClipVision>;
   loadVae(files: string[], options: { populate: boolean; device: string }, abortFlag?: Int32Array): Promise<NativeVae>;
   loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; quantization: string; populate: boolean; device: string; basePrecision: string;

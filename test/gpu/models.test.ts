@@ -4,10 +4,10 @@
 import t from 'tap';
 import * as path from 'node:path';
 
-import { emptyEmbeds, loadSafetensors, planMemory, runtimeInfo, Sampler, TextEncoder, Vae, WanModel } from '../../lib/index';
+import { ClipVisionEncoder, emptyEmbeds, loadSafetensors, planMemory, runtimeInfo, Sampler, saveSafetensors, TextEncoder, Vae, WanModel } from '../../lib/index';
 import { gpuMemory } from '../../lib/ops';
 import type { AttentionMode, Tensor, WanForwardInput } from '../../lib/index';
-import { goldenDir, maxAbsDiff, toNumbers, weightsDir } from '../helpers';
+import { goldenDir, maxAbsDiff, randn, tempDir, toNumbers, weightsDir } from '../helpers';
 
 const skip = runtimeInfo().cuda ? false : 'no CUDA GPU';
 
@@ -179,4 +179,38 @@ t.test("planMemory on 'cuda' budgets the GPU's free memory", { skip }, async (t)
   const m = gpuMemory('cuda')!;
   t.ok(plan.budget > 2 ** 30 && plan.budget <= m.total, `budget ${(plan.budget / 2 ** 30).toFixed(1)} GiB of ${(m.total / 2 ** 30).toFixed(1)} GiB`);
   t.ok(plan.fits, 'the tiny model fits');
+});
+
+t.test('CLIP vision on the GPU against the official numbers', { skip }, async (t) => {
+  const g = await golden(path.join(goldenDir, 'golden_clip.safetensors'));
+  const clip = await ClipVisionEncoder.load(path.join(weightsDir, 'tiny_clip.f32.safetensors'), { numHeads: 4, device: 'cuda' });
+  t.equal(clip.config.device, 'cuda:0');
+  const { clipEmbeds } = await clip.encode(g.get('video')!, { crop: 'disabled' });
+  const err = maxAbsDiff(clipEmbeds, g.get('out_use_31_block')!);
+  t.ok(err <= VAE_MAX_ABS, `max abs error ${err.toExponential(2)} <= ${VAE_MAX_ABS} (a TF32 patch convolution)`);
+});
+
+t.test('unmerged LoRAs on the GPU compute what they do on the CPU, swapped or not', { skip }, async (t) => {
+  const g = await golden(path.join(goldenDir, 'golden_dit_t2v.safetensors'));
+  const { input } = t2vCase(g, 'a');
+  // Rank 4 on a block's linear layer and on the head (outside the blocks), ComfyUI key names.
+  const tensors: Record<string, Tensor> = {};
+  [['blocks.1.self_attn.q', 64, 64], ['head.head', 64, 64]].forEach(([m, out, inp], i) => {
+    tensors[`diffusion_model.${m}.lora_A.weight`] = randn([4, inp as number], 20 + i);
+    tensors[`diffusion_model.${m}.lora_B.weight`] = randn([out as number, 4], 30 + i);
+  });
+  const file = path.join(tempDir('wan-gpu-lora-'), 'lora.safetensors');
+  await saveSafetensors(file, tensors);
+  const loras = [{ path: file, strength: [0.3, -0.2] }];
+  const load = (device: 'cpu' | 'cuda', blocksToSwap = 0) => WanModel.load(dit('f32'), {
+    numHeads: 2, textLen: 16, device, basePrecision: 'fp32', loras, mergeLoras: false, blockSwap: { blocksToSwap, prefetchBlocks: 1 },
+  });
+  const cpu = await load('cpu'), gpu = await load('cuda'), swapped = await load('cuda', 2);
+  for (const step of [0, 1]) {
+    const [want] = await cpu.forward({ ...input, step });
+    const [got] = await gpu.forward({ ...input, step });
+    const err = maxAbsDiff(got, want);
+    t.ok(err <= FP32_MAX_ABS, `step ${step}: GPU and CPU within ${err.toExponential(2)} <= ${FP32_MAX_ABS}`);
+    t.equal(maxAbsDiff((await swapped.forward({ ...input, step }))[0], got), 0, `step ${step}: 2 blocks swapped, bitwise equal`);
+  }
 });
