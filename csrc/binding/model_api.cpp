@@ -125,7 +125,8 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     return env.Undefined();
   }
 
-  // forward({x, t, context, seqLen, clipFea?, y?, fetaWeight?, loraStrengths?}, trace, abortFlag) -> Promise<{outputs, trace?}>
+  // forward({x, t, context, seqLen, clipFea?, y?, fetaWeight?, loraStrengths?}, trace, abortFlag)
+  //   -> Promise<{outputs, trace?}>
   Napi::Value forward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return guard(env, [&]() -> Napi::Value {
@@ -178,7 +179,8 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
   std::shared_ptr<models::WanDit> model_;
 };
 
-// loadWanModel(files, {numHeads, textLen, attentionMode, device, basePrecision, quantization?, loras?, mergeLoras?, populate},
+// loadWanModel(files, {numHeads, textLen, attentionMode, device, basePrecision, quantization?, loras?,
+//                      mergeLoras?, populate},
 //              abortFlag) -> Promise<NativeWanModel>
 Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -207,8 +209,8 @@ Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
       if (options.fp8_matmul) {
         const std::string why = ops::fp8_matmul_unsupported(options.device);
         if (!why.empty())
-          throw core::Error(core::ErrorCode::InvalidOption,
-                            "quantization 'fp8_e4m3fn_fast' runs fp8 matmuls, but " + why + "; use 'fp8_e4m3fn' (fp8 storage)");
+          throw core::Error(core::ErrorCode::InvalidOption, "quantization 'fp8_e4m3fn_fast' runs fp8 matmuls, but " +
+                                                                why + "; use 'fp8_e4m3fn' (fp8 storage)");
       }
     }
     const bool populate = o.Get("populate").ToBoolean();

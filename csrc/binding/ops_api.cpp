@@ -103,7 +103,8 @@ Napi::Value gpu_memory(const Napi::CallbackInfo& info) {
     size_t free = 0, total = 0;
     const cudaError_t status = cudaMemGetInfo(&free, &total);
     if (status != cudaSuccess)
-      throw core::Error(core::ErrorCode::Internal, std::string("gpuMemory: cudaMemGetInfo failed: ") + cudaGetErrorString(status));
+      throw core::Error(core::ErrorCode::Internal,
+                        std::string("gpuMemory: cudaMemGetInfo failed: ") + cudaGetErrorString(status));
     o.Set("free", Napi::Number::New(env, static_cast<double>(free)));
     o.Set("total", Napi::Number::New(env, static_cast<double>(total)));
     return o;

@@ -298,7 +298,8 @@ at::Tensor ClipVision::forward(const at::Tensor& pixels, const std::function<boo
             "], got " + shape_text(pixels.sizes()));
   const int64_t batch = pixels.size(0);
   // Patch embedding: [N, 3, S, S] -> [N, dim, g, g] -> [N, g^2, dim].
-  at::Tensor x = at::conv2d(pixels.to(device_, at::kFloat), patch_embedding_.get(at::kFloat), {}, {c.patch_size, c.patch_size});
+  at::Tensor x =
+      at::conv2d(pixels.to(device_, at::kFloat), patch_embedding_.get(at::kFloat), {}, {c.patch_size, c.patch_size});
   if (trace) (*trace)["patch_embedding_out"] = x;
   x = x.flatten(2).permute({0, 2, 1});
   // Class token in front, position embedding ([1, 1 + g^2, dim]) added, pre-norm.

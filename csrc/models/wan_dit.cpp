@@ -98,7 +98,8 @@ WanDit::WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, 
   }
   bag.check(source, "Wan2.1 DiT");
   if (!adapters.empty())  // split_loras makes adapters of 2-D weights only, which are all linear layers
-    throw Error(ErrorCode::Internal, "an unmerged LoRA changes '" + adapters.begin()->first + "', which is not a linear layer");
+    throw Error(ErrorCode::Internal,
+                "an unmerged LoRA changes '" + adapters.begin()->first + "', which is not a linear layer");
   set_block_swap(options.blocks_to_swap, options.prefetch_blocks);
   if (!options_.device.is_cpu()) {
     // Everything outside the blocks lives on the device; the blocks are placed by place_blocks.
@@ -214,7 +215,8 @@ at::Tensor WanDit::block_forward(const Block& b, int index, const at::Tensor& x_
   const auto e = (b.modulation.get(at::kFloat) + e0).chunk(6, 1);  // 6 x [B, 1, dim]
   const double eps = config_.eps;
   at::Tensor x = x_in;
-  at::Tensor y = self_attention(b.self_attn, ops::layer_norm(x, {}, {}, eps) * (1 + e[1]) + e[0], seq_lens, grids, feta_weight, lora);
+  at::Tensor y = self_attention(b.self_attn, ops::layer_norm(x, {}, {}, eps) * (1 + e[1]) + e[0], seq_lens, grids,
+                                feta_weight, lora);
   if (trace) (*trace)[name + "_self_attn_out"] = y;
   x = x + y * e[2];
   const at::Tensor normed = config_.cross_attn_norm
@@ -306,11 +308,14 @@ void WanDit::run_blocks_on_device(Run&& run) const {
   runtime::DeviceSwap<Block> swap(
       device, first_swapped, layers, options_.prefetch_blocks,
       [&](int64_t i) {
+        const auto on_device = [&](const at::Tensor& t) {
+          return at::empty_like(t, t.options().device(device).pinned_memory(false));
+        };
         Block b = placed_[i];
         for (ops::Weight* w : weights_of(b)) {
           if (!w->defined()) continue;
-          w->stored.value = at::empty_like(w->stored.value, w->stored.value.options().device(device).pinned_memory(false));
-          if (w->scale.defined()) w->scale = at::empty_like(w->scale, w->scale.options().device(device).pinned_memory(false));
+          w->stored.value = on_device(w->stored.value);
+          if (w->scale.defined()) w->scale = on_device(w->scale);
         }
         return b;
       },
