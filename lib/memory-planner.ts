@@ -58,7 +58,7 @@ export interface PlanMemoryOptions {
   /** Bytes the generation may use. Default: what the machine has free (MemAvailable on Linux), or
    * on device 'cuda' what GPU 0 has free. */
   maxMemory?: number;
-  /** Default 'cpu', where this version computes. */
+  /** Where the DiT computes (default 'cpu'): 'cuda' plans VRAM, with swapped blocks in CPU memory. */
   device?: PlanDevice;
   /** Attention kernel of the DiT (default 'sdpa', whose score chunks are the largest temporary). */
   attentionMode?: AttentionMode;

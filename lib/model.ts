@@ -100,7 +100,8 @@ export interface BlockSwapOptions {
   /** Accepted for the wrapper's workflows; GPU transfers here are always non-blocking copies
    * from page-locked memory on a side stream. No effect on the CPU. */
   useNonBlocking?: boolean;
-  /** Keep img_emb / text_embedding on the offload device (false); no effect on the CPU. */
+  /** Keep img_emb / text_embedding on the offload device (false): accepted for the wrapper's
+   * workflows, no effect yet (the embeddings stay with the model). */
   offloadImgEmb?: boolean;
   offloadTxtEmb?: boolean;
 }
