@@ -295,7 +295,7 @@ void WanDit::place_blocks() const {
 template <typename Run>
 void WanDit::run_blocks_on_device(Run&& run) const {
   const int64_t layers = static_cast<int64_t>(placed_.size());
-  const int64_t first_swapped = layers - options_.blocks_to_swap;
+  const int64_t first_swapped = layers - placed_swap_;  // as placed, whatever setBlockSwap did since
   for (int64_t i = 0; i < first_swapped; ++i) run(placed_[i], i);
   if (first_swapped == layers) return;
   const at::Device device = options_.device;
