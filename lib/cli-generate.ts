@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { inspectCheckpoint, loadSafetensors, type CheckpointInfo } from './checkpoint';
 import { CLIP_CROPS, ClipVisionEncoder, loadImage, type ClipCrop, type ClipEmbeds } from './clip';
 import { emptyEmbeds, imageToVideoEncode, type ImageEmbeds } from './conditioning';
-import { resolveDevice, type Device } from './device';
+import { isDevice, resolveDevice, type Device } from './device';
 import {
   CONTEXT_FUSE_METHODS, CONTEXT_SCHEDULES, latentFramesOf, resolveContextOptions,
   type ContextFuse, type ContextOptions, type ContextSchedule,
@@ -315,8 +315,7 @@ export function generateCommand(): Command {
       '[1, 257, 1280], optionally negative_clip_embeds) instead of --clip-vision'),
     option(g.models, '--device <name>', "where the models compute: auto (the GPU when this build sees one), cpu, cuda or cuda:N",
       { default: 'auto', parse: (v) => {
-      if (!(DEVICES as readonly string[]).includes(v) && !/^cuda:\d{1,3}$/.test(v))
-        throw new InvalidArgumentError(`Expected one of ${DEVICES.join(', ')} or cuda:N.`);
+      if (!isDevice(v)) throw new InvalidArgumentError(`Expected one of ${DEVICES.join(', ')} or cuda:N.`);
       return v;
     } }),
     option(g.models, '--attention-mode <mode>', 'attention kernel; flash is tiled (never builds the L x L matrix; on a GPU, ' +

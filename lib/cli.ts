@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { generateCommand, runGenerate, settingsFrom, UsageError } from './cli-generate';
 import { StageView } from './cli-view';
 import { inspectCheckpoint, runtimeInfo, WanError } from './index';
-import type { Device } from './device';
+import { isDevice, type Device } from './device';
 import { runWorkflow } from './workflow';
 
 // The overview (test/native/cli.test.ts pins its lines).
@@ -138,7 +138,7 @@ async function run(rest: string[]): Promise<number> {
     return 0;
   }
   const models: string[] = [];
-  let outputDir: string | undefined, file: string | undefined, device: string | undefined, quiet = false;
+  let outputDir: string | undefined, file: string | undefined, device: Device | undefined, quiet = false;
   for (let i = 0; i < rest.length; ++i) {
     const a = rest[i];
     if (a === '--models' || a === '--output-dir') {
@@ -146,9 +146,10 @@ async function run(rest: string[]): Promise<number> {
       if (value === undefined) throw new UsageError(`${a} expects a folder`, 'run');
       if (a === '--models') models.push(value); else outputDir = value;
     } else if (a === '--device') {
-      device = rest[++i];
-      if (device === undefined || !/^(auto|cpu|cuda|cuda:\d{1,3})$/.test(device))
-        throw new UsageError(`--device expects auto, cpu, cuda or cuda:N but received ${device === undefined ? 'nothing' : `"${device}"`}`, 'run');
+      const value = rest[++i];
+      if (!isDevice(value))
+        throw new UsageError(`--device expects auto, cpu, cuda or cuda:N but received ${value === undefined ? 'nothing' : `"${value}"`}`, 'run');
+      device = value;
     } else if (a === '-q' || a === '--quiet') {
       quiet = true;
     } else if (a.startsWith('-')) {
@@ -165,7 +166,7 @@ async function run(rest: string[]): Promise<number> {
   const written: string[] = [];
   return interruptible(view, written, async (signal) => {
     const result = await runWorkflow(file!, {
-      modelDirs: models, outputDir, signal, device: device as Device | undefined,
+      modelDirs: models, outputDir, signal, device,
       onNodeStart: (id, classType) => { view.stopBar(); view.note(`node ${id} (${classType})`); },
       onProgress: (e) => { if (e.progress) view.progress(e.progress, e.progress.stage === 'sample' ? 'step' : 'frame'); },
     });

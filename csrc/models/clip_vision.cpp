@@ -227,13 +227,7 @@ ClipVision::ClipVision(ClipVisionConfig config, std::map<std::string, ops::Weigh
                             linear(p + "attn.proj"), linear(p + "mlp.0"), linear(p + "mlp.2")});
   }
   bag.check(source, "CLIP vision encoder (" + layout_ + " layout)");
-  if (!device_.is_cpu()) {
-    // The weights are this object's own members, being set up: writing through visit_weights'
-    // const references is sound.
-    visit_weights([&](const ops::Weight& w) {
-      if (w.defined()) const_cast<ops::Weight&>(w) = w.to(device_);
-    });
-  }
+  if (!device_.is_cpu()) place_weights(*this, device_);
 }
 
 at::Tensor ClipVision::apply(const Linear& l, const at::Tensor& x) const { return ops::linear(x, l.weight, l.bias); }

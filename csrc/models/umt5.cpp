@@ -61,13 +61,7 @@ Umt5Encoder::Umt5Encoder(Umt5Config config, std::map<std::string, ops::Weight> w
   }
   norm_ = bag.take("norm.weight");
   bag.check(source, "umT5 encoder");
-  if (!device_.is_cpu()) {
-    // The weights are this object's own members, being set up: writing through visit_weights'
-    // const references is sound.
-    visit_weights([&](const ops::Weight& w) {
-      if (w.defined()) const_cast<ops::Weight&>(w) = w.to(device_);
-    });
-  }
+  if (!device_.is_cpu()) place_weights(*this, device_);
 }
 
 // T5RelativeEmbedding(L, L): the table looked up at the bucket of (key - query) -> [1, N, L, L].

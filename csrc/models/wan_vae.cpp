@@ -169,13 +169,7 @@ WanVae::WanVae(WanVaeConfig config, std::map<std::string, ops::Weight> weights, 
   conv1_ = conv("conv1");
   conv2_ = conv("conv2");
   bag.check(source, "Wan2.1 VAE");
-  if (!device_.is_cpu()) {
-    // visit_weights hands out const references; the weights are this object's own members,
-    // being set up here, so writing through them is sound.
-    visit_weights([&](const ops::Weight& w) {
-      if (w.defined()) const_cast<ops::Weight&>(w) = w.to(device_);
-    });
-  }
+  if (!device_.is_cpu()) place_weights(*this, device_);
 }
 
 // x: [b, in, t, h, w] -> [b, out, t, h, w]
