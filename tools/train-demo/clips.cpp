@@ -107,8 +107,11 @@ Path random_path(const DemoSpec& spec, const ClipAttributes& a, Rng& rng) {
   const double S = static_cast<double>(spec.size);
   const std::string& motion = spec.motions.at(a.motion);
   Path p{spec.shapes.at(a.shape), spec.colours.at(a.colour), 0, 0, 0, 0, 0, 0};
-  p.r0 = p.r1 = rng.uniform(7, 10);
-  const double travel = rng.uniform(0.36, 0.5) * S;
+  // Large shapes that travel from edge to edge: at 64x64 a latent pixel is eight video pixels and
+  // a latent frame four video frames, so a shorter travel moves about half a DiT patch per latent
+  // frame, and the DiT learnt motion late (README.md, Status).
+  p.r0 = p.r1 = rng.uniform(9, 12);
+  const double travel = S - 2 * p.r0 - 4 - rng.uniform(0, 4);
   auto across = [&](double r) { return rng.uniform(r + 3, S - r - 3); };
   if (motion == "left" || motion == "right") {
     const double start = rng.uniform(p.r0 + 2, S - p.r0 - 2 - travel);

@@ -30,7 +30,7 @@ node dist/tools/train-demo/prepare.js "$work" 7
   --vae "$work/wan-demo-vae.safetensors" --out "$work/latents.safetensors" --clips 2931 --seed 2 | tee "$work/latents.log"
 # 4. The DiT, flow matching on those latents (seed 3).
 "$trainer" dit --prompts "$work/prompts.safetensors" --latents "$work/latents.safetensors" \
-  --out "$work/wan-demo-dit.safetensors" --steps 4000 --batch 24 --dim 128 --ffn 512 --layers 5 \
+  --out "$work/wan-demo-dit.safetensors" --steps 6000 --batch 24 --dim 128 --ffn 512 --layers 5 \
   --heads 2 --text-len 16 --lr 8e-4 --ema 0.995 --shift 3 --seed 3 | tee "$work/dit.log"
 
 cp "$work"/umt5-demo.safetensors "$work"/wan-demo-vae.safetensors "$work"/wan-demo-dit.safetensors models/demo/
