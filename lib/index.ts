@@ -18,7 +18,7 @@ export type { AttentionMode, BasePrecision, BlockSwapOptions, LoraOptions, Model
 export type { Progress, LongCallOptions } from './progress';
 export { emptyEmbeds, imageToVideoEncode } from './conditioning';
 export type { ImageEmbeds, ImageToVideoEncodeOptions, VideoSize } from './conditioning';
-export { planMemory, tensorsFromManifest, freeMemory, tokenCount, PLAN_DEVICES } from './memory-planner';
+export { planMemory, PLAN_DEVICES } from './memory-planner';
 export type { MemoryPlan, PlanMemoryOptions, PlanDevice, PlanSource, TensorEntry, StagePlan, DitMemoryPlan, MemoryStats, HeldBytes, VaeEstimator } from './memory-planner';
 export { Sampler } from './sampler';
 export type { SamplerOptions, SamplerProgress, FetaArgs } from './sampler';

@@ -22,8 +22,8 @@ t.test('import * as wan from "wan-native" gives the same named exports', async (
     console.log(Object.keys(wan).filter((k) => k !== 'default' && k !== '__esModule').sort().join(','), x.shape.join('x'), new WanError('WAN_IO', 'm').code)`]);
   t.equal(r.status, 0, r.stderr);
   t.equal(r.stdout.trim(),
-    'ATTENTION_MODES,ClipVisionEncoder,DEFAULT_NEGATIVE_PROMPT,DTYPES,QUANTIZATIONS,SCHEDULER_NAMES,Sampler,Tensor,TextEncoder,VIDEO_FORMATS,Vae,WanError,WanModel,' +
-    'emptyEmbeds,imageToVideoEncode,inspectCheckpoint,loadCheckpoint,loadImage,loadSafetensors,parseWorkflow,runWorkflow,runtimeInfo,' +
+    'ATTENTION_MODES,ClipVisionEncoder,DEFAULT_NEGATIVE_PROMPT,DTYPES,PLAN_DEVICES,QUANTIZATIONS,SCHEDULER_NAMES,Sampler,Tensor,TextEncoder,VIDEO_FORMATS,Vae,WanError,WanModel,' +
+    'emptyEmbeds,imageToVideoEncode,inspectCheckpoint,loadCheckpoint,loadImage,loadSafetensors,parseWorkflow,planMemory,runWorkflow,runtimeInfo,' +
     'saveSafetensors,schedule,setThreads,videoCombine 2 WAN_IO');
 });
 
