@@ -94,43 +94,60 @@ bool inside(const std::string& shape, double x, double y, double r) {
 
 }  // namespace
 
-at::Tensor render_clip(const DemoSpec& spec, const ClipAttributes& a, int64_t frames, Rng& rng) {
+namespace {
+
+// One object's path: centre (x, y) and radius r for t in [0, 1].
+struct Path {
+  std::string shape;
+  std::array<float, 3> colour;
+  double r0, r1, x0, y0, x1, y1, bounce_height = 0, bounces = 1;
+};
+
+Path random_path(const DemoSpec& spec, const ClipAttributes& a, Rng& rng) {
   const double S = static_cast<double>(spec.size);
   const std::string& motion = spec.motions.at(a.motion);
-  const std::string& shape = spec.shapes.at(a.shape);
-  const auto& colour = spec.colours.at(a.colour);
-  const Background& bg = spec.backgrounds.at(a.background);
-
-  // The path: centre (x, y) and radius r for t in [0, 1].
-  double r0 = rng.uniform(7, 10), r1 = r0;
-  double x0, y0, x1, y1;
-  double bounce_height = 0, bounces = 1;
+  Path p{spec.shapes.at(a.shape), spec.colours.at(a.colour), 0, 0, 0, 0, 0, 0};
+  p.r0 = p.r1 = rng.uniform(7, 10);
   const double travel = rng.uniform(0.36, 0.5) * S;
   auto across = [&](double r) { return rng.uniform(r + 3, S - r - 3); };
   if (motion == "left" || motion == "right") {
-    const double start = rng.uniform(r0 + 2, S - r0 - 2 - travel);
-    y0 = y1 = across(r0);
-    x0 = motion == "right" ? start : S - start;
-    x1 = motion == "right" ? start + travel : S - start - travel;
+    const double start = rng.uniform(p.r0 + 2, S - p.r0 - 2 - travel);
+    p.y0 = p.y1 = across(p.r0);
+    p.x0 = motion == "right" ? start : S - start;
+    p.x1 = motion == "right" ? start + travel : S - start - travel;
   } else if (motion == "up" || motion == "down") {
-    const double start = rng.uniform(r0 + 2, S - r0 - 2 - travel);
-    x0 = x1 = across(r0);
-    y0 = motion == "down" ? start : S - start;
-    y1 = motion == "down" ? start + travel : S - start - travel;
+    const double start = rng.uniform(p.r0 + 2, S - p.r0 - 2 - travel);
+    p.x0 = p.x1 = across(p.r0);
+    p.y0 = motion == "down" ? start : S - start;
+    p.y1 = motion == "down" ? start + travel : S - start - travel;
   } else if (motion == "growing" || motion == "shrinking") {
     const double small = rng.uniform(4, 6), big = rng.uniform(13, 17);
-    r0 = motion == "growing" ? small : big;
-    r1 = motion == "growing" ? big : small;
-    x0 = x1 = rng.uniform(big + 2, S - big - 2);
-    y0 = y1 = rng.uniform(big + 2, S - big - 2);
+    p.r0 = motion == "growing" ? small : big;
+    p.r1 = motion == "growing" ? big : small;
+    p.x0 = p.x1 = rng.uniform(big + 2, S - big - 2);
+    p.y0 = p.y1 = rng.uniform(big + 2, S - big - 2);
   } else if (motion == "bouncing") {
-    x0 = x1 = across(r0);
-    y0 = y1 = S - r0 - 2;  // the floor
-    bounce_height = rng.uniform(0.3, 0.45) * S;
-    bounces = static_cast<double>(1 + rng.below(2));
+    p.x0 = p.x1 = across(p.r0);
+    p.y0 = p.y1 = S - p.r0 - 2;  // the floor
+    p.bounce_height = rng.uniform(0.3, 0.45) * S;
+    p.bounces = static_cast<double>(1 + rng.below(2));
   } else {
     throw std::runtime_error("render_clip: unknown motion \"" + motion + "\"");
   }
+  return p;
+}
+
+}  // namespace
+
+at::Tensor render_clip(const DemoSpec& spec, const ClipAttributes& a, int64_t frames, Rng& rng) {
+  return render_clip(spec, std::vector<ClipAttributes>{a}, frames, rng);
+}
+
+at::Tensor render_clip(const DemoSpec& spec, const std::vector<ClipAttributes>& objects, int64_t frames, Rng& rng) {
+  const double S = static_cast<double>(spec.size);
+  const Background& bg = spec.backgrounds.at(objects.at(0).background);
+  std::vector<Path> paths;
+  for (const ClipAttributes& a : objects) paths.push_back(random_path(spec, a, rng));
 
   const int64_t n = spec.size;
   at::Tensor out = at::empty({3, frames, n, n}, at::kFloat);
@@ -138,23 +155,23 @@ at::Tensor render_clip(const DemoSpec& spec, const ClipAttributes& a, int64_t fr
   constexpr int kSub = 4;  // 4 x 4 samples per pixel
   for (int64_t f = 0; f < frames; ++f) {
     const double t = frames > 1 ? static_cast<double>(f) / static_cast<double>(frames - 1) : 0.0;
-    const double cx = x0 + (x1 - x0) * t;
-    double cy = y0 + (y1 - y0) * t;
-    const double r = r0 + (r1 - r0) * t;
-    if (bounce_height > 0) cy -= bounce_height * std::abs(std::sin(M_PI * bounces * t));
     for (int64_t yi = 0; yi < n; ++yi) {
       const float g = static_cast<float>((yi + 0.5) / S);  // gradient position, top to bottom
       for (int64_t xi = 0; xi < n; ++xi) {
-        int covered = 0;
-        for (int sy = 0; sy < kSub; ++sy)
-          for (int sx = 0; sx < kSub; ++sx)
-            covered += inside(shape, xi + (sx + 0.5) / kSub - cx, yi + (sy + 0.5) / kSub - cy, r);
-        const float c = static_cast<float>(covered) / (kSub * kSub);
-        for (int ch = 0; ch < 3; ++ch) {
-          const float back = bg.top[ch] + (bg.bottom[ch] - bg.top[ch]) * g;
-          const float v = back + (colour[ch] - back) * c;
-          p[((ch * frames + f) * n + yi) * n + xi] = v / 127.5f - 1.0f;
+        float v[3];
+        for (int ch = 0; ch < 3; ++ch) v[ch] = bg.top[ch] + (bg.bottom[ch] - bg.top[ch]) * g;
+        for (const Path& o : paths) {  // later objects in front
+          const double cx = o.x0 + (o.x1 - o.x0) * t;
+          const double cy = o.y0 + (o.y1 - o.y0) * t - o.bounce_height * std::abs(std::sin(M_PI * o.bounces * t));
+          const double r = o.r0 + (o.r1 - o.r0) * t;
+          int covered = 0;
+          for (int sy = 0; sy < kSub; ++sy)
+            for (int sx = 0; sx < kSub; ++sx)
+              covered += inside(o.shape, xi + (sx + 0.5) / kSub - cx, yi + (sy + 0.5) / kSub - cy, r);
+          const float c = static_cast<float>(covered) / (kSub * kSub);
+          for (int ch = 0; ch < 3; ++ch) v[ch] += (o.colour[ch] - v[ch]) * c;
         }
+        for (int ch = 0; ch < 3; ++ch) p[((ch * frames + f) * n + yi) * n + xi] = v[ch] / 127.5f - 1.0f;
       }
     }
   }

@@ -51,5 +51,8 @@ struct ClipAttributes {
 // size, speed and, for bouncing, height and bounce count come from `rng`; edges are
 // antialiased by 4x4 supersampling.
 at::Tensor render_clip(const DemoSpec& spec, const ClipAttributes& a, int64_t frames, Rng& rng);
+// Several objects over the first one's background, drawn in order (the VAE's training clips:
+// more coloured pixels a step than one small shape gives).
+at::Tensor render_clip(const DemoSpec& spec, const std::vector<ClipAttributes>& objects, int64_t frames, Rng& rng);
 
 }  // namespace wan::demo

@@ -303,6 +303,7 @@ int train_vae(const Args& args) {
   const int64_t steps = args.num("steps", 3000), batch = args.num("batch", 4), frames = args.num("frames", 9);
   const int64_t crop = args.num("crop", spec.size);  // a random crop x crop window of each clip
   const double object_weight = args.real("object-weight", 0);
+  const int64_t objects_max = args.num("objects", 1);  // each clip shows 1 to this many shapes
   const int64_t dim = args.num("dim", 16), z = 16;
   const uint64_t seed = static_cast<uint64_t>(args.num("seed", 1));
   at::manual_seed(seed);
@@ -343,7 +344,9 @@ int train_vae(const Args& args) {
     for (int64_t b = 0; b < batch; ++b) {
       demo::Rng fixed(seed);  // --same-clip 1: one clip over and over (a check that the VAE can learn at all)
       demo::Rng& r = args.num("same-clip", 0) ? fixed : rng;
-      at::Tensor clip = demo::render_clip(spec, random_clip(spec, r), frames, r);
+      std::vector<demo::ClipAttributes> objects;
+      for (int64_t k = 0, count = 1 + r.below(objects_max); k < count; ++k) objects.push_back(random_clip(spec, r));
+      at::Tensor clip = demo::render_clip(spec, objects, frames, r);
       if (crop < spec.size) {
         const int64_t y = rng.below(spec.size - crop + 1), x = rng.below(spec.size - crop + 1);
         clip = clip.narrow(2, y, crop).narrow(3, x, crop);
@@ -518,7 +521,8 @@ int render_clips(const Args& args) {
   demo::Rng rng(static_cast<uint64_t>(args.num("seed", 99)));
   std::vector<at::Tensor> clips;
   for (int64_t i = 0, n = args.num("count", 8); i < n; ++i)
-    clips.push_back(demo::render_clip(spec, random_clip(spec, rng), args.num("frames", spec.frames), rng));
+    clips.push_back(demo::render_clip(spec, std::vector<demo::ClipAttributes>{random_clip(spec, rng), random_clip(spec, rng)},
+                                      args.num("frames", spec.frames), rng));
   io::save_safetensors(args.str("out"), {{"clips", core::Tensor{at::stack(clips), core::DType::F32}}}, {}, {});
   return 0;
 }
