@@ -41,7 +41,7 @@ at::Tensor rms(const at::Tensor& x, const ops::Weight& gamma) {
 // residual.0-1 and head.0-1: RMS norm then SiLU, in the norm's buffer.
 at::Tensor rms_silu(const at::Tensor& x, const ops::Weight& gamma) {
   at::Tensor y = rms(x, gamma);
-  if (y.requires_grad() && at::GradMode::is_enabled()) return at::silu(y);
+  if (ops::records_grad(y)) return at::silu(y);
   at::silu_(y);
   return y;
 }
@@ -76,6 +76,13 @@ at::Tensor cached_conv(const ops::Weight& w, const ops::Weight& b, const at::Ten
   slot.frames = keep;
   slot.present = true;
   return out;
+}
+
+// Wan's fixed per-channel latent mean and 1 / std, shaped [1, z, 1, 1, 1].
+std::pair<at::Tensor, at::Tensor> latent_scale() {
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  return {at::tensor(WanVae::latent_mean(), opts).view({1, -1, 1, 1, 1}),
+          (1.0 / at::tensor(WanVae::latent_std(), opts)).view({1, -1, 1, 1, 1})};
 }
 
 // [b, c, t, h, w] <-> [(b t), c, h, w] for per-frame 2D work.
@@ -258,9 +265,7 @@ at::Tensor WanVae::encode(const at::Tensor& video, const std::function<bool()>& 
 }
 
 at::Tensor WanVae::normalize(const at::Tensor& mu) {
-  const auto opts = at::TensorOptions().dtype(at::kFloat);
-  const at::Tensor mean = at::tensor(latent_mean(), opts).view({1, -1, 1, 1, 1});
-  const at::Tensor inv_std = (1.0 / at::tensor(latent_std(), opts)).view({1, -1, 1, 1, 1});
+  const auto [mean, inv_std] = latent_scale();
   return (mu - mean) * inv_std;
 }
 
@@ -296,9 +301,7 @@ at::Tensor WanVae::decode_raw(const at::Tensor& z) const {
 }
 
 at::Tensor WanVae::unnormalize(const at::Tensor& z) const {
-  const auto opts = at::TensorOptions().dtype(at::kFloat);
-  const at::Tensor mean = at::tensor(latent_mean(), opts).view({1, -1, 1, 1, 1});
-  const at::Tensor inv_std = (1.0 / at::tensor(latent_std(), opts)).view({1, -1, 1, 1, 1});
+  const auto [mean, inv_std] = latent_scale();
   // As vae.py decode: z / (1 / std) + mean, then the post-quant conv.
   return causal_conv(conv2_.weight, conv2_.bias, z.to(at::kFloat).unsqueeze(0) / inv_std + mean, {}, 0, 0);
 }

@@ -48,7 +48,7 @@ class WanVae : public std::enable_shared_from_this<WanVae> {
   at::Tensor encode(const at::Tensor& video, const std::function<bool()>& cancelled = {},
                     at::Tensor* mu = nullptr) const;
 
-  // The encoder and decoder over a batch, for training (tools/train-demo.cpp): autograd
+  // The encoder and decoder over a batch, for training (the demo model's trainer, issue 9): autograd
   // follows them when the weights require grad. video [B, 3, F, H, W] in [-1, 1] -> the
   // posterior's mean and log variance [B, z_dim, (F - 1) / 4 + 1, H / 8, W / 8], before the
   // latent normalisation; decode_raw takes such a latent back to [B, 3, 4T - 3, 8h, 8w],

@@ -13,7 +13,7 @@ bool records_grad(const at::Tensor& a, const at::Tensor& b) {
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  // The composite ops off the CPU, and wherever autograd records (tools/train-demo): the
+  // The composite ops off the CPU, and wherever autograd records (training): the
   // fused loop below has no backward.
   if (!x.is_cpu() || x.scalar_type() != at::kFloat || records_grad(x, weight)) {
     const at::Tensor xf = x.to(at::kFloat);

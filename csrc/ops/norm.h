@@ -5,7 +5,7 @@
 namespace wan::ops {
 
 // Whether autograd records an op on a or b: the hand-written CPU loops (which have no
-// backward) then give way to composite ATen ops, for training (tools/train-demo.cpp).
+// backward) then give way to composite ATen ops, for training (the demo model's trainer, issue 9).
 bool records_grad(const at::Tensor& a, const at::Tensor& b = {});
 
 // x * rsqrt(mean(x^2, -1) + eps) * weight over the last dimension (WanRMSNorm).
