@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -68,10 +69,17 @@ at::Tensor init_weight(std::vector<int64_t> shape, double gain = 1.0) {
   return at::empty(shape, at::kFloat).uniform_(-bound, bound);
 }
 
-void add_conv(Params& p, const std::string& name, std::vector<int64_t> shape, double gain = 1.0) {
+// Biases as PyTorch initialises them, uniform in +-1 / sqrt(fan_in), not zero: every Wan VAE
+// block normalises its input per pixel (x / |x|), so with zero biases the features of the
+// colours c and k c coincide, and the VAE starts out unable to tell a saturated colour from
+// a faded one; a VAE so started never learnt green (it drew green as dark blue).
+void add_conv(Params& p, const std::string& name, std::vector<int64_t> shape, double gain = 1.0, double bias_scale = 1.0) {
   const int64_t out = shape[0];
   p[name + ".weight"] = init_weight(shape, gain);
-  p[name + ".bias"] = at::zeros({out}, at::kFloat);
+  int64_t fan_in = 1;
+  for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
+  const double bound = bias_scale / std::sqrt(static_cast<double>(fan_in));
+  p[name + ".bias"] = at::empty({out}, at::kFloat).uniform_(-bound, bound);
 }
 
 void require_grad(Params& p) {
@@ -98,8 +106,14 @@ std::map<std::string, at::Tensor> load(const std::string& path) {
 }
 
 // The Wan2.1 VAE's parameters for base width `d` (models/wan_vae.cpp builds the same tree).
-Params init_vae(int64_t d, int64_t z) {
+// Convolution weights are PyTorch's default times `gain`, biases PyTorch's times `bias_scale`:
+// gain 3 and bias scale 0.1 keep the input's signal alive through the trunk (README.md, "The
+// initialisation matters"); PyTorch's own (1, 1) leaves the latent blind to colour.
+Params init_vae(int64_t d, int64_t z, double gain, double bias_scale) {
   Params p;
+  const auto add_conv = [&](Params& q, const std::string& name, std::vector<int64_t> shape, double g = 1.0) {
+    ::add_conv(q, name, shape, g * gain, bias_scale);
+  };
   auto residual = [&](const std::string& name, int64_t in, int64_t out) {
     p[name + ".residual.0.gamma"] = at::ones({in, 1, 1, 1});
     add_conv(p, name + ".residual.2", {out, in, 3, 3, 3});
@@ -309,7 +323,7 @@ int train_vae(const Args& args) {
   at::manual_seed(seed);
   demo::Rng rng(seed);
 
-  Params params = init_vae(dim, z);
+  Params params = init_vae(dim, z, args.real("init-gain", 3.0), args.real("bias-scale", 0.1));
   if (args.values.count("init"))  // continue from earlier weights
     for (auto& [name, t] : load(args.str("init"))) params.at(name) = t.to(at::kFloat).clone();
   // The middle attention's output projections stay zero, so that the VAE is local (every
@@ -356,14 +370,16 @@ int train_vae(const Args& args) {
     const at::Tensor x = at::stack(clips);
     const at::Tensor mu = vae->encode_moments(x).first;
     const at::Tensor normalised = models::WanVae::normalize(mu);
-    const at::Tensor noisy = mu + at::randn_like(mu) * std * 0.05;
+    const at::Tensor noisy = mu + at::randn_like(mu) * std * args.real("noise", 0.05);
     const at::Tensor y = vae->decode_raw(noisy);
-    // Pixels of the moving shape weigh object_weight times more than the background (found as
-    // what differs from each pixel's median over time): the shape is a small part of each
-    // frame, and without the weight its hue is learnt last.
+    // Pixels of the shapes weigh object_weight times more than the background: a shape is a
+    // small part of each frame, and without the weight its hue is learnt last. Backgrounds are
+    // vertical gradients, so a row's median over the clip's frames and columns is the
+    // background there (this holds for single frames too).
     at::Tensor weight = at::ones_like(x.narrow(1, 0, 1));
     if (object_weight > 0) {
-      const at::Tensor background = std::get<0>(x.median(2, true));
+      const at::Tensor rows = x.permute({0, 1, 3, 2, 4}).flatten(3);  // [B, 3, H, F * W]
+      const at::Tensor background = std::get<0>(rows.median(3, true)).unsqueeze(2);  // [B, 3, 1, H, 1]
       weight = weight + object_weight * ((x - background).abs().sum(1, true) > 0.3).to(at::kFloat);
     }
     const at::Tensor error = (y - x).abs() + (y - x).pow(2);
@@ -371,7 +387,7 @@ int train_vae(const Args& args) {
     const at::Tensor channel_mean = normalised.mean({0, 2, 3, 4});
     const at::Tensor channel_var = normalised.var({0, 2, 3, 4}, false);
     const at::Tensor moments = channel_mean.pow(2).mean() + (channel_var - 1).pow(2).mean();
-    const at::Tensor loss = recon + 0.01 * moments;
+    const at::Tensor loss = recon + args.real("moments", 0.01) * moments;
     loss.backward();
     const double grad_norm = opt.step();
     smooth = step == 1 ? recon.item<double>() : 0.98 * smooth + 0.02 * recon.item<double>();
@@ -458,6 +474,10 @@ int train_dit(const Args& args) {
   const models::WanDit dit(config, as_weights(params), models::WanDitOptions{}, "demo DiT");
   Optimizer opt(params, args.real("lr", 3e-4), steps, 1e-4, args.real("ema", 0.995));
 
+  const std::map<std::string, std::string> metadata = {
+      {"format", "pt"}, {"wan_native.demo", "dit"}, {"wan_native.steps", std::to_string(steps)},
+      {"wan_native.seed", std::to_string(seed)}, {"wan_native.num_heads", std::to_string(config.num_heads)},
+      {"wan_native.text_len", std::to_string(config.text_len)}};
   const int64_t seq_len = latents.size(2) * (latents.size(3) / 2) * (latents.size(4) / 2);
   const auto start = std::chrono::steady_clock::now();
   double smooth = 0;
@@ -488,30 +508,87 @@ int train_dit(const Args& args) {
       std::printf("dit step %lld/%lld  loss %.4f (avg %.4f)  |g| %.2f  %.1f s\n", static_cast<long long>(step),
                   static_cast<long long>(steps), loss.item<double>(), smooth, grad_norm, seconds_since(start));
     std::fflush(stdout);
+    if (step % 500 == 0) save(args.str("out"), opt.averaged(), metadata);  // to look at while training goes on
   }
-  save(args.str("out"), opt.averaged(),
-       {{"format", "pt"}, {"wan_native.demo", "dit"}, {"wan_native.steps", std::to_string(steps)},
-        {"wan_native.seed", std::to_string(seed)}, {"wan_native.num_heads", std::to_string(config.num_heads)},
-        {"wan_native.text_len", std::to_string(config.text_len)}});
+  save(args.str("out"), opt.averaged(), metadata);
   std::printf("saved %s after %.0f s\n", args.str("out").c_str(), seconds_since(start));
   return 0;
 }
 
-int grad_check(const Args& args) {
+// What training relies on, checked on random weights for the VAE and the DiT (run by
+// test/native/train-paths.test.ts):
+// - where autograd records, the engine's composite ops compute what its fused inference
+//   kernels compute (maxDiff against the output's scale);
+// - the gradient is the loss's: autograd's directional derivative along a random direction
+//   equals a central finite difference;
+// - the model reads the very tensors the optimiser updates in place (the finite difference
+//   moves the parameters in place under the model built once; a model that had copied its
+//   weights would see no change).
+using Forward = std::function<at::Tensor()>;
+
+void check_paths(const char* model, Params params, const std::function<Forward(const Params&)>& build) {
+  at::Tensor fused;
+  {
+    at::NoGradGuard no_grad;
+    fused = build(params)();
+  }
+  require_grad(params);
+  const Forward forward = build(params);
+  const at::Tensor traced = forward();
+  const at::Tensor target = at::randn_like(fused);
+  (traced - target).pow(2).mean().backward();
+  std::map<std::string, at::Tensor> direction;
+  double autograd = 0;
+  for (auto& [name, t] : params) {
+    direction[name] = at::randn_like(t) * 1e-2;
+    if (t.grad().defined()) autograd += (t.grad() * direction[name]).sum().item<double>();
+  }
+  const double eps = 1e-2;
+  at::NoGradGuard no_grad;
+  auto loss_moved = [&](double by) {
+    for (auto& [name, t] : params) t.detach().add_(direction[name], by);
+    return (forward() - target).pow(2).mean().item<double>();
+  };
+  const double plus = loss_moved(eps), minus = loss_moved(-2 * eps);
+  loss_moved(eps);
+  std::printf("{\"model\": \"%s\", \"maxDiff\": %.6g, \"scale\": %.6g, \"autograd\": %.8g, \"finite\": %.8g}\n", model,
+              (traced.detach() - fused).abs().max().item<double>(), fused.abs().max().item<double>(), autograd,
+              (plus - minus) / (2 * eps));
+}
+
+int path_check(const Args& args) {
   const demo::DemoSpec spec = demo::read_demo_spec(args.str("spec"));
   demo::Rng rng(5);
   at::manual_seed(5);
-  Params params = init_vae(16, 16);
-  require_grad(params);
-  const auto vae = std::make_shared<models::WanVae>(models::WanVaeConfig{16, 16}, as_weights(params), "demo VAE");
-  const at::Tensor x = demo::render_clip(spec, random_clip(spec, rng), args.num("frames", 5), rng).unsqueeze(0);
-  const at::Tensor mu = vae->encode_moments(x).first;
-  std::printf("mu requires_grad %d\n", int(mu.requires_grad()));
-  const at::Tensor y = vae->decode_raw(mu);
-  (y - x).pow(2).mean().backward();
-  for (const char* n : {"encoder.conv1.weight", "encoder.downsamples.0.residual.2.weight", "encoder.head.2.weight", "conv1.weight",
-                        "conv2.weight", "decoder.conv1.weight", "decoder.head.2.weight"})
-    std::printf("%-45s grad %s\n", n, params.at(n).grad().defined() ? std::to_string(params.at(n).grad().norm().item<double>()).c_str() : "undefined");
+  // The VAE on a nine-frame clip (every path of the causal chunking), its middle attention
+  // live (random output projection) so that its path is checked too.
+  Params vae = init_vae(16, 16, 3.0, 0.1);
+  for (const char* coder : {"encoder", "decoder"}) vae.at(std::string(coder) + ".middle.1.proj.weight").normal_(0, 0.05);
+  const at::Tensor clip = demo::render_clip(spec, random_clip(spec, rng), 9, rng).narrow(2, 0, 32).narrow(3, 0, 32).unsqueeze(0);
+  check_paths("vae", vae, [&](const Params& p) -> Forward {
+    auto model = std::make_shared<models::WanVae>(models::WanVaeConfig{16, 16}, as_weights(p), "demo VAE");
+    return [model, clip] { return model->decode_raw(model->encode_moments(clip).first); };
+  });
+  // A small DiT with every weight random (the released initialisation zeroes the head).
+  DitShape shape{32, 64, 2, 24};
+  Params dit = init_dit(shape);
+  for (auto& [name, t] : dit) t.normal_(name.find("norm") != std::string::npos ? 1.0 : 0.0, 0.1);
+  models::WanDitConfig config;
+  config.dim = shape.dim;
+  config.ffn_dim = shape.ffn;
+  config.num_layers = shape.layers;
+  config.num_heads = 2;
+  config.text_dim = shape.text_dim;
+  config.text_len = 8;
+  models::WanDitInput in;
+  in.x = {at::randn({16, 3, 4, 6}), at::randn({16, 3, 4, 6})};
+  in.context = {at::randn({5, shape.text_dim}), at::randn({8, shape.text_dim})};
+  in.t = at::tensor({250.0f, 900.0f});
+  in.seq_len = 3 * 2 * 3;
+  check_paths("dit", dit, [&](const Params& p) -> Forward {
+    auto model = std::make_shared<models::WanDit>(config, as_weights(p), models::WanDitOptions{}, "demo DiT");
+    return [model, in] { return at::stack(model->forward(in)); };
+  });
   return 0;
 }
 
@@ -531,7 +608,7 @@ int render_clips(const Args& args) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: wan_train_demo vae|latents|dit --key value ...\n");
+    std::fprintf(stderr, "usage: wan_train_demo vae|latents|dit|clips|path-check --key value ...\n");
     return 2;
   }
   Args args;
@@ -550,7 +627,7 @@ int main(int argc, char** argv) {
     if (stage == "latents") return encode_latents(args);
     if (stage == "dit") return train_dit(args);
     if (stage == "clips") return render_clips(args);
-    if (stage == "grad-check") return grad_check(args);
+    if (stage == "path-check") return path_check(args);
     std::fprintf(stderr, "unknown stage %s\n", stage.c_str());
     return 2;
   } catch (const std::exception& e) {
