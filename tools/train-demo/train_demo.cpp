@@ -470,6 +470,8 @@ int train_dit(const Args& args) {
   config.text_dim = shape.text_dim;
   config.text_len = args.num("text-len", 16);
   Params params = init_dit(shape);
+  if (args.values.count("init"))  // continue from earlier weights
+    for (auto& [name, t] : load(args.str("init"))) params.at(name) = t.to(at::kFloat).clone();
   require_grad(params);
   const models::WanDit dit(config, as_weights(params), models::WanDitOptions{}, "demo DiT");
   Optimizer opt(params, args.real("lr", 3e-4), steps, 1e-4, args.real("ema", 0.995));
