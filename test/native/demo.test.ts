@@ -2,8 +2,8 @@
 // the held-out attribute combinations of models/demo/demo.json, which tools/train-demo left
 // out of the DiT's training set. Each clip is generated with the demo's own settings through
 // the library, then judged from its decoded frames alone: the pixels that differ from the
-// named background are the object; their mean colour must be nearest the named colour among
-// the demo's colours, and their centroid must move the named way.
+// named background are the object; most of them must be nearest the named colour among the
+// demo's colours, and their centroid must move the named way.
 import t from 'tap';
 import * as path from 'node:path';
 
@@ -32,6 +32,11 @@ function judge(frames: Float32Array, shape: number[], a: ClipAttributes): Verdic
   const at = (c: number, f: number, i: number) => (frames[(c * F + f) * H * W + i] + 1) * 127.5;
   const sum: Rgb = [0, 0, 0];
   let count = 0;
+  // "The named colour dominates the object": each object pixel votes for its nearest demo colour.
+  // (A mean colour is pulled toward the background by the blurred rim: yellow on dark green
+  // averages nearer orange, white on black nearer purple.)
+  const names = spec.data.colours.map((c) => c.name);
+  const votes = new Map<string, number>();
   const centroids: { x: number; y: number; n: number }[] = [];
   for (let f = 0; f < F; f++) {
     let sx = 0, sy = 0, n = 0;
@@ -41,12 +46,13 @@ function judge(frames: Float32Array, shape: number[], a: ClipAttributes): Verdic
       sx += i % W; sy += Math.floor(i / W); n++;
       p.forEach((v, c) => { sum[c] += v; });
       count++;
+      const nearest = names.reduce((best, x) => (rgbDistance(p, colourOf(spec, x)) < rgbDistance(p, colourOf(spec, best)) ? x : best));
+      votes.set(nearest, (votes.get(nearest) ?? 0) + 1);
     }
     centroids.push({ x: sx / Math.max(n, 1), y: sy / Math.max(n, 1), n });
   }
   const mean = sum.map((v) => v / Math.max(count, 1)) as Rgb;
-  const colour = spec.data.colours.map((c) => c.name)
-    .sort((x, y) => rgbDistance(mean, colourOf(spec, x)) - rgbDistance(mean, colourOf(spec, y)))[0];
+  const colour = [...votes.entries()].reduce((best, e) => (e[1] > best[1] ? e : best), ['none', 0])[0];
   // Centroids of the first and last three frames.
   const avg = (list: typeof centroids) => ({ x: list.reduce((s, c) => s + c.x, 0) / list.length, y: list.reduce((s, c) => s + c.y, 0) / list.length });
   const start = avg(centroids.slice(0, 3)), end = avg(centroids.slice(-3));
@@ -56,7 +62,7 @@ function judge(frames: Float32Array, shape: number[], a: ClipAttributes): Verdic
   const area = count / F;
   const why: string[] = [];
   if (area < 20) why.push(`no object (${area.toFixed(1)} pixels a frame)`);
-  if (colour !== a.colour) why.push(`its colour is nearest ${colour} (mean ${mean.map((v) => v.toFixed(0)).join(',')})`);
+  if (colour !== a.colour) why.push(`most of its pixels are nearest ${colour} (mean ${mean.map((v) => v.toFixed(0)).join(',')})`);
   if (!(along >= MIN_TRAVEL && along >= 2 * across)) why.push(`it moved (${dx.toFixed(1)}, ${dy.toFixed(1)})`);
   return { colour, dx, dy, area, pass: why.length === 0, why: why.join('; ') };
 }
