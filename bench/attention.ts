@@ -17,29 +17,12 @@ import * as os from 'node:os';
 
 import { runtimeInfo, Tensor } from '../lib/index';
 import { attention, AttentionMode } from '../lib/ops';
+import { normals } from '../test/helpers';
 import { procStatusKiB } from './machine';
 
 const H = 12, D = 128;
 const MODES: AttentionMode[] = ['sdpa', 'flash', 'sageattn'];
 const MiB = 1024 * 1024;
-
-function normals(n: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  const uniform = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = s;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return (((x ^ (x >>> 14)) >>> 0) + 0.5) / 4294967296;
-  };
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i += 2) {
-    const r = Math.sqrt(-2 * Math.log(uniform())), a = 2 * Math.PI * uniform();
-    out[i] = r * Math.cos(a);
-    if (i + 1 < n) out[i + 1] = r * Math.sin(a);
-  }
-  return out;
-}
 
 function inputs(L: number): [Tensor, Tensor, Tensor] {
   const shape = [1, L, H, D];

@@ -14,6 +14,7 @@ import * as path from 'node:path';
 import { inspectCheckpoint, loadSafetensors, type CheckpointInfo } from './checkpoint';
 import { CLIP_CROPS, ClipVisionEncoder, loadImage, type ClipCrop, type ClipEmbeds } from './clip';
 import { emptyEmbeds, imageToVideoEncode, type ImageEmbeds } from './conditioning';
+import { isDevice, resolveDevice, type Device } from './device';
 import {
   CONTEXT_FUSE_METHODS, CONTEXT_SCHEDULES, latentFramesOf, resolveContextOptions,
   type ContextFuse, type ContextOptions, type ContextSchedule,
@@ -48,6 +49,9 @@ const QUANTIZATIONS = [
 ] as const;
 type Quantization = typeof QUANTIZATIONS[number];
 const LOADED_QUANTIZATIONS: readonly Quantization[] = ['disabled', 'fp8_e4m3fn', 'fp8_e4m3fn_scaled', 'fp8_e5m2'];
+// fp8 matmuls, on a GPU only.
+const GPU_QUANTIZATIONS: readonly Quantization[] = ['fp8_e4m3fn_fast'];
+const DEVICES = ['auto', 'cpu', 'cuda'] as const;
 
 // Short names for --format, besides the VideoHelperSuite names.
 const FORMAT_ALIASES: Record<string, VideoFormat> = {
@@ -84,8 +88,12 @@ export interface GenerateSettings {
   clipEmbeds?: string;
   attentionMode: AttentionMode;
   basePrecision: BasePrecision;
+  /** Where the models compute, resolved ('cpu', 'cuda', 'cuda:N'). */
+  device: string;
   quantization: Quantization;
   loras: LoraSpec[];
+  /** false: the LoRAs apply at run time (--no-merge-loras). */
+  mergeLoras: boolean;
   compile: boolean;
   numHeads?: number;
   textLen: number;
@@ -305,16 +313,23 @@ export function generateCommand(): Command {
     option(g.models, '--clip-vision <file>', 'the CLIP vision model (clip_vision_h, open-clip ViT-H/14): I2V and FLF2V models need it'),
     option(g.models, '--clip-embeds <file>', 'CLIP embeddings computed before (safetensors with a clip_embeds tensor ' +
       '[1, 257, 1280], optionally negative_clip_embeds) instead of --clip-vision'),
-    option(g.models, '--attention-mode <mode>', 'attention kernel; flash is tiled (never builds the L x L matrix), sageattn computes Q.K in int8',
-      { choices: ATTENTION_MODES, default: 'sdpa' }),
+    option(g.models, '--device <name>', "where the models compute: auto (the GPU when this build sees one), cpu, cuda or cuda:N",
+      { default: 'auto', parse: (v) => {
+      if (!isDevice(v)) throw new InvalidArgumentError(`Expected one of ${DEVICES.join(', ')} or cuda:N.`);
+      return v;
+    } }),
+    option(g.models, '--attention-mode <mode>', 'attention kernel; flash is tiled (never builds the L x L matrix; on a GPU, ' +
+      "libtorch's flash SDPA), sageattn computes Q.K in int8", { choices: ATTENTION_MODES, default: 'sdpa' }),
     option(g.models, '--base-precision <dtype>', 'compute dtype on a GPU (a CPU always computes in fp32)',
       { choices: BASE_PRECISIONS, default: 'bf16' }),
     option(g.models, '--quantization <mode>', "weight storage; 'disabled' uses the weights as stored, fp8 files included; " +
       `${LOADED_QUANTIZATIONS.slice(1).join(', ')} convert the large linear weights to fp8 at load (widened per layer on the CPU); ` +
-      `the _fast forms (fp8 matmuls on a GPU) and fp8_e5m2_scaled ${NOT_YET}`,
+      `fp8_e4m3fn_fast also multiplies in fp8 (a GPU of compute capability >= 8.9); the other _fast forms and fp8_e5m2_scaled ${NOT_YET}`,
       { choices: QUANTIZATIONS, default: 'disabled' }),
     option(g.models, '--lora <file[:strength]>', 'merge a LoRA into the model at load, at a strength (1.0, -1000..1000; 0 skips it); ' +
       'repeatable, merged in order; safetensors or .pth in any common key layout', { parse: loraValue }),
+    option(g.models, '--no-merge-loras', 'apply the LoRAs at every step instead of merging them into the weights at load ' +
+      '(exact on fp8 weights, where merging re-quantizes)'),
     option(g.models, '--lora-blocks <list>', 'only the given transformer blocks of the --lora before it take its update, ' +
       'e.g. 0-9,20 (keys outside the blocks, such as the head, always do)', { parse: (v) => { lastLora('--lora-blocks', 'blocks').blocks = blockList(v); return true; } }),
     option(g.models, '--lora-layer-filter <list>', "skip the layers of the --lora before it whose names contain one of these, e.g. ffn,cross_attn",
@@ -518,13 +533,15 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     if (o[key] !== undefined && videoFormats.length === 0)
       throw new UsageError(`${flag(key)} applies to the video formats (${VIDEO_CODEC_FORMATS.join(', ')}) but --format is ${formats.join(',')}`);
   }
+  if (given('mergeLoras') && (o.lora ?? []).length === 0)
+    throw new UsageError('--no-merge-loras applies to the --lora files, and none is given');
   if (given('lossless') && !formats.includes('image/webp'))
     throw new UsageError(`--no-lossless applies to image/webp but --format is ${formats.join(',')}`);
 
   const s: GenerateSettings = {
     model: o.model, t5: o.t5, tokenizer: o.tokenizer, vae: o.vae, clipVision: o.clipVision, clipEmbeds: o.clipEmbeds,
-    attentionMode: o.attentionMode, basePrecision: o.basePrecision, quantization: o.quantization,
-    loras: o.lora ?? [], compile: o.compile === true, numHeads: o.numHeads, textLen: o.textLen,
+    attentionMode: o.attentionMode, basePrecision: o.basePrecision, device: resolveDevice(o.device), quantization: o.quantization,
+    loras: o.lora ?? [], mergeLoras: o.mergeLoras !== false, compile: o.compile === true, numHeads: o.numHeads, textLen: o.textLen,
     prompt: o.prompt, negativePrompt: o.negativePrompt, diskCache: o.diskCache,
     image: o.image, endImage: o.endImage, clipCrop: o.clipCrop, noiseAugStrength: o.noiseAugStrength,
     startLatentStrength: o.startLatentStrength, endLatentStrength: o.endLatentStrength,
@@ -545,11 +562,17 @@ export function settingsFrom(cmd: Command): GenerateSettings {
   // Parsed and valid, but not implemented: refused rather than ignored.
   const notYet = (what: string, why: string) =>
     new UsageError(`${what} is not available yet in this version of wan-native (${why}); leave it out`);
-  if (!LOADED_QUANTIZATIONS.includes(s.quantization)) {
+  if (s.device !== 'cpu' && !native().runtimeInfo().cuda)
+    throw new UsageError(`--device ${o.device}: ${native().runtimeInfo().backend === 'cpu' ? 'this build of wan-native is CPU-only'
+      : 'no CUDA GPU is visible to this process'}; use --device cpu or auto`);
+  if (GPU_QUANTIZATIONS.includes(s.quantization) && s.device === 'cpu')
+    throw new UsageError(`--quantization ${s.quantization} runs fp8 matmuls on a GPU (compute capability >= 8.9), and the model ` +
+      `computes on the CPU (--device ${o.device}), where fp8 is storage: use one of ${LOADED_QUANTIZATIONS.join(', ')}`);
+  if (!LOADED_QUANTIZATIONS.includes(s.quantization) && !GPU_QUANTIZATIONS.includes(s.quantization)) {
     const why = s.quantization.endsWith('_fast')
-      ? 'its fp8 matmuls need a GPU of compute capability >= 8.9, and the model computes on the CPU, where fp8 is storage'
+      ? `of the fp8 matmul forms only ${GPU_QUANTIZATIONS.join(', ')} is implemented`
       : 'scaled fp8_e5m2 storage is not implemented';
-    throw notYet(`--quantization ${s.quantization}`, `${why}: use one of ${LOADED_QUANTIZATIONS.join(', ')}`);
+    throw notYet(`--quantization ${s.quantization}`, `${why}: use one of ${[...LOADED_QUANTIZATIONS, ...GPU_QUANTIZATIONS].join(', ')}`);
   }
   if (s.compile) throw notYet('--compile', 'there is no compiled path');
   if (s.riflexFreqIndex > 0) throw notYet('--riflex-freq-index', 'RIFLEx is not implemented');
@@ -742,7 +765,8 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
       width: s.width, height: s.height, numFrames: s.numFrames, attentionMode: s.attentionMode,
       maxMemory: s.maxMemory === 'auto' ? undefined : s.maxMemory * 2 ** 30, batch: s.batchedCfg ? 2 : 1,
       prefetchBlocks: s.prefetchBlocks,
-      ...(s.quantization !== 'disabled' ? { quantization: s.quantization as 'fp8_e4m3fn' } : {}),
+      device: s.device === 'cpu' ? 'cpu' : 'cuda',
+      ...(s.quantization !== 'disabled' ? { quantization: (s.quantization === 'fp8_e4m3fn_fast' ? 'fp8_e4m3fn' : s.quantization) as 'fp8_e4m3fn' } : {}),
       ...(s.blocksToSwap > 0 ? { blocksToSwap: s.blocksToSwap } : {}),
     });
     if (!memory.fits) {
@@ -777,7 +801,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
   try {
     // Text: umT5 encodes the prompts and the negative prompt, then is freed.
     view.begin('text', `encoding ${prompts.length} prompt${prompts.length > 1 ? 's' : ''} with ${base(s.t5)}`);
-    const encoder = keep(await TextEncoder.load(s.t5, { tokenizer: s.tokenizer, textLen: s.textLen, signal }));
+    const encoder = keep(await TextEncoder.load(s.t5, { tokenizer: s.tokenizer, textLen: s.textLen, device: s.device as Device, signal }));
     const text: TextEmbeds = await encoder.encode({ positive: prompts.length > 1 ? prompts : prompts[0], negative: s.negativePrompt },
       { diskCache: s.diskCache, signal });
     free(encoder);
@@ -792,7 +816,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
         clipEmbeds = await loadClipEmbeds(s.clipEmbeds, plan.task);
       } else {
         view.begin('clip', `encoding the ${plan.task === 'flf2v' ? 'first and last frames' : 'first frame'} with ${base(s.clipVision!)}`);
-        const clip = keep(await ClipVisionEncoder.load(s.clipVision!, { signal }));
+        const clip = keep(await ClipVisionEncoder.load(s.clipVision!, { device: s.device as Device, signal }));
         clipEmbeds = await clip.encode(startImage!, {
           crop: s.clipCrop, signal,
           ...(plan.task === 'flf2v' ? { image2: endImage, combineEmbeds: 'batch' as const } : {}),
@@ -811,7 +835,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
       embeds = emptyEmbeds({ width: s.width, height: s.height, numFrames: s.numFrames });
     } else {
       view.begin('encode', `encoding the image${endImage ? 's' : ''} with ${base(s.vae)}`);
-      vae = keep(await Vae.load(s.vae, { signal }));
+      vae = keep(await Vae.load(s.vae, { device: s.device as Device, signal }));
       embeds = await imageToVideoEncode({
         vae, width: s.width, height: s.height, numFrames: s.numFrames, startImage: startImage!, endImage,
         clipEmbeds, noiseAugStrength: s.noiseAugStrength, startLatentStrength: s.startLatentStrength,
@@ -828,9 +852,10 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
     view.begin('load', `${s.model.map(base).join(' + ')}` +
       (loras.length ? `, merging ${loras.map((l) => `${base(l.path)} at ${l.strength}`).join(', ')}` : ''));
     const model = keep(await WanModel.load(s.model.length === 1 ? s.model[0] : s.model, {
-      attentionMode: s.attentionMode, basePrecision: s.basePrecision, numHeads: s.numHeads, textLen: s.textLen, signal,
+      attentionMode: s.attentionMode, basePrecision: s.basePrecision, device: s.device as Device, numHeads: s.numHeads, textLen: s.textLen, signal,
       quantization: s.quantization as ModelLoaderOptions['quantization'],
       loras: s.loras.map((l) => ({ path: l.path, strength: l.strength, blocks: l.blocks, layerFilter: l.layerFilter })),
+      mergeLoras: s.mergeLoras,
       blockSwap: s.blocksToSwap > 0 ? { blocksToSwap: s.blocksToSwap, prefetchBlocks: s.prefetchBlocks } : undefined,
     }).catch((err) => { throw loadError(err, s); }));
     if (model.config.modelType !== plan.task) {
@@ -854,7 +879,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
 
     // Decode and write. One format: frames are encoded as they are decoded, never all in memory;
     // several: the video is decoded once and written in each format.
-    vae ??= keep(await Vae.load(s.vae, { signal }));
+    vae ??= keep(await Vae.load(s.vae, { device: s.device as Device, signal }));
     const metadata = s.saveMetadata ? {
       prompt: s.prompt, negative_prompt: s.negativePrompt,
       settings: { version: ctx.version, ...jsonSafe(s, plan.task) },

@@ -10,6 +10,7 @@ import { generateCommand, runGenerate, settingsFrom, UsageError } from './cli-ge
 import { StageView } from './cli-view';
 import { demoGenerateArgs, readDemoSpec } from './demo';
 import { inspectCheckpoint, runtimeInfo, WanError } from './index';
+import { isDevice, type Device } from './device';
 import { runWorkflow } from './workflow';
 
 // The overview (test/native/cli.test.ts pins its lines).
@@ -157,6 +158,8 @@ up in the --models folders (as a relative path, then by file name anywhere below
 Options:
   --models <dir>       a folder holding checkpoints, LoRAs and input images; repeatable
   --output-dir <dir>   where Video Combine writes (default ./output)
+  --device <name>      where the models compute: auto (default: the GPU when this
+                       build sees one), cpu, cuda or cuda:N
   -q, --quiet          no progress
   -h, --help           show this help
 `;
@@ -167,13 +170,18 @@ async function run(rest: string[]): Promise<number> {
     return 0;
   }
   const models: string[] = [];
-  let outputDir: string | undefined, file: string | undefined, quiet = false;
+  let outputDir: string | undefined, file: string | undefined, device: Device | undefined, quiet = false;
   for (let i = 0; i < rest.length; ++i) {
     const a = rest[i];
     if (a === '--models' || a === '--output-dir') {
       const value = rest[++i];
       if (value === undefined) throw new UsageError(`${a} expects a folder`, 'run');
       if (a === '--models') models.push(value); else outputDir = value;
+    } else if (a === '--device') {
+      const value = rest[++i];
+      if (!isDevice(value))
+        throw new UsageError(`--device expects auto, cpu, cuda or cuda:N but received ${value === undefined ? 'nothing' : `"${value}"`}`, 'run');
+      device = value;
     } else if (a === '-q' || a === '--quiet') {
       quiet = true;
     } else if (a.startsWith('-')) {
@@ -190,7 +198,7 @@ async function run(rest: string[]): Promise<number> {
   const written: string[] = [];
   return interruptible(view, written, async (signal) => {
     const result = await runWorkflow(file!, {
-      modelDirs: models, outputDir, signal,
+      modelDirs: models, outputDir, signal, device,
       onNodeStart: (id, classType) => { view.stopBar(); view.note(`node ${id} (${classType})`); },
       onProgress: (e) => { if (e.progress) view.progress(e.progress, e.progress.stage === 'sample' ? 'step' : 'frame'); },
     });

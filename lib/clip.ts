@@ -3,6 +3,7 @@
 import type { NativeClipVision, NativeTensor } from '../types/native';
 import { bridgeAbort } from './abort';
 import { planFiles } from './checkpoint';
+import { checkDevice, resolveDevice, type Device } from './device';
 import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
 import { memoryStatsOf, type MemoryStats } from './memory-planner';
 import { ImageInput, loadImage } from './image';
@@ -23,6 +24,9 @@ export interface ClipVisionOptions extends LongCallOptions {
   numHeads?: number;
   /** Read the weights into memory at load (default true); false maps them lazily. */
   populate?: boolean;
+  /** Where the encoder computes, in float32 (see ModelLoaderOptions.device): 'cpu' (default),
+   * 'cuda', 'cuda:N' or 'auto'. Images and embeddings stay CPU tensors. */
+  device?: Device;
 }
 
 /** WanVideoClipVisionEncode's options, camelCased, with its defaults. */
@@ -58,6 +62,7 @@ export interface ClipVisionConfig {
   numLayers: number;   // blocks in the file; encode runs all but the last (use_31_block)
   tokens: number;      // 1 + (imageSize / patchSize)^2: 257
   layout: 'official' | 'hf-clip' | 'open-clip';  // the file's naming
+  device: string;      // where it computes: 'cpu', 'cuda:0', ...
 }
 
 function checkNumber(o: Record<string, unknown>, key: string, min: number, max: number): number | undefined {
@@ -142,13 +147,14 @@ export class ClipVisionEncoder {
         throw invalidOption(`Expected a positive integer for numHeads but received ${describeValue(o.numHeads)}`);
       if (o.populate !== undefined && typeof o.populate !== 'boolean')
         throw invalidOption(`Expected a boolean for populate but received ${describeValue(o.populate)}`);
+      if (o.device !== undefined) checkDevice(o.device);
       const plan = await planFiles(path, 'path');
       const abort = bridgeAbort(options.signal);
       const clock = new ProgressClock('load', 1, options.onProgress);
       try {
         clock.report(0);
         const handle = await native().loadClipVision(plan.files, {
-          numHeads: options.numHeads, populate: options.populate ?? true,
+          numHeads: options.numHeads, populate: options.populate ?? true, device: resolveDevice(options.device),
         }, abort.flag);
         clock.report(1);
         return new ClipVisionEncoder(handle);

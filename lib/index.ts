@@ -14,6 +14,7 @@ export { TextEncoder, DEFAULT_NEGATIVE_PROMPT } from './text-encoder';
 export type { TextEncoderOptions, TextEmbeds, EncodeOptions } from './text-encoder';
 export type { VaeOptions, VaeDecodeOptions, VaeMemoryEstimate, VaeMemoryEstimateOptions, VaeDecodeCall, VaeTileOptions } from './vae';
 export { ClipVisionEncoder, loadImage, type ClipVisionOptions, type ClipVisionEncodeOptions, type ClipEmbeds, type ClipVisionConfig, type ClipCrop, type ClipCombine, type ImageInput } from './clip';
+export type { Device } from './device';
 export type { AttentionMode, BasePrecision, BlockSwapOptions, LoraOptions, ModelLoaderOptions, Quantization, WanModelConfig, WanForwardInput } from './model';
 export type { Progress, LongCallOptions } from './progress';
 export { emptyEmbeds, imageToVideoEncode } from './conditioning';

@@ -20,6 +20,7 @@ import * as fs from 'node:fs';
 import { loadCheckpoint } from './checkpoint';
 import { describeValue, invalidOption, WanError } from './errors';
 import type { AttentionMode, Quantization } from './model';
+import { native } from './native';
 import { Vae, type VaeMemoryEstimate, type VaeMemoryEstimateOptions } from './vae';
 
 export type PlanDevice = 'cpu' | 'cuda';
@@ -54,9 +55,10 @@ export interface PlanMemoryOptions {
   width?: number;
   height?: number;
   numFrames?: number;
-  /** Bytes the generation may use. Default: what the machine has free (MemAvailable on Linux). */
+  /** Bytes the generation may use. Default: what the machine has free (MemAvailable on Linux), or
+   * on device 'cuda' what GPU 0 has free. */
   maxMemory?: number;
-  /** Default 'cpu', where this version computes. */
+  /** Where the DiT computes (default 'cpu'): 'cuda' plans VRAM, with swapped blocks in CPU memory. */
   device?: PlanDevice;
   /** Attention kernel of the DiT (default 'sdpa', whose score chunks are the largest temporary). */
   attentionMode?: AttentionMode;
@@ -211,6 +213,14 @@ export function tensorsFromManifest(file: string, dtype: string): TensorEntry[] 
   const parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as { tensors?: { key: string; shape: number[] }[] };
   if (!Array.isArray(parsed.tensors)) throw new WanError('WAN_BAD_CHECKPOINT', `${file}: expected a "tensors" list of { key, shape }`);
   return parsed.tensors.map((t) => ({ key: t.key, shape: t.shape, dtype }));
+}
+
+/** Bytes GPU 0 has free for new tensors: what the driver reports free, plus what libtorch's
+ * allocator holds without using it. */
+function freeGpuMemory(): number {
+  const m = native().gpuMemory('cuda', false);
+  if (!m) throw invalidOption("device 'cuda': this build of wan-native is CPU-only, so there is no GPU memory to plan against; give maxMemory");
+  return m.free + m.reserved - m.allocated;
 }
 
 /** Bytes the machine has free for a new allocation: MemAvailable (Linux), else os.freemem(). */
@@ -443,7 +453,7 @@ export async function planMemory(options: PlanMemoryOptions): Promise<MemoryPlan
     throw invalidOption(`Expected one of ${PLAN_DEVICES.join(', ')} for device but received ${describeValue(o.device)}`);
   checkPositiveInteger(o.batch, 'batch');
   checkPositiveInteger(o.prefetchBlocks, 'prefetchBlocks', 0);
-  const budget = options.maxMemory ?? freeMemory();
+  const budget = options.maxMemory ?? (o.device === 'cuda' ? freeGpuMemory() : freeMemory());
   if (!(typeof budget === 'number' && Number.isFinite(budget) && budget > 0))
     throw invalidOption(`Expected a positive number of bytes for maxMemory but received ${describeValue(options.maxMemory)}`);
 

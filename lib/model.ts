@@ -2,6 +2,7 @@
 import type { NativeTensor, NativeWanModel } from '../types/native';
 import { bridgeAbort } from './abort';
 import { planFiles } from './checkpoint';
+import { checkDevice, resolveDevice, type Device } from './device';
 import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
 import { memoryStatsOf, planMemory, type MemoryPlan, type MemoryStats } from './memory-planner';
 import { native } from './native';
@@ -17,16 +18,23 @@ export type Quantization = 'disabled' | 'fp8_e4m3fn' | 'fp8_e4m3fn_scaled' | 'fp
 export const QUANTIZATIONS: readonly Quantization[] = ['disabled', 'fp8_e4m3fn', 'fp8_e4m3fn_scaled', 'fp8_e5m2', 'fp8_e4m3fn_fast'];
 
 export interface ModelLoaderOptions extends LongCallOptions {
+  /** Where the model computes (WanVideoModelLoader main_device): 'cpu' (default), 'cuda',
+   * 'cuda:N', or 'auto' (the first GPU where the addon sees one, else the CPU). On a GPU the
+   * weights that are not swapped live there in their storage dtype, and the model computes in
+   * basePrecision; inputs and outputs stay CPU tensors. */
+  device?: Device;
   /** Weight storage (WanVideoModelLoader quantization, default 'disabled': the file's dtypes).
    * The fp8 forms convert the large linear weights at load (a bf16 file halves in memory);
    * norms, biases, modulation, time and image embeddings, patch embedding and head keep the
    * file's precision, as the wrapper keeps them. On a CPU fp8 is storage, widened per layer.
    * 'fp8_e4m3fn_fast' (fp8 matmuls) needs the model on a GPU of compute capability >= 8.9. */
   quantization?: Quantization;
-  /** Compute dtype on a GPU (WanVideoModelLoader base_precision, default 'bf16'). On a CPU the
+  /** Compute dtype on a GPU (WanVideoModelLoader base_precision, default 'bf16'; fp16_fast is fp16 here). On a CPU the
    * model computes in fp32 whatever this says (bf16 matmul is ~30x slower there); `config.computeDtype` tells. */
   basePrecision?: BasePrecision;
-  /** 'sdpa' (default), 'flash' (tiled, never builds the L x L matrix) or 'sageattn' (int8 Q.K). */
+  /** 'sdpa' (default), 'flash' (tiled, never builds the L x L matrix) or 'sageattn' (int8 Q.K).
+   * On a GPU, 'sdpa' and 'flash' are libtorch's SDPA (FlashAttention-2 kernels); 'sageattn' is our
+   * own int8 kernel there, correct but many times slower than SDPA (BENCHMARKS.md, GPU). */
   attentionMode?: AttentionMode;
   /** Heads, when the dim is not a release's (releases use head dim 128, so dim / 128). */
   numHeads?: number;
@@ -36,8 +44,14 @@ export interface ModelLoaderOptions extends LongCallOptions {
   populate?: boolean;
   /** Block swap (WanVideoBlockSwap); also settable later with setBlockSwap(). */
   blockSwap?: BlockSwapOptions;
-  /** LoRAs merged into the weights at load, in order (WanVideoLoraSelect with merge_loras). */
+  /** LoRAs, applied in order (WanVideoLoraSelect). */
   loras?: LoraOptions[];
+  /** Merge the LoRAs into the weights at load (default true, the wrapper's merge_loras). false
+   * keeps each low-rank pair on a linear layer apart and applies it at every call,
+   * y += strength * alpha / rank * (x down^T) up^T: exact on fp8 weights (nothing re-quantized),
+   * and needed for per-step strength lists. Other updates (full differences, the patch
+   * embedding's convolution) are merged either way. */
+  mergeLoras?: boolean;
   /**
    * A memory budget in bytes, or 'auto' for what the machine has free (MemAvailable). Before
    * loading anything, the memory planner (planMemory) finds the least swapping, then fp8
@@ -51,18 +65,19 @@ export interface ModelLoaderOptions extends LongCallOptions {
   planFor?: { width?: number; height?: number; numFrames?: number; batch?: number };
 }
 
-/** One LoRA (the wrapper's WanVideoLoraSelect + WanVideoLoraBlockEdit). Its updates are added
- * to the weights at load: strength * alpha / rank * (up @ down) per low-rank pair (alpha = rank
- * when the file has none), strength * diff per `.diff` / `.diff_b` / `.diff_m` key; computed in
- * float64, rounded once to float32 and stored in each weight's dtype (fp8 re-encoded with its
- * scale). Keys may use ComfyUI, kohya (`lora_unet_*`), diffusers/finetrainers, PEFT, DiffSynth or
+/** One LoRA (the wrapper's WanVideoLoraSelect + WanVideoLoraBlockEdit). Merged (the default),
+ * its updates are added to the weights at load: strength * alpha / rank * (up @ down) per
+ * low-rank pair (alpha = rank when the file has none), strength * diff per `.diff` / `.diff_b` /
+ * `.diff_m` key; computed in float64, rounded once to float32 and stored in each weight's dtype
+ * (fp8 re-encoded with its scale). Unmerged (mergeLoras false), see ModelLoaderOptions.mergeLoras. Keys may use ComfyUI, kohya (`lora_unet_*`), diffusers/finetrainers, PEFT, DiffSynth or
  * LyCORIS names; a key that matches no weight is an error listing every such key (keys of
  * the I2V image branch are dropped on a T2V model, as the wrapper drops them). */
 export interface LoraOptions {
   /** The LoRA file: safetensors or .pth, or the shards of one (a list or their `*.index.json`). */
   path: string | string[];
-  /** Scale of the update (default 1.0, from -1000 to 1000 as the wrapper); 0 skips the LoRA. */
-  strength?: number;
+  /** Scale of the update (default 1.0, from -1000 to 1000 as the wrapper); 0 skips the LoRA. A list
+   * gives one strength per sampling step (the wrapper's strength list), with mergeLoras false. */
+  strength?: number | number[];
   /** Only keys of these block indices apply (keys outside `blocks.N`, such as the head, always
    * do, as the wrapper's block selection). Default: every block. */
   blocks?: number[];
@@ -71,18 +86,22 @@ export interface LoraOptions {
   layerFilter?: string[];
 }
 
-/** The wrapper's block_swap_args. On the CPU, where the model computes today, weights stay in
- * their storage dtype and a swapped block's "transfer" is its widening to float32, a whole block
- * at a time just before use; with prefetchBlocks > 0, worker threads widen the next blocks while
- * the current one computes. The output is bitwise the same with any setting. */
+/** The wrapper's block_swap_args. On a GPU the last blocksToSwap blocks stay in page-locked CPU
+ * memory and are copied to the GPU just before use, prefetchBlocks of them ahead on a side stream
+ * so that the copies overlap compute. On the CPU weights stay in their storage dtype and a swapped
+ * block's "transfer" is its widening to float32, a whole block at a time just before use; with
+ * prefetchBlocks > 0, worker threads widen the next blocks while the current one computes. The
+ * output is bitwise the same with any setting. */
 export interface BlockSwapOptions {
   /** How many of the last blocks are swapped (20 in the wrapper's node; here default 0, 0..numLayers). */
   blocksToSwap?: number;
   /** Swapped blocks prepared ahead of use (0). */
   prefetchBlocks?: number;
-  /** GPU transfers from pinned memory on a side stream (false); no effect on the CPU. */
+  /** Accepted for the wrapper's workflows; GPU transfers here are always non-blocking copies
+   * from page-locked memory on a side stream. No effect on the CPU. */
   useNonBlocking?: boolean;
-  /** Keep img_emb / text_embedding on the offload device (false); no effect on the CPU. */
+  /** Keep img_emb / text_embedding on the offload device (false): accepted for the wrapper's
+   * workflows, no effect yet (the embeddings stay with the model). */
   offloadImgEmb?: boolean;
   offloadTxtEmb?: boolean;
 }
@@ -109,9 +128,11 @@ export interface WanModelConfig {
   numHeads: number; numLayers: number; textLen: number; patchSize: [number, number, number];
   qkNorm: boolean; crossAttnNorm: boolean; eps: number;
   basePrecision: BasePrecision;  // as requested
+  device: string;  // where it computes: 'cpu', 'cuda:0', ...
+  mergeLoras: boolean;
   computeDtype: 'f32' | 'bf16' | 'f16';  // what the model computes in here
   attentionMode: AttentionMode;
-  quantization: Exclude<Quantization, 'fp8_e4m3fn_fast'>;  // as loaded
+  quantization: Quantization;  // as loaded
   blocksToSwap: number;
   prefetchBlocks: number;
 }
@@ -127,6 +148,8 @@ export interface WanForwardInput {
   /** Enhance-A-Video weight (the wrapper's feta_args.weight): scales each self-attention
    * output by a gain from its cross-frame attention. Off when undefined. */
   fetaWeight?: number;
+  /** The sampling step (index in the schedule): picks each per-step LoRA strength. */
+  step?: number;
 }
 
 function checkOptions(o: ModelLoaderOptions): void {
@@ -135,9 +158,7 @@ function checkOptions(o: ModelLoaderOptions): void {
     throw invalidOption(`Expected one of ${ATTENTION_MODES.join(', ')} for attentionMode but received ${describeValue(o.attentionMode)}`);
   if (o.quantization !== undefined && !QUANTIZATIONS.includes(o.quantization))
     throw invalidOption(`Expected one of ${QUANTIZATIONS.join(', ')} for quantization but received ${describeValue(o.quantization)}`);
-  if (o.quantization === 'fp8_e4m3fn_fast')
-    throw invalidOption("quantization 'fp8_e4m3fn_fast' runs fp8 matmuls on a GPU (compute capability >= 8.9), and this version " +
-                        "computes the model on the CPU; use 'fp8_e4m3fn' (fp8 storage)");
+  if (o.device !== undefined) checkDevice(o.device);
   if (o.basePrecision !== undefined && !BASE_PRECISIONS.includes(o.basePrecision))
     throw invalidOption(`Expected one of ${BASE_PRECISIONS.join(', ')} for basePrecision but received ${describeValue(o.basePrecision)}`);
   for (const key of ['numHeads', 'textLen'] as const) {
@@ -148,7 +169,9 @@ function checkOptions(o: ModelLoaderOptions): void {
   if (o.populate !== undefined && typeof o.populate !== 'boolean')
     throw invalidOption(`Expected a boolean for populate but received ${describeValue(o.populate)}`);
   if (o.blockSwap !== undefined) checkBlockSwap(o.blockSwap);
-  if (o.loras !== undefined) checkLoras(o.loras);
+  if (o.mergeLoras !== undefined && typeof o.mergeLoras !== 'boolean')
+    throw invalidOption(`Expected a boolean for mergeLoras but received ${describeValue(o.mergeLoras)}`);
+  if (o.loras !== undefined) checkLoras(o.loras, o.mergeLoras ?? true);
   if (o.maxMemory !== undefined && o.maxMemory !== 'auto' && !(typeof o.maxMemory === 'number' && Number.isFinite(o.maxMemory) && o.maxMemory > 0))
     throw invalidOption(`Expected a positive number of bytes or 'auto' for maxMemory but received ${describeValue(o.maxMemory)}`);
   if (o.planFor !== undefined) {
@@ -158,7 +181,7 @@ function checkOptions(o: ModelLoaderOptions): void {
   }
 }
 
-function checkLoras(loras: unknown): void {
+function checkLoras(loras: unknown, merge: boolean): void {
   if (!Array.isArray(loras))
     throw invalidOption(`Expected an array of { path, strength?, blocks?, layerFilter? } for loras but received ${describeValue(loras)}`);
   loras.forEach((l: unknown, i) => {
@@ -166,11 +189,15 @@ function checkLoras(loras: unknown): void {
     if (typeof l !== 'object' || l === null || Array.isArray(l))
       throw invalidOption(`Expected an object { path, strength?, blocks?, layerFilter? } for ${what} but received ${describeValue(l)}`);
     const { strength, blocks, layerFilter } = l as LoraOptions;
-    if (Array.isArray(strength))
-      throw invalidOption(`Expected a number for ${what}.strength but received ${describeValue(strength)}: ` +
-                          'a per-step strength list needs unmerged LoRAs, and LoRAs are merged at load here');
-    if (strength !== undefined && !(typeof strength === 'number' && strength >= -1000 && strength <= 1000))
+    const inRange = (v: unknown) => typeof v === 'number' && v >= -1000 && v <= 1000;
+    if (Array.isArray(strength)) {
+      if (merge)
+        throw invalidOption(`${what}.strength is a per-step list, which needs unmerged LoRAs: give mergeLoras: false (or one strength)`);
+      if (strength.length === 0 || !strength.every(inRange))
+        throw invalidOption(`Expected a non-empty list of numbers from -1000 to 1000 for ${what}.strength but received ${describeValue(strength)}`);
+    } else if (strength !== undefined && !inRange(strength)) {
       throw invalidOption(`Expected a number from -1000 to 1000 for ${what}.strength but received ${describeValue(strength)}`);
+    }
     if (blocks !== undefined && !(Array.isArray(blocks) && blocks.length > 0 && blocks.every((b) => Number.isSafeInteger(b) && b >= 0)))
       throw invalidOption(`Expected a non-empty array of block indices (integers >= 0) for ${what}.blocks but received ${describeValue(blocks)}`);
     if (layerFilter !== undefined && !(Array.isArray(layerFilter) && layerFilter.every((f) => typeof f === 'string')))
@@ -178,15 +205,22 @@ function checkLoras(loras: unknown): void {
   });
 }
 
-// The LoRAs as the addon takes them: files planned, strength 0 left out (never opened, as the wrapper skips them).
+// The LoRAs as the addon takes them: files planned, strength 0 left out (never opened, as the
+// wrapper skips them). `schedules` holds each one's strength or per-step list, `indices` its
+// place in the caller's list.
 async function planLoras(loras: LoraOptions[] | undefined) {
-  const out: { files: string[]; strength: number; blocks?: number[]; layerFilter?: string[] }[] = [];
+  const native: { files: string[]; strength: number; blocks?: number[]; layerFilter?: string[]; perStep: boolean }[] = [];
+  const schedules: (number | number[])[] = [], indices: number[] = [];
   for (const [i, l] of (loras ?? []).entries()) {
     const { files } = await planFiles(l.path, `loras[${i}].path`);
     const strength = l.strength ?? 1;
-    if (strength !== 0) out.push({ files, strength, blocks: l.blocks, layerFilter: l.layerFilter });
+    if (strength === 0) continue;
+    const perStep = Array.isArray(strength);
+    native.push({ files, strength: perStep ? strength[0] : strength, blocks: l.blocks, layerFilter: l.layerFilter, perStep });
+    schedules.push(strength);
+    indices.push(i);
   }
-  return out;
+  return { native, schedules, indices };
 }
 
 function handles(list: unknown, what: string): NativeTensor[] {
@@ -200,10 +234,14 @@ export class WanModel {
   /** The memory plan the load applied, when it was given maxMemory. */
   readonly memoryPlan?: MemoryPlan;
   #native: NativeWanModel | undefined;
+  // Unmerged LoRAs (mergeLoras false): each one's strength or per-step list, and its index in the
+  // loras option, for messages.
+  #loraSchedules: (number | number[])[] = [];
+  #loraIndices: number[] = [];
 
-  private constructor(handle: NativeWanModel, basePrecision: BasePrecision, memoryPlan?: MemoryPlan) {
+  private constructor(handle: NativeWanModel, basePrecision: BasePrecision, mergeLoras: boolean, memoryPlan?: MemoryPlan) {
     this.#native = handle;
-    this.config = { ...(handle.config() as Omit<WanModelConfig, 'basePrecision'>), basePrecision };
+    this.config = { ...(handle.config() as Omit<WanModelConfig, 'basePrecision' | 'mergeLoras'>), basePrecision, mergeLoras };
     if (memoryPlan) this.memoryPlan = memoryPlan;
   }
 
@@ -213,8 +251,13 @@ export class WanModel {
     const caller = new Error();
     return withCallerStack((async () => {
       checkOptions(options);
+      const device = resolveDevice(options.device);
+      if (options.quantization === 'fp8_e4m3fn_fast' && device === 'cpu')
+        throw invalidOption("quantization 'fp8_e4m3fn_fast' runs fp8 matmuls on a GPU (compute capability >= 8.9), and this model " +
+                            "computes on the CPU (device 'cpu'); use 'fp8_e4m3fn' (fp8 storage, widened per layer)");
       const plan = await planFiles(path, 'path');
       const loras = await planLoras(options.loras);
+      const mergeLoras = options.mergeLoras ?? true;
       let quantization = options.quantization ?? 'disabled';
       let blockSwap = options.blockSwap ? checkBlockSwap(options.blockSwap) : undefined;
       let memoryPlan: MemoryPlan | undefined;
@@ -222,12 +265,13 @@ export class WanModel {
         // Planned from the headers before any weight is read (the files are only mapped).
         memoryPlan = await planMemory({
           dit: plan.files, ...options.planFor, maxMemory: options.maxMemory === 'auto' ? undefined : options.maxMemory,
-          device: 'cpu', attentionMode: options.attentionMode ?? 'sdpa',
-          quantization: options.quantization as Exclude<Quantization, 'fp8_e4m3fn_fast'> | undefined,
+          device: device === 'cpu' ? 'cpu' : 'cuda', attentionMode: options.attentionMode ?? 'sdpa',
+          // fp8_e4m3fn_fast stores what fp8_e4m3fn stores
+          quantization: options.quantization === 'fp8_e4m3fn_fast' ? 'fp8_e4m3fn' : options.quantization,
           blocksToSwap: blockSwap?.blocksToSwap, prefetchBlocks: blockSwap?.prefetchBlocks,
         });
         if (!memoryPlan.fits) throw new WanError('WAN_OUT_OF_MEMORY', `maxMemory: ${memoryPlan.message}`);
-        quantization = memoryPlan.quantization;
+        if (quantization !== 'fp8_e4m3fn_fast' || memoryPlan.quantization !== 'fp8_e4m3fn') quantization = memoryPlan.quantization;
         blockSwap = { blocksToSwap: memoryPlan.blocksToSwap, prefetchBlocks: memoryPlan.prefetchBlocks };
       }
       const abort = bridgeAbort(options.signal);
@@ -237,11 +281,17 @@ export class WanModel {
         const handle = await native().loadWanModel(plan.files, {
           numHeads: options.numHeads, textLen: options.textLen,
           attentionMode: options.attentionMode ?? 'sdpa', quantization,
+          device, basePrecision: options.basePrecision ?? 'bf16',
           ...(blockSwap ?? {}),
-          populate: options.populate ?? true, loras,
+          populate: options.populate ?? true, loras: loras.native, mergeLoras,
         }, abort.flag);
         clock.report(1);
-        return new WanModel(handle, options.basePrecision ?? 'bf16', memoryPlan);
+        const model = new WanModel(handle, options.basePrecision ?? 'bf16', mergeLoras, memoryPlan);
+        if (!mergeLoras) {
+          model.#loraSchedules = loras.schedules;
+          model.#loraIndices = loras.indices;
+        }
+        return model;
       } finally {
         abort.done();
       }
@@ -299,14 +349,18 @@ export class WanModel {
       const image = this.config.modelType !== 't2v';
       if (image && (input.clipFea === undefined || input.y === undefined))
         throw invalidOption(`Expected clipFea and y for a ${this.config.modelType} model`);
+      if (input.fetaWeight !== undefined && !(typeof input.fetaWeight === 'number' && Number.isFinite(input.fetaWeight)))
+        throw invalidOption(`Expected a finite number for fetaWeight but received ${describeValue(input.fetaWeight)}`);
+      if (input.step !== undefined && !(Number.isSafeInteger(input.step) && input.step >= 0))
+        throw invalidOption(`Expected a non-negative integer for step but received ${describeValue(input.step)}`);
+      const loraStrengths = this.loraStrengthsAt(input.step);
       const args = {
         x, context, seqLen: input.seqLen, t: Tensor.handle(input.t, 't'),
         clipFea: image ? Tensor.handle(input.clipFea!, 'clipFea') : undefined,
         y: image ? handles(input.y, 'y') : undefined,
         fetaWeight: input.fetaWeight,
+        ...(loraStrengths ? { loraStrengths } : {}),
       };
-      if (input.fetaWeight !== undefined && !(typeof input.fetaWeight === 'number' && Number.isFinite(input.fetaWeight)))
-        throw invalidOption(`Expected a finite number for fetaWeight but received ${describeValue(input.fetaWeight)}`);
       const abort = bridgeAbort(signal);
       try {
         const result = await this.handle().forward(args, trace, abort.flag);
@@ -318,6 +372,20 @@ export class WanModel {
         abort.done();
       }
     })(), caller);
+  }
+
+  // Each unmerged LoRA's strength at `step` (undefined when there is no per-step list).
+  private loraStrengthsAt(step: number | undefined): number[] | undefined {
+    if (!this.#loraSchedules.some(Array.isArray)) return undefined;
+    return this.#loraSchedules.map((s, k) => {
+      if (!Array.isArray(s)) return s;
+      const what = `loras[${this.#loraIndices[k]}].strength`;
+      if (step === undefined)
+        throw invalidOption(`${what} is a per-step list: give the step of this call (input.step; the Sampler does)`);
+      if (step >= s.length)
+        throw invalidOption(`${what} has ${s.length} values, one per step, but step ${step} was asked (steps count from 0)`);
+      return s[step];
+    });
   }
 
   dispose(): void {

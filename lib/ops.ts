@@ -1,6 +1,7 @@
 // Kernels exposed for tests and benchmarks (csrc/binding/ops_api.cpp). Internal: not exported
 // from lib/index.ts, and free to change.
 import { describeValue, invalidOption, WanError } from './errors';
+import { checkDevice, resolveDevice, type Device } from './device';
 import { native } from './native';
 import { ATTENTION_MODES } from './model';
 import type { AttentionMode } from './model';
@@ -28,7 +29,29 @@ function checkInput(t: Tensor, what: string, rank: string): void {
  * keys. 'sdpa' is libtorch's SDPA (the float32 reference on libtorch 1.13), 'flash' the tiled
  * online-softmax kernel, 'sageattn' SageAttention's int8 Q.K^T.
  */
-export function attention(q: Tensor, k: Tensor, v: Tensor, mode: AttentionMode, kLens?: Tensor): Tensor {
+export function attention(q: Tensor, k: Tensor, v: Tensor, mode: AttentionMode, kLens?: Tensor, device: Device = 'cpu'): Tensor {
+  const lens = checkAttention(q, k, v, mode, kLens);
+  checkDevice(device);
+  return new Tensor(native().attention(Tensor.handle(q, 'q'), Tensor.handle(k, 'k'), Tensor.handle(v, 'v'), mode, lens, resolveDevice(device)));
+}
+
+/** Seconds of each of `reps` attention calls on `device` after two warm-ups, the device
+ * synchronised around each, the inputs already there: the kernel's own time. */
+export function attentionSeconds(q: Tensor, k: Tensor, v: Tensor, mode: AttentionMode, device: Device, reps: number, kLens?: Tensor): number[] {
+  const lens = checkAttention(q, k, v, mode, kLens);
+  checkDevice(device);
+  return native().attentionSeconds(Tensor.handle(q, 'q'), Tensor.handle(k, 'k'), Tensor.handle(v, 'v'), mode, lens, resolveDevice(device), reps);
+}
+
+/** libtorch's CUDA allocator on `device`: bytes allocated now, the peak since the last reset
+ * (reset by this call when `reset`) and bytes reserved; and the device's free and total bytes
+ * (the driver's); null in a CPU-only build. */
+export function gpuMemory(device: Device = 'cuda', reset = false): { allocated: number; peak: number; reserved: number; free: number; total: number } | null {
+  checkDevice(device);
+  return native().gpuMemory(resolveDevice(device), reset);
+}
+
+function checkAttention(q: Tensor, k: Tensor, v: Tensor, mode: AttentionMode, kLens?: Tensor) {
   if (typeof mode !== 'string' || !(ATTENTION_MODES as readonly string[]).includes(mode))
     throw invalidOption(`Expected one of ${ATTENTION_MODES.join(', ')} for mode but received ${describeValue(mode)}`);
   checkInput(q, 'q', '[B, Lq, H, D]');
@@ -52,5 +75,5 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, mode: AttentionMode, 
     if (bad >= 0)
       throw invalidTensor(`attention: expected kLens values in [1, ${Lk}] (Lk) but kLens[${bad}] is ${values[bad]}`);
   }
-  return new Tensor(native().attention(Tensor.handle(q, 'q'), Tensor.handle(k, 'k'), Tensor.handle(v, 'v'), mode, lens));
+  return lens;
 }

@@ -102,6 +102,7 @@ interface Pass {
 
 // What one step's model calls share.
 interface StepCall {
+  step: number;  // index in the schedule (per-step LoRA strengths)
   t: number;
   cfg: number;
   fetaWeight?: number;
@@ -215,7 +216,7 @@ export class Sampler {
       const fraction = i / steps;
       const fetaWeight = feta && shape[1] > 1 && fraction >= feta.start && fraction <= feta.end ? feta.weight : undefined;
       const call: StepCall = {
-        t, cfg: cfgAt(i), fetaWeight, signal: o.signal, batched: o.batchedCfg === true, pass: passes, numPrompts: prompts.length,
+        step: i, t, cfg: cfgAt(i), fetaWeight, signal: o.signal, batched: o.batchedCfg === true, pass: passes, numPrompts: prompts.length,
       };
       const prediction = context
         ? await this.windowedPrediction(latent, shape, embeds, context, i, steps, call)
@@ -249,7 +250,7 @@ export class Sampler {
     const positive = call.pass(promptIndex, false), negative = call.pass(promptIndex, true);
     const x = Tensor.fromTypedArray(latent, [...shape]);
     const t1 = Float64Array.of(call.t);
-    const base = { seqLen, fetaWeight: call.fetaWeight };
+    const base = { seqLen, fetaWeight: call.fetaWeight, step: call.step };
     const withImage = (p: Pass) => (y ? { clipFea: p.clipFea } : {});
     const take = (tensors: Tensor[]) => tensors.map((u) => { const a = u.toTypedArray() as Float32Array; u.dispose(); return a; });
     let cond: Float32Array, uncond: Float32Array | undefined;

@@ -8,6 +8,7 @@ import { bridgeAbort } from './abort';
 import { loadSafetensors, planFiles, saveSafetensors } from './checkpoint';
 import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
 import { memoryStatsOf, type MemoryStats } from './memory-planner';
+import { checkDevice, resolveDevice, type Device } from './device';
 import { native } from './native';
 import { LongCallOptions, ProgressClock } from './progress';
 import { Tensor } from './tensor';
@@ -25,6 +26,9 @@ export interface TextEncoderOptions extends LongCallOptions {
   textLen?: number;
   /** Read the weights into memory at load (default true). */
   populate?: boolean;
+  /** Where the encoder computes, in float32 (see ModelLoaderOptions.device): 'cpu' (default),
+   * 'cuda', 'cuda:N' or 'auto'. Embeddings come back as CPU tensors. */
+  device?: Device;
 }
 
 export interface TextEmbeds {
@@ -84,10 +88,11 @@ export class TextEncoder {
         throw invalidOption(`Expected an integer >= 2 for textLen but received ${describeValue(options.textLen)}`);
       if (options.tokenizer !== undefined && (typeof options.tokenizer !== 'string' || options.tokenizer === ''))
         throw invalidOption(`Expected a file path for tokenizer but received ${describeValue(options.tokenizer)}`);
+      if (options.device !== undefined) checkDevice(options.device);
       const plan = await planFiles(file, 'path');
       const abort = bridgeAbort(options.signal);
       try {
-        const handle = await native().loadTextEncoder(plan.files, { populate: options.populate ?? true }, abort.flag);
+        const handle = await native().loadTextEncoder(plan.files, { populate: options.populate ?? true, device: resolveDevice(options.device) }, abort.flag);
         try {
           return new TextEncoder(handle, textLen, plan.files, await findTokenizer(options.tokenizer, handle, plan.files[0]));
         } catch (err) {

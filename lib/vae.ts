@@ -4,6 +4,7 @@ import { bridgeAbort } from './abort';
 import { planFiles } from './checkpoint';
 import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
 import { memoryStatsOf, type MemoryStats } from './memory-planner';
+import { checkDevice, resolveDevice, type Device } from './device';
 import { native } from './native';
 import { LongCallOptions, ProgressClock } from './progress';
 import { Tensor } from './tensor';
@@ -11,6 +12,9 @@ import { Tensor } from './tensor';
 export interface VaeOptions extends LongCallOptions {
   /** Read the weights into memory at load (default true). */
   populate?: boolean;
+  /** Where the VAE computes, in float32 (see ModelLoaderOptions.device): 'cpu' (default), 'cuda',
+   * 'cuda:N' or 'auto'. Videos and latents stay CPU tensors. */
+  device?: Device;
 }
 
 export interface VaeTileOptions {
@@ -91,7 +95,7 @@ function tilingOf(o: VaeTileOptions) {
 }
 
 export class Vae {
-  readonly config: { dim: number; zDim: number };
+  readonly config: { dim: number; zDim: number; device: string };
   #native: NativeVae | undefined;
 
   private constructor(handle: NativeVae) {
@@ -105,10 +109,11 @@ export class Vae {
     return withCallerStack((async () => {
       if (options.populate !== undefined && typeof options.populate !== 'boolean')
         throw invalidOption(`Expected a boolean for populate but received ${describeValue(options.populate)}`);
+      if (options.device !== undefined) checkDevice(options.device);
       const plan = await planFiles(path, 'path');
       const abort = bridgeAbort(options.signal);
       try {
-        return new Vae(await native().loadVae(plan.files, { populate: options.populate ?? true }, abort.flag));
+        return new Vae(await native().loadVae(plan.files, { populate: options.populate ?? true, device: resolveDevice(options.device) }, abort.flag));
       } finally {
         abort.done();
       }

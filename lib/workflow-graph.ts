@@ -374,7 +374,22 @@ export function parseGraph(json: unknown): ParsedGraph {
       if (!isHint(node, input)) pending.push(ref.node);
     }
   }
+  for (const [id, node] of nodes) if (node.classType === 'WanVideoModelLoader') checkLoraChain(id, node, nodes);
   return { format, nodes, outputs, order: planOrder(nodes, outputs), prompt, ...(workflow ? { workflow } : {}) };
+}
+
+// One model's LoRAs are all merged at load or all applied at run time (WanModel.load mergeLoras):
+// the chain of WanVideoLoraSelect nodes feeding a model loader must agree on merge_loras.
+function checkLoraChain(id: string, loader: GraphNode, nodes: Map<string, GraphNode>): void {
+  const merges = new Map<boolean, string>();
+  for (let ref = loader.links.lora; ref !== undefined;) {
+    const select = nodes.get(ref.node)!;
+    merges.set(select.values.merge_loras as boolean, nodeName(ref.node, select.classType));
+    ref = select.links.prev_lora;
+  }
+  if (merges.size > 1)
+    fail(`${nodeName(id, loader.classType)} input lora: its LoRAs mix merge_loras true (${merges.get(true)}) and false ` +
+         `(${merges.get(false)}), and wan-native merges all of one model's LoRAs or none: give them the same merge_loras`);
 }
 
 /** A link whose value is never read, so that its source need not run first (model_to_offload). */

@@ -7,6 +7,7 @@ import { inspectCheckpoint } from './checkpoint';
 import { ClipVisionEncoder, type ClipEmbeds } from './clip';
 import { emptyEmbeds, imageToVideoEncode, type ImageEmbeds } from './conditioning';
 import type { ContextOptions } from './context-windows';
+import type { Device } from './device';
 import { invalidOption, WanError } from './errors';
 import { loadImage } from './image';
 import { WanModel, type BlockSwapOptions, type LoraOptions, type Quantization } from './model';
@@ -45,6 +46,8 @@ export interface NodeContext {
   outputDir?: string;
   /** Where WanVideoTextEncode's use_disk_cache keeps embeddings. */
   textCacheDir: string;
+  /** Where the loaders put their models (RunWorkflowOptions.device, resolved). */
+  device: Device;
   /** Records something the run did not do as asked (WorkflowResult.warnings). */
   warn(message: string): void;
 }
@@ -55,6 +58,9 @@ export type Executor = (ctx: NodeContext) => Promise<Produced[]>;
 export class FrameStream {
   constructor(readonly frames: AsyncIterable<Tensor>) {}
 }
+
+/** WANVIDLORA (WanVideoLoraSelect): the chain's LoRAs, each with its merge_loras. */
+type WorkflowLora = LoraOptions & { merge: boolean };
 
 /** SELECTEDBLOCKS (WanVideoLoraBlockEdit): the blocks switched on and the layer filter. */
 export interface SelectedBlocks {
@@ -98,13 +104,16 @@ export const EXECUTORS: Record<string, Executor> = {
       const layers = (await inspectCheckpoint(file).catch(() => undefined))?.config.num_layers;
       if (layers !== undefined && blockSwap.blocksToSwap > layers) blockSwap = { ...blockSwap, blocksToSwap: layers };
     }
+    const chain = c.input<WorkflowLora[]>('lora') ?? [];  // one merge_loras (checked when the workflow was read)
     const model = await WanModel.load(file, {
+      device: c.device,
       basePrecision: c.value('base_precision'),
       quantization: c.value<Quantization>('quantization'),
       attentionMode: ATTENTION_MAP[c.value<string>('attention_mode')],
       numHeads: c.value('num_heads'),
       textLen: c.value('text_len'),
-      loras: c.input<LoraOptions[]>('lora'),
+      loras: chain.map(({ merge: _, ...lora }) => lora),
+      mergeLoras: chain.every((l) => l.merge),
       blockSwap,
       signal: c.signal, onProgress: c.onProgress,
     });
@@ -126,12 +135,12 @@ export const EXECUTORS: Record<string, Executor> = {
 
   async WanVideoLoraSelect(c) {
     // The list grows along the prev_lora chain, the first selected first (merged in that order).
-    const previous = c.input<LoraOptions[]>('prev_lora') ?? [];
+    const previous = c.input<WorkflowLora[]>('prev_lora') ?? [];
     // As the wrapper: the strength rounded to 4 decimals; 0 skips the LoRA (its file is not even looked up).
     const strength = Number(c.value<number>('strength').toFixed(4));
     if (strength === 0) return [{ value: previous }];
     const selected = c.input<SelectedBlocks>('blocks');
-    const lora: LoraOptions = { path: c.file('lora'), strength };
+    const lora: WorkflowLora = { path: c.file('lora'), strength, merge: c.value<boolean>('merge_loras') };
     // The wrapper filters only when some block is switched on: with none, the whole LoRA applies
     // and layer_filter is ignored too (`if l["blocks"]:` in its loader).
     if (selected && selected.blocks.length > 0) Object.assign(lora, { blocks: selected.blocks, layerFilter: selected.layerFilter });
@@ -150,23 +159,27 @@ export const EXECUTORS: Record<string, Executor> = {
     const tokenizer = c.value<string | undefined>('tokenizer');
     const encoder = await TextEncoder.load(c.file('model_name'), {
       tokenizer: tokenizer === undefined ? undefined : c.file('tokenizer'),
-      signal: c.signal, onProgress: c.onProgress,
+      device: c.device, signal: c.signal, onProgress: c.onProgress,
     });
     return [{ value: encoder, dispose: () => encoder.dispose() }];
   },
 
   async WanVideoVAELoader(c) {
-    const vae = await Vae.load(c.file('model_name'), { signal: c.signal, onProgress: c.onProgress });
+    const vae = await Vae.load(c.file('model_name'), { device: c.device, signal: c.signal, onProgress: c.onProgress });
     return [{ value: vae, dispose: () => vae.dispose() }];
   },
 
   async LoadWanVideoClipTextEncoder(c) {
-    const clip = await ClipVisionEncoder.load(c.file('model_name'), { numHeads: c.value('num_heads'), signal: c.signal, onProgress: c.onProgress });
+    const clip = await ClipVisionEncoder.load(c.file('model_name'), {
+      numHeads: c.value('num_heads'), device: c.device, signal: c.signal, onProgress: c.onProgress,
+    });
     return [{ value: clip, dispose: () => clip.dispose() }];
   },
 
   async CLIPVisionLoader(c) {
-    const clip = await ClipVisionEncoder.load(c.file('clip_name'), { numHeads: c.value('num_heads'), signal: c.signal, onProgress: c.onProgress });
+    const clip = await ClipVisionEncoder.load(c.file('clip_name'), {
+      numHeads: c.value('num_heads'), device: c.device, signal: c.signal, onProgress: c.onProgress,
+    });
     return [{ value: clip, dispose: () => clip.dispose() }];
   },
 

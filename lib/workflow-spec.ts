@@ -164,9 +164,8 @@ const SPECS: NodeSpec[] = [
       opt('blocks', link('SELECTEDBLOCKS')),
       // The wrapper's loading with less VRAM: the LoRA is read once here anyway.
       opt('low_mem_load', bool(false)),
-      opt('merge_loras', bool(true, (v) => v === false
-        ? 'merge_loras false (LoRAs applied unmerged, on the fly) is not available in wan-native, which merges ' +
-          'LoRAs into the weights when the model loads: set merge_loras to true' : undefined)),
+      // false: applied at run time (WanModel.load mergeLoras false); one model's LoRAs must agree.
+      opt('merge_loras', bool(true)),
     ],
   },
   {

@@ -11,15 +11,16 @@
 // WanVideoLoraSelect, WanVideoLoraBlockEdit, WanVideoContextOptions, WanVideoEnhanceAVideo,
 // WanVideoSampler, WanVideoDecode, VHS_VideoCombine and LoadImage. Inputs the library cannot
 // honour yet (the text encoder's fp8 quantization and the model's fp8 variants the library
-// lacks, torch.compile, unmerged LoRAs (merge_loras false), caches, SLG, RIFLEx, ...) are
-// refused with a message naming the node and input, unless their value is the one that does
-// nothing.
-// LoRAs chained through prev_lora are merged into the model's weights at load, in chain order,
-// their files looked up in the loras folders. Block swap applies as WanModel.load's blockSwap,
+// lacks, torch.compile, caches, SLG, RIFLEx, ...) are refused with a message naming the node and
+// input, unless their value is the one that does nothing.
+// LoRAs chained through prev_lora are merged into the model's weights at load, in chain order
+// (or, with merge_loras false on all of them, applied at run time), their files looked up in the
+// loras folders. Block swap applies as WanModel.load's blockSwap,
 // blocks_to_swap clamped to the model's blocks as the wrapper clamps it.
-// Placement inputs (load_device, force_offload, device, model_to_offload, offload_img_emb,
-// offload_txt_emb, use_non_blocking, low_mem_load) and precisions of the encoders are accepted
-// and have no effect: the library places and casts weights itself.
+// Placement: every model computes on RunWorkflowOptions.device (default: the GPU where there is
+// one). The nodes' own placement inputs (load_device,
+// force_offload, device, model_to_offload, offload_img_emb, offload_txt_emb, use_non_blocking,
+// low_mem_load) and the encoders' precisions are accepted and have no effect.
 //
 // wan-native extensions, inputs the ComfyUI nodes do not have (in a UI workflow, extra
 // widgets_values after the node's own):
@@ -34,6 +35,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { abortedError } from './abort';
+import { checkDevice, resolveDevice, type Device } from './device';
 import { describeValue, invalidOption, WanError } from './errors';
 import type { Progress } from './progress';
 import { dependencies, GraphNode, nodeName, parseGraph, ParsedGraph } from './workflow-graph';
@@ -57,6 +59,9 @@ export interface RunWorkflowOptions {
   outputDir?: string;
   /** Where WanVideoTextEncode's use_disk_cache keeps embeddings; default `$XDG_CACHE_HOME/wan-native` or `~/.cache/wan-native`. */
   cacheDir?: string;
+  /** Where the models compute (the loaders' main_device), as ModelLoaderOptions.device:
+   * default 'auto', the GPU where this build sees one. */
+  device?: Device;
   signal?: AbortSignal;
   /** Progress of the node running (a decode streamed into Video Combine reports under the decode node). */
   onProgress?: (e: { nodeId: string; classType: string; progress?: Progress }) => void;
@@ -105,6 +110,7 @@ function checkOptions(o: unknown): RunWorkflowOptions & { dirs: ModelDirs } {
     if (r[key] !== undefined && (typeof r[key] !== 'string' || r[key] === ''))
       throw invalidOption(`Expected a folder path for ${key} but received ${describeValue(r[key])}`);
   }
+  if (r.device !== undefined) checkDevice(r.device);
   if (r.signal !== undefined && !(r.signal instanceof AbortSignal))
     throw invalidOption(`Expected an AbortSignal for signal but received ${describeValue(r.signal)}`);
   for (const key of ['onProgress', 'onNodeStart'] as const) {
@@ -187,6 +193,7 @@ export async function runWorkflow(workflow: string | object, options: RunWorkflo
 
   const result: WorkflowResult = { outputs: {}, timings: {}, warnings: [] };
   const textCacheDir = path.join(path.resolve(o.cacheDir ?? defaultCacheDir()), 'text-embeds');
+  const device = resolveDevice(o.device ?? 'auto') as Device;
   try {
     for (const id of graph.order) {
       if (o.signal?.aborted) throw abortedError();
@@ -211,6 +218,7 @@ export async function runWorkflow(workflow: string | object, options: RunWorkflo
           metadata,
           outputDir: o.outputDir,
           textCacheDir,
+          device,
           warn: (message: string) => result.warnings.push(`${nodeName(id, node.classType)}: ${message}`),
         });
       } catch (err) {

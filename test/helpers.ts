@@ -4,6 +4,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
+import { Tensor } from '../lib/tensor';
+
 export const repoRoot = path.resolve(__dirname, '..', '..');
 export const sharedDir = process.env.WAN_SHARED_DIR ?? path.resolve(repoRoot, '..', 'shared');
 export const goldenDir = path.join(sharedDir, 'golden');
@@ -181,4 +183,27 @@ export function encodeE4m3fn(values: Float32Array): Uint8Array {
 export function decodeE4m3fn(code: number): number {
   const v = E4M3_VALUES[code & 0x7f];
   return code & 0x80 ? -v : v;
+}
+
+// mulberry32, then Box-Muller: the inputs are the same on every run.
+export function normals(n: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  const uniform = () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let x = s;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return (((x ^ (x >>> 14)) >>> 0) + 0.5) / 4294967296;
+  };
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(uniform())), a = 2 * Math.PI * uniform();
+    out[i] = r * Math.cos(a);
+    if (i + 1 < n) out[i + 1] = r * Math.sin(a);
+  }
+  return out;
+}
+
+export function randn(shape: number[], seed: number, dtype: 'f32' | 'bf16' = 'f32'): Tensor {
+  return Tensor.fromTypedArray(normals(shape.reduce((a, b) => a * b, 1), seed), shape, dtype);
 }

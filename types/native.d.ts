@@ -24,7 +24,8 @@ export interface NativeWanModel {
   config(): Record<string, unknown>;
   memoryStats(): NativeMemoryStats;
   forward(input: { x: NativeTensor[]; t: NativeTensor; context: NativeTensor[]; seqLen: number;
-                   clipFea?: NativeTensor; y?: NativeTensor[]; fetaWeight?: number }, trace: boolean, abortFlag?: Int32Array):
+                   clipFea?: NativeTensor; y?: NativeTensor[]; fetaWeight?: number;
+                   loraStrengths?: number[] }, trace: boolean, abortFlag?: Int32Array):
     Promise<{ outputs: NativeTensor[]; trace?: Record<string, NativeTensor> }>;
   setAttentionMode(mode: string): void;
   setBlockSwap(blocksToSwap: number, prefetchBlocks: number): void;
@@ -37,7 +38,7 @@ export interface NativeVaeDecoder {
 }
 
 export interface NativeVae {
-  config(): { dim: number; zDim: number };
+  config(): { dim: number; zDim: number; device: string };
   encode(video: NativeTensor, abortFlag?: Int32Array): Promise<NativeTensor>;
   decoder(latent: NativeTensor, tiling?: { tileX: number; tileY: number; tileStrideX: number; tileStrideY: number }):
     Promise<NativeVaeDecoder>;
@@ -48,7 +49,7 @@ export interface NativeVae {
 
 export interface NativeTextEncoder {
   config(): { vocab: number; dim: number; dimAttn: number; dimFfn: number; numHeads: number; numLayers: number;
-              numBuckets: number; sharedPos: boolean };
+              numBuckets: number; sharedPos: boolean; device: string };
   encodeTokens(ids: NativeTensor, mask: NativeTensor, trace: boolean, abortFlag?: Int32Array):
     Promise<{ output: NativeTensor; trace?: Record<string, NativeTensor> }>;
   embeddedTokenizer(): Uint8Array | null;
@@ -59,6 +60,7 @@ export interface NativeTextEncoder {
 export interface NativeClipVisionConfig {
   imageSize: number; patchSize: number; dim: number; mlpDim: number; numHeads: number; numLayers: number;
   tokens: number; layout: string;  // 'official' | 'hf-clip' | 'open-clip'
+  device: string;
 }
 
 export interface NativeClipVision {
@@ -93,18 +95,22 @@ export interface NativeAddon {
   gemmRate(m: number, k: number, n: number, reps: number): number[];  // seconds per fp32 product
 
   // ops_api.cpp: kernels for tests and benchmarks (lib/ops.ts), not the public API.
-  attention(q: NativeTensor, k: NativeTensor, v: NativeTensor, mode: string, kLens?: NativeTensor): NativeTensor;
+  attention(q: NativeTensor, k: NativeTensor, v: NativeTensor, mode: string, kLens?: NativeTensor, device?: string): NativeTensor;
+  attentionSeconds(q: NativeTensor, k: NativeTensor, v: NativeTensor, mode: string, kLens: NativeTensor | undefined,
+                   device: string, reps: number): number[];
+  gpuMemory(device: string, reset: boolean): { allocated: number; peak: number; reserved: number; free: number; total: number } | null;
 
   NoiseGenerator: new (seed: bigint) => NativeNoiseGenerator;
   resizeBicubic(image: NativeTensor, height: number, width: number): NativeTensor;  // align_corners=False
 
-  loadTextEncoder(files: string[], options: { populate: boolean }, abortFlag?: Int32Array):
+  loadTextEncoder(files: string[], options: { populate: boolean; device: string }, abortFlag?: Int32Array):
     Promise<NativeTextEncoder>;
-  loadClipVision(files: string[], options: { numHeads?: number; populate: boolean }, abortFlag?: Int32Array):
+  loadClipVision(files: string[], options: { numHeads?: number; populate: boolean; device: string }, abortFlag?: Int32Array):
     Promise<NativeClipVision>;
-  loadVae(files: string[], options: { populate: boolean }, abortFlag?: Int32Array): Promise<NativeVae>;
-  loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; quantization: string; populate: boolean;
+  loadVae(files: string[], options: { populate: boolean; device: string }, abortFlag?: Int32Array): Promise<NativeVae>;
+  loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; quantization: string; populate: boolean; device: string; basePrecision: string;
                                         blocksToSwap?: number; prefetchBlocks?: number;
-                                           loras?: { files: string[]; strength: number; blocks?: number[]; layerFilter?: string[] }[] },
+                                           loras?: { files: string[]; strength: number; blocks?: number[]; layerFilter?: string[]; perStep?: boolean }[];
+                                           mergeLoras?: boolean },
                abortFlag?: Int32Array): Promise<NativeWanModel>;
 }

@@ -1,5 +1,6 @@
 // ClipVisionEncoder (lib/clip.ts): the CLIP vision tower Wan2.1 I2V and FLF2V use.
 #include "binding/addon_data.h"
+#include "core/device.h"
 #include "core/error.h"
 #include "models/clip_vision.h"
 #include "runtime/memory_stats.h"
@@ -52,6 +53,7 @@ class NativeClipVision : public Napi::ObjectWrap<NativeClipVision> {
                               {"tokens", c.tokens()}})
       o.Set(key, Napi::Number::New(env, static_cast<double>(value)));
     o.Set("layout", model->layout());
+    o.Set("device", core::device_name(model->device()));
     return o;
   }
 
@@ -111,7 +113,7 @@ class NativeClipVision : public Napi::ObjectWrap<NativeClipVision> {
   std::shared_ptr<ClipVision> model_;
 };
 
-// loadClipVision(files, {numHeads, populate}, abortFlag) -> Promise<NativeClipVision>
+// loadClipVision(files, {numHeads, populate, device}, abortFlag) -> Promise<NativeClipVision>
 Napi::Value load_clip_vision(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
@@ -120,11 +122,12 @@ Napi::Value load_clip_vision(const Napi::CallbackInfo& info) {
     models::ClipVisionOverrides overrides;
     if (o.Get("numHeads").IsNumber()) overrides.num_heads = o.Get("numHeads").As<Napi::Number>().Int64Value();
     const bool populate = o.Get("populate").ToBoolean();
+    const at::Device device = core::parse_device(o.Get("device").As<Napi::String>().Utf8Value(), "device");
     std::function<bool()> cancelled = cancel_flag(env, info[2]);
     return addon(env).engine.run(
         env,
-        [files, overrides, populate, cancelled]() -> Engine::Finish {
-          auto model = models::load_clip_vision(files, overrides, populate, cancelled);
+        [files, overrides, populate, device, cancelled]() -> Engine::Finish {
+          auto model = models::load_clip_vision(files, overrides, populate, cancelled, device);
           return [model](Napi::Env env) -> Napi::Value {
             auto* holder = new std::shared_ptr<ClipVision>(model);
             return addon(env).clip_class.New({Napi::External<std::shared_ptr<ClipVision>>::New(env, holder)});

@@ -1,5 +1,6 @@
 // WanModel (lib/model.ts): loading a DiT and calling its forward on the engine thread.
 #include "binding/addon_data.h"
+#include "core/device.h"
 #include "core/error.h"
 #include "models/wan_dit.h"
 #include "runtime/memory_stats.h"
@@ -21,7 +22,8 @@ int64_t int_option(Napi::Object o, const char* key) {
   return v.IsNumber() ? v.As<Napi::Number>().Int64Value() : 0;
 }
 
-// loras: [{files: string[], strength: number, blocks?: number[], layerFilter?: string[]}], checked in lib/model.ts.
+// loras: [{files: string[], strength: number, blocks?: number[], layerFilter?: string[], perStep?: boolean}],
+// checked in lib/model.ts.
 std::vector<models::LoraSpec> lora_list(Napi::Env env, Napi::Value value) {
   std::vector<models::LoraSpec> out;
   if (value.IsUndefined()) return out;
@@ -40,6 +42,7 @@ std::vector<models::LoraSpec> lora_list(Napi::Env env, Napi::Value value) {
       for (uint32_t j = 0; j < blocks.Length(); ++j) spec.blocks->push_back(blocks.Get(j).ToNumber().Int64Value());
     }
     if (o.Get("layerFilter").IsArray()) spec.layer_filter = string_list(env, o.Get("layerFilter"), what + ".layerFilter");
+    spec.per_step = o.Get("perStep").ToBoolean();
     out.push_back(std::move(spec));
   }
   return out;
@@ -89,7 +92,9 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     o.Set("eps", c.eps);
     o.Set("computeDtype", std::string(core::dtype_name(core::dtype_of(at::empty({0}, model->options().compute)))));
     o.Set("attentionMode", ops::attention_mode_name(model->options().attention));
-    o.Set("quantization", ops::quantization_name(model->options().quantization));
+    o.Set("quantization", model->options().fp8_matmul ? "fp8_e4m3fn_fast"
+                                                       : ops::quantization_name(model->options().quantization));
+    o.Set("device", core::device_name(model->options().device));
     o.Set("blocksToSwap", model->options().blocks_to_swap);
     o.Set("prefetchBlocks", model->options().prefetch_blocks);
     return o;
@@ -120,7 +125,8 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     return env.Undefined();
   }
 
-  // forward({x, t, context, seqLen, clipFea?, y?, fetaWeight?}, trace, abortFlag) -> Promise<{outputs, trace?}>
+  // forward({x, t, context, seqLen, clipFea?, y?, fetaWeight?, loraStrengths?}, trace, abortFlag)
+  //   -> Promise<{outputs, trace?}>
   Napi::Value forward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return guard(env, [&]() -> Napi::Value {
@@ -134,6 +140,10 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
       if (o.Has("clipFea") && !o.Get("clipFea").IsUndefined())
         in.clip_fea = core::to_float(unwrap_tensor(env, o.Get("clipFea"), "clipFea"));
       if (o.Has("y") && !o.Get("y").IsUndefined()) in.y = tensor_list(env, o.Get("y"), "y");
+      if (o.Get("loraStrengths").IsArray()) {
+        const auto list = o.Get("loraStrengths").As<Napi::Array>();
+        for (uint32_t i = 0; i < list.Length(); ++i) in.lora_strengths.push_back(list.Get(i).ToNumber().DoubleValue());
+      }
       if (o.Has("fetaWeight") && o.Get("fetaWeight").IsNumber())
         in.feta_weight = o.Get("fetaWeight").As<Napi::Number>().DoubleValue();
       const bool want_trace = info[1].ToBoolean();
@@ -169,7 +179,9 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
   std::shared_ptr<models::WanDit> model_;
 };
 
-// loadWanModel(files, {numHeads, textLen, attentionMode, quantization?, loras?, populate}, abortFlag) -> Promise<NativeWanModel>
+// loadWanModel(files, {numHeads, textLen, attentionMode, device, basePrecision, quantization?, loras?,
+//                      mergeLoras?, populate},
+//              abortFlag) -> Promise<NativeWanModel>
 Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
@@ -177,12 +189,30 @@ Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
     const auto o = info[1].As<Napi::Object>();
     models::WanDitOverrides overrides{int_option(o, "numHeads"), int_option(o, "textLen")};
     overrides.loras = lora_list(env, o.Get("loras"));
+    overrides.merge_loras = !o.Get("mergeLoras").IsBoolean() || o.Get("mergeLoras").ToBoolean();
     models::WanDitOptions options;
     options.attention = ops::attention_mode_from_name(o.Get("attentionMode").As<Napi::String>().Utf8Value());
     options.blocks_to_swap = static_cast<int>(int_option(o, "blocksToSwap"));
     options.prefetch_blocks = static_cast<int>(int_option(o, "prefetchBlocks"));
-    if (o.Get("quantization").IsString())
-      options.quantization = ops::quantization_from_name(o.Get("quantization").As<Napi::String>().Utf8Value());
+    options.device = core::parse_device(o.Get("device").As<Napi::String>().Utf8Value(), "device");
+    if (!options.device.is_cpu()) {
+      // On a GPU the model computes in basePrecision; on the CPU always in float32 (bf16 matmul
+      // is ~30x slower there, native-notes.md).
+      const std::string precision = o.Get("basePrecision").As<Napi::String>().Utf8Value();
+      options.compute = precision == "fp32" ? at::kFloat : precision == "bf16" ? at::kBFloat16 : at::kHalf;
+    }
+    if (o.Get("quantization").IsString()) {
+      const std::string name = o.Get("quantization").As<Napi::String>().Utf8Value();
+      // fp8_e4m3fn_fast: e4m3fn storage (as fp8_e4m3fn), multiplied in fp8 on the GPU.
+      options.fp8_matmul = name == "fp8_e4m3fn_fast";
+      options.quantization = ops::quantization_from_name(options.fp8_matmul ? "fp8_e4m3fn" : name);
+      if (options.fp8_matmul) {
+        const std::string why = ops::fp8_matmul_unsupported(options.device);
+        if (!why.empty())
+          throw core::Error(core::ErrorCode::InvalidOption, "quantization 'fp8_e4m3fn_fast' runs fp8 matmuls, but " +
+                                                                why + "; use 'fp8_e4m3fn' (fp8 storage)");
+      }
+    }
     const bool populate = o.Get("populate").ToBoolean();
     std::function<bool()> cancelled = cancel_flag(env, info[2]);
     return addon(env).engine.run(

@@ -1,33 +1,116 @@
 // Kernels exported for tests and benchmarks (lib/ops.ts): not part of the public API.
+#include <c10/core/impl/VirtualGuardImpl.h>
+
+#include <algorithm>
 #include <chrono>
 
 #include "binding/addon_data.h"
+#include "core/device.h"
 #include "core/error.h"
 #include "ops/attention.h"
+
+#ifdef WAN_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
+#endif
 
 namespace wan::binding {
 namespace {
 
-// attention(q, k, v, mode, kLens?) -> NativeTensor (f32 on the CPU). Synchronous: it runs on
-// the calling thread, which is what tests and benchmarks want.
+// The arguments of attention() and attentionSeconds(): q, k, v, mode, kLens?, device, all moved there.
+struct AttentionCall {
+  at::Tensor q, k, v, k_lens;
+  ops::AttentionMode mode;
+  at::Device device = at::kCPU;
+};
+
+AttentionCall attention_call(Napi::Env env, const Napi::CallbackInfo& info) {
+  const core::Tensor& q = unwrap_tensor(env, info[0], "q");
+  const core::Tensor& k = unwrap_tensor(env, info[1], "k");
+  const core::Tensor& v = unwrap_tensor(env, info[2], "v");
+  if (!info[3].IsString()) throw_error(env, "WAN_INVALID_OPTION", "attentionMode must be a string");
+  const ops::AttentionMode mode = ops::attention_mode_from_name(info[3].As<Napi::String>().Utf8Value());
+  at::Tensor k_lens;
+  if (!info[4].IsUndefined() && !info[4].IsNull()) k_lens = unwrap_tensor(env, info[4], "kLens").value;
+  // fp8 tensors are held as bytes (core/tensor.h); name them as the user knows them.
+  for (const auto& [t, what] : {std::pair<const core::Tensor*, const char*>{&q, "q"}, {&k, "k"}, {&v, "v"}}) {
+    if (t->dtype != core::DType::F32 && t->dtype != core::DType::F16 && t->dtype != core::DType::BF16)
+      throw_error(env, "WAN_INVALID_TENSOR",
+                  std::string("attention: ") + what + " has dtype " + std::string(core::dtype_name(t->dtype)) +
+                      " but attention takes f32, f16 or bf16");
+  }
+  const at::Device device = info[5].IsString() ? core::parse_device(info[5].As<Napi::String>().Utf8Value(), "device")
+                                               : at::Device(at::kCPU);
+  return AttentionCall{q.value.to(device), k.value.to(device), v.value.to(device),
+                       k_lens.defined() ? k_lens.to(device) : k_lens, mode, device};
+}
+
+// attention(q, k, v, mode, kLens?, device?) -> NativeTensor (f32 on the CPU, wherever it was
+// computed). Synchronous: it runs on the calling thread, which is what tests and benchmarks want.
 Napi::Value attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
-    const core::Tensor& q = unwrap_tensor(env, info[0], "q");
-    const core::Tensor& k = unwrap_tensor(env, info[1], "k");
-    const core::Tensor& v = unwrap_tensor(env, info[2], "v");
-    if (!info[3].IsString()) throw_error(env, "WAN_INVALID_OPTION", "attentionMode must be a string");
-    const ops::AttentionMode mode = ops::attention_mode_from_name(info[3].As<Napi::String>().Utf8Value());
-    at::Tensor k_lens;
-    if (!info[4].IsUndefined() && !info[4].IsNull()) k_lens = unwrap_tensor(env, info[4], "kLens").value;
-    // fp8 tensors are held as bytes (core/tensor.h); name them as the user knows them.
-    for (const auto& [t, what] : {std::pair<const core::Tensor*, const char*>{&q, "q"}, {&k, "k"}, {&v, "v"}}) {
-      if (t->dtype != core::DType::F32 && t->dtype != core::DType::F16 && t->dtype != core::DType::BF16)
-        throw_error(env, "WAN_INVALID_TENSOR",
-                    std::string("attention: ") + what + " has dtype " + std::string(core::dtype_name(t->dtype)) +
-                        " but attention takes f32, f16 or bf16");
+    const AttentionCall c = attention_call(env, info);
+    const at::Tensor out = ops::attention(c.q, c.k, c.v, c.mode, c.k_lens);
+    return wrap_tensor(env, core::wrap(out.to(at::kCPU, at::kFloat)));
+  });
+}
+
+// attentionSeconds(q, k, v, mode, kLens | undefined, device, reps) -> seconds of each of `reps`
+// calls after two warm-ups, the device synchronised around each: the kernel's own time, without
+// the copies attention() makes.
+Napi::Value attention_seconds(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    const AttentionCall c = attention_call(env, info);
+    const int64_t reps = info[6].IsNumber() ? info[6].As<Napi::Number>().Int64Value() : 0;
+    if (reps <= 0) throw_error(env, "WAN_INVALID_OPTION", "attentionSeconds: reps must be a positive integer");
+    const c10::impl::VirtualGuardImpl device_guard(c.device.type());
+    auto sync = [&] {
+      if (!c.device.is_cpu()) device_guard.synchronizeStream(device_guard.getStream(c.device));
+    };
+    for (int i = 0; i < 2; ++i) ops::attention(c.q, c.k, c.v, c.mode, c.k_lens);
+    sync();
+    Napi::Array seconds = Napi::Array::New(env, reps);
+    for (int64_t r = 0; r < reps; ++r) {
+      const auto start = std::chrono::steady_clock::now();
+      ops::attention(c.q, c.k, c.v, c.mode, c.k_lens);
+      sync();
+      seconds.Set(r, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     }
-    return wrap_tensor(env, core::wrap(ops::attention(q.value, k.value, v.value, mode, k_lens)));
+    return seconds;
+  });
+}
+
+// gpuMemory(device, reset) -> {allocated, peak, reserved, free, total}: bytes of libtorch's CUDA
+// caching allocator on that GPU (peak since the last reset), and the device's free and total
+// memory as the driver reports them (cudaMemGetInfo); null in a CPU-only build.
+Napi::Value gpu_memory(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+#ifdef WAN_WITH_CUDA
+    const at::Device device = core::parse_device(info[0].As<Napi::String>().Utf8Value(), "device");
+    namespace alloc = c10::cuda::CUDACachingAllocator;
+    const auto stats = alloc::getDeviceStats(device.index());
+    Napi::Object o = Napi::Object::New(env);
+    // Index 0 of each stat array is the aggregate over both pools (StatType::AGGREGATE).
+    o.Set("allocated", Napi::Number::New(env, static_cast<double>(stats.allocated_bytes[0].current)));
+    o.Set("peak", Napi::Number::New(env, static_cast<double>(stats.allocated_bytes[0].peak)));
+    o.Set("reserved", Napi::Number::New(env, static_cast<double>(stats.reserved_bytes[0].current)));
+    if (info[1].ToBoolean()) alloc::resetPeakStats(device.index());
+    const c10::cuda::CUDAGuard on_device(device);
+    size_t free = 0, total = 0;
+    const cudaError_t status = cudaMemGetInfo(&free, &total);
+    if (status != cudaSuccess)
+      throw core::Error(core::ErrorCode::Internal,
+                        std::string("gpuMemory: cudaMemGetInfo failed: ") + cudaGetErrorString(status));
+    o.Set("free", Napi::Number::New(env, static_cast<double>(free)));
+    o.Set("total", Napi::Number::New(env, static_cast<double>(total)));
+    return o;
+#else
+    return env.Null();
+#endif
   });
 }
 
@@ -59,6 +142,8 @@ Napi::Value gemm_rate(const Napi::CallbackInfo& info) {
 void init_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("attention", Napi::Function::New(env, attention));
   exports.Set("gemmRate", Napi::Function::New(env, gemm_rate));
+  exports.Set("attentionSeconds", Napi::Function::New(env, attention_seconds));
+  exports.Set("gpuMemory", Napi::Function::New(env, gpu_memory));
 }
 
 }  // namespace wan::binding

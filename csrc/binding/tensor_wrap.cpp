@@ -51,7 +51,7 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
     return guard(env, [&]() -> Napi::Value {
       const core::Tensor& t = get(env, "tensor");
       at::Tensor values;
-      napi_typedarray_type type;
+      napi_typedarray_type type = napi_uint8_array;  // every case below sets it
       switch (t.dtype) {
         case core::DType::F32: case core::DType::F16: case core::DType::BF16:
         case core::DType::F8_E4M3FN: case core::DType::F8_E5M2:

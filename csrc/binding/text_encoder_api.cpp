@@ -1,5 +1,6 @@
 // TextEncoder (lib/text-encoder.ts): the umT5 encoder on the engine thread.
 #include "binding/addon_data.h"
+#include "core/device.h"
 #include "core/error.h"
 #include "models/umt5.h"
 #include "runtime/memory_stats.h"
@@ -57,6 +58,7 @@ class NativeTextEncoder : public Napi::ObjectWrap<NativeTextEncoder> {
                               {"numHeads", c.num_heads}, {"numLayers", c.num_layers}, {"numBuckets", c.num_buckets}})
       o.Set(key, Napi::Number::New(env, static_cast<double>(value)));
     o.Set("sharedPos", c.shared_pos);
+    o.Set("device", core::device_name(get(env)->device()));
     return o;
   }
 
@@ -97,19 +99,20 @@ class NativeTextEncoder : public Napi::ObjectWrap<NativeTextEncoder> {
   TextEncoderParts parts_;
 };
 
-// loadTextEncoder(files, {populate}, abortFlag) -> Promise<NativeTextEncoder>
+// loadTextEncoder(files, {populate, device}, abortFlag) -> Promise<NativeTextEncoder>
 Napi::Value load_text_encoder(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
     const auto files = string_list(env, info[0], "files");
     const auto options = info[1].As<Napi::Object>();
     const bool populate = options.Get("populate").ToBoolean();
+    const at::Device device = core::parse_device(options.Get("device").As<Napi::String>().Utf8Value(), "device");
     auto cancelled = cancel_flag(env, info[2]);
     return addon(env).engine.run(
         env,
-        [files, populate, cancelled]() -> Engine::Finish {
+        [files, populate, device, cancelled]() -> Engine::Finish {
           auto parts = std::make_shared<TextEncoderParts>();
-          parts->model = models::load_umt5(files, populate, cancelled, &parts->embedded_tokenizer);
+          parts->model = models::load_umt5(files, populate, cancelled, &parts->embedded_tokenizer, device);
           return [parts](Napi::Env env) -> Napi::Value {
             return addon(env).text_encoder_class.New({Napi::External<TextEncoderParts>::New(env, new TextEncoderParts(*parts))});
           };

@@ -1,5 +1,6 @@
 // Vae (lib/vae.ts): loading the Wan2.1 VAE, encoding, and decoding chunk by chunk.
 #include "binding/addon_data.h"
+#include "core/device.h"
 #include "core/error.h"
 #include "models/wan_vae.h"
 #include "runtime/memory_stats.h"
@@ -79,6 +80,7 @@ class NativeVae : public Napi::ObjectWrap<NativeVae> {
     Napi::Object o = Napi::Object::New(env);
     o.Set("dim", Napi::Number::New(env, static_cast<double>(get(env)->config().dim)));
     o.Set("zDim", Napi::Number::New(env, static_cast<double>(get(env)->config().z_dim)));
+    o.Set("device", core::device_name(get(env)->device()));
     return o;
   }
 
@@ -171,17 +173,19 @@ class NativeVae : public Napi::ObjectWrap<NativeVae> {
   std::shared_ptr<WanVae> vae_;
 };
 
-// loadVae(files, {populate}, abortFlag) -> Promise<NativeVae>
+// loadVae(files, {populate, device}, abortFlag) -> Promise<NativeVae>
 Napi::Value load_vae(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
     const auto files = string_list(env, info[0], "files");
-    const bool populate = info[1].As<Napi::Object>().Get("populate").ToBoolean();
+    const auto o = info[1].As<Napi::Object>();
+    const bool populate = o.Get("populate").ToBoolean();
+    const at::Device device = core::parse_device(o.Get("device").As<Napi::String>().Utf8Value(), "device");
     auto cancelled = cancel_flag(env, info[2]);
     return addon(env).engine.run(
         env,
-        [files, populate, cancelled]() -> Engine::Finish {
-          auto vae = models::load_wan_vae(files, populate, cancelled);
+        [files, populate, device, cancelled]() -> Engine::Finish {
+          auto vae = models::load_wan_vae(files, populate, cancelled, device);
           return [vae](Napi::Env env) -> Napi::Value {
             return addon(env).vae_class.New(
                 {Napi::External<std::shared_ptr<WanVae>>::New(env, new std::shared_ptr<WanVae>(vae))});

@@ -24,9 +24,16 @@ void free_block(void* aligned) {
   if (aligned) std::free(static_cast<void**>(aligned)[-1]);
 }
 
+// libtorch 2.3 made Allocator::allocate non-const (pytorch#120969).
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
+#define WAN_ALLOCATE_CONST
+#else
+#define WAN_ALLOCATE_CONST const
+#endif
+
 class HeapCpuAllocator final : public at::Allocator {
  public:
-  at::DataPtr allocate(size_t n) const override {
+  at::DataPtr allocate(size_t n) WAN_ALLOCATE_CONST override {
     if (n == 0) return at::DataPtr(nullptr, nullptr, &free_block, at::Device(at::kCPU));
     if (n > SIZE_MAX - kAlignment) throw std::bad_alloc();
     void* raw = std::malloc(n + kAlignment);

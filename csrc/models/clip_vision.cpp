@@ -209,8 +209,8 @@ std::map<std::string, ops::Weight> to_official(std::map<std::string, ops::Weight
 // ---------------------------------------------------------------------------------------------
 
 ClipVision::ClipVision(ClipVisionConfig config, std::map<std::string, ops::Weight> weights, const std::string& source,
-                       std::string layout)
-    : config_(config), layout_(std::move(layout)) {
+                       std::string layout, at::Device device)
+    : config_(config), device_(device), layout_(std::move(layout)) {
   // post_norm and head (the pooled projection) are not used by the pipeline; files may or may
   // not carry them (a CLIPVisionModel without projection has no head).
   for (const char* unused : {"visual.post_norm.weight", "visual.post_norm.bias", "visual.head"}) weights.erase(unused);
@@ -227,6 +227,7 @@ ClipVision::ClipVision(ClipVisionConfig config, std::map<std::string, ops::Weigh
                             linear(p + "attn.proj"), linear(p + "mlp.0"), linear(p + "mlp.2")});
   }
   bag.check(source, "CLIP vision encoder (" + layout_ + " layout)");
+  if (!device_.is_cpu()) place_weights(*this, device_);
 }
 
 at::Tensor ClipVision::apply(const Linear& l, const at::Tensor& x) const { return ops::linear(x, l.weight, l.bias); }
@@ -263,7 +264,7 @@ at::Tensor ClipVision::preprocess(const at::Tensor& image, bool center_crop) con
     x = x.unsqueeze(0);
   }
   check(x.size(2) > 0 && x.size(3) > 0, "image: expected a non-empty image, got " + shape_text(image.sizes()));
-  x = x.to(at::kFloat);
+  x = x.to(device_, at::kFloat);
   const int64_t size = config_.image_size;
   int64_t h = size, w = size;
   if (center_crop) {
@@ -279,8 +280,8 @@ at::Tensor ClipVision::preprocess(const at::Tensor& image, bool center_crop) con
   if (center_crop) x = x.narrow(2, (h - size) / 2, size).narrow(3, (w - size) / 2, size);
   // videos.mul_(0.5).add_(0.5), then T.Normalize(mean, std): sub_(mean).div_(std) in float32.
   x = x.mul(0.5).add(0.5);
-  const at::Tensor mean = at::tensor(std::vector<double>(kMean, kMean + 3)).to(at::kFloat).view({1, 3, 1, 1});
-  const at::Tensor std = at::tensor(std::vector<double>(kStd, kStd + 3)).to(at::kFloat).view({1, 3, 1, 1});
+  const at::Tensor mean = at::tensor(std::vector<double>(kMean, kMean + 3)).to(device_, at::kFloat).view({1, 3, 1, 1});
+  const at::Tensor std = at::tensor(std::vector<double>(kStd, kStd + 3)).to(device_, at::kFloat).view({1, 3, 1, 1});
   return x.sub(mean).div(std).contiguous();  // [1, 3, S, S]
 }
 
@@ -291,7 +292,8 @@ at::Tensor ClipVision::forward(const at::Tensor& pixels, const std::function<boo
             "], got " + shape_text(pixels.sizes()));
   const int64_t batch = pixels.size(0);
   // Patch embedding: [N, 3, S, S] -> [N, dim, g, g] -> [N, g^2, dim].
-  at::Tensor x = at::conv2d(pixels.to(at::kFloat), patch_embedding_.get(at::kFloat), {}, {c.patch_size, c.patch_size});
+  at::Tensor x =
+      at::conv2d(pixels.to(device_, at::kFloat), patch_embedding_.get(at::kFloat), {}, {c.patch_size, c.patch_size});
   if (trace) (*trace)["patch_embedding_out"] = x;
   x = x.flatten(2).permute({0, 2, 1});
   // Class token in front, position embedding ([1, 1 + g^2, dim]) added, pre-norm.
@@ -325,10 +327,12 @@ at::Tensor ClipVision::encode(const std::vector<at::Tensor>& images, const ClipE
   if (trace) (*trace)["out"] = embeds;
 
   // WanVideoClipVisionEncode: image i weighted by its strength, then combined.
+  if (trace && !device_.is_cpu())
+    for (auto& [name, value] : *trace) value = value.to(at::kCPU);
   std::vector<at::Tensor> weighted;
   for (int64_t i = 0; i < embeds.size(0); ++i) {
     const double s = static_cast<size_t>(i) < options.strengths.size() ? options.strengths[i] : 1.0;
-    weighted.push_back(embeds.narrow(0, i, 1) * s);  // [1, tokens, dim]
+    weighted.push_back(embeds.narrow(0, i, 1).to(at::kCPU) * s);  // [1, tokens, dim]
   }
   if (weighted.size() == 1) return weighted[0];
   switch (options.combine) {
@@ -384,7 +388,7 @@ ClipVisionConfig infer_clip_vision_config(const std::map<std::string, std::vecto
 }
 
 std::shared_ptr<ClipVision> load_clip_vision(const std::vector<std::string>& files, const ClipVisionOverrides& overrides,
-                                             bool populate, const std::function<bool()>& cancelled) {
+                                             bool populate, const std::function<bool()>& cancelled, at::Device device) {
   LoadedWeights loaded = load_weights(files, populate, cancelled);
   std::string layout;
   std::map<std::string, ops::Weight> weights = to_official(std::move(loaded.weights), layout);
@@ -394,7 +398,7 @@ std::shared_ptr<ClipVision> load_clip_vision(const std::vector<std::string>& fil
     shapes[name] = std::vector<int64_t>(sizes.begin(), sizes.end());
   }
   const ClipVisionConfig config = infer_clip_vision_config(shapes, overrides, files.front());
-  return std::make_shared<ClipVision>(config, std::move(weights), files.front(), layout);
+  return std::make_shared<ClipVision>(config, std::move(weights), files.front(), layout, device);
 }
 
 }  // namespace wan::models

@@ -51,8 +51,11 @@ class ClipVision {
  public:
   // Takes the parameters by their official names (`visual.*`); throws core::Error(BadCheckpoint)
   // listing every missing and unexpected key at once.
+  // `device`: where the weights live and the encoder computes (float32); encode() takes and
+  // returns CPU tensors.
   ClipVision(ClipVisionConfig config, std::map<std::string, ops::Weight> weights, const std::string& source,
-             std::string layout = "official");
+             std::string layout = "official", at::Device device = at::kCPU);
+  at::Device device() const { return device_; }
 
   // CLIPModel.visual's preprocessing of one image: [3, H, W] or [3, 1, H, W] in [-1, 1] ->
   // [1, 3, S, S] (S = image_size): bicubic resize (align_corners=False, no antialias, as
@@ -103,6 +106,7 @@ class ClipVision {
   at::Tensor block_forward(const Block& b, const at::Tensor& x) const;
 
   ClipVisionConfig config_;
+  at::Device device_;
   std::string layout_;
   ops::Weight patch_embedding_;  // [dim, 3, patch, patch], no bias
   ops::Weight cls_embedding_;    // [1, 1, dim]
@@ -123,6 +127,7 @@ ClipVisionConfig infer_clip_vision_config(const std::map<std::string, std::vecto
 // `log_scale` ignored), a Hugging Face CLIPVisionModel file (ComfyUI's clip_vision_h.safetensors:
 // `vision_model.*`, q/k/v fused on load) or an open_clip state dict (`visual.transformer.resblocks.*`).
 std::shared_ptr<ClipVision> load_clip_vision(const std::vector<std::string>& files, const ClipVisionOverrides& overrides,
-                                             bool populate, const std::function<bool()>& cancelled);
+                                             bool populate, const std::function<bool()>& cancelled,
+                                             at::Device device = at::kCPU);
 
 }  // namespace wan::models

@@ -290,6 +290,8 @@ struct Patch {
   double factor = 1.0;    // strength * alpha / rank for a pair; strength for a difference
   core::Tensor up, down;  // a low-rank pair, or
   core::Tensor diff;      // a full difference
+  int lora = 0;           // index of its LoraSpec
+  double scale = 1.0;     // alpha / rank: factor without the strength (unmerged LoRAs)
 };
 
 at::Tensor as_double(const core::Tensor& t) {
@@ -297,7 +299,7 @@ at::Tensor as_double(const core::Tensor& t) {
 }
 
 // Reads one LoRA, checks it against the model and appends its updates to `patches`.
-void collect(const LoraSpec& spec, const ModelNames& m, std::map<std::string, std::vector<Patch>>& patches,
+void collect(const LoraSpec& spec, int index, const ModelNames& m, std::map<std::string, std::vector<Patch>>& patches,
              const std::function<bool()>& cancelled) {
   const std::string name =
       spec.files.size() == 1 ? spec.files[0]
@@ -460,7 +462,8 @@ void collect(const LoraSpec& spec, const ModelNames& m, std::map<std::string, st
     } else if (rs_lora) {
       alpha = std::floor(static_cast<double>(rank * rank) / std::sqrt(static_cast<double>(rank)));
     }
-    patches[target].push_back(Patch{spec.strength * alpha / static_cast<double>(rank), up, down, {}});
+    patches[target].push_back(
+        Patch{spec.strength * alpha / static_cast<double>(rank), up, down, {}, index, alpha / static_cast<double>(rank)});
   };
   for (const auto& [target, g] : groups) {
     const std::vector<int64_t>& shape = m.params.at(target);
@@ -479,7 +482,7 @@ void collect(const LoraSpec& spec, const ModelNames& m, std::map<std::string, st
         problems.push_back("key '" + g.diff->key + "' " + shape_text(d.value.sizes()) + " does not fit '" + target +
                            "' of shape " + shape_text(shape));
       else
-        patches[target].push_back(Patch{spec.strength, {}, {}, d});
+        patches[target].push_back(Patch{spec.strength, {}, {}, d, index, 1.0});
     }
   }
   if (!problems.empty()) throw core::bad_checkpoint(name, "LoRA: " + join(problems, "; "));
@@ -487,16 +490,22 @@ void collect(const LoraSpec& spec, const ModelNames& m, std::map<std::string, st
 
 bool is_fp8(DType t) { return t == DType::F8_E4M3FN || t == DType::F8_E5M2; }
 
-}  // namespace
+using Patches = std::map<std::string, std::vector<Patch>>;  // official name -> updates, in LoRA order
 
-int merge_loras(std::map<std::string, ops::Weight>& weights, const std::vector<LoraSpec>& loras,
-                const std::function<bool()>& cancelled) {
-  if (std::all_of(loras.begin(), loras.end(), [](const LoraSpec& l) { return l.strength == 0; })) return 0;
+// Every LoRA read and checked, before any weight changes.
+Patches collect_all(const std::map<std::string, ops::Weight>& weights, const std::vector<LoraSpec>& loras,
+                    const std::function<bool()>& cancelled) {
+  Patches patches;
+  if (std::all_of(loras.begin(), loras.end(), [](const LoraSpec& l) { return l.strength == 0 && !l.per_step; }))
+    return patches;
   const ModelNames names = model_names(weights);
-  std::map<std::string, std::vector<Patch>> patches;  // official name -> updates, in LoRA order
-  for (const LoraSpec& spec : loras)
-    if (spec.strength != 0) collect(spec, names, patches, cancelled);
+  for (size_t i = 0; i < loras.size(); ++i)
+    if (loras[i].strength != 0 || loras[i].per_step) collect(loras[i], static_cast<int>(i), names, patches, cancelled);
+  return patches;
+}
 
+int merge_patches(std::map<std::string, ops::Weight>& weights, const Patches& patches,
+                  const std::function<bool()>& cancelled) {
   for (const auto& [target, list] : patches) {
     if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
     ops::Weight& w = weights.at(target);
@@ -529,6 +538,43 @@ int merge_loras(std::map<std::string, ops::Weight>& weights, const std::vector<L
     w.stored = core::Tensor{stored, dtype};
   }
   return static_cast<int>(patches.size());
+}
+
+}  // namespace
+
+int merge_loras(std::map<std::string, ops::Weight>& weights, const std::vector<LoraSpec>& loras,
+                const std::function<bool()>& cancelled) {
+  return merge_patches(weights, collect_all(weights, loras, cancelled), cancelled);
+}
+
+LoraAdapters split_loras(std::map<std::string, ops::Weight>& weights, const std::vector<LoraSpec>& loras,
+                         const std::function<bool()>& cancelled) {
+  Patches merged;
+  LoraAdapters adapters;
+  std::vector<std::string> fixed;  // updates of per-step LoRAs that cannot be adapters
+  for (auto& [target, list] : collect_all(weights, loras, cancelled)) {
+    const bool linear = weights.at(target).stored.value.dim() == 2;
+    for (Patch& p : list) {
+      if (linear && p.up.value.defined()) {
+        const auto as_float = [](const core::Tensor& t) {
+          const at::Tensor v = core::to_float(t);
+          return ops::Weight{core::Tensor{v.view({v.size(0), -1}).contiguous(), DType::F32}, {}};
+        };
+        adapters[target].push_back(LoraAdapter{as_float(p.down), as_float(p.up), p.scale, p.lora});
+      } else if (loras[p.lora].per_step) {
+        fixed.push_back("'" + target + "' (" + (p.diff.value.defined() ? "a full difference" : "a convolution") + ", LoRA " +
+                        std::to_string(p.lora) + ")");
+      } else {
+        merged[target].push_back(std::move(p));
+      }
+    }
+  }
+  if (!fixed.empty())
+    throw Error(ErrorCode::InvalidOption,
+                "a LoRA with a per-step strength list can only change linear layers, at run time, but it changes " +
+                    join(fixed, ", ") + ": give that LoRA one strength");
+  merge_patches(weights, merged, cancelled);
+  return adapters;
 }
 
 }  // namespace wan::models

@@ -24,7 +24,19 @@ struct LoraSpec {
   // A key is skipped (neither checked nor merged) when its name in the file or the official
   // name of the weight it changes contains one of these; empty strings are ignored.
   std::vector<std::string> layer_filter;
+  // The strength changes from call to call (a per-step list): unmerged only, and every update
+  // must be a run-time adapter.
+  bool per_step = false;
 };
+
+// A low-rank update applied at run time rather than merged (the wrapper's merge_loras false):
+// y += strength * scale * (x down^T) up^T, strength being the LoRA's at the current call.
+struct LoraAdapter {
+  ops::Weight down, up;  // [rank, in] and [out, rank], float32
+  double scale = 1.0;    // alpha / rank
+  int lora = 0;          // index of the LoRA in the list given at load
+};
+using LoraAdapters = std::map<std::string, std::vector<LoraAdapter>>;  // by official weight name
 
 // Merges `loras`, in order, into `weights` (official names, as models::load_weights gives
 // them). Every LoRA is read and checked before any weight changes; one core::Error lists all
@@ -36,5 +48,12 @@ struct LoraSpec {
 // Returns how many weights changed.
 int merge_loras(std::map<std::string, ops::Weight>& weights, const std::vector<LoraSpec>& loras,
                 const std::function<bool()>& cancelled);
+
+// Unmerged LoRAs: every low-rank pair on a 2-D weight (the linear layers) becomes an adapter of
+// that weight, returned; the other updates (full differences, pairs on the patch embedding's
+// convolution) are merged as merge_loras merges them, at the LoRA's strength. A LoRA with
+// per_step may have none of those: one error lists them. Checks as merge_loras does.
+LoraAdapters split_loras(std::map<std::string, ops::Weight>& weights, const std::vector<LoraSpec>& loras,
+                         const std::function<bool()>& cancelled);
 
 }  // namespace wan::models

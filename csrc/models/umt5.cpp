@@ -38,8 +38,9 @@ at::Tensor embed(const ops::Weight& table, const at::Tensor& ids) {
 
 }  // namespace
 
-Umt5Encoder::Umt5Encoder(Umt5Config config, std::map<std::string, ops::Weight> weights, const std::string& source)
-    : config_(config) {
+Umt5Encoder::Umt5Encoder(Umt5Config config, std::map<std::string, ops::Weight> weights, const std::string& source,
+                         at::Device device)
+    : config_(config), device_(device) {
   WeightBag bag(std::move(weights));
   token_embedding_ = bag.take("token_embedding.weight");
   if (config_.shared_pos) shared_pos_embedding_ = bag.take("pos_embedding.embedding.weight");
@@ -60,11 +61,12 @@ Umt5Encoder::Umt5Encoder(Umt5Config config, std::map<std::string, ops::Weight> w
   }
   norm_ = bag.take("norm.weight");
   bag.check(source, "umT5 encoder");
+  if (!device_.is_cpu()) place_weights(*this, device_);
 }
 
 // T5RelativeEmbedding(L, L): the table looked up at the bucket of (key - query) -> [1, N, L, L].
 at::Tensor Umt5Encoder::position_bias(const ops::Weight& table, int64_t length) const {
-  const at::Tensor pos = at::arange(length, at::kLong);
+  const at::Tensor pos = at::arange(length, at::TensorOptions().dtype(at::kLong).device(device_));
   const at::Tensor buckets = t5_relative_bucket(pos.unsqueeze(0) - pos.unsqueeze(1), config_.num_buckets, config_.max_dist);
   return embed(table, buckets).permute({2, 0, 1}).unsqueeze(0).contiguous();
 }
@@ -74,14 +76,14 @@ at::Tensor Umt5Encoder::forward(const at::Tensor& ids, const at::Tensor& mask, c
   if (ids.dim() != 2 || mask.sizes() != ids.sizes())
     throw Error(ErrorCode::InvalidTensor, "TextEncoder: ids and mask must both be [B, L], got " + c10::str(ids.sizes()) +
                                               " and " + c10::str(mask.sizes()));
-  const at::Tensor token_ids = ids.to(at::kLong);
+  const at::Tensor token_ids = ids.to(device_, at::kLong);
   if (token_ids.numel() && (token_ids.min().item<int64_t>() < 0 || token_ids.max().item<int64_t>() >= config_.vocab))
     throw Error(ErrorCode::InvalidTensor, "TextEncoder: token ids must lie in [0, " + std::to_string(config_.vocab) + ")");
   const int64_t b = ids.size(0), l = ids.size(1), n = config_.num_heads, c = config_.dim_attn / n;
   at::Tensor x = embed(token_embedding_, token_ids);  // [B, L, dim]
   if (trace) (*trace)["token_embedding_out"] = x;
   // Padded keys get the most negative float added, as T5Attention's masked_fill does.
-  const at::Tensor key_masked = (mask.to(at::kLong) == 0).view({b, 1, 1, l});
+  const at::Tensor key_masked = (mask.to(device_, at::kLong) == 0).view({b, 1, 1, l});
   const at::Tensor shared = config_.shared_pos ? position_bias(shared_pos_embedding_, l) : at::Tensor();
   for (size_t i = 0; i < blocks_.size(); ++i) {
     if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
@@ -102,7 +104,9 @@ at::Tensor Umt5Encoder::forward(const at::Tensor& ids, const at::Tensor& mask, c
     x = x + ops::linear(ops::linear(h2, blk.fc1, {}) * at::gelu(ops::linear(h2, blk.gate0, {}), "tanh"), blk.fc2, {});
     if (trace) (*trace)["block" + std::to_string(i) + "_out"] = x;
   }
-  return ops::rms_norm(x, norm_.get(at::kFloat), 1e-6);
+  if (trace && !device_.is_cpu())
+    for (auto& [name, value] : *trace) value = value.to(at::kCPU);
+  return ops::rms_norm(x, norm_.get(at::kFloat), 1e-6).to(at::kCPU);
 }
 
 Umt5Config infer_umt5_config(const std::map<std::string, std::vector<int64_t>>& shapes, const std::string& source) {
@@ -129,7 +133,8 @@ Umt5Config infer_umt5_config(const std::map<std::string, std::vector<int64_t>>& 
 }
 
 std::shared_ptr<Umt5Encoder> load_umt5(const std::vector<std::string>& files, bool populate,
-                                       const std::function<bool()>& cancelled, std::string* embedded_tokenizer) {
+                                       const std::function<bool()>& cancelled, std::string* embedded_tokenizer,
+                                       at::Device device) {
   LoadedWeights loaded = load_weights(files, populate, cancelled);
   // A ComfyUI file may carry its tokenizer as a `spiece_model` tensor (u8): not a parameter.
   if (embedded_tokenizer) embedded_tokenizer->clear();
@@ -140,7 +145,7 @@ std::shared_ptr<Umt5Encoder> load_umt5(const std::vector<std::string>& files, bo
     loaded.weights.erase(it);
   }
   return std::make_shared<Umt5Encoder>(infer_umt5_config(loaded.shapes, files.front()), std::move(loaded.weights),
-                                       files.front());
+                                       files.front(), device);
 }
 
 }  // namespace wan::models

@@ -24,7 +24,10 @@ at::Tensor t5_relative_bucket(const at::Tensor& rel, int64_t num_buckets, int64_
 
 class Umt5Encoder {
  public:
-  Umt5Encoder(Umt5Config config, std::map<std::string, ops::Weight> weights, const std::string& source);
+  // `device`: where the weights live and the encoder computes (float32); forward takes and
+  // returns CPU tensors.
+  Umt5Encoder(Umt5Config config, std::map<std::string, ops::Weight> weights, const std::string& source,
+              at::Device device = at::kCPU);
 
   // ids, mask: int64 [B, L] (mask 1 for real tokens) -> [B, L, dim] float32. `trace` (optional)
   // receives token_embedding_out, block{i}_pos_bias and block{i}_out.
@@ -32,6 +35,7 @@ class Umt5Encoder {
                      std::map<std::string, at::Tensor>* trace = nullptr) const;
 
   const Umt5Config& config() const { return config_; }
+  at::Device device() const { return device_; }
   // Calls f(weight) on every parameter as held, for memory accounting (runtime/memory_stats.h).
   template <typename F>
   void visit_weights(F&& f) const {
@@ -51,6 +55,7 @@ class Umt5Encoder {
   at::Tensor position_bias(const ops::Weight& table, int64_t length) const;  // [1, N, L, L]
 
   Umt5Config config_;
+  at::Device device_;
   ops::Weight token_embedding_, norm_, shared_pos_embedding_;
   std::vector<Block> blocks_;
 };
@@ -60,6 +65,7 @@ Umt5Config infer_umt5_config(const std::map<std::string, std::vector<int64_t>>& 
 // `embedded_tokenizer` (optional) receives the bytes of a ComfyUI-style `spiece_model` tensor
 // (the serialized SentencePiece model), or is cleared when the file has none.
 std::shared_ptr<Umt5Encoder> load_umt5(const std::vector<std::string>& files, bool populate,
-                                       const std::function<bool()>& cancelled, std::string* embedded_tokenizer = nullptr);
+                                       const std::function<bool()>& cancelled, std::string* embedded_tokenizer = nullptr,
+                                       at::Device device = at::kCPU);
 
 }  // namespace wan::models

@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "models/weights.h"
 #include "ops/norm.h"
+#include "runtime/device_swap.h"
 #include "runtime/prefetch.h"
 
 namespace wan::models {
@@ -18,7 +19,7 @@ using core::ErrorCode;
 at::Tensor sinusoidal_embedding(int64_t dim, const at::Tensor& t) {
   const int64_t half = dim / 2;
   const at::Tensor position = t.to(at::kDouble).flatten();
-  const at::Tensor freqs = at::pow(10000.0, -at::arange(half, at::kDouble).div(half));
+  const at::Tensor freqs = at::pow(10000.0, -at::arange(half, position.options()).div(half));
   const at::Tensor sinusoid = at::outer(position, freqs);
   return at::cat({at::cos(sinusoid), at::sin(sinusoid)}, 1).to(at::kFloat);
 }
@@ -36,10 +37,18 @@ std::string shape_text(at::IntArrayRef s) {
 }  // namespace
 
 WanDit::WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, WanDitOptions options,
-               const std::string& source)
-    : config_(std::move(config)), options_(options), rope_(ops::rope_table(config_.head_dim())) {
+               const std::string& source, LoraAdapters adapters, std::vector<double> lora_strengths)
+    : config_(std::move(config)), options_(options), rope_(ops::rope_table(config_.head_dim())),
+      lora_strengths_(std::move(lora_strengths)) {
   WeightBag bag(std::move(weights));
-  auto linear = [&](const std::string& p) { return Linear{bag.take(p + ".weight"), bag.take(p + ".bias")}; };
+  auto linear = [&](const std::string& p) {
+    Linear l{bag.take(p + ".weight"), bag.take(p + ".bias"), {}};
+    if (auto it = adapters.find(p + ".weight"); it != adapters.end()) {
+      l.loras = std::move(it->second);
+      adapters.erase(it);
+    }
+    return l;
+  };
   patch_embedding_weight_ = bag.take("patch_embedding.weight");
   patch_embedding_bias_ = bag.take("patch_embedding.bias");
   text_embedding0_ = linear("text_embedding.0");
@@ -88,11 +97,42 @@ WanDit::WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, 
     if (config_.model_type == "flf2v") img_emb_pos_ = bag.take("img_emb.emb_pos");
   }
   bag.check(source, "Wan2.1 DiT");
+  if (!adapters.empty())  // split_loras makes adapters of 2-D weights only, which are all linear layers
+    throw Error(ErrorCode::Internal,
+                "an unmerged LoRA changes '" + adapters.begin()->first + "', which is not a linear layer");
   set_block_swap(options.blocks_to_swap, options.prefetch_blocks);
+  if (!options_.device.is_cpu()) {
+    // Everything outside the blocks lives on the device; the blocks are placed by place_blocks.
+    const at::Device device = options_.device;
+    for (ops::Weight* w : {&patch_embedding_weight_, &patch_embedding_bias_, &head_modulation_, &img_norm0_weight_,
+                           &img_norm0_bias_, &img_norm4_weight_, &img_norm4_bias_, &img_emb_pos_})
+      if (w->defined()) *w = w->to(device);
+    for (Linear* l : {&text_embedding0_, &text_embedding2_, &time_embedding0_, &time_embedding2_, &time_projection1_,
+                      &head_, &img_proj1_, &img_proj3_}) {
+      for (ops::Weight* w : {&l->weight, &l->bias})
+        if (w->defined()) *w = w->to(device);
+      for (LoraAdapter& a : l->loras) {
+        a.down = a.down.to(device);
+        a.up = a.up.to(device);
+      }
+    }
+    rope_.cos = rope_.cos.to(device);
+    rope_.sin = rope_.sin.to(device);
+    const std::lock_guard<std::mutex> lock(placement_mutex_);
+    place_blocks();  // at load, so that a model too large for the device fails here
+  }
 }
 
-at::Tensor WanDit::apply(const Linear& l, const at::Tensor& x) const {
-  return ops::linear(x.to(options_.compute), l.weight, l.bias).to(at::kFloat);
+at::Tensor WanDit::apply(const Linear& l, const at::Tensor& x, const LoraStrengths& lora) const {
+  const at::Tensor in = x.to(options_.compute);
+  at::Tensor y = options_.fp8_matmul && ops::fp8_matmul_fits(in, l.weight) ? ops::linear_fp8(in, l.weight, l.bias)
+                                                                            : ops::linear(in, l.weight, l.bias);
+  // Unmerged LoRAs: y += strength * alpha / rank * (x down^T) up^T, at this call's strength.
+  for (const LoraAdapter& a : l.loras) {
+    const double factor = lora.at(a.lora) * a.scale;
+    if (factor != 0) y = y + ops::linear(ops::linear(in, a.down, {}), a.up, {}) * factor;
+  }
+  return y.to(at::kFloat);
 }
 
 at::Tensor WanDit::heads(const at::Tensor& x) const {
@@ -115,7 +155,7 @@ static double feta_gain(const at::Tensor& q, const at::Tensor& k, const std::arr
   const at::Tensor attn =
       at::matmul(per_position(q) * (1.0 / std::sqrt(static_cast<double>(head_dim))), per_position(k).transpose(-2, -1))
           .softmax(-1);  // [S, H, T, T]
-  const at::Tensor off_diagonal = attn.masked_fill(at::eye(frames, at::kBool), 0.0);
+  const at::Tensor off_diagonal = attn.masked_fill(at::eye(frames, attn.options().dtype(at::kBool)), 0.0);
   const double mean = (off_diagonal.sum({2, 3}) / static_cast<double>(frames * frames - frames)).mean().item<double>();
   return std::max(1.0, mean * (static_cast<double>(frames) + weight));
 }
@@ -123,14 +163,14 @@ static double feta_gain(const at::Tensor& q, const at::Tensor& k, const std::arr
 // x: [B, L, dim] -> [B, L, dim]. RMS-normalised q and k, 3D RoPE, keys past each sample's
 // real length masked (the official k_lens=seq_lens).
 at::Tensor WanDit::self_attention(const Attention& a, const at::Tensor& x, const at::Tensor& seq_lens,
-                                  const std::vector<std::array<int64_t, 3>>& grids,
-                                  std::optional<double> feta_weight) const {
-  at::Tensor q = apply(a.q, x), k = apply(a.k, x);
+                                  const std::vector<std::array<int64_t, 3>>& grids, std::optional<double> feta_weight,
+                                  const LoraStrengths& lora) const {
+  at::Tensor q = apply(a.q, x, lora), k = apply(a.k, x, lora);
   if (config_.qk_norm) {
     q = ops::rms_norm(q, a.norm_q.get(at::kFloat), config_.eps);
     k = ops::rms_norm(k, a.norm_k.get(at::kFloat), config_.eps);
   }
-  const at::Tensor v = heads(apply(a.v, x));
+  const at::Tensor v = heads(apply(a.v, x, lora));
   std::vector<double> gains;
   if (feta_weight) {
     for (size_t i = 0; i < grids.size(); ++i)
@@ -138,49 +178,54 @@ at::Tensor WanDit::self_attention(const Attention& a, const at::Tensor& x, const
   }
   q = ops::rope_apply(heads(q), grids, rope_);
   k = ops::rope_apply(heads(k), grids, rope_);
-  at::Tensor out = ops::attention(q, k, v, options_.attention, seq_lens).to(at::kFloat);  // [B, L, H, D]
-  if (!gains.empty()) out = out * at::tensor(gains, at::kDouble).to(at::kFloat).view({-1, 1, 1, 1});
-  return apply(a.o, out.flatten(2));
+  const auto compute = options_.compute;  // float32 on the CPU, where attention computes in float32 anyway
+  at::Tensor out = ops::attention(q.to(compute), k.to(compute), v.to(compute), options_.attention, seq_lens)
+                       .to(at::kFloat);  // [B, L, H, D]
+  if (!gains.empty()) out = out * at::tensor(gains, at::kDouble).to(out.device(), at::kFloat).view({-1, 1, 1, 1});
+  return apply(a.o, out.flatten(2), lora);
 }
 
 // x: [B, L, dim], context: [B, text_len, dim], context_img: [B, 257|514, dim] or undefined.
 at::Tensor WanDit::cross_attention(const Attention& a, const at::Tensor& x, const at::Tensor& context,
-                                   const at::Tensor& context_img) const {
-  at::Tensor q = apply(a.q, x), k = apply(a.k, context);
+                                   const at::Tensor& context_img, const LoraStrengths& lora) const {
+  at::Tensor q = apply(a.q, x, lora), k = apply(a.k, context, lora);
   if (config_.qk_norm) {
     q = ops::rms_norm(q, a.norm_q.get(at::kFloat), config_.eps);
     k = ops::rms_norm(k, a.norm_k.get(at::kFloat), config_.eps);
   }
-  q = heads(q);
-  at::Tensor out = ops::attention(q, heads(k), heads(apply(a.v, context)), options_.attention).to(at::kFloat);
+  const auto compute = options_.compute;
+  q = heads(q).to(compute);
+  const at::Tensor v = heads(apply(a.v, context, lora)).to(compute);
+  at::Tensor out = ops::attention(q, heads(k).to(compute), v, options_.attention).to(at::kFloat);
   if (context_img.defined()) {  // WanI2VCrossAttention: image tokens have their own k/v
-    at::Tensor k_img = apply(a.k_img, context_img);
+    at::Tensor k_img = apply(a.k_img, context_img, lora);
     if (config_.qk_norm) k_img = ops::rms_norm(k_img, a.norm_k_img.get(at::kFloat), config_.eps);
-    const at::Tensor v_img = heads(apply(a.v_img, context_img));
-    out = ops::attention(q, heads(k_img), v_img, options_.attention).to(at::kFloat) + out;
+    const at::Tensor v_img = heads(apply(a.v_img, context_img, lora)).to(compute);
+    out = ops::attention(q, heads(k_img).to(compute), v_img, options_.attention).to(at::kFloat) + out;
   }
-  return apply(a.o, out.flatten(2));
+  return apply(a.o, out.flatten(2), lora);
 }
 
 // x: [B, L, dim], e0: [B, 6, dim] -> [B, L, dim]. Modulation and gating in float32.
 at::Tensor WanDit::block_forward(const Block& b, int index, const at::Tensor& x_in, const at::Tensor& e0,
                                  const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
                                  const at::Tensor& context, const at::Tensor& context_img,
-                                 std::optional<double> feta_weight, Trace* trace) const {
+                                 std::optional<double> feta_weight, const LoraStrengths& lora, Trace* trace) const {
   const std::string name = "block" + std::to_string(index);
   const auto e = (b.modulation.get(at::kFloat) + e0).chunk(6, 1);  // 6 x [B, 1, dim]
   const double eps = config_.eps;
   at::Tensor x = x_in;
-  at::Tensor y = self_attention(b.self_attn, ops::layer_norm(x, {}, {}, eps) * (1 + e[1]) + e[0], seq_lens, grids, feta_weight);
+  at::Tensor y = self_attention(b.self_attn, ops::layer_norm(x, {}, {}, eps) * (1 + e[1]) + e[0], seq_lens, grids,
+                                feta_weight, lora);
   if (trace) (*trace)[name + "_self_attn_out"] = y;
   x = x + y * e[2];
   const at::Tensor normed = config_.cross_attn_norm
                                 ? ops::layer_norm(x, b.norm3_weight.get(at::kFloat), b.norm3_bias.get(at::kFloat), eps)
                                 : x;
-  y = cross_attention(b.cross_attn, normed, context, context_img);
+  y = cross_attention(b.cross_attn, normed, context, context_img, lora);
   if (trace) (*trace)[name + "_cross_attn_out"] = y;
   x = x + y;
-  y = apply(b.ffn2, at::gelu(apply(b.ffn0, ops::layer_norm(x, {}, {}, eps) * (1 + e[4]) + e[3]), "tanh"));
+  y = apply(b.ffn2, at::gelu(apply(b.ffn0, ops::layer_norm(x, {}, {}, eps) * (1 + e[4]) + e[3], lora), "tanh"), lora);
   if (trace) (*trace)[name + "_ffn_out"] = y;
   x = x + y * e[5];
   if (trace) (*trace)[name + "_out"] = x;
@@ -189,17 +234,20 @@ at::Tensor WanDit::block_forward(const Block& b, int index, const at::Tensor& x_
 
 template <typename F>
 void WanDit::for_each_weight(Block& b, F&& f) {
-  for (Attention* a : {&b.self_attn, &b.cross_attn}) {
-    for (Linear* l : {&a->q, &a->k, &a->v, &a->o, &a->k_img, &a->v_img}) {
-      f(l->weight);
-      f(l->bias);
+  auto linear = [&f](Linear& l) {
+    f(l.weight);
+    f(l.bias);
+    for (LoraAdapter& a : l.loras) {
+      f(a.down);
+      f(a.up);
     }
+  };
+  for (Attention* a : {&b.self_attn, &b.cross_attn}) {
+    for (Linear* l : {&a->q, &a->k, &a->v, &a->o, &a->k_img, &a->v_img}) linear(*l);
     for (ops::Weight* w : {&a->norm_q, &a->norm_k, &a->norm_k_img}) f(*w);
   }
-  for (Linear* l : {&b.ffn0, &b.ffn2}) {
-    f(l->weight);
-    f(l->bias);
-  }
+  linear(b.ffn0);
+  linear(b.ffn2);
   for (ops::Weight* w : {&b.norm3_weight, &b.norm3_bias, &b.modulation}) f(*w);
 }
 
@@ -224,6 +272,63 @@ std::function<WanDit::Block()> WanDit::widened_block_job(int64_t index) const {
     });
     return b;
   };
+}
+
+void WanDit::place_blocks() const {
+  if (placed_swap_ == options_.blocks_to_swap) return;
+  placed_.clear();  // the old copies go before the new ones are made, so that both never coexist
+  placed_swap_ = -1;
+  const int64_t layers = static_cast<int64_t>(blocks_.size());
+  const int64_t first_swapped = layers - options_.blocks_to_swap;
+  const bool cuda = options_.device.is_cuda();
+  for (int64_t i = 0; i < layers; ++i) {
+    Block b = blocks_[i];
+    const bool swapped = i >= first_swapped;
+    for_each_weight(b, [&](ops::Weight& w) {
+      if (w.defined()) w = swapped ? w.to(at::kCPU, /*pinned=*/cuda) : w.to(options_.device);
+    });
+    placed_.push_back(std::move(b));
+  }
+  placed_swap_ = options_.blocks_to_swap;
+}
+
+template <typename Run>
+void WanDit::run_blocks_on_device(Run&& run) const {
+  const int64_t layers = static_cast<int64_t>(placed_.size());
+  const int64_t first_swapped = layers - placed_swap_;  // as placed, whatever setBlockSwap did since
+  for (int64_t i = 0; i < first_swapped; ++i) run(placed_[i], i);
+  if (first_swapped == layers) return;
+  const at::Device device = options_.device;
+  // Pairs of (device weight, host weight) of one block, in for_each_weight's order.
+  auto weights_of = [](Block& b) {
+    std::vector<ops::Weight*> out;
+    for_each_weight(b, [&](ops::Weight& w) { out.push_back(&w); });
+    return out;
+  };
+  runtime::DeviceSwap<Block> swap(
+      device, first_swapped, layers, options_.prefetch_blocks,
+      [&](int64_t i) {
+        const auto on_device = [&](const at::Tensor& t) {
+          return at::empty_like(t, t.options().device(device).pinned_memory(false));
+        };
+        Block b = placed_[i];
+        for (ops::Weight* w : weights_of(b)) {
+          if (!w->defined()) continue;
+          w->stored.value = on_device(w->stored.value);
+          if (w->scale.defined()) w->scale = on_device(w->scale);
+        }
+        return b;
+      },
+      [&](Block& b, int64_t i) {
+        Block& host = placed_[i];
+        const auto to = weights_of(b), from = weights_of(host);
+        for (size_t k = 0; k < to.size(); ++k) {
+          if (!to[k]->defined()) continue;
+          to[k]->stored.value.copy_(from[k]->stored.value, /*non_blocking=*/true);
+          if (to[k]->scale.defined()) to[k]->scale.copy_(from[k]->scale, /*non_blocking=*/true);
+        }
+      });
+  for (int64_t i = first_swapped; i < layers; ++i) run(swap.take(i), i);
 }
 
 void WanDit::set_block_swap(int blocks, int prefetch) {
@@ -252,15 +357,24 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
           "forward: a " + c.model_type + " model needs clipFea and one y per sample");
   }
 
+  const LoraStrengths& lora = in.lora_strengths.empty() ? lora_strengths_ : in.lora_strengths;
+  check(lora.size() == lora_strengths_.size(), "forward: loraStrengths must hold one strength per LoRA given at load (" +
+                                                   std::to_string(lora_strengths_.size()) + "), got " +
+                                                   std::to_string(lora.size()));
+
+  // Inputs come to the model's device; the outputs (and the trace) go back to the CPU.
+  const at::Device device = options_.device;
+  auto here = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
+
   // Patch embedding: per sample [C_in, F, H, W] -> [1, dim, F', H', W'] -> [1, L_i, dim].
   const at::Tensor pw = patch_embedding_weight_.get(options_.compute);
   const at::Tensor pb = patch_embedding_bias_.get(options_.compute);
   std::vector<at::Tensor> tokens;
   std::vector<std::array<int64_t, 3>> grids;
   for (int64_t i = 0; i < batch; ++i) {
-    at::Tensor u = in.x[i];
+    at::Tensor u = here(in.x[i]);
     check(u.dim() == 4, "forward: x[" + std::to_string(i) + "] must be [C, F, H, W], got " + shape_text(u.sizes()));
-    if (c.has_image_input()) u = at::cat({u, in.y[i].to(u.dtype())}, 0);
+    if (c.has_image_input()) u = at::cat({u, here(in.y[i]).to(u.dtype())}, 0);
     check(u.size(0) == c.in_dim, "forward: x[" + std::to_string(i) + "] (with y) has " + std::to_string(u.size(0)) +
                                      " channels, the model takes " + std::to_string(c.in_dim));
     check(u.size(2) % c.patch[1] == 0 && u.size(3) % c.patch[2] == 0,
@@ -281,9 +395,9 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
   at::Tensor x = at::cat(tokens, 0);  // [B, seq_len, dim]
 
   // Time: [B] -> sinusoid [B, freq_dim] -> e [B, dim] -> e0 [B, 6, dim], all float32.
-  const at::Tensor sinusoid = sinusoidal_embedding(c.freq_dim, in.t);
-  const at::Tensor e = apply(time_embedding2_, at::silu(apply(time_embedding0_, sinusoid)));
-  const at::Tensor e0 = apply(time_projection1_, at::silu(e)).unflatten(1, {6, c.dim});
+  const at::Tensor sinusoid = sinusoidal_embedding(c.freq_dim, here(in.t));
+  const at::Tensor e = apply(time_embedding2_, at::silu(apply(time_embedding0_, sinusoid, lora)), lora);
+  const at::Tensor e0 = apply(time_projection1_, at::silu(e), lora).unflatten(1, {6, c.dim});
   if (trace) {
     (*trace)["sinusoidal_t"] = sinusoid;
     (*trace)["time_embedding_out_e"] = e;
@@ -297,16 +411,17 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
     check(u.dim() == 2 && u.size(1) == c.text_dim && u.size(0) <= c.text_len,
           "forward: context[" + std::to_string(i) + "] must be [L <= " + std::to_string(c.text_len) + ", " +
               std::to_string(c.text_dim) + "], got " + shape_text(u.sizes()));
-    padded.push_back(at::constant_pad_nd(u.to(at::kFloat), {0, 0, 0, c.text_len - u.size(0)}));
+    padded.push_back(at::constant_pad_nd(here(u).to(at::kFloat), {0, 0, 0, c.text_len - u.size(0)}));
   }
-  const at::Tensor context = apply(text_embedding2_, at::gelu(apply(text_embedding0_, at::stack(padded)), "tanh"));
+  const at::Tensor context =
+      apply(text_embedding2_, at::gelu(apply(text_embedding0_, at::stack(padded), lora), "tanh"), lora);
   if (trace) (*trace)["text_embedding_out"] = context;
 
   // CLIP image tokens (MLPProj): [B, 257, 1280] (flf2v: two images per sample, 514 tokens
   // with a learned position embedding) -> [B, 257|514, dim].
   at::Tensor context_img;
   if (c.has_image_input()) {
-    at::Tensor f = in.clip_fea.to(at::kFloat);
+    at::Tensor f = here(in.clip_fea).to(at::kFloat);
     check(f.dim() == 3 && f.size(2) == 1280, "forward: clipFea must be [N, 257, 1280], got " + shape_text(f.sizes()));
     if (img_emb_pos_.defined()) {
       check(f.numel() == batch * 514 * 1280, "forward: a flf2v model needs clipFea [" + std::to_string(2 * batch) +
@@ -315,35 +430,39 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
     }
     check(f.size(0) == batch, "forward: clipFea must hold one image per sample, got " + shape_text(f.sizes()));
     f = ops::layer_norm(f, img_norm0_weight_.get(at::kFloat), img_norm0_bias_.get(at::kFloat), 1e-5);
-    f = apply(img_proj3_, at::gelu(apply(img_proj1_, f)));  // GELU (erf) here, as nn.GELU()
+    f = apply(img_proj3_, at::gelu(apply(img_proj1_, f, lora)), lora);  // GELU (erf) here, as nn.GELU()
     context_img = ops::layer_norm(f, img_norm4_weight_.get(at::kFloat), img_norm4_bias_.get(at::kFloat), 1e-5);
     if (trace) (*trace)["img_emb"] = context_img;
   }
 
-  // The last blocks_to_swap blocks come widened a block at a time (runtime/prefetch.h).
-  const int64_t layers = static_cast<int64_t>(blocks_.size());
-  const int64_t first_swapped = layers - options_.blocks_to_swap;
-  std::optional<runtime::Prefetcher<Block>> swapped;
-  if (first_swapped < layers) {
-    swapped.emplace(first_swapped, layers, options_.prefetch_blocks,
-                    [this](int64_t i) { return widened_block_job(i); },
-                    [this](int64_t i) { return widened_block(i); });
-  }
-  for (int64_t i = 0; i < layers; ++i) {
+  auto run_block = [&](const Block& block, int64_t i) {
     if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
-    if (i < first_swapped) {
-      x = block_forward(blocks_[i], static_cast<int>(i), x, e0, seq_lens, grids, context, context_img, in.feta_weight,
-                        trace);
-    } else {
-      const Block block = swapped->take(i);
-      x = block_forward(block, static_cast<int>(i), x, e0, seq_lens, grids, context, context_img, in.feta_weight,
-                        trace);
+    x = block_forward(block, static_cast<int>(i), x, e0, seq_lens, grids, context, context_img, in.feta_weight, lora,
+                      trace);
+  };
+  if (!device.is_cpu()) {
+    const std::lock_guard<std::mutex> lock(placement_mutex_);
+    place_blocks();
+    run_blocks_on_device(run_block);
+  } else {
+    // The last blocks_to_swap blocks come widened a block at a time (runtime/prefetch.h).
+    const int64_t layers = static_cast<int64_t>(blocks_.size());
+    const int64_t first_swapped = layers - options_.blocks_to_swap;
+    std::optional<runtime::Prefetcher<Block>> swapped;
+    if (first_swapped < layers) {
+      swapped.emplace(first_swapped, layers, options_.prefetch_blocks,
+                      [this](int64_t i) { return widened_block_job(i); },
+                      [this](int64_t i) { return widened_block(i); });
+    }
+    for (int64_t i = 0; i < layers; ++i) {
+      if (i < first_swapped) run_block(blocks_[i], i);
+      else run_block(swapped->take(i), i);
     }
   }
 
   // Head: modulated LayerNorm and projection to patch pixels [B, L, out_dim * 4].
   const auto he = (head_modulation_.get(at::kFloat) + e.unsqueeze(1)).chunk(2, 1);
-  x = apply(head_, ops::layer_norm(x, {}, {}, c.eps) * (1 + he[1]) + he[0]);
+  x = apply(head_, ops::layer_norm(x, {}, {}, c.eps) * (1 + he[1]) + he[0], lora);
   if (trace) (*trace)["head_out"] = x;
 
   // Unpatchify: [L, (pt ph pw c)] of each sample -> [c, F pt, H ph, W pw].
@@ -353,8 +472,12 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
     at::Tensor u = x[i].narrow(0, 0, g[0] * g[1] * g[2]);
     u = u.view({g[0], g[1], g[2], c.patch[0], c.patch[1], c.patch[2], c.out_dim});
     u = u.permute({6, 0, 3, 1, 4, 2, 5});  // fhwpqrc -> cfphqwr
-    out.push_back(u.reshape({c.out_dim, g[0] * c.patch[0], g[1] * c.patch[1], g[2] * c.patch[2]}).contiguous());
+    out.push_back(u.reshape({c.out_dim, g[0] * c.patch[0], g[1] * c.patch[1], g[2] * c.patch[2]})
+                      .to(at::kCPU)
+                      .contiguous());
   }
+  if (trace && !device.is_cpu())
+    for (auto& [name, value] : *trace) value = value.to(at::kCPU);
   return out;
 }
 
@@ -400,9 +523,15 @@ std::shared_ptr<WanDit> load_wan_dit(const std::vector<std::string>& files, cons
                                      const std::function<bool()>& cancelled) {
   LoadedWeights loaded = load_weights(files, populate, cancelled);
   WanDitConfig config = infer_wan_dit_config(loaded.shapes, overrides, files.front());
-  merge_loras(loaded.weights, overrides.loras, cancelled);  // before quantizing: into the file's values
+  // Before quantizing: merged updates go into the file's values; unmerged ones stay float32.
+  LoraAdapters adapters;
+  if (overrides.merge_loras) merge_loras(loaded.weights, overrides.loras, cancelled);
+  else adapters = split_loras(loaded.weights, overrides.loras, cancelled);
   ops::quantize_weights(loaded.weights, options.quantization, cancelled);
-  return std::make_shared<WanDit>(config, std::move(loaded.weights), options, files.front());
+  std::vector<double> strengths;
+  for (const LoraSpec& l : overrides.loras) strengths.push_back(l.strength);
+  return std::make_shared<WanDit>(config, std::move(loaded.weights), options, files.front(), std::move(adapters),
+                                  std::move(strengths));
 }
 
 }  // namespace wan::models

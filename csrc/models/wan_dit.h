@@ -8,12 +8,14 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "models/lora.h"
 #include "ops/attention.h"
+#include "ops/fp8_matmul.h"
 #include "ops/linear.h"
 #include "ops/quantize.h"
 #include "ops/rope.h"
@@ -34,13 +36,20 @@ struct WanDitConfig {
 };
 
 struct WanDitOptions {
-  at::ScalarType compute = at::kFloat;  // matmul dtype; modulation and norms stay float32
+  // Where the model computes (the wrapper's main_device). Weights that are not swapped live
+  // there in their storage dtype; inputs are copied there and outputs back to the CPU.
+  at::Device device = at::kCPU;
+  at::ScalarType compute = at::kFloat;  // matmul and attention dtype; modulation and norms stay float32
   ops::AttentionMode attention = ops::AttentionMode::Sdpa;
   ops::Quantization quantization = ops::Quantization::Disabled;  // weight storage chosen at load
+  // 'fp8_e4m3fn_fast': linears with e4m3fn weights multiply in fp8 on the GPU (ops/fp8_matmul.h).
+  bool fp8_matmul = false;
   // Block swap (the wrapper's block_swap_args). On the CPU the last `blocks_to_swap` blocks are
   // widened to float32 a whole block at a time just before use, `prefetch_blocks` of them ahead
   // on worker threads while the current block computes; the others widen each weight as it is
-  // used. Either way the output is bitwise the same.
+  // used. Either way the output is bitwise the same. On a GPU the swapped blocks stay in
+  // page-locked CPU memory and are copied over just in time, `prefetch_blocks` ahead on a side
+  // stream (runtime/device_swap.h).
   int blocks_to_swap = 0;
   int prefetch_blocks = 0;
 };
@@ -52,6 +61,9 @@ struct WanDitInput {
   int64_t seq_len = 0;              // tokens every sample is padded to
   at::Tensor clip_fea;              // i2v [B, 257, 1280]; flf2v [2B, 257, 1280]; else undefined
   std::vector<at::Tensor> y;        // i2v/flf2v per sample [in_dim - C_in, F, H, W]; else empty
+  // Unmerged LoRAs: each LoRA's strength for this call, one per LoRA given at load (a per-step
+  // strength list's value at this step); empty: the strengths given at load.
+  std::vector<double> lora_strengths;
   // Enhance-A-Video (the wrapper's feta_args): when set, every self-attention output is scaled
   // by a gain computed from its cross-frame attention, with this weight. The sampler decides
   // per step (start/end percent); samples of one latent frame are left alone.
@@ -65,8 +77,10 @@ class WanDit {
  public:
   // Takes the parameters by their official names; throws core::Error(BadCheckpoint) listing
   // every missing and unexpected key at once.
+  // `adapters` (split_loras) are unmerged LoRAs by weight name, `lora_strengths` the strength
+  // of each LoRA given at load (the default of WanDitInput::lora_strengths).
   WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, WanDitOptions options,
-         const std::string& source);
+         const std::string& source, LoraAdapters adapters = {}, std::vector<double> lora_strengths = {});
 
   // The official forward: per sample float32 [out_dim, F, H, W]. `cancelled` is polled
   // between blocks.
@@ -76,7 +90,8 @@ class WanDit {
   const WanDitConfig& config() const { return config_; }
   const WanDitOptions& options() const { return options_; }
   void set_attention(ops::AttentionMode mode) { options_.attention = mode; }
-  // Throws InvalidOption unless 0 <= blocks <= num_layers and prefetch >= 0.
+  // Throws InvalidOption unless 0 <= blocks <= num_layers and prefetch >= 0. On a GPU the
+  // blocks move at the next forward.
   void set_block_swap(int blocks, int prefetch);
   // Calls f(weight, block) on every parameter as held (block -1 outside the blocks), for
   // memory accounting (runtime/memory_stats.h). Defined below, so that the count needs no
@@ -87,6 +102,7 @@ class WanDit {
  private:
   struct Linear {
     ops::Weight weight, bias;
+    std::vector<LoraAdapter> loras;  // unmerged LoRAs of this layer, applied at run time
   };
   struct Attention {
     Linear q, k, v, o;
@@ -101,15 +117,18 @@ class WanDit {
     ops::Weight modulation;                // [1, 6, dim]
   };
 
-  at::Tensor apply(const Linear& l, const at::Tensor& x) const;
+  // Each call's strength of every LoRA given at load (only unmerged ones' are read).
+  using LoraStrengths = std::vector<double>;
+  at::Tensor apply(const Linear& l, const at::Tensor& x, const LoraStrengths& lora) const;
   at::Tensor self_attention(const Attention& a, const at::Tensor& x, const at::Tensor& seq_lens,
-                            const std::vector<std::array<int64_t, 3>>& grids, std::optional<double> feta_weight) const;
+                            const std::vector<std::array<int64_t, 3>>& grids, std::optional<double> feta_weight,
+                            const LoraStrengths& lora) const;
   at::Tensor cross_attention(const Attention& a, const at::Tensor& x, const at::Tensor& context,
-                             const at::Tensor& context_img) const;
+                             const at::Tensor& context_img, const LoraStrengths& lora) const;
   at::Tensor block_forward(const Block& b, int index, const at::Tensor& x, const at::Tensor& e0,
                            const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
                            const at::Tensor& context, const at::Tensor& context_img, std::optional<double> feta_weight,
-                           Trace* trace) const;
+                           const LoraStrengths& lora, Trace* trace) const;
   at::Tensor heads(const at::Tensor& x) const;  // [B, L, dim] -> [B, L, H, D]
   // Calls f on every weight of a block, always in the same order.
   template <typename F>
@@ -119,6 +138,12 @@ class WanDit {
   // The same in two steps: the float32 tensors are allocated here, and the returned job (for a
   // prefetch worker) fills them by that thread alone.
   std::function<Block()> widened_block_job(int64_t index) const;
+  // Off the CPU: makes placed_ match blocks_to_swap (resident blocks on the device, swapped
+  // ones in page-locked CPU memory). The caller holds placement_mutex_.
+  void place_blocks() const;
+  // The blocks on the device for one forward: resident ones as placed, swapped ones copied in.
+  template <typename Run>
+  void run_blocks_on_device(Run&& run) const;
 
   WanDitConfig config_;
   WanDitOptions options_;
@@ -127,13 +152,17 @@ class WanDit {
   Linear text_embedding0_, text_embedding2_;  // text_embedding.1 is GELU(tanh)
   Linear time_embedding0_, time_embedding2_;  // time_embedding.1 is SiLU
   Linear time_projection1_;                   // time_projection.0 is SiLU
-  std::vector<Block> blocks_;
+  std::vector<Block> blocks_;  // as loaded, on the CPU
+  mutable std::mutex placement_mutex_;  // held by a forward off the CPU
+  mutable std::vector<Block> placed_;   // off the CPU: blocks_ placed for placed_swap_
+  mutable int placed_swap_ = -1;
   Linear head_;
   ops::Weight head_modulation_;   // [1, 2, dim]
   // img_emb (i2v / flf2v): LayerNorm(1280), Linear, GELU, Linear, LayerNorm(dim)
   ops::Weight img_norm0_weight_, img_norm0_bias_, img_norm4_weight_, img_norm4_bias_;
   Linear img_proj1_, img_proj3_;
   ops::Weight img_emb_pos_;  // flf2v: [1, 514, 1280]
+  std::vector<double> lora_strengths_;  // at load, per LoRA
 };
 
 template <typename F>
@@ -141,6 +170,10 @@ void WanDit::visit_weights(F&& f) const {
   auto linear = [&f](const Linear& l, int64_t block) {
     f(l.weight, block);
     f(l.bias, block);
+    for (const LoraAdapter& a : l.loras) {
+      f(a.down, block);
+      f(a.up, block);
+    }
   };
   f(patch_embedding_weight_, -1);
   f(patch_embedding_bias_, -1);
@@ -171,7 +204,8 @@ void WanDit::visit_weights(F&& f) const {
 struct WanDitOverrides {
   int64_t num_heads = 0;  // 0: infer
   int64_t text_len = 0;   // 0: 512
-  std::vector<LoraSpec> loras;  // merged into the weights at load, in order (models/lora.h)
+  std::vector<LoraSpec> loras;  // applied in order (models/lora.h)
+  bool merge_loras = true;       // merged into the weights at load; else applied at run time
 };
 WanDitConfig infer_wan_dit_config(const std::map<std::string, std::vector<int64_t>>& shapes,
                                   const WanDitOverrides& overrides, const std::string& source);

@@ -79,8 +79,8 @@ at::Tensor cached_conv(const ops::Weight& w, const ops::Weight& b, const at::Ten
 }
 
 // Wan's fixed per-channel latent mean and 1 / std, shaped [1, z, 1, 1, 1].
-std::pair<at::Tensor, at::Tensor> latent_scale() {
-  const auto opts = at::TensorOptions().dtype(at::kFloat);
+std::pair<at::Tensor, at::Tensor> latent_scale(at::Device device) {
+  const auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
   return {at::tensor(WanVae::latent_mean(), opts).view({1, -1, 1, 1, 1}),
           (1.0 / at::tensor(WanVae::latent_std(), opts)).view({1, -1, 1, 1, 1})};
 }
@@ -107,8 +107,9 @@ const std::vector<float>& WanVae::latent_std() {
   return std;
 }
 
-WanVae::WanVae(WanVaeConfig config, std::map<std::string, ops::Weight> weights, const std::string& source)
-    : config_(config) {
+WanVae::WanVae(WanVaeConfig config, std::map<std::string, ops::Weight> weights, const std::string& source,
+               at::Device device)
+    : config_(config), device_(device) {
   for (const auto& [name, w] : weights) weight_bytes_ += static_cast<int64_t>(w.stored.value.nbytes());
   WeightBag bag(std::move(weights));
   auto conv = [&](const std::string& p) { return Conv{bag.take(p + ".weight"), bag.take(p + ".bias")}; };
@@ -168,6 +169,7 @@ WanVae::WanVae(WanVaeConfig config, std::map<std::string, ops::Weight> weights, 
   conv1_ = conv("conv1");
   conv2_ = conv("conv2");
   bag.check(source, "Wan2.1 VAE");
+  if (!device_.is_cpu()) place_weights(*this, device_);
 }
 
 // x: [b, in, t, h, w] -> [b, out, t, h, w]
@@ -259,13 +261,13 @@ at::Tensor WanVae::encode(const at::Tensor& video, const std::function<bool()>& 
   if (video.dim() != 4 || s[0] != 3 || (s[1] - 1) % 4 != 0 || s[2] % 8 != 0 || s[3] % 8 != 0 || s[2] == 0 || s[3] == 0)
     throw Error(ErrorCode::InvalidTensor, "Vae.encode: video must be [3, F, H, W] with F = 4k + 1 and H, W multiples of 8, got " +
                                               c10::str(s));
-  const at::Tensor mu = encode_moments(video.to(at::kFloat).unsqueeze(0), cancelled).first;
-  if (mu_out) *mu_out = mu.squeeze(0);
-  return normalize(mu).squeeze(0);
+  const at::Tensor mu = encode_moments(video.to(device_, at::kFloat).unsqueeze(0), cancelled).first;
+  if (mu_out) *mu_out = mu.squeeze(0).to(at::kCPU);
+  return normalize(mu).squeeze(0).to(at::kCPU);
 }
 
 at::Tensor WanVae::normalize(const at::Tensor& mu) {
-  const auto [mean, inv_std] = latent_scale();
+  const auto [mean, inv_std] = latent_scale(mu.device());
   return (mu - mean) * inv_std;
 }
 
@@ -301,9 +303,9 @@ at::Tensor WanVae::decode_raw(const at::Tensor& z) const {
 }
 
 at::Tensor WanVae::unnormalize(const at::Tensor& z) const {
-  const auto [mean, inv_std] = latent_scale();
+  const auto [mean, inv_std] = latent_scale(device_);
   // As vae.py decode: z / (1 / std) + mean, then the post-quant conv.
-  return causal_conv(conv2_.weight, conv2_.bias, z.to(at::kFloat).unsqueeze(0) / inv_std + mean, {}, 0, 0);
+  return causal_conv(conv2_.weight, conv2_.bias, z.to(device_, at::kFloat).unsqueeze(0) / inv_std + mean, {}, 0, 0);
 }
 
 namespace {
@@ -380,7 +382,9 @@ WanVae::Decoder::Decoder(std::shared_ptr<const WanVae> vae, const at::Tensor& z,
       const int64_t left = j > 0 ? 8 * (xs[j - 1] + tw_ - xs[j]) : 0;
       const int64_t right = j + 1 < xs.size() ? 8 * (xs[j] + tw_ - xs[j + 1]) : 0;
       tiles_.push_back(Tile{ys[i], xs[j], {},
-                            at::outer(ramp(8 * th_, top, bottom), ramp(8 * tw_, left, right)).view({1, 1, 8 * th_, 8 * tw_})});
+                            at::outer(ramp(8 * th_, top, bottom), ramp(8 * tw_, left, right))
+                                .view({1, 1, 8 * th_, 8 * tw_})
+                                .to(x_.device())});
     }
 }
 
@@ -389,7 +393,7 @@ at::Tensor WanVae::Decoder::next() {
   const at::Tensor frame = x_.narrow(2, next_frame_++, 1);
   if (tiles_.size() == 1 && !tiles_[0].weight.defined()) {
     tiles_[0].cache.index = 0;
-    return vae_->run(vae_->decoder_, frame, tiles_[0].cache, false).squeeze(0);
+    return vae_->run(vae_->decoder_, frame, tiles_[0].cache, false).squeeze(0).to(at::kCPU);
   }
   at::Tensor sum, weight_sum;
   for (Tile& tile : tiles_) {
@@ -397,13 +401,13 @@ at::Tensor WanVae::Decoder::next() {
     const at::Tensor part = frame.narrow(3, tile.y, th_).narrow(4, tile.x, tw_);
     const at::Tensor out = vae_->run(vae_->decoder_, part, tile.cache, false).squeeze(0);  // [3, n, 8th, 8tw]
     if (!sum.defined()) {
-      sum = at::zeros({3, out.size(1), 8 * x_.size(3), 8 * x_.size(4)}, at::kFloat);
-      weight_sum = at::zeros({1, 1, 8 * x_.size(3), 8 * x_.size(4)}, at::kFloat);
+      sum = at::zeros({3, out.size(1), 8 * x_.size(3), 8 * x_.size(4)}, out.options());
+      weight_sum = at::zeros({1, 1, 8 * x_.size(3), 8 * x_.size(4)}, out.options());
     }
     sum.narrow(2, 8 * tile.y, 8 * th_).narrow(3, 8 * tile.x, 8 * tw_).add_(out * tile.weight);
     weight_sum.narrow(2, 8 * tile.y, 8 * th_).narrow(3, 8 * tile.x, 8 * tw_).add_(tile.weight);
   }
-  return sum / weight_sum;
+  return (sum / weight_sum).to(at::kCPU);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -986,10 +990,10 @@ WanVaeConfig infer_wan_vae_config(const std::map<std::string, std::vector<int64_
 }
 
 std::shared_ptr<WanVae> load_wan_vae(const std::vector<std::string>& files, bool populate,
-                                     const std::function<bool()>& cancelled) {
+                                     const std::function<bool()>& cancelled, at::Device device) {
   LoadedWeights loaded = load_weights(files, populate, cancelled);
   return std::make_shared<WanVae>(infer_wan_vae_config(loaded.shapes, files.front()), std::move(loaded.weights),
-                                  files.front());
+                                  files.front(), device);
 }
 
 }  // namespace wan::models

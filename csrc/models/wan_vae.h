@@ -40,7 +40,10 @@ struct FeatureCache {
 
 class WanVae : public std::enable_shared_from_this<WanVae> {
  public:
-  WanVae(WanVaeConfig config, std::map<std::string, ops::Weight> weights, const std::string& source);
+  // `device`: where the weights live and the VAE computes (float32); encode() and the
+  // Decoder take and return CPU tensors.
+  WanVae(WanVaeConfig config, std::map<std::string, ops::Weight> weights, const std::string& source,
+         at::Device device = at::kCPU);
 
   // video [3, F, H, W] in [-1, 1], F = 4k + 1, H and W multiples of 8 -> normalised latent
   // [z_dim, (F - 1) / 4 + 1, H / 8, W / 8]. `mu` (optional) receives the latent before
@@ -115,6 +118,7 @@ class WanVae : public std::enable_shared_from_this<WanVae> {
   DecodeMemory estimate_decode_memory(const DecodeMemoryQuery& query) const;
 
   const WanVaeConfig& config() const { return config_; }
+  at::Device device() const { return device_; }
   // Calls f(weight) on every parameter as held, for memory accounting (runtime/memory_stats.h).
   template <typename F>
   void visit_weights(F&& f) const;
@@ -159,6 +163,7 @@ class WanVae : public std::enable_shared_from_this<WanVae> {
   at::Tensor unnormalize(const at::Tensor& z) const;
 
   WanVaeConfig config_;
+  at::Device device_;
   int64_t weight_bytes_ = 0;  // all weights as stored
   Coder encoder_, decoder_;
   Conv conv1_, conv2_;  // quant_conv [2z, 2z, 1, 1, 1] and post_quant_conv [z, z, 1, 1, 1]
@@ -167,7 +172,7 @@ class WanVae : public std::enable_shared_from_this<WanVae> {
 WanVaeConfig infer_wan_vae_config(const std::map<std::string, std::vector<int64_t>>& shapes, const std::string& source);
 
 std::shared_ptr<WanVae> load_wan_vae(const std::vector<std::string>& files, bool populate,
-                                     const std::function<bool()>& cancelled);
+                                     const std::function<bool()>& cancelled, at::Device device = at::kCPU);
 
 template <typename F>
 void WanVae::visit_weights(F&& f) const {

@@ -825,7 +825,10 @@ at::Tensor torch_sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor
                       const at::Tensor& k_lens) {
   const at::Tensor qt = q.transpose(1, 2), kt = k.transpose(1, 2), vt = v.transpose(1, 2);
   at::Tensor out;
-  if (k_lens.defined()) {
+  // A mask that keeps every key is left out: without one, a GPU's SDPA can take its flash kernel.
+  const bool all_keys = k_lens.defined() && k_lens.is_cpu() &&
+                        k_lens.to(at::kLong).eq(d.Lk).all().item<bool>();
+  if (k_lens.defined() && !all_keys) {
     const at::Tensor lens = k_lens.to(q.device(), at::kLong).view({d.B, 1, 1, 1});
     const at::Tensor mask = at::arange(d.Lk, lens.options()).view({1, 1, 1, d.Lk}) < lens;  // [B, 1, 1, Lk]
     out = at::scaled_dot_product_attention(qt, kt, vt, mask);
@@ -852,13 +855,15 @@ at::Tensor attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
                           AttentionMode mode, const Dims& d, const at::Tensor& k_lens) {
   const c10::cuda::CUDAGuard device_guard(q_in.device());
   if (d.B * d.Lq * d.H * d.D == 0) return at::empty({d.B, d.Lq, d.H, d.D}, q_in.options());
-  if (mode == AttentionMode::Sdpa || !cuda_attention_supports_head_dim(d.D)) {
 #if WAN_TORCH_AT_LEAST(2, 1)
+  // libtorch's SDPA runs FlashAttention-2 (or cuDNN) kernels: 'flash' is that. Our own tiled
+  // kernel is ~28x slower on an H100-class GPU (BENCHMARKS.md, GPU) and serves older libtorch.
+  if (mode != AttentionMode::Sage || !cuda_attention_supports_head_dim(d.D))
     return torch_sdpa(q_in, k_in, v_in, d, k_lens);
 #else
+  if (mode == AttentionMode::Sdpa || !cuda_attention_supports_head_dim(d.D))
     return math_impl(q_in, k_in, v_in, d, k_lens).to(q_in.scalar_type());
 #endif
-  }
   const at::Tensor q = q_in.stride(3) == 1 ? q_in : q_in.contiguous();
   const at::Tensor k = k_in.stride(3) == 1 ? k_in : k_in.contiguous();
   const at::Tensor v = v_in.stride(3) == 1 ? v_in : v_in.contiguous();

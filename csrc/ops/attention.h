@@ -9,8 +9,10 @@ namespace wan::ops {
 
 enum class AttentionMode {
   Sdpa,   // libtorch's scaled_dot_product_attention where it has one (>= 2.1), else plain math
-  Flash,  // tiled, online softmax: never builds the Lq x Lk matrix (CPU threads; CUDA kernel)
-  Sage,   // int8-quantised Q.K^T with K smoothing and per-block scales (SageAttention)
+  Flash,  // tiled, online softmax: never builds the Lq x Lk matrix (CPU threads; on a GPU,
+          // libtorch's SDPA flash kernels, or our CUDA kernel where libtorch < 2.1)
+  Sage,   // int8-quantised Q.K^T with K smoothing and per-block scales (SageAttention; on a
+          // GPU our CUDA kernel, which is correct but far slower than SDPA there)
 };
 
 AttentionMode attention_mode_from_name(const std::string& name);  // "sdpa" | "flash" | "sageattn"

@@ -62,6 +62,15 @@ Weight Weight::widened_into(at::Tensor out) const {
   return Weight{core::Tensor{out, DType::F32}, {}};
 }
 
+Weight Weight::to(at::Device device, bool pinned) const {
+  auto move = [&](const at::Tensor& t) -> at::Tensor {
+    if (!t.defined()) return t;
+    if (device.is_cpu() && pinned) return t.is_pinned() ? t : t.to(at::kCPU).pin_memory();
+    return t.to(device);
+  };
+  return Weight{core::Tensor{move(stored.value), stored.dtype}, move(scale)};
+}
+
 at::Tensor Weight::get(at::ScalarType compute) const {
   at::Tensor w = stored.dtype == core::DType::F8_E4M3FN || stored.dtype == core::DType::F8_E5M2
                      ? core::to_float(stored)

@@ -22,6 +22,9 @@ struct Weight {
   // prefetch worker fills blocks that the engine thread allocated, so that freed blocks return
   // to the engine thread's malloc arena rather than to one per worker).
   Weight widened_into(at::Tensor out) const;
+  // This weight with its tensors on `device`, still in its storage dtype (fp8 stays codes). On
+  // the CPU with `pinned`, in page-locked memory, so that copies to a GPU run asynchronously.
+  Weight to(at::Device device, bool pinned = false) const;
   // Whether widened() makes a new tensor (false for float32 without a scale).
   bool needs_widening() const { return defined() && (stored.dtype != core::DType::F32 || scale.defined()); }
 };

@@ -52,13 +52,15 @@ at::Tensor rope_apply_composite(const at::Tensor& x, const std::vector<std::arra
   }
   at::Tensor cos_parts[3], sin_parts[3];
   int64_t start = 0;
+  const at::Device device = x.device();
+  const at::Tensor cos = table.cos.to(device), sin = table.sin.to(device);
   for (int k = 0; k < 3; ++k) {
-    const at::Tensor idx = at::tensor(index[k], at::kLong);
-    cos_parts[k] = table.cos.index_select(0, idx).narrow(1, start, table.parts[k]);
-    sin_parts[k] = table.sin.index_select(0, idx).narrow(1, start, table.parts[k]);
+    const at::Tensor idx = at::tensor(index[k], at::kLong).to(device);
+    cos_parts[k] = cos.index_select(0, idx).narrow(1, start, table.parts[k]);
+    sin_parts[k] = sin.index_select(0, idx).narrow(1, start, table.parts[k]);
     start += table.parts[k];
   }
-  const at::Tensor mask = at::tensor(live, at::kFloat).view({B * L, 1});
+  const at::Tensor mask = at::tensor(live, at::kFloat).to(device).view({B * L, 1});
   const at::Tensor co = (at::cat({cos_parts[0], cos_parts[1], cos_parts[2]}, 1) * mask + (1 - mask)).view({B, L, 1, C});
   const at::Tensor si = (at::cat({sin_parts[0], sin_parts[1], sin_parts[2]}, 1) * mask).view({B, L, 1, C});
   const at::Tensor pairs = x.to(at::kFloat).reshape({B, L, H, C, 2});
@@ -83,7 +85,8 @@ at::Tensor rope_apply(const at::Tensor& x, const std::vector<std::array<int64_t,
         throw core::Error(core::ErrorCode::InvalidTensor,
                           "rope: a grid of " + std::to_string(n) + " positions exceeds the " +
                               std::to_string(max_pos) + " the table covers");
-  if (records_grad(x)) return rope_apply_composite(x, grids, table);
+  // The composite ops off the CPU and where autograd records: the loop below is CPU-only.
+  if (records_grad(x) || !in.is_cpu()) return rope_apply_composite(x, grids, table);
   at::Tensor out = in.clone();
   const float* cs = table.cos.data_ptr<float>();
   const float* sn = table.sin.data_ptr<float>();

@@ -6,6 +6,7 @@ import { WanError } from '../../lib/errors';
 import { native } from '../../lib/native';
 import { attention, AttentionMode } from '../../lib/ops';
 import { Tensor } from '../../lib/tensor';
+import { normals, randn } from '../helpers';
 
 // Tolerances, against 'sdpa' on the same inputs (measured on this CPU, AVX2 kernels):
 //  - flash: max |diff| <= 2e-5. Measured 2e-7 to 5.4e-7 on the cases below; up to 1.5e-5 at
@@ -17,29 +18,6 @@ import { Tensor } from '../../lib/tensor';
 const FLASH_MAX_ABS = 2e-5;
 const SAGE_MIN_COSINE = 0.999;
 const SAGE_MAX_ABS = 0.05;
-
-// mulberry32, then Box-Muller: the inputs are the same on every run.
-function normals(n: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  const uniform = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = s;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return (((x ^ (x >>> 14)) >>> 0) + 0.5) / 4294967296;
-  };
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i += 2) {
-    const r = Math.sqrt(-2 * Math.log(uniform())), a = 2 * Math.PI * uniform();
-    out[i] = r * Math.cos(a);
-    if (i + 1 < n) out[i + 1] = r * Math.sin(a);
-  }
-  return out;
-}
-
-function randn(shape: number[], seed: number, dtype: 'f32' | 'bf16' = 'f32'): Tensor {
-  return Tensor.fromTypedArray(normals(shape.reduce((a, b) => a * b, 1), seed), shape, dtype);
-}
 
 function lens(values: number[]): Tensor {
   return Tensor.fromTypedArray(BigInt64Array.from(values, BigInt), [values.length]);
@@ -132,7 +110,9 @@ t.test('keys past kLens do not influence any mode, exactly', async (t) => {
     const q1 = Tensor.fromTypedArray(values(q).slice(L * H * D), [1, L, H, D]);
     const alone = values(attention(q1, sliceOf(kData, 5), sliceOf(vData, 5), mode));
     const err = maxAbsDiff(a.subarray(L * H * D), alone);
-    t.ok(err <= (mode === 'sageattn' ? 1e-6 : 0), `${mode}: batch 1 = attention over its ${kLens[1]} keys (max |diff| ${err})`);
+    // flash slices the keys as this does; libtorch 2.x's SDPA (sdpa there) masks them, which sums
+    // the same terms in another order; sageattn's per-block scales see the padding.
+    t.ok(err <= (mode === 'flash' ? 0 : 1e-6), `${mode}: batch 1 = attention over its ${kLens[1]} keys (max |diff| ${err})`);
   }
   const i32 = Tensor.fromTypedArray(Int32Array.from(kLens), [B]);
   t.same(values(attention(q, k, v, 'flash', i32)), values(attention(q, k, v, 'flash', lens(kLens))), 'i32 kLens work like i64');

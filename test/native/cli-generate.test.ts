@@ -118,7 +118,7 @@ function pngFrames(name: string, ...extra: string[]): Buffer[] {
 }
 const same = (a: Buffer[], b: Buffer[]) => a.length === b.length && a.every((png, i) => png.equals(b[i]));
 
-t.test('--lora: merged at load; strength 0, other blocks or filtered layers change nothing', async (t) => {
+t.test('--lora: merged at load (or not); strength 0, other blocks or filtered layers change nothing', async (t) => {
   // A rank-4 LoRA (ComfyUI keys) for the tiny DiT (dim 64, ffn 128): block 0's self-attention q
   // and block 1's ffn.0, with updates large enough to show in 8-bit frames.
   const rank = 4;
@@ -142,6 +142,9 @@ t.test('--lora: merged at load; strength 0, other blocks or filtered layers chan
   t.ok(same(pngFrames('lora-default', '--lora', lora), merged), 'no strength: 1.0');
   t.ok(same(pngFrames('lora-blocks', '--lora', lora, '--lora-blocks', '0-1'), merged), '--lora-blocks 0-1: every block, the same');
   t.notOk(same(pngFrames('lora-block0', '--lora', lora, '--lora-blocks', '0'), merged), '--lora-blocks 0: block 1 left out');
+  // Unmerged, the model's output is within ~1e-6 of the merged one (lora.test.ts), which can move
+  // a pixel by a level, so only that the LoRA applied is checked here.
+  t.notOk(same(pngFrames('lora-unmerged', '--lora', lora, '--no-merge-loras'), plain), '--no-merge-loras: the LoRA applies');
   t.ok(same(pngFrames('lora-filtered', '--lora', lora, '--lora-layer-filter', 'self_attn, ffn'), plain),
     '--lora-layer-filter self_attn,ffn: every key skipped, byte-identical to no LoRA');
 
@@ -247,7 +250,11 @@ t.test('bad options exit 2 with a message naming the option, before anything is 
     [['--lora', 'style.safetensors', '--lora-blocks', '40-48'], /argument '40-48' is invalid\. Expected block indices in 0\.\.47 but received 48/],
     [['--lora', 'style.safetensors', '--lora-layer-filter', 'ffn', '--lora-layer-filter', 'q'], /--lora-layer-filter is given twice for --lora style\.safetensors/],
     [['--lora', w('tiny_t2v_dit.f32.safetensors'), '--lora-blocks', '0,2-3'], /^wan-native generate: --lora-blocks: the model has 2 transformer blocks \(0\.\.1\) but block 2 is selected for --lora /m],
-    [['--quantization', 'fp8_e4m3fn_fast'], /--quantization fp8_e4m3fn_fast is not available yet .*fp8 matmuls need a GPU .*: use one of disabled, fp8_e4m3fn, fp8_e4m3fn_scaled, fp8_e5m2/],
+    [['--quantization', 'fp8_e4m3fn_fast'], /--quantization fp8_e4m3fn_fast runs fp8 matmuls on a GPU .*computes on the CPU \(--device auto\).*: use one of disabled, fp8_e4m3fn, fp8_e4m3fn_scaled, fp8_e5m2/],
+    [['--quantization', 'fp8_e5m2_fast'], /--quantization fp8_e5m2_fast is not available yet .*only fp8_e4m3fn_fast is implemented/],
+    [['--no-merge-loras'], /^wan-native generate: --no-merge-loras applies to the --lora files, and none is given$/m],
+    [['--device', 'gpu'], /option '--device <name>' argument 'gpu' is invalid\. Expected one of auto, cpu, cuda or cuda:N/],
+    [['--device', 'cuda'], /^wan-native generate: --device cuda: this build of wan-native is CPU-only; use --device cpu or auto$/m],
     [['--quantization', 'fp8_e5m2_scaled'], /--quantization fp8_e5m2_scaled is not available yet .*scaled fp8_e5m2 storage is not implemented/],
     [['--quantization', 'int4'], /option '--quantization <mode>' argument 'int4' is invalid/],
     [['--blocks-to-swap', '5'], /^wan-native generate: --blocks-to-swap: the model has 2 transformer blocks, so expected 0\.\.2 but received 5$/m],

@@ -125,7 +125,7 @@ t.test('the official tiny CLIP matches CLIPModel.visual, from the F32 and the BF
   const video = g.get('video')!;  // [3, 1, 40, 48] in [-1, 1]
   for (const dtype of ['f32', 'bf16']) {
     const clip = await ClipVisionEncoder.load(tinyPath(dtype), TINY);
-    t.same(clip.config, { imageSize: 56, patchSize: 14, dim: 64, mlpDim: 256, numHeads: 4, numLayers: 3, tokens: 17, layout: 'official' });
+    t.same(clip.config, { imageSize: 56, patchSize: 14, dim: 64, mlpDim: 256, numHeads: 4, numLayers: 3, tokens: 17, layout: 'official', device: 'cpu' });
     // crop 'disabled' is the official preprocessing: stretch to 56 x 56.
     const { embeds, intermediates } = await clip.trace(video, { crop: 'disabled' });
     const pairs: [string, string][] = [
@@ -196,7 +196,7 @@ t.test('the real ViT-H/14 shapes: official .pth names and ComfyUI clip_vision_h 
   // Official: the whole XLMRobertaCLIP state dict (text tower and log_scale included, ignored).
   const official = writeSparseSafetensors(path.join(dir, 'official.safetensors'), m.tensors);
   const a = await ClipVisionEncoder.load(official, { populate: false });  // maps, reads no data
-  t.same(a.config, { ...expected, layout: 'official' });
+  t.same(a.config, { ...expected, layout: 'official', device: 'cpu' });
   a.dispose();
   // Hugging Face CLIPVisionModelWithProjection names and shapes, as in clip_vision_h.safetensors.
   const shapes = new Map<string, number[]>(m.tensors.map((e: SparseEntry) => [e.key, e.shape]));
@@ -217,7 +217,7 @@ t.test('the real ViT-H/14 shapes: official .pth names and ComfyUI clip_vision_h 
   }
   const comfy = writeSparseSafetensors(path.join(dir, 'clip_vision_h.safetensors'), hf, { format: 'pt' });
   const b = await ClipVisionEncoder.load(comfy, { populate: false });
-  t.same(b.config, { ...expected, layout: 'hf-clip' });
+  t.same(b.config, { ...expected, layout: 'hf-clip', device: 'cpu' });
   b.dispose();
 });
 

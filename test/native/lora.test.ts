@@ -1,12 +1,13 @@
 // LoRAs merged at load (WanModel.load(path, { loras })): every key family gives the weights a
 // merge computed here in float64 would (W + strength * alpha / rank * up @ down, W + strength *
 // diff), rounded to the stored dtype, and the model computes exactly what a checkpoint holding
-// those weights computes.
+// those weights computes. Unmerged (mergeLoras false), the pairs apply at run time: the same
+// function without the rounding, and with per-step strengths.
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-import { loadCheckpoint, loadSafetensors, saveSafetensors, Tensor, WanModel } from '../../lib/index';
+import { emptyEmbeds, loadCheckpoint, loadSafetensors, Sampler, saveSafetensors, Tensor, WanModel } from '../../lib/index';
 import type { ModelLoaderOptions, WanForwardInput } from '../../lib/index';
 import { decodeE4m3fn, encodeE4m3fn, fixturesDir, goldenDir, maxAbsDiff, tempDir, weightsDir } from '../helpers';
 
@@ -367,6 +368,90 @@ t.test('image-branch keys: dropped on a T2V model (as the wrapper), merged into 
   t.ok(e <= 1e-6, `I2V: the k_img pair is merged (${e.toExponential(2)})`);
 });
 
+t.test('unmerged (mergeLoras false): applied at run time, as the merged weights compute', async (t) => {
+  const input = await golden();
+  const s = 0.8;
+  const c = plan(s);
+  const diffs = [diff('blocks.0.ffn.2.bias', 64, s), diff('blocks.1.modulation', 6 * 64, s)];
+  const file = await loraFile('comfy-unmerged', c.updates, comfy, {
+    'diffusion_model.blocks.0.ffn.2.diff_b': f32(diffs[0].diff!, [64]),
+    'diffusion_model.blocks.1.diff_m': f32(diffs[1].diff!, [1, 6, 64]),
+  }, c.alphas);
+  // float32 weights: the reference is the float32 merge (differences are merged either way).
+  const base = (await loadCheckpoint(base32)).tensors;
+  const want = await forwardOf(await save('unmerged-reference', merged(base, [...c.updates, ...diffs])), input);
+  const unmerged = await WanModel.load(base32, { ...TINY, loras: [{ path: file, strength: s }], mergeLoras: false });
+  t.equal(unmerged.config.mergeLoras, false);
+  const [got] = await unmerged.forward(input);
+  const err = maxAbsDiff(got, want);
+  t.ok(err <= 1e-5, `f32 weights: max abs difference ${err.toExponential(2)} from the merged checkpoint (<= 1e-5)`);
+  t.ok(maxAbsDiff(got, await forwardOf(base32, input)) > 1e-2, 'the LoRA changes the output');
+  // The adapters are counted with the weights; block swap moves them with their block.
+  const plain = await WanModel.load(base32, TINY);
+  const adapterBytes = 4 * c.updates.reduce((n, u) => n + u.up!.length + u.down!.length, 0);
+  t.equal(unmerged.memoryStats().resident.bytes - plain.memoryStats().resident.bytes, adapterBytes,
+    `memoryStats counts the adapters (${adapterBytes} bytes)`);
+  for (const [blocksToSwap, prefetchBlocks] of [[1, 0], [2, 1]]) {
+    unmerged.setBlockSwap({ blocksToSwap, prefetchBlocks });
+    t.equal(maxAbsDiff((await unmerged.forward(input))[0], got), 0, `swap ${blocksToSwap}, prefetch ${prefetchBlocks}: bitwise equal`);
+  }
+  unmerged.dispose();
+  plain.dispose();
+
+  // bf16 weights: merged ones are rounded to bf16 after the merge, unmerged ones keep the update
+  // exact, so only unmerged is the float32 reference (bf16 weights + the float32 update).
+  const pairs = await loraFile('comfy-unmerged-pairs', c.updates, comfy, {}, c.alphas);
+  const asF32 = new Map([...(await loadCheckpoint(base16)).tensors].map(([k, v]) =>
+    [k, Tensor.fromTypedArray(Float32Array.from(v.toTypedArray() as Float32Array), v.shape, 'f32')]));
+  const reference = await forwardOf(await save('unmerged-bf16-reference', merged(asF32, c.updates)), input);
+  const runTime = await forwardOf(base16, input, { loras: [{ path: pairs, strength: s }], mergeLoras: false });
+  const atLoad = await forwardOf(base16, input, { loras: [{ path: pairs, strength: s }] });
+  const errRunTime = maxAbsDiff(runTime, reference), errAtLoad = maxAbsDiff(atLoad, reference);
+  t.ok(errRunTime <= 1e-5, `bf16 weights, unmerged: ${errRunTime.toExponential(2)} from bf16 + the exact update (<= 1e-5)`);
+  t.ok(errAtLoad > 10 * errRunTime, `merged into bf16: ${errAtLoad.toExponential(2)}, the rounding of the merged weights`);
+});
+
+t.test('per-step strengths: each call takes its step\'s strength; the Sampler passes the step', async (t) => {
+  const input = await golden();
+  const { updates, alphas } = plan(1);
+  const file = await loraFile('comfy-per-step', updates, comfy, {}, alphas);
+  const perStep = await WanModel.load(base32, { ...TINY, loras: [{ path: file, strength: [0.8, 0, -0.5] }], mergeLoras: false });
+  const at = async (strength: number) => forwardOf(base32, input, { loras: [{ path: file, strength }], mergeLoras: false });
+  t.equal(maxAbsDiff((await perStep.forward({ ...input, step: 0 }))[0], await at(0.8)), 0, 'step 0: strength 0.8, bitwise');
+  t.equal(maxAbsDiff((await perStep.forward({ ...input, step: 1 }))[0], await forwardOf(base32, input)), 0,
+    'step 1: strength 0, the model without the LoRA, bitwise');
+  t.equal(maxAbsDiff((await perStep.forward({ ...input, step: 2 }))[0], await at(-0.5)), 0, 'step 2: strength -0.5, bitwise');
+  const zeroFirst = await WanModel.load(base32, { ...TINY, loras: [{ path: file, strength: [0, 0.8] }], mergeLoras: false });
+  t.equal(maxAbsDiff((await zeroFirst.forward({ ...input, step: 1 }))[0], await at(0.8)), 0, 'a list that starts at 0: step 1, bitwise');
+  await t.rejects(perStep.forward(input), { code: 'WAN_INVALID_OPTION',
+    message: 'loras[0].strength is a per-step list: give the step of this call (input.step; the Sampler does)' });
+  await t.rejects(perStep.forward({ ...input, step: 3 }), { code: 'WAN_INVALID_OPTION',
+    message: 'loras[0].strength has 3 values, one per step, but step 3 was asked (steps count from 0)' });
+
+  // Through the Sampler: a constant list samples what the constant does.
+  const text = { promptEmbeds: [input.context[0]], negativePromptEmbeds: [] };
+  const sample = (model: WanModel) => new Sampler(model).sample({
+    imageEmbeds: emptyEmbeds({ width: 48, height: 32, numFrames: 5 }), textEmbeds: text, steps: 3, cfg: 1, seed: 5, scheduler: 'euler' });
+  const constant = await WanModel.load(base32, { ...TINY, loras: [{ path: file, strength: 0.7 }], mergeLoras: false });
+  const listed = await WanModel.load(base32, { ...TINY, loras: [{ path: file, strength: [0.7, 0.7, 0.7] }], mergeLoras: false });
+  t.equal(maxAbsDiff(await sample(listed), await sample(constant)), 0, 'strength [0.7, 0.7, 0.7] samples what 0.7 does');
+  const varying = await WanModel.load(base32, { ...TINY, loras: [{ path: file, strength: [0.7, 0, 0.7] }], mergeLoras: false });
+  t.ok(maxAbsDiff(await sample(varying), await sample(constant)) > 1e-4, 'strength [0.7, 0, 0.7] samples something else');
+
+  // Differences cannot follow a list: the load says which keys.
+  const withDiff = await loraFile('comfy-per-step-diff', updates, comfy,
+    { 'diffusion_model.blocks.0.ffn.2.diff_b': f32(values(64, 0.05), [64]) }, alphas);
+  await t.rejects(WanModel.load(base32, { ...TINY, loras: [{ path: withDiff, strength: [1, 0.5] }], mergeLoras: false }), {
+    code: 'WAN_INVALID_OPTION',
+    message: "a LoRA with a per-step strength list can only change linear layers, at run time, but it changes " +
+      "'blocks.0.ffn.2.bias' (a full difference, LoRA 0): give that LoRA one strength",
+  });
+  await t.rejects(WanModel.load(base32, { ...TINY, loras: [{ path: file, strength: [] }], mergeLoras: false }),
+    { code: 'WAN_INVALID_OPTION', message: /Expected a non-empty list of numbers from -1000 to 1000 for loras\[0\]\.strength/ });
+  await t.rejects(WanModel.load(base32, { ...TINY, mergeLoras: 'no' as never }),
+    { code: 'WAN_INVALID_OPTION', message: 'Expected a boolean for mergeLoras but received "no" of type string' });
+});
+
 t.test('errors name the file, the keys and the shapes', async (t) => {
   const good = pair('blocks.0.self_attn.q', 64, 64, 1);
   const unmatchedFile = await loraFile('unmatched', [good], comfy, {
@@ -429,7 +514,7 @@ t.test('errors name the file, the keys and the shapes', async (t) => {
     [{ path: unmatchedFile, strength: 5000 }, /^Expected a number from -1000 to 1000 for loras\[0\]\.strength but received 5000 of type number$/],
     [{ path: unmatchedFile, strength: NaN }, /for loras\[0\]\.strength but received NaN of type number/],
     [{ path: unmatchedFile, strength: '1' }, /for loras\[0\]\.strength but received "1" of type string/],
-    [{ path: unmatchedFile, strength: [1, 0.5] }, /a per-step strength list needs unmerged LoRAs/],
+    [{ path: unmatchedFile, strength: [1, 0.5] }, /loras\[0\]\.strength is a per-step list, which needs unmerged LoRAs: give mergeLoras: false/],
     [{ path: unmatchedFile, blocks: [] }, /^Expected a non-empty array of block indices \(integers >= 0\) for loras\[0\]\.blocks but received an array of length 0$/],
     [{ path: unmatchedFile, blocks: [0, -1] }, /for loras\[0\]\.blocks/],
     [{ path: unmatchedFile, blocks: [1.5] }, /for loras\[0\]\.blocks/],

@@ -3,7 +3,7 @@
 import * as path from 'node:path';
 import t from 'tap';
 
-import { ClipVisionEncoder, loadCheckpoint, planMemory, TextEncoder, Vae, WanModel } from '../../lib/index';
+import { ClipVisionEncoder, loadCheckpoint, planMemory, runtimeInfo, TextEncoder, Vae, WanModel } from '../../lib/index';
 import { weightsDir } from '../helpers';
 
 const ELEMENT: Record<string, number> = { f32: 4, bf16: 2, f16: 2, f8_e4m3fn: 1, f8_e5m2: 1 };
@@ -61,6 +61,13 @@ t.test('WanModel: fp8 storage holds one byte a quantized value', async (t) => {
     t.equal(sum, quantization === 'disabled' ? (await fileBytes(DIT)).all : fp8.all, `planner weights, ${quantization}`);
   }
   model.dispose();
+});
+
+t.test("device 'cuda' plans against the GPU's free memory, which a CPU-only build has none of", { skip: runtimeInfo().cuda ? 'a CUDA build (test/gpu checks it)' : false }, async (t) => {
+  await t.rejects(planMemory({ dit: DIT, device: 'cuda', width: 16, height: 16, numFrames: 1 }), {
+    code: 'WAN_INVALID_OPTION',
+    message: "device 'cuda': this build of wan-native is CPU-only, so there is no GPU memory to plan against; give maxMemory",
+  });
 });
 
 t.test('TextEncoder, ClipVisionEncoder and Vae report their weights', async (t) => {

@@ -227,7 +227,7 @@ t.test('the synthesised CLIP: the official key layout at ViT-H/14 width, its con
     [[1, 257, 1280], [1280, 5120], [1280, 1024]], 'the official shapes');
 
   const clip = await ClipVisionEncoder.load(clipFile);
-  t.same(clip.config, { imageSize: 224, patchSize: 14, dim: 1280, mlpDim: 5120, numHeads: 16, numLayers: 2, tokens: 257, layout: 'official' },
+  t.same(clip.config, { imageSize: 224, patchSize: 14, dim: 1280, mlpDim: 5120, numHeads: 16, numLayers: 2, tokens: 257, layout: 'official', device: 'cpu' },
     'width, heads (16: known for 1280), MLP, patch and image size from the shapes');
   const { clipEmbeds } = await clip.encode(path.join(inputDir, 'start.png'));
   t.same(clipEmbeds.shape, [1, 257, 1280], 'what the I2V DiT takes');

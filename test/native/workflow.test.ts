@@ -260,7 +260,7 @@ t.test('validation errors name the node and the input, and nothing runs', async 
     w['11'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'lightx2v.safetensors', strength: 1 } };
     w['12'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'style.safetensors', strength: 0.5, merge_loras: false, prev_lora: ['11', 0] } };
     w['4'].inputs.lora = ['12', 0];
-  }), o), 'WAN_INVALID_OPTION', /^node 12 \(WanVideoLoraSelect\) input merge_loras: merge_loras false \(LoRAs applied unmerged, on the fly\) is not available in wan-native, which merges LoRAs into the weights when the model loads: set merge_loras to true$/);
+  }), o), 'WAN_INVALID_OPTION', /^node 4 \(WanVideoModelLoader\) input lora: its LoRAs mix merge_loras true \(node 11 \(WanVideoLoraSelect\)\) and false \(node 12 \(WanVideoLoraSelect\)\), and wan-native merges all of one model's LoRAs or none: give them the same merge_loras$/);
   // A per-step strength list: as a literal (ComfyUI would refuse it too) or on a link (no node here makes one).
   await rejectsWith(t, runWorkflow(patched((w) => {
     w['11'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'lightx2v.safetensors', strength: [1, 0.9, 0.8] } };
@@ -439,7 +439,7 @@ t.test('the I2V nodes compute what the library computes', async (t) => {
   const asFrame = Tensor.fromTypedArray(pixels, [3, 1, 40, 48]);  // one frame, as a decode or a video loader gives it
   const context = (values: Record<string, unknown>, inputs: Record<string, unknown>): NodeContext => ({
     node: undefined as never, value: <T>(name: string) => values[name] as T, input: <T>(name: string) => inputs[name] as T,
-    file: () => { throw new Error('no files here'); }, onProgress: () => {}, streamFrames: false, metadata: {}, textCacheDir: root, warn: () => {},
+    file: () => { throw new Error('no files here'); }, onProgress: () => {}, streamFrames: false, metadata: {}, textCacheDir: root, device: 'cpu', warn: () => {},
   });
   const [clipOut] = await EXECUTORS.WanVideoClipVisionEncode(context(
     { strength_1: 0.5, strength_2: 1, crop: 'disabled', combine_embeds: 'average', force_offload: true, tiles: 0, ratio: 0.5 },

@@ -62,10 +62,14 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 // Parameters: created with official names and shapes, trained in float32, saved in bf16.
 
 // Fan-in scaled uniform initialisation (PyTorch's default for Linear and Conv).
+int64_t fan_in(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (size_t i = 1; i < shape.size(); ++i) n *= shape[i];
+  return n;
+}
+
 at::Tensor init_weight(std::vector<int64_t> shape, double gain = 1.0) {
-  int64_t fan_in = 1;
-  for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
-  const double bound = gain / std::sqrt(static_cast<double>(fan_in));
+  const double bound = gain / std::sqrt(static_cast<double>(fan_in(shape)));
   return at::empty(shape, at::kFloat).uniform_(-bound, bound);
 }
 
@@ -76,9 +80,7 @@ at::Tensor init_weight(std::vector<int64_t> shape, double gain = 1.0) {
 void add_conv(Params& p, const std::string& name, std::vector<int64_t> shape, double gain = 1.0, double bias_scale = 1.0) {
   const int64_t out = shape[0];
   p[name + ".weight"] = init_weight(shape, gain);
-  int64_t fan_in = 1;
-  for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
-  const double bound = bias_scale / std::sqrt(static_cast<double>(fan_in));
+  const double bound = bias_scale / std::sqrt(static_cast<double>(fan_in(shape)));
   p[name + ".bias"] = at::empty({out}, at::kFloat).uniform_(-bound, bound);
 }
 

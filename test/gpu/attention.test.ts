@@ -1,0 +1,55 @@
+// The CUDA attention kernels ('flash', 'sageattn') and libtorch's CUDA SDPA against the CPU's
+// float32 reference on the same inputs. Runs where the addon was built against a CUDA libtorch
+// and sees a GPU; skips itself elsewhere.
+import t from 'tap';
+
+import { runtimeInfo } from '../../lib/index';
+import { attention, AttentionMode } from '../../lib/ops';
+import { Tensor } from '../../lib/tensor';
+import { maxAbsDiff, randn } from '../helpers';
+
+const skip = runtimeInfo().cuda ? false : 'no CUDA GPU';
+
+// Tolerances against the CPU reference. f32 inputs: the kernels accumulate in float32, so only
+// the order of the sums differs (2e-5, as the CPU flash kernel's bound). bf16 inputs: the output
+// comes back rounded to bf16 (2^-9 relative), so max |diff| <= 1e-2 on outputs of magnitude
+// below 1, and cosine >= 0.9999. sageattn: int8 Q.K^T, as on the CPU (cosine >= 0.999, 0.05).
+const TOLERANCE: Record<'f32' | 'bf16', Record<AttentionMode, { maxAbs: number; cosine: number }>> = {
+  f32: { sdpa: { maxAbs: 2e-5, cosine: 0.99999 }, flash: { maxAbs: 2e-5, cosine: 0.99999 }, sageattn: { maxAbs: 5e-2, cosine: 0.999 } },
+  bf16: { sdpa: { maxAbs: 1e-2, cosine: 0.9999 }, flash: { maxAbs: 1e-2, cosine: 0.9999 }, sageattn: { maxAbs: 5e-2, cosine: 0.999 } },
+};
+
+function cosine(a: Tensor, b: Tensor): number {
+  const x = a.toTypedArray() as Float32Array, y = b.toTypedArray() as Float32Array;
+  let xy = 0, xx = 0, yy = 0;
+  for (let i = 0; i < x.length; i++) { xy += x[i] * y[i]; xx += x[i] * x[i]; yy += y[i] * y[i]; }
+  return xy / Math.sqrt(xx * yy);
+}
+
+interface Case { name: string; B: number; Lq: number; Lk: number; H: number; D: number; kLens?: number[]; dtype: 'f32' | 'bf16' }
+const cases: Case[] = [
+  { name: 'tiny model heads', B: 1, Lq: 18, Lk: 18, H: 2, D: 32, dtype: 'f32' },
+  { name: 'padded batch with kLens', B: 2, Lq: 100, Lk: 100, H: 2, D: 64, kLens: [77, 9], dtype: 'f32' },
+  { name: 'cross-attention to 512 text tokens', B: 1, Lq: 300, Lk: 512, H: 4, D: 128, dtype: 'bf16' },
+  { name: 'cross-attention to 257 image tokens', B: 1, Lq: 130, Lk: 257, H: 2, D: 128, dtype: 'bf16' },
+  { name: 'Wan head size, L = 2048', B: 1, Lq: 2048, Lk: 2048, H: 2, D: 128, dtype: 'bf16' },
+  { name: 'Wan head size, L = 1500 with kLens', B: 2, Lq: 1500, Lk: 1500, H: 2, D: 128, kLens: [1500, 1023], dtype: 'bf16' },
+];
+
+for (const c of cases) {
+  t.test(`${c.name}: B=${c.B} Lq=${c.Lq} Lk=${c.Lk} H=${c.H} D=${c.D} ${c.dtype}`, { skip }, async (t) => {
+    const q = randn([c.B, c.Lq, c.H, c.D], 101, c.dtype);
+    const k = randn([c.B, c.Lk, c.H, c.D], 102, c.dtype);
+    const v = randn([c.B, c.Lk, c.H, c.D], 103, c.dtype);
+    const kl = c.kLens ? Tensor.fromTypedArray(BigInt64Array.from(c.kLens, BigInt), [c.B]) : undefined;
+    const reference = attention(q, k, v, 'sdpa', kl, 'cpu');
+    for (const mode of ['sdpa', 'flash', 'sageattn'] as AttentionMode[]) {
+      const out = attention(q, k, v, mode, kl, 'cuda');
+      t.same(out.shape, reference.shape);
+      const err = maxAbsDiff(out, reference), cos = cosine(out, reference);
+      const tol = TOLERANCE[c.dtype][mode];
+      t.ok(Number.isFinite(err) && err <= tol.maxAbs, `${mode}: max |diff| ${err.toExponential(2)} <= ${tol.maxAbs}`);
+      t.ok(cos >= tol.cosine, `${mode}: cosine ${cos.toFixed(7)} >= ${tol.cosine}`);
+    }
+  });
+}
