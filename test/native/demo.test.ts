@@ -2,7 +2,7 @@
 // the held-out attribute combinations of models/demo/demo.json, which tools/train-demo left
 // out of the DiT's training set. Each clip is generated with the demo's own settings through
 // the library, then judged from its decoded frames alone: the pixels that differ from the
-// named background are the object; most of them must be nearest the named colour among the
+// frame's background are the object; most of them must be nearest the named colour among the
 // demo's colours, and their centroid must move the named way.
 import t from 'tap';
 import * as path from 'node:path';
@@ -16,19 +16,31 @@ import {
 const spec = readDemoSpec();
 const settings = spec.generate as { width: number; height: number; numFrames: number; steps: number; cfg: number; shift: number; numHeads: number; textLen: number };
 
-// A pixel is the object's when it is this far (RGB distance) from the background colour; the
+// A pixel is the object's when it is this far (RGB distance) from the frame's background; the
 // demo's colours are all at least spec.data.minContrast (110) from the backgrounds they are drawn on.
 const OBJECT_DISTANCE = 60;
+
+// The frame's background: its per-channel median (the object covers a tenth of the frame or
+// less). Not the named background's colour: a background drawn a little off (a brighter dark
+// green) would then count as object pixels and outvote the object's own colour.
+function frameBackground(at: (c: number, i: number) => number, pixels: number): Rgb {
+  const median = (c: number) => {
+    const v = Float32Array.from({ length: pixels }, (_, i) => at(c, i)).sort();
+    return v[pixels >> 1];
+  };
+  return [median(0), median(1), median(2)];
+}
 // The centroid must travel at least this many pixels the named way, and twice as far along that
 // axis as across it; the training clips move 23 to 32 pixels.
 const MIN_TRAVEL = 8;
 
-interface Verdict { colour: string; dx: number; dy: number; area: number; pass: boolean; why: string }
+// backgroundError: the largest distance of a frame's background from the named background's
+// colour, reported (not judged: the issue asks for the object's colour and motion).
+interface Verdict { colour: string; dx: number; dy: number; area: number; backgroundError: number; pass: boolean; why: string }
 
 // frames: [3, F, H, W] in [-1, 1].
 function judge(frames: Float32Array, shape: number[], a: ClipAttributes): Verdict {
   const [, F, H, W] = shape;
-  const bg = backgroundColour(spec, a.background);
   const at = (c: number, f: number, i: number) => (frames[(c * F + f) * H * W + i] + 1) * 127.5;
   const sum: Rgb = [0, 0, 0];
   let count = 0;
@@ -38,8 +50,11 @@ function judge(frames: Float32Array, shape: number[], a: ClipAttributes): Verdic
   const names = spec.data.colours.map((c) => c.name);
   const votes = new Map<string, number>();
   const centroids: { x: number; y: number; n: number }[] = [];
+  let backgroundError = 0;
   for (let f = 0; f < F; f++) {
     let sx = 0, sy = 0, n = 0;
+    const bg = frameBackground((c, i) => at(c, f, i), H * W);
+    backgroundError = Math.max(backgroundError, rgbDistance(bg, backgroundColour(spec, a.background)));
     for (let i = 0; i < H * W; i++) {
       const p: Rgb = [at(0, f, i), at(1, f, i), at(2, f, i)];
       if (rgbDistance(p, bg) < OBJECT_DISTANCE) continue;
@@ -64,7 +79,7 @@ function judge(frames: Float32Array, shape: number[], a: ClipAttributes): Verdic
   if (area < 20) why.push(`no object (${area.toFixed(1)} pixels a frame)`);
   if (colour !== a.colour) why.push(`most of its pixels are nearest ${colour} (mean ${mean.map((v) => v.toFixed(0)).join(',')})`);
   if (!(along >= MIN_TRAVEL && along >= 2 * across)) why.push(`it moved (${dx.toFixed(1)}, ${dy.toFixed(1)})`);
-  return { colour, dx, dy, area, pass: why.length === 0, why: why.join('; ') };
+  return { colour, dx, dy, area, backgroundError, pass: why.length === 0, why: why.join('; ') };
 }
 
 t.test('the demo model draws unseen prompts: colour and direction', async (t) => {
@@ -88,7 +103,7 @@ t.test('the demo model draws unseen prompts: colour and direction', async (t) =>
     const video = await vae.decode(latent);
     const v = judge(video.toTypedArray() as Float32Array, video.shape, c);
     t.comment(`${v.pass ? 'pass' : 'FAIL'}: "${prompt}": colour ${v.colour}, moved (${v.dx.toFixed(1)}, ${v.dy.toFixed(1)}), ` +
-      `${v.area.toFixed(0)} object pixels a frame${v.pass ? '' : ' - ' + v.why}`);
+      `${v.area.toFixed(0)} object pixels a frame, background within ${v.backgroundError.toFixed(0)} of ${c.background}${v.pass ? '' : ' - ' + v.why}`);
     if (v.pass) passed++;
   }
   t.comment(`${passed} of ${cases.length} unseen prompts drawn as asked`);
