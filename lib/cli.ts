@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// The `wan-native` command line: generate (lib/cli-generate.ts), run (lib/workflow.ts), inspect, info.
+// The `wan-native` command line: generate (lib/cli-generate.ts), demo (generate with the shipped
+// demo model, lib/demo.ts), run (lib/workflow.ts), inspect, info.
 // Exit codes: 0 done, 1 failed, 2 bad usage, 130 stopped by Ctrl-C (SIGINT), 143 by SIGTERM.
 import { CommanderError } from 'commander';
 import * as fs from 'node:fs';
@@ -7,6 +8,7 @@ import * as path from 'node:path';
 
 import { generateCommand, runGenerate, settingsFrom, UsageError } from './cli-generate';
 import { StageView } from './cli-view';
+import { demoGenerateArgs, readDemoSpec } from './demo';
 import { inspectCheckpoint, runtimeInfo, WanError } from './index';
 import { isDevice, type Device } from './device';
 import { runWorkflow } from './workflow';
@@ -15,6 +17,7 @@ import { runWorkflow } from './workflow';
 const USAGE = `Usage: wan-native <command> [options]
 
 Commands:
+  demo [prompt] [options]   Make a small video with the demo model that ships in the package
   generate [options]        Make a video from a prompt (and images): see generate --help
   run <workflow.json>       Run a ComfyUI WanVideoWrapper workflow: see run --help
   inspect <file> [--json]   Say what a checkpoint holds (reads headers only)
@@ -54,6 +57,35 @@ async function inspect(rest: string[]): Promise<number> {
     else process.stdout.write(`${file}\n${info.summary}`);
   }
   return 0;
+}
+
+function demoUsage(): string {
+  const d = readDemoSpec();
+  const list = (xs: string[]) => xs.join(', ');
+  return `Usage: wan-native demo [prompt] [generate options]
+
+Makes a ${d.data.size}x${d.data.size}, ${d.data.frames}-frame video with the demo model set that ships in the
+package: the Wan2.1 architecture (umT5, DiT, VAE) at a small size, trained by us on clips of
+moving shapes (tools/train-demo/README.md). It writes a GIF and an MP4 to ./output.
+
+Prompts read "a <colour> <shape> <motion> on a <background> background", with
+  colours      ${list(d.data.colours.map((c) => c.name))}
+  shapes       ${list(d.data.shapes)}
+  motions      ${list(d.data.motions.map((m) => (['left', 'right', 'up', 'down'].includes(m) ? 'moving ' + m : m)))}
+  backgrounds  ${list(d.data.backgrounds.map((b) => b.name))}
+The default is "${d.prompt}", a combination the model never saw in training.
+Every generate option works as well (--seed, --steps, --cfg, --output-dir, --format ...).
+`;
+}
+
+async function demo(rest: string[]): Promise<number> {
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(demoUsage());
+    return 0;
+  }
+  const hasPrompt = rest.length > 0 && !rest[0].startsWith('-');
+  const prompt = hasPrompt ? rest[0] : readDemoSpec().prompt;
+  return generate(demoGenerateArgs(prompt, hasPrompt ? rest.slice(1) : rest));
 }
 
 async function generate(rest: string[]): Promise<number> {
@@ -185,6 +217,8 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'generate':
       return generate(rest);
+    case 'demo':
+      return demo(rest);
     case 'run':
       return run(rest);
     case 'inspect':
@@ -194,6 +228,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     case 'help':
       if (rest[0] === 'generate') return generate(['--help']);
+      if (rest[0] === 'demo') return demo(['--help']);
       if (rest[0] === 'inspect') return inspect(['--help']);
       if (rest[0] === 'run') return run(['--help']);
       process.stdout.write(USAGE);

@@ -64,6 +64,7 @@ const LONG_CALL = 'LongCallOptions';
 // The CLI help pages in docs/cli.md, in order.
 const HELP_PAGES = [
   { title: 'wan-native --help', args: ['--help'] },
+  { title: 'wan-native demo --help', args: ['demo', '--help'] },
   { title: 'wan-native generate --help', args: ['generate', '--help'] },
   { title: 'wan-native run --help', args: ['run', '--help'] },
   { title: 'wan-native inspect --help', args: ['inspect', '--help'] },

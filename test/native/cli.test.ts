@@ -18,7 +18,7 @@ function run(...args: string[]) {
   return r;
 }
 
-const USAGE = /^Usage: wan-native <command> \[options\]\n\nCommands:\n  generate \[options\] .*\n  run <workflow.json> .*\n  inspect <file> \[--json\].*\n  info .*\n$/;
+const USAGE = /^Usage: wan-native <command> \[options\]\n\nCommands:\n  demo \[prompt\] \[options\] .*\n  generate \[options\] .*\n  run <workflow.json> .*\n  inspect <file> \[--json\].*\n  info .*\n$/;
 
 t.test('inspect prints the file and its summary', async (t) => {
   const r = run('inspect', tinyT2v);
