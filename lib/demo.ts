@@ -1,7 +1,7 @@
 // The demo model set (models/demo, trained by tools/train-demo; issue 9): what its training
 // clips show, the prompts composed from their attributes, and the generate options the demo
 // runs it with. models/demo/demo.json is the one source of those facts for the trainer (C++),
-// its tools (prepare.ts, contact-sheet.ts) and, once weights ship, the demo command and its test.
+// its tools (prepare.ts, contact-sheet.ts), the demo command and its test.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 

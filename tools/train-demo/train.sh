@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains the demo model set of models/demo from nothing (tools/train-demo/README.md): the exact
-# commands and seeds. About 90 minutes on a 2-core CPU (README.md, "Status", has each stage's).
+# commands and seeds. About two hours on a 2-core CPU (README.md, "Status", has each stage's).
 #   tools/train-demo/train.sh [work-dir]      (after scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
