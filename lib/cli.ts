@@ -8,7 +8,7 @@ import * as path from 'node:path';
 
 import { generateCommand, runGenerate, settingsFrom, UsageError } from './cli-generate';
 import { StageView } from './cli-view';
-import { demoGenerateArgs, readDemoSpec } from './demo';
+import { demoGenerateArgs, motionPhrase, readDemoSpec } from './demo';
 import { inspectCheckpoint, runtimeInfo, WanError } from './index';
 import { isDevice, type Device } from './device';
 import { runWorkflow } from './workflow';
@@ -71,7 +71,7 @@ moving shapes (tools/train-demo/README.md). It writes a GIF and an MP4 to ./outp
 Prompts read "a <colour> <shape> <motion> on a <background> background", with
   colours      ${list(d.data.colours.map((c) => c.name))}
   shapes       ${list(d.data.shapes)}
-  motions      ${list(d.data.motions.map((m) => (['left', 'right', 'up', 'down'].includes(m) ? 'moving ' + m : m)))}
+  motions      ${list(d.data.motions.map(motionPhrase))}
   backgrounds  ${list(d.data.backgrounds.map((b) => b.name))}
 The default is "${d.prompt}", a combination the model never saw in training.
 Every generate option works as well (--seed, --steps, --cfg, --output-dir, --format ...).

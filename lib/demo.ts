@@ -50,9 +50,14 @@ const MOTION_WORDS: Record<string, string> = {
   left: 'moving left', right: 'moving right', up: 'moving up', down: 'moving down',
 };
 
+/** How a prompt says a motion: "moving right", "growing". */
+export function motionPhrase(motion: string): string {
+  return MOTION_WORDS[motion] ?? motion;
+}
+
 /** "a red circle moving right on a dark blue background" */
 export function demoPrompt(a: ClipAttributes): string {
-  return `a ${a.colour} ${a.shape} ${MOTION_WORDS[a.motion] ?? a.motion} on a ${a.background} background`;
+  return `a ${a.colour} ${a.shape} ${motionPhrase(a.motion)} on a ${a.background} background`;
 }
 
 /** The background's mean colour. */

@@ -3,6 +3,7 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { inspectCheckpoint, runtimeInfo } from '../../lib/index';
@@ -106,6 +107,29 @@ t.test('usage errors exit 2', async (t) => {
     t.match(help.stdout, USAGE, `${flag}: usage`);
     t.equal(help.stderr, '');
   }
+});
+
+t.test('demo: the shipped model draws the default prompt into a GIF and an MP4; given flags win', async (t) => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'wan-cli-demo-'));
+  t.teardown(() => fs.rmSync(out, { recursive: true, force: true }));
+
+  const first = run('demo', '--output-dir', out);
+  t.equal(first.status, 0, first.stderr);
+  t.match(first.stderr, /^wan-native generate: t2v 64x64, 17 frames, 20 steps \(unipc, cfg 5, shift 3, seed 0\)$/m,
+    'the settings of models/demo/demo.json');
+  const written = fs.readdirSync(out).sort();
+  t.strictSame(written.map((f) => path.extname(f)), ['.gif', '.png', '.mp4'], `a GIF, its first frame with the metadata, an MP4: ${written}`);
+  for (const f of written) t.ok(fs.statSync(path.join(out, f)).size > 1000, `${f} is not empty`);
+
+  const second = run('demo', 'a green circle moving up on a white background', '--output-dir', out,
+    '--steps', '4', '--format', 'gif', '--filename-prefix', 'mine', '-q');
+  t.equal(second.status, 0, second.stderr);
+  t.strictSame(second.stdout.trim().split('\n').map((f) => path.basename(f)), ['mine_00001.png', 'mine_00001.gif'],
+    'the prompt, --format and --filename-prefix given replace the demo\'s');
+
+  const help = run('demo', '--help');
+  t.equal(help.status, 0);
+  t.match(help.stdout, /^ {2}colours {6}red, green, blue, yellow, purple, orange, white$/m, 'help lists the words the model knows');
 });
 
 t.test('info prints the runtime as JSON', async (t) => {
