@@ -67,12 +67,6 @@ export function backgroundColour(spec: DemoSpec, name: string): Rgb {
   return bg.top.map((v, i) => (v + bg.bottom[i]) / 2) as Rgb;
 }
 
-export function colourOf(spec: DemoSpec, name: string): Rgb {
-  const c = spec.data.colours.find((x) => x.name === name);
-  if (!c) throw new Error(`demo: no colour named ${name}`);
-  return c.rgb;
-}
-
 export function rgbDistance(a: Rgb, b: Rgb): number {
   return Math.hypot(a[0] - b[0], a[1] - b[1], a[2] - b[2]);
 }

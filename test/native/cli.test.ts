@@ -121,11 +121,13 @@ t.test('demo: the shipped model draws the default prompt into a GIF and an MP4; 
   t.strictSame(written.map((f) => path.extname(f)), ['.gif', '.png', '.mp4'], `a GIF, its first frame with the metadata, an MP4: ${written}`);
   for (const f of written) t.ok(fs.statSync(path.join(out, f)).size > 1000, `${f} is not empty`);
 
-  const second = run('demo', 'a green circle moving up on a white background', '--output-dir', out,
-    '--steps', '4', '--format', 'gif', '--filename-prefix', 'mine', '-q');
+  const prompt = 'a green circle moving up on a white background';
+  const second = run('demo', prompt, '--output-dir', out, '--steps', '4', '--format', 'gif', '--filename-prefix', 'mine');
   t.equal(second.status, 0, second.stderr);
+  t.match(second.stderr, /^wan-native generate: t2v 64x64, 17 frames, 4 steps /m, '--steps given replaces the demo\'s 20');
   t.strictSame(second.stdout.trim().split('\n').map((f) => path.basename(f)), ['mine_00001.png', 'mine_00001.gif'],
-    'the prompt, --format and --filename-prefix given replace the demo\'s');
+    '--format and --filename-prefix given replace the demo\'s');
+  t.ok(fs.readFileSync(path.join(out, 'mine_00001.png')).includes(prompt), 'the prompt given is the one in the metadata');
 
   const help = run('demo', '--help');
   t.equal(help.status, 0);

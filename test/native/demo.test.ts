@@ -9,7 +9,7 @@ import * as path from 'node:path';
 
 import { emptyEmbeds, Sampler, TextEncoder, Vae, WanModel } from '../../lib/index';
 import {
-  backgroundColour, colourOf, DEMO_DIR, DEMO_FILES, demoPrompt, readDemoSpec, rgbDistance, trainingCombinations,
+  backgroundColour, DEMO_DIR, DEMO_FILES, demoPrompt, readDemoSpec, rgbDistance, trainingCombinations,
   type ClipAttributes, type Rgb,
 } from '../../lib/demo';
 
@@ -19,9 +19,12 @@ const settings = spec.generate as { width: number; height: number; numFrames: nu
 // A pixel is the object's when it is this far (RGB distance) from the frame's background; the
 // demo's colours are all at least spec.data.minContrast (110) from the backgrounds they are drawn on.
 const OBJECT_DISTANCE = 60;
+// The centroid must travel at least this many pixels the named way, and twice as far along that
+// axis as across it; the training clips move 32 to 42 pixels.
+const MIN_TRAVEL = 8;
 
-// The frame's background: its per-channel median (the object covers a tenth of the frame or
-// less). Not the named background's colour: a background drawn a little off (a brighter dark
+// The frame's background: its per-channel median (the object covers well under half the
+// frame). Not the named background's colour: a background drawn a little off (a brighter dark
 // green) would then count as object pixels and outvote the object's own colour.
 function frameBackground(at: (c: number, i: number) => number, pixels: number): Rgb {
   const median = (c: number) => {
@@ -30,9 +33,6 @@ function frameBackground(at: (c: number, i: number) => number, pixels: number): 
   };
   return [median(0), median(1), median(2)];
 }
-// The centroid must travel at least this many pixels the named way, and twice as far along that
-// axis as across it; the training clips move 23 to 32 pixels.
-const MIN_TRAVEL = 8;
 
 // backgroundError: the largest distance of a frame's background from the named background's
 // colour, reported (not judged: the issue asks for the object's colour and motion).
@@ -47,9 +47,9 @@ function judge(frames: Float32Array, shape: number[], a: ClipAttributes): Verdic
   // "The named colour dominates the object": each object pixel votes for its nearest demo colour.
   // (A mean colour is pulled toward the background by the blurred rim: yellow on dark green
   // averages nearer orange, white on black nearer purple.)
-  const names = spec.data.colours.map((c) => c.name);
+  const palette = spec.data.colours;
   const votes = new Map<string, number>();
-  const centroids: { x: number; y: number; n: number }[] = [];
+  const centroids: { x: number; y: number }[] = [];
   let backgroundError = 0;
   for (let f = 0; f < F; f++) {
     let sx = 0, sy = 0, n = 0;
@@ -61,10 +61,10 @@ function judge(frames: Float32Array, shape: number[], a: ClipAttributes): Verdic
       sx += i % W; sy += Math.floor(i / W); n++;
       p.forEach((v, c) => { sum[c] += v; });
       count++;
-      const nearest = names.reduce((best, x) => (rgbDistance(p, colourOf(spec, x)) < rgbDistance(p, colourOf(spec, best)) ? x : best));
+      const nearest = palette.reduce((best, x) => (rgbDistance(p, x.rgb) < rgbDistance(p, best.rgb) ? x : best)).name;
       votes.set(nearest, (votes.get(nearest) ?? 0) + 1);
     }
-    centroids.push({ x: sx / Math.max(n, 1), y: sy / Math.max(n, 1), n });
+    centroids.push({ x: sx / Math.max(n, 1), y: sy / Math.max(n, 1) });
   }
   const mean = sum.map((v) => v / Math.max(count, 1)) as Rgb;
   const colour = [...votes.entries()].reduce((best, e) => (e[1] > best[1] ? e : best), ['none', 0])[0];
