@@ -3,7 +3,7 @@
 import type { NativeClipVision, NativeTensor } from '../types/native';
 import { bridgeAbort } from './abort';
 import { planFiles } from './checkpoint';
-import { checkDevice, resolveDevice, type Device } from './device';
+import { checkDevice, checkLoadDevice, offloadingAfter, resolveDevice, type Device, type Placement } from './device';
 import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
 import { memoryStatsOf, type MemoryStats } from './memory-planner';
 import { ImageInput, loadImage } from './image';
@@ -27,6 +27,9 @@ export interface ClipVisionOptions extends LongCallOptions {
   /** Where the encoder computes, in float32 (see ModelLoaderOptions.device): 'cpu' (default),
    * 'cuda', 'cuda:N' or 'auto'. Images and embeddings stay CPU tensors. */
   device?: Device;
+  /** Where the weights go at load (the wrapper's load_device): 'offload_device' (default, as the
+   * wrapper), the CPU, from where the first use brings them to `device`, or 'main_device'. */
+  loadDevice?: Placement;
 }
 
 /** WanVideoClipVisionEncode's options, camelCased, with its defaults. */
@@ -49,6 +52,8 @@ export interface ClipVisionEncodeOptions extends LongCallOptions {
   image2?: Tensor | ImageInput;
   /** negative_image: encoded on its own into negativeClipEmbeds (for the unconditional pass). */
   negativeImage?: Tensor | ImageInput;
+  /** Offload the encoder when done (the wrapper's force_offload, default true): see offload(). */
+  forceOffload?: boolean;
 }
 
 /** The wrapper's WANVIDIMAGE_CLIPEMBEDS: {clip_embeds, negative_clip_embeds}. */
@@ -148,6 +153,7 @@ export class ClipVisionEncoder {
       if (o.populate !== undefined && typeof o.populate !== 'boolean')
         throw invalidOption(`Expected a boolean for populate but received ${describeValue(o.populate)}`);
       if (o.device !== undefined) checkDevice(o.device);
+      checkLoadDevice(o.loadDevice);
       const plan = await planFiles(path, 'path');
       const abort = bridgeAbort(options.signal);
       const clock = new ProgressClock('load', 1, options.onProgress);
@@ -155,6 +161,7 @@ export class ClipVisionEncoder {
         clock.report(0);
         const handle = await native().loadClipVision(plan.files, {
           numHeads: options.numHeads, populate: options.populate ?? true, device: resolveDevice(options.device),
+          loadDevice: options.loadDevice ?? 'offload_device',
         }, abort.flag);
         clock.report(1);
         return new ClipVisionEncoder(handle);
@@ -164,9 +171,15 @@ export class ClipVisionEncoder {
     })(), caller);
   }
 
-  /** The bytes of the weights this model holds, by storage dtype (all resident). */
+  /** The bytes of the weights this model holds, by storage dtype (all resident), and where they are. */
   memoryStats(): MemoryStats {
     return memoryStatsOf(this.handle().memoryStats());
+  }
+
+  /** Returns the weights to the CPU after the calls already made; the next encode brings them back (see Placement). */
+  offload(): Promise<void> {
+    const caller = new Error();
+    return withCallerStack((async () => this.handle().offload())(), caller);
   }
 
   private handle(): NativeClipVision {
@@ -185,13 +198,15 @@ export class ClipVisionEncoder {
       const plan = planEncode(image, options);
       const steps = plan.negative === undefined ? 1 : 2;
       const clock = new ProgressClock('clip', steps, options.onProgress);
-      clock.report(0);
-      const clipEmbeds = (await this.run(plan.images, plan, false, options.signal)).embeds;
-      clock.report(1);
-      if (plan.negative === undefined) return { clipEmbeds };
-      const negativeClipEmbeds = (await this.run([plan.negative], { ...plan, strengths: [1] }, false, options.signal)).embeds;
-      clock.report(2);
-      return { clipEmbeds, negativeClipEmbeds };
+      return offloadingAfter(options.forceOffload, this, async () => {
+        clock.report(0);
+        const clipEmbeds = (await this.run(plan.images, plan, false, options.signal)).embeds;
+        clock.report(1);
+        if (plan.negative === undefined) return { clipEmbeds };
+        const negativeClipEmbeds = (await this.run([plan.negative], { ...plan, strengths: [1] }, false, options.signal)).embeds;
+        clock.report(2);
+        return { clipEmbeds, negativeClipEmbeds };
+      });
     })(), caller);
   }
 

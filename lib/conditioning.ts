@@ -82,6 +82,8 @@ export interface ImageToVideoEncodeOptions extends VideoSize, LongCallOptions {
   endLatentStrength?: number;
   /** Seed of the noise augmentation (0). */
   seed?: number | bigint;
+  /** Offload the VAE when the encode is done (true, as the wrapper): see Vae.offload(). */
+  forceOffload?: boolean;
 }
 
 function checkStrength(name: string, value: unknown, fallback: number): number {
@@ -138,7 +140,7 @@ export function imageToVideoEncode(o: ImageToVideoEncodeOptions): Promise<ImageE
     });
 
     const latent = (await o.vae.encode(Tensor.fromTypedArray(video, [3, numFrames, height, width]),
-                                       { signal: o.signal, onProgress: o.onProgress })).toTypedArray() as Float32Array;
+                                       { signal: o.signal, onProgress: o.onProgress, forceOffload: o.forceOffload })).toTypedArray() as Float32Array;
     const [, frames, latH, latW] = latentShape(width, height, numFrames);
     const plane = latH * latW;
 

@@ -21,3 +21,37 @@ export function resolveDevice(device: Device | undefined): string {
   if (device !== 'auto') return device ?? 'cpu';
   return native().runtimeInfo().cuda ? 'cuda' : 'cpu';
 }
+
+/**
+ * Where a model's weights are between uses (the wrapper's load_device and force_offload). A model
+ * computing on a GPU has its weights there ('main_device') or offloaded to the CPU
+ * ('offload_device'), from where its next use brings them back; offloading drops the GPU copies
+ * and copies nothing (the CPU keeps the weights as loaded). On the CPU both are the CPU and
+ * nothing moves; only the state changes.
+ */
+export type Placement = 'main_device' | 'offload_device';
+export const PLACEMENTS: readonly Placement[] = ['main_device', 'offload_device'];
+
+/** Checks a loader's loadDevice: where the weights go at load (the default, as the wrapper's, is 'offload_device'). */
+export function checkLoadDevice(value: unknown): void {
+  if (value !== undefined && !PLACEMENTS.includes(value as Placement))
+    throw invalidOption(`Expected 'main_device' or 'offload_device' for loadDevice but received ${describeValue(value)}`);
+}
+
+/** Checks a stage's forceOffload: whether the model is offloaded when the stage ends (default true, as the wrapper's). */
+export function checkForceOffload(value: unknown): void {
+  if (value !== undefined && typeof value !== 'boolean')
+    throw invalidOption(`Expected a boolean for forceOffload but received ${describeValue(value)}`);
+}
+
+/** Runs a stage of a model, then, when `forceOffload` is true (the default), offloads the model,
+ * whether the stage succeeded or failed, as the wrapper's force_offload frees the GPU. */
+export async function offloadingAfter<T>(forceOffload: boolean | undefined, model: { offload(): Promise<void> },
+                                         stage: () => Promise<T>): Promise<T> {
+  checkForceOffload(forceOffload);
+  try {
+    return await stage();
+  } finally {
+    if (forceOffload ?? true) await model.offload();
+  }
+}

@@ -20,6 +20,7 @@ import * as fs from 'node:fs';
 import { loadCheckpoint } from './checkpoint';
 import { describeValue, invalidOption, WanError } from './errors';
 import type { AttentionMode, Quantization } from './model';
+import type { Placement } from './device';
 import { native } from './native';
 import { Vae, type VaeMemoryEstimate, type VaeMemoryEstimateOptions } from './vae';
 
@@ -585,8 +586,11 @@ export interface MemoryStats {
   weights: number;
   resident: HeldBytes;
   swapped: HeldBytes;
+  /** Where the weights are now: on the device the model computes on, or offloaded to the CPU
+   * (see Placement; a model computing on the CPU only changes this state). */
+  placement: Placement;
 }
 
-export function memoryStatsOf(s: { resident: HeldBytes; swapped: HeldBytes }): MemoryStats {
-  return { weights: s.resident.bytes + s.swapped.bytes, resident: s.resident, swapped: s.swapped };
+export function memoryStatsOf(s: { resident: HeldBytes; swapped: HeldBytes; placement: Placement }): MemoryStats {
+  return { weights: s.resident.bytes + s.swapped.bytes, resident: s.resident, swapped: s.swapped, placement: s.placement };
 }

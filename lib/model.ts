@@ -2,7 +2,7 @@
 import type { NativeTensor, NativeWanModel } from '../types/native';
 import { bridgeAbort } from './abort';
 import { planFiles } from './checkpoint';
-import { checkDevice, resolveDevice, type Device } from './device';
+import { checkDevice, checkLoadDevice, resolveDevice, type Device, type Placement } from './device';
 import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
 import { memoryStatsOf, planMemory, type MemoryPlan, type MemoryStats } from './memory-planner';
 import { native } from './native';
@@ -23,6 +23,11 @@ export interface ModelLoaderOptions extends LongCallOptions {
    * weights that are not swapped live there in their storage dtype, and the model computes in
    * basePrecision; inputs and outputs stay CPU tensors. */
   device?: Device;
+  /** Where the weights go at load (WanVideoModelLoader load_device): 'offload_device' (default, as
+   * the wrapper), the CPU, from where the first forward brings them to `device`, or 'main_device'
+   * (a model too large for the GPU then fails at load). See Placement, offload() and
+   * SamplerOptions.forceOffload. */
+  loadDevice?: Placement;
   /** Weight storage (WanVideoModelLoader quantization, default 'disabled': the file's dtypes).
    * The fp8 forms convert the large linear weights at load (a bf16 file halves in memory);
    * norms, biases, modulation, time and image embeddings, patch embedding and head keep the
@@ -100,8 +105,9 @@ export interface BlockSwapOptions {
   /** Accepted for the wrapper's workflows; GPU transfers here are always non-blocking copies
    * from page-locked memory on a side stream. No effect on the CPU. */
   useNonBlocking?: boolean;
-  /** Keep img_emb / text_embedding on the offload device (false): accepted for the wrapper's
-   * workflows, no effect yet (the embeddings stay with the model). */
+  /** Off the CPU, keep img_emb / text_embedding on the CPU (false), copied to the GPU for each
+   * forward alone (the wrapper's offload_img_emb / offload_txt_emb). Set at load: setBlockSwap
+   * cannot change them. No effect on the CPU, which is where they stay anyway. */
   offloadImgEmb?: boolean;
   offloadTxtEmb?: boolean;
 }
@@ -159,6 +165,7 @@ function checkOptions(o: ModelLoaderOptions): void {
   if (o.quantization !== undefined && !QUANTIZATIONS.includes(o.quantization))
     throw invalidOption(`Expected one of ${QUANTIZATIONS.join(', ')} for quantization but received ${describeValue(o.quantization)}`);
   if (o.device !== undefined) checkDevice(o.device);
+  checkLoadDevice(o.loadDevice);
   if (o.basePrecision !== undefined && !BASE_PRECISIONS.includes(o.basePrecision))
     throw invalidOption(`Expected one of ${BASE_PRECISIONS.join(', ')} for basePrecision but received ${describeValue(o.basePrecision)}`);
   for (const key of ['numHeads', 'textLen'] as const) {
@@ -238,6 +245,7 @@ export class WanModel {
   // loras option, for messages.
   #loraSchedules: (number | number[])[] = [];
   #loraIndices: number[] = [];
+  #embeddingOffloads = { offloadTxtEmb: false, offloadImgEmb: false };
 
   private constructor(handle: NativeWanModel, basePrecision: BasePrecision, mergeLoras: boolean, memoryPlan?: MemoryPlan) {
     this.#native = handle;
@@ -281,12 +289,16 @@ export class WanModel {
         const handle = await native().loadWanModel(plan.files, {
           numHeads: options.numHeads, textLen: options.textLen,
           attentionMode: options.attentionMode ?? 'sdpa', quantization,
-          device, basePrecision: options.basePrecision ?? 'bf16',
+          device, basePrecision: options.basePrecision ?? 'bf16', loadDevice: options.loadDevice ?? 'offload_device',
           ...(blockSwap ?? {}),
+          offloadTxtEmb: options.blockSwap?.offloadTxtEmb ?? false, offloadImgEmb: options.blockSwap?.offloadImgEmb ?? false,
           populate: options.populate ?? true, loras: loras.native, mergeLoras,
         }, abort.flag);
         clock.report(1);
         const model = new WanModel(handle, options.basePrecision ?? 'bf16', mergeLoras, memoryPlan);
+        model.#embeddingOffloads = {
+          offloadTxtEmb: options.blockSwap?.offloadTxtEmb ?? false, offloadImgEmb: options.blockSwap?.offloadImgEmb ?? false,
+        };
         if (!mergeLoras) {
           model.#loraSchedules = loras.schedules;
           model.#loraIndices = loras.indices;
@@ -303,9 +315,14 @@ export class WanModel {
     return this.#native;
   }
 
-  /** Changes block swap for the next forward calls (see BlockSwapOptions). */
+  /** Changes block swap for the next forward calls (see BlockSwapOptions; the embedding offloads
+   * stay as loaded). */
   setBlockSwap(o: BlockSwapOptions): void {
     const { blocksToSwap, prefetchBlocks } = checkBlockSwap(o);
+    for (const key of ['offloadTxtEmb', 'offloadImgEmb'] as const) {
+      if (o[key] !== undefined && o[key] !== this.#embeddingOffloads[key])
+        throw invalidOption(`blockSwap.${key} is set at load (it was ${this.#embeddingOffloads[key]}); setBlockSwap changes blocksToSwap and prefetchBlocks only`);
+    }
     this.handle().setBlockSwap(blocksToSwap, prefetchBlocks);
     Object.assign(this.config, { blocksToSwap, prefetchBlocks });
   }
@@ -313,6 +330,13 @@ export class WanModel {
   /** The bytes of the weights the model holds, by storage dtype; `swapped` is the last blocksToSwap blocks. */
   memoryStats(): MemoryStats {
     return memoryStatsOf(this.handle().memoryStats());
+  }
+
+  /** Returns the weights to the CPU (the wrapper's force_offload), after the forwards already
+   * called: the GPU copies are dropped and the next forward brings them back (see Placement). */
+  offload(): Promise<void> {
+    const caller = new Error();
+    return withCallerStack((async () => this.handle().offload())(), caller);
   }
 
   get attentionMode(): AttentionMode {

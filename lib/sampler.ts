@@ -8,6 +8,7 @@ import {
   ResolvedContextOptions, WindowAccumulator, windowWeights,
 } from './context-windows';
 import { abortedError } from './abort';
+import { offloadingAfter } from './device';
 import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
 import type { WanModel } from './model';
 import { native } from './native';
@@ -47,6 +48,7 @@ export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
   fetaArgs?: FetaArgs;
   batchedCfg?: boolean;           // false: run the conditional and unconditional passes as one batch
   preview?: boolean;              // false: add an RGB preview to each progress report
+  forceOffload?: boolean;         // true: offload the model when sampling ends (WanModel.offload)
   onProgress?: (p: SamplerProgress) => void;
 }
 
@@ -121,7 +123,7 @@ export class Sampler {
   /** Runs the denoising loop; resolves to the final latent [16, T, H/8, W/8] f32. */
   sample(o: SamplerOptions): Promise<Tensor> {
     const caller = new Error();
-    return withCallerStack(this.run(o), caller);
+    return withCallerStack(offloadingAfter(o?.forceOffload, this.model, () => this.run(o)), caller);
   }
 
   private async run(o: SamplerOptions): Promise<Tensor> {

@@ -8,7 +8,7 @@ import { bridgeAbort } from './abort';
 import { loadSafetensors, planFiles, saveSafetensors } from './checkpoint';
 import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
 import { memoryStatsOf, type MemoryStats } from './memory-planner';
-import { checkDevice, resolveDevice, type Device } from './device';
+import { checkDevice, checkLoadDevice, offloadingAfter, resolveDevice, type Device, type Placement } from './device';
 import { native } from './native';
 import { LongCallOptions, ProgressClock } from './progress';
 import { Tensor } from './tensor';
@@ -29,6 +29,9 @@ export interface TextEncoderOptions extends LongCallOptions {
   /** Where the encoder computes, in float32 (see ModelLoaderOptions.device): 'cpu' (default),
    * 'cuda', 'cuda:N' or 'auto'. Embeddings come back as CPU tensors. */
   device?: Device;
+  /** Where the weights go at load (the wrapper's load_device): 'offload_device' (default, as the
+   * wrapper), the CPU, from where the first use brings them to `device`, or 'main_device'. */
+  loadDevice?: Placement;
 }
 
 export interface TextEmbeds {
@@ -39,6 +42,8 @@ export interface TextEmbeds {
 export interface EncodeOptions extends LongCallOptions {
   /** Cache encodings on disk keyed by the encoder file and the prompt (WanVideoTextEncode use_disk_cache). */
   diskCache?: string;
+  /** Offload the encoder when done (the wrapper's force_offload, default true): see offload(). */
+  forceOffload?: boolean;
 }
 
 // The tokenizer, wherever users have it: the tokenizer option (a spiece.model or a Hugging Face
@@ -89,10 +94,13 @@ export class TextEncoder {
       if (options.tokenizer !== undefined && (typeof options.tokenizer !== 'string' || options.tokenizer === ''))
         throw invalidOption(`Expected a file path for tokenizer but received ${describeValue(options.tokenizer)}`);
       if (options.device !== undefined) checkDevice(options.device);
+      checkLoadDevice(options.loadDevice);
       const plan = await planFiles(file, 'path');
       const abort = bridgeAbort(options.signal);
       try {
-        const handle = await native().loadTextEncoder(plan.files, { populate: options.populate ?? true, device: resolveDevice(options.device) }, abort.flag);
+        const handle = await native().loadTextEncoder(plan.files, {
+          populate: options.populate ?? true, device: resolveDevice(options.device), loadDevice: options.loadDevice ?? 'offload_device',
+        }, abort.flag);
         try {
           return new TextEncoder(handle, textLen, plan.files, await findTokenizer(options.tokenizer, handle, plan.files[0]));
         } catch (err) {
@@ -105,9 +113,15 @@ export class TextEncoder {
     })(), caller);
   }
 
-  /** The bytes of the weights this model holds, by storage dtype (all resident). */
+  /** The bytes of the weights this model holds, by storage dtype (all resident), and where they are. */
   memoryStats(): MemoryStats {
     return memoryStatsOf(this.handle().memoryStats());
+  }
+
+  /** Returns the weights to the CPU after the calls already made; the next use brings them back (see Placement). */
+  offload(): Promise<void> {
+    const caller = new Error();
+    return withCallerStack((async () => this.handle().offload())(), caller);
   }
 
   private handle(): NativeTextEncoder {
@@ -159,7 +173,7 @@ export class TextEncoder {
       if (typeof negative !== 'string') throw invalidOption(`Expected a string for negative but received ${describeValue(negative)}`);
       const texts = [...positive, negative];
       const clock = new ProgressClock('encode', 1, options.onProgress);
-      const embeds = await this.encodeCached(texts, options);
+      const embeds = await offloadingAfter(options.forceOffload, this, () => this.encodeCached(texts, options));
       clock.report(1);
       return { promptEmbeds: embeds.slice(0, positive.length), negativePromptEmbeds: embeds.slice(positive.length) };
     })(), caller);

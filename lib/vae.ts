@@ -4,7 +4,7 @@ import { bridgeAbort } from './abort';
 import { planFiles } from './checkpoint';
 import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
 import { memoryStatsOf, type MemoryStats } from './memory-planner';
-import { checkDevice, resolveDevice, type Device } from './device';
+import { checkDevice, checkForceOffload, checkLoadDevice, offloadingAfter, resolveDevice, type Device, type Placement } from './device';
 import { native } from './native';
 import { LongCallOptions, ProgressClock } from './progress';
 import { Tensor } from './tensor';
@@ -15,6 +15,14 @@ export interface VaeOptions extends LongCallOptions {
   /** Where the VAE computes, in float32 (see ModelLoaderOptions.device): 'cpu' (default), 'cuda',
    * 'cuda:N' or 'auto'. Videos and latents stay CPU tensors. */
   device?: Device;
+  /** Where the weights go at load: 'offload_device' (default), the CPU, from where the first
+   * encode or decode brings them to `device`, or 'main_device' (see Placement). */
+  loadDevice?: Placement;
+}
+
+export interface VaeEncodeOptions extends LongCallOptions {
+  /** Offload the VAE when done (default true, as the wrapper's nodes): see offload(). */
+  forceOffload?: boolean;
 }
 
 export interface VaeTileOptions {
@@ -26,7 +34,7 @@ export interface VaeTileOptions {
   tileStrideY?: number;  // 128
 }
 
-export interface VaeDecodeOptions extends LongCallOptions, VaeTileOptions {
+export interface VaeDecodeOptions extends VaeEncodeOptions, VaeTileOptions {
   /** Clamp to [-1, 1] as the official decode does (default true). */
   clamp?: boolean;
 }
@@ -110,19 +118,28 @@ export class Vae {
       if (options.populate !== undefined && typeof options.populate !== 'boolean')
         throw invalidOption(`Expected a boolean for populate but received ${describeValue(options.populate)}`);
       if (options.device !== undefined) checkDevice(options.device);
+      checkLoadDevice(options.loadDevice);
       const plan = await planFiles(path, 'path');
       const abort = bridgeAbort(options.signal);
       try {
-        return new Vae(await native().loadVae(plan.files, { populate: options.populate ?? true, device: resolveDevice(options.device) }, abort.flag));
+        return new Vae(await native().loadVae(plan.files, {
+          populate: options.populate ?? true, device: resolveDevice(options.device), loadDevice: options.loadDevice ?? 'offload_device',
+        }, abort.flag));
       } finally {
         abort.done();
       }
     })(), caller);
   }
 
-  /** The bytes of the weights this model holds, by storage dtype (all resident). */
+  /** The bytes of the weights this model holds, by storage dtype (all resident), and where they are. */
   memoryStats(): MemoryStats {
     return memoryStatsOf(this.handle().memoryStats());
+  }
+
+  /** Returns the weights to the CPU after the calls already made; the next use brings them back (see Placement). */
+  offload(): Promise<void> {
+    const caller = new Error();
+    return withCallerStack((async () => this.handle().offload())(), caller);
   }
 
   private handle(): NativeVae {
@@ -131,13 +148,14 @@ export class Vae {
   }
 
   /** video [3, F, H, W] in [-1, 1] (F = 4k + 1; H, W multiples of 8) -> normalised latent [16, (F-1)/4+1, H/8, W/8]. */
-  encode(video: Tensor, options: LongCallOptions = {}): Promise<Tensor> {
+  encode(video: Tensor, options: VaeEncodeOptions = {}): Promise<Tensor> {
     const caller = new Error();
     return withCallerStack((async () => {
       checkTensor(video, 'video', 4);
       const abort = bridgeAbort(options.signal);
       try {
-        return new Tensor(await this.handle().encode(Tensor.handle(video, 'video'), abort.flag));
+        return await offloadingAfter(options.forceOffload, this,
+          async () => new Tensor(await this.handle().encode(Tensor.handle(video, 'video'), abort.flag)));
       } finally {
         abort.done();
       }
@@ -150,11 +168,12 @@ export class Vae {
    */
   async *decodeFrames(latent: Tensor, options: VaeDecodeOptions = {}): AsyncGenerator<Tensor> {
     checkTensor(latent, 'latent', 4);
+    checkForceOffload(options.forceOffload);
     const tiling = tilingOf(options);
-    const decoder = await this.handle().decoder(Tensor.handle(latent, 'latent'), tiling);
-    const clock = new ProgressClock('decode', latent.shape[1], options.onProgress);
     const abort = bridgeAbort(options.signal);
     try {
+      const decoder = await this.handle().decoder(Tensor.handle(latent, 'latent'), tiling);
+      const clock = new ProgressClock('decode', latent.shape[1], options.onProgress);
       for (let step = 1; ; step++) {
         const frames = await decoder.next(options.clamp ?? true, abort.flag);
         if (!frames) return;
@@ -163,6 +182,8 @@ export class Vae {
       }
     } finally {
       abort.done();
+      // When the last frame is out, or the caller stops early (the wrapper's decode node offloads).
+      if ((options.forceOffload ?? true) && this.#native) await this.offload();
     }
   }
 

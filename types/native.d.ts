@@ -18,11 +18,12 @@ export interface NativeCheckpointInfo {
 // memoryStats() of every model: its parameters as held, by storage dtype ('f32', 'bf16',
 // 'f8_e4m3fn', ...); `swapped` holds the blocks block swap makes ready just in time.
 export interface NativeHeldBytes { bytes: number; tensors: number; byDtype: Record<string, number> }
-export interface NativeMemoryStats { resident: NativeHeldBytes; swapped: NativeHeldBytes }
+export interface NativeMemoryStats { resident: NativeHeldBytes; swapped: NativeHeldBytes; placement: 'main_device' | 'offload_device' }
 
 export interface NativeWanModel {
   config(): Record<string, unknown>;
   memoryStats(): NativeMemoryStats;
+  offload(): Promise<void>;  // the weights back to the CPU, after the jobs queued before
   forward(input: { x: NativeTensor[]; t: NativeTensor; context: NativeTensor[]; seqLen: number;
                    clipFea?: NativeTensor; y?: NativeTensor[]; fetaWeight?: number;
                    loraStrengths?: number[] }, trace: boolean, abortFlag?: Int32Array):
@@ -43,6 +44,7 @@ export interface NativeVae {
   decoder(latent: NativeTensor, tiling?: { tileX: number; tileY: number; tileStrideX: number; tileStrideY: number }):
     Promise<NativeVaeDecoder>;
   memoryStats(): NativeMemoryStats;
+  offload(): Promise<void>;  // the weights back to the CPU, after the jobs queued before
   estimateDecodeMemory(query: { frames: number; height: number; width: number; tiling?: { tileX: number; tileY: number; tileStrideX: number; tileStrideY: number }; whole: boolean }): { bytes: number; breakdown: { weights: number; runtime: number; caches: number; activations: number; output: number; allocator: number }; peakAt: string };
   dispose(): void;
 }
@@ -53,7 +55,8 @@ export interface NativeTextEncoder {
   encodeTokens(ids: NativeTensor, mask: NativeTensor, trace: boolean, abortFlag?: Int32Array):
     Promise<{ output: NativeTensor; trace?: Record<string, NativeTensor> }>;
   embeddedTokenizer(): Uint8Array | null;
-  memoryStats(): NativeMemoryStats;  // a ComfyUI checkpoint's `spiece_model` bytes
+  memoryStats(): NativeMemoryStats;
+  offload(): Promise<void>;  // the weights back to the CPU, after the jobs queued before  // a ComfyUI checkpoint's `spiece_model` bytes
   dispose(): void;
 }
 
@@ -66,6 +69,7 @@ export interface NativeClipVisionConfig {
 export interface NativeClipVision {
   config(): NativeClipVisionConfig;
   memoryStats(): NativeMemoryStats;
+  offload(): Promise<void>;  // the weights back to the CPU, after the jobs queued before
   // images: each [3, H, W] or [3, 1, H, W] in [-1, 1]; crop 'center' | 'disabled';
   // combineEmbeds 'average' | 'sum' | 'concat' | 'batch'.
   encode(images: NativeTensor[], options: { crop: string; strengths: number[]; combineEmbeds: string; trace: boolean },
@@ -103,13 +107,14 @@ export interface NativeAddon {
   NoiseGenerator: new (seed: bigint) => NativeNoiseGenerator;
   resizeBicubic(image: NativeTensor, height: number, width: number): NativeTensor;  // align_corners=False
 
-  loadTextEncoder(files: string[], options: { populate: boolean; device: string }, abortFlag?: Int32Array):
+  loadTextEncoder(files: string[], options: { populate: boolean; device: string; loadDevice: string }, abortFlag?: Int32Array):
     Promise<NativeTextEncoder>;
-  loadClipVision(files: string[], options: { numHeads?: number; populate: boolean; device: string }, abortFlag?: Int32Array):
+  loadClipVision(files: string[], options: { numHeads?: number; populate: boolean; device: string; loadDevice: string }, abortFlag?: Int32Array):
     Promise<NativeClipVision>;
-  loadVae(files: string[], options: { populate: boolean; device: string }, abortFlag?: Int32Array): Promise<NativeVae>;
+  loadVae(files: string[], options: { populate: boolean; device: string; loadDevice: string }, abortFlag?: Int32Array): Promise<NativeVae>;
   loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; quantization: string; populate: boolean; device: string; basePrecision: string;
-                                        blocksToSwap?: number; prefetchBlocks?: number;
+                                        loadDevice: string; blocksToSwap?: number; prefetchBlocks?: number;
+                                        offloadTxtEmb?: boolean; offloadImgEmb?: boolean;
                                            loras?: { files: string[]; strength: number; blocks?: number[]; layerFilter?: string[]; perStep?: boolean }[];
                                            mergeLoras?: boolean },
                abortFlag?: Int32Array): Promise<NativeWanModel>;

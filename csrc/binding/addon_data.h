@@ -14,16 +14,13 @@
 #include <thread>
 
 #include "core/tensor.h"
-
-namespace wan::runtime {
-class MemoryStats;
-}
+#include "runtime/memory_stats.h"
 
 namespace wan::binding {
 
-// memoryStats() of every model class: { resident, swapped }, each { bytes, tensors, byDtype }
-// (memory_api.cpp).
-Napi::Object memory_stats_object(Napi::Env env, const runtime::MemoryStats& stats);
+// memoryStats() of every model class: { resident, swapped }, each { bytes, tensors, byDtype },
+// and placement: 'main_device' or 'offload_device' (memory_api.cpp).
+Napi::Object memory_stats_object(Napi::Env env, const runtime::MemoryStats& stats, bool on_main_device);
 
 // A failure described on the worker thread, turned into a WanError on the JS thread.
 struct ErrorInfo {
@@ -96,6 +93,37 @@ std::vector<std::string> string_list(Napi::Env env, Napi::Value value, const std
 std::function<bool()> cancel_flag(Napi::Env env, Napi::Value flag);
 // An array holding `values`, for Engine::run's keep_alive.
 Napi::Object keep_alive(Napi::Env env, std::initializer_list<Napi::Value> values);
+
+// A loader's loadDevice: 'main_device' (the default here; lib/ fills in the wrapper's) or
+// 'offload_device'.
+inline bool load_on_main_device(Napi::Object options) {
+  const Napi::Value v = options.Get("loadDevice");
+  return !v.IsString() || v.As<Napi::String>().Utf8Value() != "offload_device";
+}
+
+// offload() of every model class: a job that returns the model's weights to the CPU after the
+// jobs queued before it (runtime/residency.h) -> Promise<void>.
+template <typename Model>
+Napi::Value offload_job(Napi::Env env, std::shared_ptr<Model> model) {
+  return addon(env).engine.run(
+      env,
+      [model]() -> Engine::Finish {
+        model->offload();
+        return [](Napi::Env env) -> Napi::Value { return env.Undefined(); };
+      },
+      keep_alive(env, {}));
+}
+
+// memoryStats() of a model whose weights all count as resident, read under its weights' lock.
+template <typename Model>
+Napi::Object resident_memory_stats(Napi::Env env, const Model& model) {
+  runtime::MemoryStats stats;
+  {
+    const auto lock = model.lock_weights();
+    model.visit_weights([&](const ops::Weight& w) { stats.add(w, false); });
+  }
+  return memory_stats_object(env, stats, model.on_main_device());
+}
 
 // Module parts, each registering its exports.
 void init_tensor(Napi::Env env, Napi::Object exports);

@@ -26,6 +26,7 @@ class NativeClipVision : public Napi::ObjectWrap<NativeClipVision> {
                        {InstanceMethod("config", &NativeClipVision::config),
                         InstanceMethod("encode", &NativeClipVision::encode),
                         InstanceMethod("memoryStats", &NativeClipVision::memory_stats),
+                        InstanceMethod("offload", &NativeClipVision::offload),
                         InstanceMethod("dispose", &NativeClipVision::dispose)});
   }
 
@@ -98,11 +99,14 @@ class NativeClipVision : public Napi::ObjectWrap<NativeClipVision> {
     });
   }
 
+  Napi::Value offload(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&] { return offload_job(env, get(env)); });
+  }
+
   Napi::Value memory_stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    runtime::MemoryStats stats;
-    get(env)->visit_weights([&](const ops::Weight& w) { stats.add(w, false); });
-    return memory_stats_object(env, stats);
+    return resident_memory_stats(env, *get(env));
   }
 
   Napi::Value dispose(const Napi::CallbackInfo& info) {
@@ -113,7 +117,7 @@ class NativeClipVision : public Napi::ObjectWrap<NativeClipVision> {
   std::shared_ptr<ClipVision> model_;
 };
 
-// loadClipVision(files, {numHeads, populate, device}, abortFlag) -> Promise<NativeClipVision>
+// loadClipVision(files, {numHeads, populate, device, loadDevice}, abortFlag) -> Promise<NativeClipVision>
 Napi::Value load_clip_vision(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
@@ -123,11 +127,12 @@ Napi::Value load_clip_vision(const Napi::CallbackInfo& info) {
     if (o.Get("numHeads").IsNumber()) overrides.num_heads = o.Get("numHeads").As<Napi::Number>().Int64Value();
     const bool populate = o.Get("populate").ToBoolean();
     const at::Device device = core::parse_device(o.Get("device").As<Napi::String>().Utf8Value(), "device");
+    const bool load_on_main = load_on_main_device(o);
     std::function<bool()> cancelled = cancel_flag(env, info[2]);
     return addon(env).engine.run(
         env,
-        [files, overrides, populate, device, cancelled]() -> Engine::Finish {
-          auto model = models::load_clip_vision(files, overrides, populate, cancelled, device);
+        [files, overrides, populate, device, load_on_main, cancelled]() -> Engine::Finish {
+          auto model = models::load_clip_vision(files, overrides, populate, cancelled, device, load_on_main);
           return [model](Napi::Env env) -> Napi::Value {
             auto* holder = new std::shared_ptr<ClipVision>(model);
             return addon(env).clip_class.New({Napi::External<std::shared_ptr<ClipVision>>::New(env, holder)});

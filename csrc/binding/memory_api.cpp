@@ -18,10 +18,11 @@ Napi::Object held_object(Napi::Env env, const runtime::HeldBytes& held) {
 
 }  // namespace
 
-Napi::Object memory_stats_object(Napi::Env env, const runtime::MemoryStats& stats) {
+Napi::Object memory_stats_object(Napi::Env env, const runtime::MemoryStats& stats, bool on_main_device) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("resident", held_object(env, stats.resident));
   o.Set("swapped", held_object(env, stats.swapped));
+  o.Set("placement", on_main_device ? "main_device" : "offload_device");
   return o;
 }
 

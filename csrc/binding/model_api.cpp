@@ -57,6 +57,7 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
                         InstanceMethod("setAttentionMode", &NativeWanModel::set_attention_mode),
                         InstanceMethod("setBlockSwap", &NativeWanModel::set_block_swap),
                         InstanceMethod("memoryStats", &NativeWanModel::memory_stats),
+                        InstanceMethod("offload", &NativeWanModel::offload),
                         InstanceMethod("dispose", &NativeWanModel::dispose)});
   }
 
@@ -109,14 +110,23 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     return env.Undefined();
   }
 
-  // memoryStats() -> {resident, swapped}: the last blocksToSwap blocks count as swapped.
+  // offload() -> Promise<void>: the weights back to the CPU after the queued forwards.
+  Napi::Value offload(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&] { return offload_job(env, get(env)); });
+  }
+
+  // memoryStats() -> {resident, swapped, placement}: the last blocksToSwap blocks count as swapped.
   Napi::Value memory_stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     const auto& model = get(env);
     const int64_t first_swapped = model->config().num_layers - model->options().blocks_to_swap;
     runtime::MemoryStats stats;
-    model->visit_weights([&](const ops::Weight& w, int64_t block) { stats.add(w, block >= first_swapped); });
-    return memory_stats_object(env, stats);
+    {
+      const auto lock = model->lock_weights();
+      model->visit_weights([&](const ops::Weight& w, int64_t block) { stats.add(w, block >= first_swapped); });
+    }
+    return memory_stats_object(env, stats, model->on_main_device());
   }
 
   Napi::Value set_attention_mode(const Napi::CallbackInfo& info) {
@@ -179,8 +189,8 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
   std::shared_ptr<models::WanDit> model_;
 };
 
-// loadWanModel(files, {numHeads, textLen, attentionMode, device, basePrecision, quantization?, loras?,
-//                      mergeLoras?, populate},
+// loadWanModel(files, {numHeads, textLen, attentionMode, device, loadDevice, basePrecision, quantization?,
+//                      loras?, mergeLoras?, blocksToSwap, prefetchBlocks, offloadTxtEmb, offloadImgEmb, populate},
 //              abortFlag) -> Promise<NativeWanModel>
 Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -195,6 +205,9 @@ Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
     options.blocks_to_swap = static_cast<int>(int_option(o, "blocksToSwap"));
     options.prefetch_blocks = static_cast<int>(int_option(o, "prefetchBlocks"));
     options.device = core::parse_device(o.Get("device").As<Napi::String>().Utf8Value(), "device");
+    options.load_on_main = load_on_main_device(o);
+    options.offload_txt_emb = o.Get("offloadTxtEmb").ToBoolean();
+    options.offload_img_emb = o.Get("offloadImgEmb").ToBoolean();
     if (!options.device.is_cpu()) {
       // On a GPU the model computes in basePrecision; on the CPU always in float32 (bf16 matmul
       // is ~30x slower there, native-notes.md).

@@ -22,6 +22,7 @@ class NativeTextEncoder : public Napi::ObjectWrap<NativeTextEncoder> {
                         InstanceMethod("encodeTokens", &NativeTextEncoder::encode_tokens),
                         InstanceMethod("embeddedTokenizer", &NativeTextEncoder::embedded_tokenizer),
                         InstanceMethod("memoryStats", &NativeTextEncoder::memory_stats),
+                        InstanceMethod("offload", &NativeTextEncoder::offload),
                         InstanceMethod("dispose", &NativeTextEncoder::dispose)});
   }
   explicit NativeTextEncoder(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeTextEncoder>(info) {
@@ -43,11 +44,14 @@ class NativeTextEncoder : public Napi::ObjectWrap<NativeTextEncoder> {
     return Napi::Buffer<char>::Copy(env, parts_.embedded_tokenizer.data(), parts_.embedded_tokenizer.size());
   }
 
+  Napi::Value offload(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&] { return offload_job(env, get(env)); });
+  }
+
   Napi::Value memory_stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    runtime::MemoryStats stats;
-    get(env)->visit_weights([&](const ops::Weight& w) { stats.add(w, false); });
-    return memory_stats_object(env, stats);
+    return resident_memory_stats(env, *get(env));
   }
 
   Napi::Value config(const Napi::CallbackInfo& info) {
@@ -99,7 +103,7 @@ class NativeTextEncoder : public Napi::ObjectWrap<NativeTextEncoder> {
   TextEncoderParts parts_;
 };
 
-// loadTextEncoder(files, {populate, device}, abortFlag) -> Promise<NativeTextEncoder>
+// loadTextEncoder(files, {populate, device, loadDevice}, abortFlag) -> Promise<NativeTextEncoder>
 Napi::Value load_text_encoder(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
@@ -107,12 +111,13 @@ Napi::Value load_text_encoder(const Napi::CallbackInfo& info) {
     const auto options = info[1].As<Napi::Object>();
     const bool populate = options.Get("populate").ToBoolean();
     const at::Device device = core::parse_device(options.Get("device").As<Napi::String>().Utf8Value(), "device");
+    const bool load_on_main = load_on_main_device(options);
     auto cancelled = cancel_flag(env, info[2]);
     return addon(env).engine.run(
         env,
-        [files, populate, device, cancelled]() -> Engine::Finish {
+        [files, populate, device, load_on_main, cancelled]() -> Engine::Finish {
           auto parts = std::make_shared<TextEncoderParts>();
-          parts->model = models::load_umt5(files, populate, cancelled, &parts->embedded_tokenizer, device);
+          parts->model = models::load_umt5(files, populate, cancelled, &parts->embedded_tokenizer, device, load_on_main);
           return [parts](Napi::Env env) -> Napi::Value {
             return addon(env).text_encoder_class.New({Napi::External<TextEncoderParts>::New(env, new TextEncoderParts(*parts))});
           };

@@ -61,6 +61,7 @@ class NativeVae : public Napi::ObjectWrap<NativeVae> {
                         InstanceMethod("decoder", &NativeVae::decoder),
                         InstanceMethod("estimateDecodeMemory", &NativeVae::estimate_decode_memory),
                         InstanceMethod("memoryStats", &NativeVae::memory_stats),
+                        InstanceMethod("offload", &NativeVae::offload),
                         InstanceMethod("dispose", &NativeVae::dispose)});
   }
   explicit NativeVae(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeVae>(info) {
@@ -158,11 +159,14 @@ class NativeVae : public Napi::ObjectWrap<NativeVae> {
     });
   }
 
+  Napi::Value offload(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guard(env, [&] { return offload_job(env, get(env)); });
+  }
+
   Napi::Value memory_stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    runtime::MemoryStats stats;
-    get(env)->visit_weights([&](const ops::Weight& w) { stats.add(w, false); });
-    return memory_stats_object(env, stats);
+    return resident_memory_stats(env, *get(env));
   }
 
   Napi::Value dispose(const Napi::CallbackInfo& info) {
@@ -173,7 +177,7 @@ class NativeVae : public Napi::ObjectWrap<NativeVae> {
   std::shared_ptr<WanVae> vae_;
 };
 
-// loadVae(files, {populate, device}, abortFlag) -> Promise<NativeVae>
+// loadVae(files, {populate, device, loadDevice}, abortFlag) -> Promise<NativeVae>
 Napi::Value load_vae(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
@@ -181,11 +185,12 @@ Napi::Value load_vae(const Napi::CallbackInfo& info) {
     const auto o = info[1].As<Napi::Object>();
     const bool populate = o.Get("populate").ToBoolean();
     const at::Device device = core::parse_device(o.Get("device").As<Napi::String>().Utf8Value(), "device");
+    const bool load_on_main = load_on_main_device(o);
     auto cancelled = cancel_flag(env, info[2]);
     return addon(env).engine.run(
         env,
-        [files, populate, device, cancelled]() -> Engine::Finish {
-          auto vae = models::load_wan_vae(files, populate, cancelled, device);
+        [files, populate, device, load_on_main, cancelled]() -> Engine::Finish {
+          auto vae = models::load_wan_vae(files, populate, cancelled, device, load_on_main);
           return [vae](Napi::Env env) -> Napi::Value {
             return addon(env).vae_class.New(
                 {Napi::External<std::shared_ptr<WanVae>>::New(env, new std::shared_ptr<WanVae>(vae))});

@@ -209,8 +209,8 @@ std::map<std::string, ops::Weight> to_official(std::map<std::string, ops::Weight
 // ---------------------------------------------------------------------------------------------
 
 ClipVision::ClipVision(ClipVisionConfig config, std::map<std::string, ops::Weight> weights, const std::string& source,
-                       std::string layout, at::Device device)
-    : config_(config), device_(device), layout_(std::move(layout)) {
+                       std::string layout, at::Device device, bool load_on_main)
+    : config_(config), device_(device), layout_(std::move(layout)), residency_(device) {
   // post_norm and head (the pooled projection) are not used by the pipeline; files may or may
   // not carry them (a CLIPVisionModel without projection has no head).
   for (const char* unused : {"visual.post_norm.weight", "visual.post_norm.bias", "visual.head"}) weights.erase(unused);
@@ -227,7 +227,7 @@ ClipVision::ClipVision(ClipVisionConfig config, std::map<std::string, ops::Weigh
                             linear(p + "attn.proj"), linear(p + "mlp.0"), linear(p + "mlp.2")});
   }
   bag.check(source, "CLIP vision encoder (" + layout_ + " layout)");
-  if (!device_.is_cpu()) place_weights(*this, device_);
+  residency_.manage(weight_members(*this), load_on_main);
 }
 
 at::Tensor ClipVision::apply(const Linear& l, const at::Tensor& x) const { return ops::linear(x, l.weight, l.bias); }
@@ -291,6 +291,7 @@ at::Tensor ClipVision::forward(const at::Tensor& pixels, const std::function<boo
         "forward: pixels must be [N, 3, " + std::to_string(c.image_size) + ", " + std::to_string(c.image_size) +
             "], got " + shape_text(pixels.sizes()));
   const int64_t batch = pixels.size(0);
+  residency_.place(true);
   // Patch embedding: [N, 3, S, S] -> [N, dim, g, g] -> [N, g^2, dim].
   at::Tensor x =
       at::conv2d(pixels.to(device_, at::kFloat), patch_embedding_.get(at::kFloat), {}, {c.patch_size, c.patch_size});
@@ -388,7 +389,8 @@ ClipVisionConfig infer_clip_vision_config(const std::map<std::string, std::vecto
 }
 
 std::shared_ptr<ClipVision> load_clip_vision(const std::vector<std::string>& files, const ClipVisionOverrides& overrides,
-                                             bool populate, const std::function<bool()>& cancelled, at::Device device) {
+                                             bool populate, const std::function<bool()>& cancelled, at::Device device,
+                                             bool load_on_main) {
   LoadedWeights loaded = load_weights(files, populate, cancelled);
   std::string layout;
   std::map<std::string, ops::Weight> weights = to_official(std::move(loaded.weights), layout);
@@ -398,7 +400,7 @@ std::shared_ptr<ClipVision> load_clip_vision(const std::vector<std::string>& fil
     shapes[name] = std::vector<int64_t>(sizes.begin(), sizes.end());
   }
   const ClipVisionConfig config = infer_clip_vision_config(shapes, overrides, files.front());
-  return std::make_shared<ClipVision>(config, std::move(weights), files.front(), layout, device);
+  return std::make_shared<ClipVision>(config, std::move(weights), files.front(), layout, device, load_on_main);
 }
 
 }  // namespace wan::models

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "ops/linear.h"
+#include "runtime/residency.h"
 
 namespace wan::models {
 
@@ -51,11 +52,18 @@ class ClipVision {
  public:
   // Takes the parameters by their official names (`visual.*`); throws core::Error(BadCheckpoint)
   // listing every missing and unexpected key at once.
-  // `device`: where the weights live and the encoder computes (float32); encode() takes and
-  // returns CPU tensors.
+  // `device`: where the encoder computes (float32) and its weights live while in use;
+  // `load_on_main`: whether they go there at load or at the first use (the wrapper's
+  // load_device). encode() takes and returns CPU tensors.
   ClipVision(ClipVisionConfig config, std::map<std::string, ops::Weight> weights, const std::string& source,
-             std::string layout = "official", at::Device device = at::kCPU);
+             std::string layout = "official", at::Device device = at::kCPU, bool load_on_main = true);
   at::Device device() const { return device_; }
+  // Where the weights are between uses (runtime/residency.h): a use brings them to the main
+  // device; offload() returns them to the CPU (the wrapper's force_offload).
+  void offload() const { residency_.place(false); }
+  bool on_main_device() const { return residency_.on_main(); }
+  // Held while memory accounting reads the weights from another thread.
+  std::unique_lock<std::mutex> lock_weights() const { return residency_.lock(); }
 
   // CLIPModel.visual's preprocessing of one image: [3, H, W] or [3, 1, H, W] in [-1, 1] ->
   // [1, 3, S, S] (S = image_size): bicubic resize (align_corners=False, no antialias, as
@@ -113,6 +121,7 @@ class ClipVision {
   ops::Weight pos_embedding_;    // [1, tokens, dim]
   LayerNorm pre_norm_;
   std::vector<Block> blocks_;
+  mutable runtime::Residency residency_;
 };
 
 // Infers the configuration from the (official) names and shapes. num_heads is not stored in
@@ -128,6 +137,6 @@ ClipVisionConfig infer_clip_vision_config(const std::map<std::string, std::vecto
 // `vision_model.*`, q/k/v fused on load) or an open_clip state dict (`visual.transformer.resblocks.*`).
 std::shared_ptr<ClipVision> load_clip_vision(const std::vector<std::string>& files, const ClipVisionOverrides& overrides,
                                              bool populate, const std::function<bool()>& cancelled,
-                                             at::Device device = at::kCPU);
+                                             at::Device device = at::kCPU, bool load_on_main = true);
 
 }  // namespace wan::models

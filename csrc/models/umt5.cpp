@@ -39,8 +39,8 @@ at::Tensor embed(const ops::Weight& table, const at::Tensor& ids) {
 }  // namespace
 
 Umt5Encoder::Umt5Encoder(Umt5Config config, std::map<std::string, ops::Weight> weights, const std::string& source,
-                         at::Device device)
-    : config_(config), device_(device) {
+                         at::Device device, bool load_on_main)
+    : config_(config), device_(device), residency_(device) {
   WeightBag bag(std::move(weights));
   token_embedding_ = bag.take("token_embedding.weight");
   if (config_.shared_pos) shared_pos_embedding_ = bag.take("pos_embedding.embedding.weight");
@@ -61,7 +61,7 @@ Umt5Encoder::Umt5Encoder(Umt5Config config, std::map<std::string, ops::Weight> w
   }
   norm_ = bag.take("norm.weight");
   bag.check(source, "umT5 encoder");
-  if (!device_.is_cpu()) place_weights(*this, device_);
+  residency_.manage(weight_members(*this), load_on_main);
 }
 
 // T5RelativeEmbedding(L, L): the table looked up at the bucket of (key - query) -> [1, N, L, L].
@@ -80,6 +80,7 @@ at::Tensor Umt5Encoder::forward(const at::Tensor& ids, const at::Tensor& mask, c
   if (token_ids.numel() && (token_ids.min().item<int64_t>() < 0 || token_ids.max().item<int64_t>() >= config_.vocab))
     throw Error(ErrorCode::InvalidTensor, "TextEncoder: token ids must lie in [0, " + std::to_string(config_.vocab) + ")");
   const int64_t b = ids.size(0), l = ids.size(1), n = config_.num_heads, c = config_.dim_attn / n;
+  residency_.place(true);
   at::Tensor x = embed(token_embedding_, token_ids);  // [B, L, dim]
   if (trace) (*trace)["token_embedding_out"] = x;
   // Padded keys get the most negative float added, as T5Attention's masked_fill does.
@@ -134,7 +135,7 @@ Umt5Config infer_umt5_config(const std::map<std::string, std::vector<int64_t>>& 
 
 std::shared_ptr<Umt5Encoder> load_umt5(const std::vector<std::string>& files, bool populate,
                                        const std::function<bool()>& cancelled, std::string* embedded_tokenizer,
-                                       at::Device device) {
+                                       at::Device device, bool load_on_main) {
   LoadedWeights loaded = load_weights(files, populate, cancelled);
   // A ComfyUI file may carry its tokenizer as a `spiece_model` tensor (u8): not a parameter.
   if (embedded_tokenizer) embedded_tokenizer->clear();
@@ -145,7 +146,7 @@ std::shared_ptr<Umt5Encoder> load_umt5(const std::vector<std::string>& files, bo
     loaded.weights.erase(it);
   }
   return std::make_shared<Umt5Encoder>(infer_umt5_config(loaded.shapes, files.front()), std::move(loaded.weights),
-                                       files.front(), device);
+                                       files.front(), device, load_on_main);
 }
 
 }  // namespace wan::models

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ops/linear.h"
+#include "runtime/residency.h"
 
 namespace wan::models {
 
@@ -24,10 +25,11 @@ at::Tensor t5_relative_bucket(const at::Tensor& rel, int64_t num_buckets, int64_
 
 class Umt5Encoder {
  public:
-  // `device`: where the weights live and the encoder computes (float32); forward takes and
-  // returns CPU tensors.
+  // `device`: where the encoder computes (float32) and its weights live while in use;
+  // `load_on_main`: whether they go there at load or at the first use (the wrapper's
+  // load_device). forward takes and returns CPU tensors.
   Umt5Encoder(Umt5Config config, std::map<std::string, ops::Weight> weights, const std::string& source,
-              at::Device device = at::kCPU);
+              at::Device device = at::kCPU, bool load_on_main = true);
 
   // ids, mask: int64 [B, L] (mask 1 for real tokens) -> [B, L, dim] float32. `trace` (optional)
   // receives token_embedding_out, block{i}_pos_bias and block{i}_out.
@@ -36,6 +38,12 @@ class Umt5Encoder {
 
   const Umt5Config& config() const { return config_; }
   at::Device device() const { return device_; }
+  // Where the weights are between uses (runtime/residency.h): a use brings them to the main
+  // device; offload() returns them to the CPU (the wrapper's force_offload).
+  void offload() const { residency_.place(false); }
+  bool on_main_device() const { return residency_.on_main(); }
+  // Held while memory accounting reads the weights from another thread.
+  std::unique_lock<std::mutex> lock_weights() const { return residency_.lock(); }
   // Calls f(weight) on every parameter as held, for memory accounting (runtime/memory_stats.h).
   template <typename F>
   void visit_weights(F&& f) const {
@@ -58,6 +66,7 @@ class Umt5Encoder {
   at::Device device_;
   ops::Weight token_embedding_, norm_, shared_pos_embedding_;
   std::vector<Block> blocks_;
+  mutable runtime::Residency residency_;
 };
 
 Umt5Config infer_umt5_config(const std::map<std::string, std::vector<int64_t>>& shapes, const std::string& source);
@@ -66,6 +75,6 @@ Umt5Config infer_umt5_config(const std::map<std::string, std::vector<int64_t>>& 
 // (the serialized SentencePiece model), or is cleared when the file has none.
 std::shared_ptr<Umt5Encoder> load_umt5(const std::vector<std::string>& files, bool populate,
                                        const std::function<bool()>& cancelled, std::string* embedded_tokenizer = nullptr,
-                                       at::Device device = at::kCPU);
+                                       at::Device device = at::kCPU, bool load_on_main = true);
 
 }  // namespace wan::models

@@ -39,7 +39,7 @@ std::string shape_text(at::IntArrayRef s) {
 WanDit::WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, WanDitOptions options,
                const std::string& source, LoraAdapters adapters, std::vector<double> lora_strengths)
     : config_(std::move(config)), options_(options), rope_(ops::rope_table(config_.head_dim())),
-      lora_strengths_(std::move(lora_strengths)) {
+      lora_strengths_(std::move(lora_strengths)), residency_(options.device) {
   WeightBag bag(std::move(weights));
   auto linear = [&](const std::string& p) {
     Linear l{bag.take(p + ".weight"), bag.take(p + ".bias"), {}};
@@ -101,26 +101,36 @@ WanDit::WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, 
     throw Error(ErrorCode::Internal,
                 "an unmerged LoRA changes '" + adapters.begin()->first + "', which is not a linear layer");
   set_block_swap(options.blocks_to_swap, options.prefetch_blocks);
-  if (!options_.device.is_cpu()) {
-    // Everything outside the blocks lives on the device; the blocks are placed by place_blocks.
-    const at::Device device = options_.device;
-    for (ops::Weight* w : {&patch_embedding_weight_, &patch_embedding_bias_, &head_modulation_, &img_norm0_weight_,
-                           &img_norm0_bias_, &img_norm4_weight_, &img_norm4_bias_, &img_emb_pos_})
-      if (w->defined()) *w = w->to(device);
-    for (Linear* l : {&text_embedding0_, &text_embedding2_, &time_embedding0_, &time_embedding2_, &time_projection1_,
-                      &head_, &img_proj1_, &img_proj3_}) {
-      for (ops::Weight* w : {&l->weight, &l->bias})
-        if (w->defined()) *w = w->to(device);
-      for (LoraAdapter& a : l->loras) {
-        a.down = a.down.to(device);
-        a.up = a.up.to(device);
-      }
-    }
-    rope_.cos = rope_.cos.to(device);
-    rope_.sin = rope_.sin.to(device);
-    const std::lock_guard<std::mutex> lock(placement_mutex_);
-    place_blocks();  // at load, so that a model too large for the device fails here
+  // Everything outside the blocks moves with the model (runtime/residency.h), except the
+  // embeddings block swap keeps on the CPU; the blocks are placed by place_blocks.
+  std::vector<ops::Weight*> moving{&patch_embedding_weight_, &patch_embedding_bias_, &head_modulation_};
+  std::vector<Linear*> linears{&time_embedding0_, &time_embedding2_, &time_projection1_, &head_};
+  if (!options_.offload_txt_emb) linears.insert(linears.end(), {&text_embedding0_, &text_embedding2_});
+  if (!options_.offload_img_emb) {
+    linears.insert(linears.end(), {&img_proj1_, &img_proj3_});
+    moving.insert(moving.end(),
+                  {&img_norm0_weight_, &img_norm0_bias_, &img_norm4_weight_, &img_norm4_bias_, &img_emb_pos_});
   }
+  for (Linear* l : linears) {
+    moving.insert(moving.end(), {&l->weight, &l->bias});
+    for (LoraAdapter& a : l->loras) moving.insert(moving.end(), {&a.down, &a.up});
+  }
+  residency_.manage(moving, options_.load_on_main);
+  if (!options_.device.is_cpu()) {
+    rope_.cos = rope_.cos.to(options_.device);  // a few kilobytes: always there
+    rope_.sin = rope_.sin.to(options_.device);
+    if (options_.load_on_main) {
+      const std::lock_guard<std::mutex> lock(placement_mutex_);
+      place_blocks();  // at load, so that a model too large for the device fails here
+    }
+  }
+}
+
+void WanDit::offload() const {
+  const std::lock_guard<std::mutex> lock(placement_mutex_);
+  placed_.clear();
+  placed_swap_ = -1;
+  residency_.place(false);
 }
 
 at::Tensor WanDit::apply(const Linear& l, const at::Tensor& x, const LoraStrengths& lora) const {
@@ -365,6 +375,19 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
   // Inputs come to the model's device; the outputs (and the trace) go back to the CPU.
   const at::Device device = options_.device;
   auto here = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
+  residency_.place(true);
+  // The embeddings block swap keeps on the CPU come to the device for this forward alone.
+  auto bring = [&](const ops::Weight& w) { return w.defined() ? w.to(device) : w; };
+  auto bring_linear = [&](const Linear& l) {
+    Linear out = l;
+    out.weight = bring(l.weight);
+    out.bias = bring(l.bias);
+    for (LoraAdapter& a : out.loras) {
+      a.down = bring(a.down);
+      a.up = bring(a.up);
+    }
+    return out;
+  };
 
   // Patch embedding: per sample [C_in, F, H, W] -> [1, dim, F', H', W'] -> [1, L_i, dim].
   const at::Tensor pw = patch_embedding_weight_.get(options_.compute);
@@ -413,8 +436,9 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
               std::to_string(c.text_dim) + "], got " + shape_text(u.sizes()));
     padded.push_back(at::constant_pad_nd(here(u).to(at::kFloat), {0, 0, 0, c.text_len - u.size(0)}));
   }
-  const at::Tensor context =
-      apply(text_embedding2_, at::gelu(apply(text_embedding0_, at::stack(padded), lora), "tanh"), lora);
+  const Linear text0 = options_.offload_txt_emb ? bring_linear(text_embedding0_) : text_embedding0_;
+  const Linear text2 = options_.offload_txt_emb ? bring_linear(text_embedding2_) : text_embedding2_;
+  const at::Tensor context = apply(text2, at::gelu(apply(text0, at::stack(padded), lora), "tanh"), lora);
   if (trace) (*trace)["text_embedding_out"] = context;
 
   // CLIP image tokens (MLPProj): [B, 257, 1280] (flf2v: two images per sample, 514 tokens
@@ -423,15 +447,19 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
   if (c.has_image_input()) {
     at::Tensor f = here(in.clip_fea).to(at::kFloat);
     check(f.dim() == 3 && f.size(2) == 1280, "forward: clipFea must be [N, 257, 1280], got " + shape_text(f.sizes()));
+    const bool brought = options_.offload_img_emb;
+    auto img = [&](const ops::Weight& w) { return (brought ? bring(w) : w).get(at::kFloat); };
     if (img_emb_pos_.defined()) {
       check(f.numel() == batch * 514 * 1280, "forward: a flf2v model needs clipFea [" + std::to_string(2 * batch) +
                                                  ", 257, 1280] (first and last frame), got " + shape_text(f.sizes()));
-      f = f.reshape({batch, 514, 1280}) + img_emb_pos_.get(at::kFloat);
+      f = f.reshape({batch, 514, 1280}) + img(img_emb_pos_);
     }
     check(f.size(0) == batch, "forward: clipFea must hold one image per sample, got " + shape_text(f.sizes()));
-    f = ops::layer_norm(f, img_norm0_weight_.get(at::kFloat), img_norm0_bias_.get(at::kFloat), 1e-5);
-    f = apply(img_proj3_, at::gelu(apply(img_proj1_, f, lora)), lora);  // GELU (erf) here, as nn.GELU()
-    context_img = ops::layer_norm(f, img_norm4_weight_.get(at::kFloat), img_norm4_bias_.get(at::kFloat), 1e-5);
+    f = ops::layer_norm(f, img(img_norm0_weight_), img(img_norm0_bias_), 1e-5);
+    const Linear proj1 = brought ? bring_linear(img_proj1_) : img_proj1_;
+    const Linear proj3 = brought ? bring_linear(img_proj3_) : img_proj3_;
+    f = apply(proj3, at::gelu(apply(proj1, f, lora)), lora);  // GELU (erf) here, as nn.GELU()
+    context_img = ops::layer_norm(f, img(img_norm4_weight_), img(img_norm4_bias_), 1e-5);
     if (trace) (*trace)["img_emb"] = context_img;
   }
 

@@ -19,6 +19,7 @@
 #include "ops/linear.h"
 #include "ops/quantize.h"
 #include "ops/rope.h"
+#include "runtime/residency.h"
 
 namespace wan::models {
 
@@ -52,6 +53,12 @@ struct WanDitOptions {
   // stream (runtime/device_swap.h).
   int blocks_to_swap = 0;
   int prefetch_blocks = 0;
+  // Off the CPU, block swap's offload_txt_emb / offload_img_emb: text_embedding / img_emb stay on
+  // the CPU and come to the device for each forward alone.
+  bool offload_txt_emb = false, offload_img_emb = false;
+  // Whether the weights go to the device at load, or at the first forward (the wrapper's
+  // load_device main_device / offload_device; runtime/residency.h).
+  bool load_on_main = true;
 };
 
 struct WanDitInput {
@@ -93,6 +100,12 @@ class WanDit {
   // Throws InvalidOption unless 0 <= blocks <= num_layers and prefetch >= 0. On a GPU the
   // blocks move at the next forward.
   void set_block_swap(int blocks, int prefetch);
+  // Returns the weights to the CPU (the wrapper's force_offload): the device copies of the blocks
+  // and of everything else are dropped; the next forward brings them back. Engine thread only.
+  void offload() const;
+  bool on_main_device() const { return residency_.on_main(); }
+  // Held while memory accounting reads the weights from another thread.
+  std::unique_lock<std::mutex> lock_weights() const { return residency_.lock(); }
   // Calls f(weight, block) on every parameter as held (block -1 outside the blocks), for
   // memory accounting (runtime/memory_stats.h). Defined below, so that the count needs no
   // change to the forward's source file.
@@ -163,6 +176,8 @@ class WanDit {
   Linear img_proj1_, img_proj3_;
   ops::Weight img_emb_pos_;  // flf2v: [1, 514, 1280]
   std::vector<double> lora_strengths_;  // at load, per LoRA
+  // Everything outside the blocks but the offloaded embeddings: on the device or the CPU.
+  mutable runtime::Residency residency_;
 };
 
 template <typename F>

@@ -108,8 +108,8 @@ const std::vector<float>& WanVae::latent_std() {
 }
 
 WanVae::WanVae(WanVaeConfig config, std::map<std::string, ops::Weight> weights, const std::string& source,
-               at::Device device)
-    : config_(config), device_(device) {
+               at::Device device, bool load_on_main)
+    : config_(config), device_(device), residency_(device) {
   for (const auto& [name, w] : weights) weight_bytes_ += static_cast<int64_t>(w.stored.value.nbytes());
   WeightBag bag(std::move(weights));
   auto conv = [&](const std::string& p) { return Conv{bag.take(p + ".weight"), bag.take(p + ".bias")}; };
@@ -169,7 +169,7 @@ WanVae::WanVae(WanVaeConfig config, std::map<std::string, ops::Weight> weights, 
   conv1_ = conv("conv1");
   conv2_ = conv("conv2");
   bag.check(source, "Wan2.1 VAE");
-  if (!device_.is_cpu()) place_weights(*this, device_);
+  residency_.manage(weight_members(*this), load_on_main);
 }
 
 // x: [b, in, t, h, w] -> [b, out, t, h, w]
@@ -244,6 +244,7 @@ at::Tensor WanVae::resample(const Resample& r, const at::Tensor& x_in, FeatureCa
 }
 
 at::Tensor WanVae::run(const Coder& c, const at::Tensor& x_in, FeatureCache& cache, bool encoder) const {
+  residency_.place(true);
   at::Tensor x = cached_conv(c.conv1.weight, c.conv1.bias, x_in, cache);
   auto middle = [&] {
     x = residual(c.middle0, x, cache);
@@ -291,6 +292,7 @@ at::Tensor WanVae::decode_raw(const at::Tensor& z) const {
   if (z.dim() != 5 || z.size(1) != config_.z_dim)
     throw Error(ErrorCode::InvalidTensor, "Vae: latent batch must be [B, " + std::to_string(config_.z_dim) +
                                               ", T, h, w], got " + c10::str(z.sizes()));
+  residency_.place(true);
   const at::Tensor x = causal_conv(conv2_.weight, conv2_.bias, z, {}, 0, 0);
   FeatureCache cache;
   std::vector<at::Tensor> frames;
@@ -303,6 +305,7 @@ at::Tensor WanVae::decode_raw(const at::Tensor& z) const {
 }
 
 at::Tensor WanVae::unnormalize(const at::Tensor& z) const {
+  residency_.place(true);
   const auto [mean, inv_std] = latent_scale(device_);
   // As vae.py decode: z / (1 / std) + mean, then the post-quant conv.
   return causal_conv(conv2_.weight, conv2_.bias, z.to(device_, at::kFloat).unsqueeze(0) / inv_std + mean, {}, 0, 0);
@@ -990,10 +993,10 @@ WanVaeConfig infer_wan_vae_config(const std::map<std::string, std::vector<int64_
 }
 
 std::shared_ptr<WanVae> load_wan_vae(const std::vector<std::string>& files, bool populate,
-                                     const std::function<bool()>& cancelled, at::Device device) {
+                                     const std::function<bool()>& cancelled, at::Device device, bool load_on_main) {
   LoadedWeights loaded = load_weights(files, populate, cancelled);
   return std::make_shared<WanVae>(infer_wan_vae_config(loaded.shapes, files.front()), std::move(loaded.weights),
-                                  files.front(), device);
+                                  files.front(), device, load_on_main);
 }
 
 }  // namespace wan::models

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "ops/linear.h"
+#include "runtime/residency.h"
 
 namespace wan::models {
 
@@ -40,10 +41,11 @@ struct FeatureCache {
 
 class WanVae : public std::enable_shared_from_this<WanVae> {
  public:
-  // `device`: where the weights live and the VAE computes (float32); encode() and the
-  // Decoder take and return CPU tensors.
+  // `device`: where the VAE computes (float32) and its weights live while in use;
+  // `load_on_main`: whether they go there at load or at the first use (the wrapper's
+  // load_device). encode() and the Decoder take and return CPU tensors.
   WanVae(WanVaeConfig config, std::map<std::string, ops::Weight> weights, const std::string& source,
-         at::Device device = at::kCPU);
+         at::Device device = at::kCPU, bool load_on_main = true);
 
   // video [3, F, H, W] in [-1, 1], F = 4k + 1, H and W multiples of 8 -> normalised latent
   // [z_dim, (F - 1) / 4 + 1, H / 8, W / 8]. `mu` (optional) receives the latent before
@@ -119,6 +121,13 @@ class WanVae : public std::enable_shared_from_this<WanVae> {
 
   const WanVaeConfig& config() const { return config_; }
   at::Device device() const { return device_; }
+  // Where the weights are between uses (runtime/residency.h): a use brings them to the main
+  // device; offload() returns them to the CPU (the wrapper's force_offload). A Decoder offloaded
+  // between frames brings them back for its next frame.
+  void offload() const { residency_.place(false); }
+  bool on_main_device() const { return residency_.on_main(); }
+  // Held while memory accounting reads the weights from another thread.
+  std::unique_lock<std::mutex> lock_weights() const { return residency_.lock(); }
   // Calls f(weight) on every parameter as held, for memory accounting (runtime/memory_stats.h).
   template <typename F>
   void visit_weights(F&& f) const;
@@ -167,12 +176,14 @@ class WanVae : public std::enable_shared_from_this<WanVae> {
   int64_t weight_bytes_ = 0;  // all weights as stored
   Coder encoder_, decoder_;
   Conv conv1_, conv2_;  // quant_conv [2z, 2z, 1, 1, 1] and post_quant_conv [z, z, 1, 1, 1]
+  mutable runtime::Residency residency_;
 };
 
 WanVaeConfig infer_wan_vae_config(const std::map<std::string, std::vector<int64_t>>& shapes, const std::string& source);
 
 std::shared_ptr<WanVae> load_wan_vae(const std::vector<std::string>& files, bool populate,
-                                     const std::function<bool()>& cancelled, at::Device device = at::kCPU);
+                                     const std::function<bool()>& cancelled, at::Device device = at::kCPU,
+                                     bool load_on_main = true);
 
 template <typename F>
 void WanVae::visit_weights(F&& f) const {

@@ -36,14 +36,14 @@ class WeightBag {
   std::vector<std::string> missing_;
 };
 
-// Moves every weight `model.visit_weights` lists to `device` (in its storage dtype). For a
-// model's constructor: the weights are then its own members, being set up, so writing through
-// visit_weights' const references is sound.
+// Every weight `model.visit_weights` lists, as the members runtime::Residency moves. For a
+// model's constructor: the weights are then its own members, being set up, so handing out
+// visit_weights' const references as pointers is sound.
 template <typename Model>
-void place_weights(const Model& model, at::Device device) {
-  model.visit_weights([&](const ops::Weight& w) {
-    if (w.defined()) const_cast<ops::Weight&>(w) = w.to(device);
-  });
+std::vector<ops::Weight*> weight_members(const Model& model) {
+  std::vector<ops::Weight*> out;
+  model.visit_weights([&](const ops::Weight& w) { out.push_back(const_cast<ops::Weight*>(&w)); });
+  return out;
 }
 
 }  // namespace wan::models

@@ -4,9 +4,9 @@
 import t from 'tap';
 import * as path from 'node:path';
 
-import { ClipVisionEncoder, emptyEmbeds, loadSafetensors, planMemory, runtimeInfo, Sampler, saveSafetensors, TextEncoder, Vae, WanModel } from '../../lib/index';
+import { ClipVisionEncoder, emptyEmbeds, loadSafetensors, planMemory, runtimeInfo, Sampler, saveSafetensors, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
 import { gpuMemory } from '../../lib/ops';
-import type { AttentionMode, Tensor, WanForwardInput } from '../../lib/index';
+import type { AttentionMode, WanForwardInput } from '../../lib/index';
 import { goldenDir, maxAbsDiff, randn, tempDir, toNumbers, weightsDir } from '../helpers';
 
 const skip = runtimeInfo().cuda ? false : 'no CUDA GPU';
@@ -213,4 +213,42 @@ t.test('unmerged LoRAs on the GPU compute what they do on the CPU, swapped or no
     t.ok(err <= FP32_MAX_ABS, `step ${step}: GPU and CPU within ${err.toExponential(2)} <= ${FP32_MAX_ABS}`);
     t.equal(maxAbsDiff((await swapped.forward({ ...input, step }))[0], got), 0, `step ${step}: 2 blocks swapped, bitwise equal`);
   }
+});
+
+t.test('placement on the GPU: weights come with the first use and leave with offload(); outputs stay', { skip }, async (t) => {
+  const g = await golden(path.join(goldenDir, 'golden_dit_t2v.safetensors'));
+  const { input } = t2vCase(g, 'a');
+  const allocated = () => gpuMemory('cuda')!.allocated;
+  const base = allocated();
+  const options = { numHeads: 2, textLen: 16, device: 'cuda', basePrecision: 'fp32' } as const;
+  const model = await WanModel.load(dit('f32'), options);
+  const weights = model.memoryStats().weights;
+  t.ok(allocated() - base < weights / 4, `loaded to the offload device: ${allocated() - base} bytes on the GPU, the weights are ${weights}`);
+  const [first] = await model.forward(input);
+  t.ok(allocated() - base >= weights, `after a forward: ${allocated() - base} bytes on the GPU >= ${weights}`);
+  await model.offload();
+  t.ok(allocated() - base < weights / 4, `after offload(): ${allocated() - base} bytes on the GPU`);
+  t.equal(maxAbsDiff((await model.forward(input))[0], first), 0, 'brought back: bitwise the same output');
+  model.dispose();
+
+  // Block swap's offload_txt_emb: text_embedding stays on the CPU, the output does not change.
+  const resident = await WanModel.load(dit('f32'), { ...options, loadDevice: 'main_device' });
+  const residentBytes = allocated() - base;
+  const [want] = await resident.forward(input);
+  resident.dispose();
+  const keeping = await WanModel.load(dit('f32'), { ...options, loadDevice: 'main_device', blockSwap: { offloadTxtEmb: true } });
+  t.ok(allocated() - base < residentBytes, `offloadTxtEmb: ${allocated() - base} bytes resident < ${residentBytes}`);
+  t.equal(maxAbsDiff((await keeping.forward(input))[0], want), 0, 'offloadTxtEmb: bitwise the same output');
+  keeping.dispose();
+
+  const encoder = await TextEncoder.load(path.join(weightsDir, 'tiny_umt5_enc.f32.safetensors'), { device: 'cuda', loadDevice: 'main_device' });
+  const encoderBytes = encoder.memoryStats().weights;
+  t.ok(allocated() - base >= encoderBytes, 'the text encoder loaded to the main device');
+  const ids = Tensor.fromTypedArray(new BigInt64Array([5n, 9n, 1n, 0n]), [1, 4], 'i64');
+  const mask = Tensor.fromTypedArray(new BigInt64Array([1n, 1n, 1n, 0n]), [1, 4], 'i64');
+  const before = await encoder.encodeTokens(ids, mask);
+  await encoder.offload();
+  t.ok(allocated() - base < encoderBytes / 4, `text encoder offloaded: ${allocated() - base} bytes on the GPU`);
+  t.equal(maxAbsDiff(await encoder.encodeTokens(ids, mask), before), 0, 'text encoder brought back: the same output');
+  encoder.dispose();
 });
