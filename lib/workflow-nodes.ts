@@ -106,7 +106,7 @@ export const EXECUTORS: Record<string, Executor> = {
     }
     const chain = c.input<WorkflowLora[]>('lora') ?? [];  // one merge_loras (checked when the workflow was read)
     const model = await WanModel.load(file, {
-      device: c.device,
+      device: c.device, loadDevice: c.value('load_device'),
       basePrecision: c.value('base_precision'),
       quantization: c.value<Quantization>('quantization'),
       attentionMode: ATTENTION_MAP[c.value<string>('attention_mode')],
@@ -159,7 +159,7 @@ export const EXECUTORS: Record<string, Executor> = {
     const tokenizer = c.value<string | undefined>('tokenizer');
     const encoder = await TextEncoder.load(c.file('model_name'), {
       tokenizer: tokenizer === undefined ? undefined : c.file('tokenizer'),
-      device: c.device, signal: c.signal, onProgress: c.onProgress,
+      device: c.device, loadDevice: c.value('load_device'), signal: c.signal, onProgress: c.onProgress,
     });
     return [{ value: encoder, dispose: () => encoder.dispose() }];
   },
@@ -171,7 +171,7 @@ export const EXECUTORS: Record<string, Executor> = {
 
   async LoadWanVideoClipTextEncoder(c) {
     const clip = await ClipVisionEncoder.load(c.file('model_name'), {
-      numHeads: c.value('num_heads'), device: c.device, signal: c.signal, onProgress: c.onProgress,
+      numHeads: c.value('num_heads'), device: c.device, loadDevice: c.value('load_device'), signal: c.signal, onProgress: c.onProgress,
     });
     return [{ value: clip, dispose: () => clip.dispose() }];
   },
@@ -187,8 +187,11 @@ export const EXECUTORS: Record<string, Executor> = {
     const text = c.value<string>('positive_prompt');
     // As the wrapper: several prompts separated by '|' (for context windows), each stripped.
     const positive = text.includes('|') ? text.split('|').map((p) => p.trim()) : [text.trim()];
+    // model_to_offload: the DiT leaves the GPU first, when it is loaded already (the run loads it
+    // after this node where it can, and then there is nothing to offload).
+    await c.input<WanModel>('model_to_offload')?.offload();
     const embeds = await c.input<TextEncoder>('t5')!.encode({ positive, negative: c.value('negative_prompt') }, {
-      diskCache: c.value<boolean>('use_disk_cache') ? c.textCacheDir : undefined,
+      diskCache: c.value<boolean>('use_disk_cache') ? c.textCacheDir : undefined, forceOffload: c.value('force_offload'),
       signal: c.signal, onProgress: c.onProgress,
     });
     return [{ value: embeds, dispose: () => disposeTextEmbeds(embeds) }];
@@ -207,7 +210,7 @@ export const EXECUTORS: Record<string, Executor> = {
       const embeds = await c.input<ClipVisionEncoder>('clip_vision')!.encode(image('image_1')!, {
         strength1: c.value('strength_1'), strength2: c.value('strength_2'), crop: c.value('crop'),
         combineEmbeds: c.value('combine_embeds'), image2: image('image_2'), negativeImage: image('negative_image'),
-        signal: c.signal, onProgress: c.onProgress,
+        forceOffload: c.value('force_offload'), signal: c.signal, onProgress: c.onProgress,
       });
       return [{ value: embeds, dispose: disposing(embeds.clipEmbeds, embeds.negativeClipEmbeds) }];
     } finally {
@@ -233,7 +236,8 @@ export const EXECUTORS: Record<string, Executor> = {
         vae: c.input<Vae>('vae')!, width, height, numFrames,
         startImage: image(start, 'start_image')!, endImage: image(end, 'end_image'), clipEmbeds: clip,
         noiseAugStrength: c.value('noise_aug_strength'), startLatentStrength: c.value('start_latent_strength'),
-        endLatentStrength: c.value('end_latent_strength'), signal: c.signal, onProgress: c.onProgress,
+        endLatentStrength: c.value('end_latent_strength'), forceOffload: c.value('force_offload'),
+        signal: c.signal, onProgress: c.onProgress,
       });
       // clipContext is the CLIP node's tensor, borrowed: that node's output stays alive with this one.
       return [{ value: embeds, dispose: disposing(embeds.y), retains: clip ? ['clip_embeds'] : [] }];
@@ -268,7 +272,7 @@ export const EXECUTORS: Record<string, Executor> = {
       samples: c.input<Tensor>('samples'), denoiseStrength: c.value('denoise_strength'),
       contextOptions: c.input<ContextOptions>('context_options'), fetaArgs: c.input<FetaArgs>('feta_args'),
       batchedCfg: c.value('batched_cfg'), startStep: c.value('start_step'), endStep: c.value('end_step'),
-      addNoiseToSamples: c.value('add_noise_to_samples'),
+      addNoiseToSamples: c.value('add_noise_to_samples'), forceOffload: c.value('force_offload'),
       signal: c.signal, onProgress: c.onProgress,
     });
     return [{ value: latent, dispose: () => latent.dispose() }, { value: undefined }];

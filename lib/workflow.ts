@@ -18,9 +18,11 @@
 // loras folders. Block swap applies as WanModel.load's blockSwap,
 // blocks_to_swap clamped to the model's blocks as the wrapper clamps it.
 // Placement: every model computes on RunWorkflowOptions.device (default: the GPU where there is
-// one). The nodes' own placement inputs (load_device,
-// force_offload, device, model_to_offload, offload_img_emb, offload_txt_emb, use_non_blocking,
-// low_mem_load) and the encoders' precisions are accepted and have no effect.
+// one). The loaders' load_device, the nodes' force_offload, WanVideoTextEncode's model_to_offload
+// and block swap's offload_img_emb / offload_txt_emb act as in the wrapper (lib/device.ts,
+// Placement); WanVideoDecode offloads the VAE when done, as the wrapper's does. WanVideoTextEncode's
+// device, use_non_blocking, low_mem_load and the encoders' precisions are accepted and have no
+// effect.
 //
 // wan-native extensions, inputs the ComfyUI nodes do not have (in a UI workflow, extra
 // widgets_values after the node's own):

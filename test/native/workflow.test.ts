@@ -130,6 +130,44 @@ t.test('an API-format T2V workflow runs: the nodes that lead to the output, in o
   t.ok(decodeVideo(files[0]).equals(decodeVideo(same.files[0])), 'identical decoded frames to the library pipeline');
 });
 
+t.test('load_device and force_offload act as in the wrapper', { skip }, async (t) => {
+  // Where each model is after its load, and each offload() call, in order.
+  async function placements(workflow: object): Promise<string[]> {
+    const events: string[] = [];
+    const classes = { TextEncoder, WanModel, Vae } as unknown as Record<string, {
+      load(...args: unknown[]): Promise<{ memoryStats(): { placement: string } }>;
+      prototype: { offload(): Promise<void> };
+    }>;
+    const saved = Object.entries(classes).map(([name, cls]) => [name, cls, cls.load, cls.prototype.offload] as const);
+    for (const [name, cls, load, offload] of saved) {
+      cls.load = async (...args: unknown[]) => {
+        const model = await load.apply(cls, args);
+        events.push(`load ${name} to ${model.memoryStats().placement}`);
+        return model;
+      };
+      cls.prototype.offload = function (this: unknown) {
+        events.push(`offload ${name}`);
+        return offload.call(this);
+      };
+    }
+    try {
+      await runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() });
+    } finally {
+      for (const [, cls, load, offload] of saved) Object.assign(cls, { load }).prototype.offload = offload;
+    }
+    return events;
+  }
+  t.same(await placements(api()), [
+    'load TextEncoder to offload_device', 'offload TextEncoder', 'load WanModel to offload_device', 'offload WanModel',
+    'load Vae to offload_device', 'offload Vae',
+  ], 'the fixture (the wrapper\'s defaults): loaded to the offload device, each offloaded after its node');
+  const kept = api();
+  for (const id of ['1', '4']) kept[id].inputs.load_device = 'main_device';
+  for (const id of ['2', '6']) kept[id].inputs.force_offload = false;
+  t.same(await placements(kept), ['load TextEncoder to main_device', 'load WanModel to main_device', 'load Vae to offload_device', 'offload Vae'],
+    'load_device main_device and force_offload false: loaded to the main device and kept (WanVideoDecode always offloads)');
+});
+
 t.test('decoded frames equal the library pipeline exactly (PNG output)', { skip }, async (t) => {
   const workflow = api();
   const combine = workflow['9'].inputs;
