@@ -377,11 +377,9 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
   auto here = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
   residency_.place(true);
   // The embeddings block swap keeps on the CPU come to the device for this forward alone.
-  auto bring = [&](const ops::Weight& w) { return w.defined() ? w.to(device) : w; };
+  auto bring = [&](const ops::Weight& w) { return w.to(device); };
   auto bring_linear = [&](const Linear& l) {
-    Linear out = l;
-    out.weight = bring(l.weight);
-    out.bias = bring(l.bias);
+    Linear out{bring(l.weight), bring(l.bias), l.loras};
     for (LoraAdapter& a : out.loras) {
       a.down = bring(a.down);
       a.up = bring(a.up);
