@@ -282,6 +282,9 @@ export class WanModel {
         if (quantization !== 'fp8_e4m3fn_fast' || memoryPlan.quantization !== 'fp8_e4m3fn') quantization = memoryPlan.quantization;
         blockSwap = { blocksToSwap: memoryPlan.blocksToSwap, prefetchBlocks: memoryPlan.prefetchBlocks };
       }
+      const embeddingOffloads = {
+        offloadTxtEmb: options.blockSwap?.offloadTxtEmb ?? false, offloadImgEmb: options.blockSwap?.offloadImgEmb ?? false,
+      };
       const abort = bridgeAbort(options.signal);
       const clock = new ProgressClock('load', 1, options.onProgress);
       try {
@@ -291,14 +294,12 @@ export class WanModel {
           attentionMode: options.attentionMode ?? 'sdpa', quantization,
           device, basePrecision: options.basePrecision ?? 'bf16', loadDevice: options.loadDevice ?? 'offload_device',
           ...(blockSwap ?? {}),
-          offloadTxtEmb: options.blockSwap?.offloadTxtEmb ?? false, offloadImgEmb: options.blockSwap?.offloadImgEmb ?? false,
+          ...embeddingOffloads,
           populate: options.populate ?? true, loras: loras.native, mergeLoras,
         }, abort.flag);
         clock.report(1);
         const model = new WanModel(handle, options.basePrecision ?? 'bf16', mergeLoras, memoryPlan);
-        model.#embeddingOffloads = {
-          offloadTxtEmb: options.blockSwap?.offloadTxtEmb ?? false, offloadImgEmb: options.blockSwap?.offloadImgEmb ?? false,
-        };
+        model.#embeddingOffloads = embeddingOffloads;
         if (!mergeLoras) {
           model.#loraSchedules = loras.schedules;
           model.#loraIndices = loras.indices;
