@@ -51,6 +51,13 @@ export function gpuMemory(device: Device = 'cuda', reset = false): { allocated: 
   return native().gpuMemory(resolveDevice(device), reset);
 }
 
+/** CPU tensor memory: bytes allocated now and the most allocated at once since the last reset
+ * (reset by this call when `reset`). Only the tensors, as wan-native's CPU allocator hands them
+ * out: not the freed blocks the heap keeps, nor checkpoints mapped from files. */
+export function cpuMemory(reset = false): { allocated: number; peak: number } {
+  return native().cpuMemory(reset);
+}
+
 function checkAttention(q: Tensor, k: Tensor, v: Tensor, mode: AttentionMode, kLens?: Tensor) {
   if (typeof mode !== 'string' || !(ATTENTION_MODES as readonly string[]).includes(mode))
     throw invalidOption(`Expected one of ${ATTENTION_MODES.join(', ')} for mode but received ${describeValue(mode)}`);

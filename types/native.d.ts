@@ -103,6 +103,7 @@ export interface NativeAddon {
   attentionSeconds(q: NativeTensor, k: NativeTensor, v: NativeTensor, mode: string, kLens: NativeTensor | undefined,
                    device: string, reps: number): number[];
   gpuMemory(device: string, reset: boolean): { allocated: number; peak: number; reserved: number; free: number; total: number } | null;
+  cpuMemory(reset: boolean): { allocated: number; peak: number };
 
   NoiseGenerator: new (seed: bigint) => NativeNoiseGenerator;
   resizeBicubic(image: NativeTensor, height: number, width: number): NativeTensor;  // align_corners=False

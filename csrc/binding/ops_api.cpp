@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "binding/addon_data.h"
+#include "core/cpu_allocator.h"
 #include "core/device.h"
 #include "core/error.h"
 #include "ops/attention.h"
@@ -114,6 +115,19 @@ Napi::Value gpu_memory(const Napi::CallbackInfo& info) {
   });
 }
 
+// cpuMemory(reset) -> {allocated, peak}: bytes of CPU tensors allocated now and the most at
+// once since the last reset (reset by this call when `reset`), as core/cpu_allocator counts them.
+Napi::Value cpu_memory(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    const core::CpuMemory m = core::cpu_memory(info[0].ToBoolean());
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("allocated", Napi::Number::New(env, static_cast<double>(m.allocated)));
+    o.Set("peak", Napi::Number::New(env, static_cast<double>(m.peak)));
+    return o;
+  });
+}
+
 // gemmRate(m, k, n, reps) -> seconds of each of `reps` fp32 [m, k] x [k, n] products, after
 // one warm-up: the machine's matmul rate, for benchmarks to report next to their own.
 Napi::Value gemm_rate(const Napi::CallbackInfo& info) {
@@ -144,6 +158,7 @@ void init_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("gemmRate", Napi::Function::New(env, gemm_rate));
   exports.Set("attentionSeconds", Napi::Function::New(env, attention_seconds));
   exports.Set("gpuMemory", Napi::Function::New(env, gpu_memory));
+  exports.Set("cpuMemory", Napi::Function::New(env, cpu_memory));
 }
 
 }  // namespace wan::binding

@@ -1,6 +1,8 @@
 // The CPU allocator wan-native installs into libtorch at start-up.
 #pragma once
 
+#include <cstdint>
+
 namespace wan::core {
 
 // Keeps large tensors in glibc's heap (mallopt) and allocates them with a plain malloc
@@ -14,5 +16,14 @@ namespace wan::core {
 //    Asking malloc for size + 64 bytes and aligning inside the block keeps every request of
 //    one size the same, so freed blocks are reused (test/native/tensor.test.ts checks it).
 void install_cpu_allocator();
+
+// Bytes of CPU tensor memory allocated through that allocator now, and the most allocated at
+// once since the last reset (which reset_peak makes now, after reading). Only the tensors:
+// the heap's freed blocks that glibc keeps for reuse are not counted.
+struct CpuMemory {
+  int64_t allocated = 0;
+  int64_t peak = 0;
+};
+CpuMemory cpu_memory(bool reset_peak);
 
 }  // namespace wan::core
