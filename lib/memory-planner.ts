@@ -131,10 +131,10 @@ const MiB = 1024 ** 2;
 
 // Node + libtorch before any model is loaded: 263-267 MiB RSS (bench/load.ts), rounded up.
 const CPU_PROCESS_BYTES = 300 * MiB;
-// What the heap holds beyond the live activations: the DiT's activation growth from 1,024 to
-// 4,096 tokens (bench/dit.ts: 0.18-0.25 GiB -> 0.63 GiB with flash) is 1.43x the live float32
-// tensors counted below, the rest being freed blocks glibc keeps for reuse (core/cpu_allocator).
-const CPU_HEAP_SLACK = 1.43;
+// What the heap holds beyond the live tensors: freed blocks that glibc keeps for reuse
+// (core/cpu_allocator) but a larger request cannot use. A DiT forward's VmHWM growth was 0.99 to
+// 1.46 times its live tensors (bench/activations.ts, 1,024 to 32,760 tokens; 1.46 at 8,100).
+const CPU_HEAP_SLACK = 1.5;
 // The GPU model is not measured here (no GPU on the build machine): PyTorch's caching allocator
 // is commonly 10-25% above the live tensors; 1.25 is the cautious end. The CUDA context lives
 // outside the budget, which is what cudaMemGetInfo reports free once it exists.
@@ -301,6 +301,22 @@ export function tokenCount(width: number, height: number, numFrames: number): nu
   return latentFrames(numFrames) * Math.floor(height / 16) * Math.floor(width / 16);
 }
 
+/**
+ * The live tensors of one DiT block at its largest moment, in bytes per element of one
+ * [B, L, dim] tensor (block_forward in csrc/models/wan_dit.cpp drops each intermediate after its
+ * last use), r = ffnDim / dim:
+ *  - self-attention at RoPE: the residual, q and k in float32 and v, and RoPE's output (CPU: all
+ *    float32, 5 x 4 = 20; GPU: v in bf16, and the composite RoPE's two float32 halves beside
+ *    their stack, 4 + 4 + 4 + 2 + 2 + 2 + 4 = 22);
+ *  - the FFN: the residual and the modulated input in float32, its bf16 copy for ffn.0 (GPU),
+ *    and ffn.0's output, r wide in the compute dtype: CPU 8 + 4r, GPU 8 + 2 + 2r.
+ * On the CPU test/native/memory-stats.test.ts checks it against the allocator's count.
+ */
+export function ditActivationBytesPerElement(dim: number, ffnDim: number, device: PlanDevice): number {
+  const r = ffnDim / dim;
+  return device === 'cpu' ? Math.max(20, 8 + 4 * r) : Math.max(22, 10 + 2 * r);
+}
+
 interface DitCost { bytes: number; parts: Record<string, number>; plan: DitMemoryPlan }
 
 function ditCost(shape: DitShape, weights: ReturnType<typeof ditWeights>, o: Required<Pick<PlanMemoryOptions,
@@ -335,13 +351,7 @@ function ditCost(shape: DitShape, weights: ReturnType<typeof ditWeights>, o: Req
     offload = swappedBlockBytes;
   }
 
-  // Activations of one block, the largest moment being the FFN line of block_forward
-  // (csrc/models/wan_dit.cpp): the residual x, the three temporaries of
-  // layer_norm(x) * (1 + e4) + e3, ffn.0's output and GELU's output (ffn_dim wide each) and
-  // ffn.2's output live together until the statement ends: 5 + 2 * ffn_dim / dim tensors of
-  // [B, L, dim]. float32 on the CPU (it computes in fp32), bf16 on a GPU.
-  const element = cpu ? 4 : 2;
-  const live = (5 + (2 * ffnDim) / dim) * o.batch * tokens * dim * element;
+  const live = ditActivationBytesPerElement(dim, ffnDim, o.device) * o.batch * tokens * dim;
   const activations = live * (cpu ? CPU_HEAP_SLACK : CUDA_ALLOCATOR_SLACK);
   // Attention's own temporaries. CPU sdpa: scores and probabilities of a 1024-query chunk;
   // flash: tiles of about 0.5 MiB a thread (nothing that grows); sageattn: K as int16 pairs.

@@ -24,6 +24,16 @@ at::Tensor sinusoidal_embedding(int64_t dim, const at::Tensor& t) {
   return at::cat({at::cos(sinusoid), at::sin(sinusoid)}, 1).to(at::kFloat);
 }
 
+// layer_norm(x) * (1 + scale) + shift, the blocks' and the head's modulation. In place on the
+// norm's output: the same elementwise ops, so bitwise the same result, with one [B, L, dim]
+// tensor live instead of three. Out of place where autograd records (training), as its
+// in-place forms would need the overwritten values.
+at::Tensor modulate(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, double eps) {
+  at::Tensor h = ops::layer_norm(x, {}, {}, eps);
+  if (ops::records_grad(x, scale) || ops::records_grad(shift)) return h * (1 + scale) + shift;
+  return h.mul_(1 + scale).add_(shift);
+}
+
 void check(bool ok, const std::string& what) {
   if (!ok) throw Error(ErrorCode::InvalidTensor, what);
 }
@@ -133,7 +143,7 @@ void WanDit::offload() const {
   residency_.place(false);
 }
 
-at::Tensor WanDit::apply(const Linear& l, const at::Tensor& x, const LoraStrengths& lora) const {
+at::Tensor WanDit::project(const Linear& l, const at::Tensor& x, const LoraStrengths& lora) const {
   const at::Tensor in = x.to(options_.compute);
   at::Tensor y = options_.fp8_matmul && ops::fp8_matmul_fits(in, l.weight) ? ops::linear_fp8(in, l.weight, l.bias)
                                                                             : ops::linear(in, l.weight, l.bias);
@@ -142,7 +152,11 @@ at::Tensor WanDit::apply(const Linear& l, const at::Tensor& x, const LoraStrengt
     const double factor = lora.at(a.lora) * a.scale;
     if (factor != 0) y = y + ops::linear(ops::linear(in, a.down, {}), a.up, {}) * factor;
   }
-  return y.to(at::kFloat);
+  return y;
+}
+
+at::Tensor WanDit::apply(const Linear& l, const at::Tensor& x, const LoraStrengths& lora) const {
+  return project(l, x, lora).to(at::kFloat);
 }
 
 at::Tensor WanDit::heads(const at::Tensor& x) const {
@@ -172,33 +186,39 @@ static double feta_gain(const at::Tensor& q, const at::Tensor& k, const std::arr
 
 // x: [B, L, dim] -> [B, L, dim]. RMS-normalised q and k, 3D RoPE, keys past each sample's
 // real length masked (the official k_lens=seq_lens).
-at::Tensor WanDit::self_attention(const Attention& a, const at::Tensor& x, const at::Tensor& seq_lens,
+at::Tensor WanDit::self_attention(const Attention& a, at::Tensor x, const at::Tensor& seq_lens,
                                   const std::vector<std::array<int64_t, 3>>& grids, std::optional<double> feta_weight,
                                   const LoraStrengths& lora) const {
+  const auto compute = options_.compute;  // float32 on the CPU, where attention computes in float32 anyway
   at::Tensor q = apply(a.q, x, lora), k = apply(a.k, x, lora);
+  at::Tensor v = heads(project(a.v, x, lora));
+  x.reset();
   if (config_.qk_norm) {
     q = ops::rms_norm(q, a.norm_q.get(at::kFloat), config_.eps);
     k = ops::rms_norm(k, a.norm_k.get(at::kFloat), config_.eps);
   }
-  const at::Tensor v = heads(apply(a.v, x, lora));
   std::vector<double> gains;
   if (feta_weight) {
     for (size_t i = 0; i < grids.size(); ++i)
       gains.push_back(grids[i][0] > 1 ? feta_gain(heads(q)[i], heads(k)[i], grids[i], *feta_weight) : 1.0);
   }
-  q = ops::rope_apply(heads(q), grids, rope_);
-  k = ops::rope_apply(heads(k), grids, rope_);
-  const auto compute = options_.compute;  // float32 on the CPU, where attention computes in float32 anyway
-  at::Tensor out = ops::attention(q.to(compute), k.to(compute), v.to(compute), options_.attention, seq_lens)
-                       .to(at::kFloat);  // [B, L, H, D]
-  if (!gains.empty()) out = out * at::tensor(gains, at::kDouble).to(out.device(), at::kFloat).view({-1, 1, 1, 1});
+  // RoPE in float32, then each goes to the compute dtype before the next is rotated.
+  q = ops::rope_apply(heads(q), grids, rope_).to(compute);
+  k = ops::rope_apply(heads(k), grids, rope_).to(compute);
+  at::Tensor out = ops::attention(q, k, v, options_.attention, seq_lens);  // [B, L, H, D], compute dtype
+  q.reset();
+  k.reset();
+  v.reset();
+  if (!gains.empty())
+    out = out.to(at::kFloat) * at::tensor(gains, at::kDouble).to(out.device(), at::kFloat).view({-1, 1, 1, 1});
   return apply(a.o, out.flatten(2), lora);
 }
 
 // x: [B, L, dim], context: [B, text_len, dim], context_img: [B, 257|514, dim] or undefined.
-at::Tensor WanDit::cross_attention(const Attention& a, const at::Tensor& x, const at::Tensor& context,
+at::Tensor WanDit::cross_attention(const Attention& a, at::Tensor x, const at::Tensor& context,
                                    const at::Tensor& context_img, const LoraStrengths& lora) const {
   at::Tensor q = apply(a.q, x, lora), k = apply(a.k, context, lora);
+  x.reset();
   if (config_.qk_norm) {
     q = ops::rms_norm(q, a.norm_q.get(at::kFloat), config_.eps);
     k = ops::rms_norm(k, a.norm_k.get(at::kFloat), config_.eps);
@@ -217,25 +237,39 @@ at::Tensor WanDit::cross_attention(const Attention& a, const at::Tensor& x, cons
 }
 
 // x: [B, L, dim], e0: [B, 6, dim] -> [B, L, dim]. Modulation and gating in float32.
-at::Tensor WanDit::block_forward(const Block& b, int index, const at::Tensor& x_in, const at::Tensor& e0,
+//
+// Written for the fewest live [B, L, dim] tensors: each intermediate is dropped when its last
+// use is done (temporaries of one C++ statement live until it ends, so the stages are
+// separate statements). The largest moments are the FFN (the residual, ffn.0's input and its
+// output, ffn_dim wide in the compute dtype, GELU applied in place) and self-attention at RoPE
+// (the residual, q, k, v and RoPE's output); ditActivationBytesPerElement in
+// lib/memory-planner.ts counts both, and test/native/memory-stats.test.ts holds this to it.
+at::Tensor WanDit::block_forward(const Block& b, int index, at::Tensor x, const at::Tensor& e0,
                                  const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
                                  const at::Tensor& context, const at::Tensor& context_img,
                                  std::optional<double> feta_weight, const LoraStrengths& lora, Trace* trace) const {
   const std::string name = "block" + std::to_string(index);
   const auto e = (b.modulation.get(at::kFloat) + e0).chunk(6, 1);  // 6 x [B, 1, dim]
   const double eps = config_.eps;
-  at::Tensor x = x_in;
-  at::Tensor y = self_attention(b.self_attn, ops::layer_norm(x, {}, {}, eps) * (1 + e[1]) + e[0], seq_lens, grids,
-                                feta_weight, lora);
+  at::Tensor y = self_attention(b.self_attn, modulate(x, e[1], e[0], eps), seq_lens, grids, feta_weight, lora);
   if (trace) (*trace)[name + "_self_attn_out"] = y;
   x = x + y * e[2];
-  const at::Tensor normed = config_.cross_attn_norm
-                                ? ops::layer_norm(x, b.norm3_weight.get(at::kFloat), b.norm3_bias.get(at::kFloat), eps)
-                                : x;
-  y = cross_attention(b.cross_attn, normed, context, context_img, lora);
+  y.reset();
+  y = cross_attention(b.cross_attn,
+                      config_.cross_attn_norm
+                          ? ops::layer_norm(x, b.norm3_weight.get(at::kFloat), b.norm3_bias.get(at::kFloat), eps)
+                          : x,
+                      context, context_img, lora);
   if (trace) (*trace)[name + "_cross_attn_out"] = y;
   x = x + y;
-  y = apply(b.ffn2, at::gelu(apply(b.ffn0, ops::layer_norm(x, {}, {}, eps) * (1 + e[4]) + e[3], lora), "tanh"), lora);
+  y.reset();
+  {
+    at::Tensor hidden = project(b.ffn0, modulate(x, e[4], e[3], eps), lora);
+    // GELU(tanh) computes in float32 for every dtype (ATen's opmath), so in place on a bf16
+    // hidden it gives the bits that widening, GELU in float32 and narrowing again would.
+    hidden = ops::records_grad(hidden) ? at::gelu(hidden, "tanh") : at::gelu_(hidden, "tanh");
+    y = apply(b.ffn2, hidden, lora);
+  }
   if (trace) (*trace)[name + "_ffn_out"] = y;
   x = x + y * e[5];
   if (trace) (*trace)[name + "_out"] = x;
@@ -414,6 +448,7 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
                                    std::to_string(longest) + " tokens of the largest sample");
   for (auto& tk : tokens) tk = at::constant_pad_nd(tk, {0, 0, 0, in.seq_len - tk.size(1)});
   at::Tensor x = at::cat(tokens, 0);  // [B, seq_len, dim]
+  tokens.clear();
 
   // Time: [B] -> sinusoid [B, freq_dim] -> e [B, dim] -> e0 [B, 6, dim], all float32.
   const at::Tensor sinusoid = sinusoidal_embedding(c.freq_dim, here(in.t));
@@ -463,8 +498,8 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
 
   auto run_block = [&](const Block& block, int64_t i) {
     if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
-    x = block_forward(block, static_cast<int>(i), x, e0, seq_lens, grids, context, context_img, in.feta_weight, lora,
-                      trace);
+    x = block_forward(block, static_cast<int>(i), std::move(x), e0, seq_lens, grids, context, context_img,
+                      in.feta_weight, lora, trace);
   };
   if (!device.is_cpu()) {
     const std::lock_guard<std::mutex> lock(placement_mutex_);
@@ -488,7 +523,7 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
 
   // Head: modulated LayerNorm and projection to patch pixels [B, L, out_dim * 4].
   const auto he = (head_modulation_.get(at::kFloat) + e.unsqueeze(1)).chunk(2, 1);
-  x = apply(head_, ops::layer_norm(x, {}, {}, c.eps) * (1 + he[1]) + he[0], lora);
+  x = apply(head_, modulate(x, he[1], he[0], c.eps), lora);
   if (trace) (*trace)["head_out"] = x;
 
   // Unpatchify: [L, (pt ph pw c)] of each sample -> [c, F pt, H ph, W pw].

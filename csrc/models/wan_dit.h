@@ -132,13 +132,17 @@ class WanDit {
 
   // Each call's strength of every LoRA given at load (only unmerged ones' are read).
   using LoraStrengths = std::vector<double>;
+  // A linear layer (with its unmerged LoRAs) in the compute dtype; apply() returns it as float32.
+  at::Tensor project(const Linear& l, const at::Tensor& x, const LoraStrengths& lora) const;
   at::Tensor apply(const Linear& l, const at::Tensor& x, const LoraStrengths& lora) const;
-  at::Tensor self_attention(const Attention& a, const at::Tensor& x, const at::Tensor& seq_lens,
+  // The attentions and the block take their input by value and drop it as soon as they are done
+  // with it, so that a forward holds as few [B, L, dim] tensors at once as it can.
+  at::Tensor self_attention(const Attention& a, at::Tensor x, const at::Tensor& seq_lens,
                             const std::vector<std::array<int64_t, 3>>& grids, std::optional<double> feta_weight,
                             const LoraStrengths& lora) const;
-  at::Tensor cross_attention(const Attention& a, const at::Tensor& x, const at::Tensor& context,
+  at::Tensor cross_attention(const Attention& a, at::Tensor x, const at::Tensor& context,
                              const at::Tensor& context_img, const LoraStrengths& lora) const;
-  at::Tensor block_forward(const Block& b, int index, const at::Tensor& x, const at::Tensor& e0,
+  at::Tensor block_forward(const Block& b, int index, at::Tensor x, const at::Tensor& e0,
                            const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
                            const at::Tensor& context, const at::Tensor& context_img, std::optional<double> feta_weight,
                            const LoraStrengths& lora, Trace* trace) const;

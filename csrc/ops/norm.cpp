@@ -16,8 +16,15 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   // The composite ops off the CPU, and wherever autograd records (training): the
   // fused loop below has no backward.
   if (!x.is_cpu() || x.scalar_type() != at::kFloat || records_grad(x, weight)) {
+    // Separate statements, so that x^2 is freed before the output exists: one tensor of x's
+    // size at a time beside x (the same ops as (x * rsqrt(mean(x^2) + eps)) * weight).
     const at::Tensor xf = x.to(at::kFloat);
-    return (xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps) * weight.to(xf.options())).to(x.scalar_type());
+    const at::Tensor inverse_rms = at::rsqrt(xf.pow(2).mean(-1, true) + eps);
+    at::Tensor out = xf * inverse_rms;
+    const at::Tensor w = weight.to(xf.options());
+    // Out of place where autograd records: weight's gradient needs the product it would overwrite.
+    out = records_grad(x, weight) ? out * w : out.mul_(w);
+    return out.to(x.scalar_type());
   }
   // One pass per row on the CPU: 2.7x faster than the composite ops (native-notes.md).
   const at::Tensor in = x.contiguous();

@@ -65,7 +65,14 @@ at::Tensor rope_apply_composite(const at::Tensor& x, const std::vector<std::arra
   const at::Tensor si = (at::cat({sin_parts[0], sin_parts[1], sin_parts[2]}, 1) * mask).view({B, L, 1, C});
   const at::Tensor pairs = x.to(at::kFloat).reshape({B, L, H, C, 2});
   const at::Tensor re = pairs.select(4, 0), im = pairs.select(4, 1);
-  return at::stack({re * co - im * si, re * si + im * co}, 4).reshape({B, L, H, D});
+  // re co - im si and re si + im co, each completed in place before the next product exists:
+  // half the temporaries of one expression, the same ops (autograd too: neither subtraction
+  // nor addition needs the values it overwrites).
+  at::Tensor real = re * co;
+  real.sub_(im * si);
+  at::Tensor imag = re * si;
+  imag.add_(im * co);
+  return at::stack({real, imag}, 4).reshape({B, L, H, D});
 }
 
 }  // namespace
