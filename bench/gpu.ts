@@ -6,7 +6,8 @@
 //      (median of 5, the device synchronised around each) and TFLOP/s (4 L^2 D H per call).
 //   2. WanModel.forward of the Wan2.1 T2V 1.3B DiT (random bf16 weights synthesised from
 //      shared/manifests by bench/synthesize.ts) at that size, computing in bf16, per attention
-//      mode: seconds per forward (a warm-up, then the median of 3) and the allocator's peak.
+//      mode and with `compile` (sdpa): seconds per forward (a warm-up, then the median of 3)
+//      and the allocator's peak.
 //   3. The same with blocksToSwap 0, 10, 20 and 30 (prefetchBlocks 1, sdpa): seconds, peak
 //      VRAM, and both as ratios to no swap; fp8_e4m3fn storage (widened to bf16 per layer) and
 //      fp8_e4m3fn_fast (fp8 matmuls), without swap.
@@ -97,6 +98,8 @@ async function main(): Promise<void> {
   const modes: [string, ForwardResult][] = [];
   for (const mode of (fp8Only ? ['sdpa'] : ['sdpa', 'flash', 'sageattn']) as AttentionMode[])
     modes.push([mode, await timeForward(bf16, { attentionMode: mode })]);
+  // compile: the fused q/k RMS norm + RoPE kernels, against the eager sdpa row.
+  if (!fp8Only) modes.push(['sdpa, compile', await timeForward(bf16, { attentionMode: 'sdpa', compile: true })]);
   const ref = fp8Only ? undefined : reference(bf16);
   const sdpa = modes[0][1];
   const rows = modes.map(([mode, r]) => [`wan-native, ${mode}`, r.seconds.toFixed(3), (r.peak / GiB).toFixed(2),

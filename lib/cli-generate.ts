@@ -339,7 +339,8 @@ export function generateCommand(): Command {
         lastLora('--lora-layer-filter', 'layerFilter').layerFilter = filters;
         return true;
       } }),
-    option(g.models, '--compile', `torch.compile the transformer blocks ${NOT_YET}`),
+    option(g.models, '--compile', 'run the q/k RMS norms and RoPE as fused CUDA kernels on a GPU (the wrapper\'s torch.compile; ' +
+      'on the CPU they are always fused, so it changes nothing there)'),
     option(g.models, '--num-heads <n>', "attention heads of the DiT, for models that are not a release's",
       { parse: integer(1, 1024), defaultText: 'dim / 128, as in every release' }),
     option(g.models, '--text-len <n>', 'text tokens a prompt is padded or cut to (text encoder and DiT)',
@@ -574,7 +575,6 @@ export function settingsFrom(cmd: Command): GenerateSettings {
       : 'scaled fp8_e5m2 storage is not implemented';
     throw notYet(`--quantization ${s.quantization}`, `${why}: use one of ${[...LOADED_QUANTIZATIONS, ...GPU_QUANTIZATIONS].join(', ')}`);
   }
-  if (s.compile) throw notYet('--compile', 'there is no compiled path');
   if (s.riflexFreqIndex > 0) throw notYet('--riflex-freq-index', 'RIFLEx is not implemented');
   return s;
 }
@@ -855,7 +855,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
       attentionMode: s.attentionMode, basePrecision: s.basePrecision, device: s.device as Device, numHeads: s.numHeads, textLen: s.textLen, signal,
       quantization: s.quantization as ModelLoaderOptions['quantization'],
       loras: s.loras.map((l) => ({ path: l.path, strength: l.strength, blocks: l.blocks, layerFilter: l.layerFilter })),
-      mergeLoras: s.mergeLoras,
+      mergeLoras: s.mergeLoras, compile: s.compile,
       blockSwap: s.blocksToSwap > 0 ? { blocksToSwap: s.blocksToSwap, prefetchBlocks: s.prefetchBlocks } : undefined,
     }).catch((err) => { throw loadError(err, s); }));
     if (model.config.modelType !== plan.task) {

@@ -57,6 +57,11 @@ export interface ModelLoaderOptions extends LongCallOptions {
    * and needed for per-step strength lists. Other updates (full differences, the patch
    * embedding's convolution) are merged either way. */
   mergeLoras?: boolean;
+  /** The wrapper's compile_args (WanVideoTorchCompileSettings), default false: on a GPU, the
+   * q and k RMS norms and RoPE run as one fused CUDA kernel each instead of about twenty
+   * elementwise kernels (the same arithmetic, within 1e-5). On the CPU those are always fused
+   * loops, so it changes nothing there. `config.compiled` tells whether the model runs them. */
+  compile?: boolean;
   /**
    * A memory budget in bytes, or 'auto' for what the machine has free (MemAvailable). Before
    * loading anything, the memory planner (planMemory) finds the least swapping, then fp8
@@ -141,6 +146,9 @@ export interface WanModelConfig {
   quantization: Quantization;  // as loaded
   blocksToSwap: number;
   prefetchBlocks: number;
+  /** Whether the fused q/k RMS norm + RoPE kernels run (compile, on a GPU, a model with q/k norms;
+   * a step with Enhance-A-Video runs the eager ops, which it reads q and k between). */
+  compiled: boolean;
 }
 
 /** The official WanModel.forward arguments (wan/modules/model.py). */
@@ -178,6 +186,8 @@ function checkOptions(o: ModelLoaderOptions): void {
   if (o.blockSwap !== undefined) checkBlockSwap(o.blockSwap);
   if (o.mergeLoras !== undefined && typeof o.mergeLoras !== 'boolean')
     throw invalidOption(`Expected a boolean for mergeLoras but received ${describeValue(o.mergeLoras)}`);
+  if (o.compile !== undefined && typeof o.compile !== 'boolean')
+    throw invalidOption(`Expected a boolean for compile but received ${describeValue(o.compile)}`);
   if (o.loras !== undefined) checkLoras(o.loras, o.mergeLoras ?? true);
   if (o.maxMemory !== undefined && o.maxMemory !== 'auto' && !(typeof o.maxMemory === 'number' && Number.isFinite(o.maxMemory) && o.maxMemory > 0))
     throw invalidOption(`Expected a positive number of bytes or 'auto' for maxMemory but received ${describeValue(o.maxMemory)}`);
@@ -295,7 +305,7 @@ export class WanModel {
           device, basePrecision: options.basePrecision ?? 'bf16', loadDevice: options.loadDevice ?? 'offload_device',
           ...(blockSwap ?? {}),
           ...embeddingOffloads,
-          populate: options.populate ?? true, loras: loras.native, mergeLoras,
+          populate: options.populate ?? true, loras: loras.native, mergeLoras, compile: options.compile ?? false,
         }, abort.flag);
         clock.report(1);
         const model = new WanModel(handle, options.basePrecision ?? 'bf16', mergeLoras, memoryPlan);

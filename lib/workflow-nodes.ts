@@ -7,7 +7,7 @@ import { inspectCheckpoint } from './checkpoint';
 import { ClipVisionEncoder, type ClipEmbeds } from './clip';
 import { emptyEmbeds, imageToVideoEncode, type ImageEmbeds } from './conditioning';
 import type { ContextOptions } from './context-windows';
-import type { Device } from './device';
+import { resolveDevice, type Device } from './device';
 import { invalidOption, WanError } from './errors';
 import { loadImage } from './image';
 import { WanModel, type BlockSwapOptions, type LoraOptions, type Quantization } from './model';
@@ -105,6 +105,13 @@ export const EXECUTORS: Record<string, Executor> = {
       if (layers !== undefined && blockSwap.blocksToSwap > layers) blockSwap = { ...blockSwap, blocksToSwap: layers };
     }
     const chain = c.input<WorkflowLora[]>('lora') ?? [];  // one merge_loras (checked when the workflow was read)
+    const compile = c.input('compile_args') !== undefined;
+    if (compile) {
+      c.warn(resolveDevice(c.device) === 'cpu'
+        ? 'compile_args: on the CPU the RMS norms and RoPE always run as fused loops, so nothing changes'
+        : "compile_args: the q/k RMS norms and RoPE run as fused CUDA kernels; torch.compile's backend, mode and " +
+          'dynamo settings have no counterpart here');
+    }
     const model = await WanModel.load(file, {
       device: c.device, loadDevice: c.value('load_device'),
       basePrecision: c.value('base_precision'),
@@ -114,7 +121,7 @@ export const EXECUTORS: Record<string, Executor> = {
       textLen: c.value('text_len'),
       loras: chain.map(({ merge: _, ...lora }) => lora),
       mergeLoras: chain.every((l) => l.merge),
-      blockSwap,
+      blockSwap, compile,
       signal: c.signal, onProgress: c.onProgress,
     });
     return [{ value: model, dispose: () => model.dispose() }];
@@ -129,7 +136,7 @@ export const EXECUTORS: Record<string, Executor> = {
   },
 
   async WanVideoTorchCompileSettings(c) {
-    c.warn('torch.compile settings have no effect: wan-native does not compile the model yet (the results are the same, only slower)');
+    // What a loader does with them is its own (WanVideoModelLoader: compile; the VAE: nothing).
     return [{ value: { backend: c.value('backend'), mode: c.value('mode') } }];
   },
 
@@ -165,6 +172,7 @@ export const EXECUTORS: Record<string, Executor> = {
   },
 
   async WanVideoVAELoader(c) {
+    if (c.input('compile_args') !== undefined) c.warn('compile_args: the VAE is not compiled here (the results are the same)');
     const vae = await Vae.load(c.file('model_name'), { device: c.device, signal: c.signal, onProgress: c.onProgress });
     return [{ value: vae, dispose: () => vae.dispose() }];
   },

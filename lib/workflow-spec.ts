@@ -149,8 +149,9 @@ const SPECS: NodeSpec[] = [
       opt('force_parameter_static_shapes', bool(false)),
       opt('allow_unmerged_lora_compile', bool(false)),
     ],
-    // torch.compile changes speed, never results: the node runs and the workflow result warns
-    // that wan-native does not compile yet (issue 7's fused ops will take these settings).
+    // torch.compile changes speed, never results: WanVideoModelLoader takes the link as
+    // `compile` (fused q/k norm + RoPE kernels on a GPU) and warns that the settings themselves
+    // have no counterpart; WanVideoVAELoader warns that it does not compile.
   },
   {
     classType: 'WanVideoLoraSelect',

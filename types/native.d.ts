@@ -115,7 +115,7 @@ export interface NativeAddon {
   loadVae(files: string[], options: { populate: boolean; device: string; loadDevice: string }, abortFlag?: Int32Array): Promise<NativeVae>;
   loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; quantization: string; populate: boolean; device: string; basePrecision: string;
                                         loadDevice: string; blocksToSwap?: number; prefetchBlocks?: number;
-                                        offloadTxtEmb?: boolean; offloadImgEmb?: boolean;
+                                        offloadTxtEmb?: boolean; offloadImgEmb?: boolean; compile: boolean;
                                            loras?: { files: string[]; strength: number; blocks?: number[]; layerFilter?: string[]; perStep?: boolean }[];
                                            mergeLoras?: boolean },
                abortFlag?: Int32Array): Promise<NativeWanModel>;

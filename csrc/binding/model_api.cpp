@@ -98,6 +98,8 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     o.Set("device", core::device_name(model->options().device));
     o.Set("blocksToSwap", model->options().blocks_to_swap);
     o.Set("prefetchBlocks", model->options().prefetch_blocks);
+    // The fused q/k kernels run only on a GPU, for models with q/k norms (wan_dit.cpp).
+    o.Set("compiled", model->options().compile && model->options().device.is_cuda() && c.qk_norm);
     return o;
   }
 
@@ -208,6 +210,7 @@ Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
     options.load_on_main = load_on_main_device(o);
     options.offload_txt_emb = o.Get("offloadTxtEmb").ToBoolean();
     options.offload_img_emb = o.Get("offloadImgEmb").ToBoolean();
+    options.compile = o.Get("compile").ToBoolean();
     if (!options.device.is_cpu()) {
       // On a GPU the model computes in basePrecision; on the CPU always in float32 (bf16 matmul
       // is ~30x slower there, native-notes.md).

@@ -190,21 +190,42 @@ at::Tensor WanDit::self_attention(const Attention& a, at::Tensor x, const at::Te
                                   const std::vector<std::array<int64_t, 3>>& grids, std::optional<double> feta_weight,
                                   const LoraStrengths& lora) const {
   const auto compute = options_.compute;  // float32 on the CPU, where attention computes in float32 anyway
-  at::Tensor q = apply(a.q, x, lora), k = apply(a.k, x, lora);
+  at::Tensor q, k;
+  if (options_.compile && config_.qk_norm && !feta_weight) {
+    // Compiled: q and k normalised and rotated by one fused kernel each (on a GPU; elsewhere
+    // undefined, and the eager ops below run).
+    auto fused = [&](const Linear& l, const ops::Weight& norm) {
+      return ops::norm_rope_fused(project(l, x, lora), norm.get(at::kFloat), config_.eps, config_.head_dim(), &grids,
+                                  rope_, compute);
+    };
+    q = fused(a.q, a.norm_q);
+    if (q.defined()) k = fused(a.k, a.norm_k);
+    if (!k.defined()) q.reset();
+  }
+  const bool eager = !q.defined();
+  if (eager) {
+    q = apply(a.q, x, lora);
+    k = apply(a.k, x, lora);
+  }
   at::Tensor v = heads(project(a.v, x, lora));
   x.reset();
-  if (config_.qk_norm) {
-    q = ops::rms_norm(q, a.norm_q.get(at::kFloat), config_.eps);
-    k = ops::rms_norm(k, a.norm_k.get(at::kFloat), config_.eps);
-  }
   std::vector<double> gains;
-  if (feta_weight) {
-    for (size_t i = 0; i < grids.size(); ++i)
-      gains.push_back(grids[i][0] > 1 ? feta_gain(heads(q)[i], heads(k)[i], grids[i], *feta_weight) : 1.0);
+  if (eager) {
+    if (config_.qk_norm) {
+      q = ops::rms_norm(q, a.norm_q.get(at::kFloat), config_.eps);
+      k = ops::rms_norm(k, a.norm_k.get(at::kFloat), config_.eps);
+    }
+    if (feta_weight) {
+      for (size_t i = 0; i < grids.size(); ++i)
+        gains.push_back(grids[i][0] > 1 ? feta_gain(heads(q)[i], heads(k)[i], grids[i], *feta_weight) : 1.0);
+    }
+    // RoPE in float32, then each goes to the compute dtype before the next is rotated.
+    q = ops::rope_apply(heads(q), grids, rope_).to(compute);
+    k = ops::rope_apply(heads(k), grids, rope_).to(compute);
+  } else {
+    q = heads(q);
+    k = heads(k);
   }
-  // RoPE in float32, then each goes to the compute dtype before the next is rotated.
-  q = ops::rope_apply(heads(q), grids, rope_).to(compute);
-  k = ops::rope_apply(heads(k), grids, rope_).to(compute);
   at::Tensor out = ops::attention(q, k, v, options_.attention, seq_lens);  // [B, L, H, D], compute dtype
   q.reset();
   k.reset();
@@ -217,13 +238,19 @@ at::Tensor WanDit::self_attention(const Attention& a, at::Tensor x, const at::Te
 // x: [B, L, dim], context: [B, text_len, dim], context_img: [B, 257|514, dim] or undefined.
 at::Tensor WanDit::cross_attention(const Attention& a, at::Tensor x, const at::Tensor& context,
                                    const at::Tensor& context_img, const LoraStrengths& lora) const {
-  at::Tensor q = apply(a.q, x, lora), k = apply(a.k, context, lora);
+  const auto compute = options_.compute;
+  at::Tensor q;
+  if (options_.compile && config_.qk_norm)  // compiled: the fused kernel normalises q alone, no RoPE
+    q = ops::norm_rope_fused(project(a.q, x, lora), a.norm_q.get(at::kFloat), config_.eps, config_.head_dim(), nullptr,
+                             rope_, compute);
+  const bool eager = !q.defined();
+  if (eager) q = apply(a.q, x, lora);
+  at::Tensor k = apply(a.k, context, lora);
   x.reset();
   if (config_.qk_norm) {
-    q = ops::rms_norm(q, a.norm_q.get(at::kFloat), config_.eps);
+    if (eager) q = ops::rms_norm(q, a.norm_q.get(at::kFloat), config_.eps);
     k = ops::rms_norm(k, a.norm_k.get(at::kFloat), config_.eps);
   }
-  const auto compute = options_.compute;
   q = heads(q).to(compute);
   const at::Tensor v = heads(apply(a.v, context, lora)).to(compute);
   at::Tensor out = ops::attention(q, heads(k).to(compute), v, options_.attention).to(at::kFloat);

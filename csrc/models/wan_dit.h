@@ -59,6 +59,9 @@ struct WanDitOptions {
   // Whether the weights go to the device at load, or at the first forward (the wrapper's
   // load_device main_device / offload_device; runtime/residency.h).
   bool load_on_main = true;
+  // The wrapper's compile_args: on a GPU, the q/k RMS norms and RoPE run as fused kernels
+  // (ops::norm_rope_fused). On the CPU the hand-fused loops always run, so it changes nothing.
+  bool compile = false;
 };
 
 struct WanDitInput {

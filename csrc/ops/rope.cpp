@@ -7,6 +7,13 @@
 #include "core/error.h"
 #include "ops/norm.h"
 
+#ifdef WAN_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "ops/norm_rope_cuda.h"
+#endif
+
 namespace wan::ops {
 
 RopeTable rope_table(int64_t head_dim, int64_t max_pos, double theta) {
@@ -118,6 +125,65 @@ at::Tensor rope_apply(const at::Tensor& x, const std::vector<std::array<int64_t,
     }
   });
   return out;
+}
+
+at::Tensor norm_rope_fused(const at::Tensor& x, const at::Tensor& weight, double eps, int64_t head_dim,
+                           const std::vector<std::array<int64_t, 3>>* grids, const RopeTable& table,
+                           at::ScalarType out_dtype) {
+#ifdef WAN_WITH_CUDA
+  auto kernel_dtype = [](at::ScalarType t) {
+    return t == at::kFloat ? static_cast<int>(NormRopeDType::F32)
+           : t == at::kHalf ? static_cast<int>(NormRopeDType::F16)
+           : t == at::kBFloat16 ? static_cast<int>(NormRopeDType::BF16)
+                                : -1;
+  };
+  if (!x.is_cuda() || x.dim() != 3 || x.size(0) > kNormRopeMaxBatch || records_grad(x, weight) ||
+      kernel_dtype(x.scalar_type()) < 0 || kernel_dtype(out_dtype) < 0 || head_dim <= 0 || head_dim % 2 != 0 ||
+      x.size(2) % head_dim != 0 || (grids && static_cast<int64_t>(grids->size()) != x.size(0)))
+    return {};
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const at::Tensor in = x.contiguous();
+  const at::Tensor w = weight.to(x.device(), at::kFloat).contiguous();
+  const at::Tensor cos = table.cos.to(x.device()).contiguous(), sin = table.sin.to(x.device()).contiguous();
+  if (grids && cos.size(1) != head_dim / 2)
+    throw core::Error(core::ErrorCode::Internal, "norm_rope: head dim " + std::to_string(head_dim) +
+                                                     " does not match the RoPE table's " + std::to_string(2 * cos.size(1)));
+  at::Tensor out = at::empty(in.sizes(), in.options().dtype(out_dtype));
+  NormRopeProblem p{};
+  p.x = in.data_ptr();
+  p.out = out.data_ptr();
+  p.weight = w.data_ptr<float>();
+  p.cos = cos.data_ptr<float>();
+  p.sin = sin.data_ptr<float>();
+  p.batch = in.size(0);
+  p.seq_len = in.size(1);
+  p.dim = in.size(2);
+  p.head_dim = head_dim;
+  p.rope = grids != nullptr;
+  if (grids) {
+    for (size_t b = 0; b < grids->size(); ++b) {
+      for (int k = 0; k < 3; ++k) {
+        const int64_t n = (*grids)[b][k];
+        if (n > cos.size(0))
+          throw core::Error(core::ErrorCode::InvalidTensor, "rope: a grid of " + std::to_string(n) +
+                                                                " positions exceeds the " + std::to_string(cos.size(0)) +
+                                                                " the table covers");
+        p.grids[b][k] = n;
+      }
+    }
+  }
+  for (int k = 0; k < 3; ++k) p.parts[k] = table.parts[k];
+  p.x_dtype = kernel_dtype(in.scalar_type());
+  p.out_dtype = kernel_dtype(out_dtype);
+  p.eps = static_cast<float>(eps);
+  const int status = launch_norm_rope(p, c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
+  if (status != 0)
+    throw core::Error(core::ErrorCode::Internal,
+                      "norm_rope: the fused CUDA kernel failed with CUDA error " + std::to_string(status));
+  return out;
+#else
+  return {};
+#endif
 }
 
 }  // namespace wan::ops

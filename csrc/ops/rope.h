@@ -22,4 +22,15 @@ RopeTable rope_table(int64_t head_dim, int64_t max_pos = 1024, double theta = 10
 at::Tensor rope_apply(const at::Tensor& x, const std::vector<std::array<int64_t, 3>>& grids,
                       const RopeTable& table);
 
+// Compiled (a model loaded with `compile`), on a GPU: rms_norm over the last dimension of
+// x [B, L, dim] (weight [dim]) and then, when grids is given, rope_apply on its heads of head_dim,
+// as one fused kernel (ops/norm_rope_cuda.cu), the result [B, L, dim] in out_dtype. The same
+// arithmetic as the eager ops up to the order of one sum (within 1e-5). Returns an undefined
+// tensor where the kernel does not apply (a CPU tensor, a CPU-only build, autograd recording,
+// more than 16 samples, a dtype other than float32, float16 or bfloat16): the caller then runs
+// the eager ops.
+at::Tensor norm_rope_fused(const at::Tensor& x, const at::Tensor& weight, double eps, int64_t head_dim,
+                           const std::vector<std::array<int64_t, 3>>* grids, const RopeTable& table,
+                           at::ScalarType out_dtype);
+
 }  // namespace wan::ops

@@ -67,6 +67,38 @@ t.test('DiT on the GPU: every T2V golden case, fp32 and bf16 compute, every atte
   }
 });
 
+t.test('compile on the GPU: the fused q/k norm + RoPE kernels agree with the eager ops and the goldens', { skip }, async (t) => {
+  // Compiled and eager differ only in the order the RMS norm sums a row's squares: within 1e-5
+  // in fp32; in bf16, where q and k are rounded to bf16 once either way, within a tenth of the
+  // bf16 bound.
+  const g = await golden(path.join(goldenDir, 'golden_dit_t2v.safetensors'));
+  for (const basePrecision of ['fp32', 'bf16'] as const) {
+    const load = (compile: boolean) => WanModel.load(dit('f32'), { numHeads: 2, textLen: 16, device: 'cuda', basePrecision, attentionMode: 'flash', compile });
+    const eager = await load(false), compiled = await load(true);
+    t.equal(compiled.config.compiled, true, `${basePrecision}: config.compiled`);
+    t.equal(eager.config.compiled, false);
+    for (const c of ['a', 'b', 'c', 'd']) {
+      const { input, outs } = t2vCase(g, c);
+      const [want, got] = [await eager.forward(input), await compiled.forward(input)];
+      got.forEach((o, i) => {
+        if (basePrecision === 'fp32') {
+          const err = maxAbsDiff(o, want[i]);
+          t.ok(err <= 1e-5, `fp32 case ${c}[${i}]: compiled vs eager max abs ${err.toExponential(2)} <= 1e-5`);
+          const golden = maxAbsDiff(o, outs[i]);
+          t.ok(golden <= FP32_MAX_ABS, `fp32 case ${c}[${i}]: compiled vs the official ${golden.toExponential(2)} <= ${FP32_MAX_ABS}`);
+        } else {
+          const err = relL2(o, want[i]);
+          t.ok(err <= BF16_REL_L2 / 10, `bf16 case ${c}[${i}]: compiled vs eager relative L2 ${err.toExponential(2)} <= ${BF16_REL_L2 / 10}`);
+          const golden = relL2(o, outs[i]);
+          t.ok(golden <= BF16_REL_L2, `bf16 case ${c}[${i}]: compiled vs the official ${golden.toExponential(2)} <= ${BF16_REL_L2}`);
+        }
+      });
+    }
+    eager.dispose();
+    compiled.dispose();
+  }
+});
+
 t.test('DiT on the GPU: block swap and prefetch give bitwise the output without swap', { skip }, async (t) => {
   const g = await golden(path.join(goldenDir, 'golden_dit_t2v.safetensors'));
   const { input } = t2vCase(g, 'b');

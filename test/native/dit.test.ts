@@ -129,6 +129,22 @@ t.test('attention modes agree with math on the golden case', async (t) => {
     { code: 'WAN_INVALID_OPTION', message: 'Expected one of sdpa, flash, sageattn for attentionMode but received "xformers" of type string' });
 });
 
+t.test('compile: on the CPU the fused loops always run, so it changes nothing', async (t) => {
+  // (On a GPU it runs the fused q/k norm + RoPE kernels: test/gpu/models.test.ts.)
+  const g = await golden(path.join(goldenDir, 'golden_dit_t2v.safetensors'));
+  const file = path.join(weightsDir, 'tiny_t2v_dit.f32.safetensors');
+  const eager = await WanModel.load(file, { numHeads: 2, textLen: 16 });
+  const compiled = await WanModel.load(file, { numHeads: 2, textLen: 16, compile: true });
+  t.equal(compiled.config.compiled, false, 'config.compiled: no fused kernels run on the CPU');
+  const { input } = caseInput(g, 'a');
+  const [want, got] = [await eager.forward(input), await compiled.forward(input)];
+  t.equal(maxAbsDiff(got[0], want[0]), 0, 'bitwise the same output');
+  await t.rejects(WanModel.load(file, { numHeads: 2, textLen: 16, compile: 'yes' as never }),
+    { code: 'WAN_INVALID_OPTION', message: 'Expected a boolean for compile but received "yes" of type string' });
+  eager.dispose();
+  compiled.dispose();
+});
+
 t.test('configs are inferred from the shapes of every real DiT checkpoint', async (t) => {
   const dir = tempDir('wan-dit-config-');
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));

@@ -1,0 +1,128 @@
+// Fused RMS norm + RoPE for the DiT's q and k on a GPU (`compile`). Eagerly, libtorch runs them
+// as about twenty elementwise kernels on float32 copies of [B, L, dim] (ops/norm.cpp and
+// ops/rope.cpp off the CPU); here one block reads a token's row once for the sum of squares and
+// once more to write the normalised, rotated row in the compute dtype.
+//
+// The arithmetic is the eager path's, operation for operation, with the products and sums
+// rounded separately (__fmul_rn and friends, so that nvcc contracts nothing into an FMA): only
+// the order in which the row's squares are summed differs, which moves rsqrt's argument by an
+// ulp at most.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "ops/norm_rope_cuda.h"
+
+namespace wan::ops {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__device__ __forceinline__ float load_float(const T* p, int64_t i);
+template <>
+__device__ __forceinline__ float load_float<float>(const float* p, int64_t i) { return p[i]; }
+template <>
+__device__ __forceinline__ float load_float<__half>(const __half* p, int64_t i) { return __half2float(p[i]); }
+template <>
+__device__ __forceinline__ float load_float<__nv_bfloat16>(const __nv_bfloat16* p, int64_t i) {
+  return __bfloat162float(p[i]);
+}
+
+template <typename T>
+__device__ __forceinline__ void store_float(T* p, int64_t i, float v);
+template <>
+__device__ __forceinline__ void store_float<float>(float* p, int64_t i, float v) { p[i] = v; }
+template <>
+__device__ __forceinline__ void store_float<__half>(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
+template <>
+__device__ __forceinline__ void store_float<__nv_bfloat16>(__nv_bfloat16* p, int64_t i, float v) {
+  p[i] = __float2bfloat16_rn(v);
+}
+
+// The sum of every thread's `value` in the block, returned to all of them.
+__device__ __forceinline__ float block_sum(float value) {
+  __shared__ float warp_sums[kThreads / 32];
+  __shared__ float total;
+  for (int offset = 16; offset > 0; offset >>= 1) value = __fadd_rn(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) warp_sums[warp] = value;
+  __syncthreads();
+  if (warp == 0) {
+    value = lane < kThreads / 32 ? warp_sums[lane] : 0.0f;
+    for (int offset = 16; offset > 0; offset >>= 1) value = __fadd_rn(value, __shfl_xor_sync(0xffffffffu, value, offset));
+    if (lane == 0) total = value;
+  }
+  __syncthreads();
+  return total;
+}
+
+// One block per row (b, l) of x [B, L, dim].
+template <typename TIn, typename TOut>
+__global__ void __launch_bounds__(kThreads) norm_rope_kernel(NormRopeProblem p) {
+  const int64_t row = blockIdx.x;
+  const TIn* x = static_cast<const TIn*>(p.x) + row * p.dim;
+  TOut* out = static_cast<TOut*>(p.out) + row * p.dim;
+
+  float squares = 0.0f;
+  for (int64_t i = threadIdx.x; i < p.dim; i += kThreads) {
+    const float v = load_float(x, i);
+    squares = __fadd_rn(squares, __fmul_rn(v, v));
+  }
+  // As libtorch: mean = sum * (1 / dim), then rsqrt(mean + eps).
+  const float mean = __fmul_rn(block_sum(squares), 1.0f / static_cast<float>(p.dim));
+  const float inverse_rms = rsqrtf(__fadd_rn(mean, p.eps));
+
+  // Where this token sits in its sample's grid (the frame, row and column RoPE turns by).
+  const int64_t b = row / p.seq_len, l = row % p.seq_len;
+  const int64_t frames = p.grids[b][0], height = p.grids[b][1], width = p.grids[b][2];
+  const bool turn = p.rope && l < frames * height * width;
+  const int64_t frame = turn ? l / (height * width) : 0, row_in_frame = turn ? (l / width) % height : 0,
+                column = turn ? l % width : 0;
+  const int64_t half = p.head_dim / 2;
+
+  for (int64_t pair = threadIdx.x; pair < p.dim / 2; pair += kThreads) {
+    const int64_t i = 2 * pair;
+    const float re = __fmul_rn(__fmul_rn(load_float(x, i), inverse_rms), p.weight[i]);
+    const float im = __fmul_rn(__fmul_rn(load_float(x, i + 1), inverse_rms), p.weight[i + 1]);
+    if (!turn) {
+      store_float(out, i, re);
+      store_float(out, i + 1, im);
+      continue;
+    }
+    const int64_t c = pair % half;  // the pair within its head
+    const int64_t position = c < p.parts[0] ? frame : c < p.parts[0] + p.parts[1] ? row_in_frame : column;
+    const float co = p.cos[position * half + c], si = p.sin[position * half + c];
+    store_float(out, i, __fsub_rn(__fmul_rn(re, co), __fmul_rn(im, si)));
+    store_float(out, i + 1, __fadd_rn(__fmul_rn(re, si), __fmul_rn(im, co)));
+  }
+}
+
+template <typename TIn>
+int launch_for_input(const NormRopeProblem& p, cudaStream_t s) {
+  const auto blocks = static_cast<unsigned>(p.batch * p.seq_len);
+  switch (static_cast<NormRopeDType>(p.out_dtype)) {
+    case NormRopeDType::F32: norm_rope_kernel<TIn, float><<<blocks, kThreads, 0, s>>>(p); break;
+    case NormRopeDType::F16: norm_rope_kernel<TIn, __half><<<blocks, kThreads, 0, s>>>(p); break;
+    case NormRopeDType::BF16: norm_rope_kernel<TIn, __nv_bfloat16><<<blocks, kThreads, 0, s>>>(p); break;
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace
+
+int launch_norm_rope(const NormRopeProblem& p, void* stream) {
+  if (p.batch < 1 || p.batch > kNormRopeMaxBatch || p.head_dim <= 0 || p.head_dim % 2 != 0 || p.dim % p.head_dim != 0)
+    return static_cast<int>(cudaErrorInvalidValue);
+  if (p.seq_len == 0) return static_cast<int>(cudaSuccess);
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (static_cast<NormRopeDType>(p.x_dtype)) {
+    case NormRopeDType::F32: return launch_for_input<float>(p, s);
+    case NormRopeDType::F16: return launch_for_input<__half>(p, s);
+    case NormRopeDType::BF16: return launch_for_input<__nv_bfloat16>(p, s);
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
+}  // namespace wan::ops
