@@ -16,14 +16,13 @@
 //
 // WAN_NATIVE_BINARY measures another build (e.g. an older one, for a before/after table).
 // Environment: WAN_SHARED_DIR, WAN_BENCH_DIR, WAN_ACTIVATIONS_BENCH=quick (the two small sizes).
-import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
 
 import { planMemory, runtimeInfo, Tensor, WanModel } from '../lib/index';
 import { tensorsFromManifest } from '../lib/memory-planner';
 import { native } from '../lib/native';
 import { cpuMemory } from '../lib/ops';
-import { procStatusKiB, table } from './machine';
+import { procStatusKiB, runChildJob, table } from './machine';
 import { ensureDitCheckpoint, manifestPath } from './synthesize';
 
 interface Job { width: number; height: number; numFrames: number }
@@ -63,10 +62,7 @@ async function child(job: Job): Promise<void> {
 }
 
 function run(job: Job): Result {
-  const out = execFileSync(process.execPath, [__filename, '--child', JSON.stringify(job)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-  const line = out.split('\n').find((l) => l.startsWith('RESULT '));
-  if (!line) throw new Error(`bench/activations: no result from ${JSON.stringify(job)}:\n${out}`);
-  return JSON.parse(line.slice(7)) as Result;
+  return runChildJob<Result>(__filename, job, 'bench/activations');
 }
 
 async function main(): Promise<void> {

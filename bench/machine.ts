@@ -1,5 +1,6 @@
 // What every benchmark reads about the machine and prints: this process's memory counters,
 // how busy the other processes keep the cores, a snapshot of the addon being measured, tables.
+import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -58,4 +59,16 @@ export function snapshotAddon(dir: string): string | undefined {
   process.env.WAN_NATIVE_BINARY = copy;
   const sha = crypto.createHash('sha256').update(bytes).digest('hex').slice(0, 12);
   return `${resolved} (built ${fs.statSync(resolved).mtime.toISOString()}, sha256 ${sha}), measured from a copy`;
+}
+
+/**
+ * Runs `script --child <job as JSON>` in a fresh Node process (its stderr passed through) and
+ * returns what it printed on its `RESULT <JSON>` line: one measurement per process, so that
+ * each starts from the same memory and heap.
+ */
+export function runChildJob<R>(script: string, job: unknown, bench: string): R {
+  const out = execFileSync(process.execPath, [script, '--child', JSON.stringify(job)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  const line = out.split('\n').find((l) => l.startsWith('RESULT '));
+  if (!line) throw new Error(`${bench}: no result from ${JSON.stringify(job)}:\n${out}`);
+  return JSON.parse(line.slice(7)) as R;
 }

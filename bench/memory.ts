@@ -14,13 +14,12 @@
 //
 // Environment: WAN_SHARED_DIR, WAN_BENCH_DIR, WAN_MEMORY_BENCH=quick (fp8 only: swap 0, and 20
 // with and without prefetch).
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 
 import { runtimeInfo, Tensor, WanModel } from '../lib/index';
 import { native } from '../lib/native';
 import { ensureDitCheckpoint, type Storage } from './synthesize';
-import { procStatusKiB } from './machine';
+import { procStatusKiB, runChildJob } from './machine';
 
 const TOKENS = 1024;
 const LATENT = [16, 4, 32, 32];  // 4 x 16 x 16 patches = 1,024 tokens
@@ -55,10 +54,7 @@ async function child(job: Job): Promise<void> {
 }
 
 function run(job: Job): Result {
-  const out = execFileSync(process.execPath, [__filename, '--child', JSON.stringify(job)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-  const line = out.split('\n').find((l) => l.startsWith('RESULT '));
-  if (!line) throw new Error(`bench/memory: no result from ${JSON.stringify(job)}:\n${out}`);
-  return JSON.parse(line.slice(7)) as Result;
+  return runChildJob<Result>(__filename, job, 'bench/memory');
 }
 
 function main(): void {
