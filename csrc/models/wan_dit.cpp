@@ -190,12 +190,15 @@ at::Tensor WanDit::self_attention(const Attention& a, at::Tensor x, const at::Te
                                   const std::vector<std::array<int64_t, 3>>& grids, std::optional<double> feta_weight,
                                   const LoraStrengths& lora) const {
   const auto compute = options_.compute;  // float32 on the CPU, where attention computes in float32 anyway
+  // One copy of the input in the compute dtype serves the three projections (on the CPU it is x).
+  at::Tensor in = x.to(compute);
+  x.reset();
   at::Tensor q, k;
   if (options_.compile && config_.qk_norm && !feta_weight) {
     // Compiled: q and k normalised and rotated by one fused kernel each (on a GPU; elsewhere
     // undefined, and the eager ops below run).
     auto fused = [&](const Linear& l, const ops::Weight& norm) {
-      return ops::norm_rope_fused(project(l, x, lora), norm.get(at::kFloat), config_.eps, config_.head_dim(), &grids,
+      return ops::norm_rope_fused(project(l, in, lora), norm.get(at::kFloat), config_.eps, config_.head_dim(), &grids,
                                   rope_, compute);
     };
     q = fused(a.q, a.norm_q);
@@ -204,11 +207,11 @@ at::Tensor WanDit::self_attention(const Attention& a, at::Tensor x, const at::Te
   }
   const bool eager = !q.defined();
   if (eager) {
-    q = apply(a.q, x, lora);
-    k = apply(a.k, x, lora);
+    q = apply(a.q, in, lora);
+    k = apply(a.k, in, lora);
   }
-  at::Tensor v = heads(project(a.v, x, lora));
-  x.reset();
+  at::Tensor v = heads(project(a.v, in, lora));
+  in.reset();
   std::vector<double> gains;
   if (eager) {
     if (config_.qk_norm) {
