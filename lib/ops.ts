@@ -51,6 +51,18 @@ export function gpuMemory(device: Device = 'cuda', reset = false): { allocated: 
   return native().gpuMemory(resolveDevice(device), reset);
 }
 
+/** How normRope computes: the engine's eager ops, the fused kernel's row arithmetic on the CPU,
+ * or the fused CUDA kernel itself (a GPU only). */
+export type NormRopeHow = 'eager' | 'reference' | 'fused';
+
+/** The DiT's q/k RMS norm over the last dimension of x [B, L, dim] (weight [dim]), then RoPE on
+ * heads of headDim when grids ([F, H, W] per sample) are given, computed `how` on `device`;
+ * float32 on the CPU. For tests, which compare the three ways. */
+export function normRope(x: Tensor, weight: Tensor, eps: number, headDim: number, grids: number[][] | null, how: NormRopeHow, device: Device = 'cpu'): Tensor {
+  checkDevice(device);
+  return new Tensor(native().normRope(Tensor.handle(x, 'x'), Tensor.handle(weight, 'weight'), eps, headDim, grids, how, resolveDevice(device)));
+}
+
 /** CPU tensor memory: bytes allocated now and the most allocated at once since the last reset
  * (reset by this call when `reset`). Only the tensors, as wan-native's CPU allocator hands them
  * out: not the freed blocks the heap keeps, nor checkpoints mapped from files. */

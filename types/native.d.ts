@@ -104,6 +104,7 @@ export interface NativeAddon {
                    device: string, reps: number): number[];
   gpuMemory(device: string, reset: boolean): { allocated: number; peak: number; reserved: number; free: number; total: number } | null;
   cpuMemory(reset: boolean): { allocated: number; peak: number };
+  normRope(x: NativeTensor, weight: NativeTensor, eps: number, headDim: number, grids: number[][] | null, how: string, device: string): NativeTensor;
 
   NoiseGenerator: new (seed: bigint) => NativeNoiseGenerator;
   resizeBicubic(image: NativeTensor, height: number, width: number): NativeTensor;  // align_corners=False

@@ -3,12 +3,15 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include "binding/addon_data.h"
 #include "core/cpu_allocator.h"
 #include "core/device.h"
 #include "core/error.h"
 #include "ops/attention.h"
+#include "ops/norm.h"
+#include "ops/rope.h"
 
 #ifdef WAN_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -115,6 +118,55 @@ Napi::Value gpu_memory(const Napi::CallbackInfo& info) {
   });
 }
 
+// normRope(x [B, L, dim], weight [dim], eps, headDim, grids [[F, H, W] per sample] | null, how, device)
+// -> the q/k RMS norm, then RoPE when grids are given, float32 on the CPU, computed `how`:
+// 'eager' (ops::rms_norm then ops::rope_apply), 'reference' (the fused kernel's row arithmetic
+// on the CPU) or 'fused' (the kernel itself; a GPU only). For tests: they compare the three.
+Napi::Value norm_rope(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    const at::Device device = core::parse_device(info[6].As<Napi::String>().Utf8Value(), "device");
+    const at::Tensor x = unwrap_tensor(env, info[0], "x").value.to(device, at::kFloat);
+    const at::Tensor weight = unwrap_tensor(env, info[1], "weight").value.to(device, at::kFloat);
+    const double eps = info[2].As<Napi::Number>().DoubleValue();
+    const int64_t head_dim = info[3].As<Napi::Number>().Int64Value();
+    std::optional<std::vector<std::array<int64_t, 3>>> grids;
+    if (info[4].IsArray()) {
+      grids.emplace();
+      const Napi::Array list = info[4].As<Napi::Array>();
+      for (uint32_t i = 0; i < list.Length(); ++i) {
+        const Napi::Array g = list.Get(i).As<Napi::Array>();
+        grids->push_back({g.Get(0u).As<Napi::Number>().Int64Value(), g.Get(1u).As<Napi::Number>().Int64Value(),
+                          g.Get(2u).As<Napi::Number>().Int64Value()});
+      }
+    }
+    const std::string how = info[5].As<Napi::String>().Utf8Value();
+    ops::RopeTable table = ops::rope_table(head_dim);
+    table.cos = table.cos.to(device);
+    table.sin = table.sin.to(device);
+    const auto* g = grids ? &*grids : nullptr;
+    at::Tensor out;
+    if (how == "eager") {
+      out = ops::rms_norm(x, weight, eps);
+      if (g) {
+        out = ops::rope_apply(out.view({x.size(0), x.size(1), x.size(2) / head_dim, head_dim}), *g, table)
+                  .view({x.size(0), x.size(1), x.size(2)});
+      }
+    } else if (how == "reference") {
+      out = ops::norm_rope_reference(x, weight, eps, head_dim, g, table);
+    } else if (how == "fused") {
+      out = ops::norm_rope_fused(x, weight, eps, head_dim, g, table, at::kFloat);
+      if (!out.defined())
+        throw core::Error(core::ErrorCode::InvalidOption, "normRope: the fused kernel does not run here (" +
+                                                              core::device_name(device) + ")");
+    } else {
+      throw core::Error(core::ErrorCode::InvalidOption,
+                        "normRope: expected 'eager', 'reference' or 'fused' but received '" + how + "'");
+    }
+    return wrap_tensor(env, core::wrap(out.to(at::kCPU, at::kFloat).contiguous()));
+  });
+}
+
 // cpuMemory(reset) -> {allocated, peak}: bytes of CPU tensors allocated now and the most at
 // once since the last reset (reset by this call when `reset`), as core/cpu_allocator counts them.
 Napi::Value cpu_memory(const Napi::CallbackInfo& info) {
@@ -159,6 +211,7 @@ void init_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionSeconds", Napi::Function::New(env, attention_seconds));
   exports.Set("gpuMemory", Napi::Function::New(env, gpu_memory));
   exports.Set("cpuMemory", Napi::Function::New(env, cpu_memory));
+  exports.Set("normRope", Napi::Function::New(env, norm_rope));
 }
 
 }  // namespace wan::binding

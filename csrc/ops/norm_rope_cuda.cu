@@ -6,12 +6,13 @@
 // The arithmetic is the eager path's, operation for operation, with the products and sums
 // rounded separately (__fmul_rn and friends, so that nvcc contracts nothing into an FMA): only
 // the order in which the row's squares are summed differs, which moves rsqrt's argument by an
-// ulp at most.
+// ulp at most. The per-pair part lives in norm_rope_row.h, which the CPU reference shares.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "ops/norm_rope_cuda.h"
+#include "ops/norm_rope_row.h"
 
 namespace wan::ops {
 namespace {
@@ -75,26 +76,15 @@ __global__ void __launch_bounds__(kThreads) norm_rope_kernel(NormRopeProblem p) 
 
   // Where this token sits in its sample's grid (the frame, row and column RoPE turns by).
   const int64_t b = row / p.seq_len, l = row % p.seq_len;
-  const int64_t frames = p.grids[b][0], height = p.grids[b][1], width = p.grids[b][2];
-  const bool turn = p.rope && l < frames * height * width;
-  const int64_t frame = turn ? l / (height * width) : 0, row_in_frame = turn ? (l / width) % height : 0,
-                column = turn ? l % width : 0;
+  const norm_rope::Position where = norm_rope::position(l, p.grids[b], p.rope);
   const int64_t half = p.head_dim / 2;
-
-  for (int64_t pair = threadIdx.x; pair < p.dim / 2; pair += kThreads) {
-    const int64_t i = 2 * pair;
-    const float re = __fmul_rn(__fmul_rn(load_float(x, i), inverse_rms), p.weight[i]);
-    const float im = __fmul_rn(__fmul_rn(load_float(x, i + 1), inverse_rms), p.weight[i + 1]);
-    if (!turn) {
-      store_float(out, i, re);
-      store_float(out, i + 1, im);
-      continue;
-    }
-    const int64_t c = pair % half;  // the pair within its head
-    const int64_t position = c < p.parts[0] ? frame : c < p.parts[0] + p.parts[1] ? row_in_frame : column;
-    const float co = p.cos[position * half + c], si = p.sin[position * half + c];
-    store_float(out, i, __fsub_rn(__fmul_rn(re, co), __fmul_rn(im, si)));
-    store_float(out, i + 1, __fadd_rn(__fmul_rn(re, si), __fmul_rn(im, co)));
+  for (int64_t k = threadIdx.x; k < p.dim / 2; k += kThreads) {  // pair k: elements 2k and 2k + 1
+    const int64_t i = 2 * k;
+    float out0, out1;
+    norm_rope::pair(load_float(x, i), load_float(x, i + 1), p.weight[i], p.weight[i + 1], inverse_rms, where,
+                    k % half, half, p.parts, p.cos, p.sin, out0, out1);
+    store_float(out, i, out0);
+    store_float(out, i + 1, out1);
   }
 }
 

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "ops/norm.h"
+#include "ops/norm_rope_row.h"
 
 #ifdef WAN_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -184,6 +185,40 @@ at::Tensor norm_rope_fused(const at::Tensor& x, const at::Tensor& weight, double
 #else
   return {};
 #endif
+}
+
+at::Tensor norm_rope_reference(const at::Tensor& x, const at::Tensor& weight, double eps, int64_t head_dim,
+                               const std::vector<std::array<int64_t, 3>>* grids, const RopeTable& table) {
+  const at::Tensor in = x.to(at::kCPU, at::kFloat).contiguous();
+  const at::Tensor w = weight.to(at::kCPU, at::kFloat).contiguous();
+  const at::Tensor cos = table.cos.to(at::kCPU).contiguous(), sin = table.sin.to(at::kCPU).contiguous();
+  const int64_t batch = in.size(0), seq_len = in.size(1), dim = in.size(2), half = head_dim / 2;
+  if (head_dim <= 0 || head_dim % 2 != 0 || dim % head_dim != 0 || (grids && static_cast<int64_t>(grids->size()) != batch) ||
+      (grids && cos.size(1) != half))
+    throw core::Error(core::ErrorCode::InvalidTensor, "norm_rope_reference: x [" + std::to_string(batch) + ", " +
+                                                          std::to_string(seq_len) + ", " + std::to_string(dim) +
+                                                          "] does not fit head dim " + std::to_string(head_dim) +
+                                                          ", the grids or the RoPE table");
+  at::Tensor out = at::empty_like(in);
+  const float* src = in.data_ptr<float>();
+  const float* g = w.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const int64_t parts[3] = {table.parts[0], table.parts[1], table.parts[2]};
+  for (int64_t row = 0; row < batch * seq_len; ++row) {
+    const float* a = src + row * dim;
+    float* o = dst + row * dim;
+    float squares = 0.0f;
+    for (int64_t i = 0; i < dim; ++i) squares = norm_rope::add(squares, norm_rope::mul(a[i], a[i]));
+    const float mean = norm_rope::mul(squares, 1.0f / static_cast<float>(dim));
+    const float inverse_rms = 1.0f / std::sqrt(norm_rope::add(mean, static_cast<float>(eps)));
+    const int64_t b = row / seq_len;
+    const int64_t grid[3] = {grids ? (*grids)[b][0] : 0, grids ? (*grids)[b][1] : 0, grids ? (*grids)[b][2] : 0};
+    const norm_rope::Position where = norm_rope::position(row % seq_len, grid, grids != nullptr);
+    for (int64_t k = 0; k < dim / 2; ++k)
+      norm_rope::pair(a[2 * k], a[2 * k + 1], g[2 * k], g[2 * k + 1], inverse_rms, where, k % half, half, parts,
+                      cos.data_ptr<float>(), sin.data_ptr<float>(), o[2 * k], o[2 * k + 1]);
+  }
+  return out;
 }
 
 }  // namespace wan::ops

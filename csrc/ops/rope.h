@@ -33,4 +33,10 @@ at::Tensor norm_rope_fused(const at::Tensor& x, const at::Tensor& weight, double
                            const std::vector<std::array<int64_t, 3>>* grids, const RopeTable& table,
                            at::ScalarType out_dtype);
 
+// The fused kernel's arithmetic on the CPU, a row at a time (ops/norm_rope_row.h, which the
+// kernel shares; the row's sum of squares in order): what tests compare with rms_norm and
+// rope_apply where no GPU runs the kernel. x [B, L, dim] float32 on the CPU -> float32.
+at::Tensor norm_rope_reference(const at::Tensor& x, const at::Tensor& weight, double eps, int64_t head_dim,
+                               const std::vector<std::array<int64_t, 3>>* grids, const RopeTable& table);
+
 }  // namespace wan::ops
