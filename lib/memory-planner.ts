@@ -133,7 +133,7 @@ const MiB = 1024 ** 2;
 const CPU_PROCESS_BYTES = 300 * MiB;
 // What the heap holds beyond the live tensors: freed blocks that glibc keeps for reuse
 // (core/cpu_allocator) but a larger request cannot use. A DiT forward's VmHWM growth was 0.99 to
-// 1.46 times its live tensors (bench/activations.ts, 1,024 to 32,760 tokens; 1.46 at 8,100).
+// 1.47 times its live tensors (bench/activations.ts, 1,024 to 32,760 tokens; 1.47 at 8,100).
 const CPU_HEAP_SLACK = 1.5;
 // The GPU model is not measured here (no GPU on the build machine): PyTorch's caching allocator
 // is commonly 10-25% above the live tensors; 1.25 is the cautious end. The CUDA context lives

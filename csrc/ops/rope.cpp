@@ -83,6 +83,17 @@ at::Tensor rope_apply_composite(const at::Tensor& x, const std::vector<std::arra
   return at::stack({real, imag}, 4).reshape({B, L, H, D});
 }
 
+// Every grid position must have a row in the angle table.
+void check_grids_fit(const std::vector<std::array<int64_t, 3>>& grids, const RopeTable& table) {
+  const int64_t max_pos = table.cos.size(0);
+  for (const auto& g : grids)
+    for (const int64_t n : g)
+      if (n > max_pos)
+        throw core::Error(core::ErrorCode::InvalidTensor,
+                          "rope: a grid of " + std::to_string(n) + " positions exceeds the " +
+                              std::to_string(max_pos) + " the table covers");
+}
+
 }  // namespace
 
 at::Tensor rope_apply(const at::Tensor& x, const std::vector<std::array<int64_t, 3>>& grids,
@@ -93,13 +104,7 @@ at::Tensor rope_apply(const at::Tensor& x, const std::vector<std::array<int64_t,
     throw core::Error(core::ErrorCode::Internal, "rope_apply: head dim " + std::to_string(D) +
                                                      " does not match the table's " +
                                                      std::to_string(2 * table.cos.size(1)));
-  const int64_t max_pos = table.cos.size(0);
-  for (const auto& g : grids)
-    for (const int64_t n : g)
-      if (n > max_pos)
-        throw core::Error(core::ErrorCode::InvalidTensor,
-                          "rope: a grid of " + std::to_string(n) + " positions exceeds the " +
-                              std::to_string(max_pos) + " the table covers");
+  check_grids_fit(grids, table);
   // The composite ops off the CPU and where autograd records: the loop below is CPU-only.
   if (records_grad(x) || !in.is_cpu()) return rope_apply_composite(x, grids, table);
   at::Tensor out = in.clone();
@@ -162,16 +167,9 @@ at::Tensor norm_rope_fused(const at::Tensor& x, const at::Tensor& weight, double
   p.head_dim = head_dim;
   p.rope = grids != nullptr;
   if (grids) {
-    for (size_t b = 0; b < grids->size(); ++b) {
-      for (int k = 0; k < 3; ++k) {
-        const int64_t n = (*grids)[b][k];
-        if (n > cos.size(0))
-          throw core::Error(core::ErrorCode::InvalidTensor, "rope: a grid of " + std::to_string(n) +
-                                                                " positions exceeds the " + std::to_string(cos.size(0)) +
-                                                                " the table covers");
-        p.grids[b][k] = n;
-      }
-    }
+    check_grids_fit(*grids, table);
+    for (size_t b = 0; b < grids->size(); ++b)
+      for (int k = 0; k < 3; ++k) p.grids[b][k] = (*grids)[b][k];
   }
   for (int k = 0; k < 3; ++k) p.parts[k] = table.parts[k];
   p.x_dtype = kernel_dtype(in.scalar_type());
@@ -199,9 +197,12 @@ at::Tensor norm_rope_reference(const at::Tensor& x, const at::Tensor& weight, do
                                                           std::to_string(seq_len) + ", " + std::to_string(dim) +
                                                           "] does not fit head dim " + std::to_string(head_dim) +
                                                           ", the grids or the RoPE table");
+  if (grids) check_grids_fit(*grids, table);
   at::Tensor out = at::empty_like(in);
   const float* src = in.data_ptr<float>();
   const float* g = w.data_ptr<float>();
+  const float* cs = cos.data_ptr<float>();
+  const float* sn = sin.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   const int64_t parts[3] = {table.parts[0], table.parts[1], table.parts[2]};
   for (int64_t row = 0; row < batch * seq_len; ++row) {
@@ -215,8 +216,8 @@ at::Tensor norm_rope_reference(const at::Tensor& x, const at::Tensor& weight, do
     const int64_t grid[3] = {grids ? (*grids)[b][0] : 0, grids ? (*grids)[b][1] : 0, grids ? (*grids)[b][2] : 0};
     const norm_rope::Position where = norm_rope::position(row % seq_len, grid, grids != nullptr);
     for (int64_t k = 0; k < dim / 2; ++k)
-      norm_rope::pair(a[2 * k], a[2 * k + 1], g[2 * k], g[2 * k + 1], inverse_rms, where, k % half, half, parts,
-                      cos.data_ptr<float>(), sin.data_ptr<float>(), o[2 * k], o[2 * k + 1]);
+      norm_rope::pair(a[2 * k], a[2 * k + 1], g[2 * k], g[2 * k + 1], inverse_rms, where, k % half, half, parts, cs,
+                      sn, o[2 * k], o[2 * k + 1]);
   }
   return out;
 }

@@ -32,6 +32,12 @@ t.test('the kernel arithmetic equals rms_norm then rope_apply', async (t) => {
   });
 });
 
+t.test('a grid past the angle table is refused, by each way alike', async (t) => {
+  const x = randn([1, 4, 64], 1), weight = randn([64], 2);
+  for (const how of ['eager', 'reference'] as const)
+    t.throws(() => normRope(x, weight, 1e-6, 64, [[1, 2000, 2]], how), { message: /rope: a grid of 2000 positions exceeds the 1024 the table covers/ }, how);
+});
+
 t.test('the fused kernel needs a GPU, and says so', async (t) => {
   const x = randn([1, 4, 64], 1), weight = randn([64], 2);
   t.throws(() => normRope(x, weight, 1e-6, 64, [[1, 2, 2]], 'fused'), { message: /the fused kernel does not run here \(cpu\)/ });
