@@ -98,7 +98,8 @@ async function main(): Promise<void> {
   const modes: [string, ForwardResult][] = [];
   for (const mode of (fp8Only ? ['sdpa'] : ['sdpa', 'flash', 'sageattn']) as AttentionMode[])
     modes.push([mode, await timeForward(bf16, { attentionMode: mode })]);
-  // compile: the fused q/k RMS norm + RoPE kernels, against the eager sdpa row.
+  // compile: the fused kernels (q/k norm + RoPE, modulation, gated residual, GELU in the
+  // matmul), against the eager sdpa row.
   if (!fp8Only) modes.push(['sdpa, compile', await timeForward(bf16, { attentionMode: 'sdpa', compile: true })]);
   const ref = fp8Only ? undefined : reference(bf16);
   const sdpa = modes[0][1];

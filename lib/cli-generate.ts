@@ -339,8 +339,8 @@ export function generateCommand(): Command {
         lastLora('--lora-layer-filter', 'layerFilter').layerFilter = filters;
         return true;
       } }),
-    option(g.models, '--compile', 'run the q/k RMS norms and RoPE as fused CUDA kernels on a GPU (the wrapper\'s torch.compile; ' +
-      'on the CPU they are always fused, so it changes nothing there)'),
+    option(g.models, '--compile', 'run the q/k norms with RoPE, the modulations, the gated residuals and the GELU as fused ' +
+      'kernels on a GPU (the wrapper\'s torch.compile; it changes nothing on the CPU)'),
     option(g.models, '--num-heads <n>', "attention heads of the DiT, for models that are not a release's",
       { parse: integer(1, 1024), defaultText: 'dim / 128, as in every release' }),
     option(g.models, '--text-len <n>', 'text tokens a prompt is padded or cut to (text encoder and DiT)',

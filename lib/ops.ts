@@ -51,16 +51,32 @@ export function gpuMemory(device: Device = 'cuda', reset = false): { allocated: 
   return native().gpuMemory(resolveDevice(device), reset);
 }
 
-/** How normRope computes: the engine's eager ops, the fused kernel's row arithmetic on the CPU,
- * or the fused CUDA kernel itself (a GPU only). */
-export type NormRopeHow = 'eager' | 'reference' | 'fused';
+/** How a fused kernel's op computes, for tests that compare the three: the engine's eager ops,
+ * the kernel's per-element arithmetic on the CPU (its reference), or the fused CUDA kernel itself
+ * (a GPU only). */
+export type FusedHow = 'eager' | 'reference' | 'fused';
 
 /** The DiT's q/k RMS norm over the last dimension of x [B, L, dim] (weight [dim]), then RoPE on
  * heads of headDim when grids ([F, H, W] per sample) are given, computed `how` on `device`;
  * float32 on the CPU. For tests, which compare the three ways. */
-export function normRope(x: Tensor, weight: Tensor, eps: number, headDim: number, grids: number[][] | null, how: NormRopeHow, device: Device = 'cpu'): Tensor {
+export function normRope(x: Tensor, weight: Tensor, eps: number, headDim: number, grids: number[][] | null, how: FusedHow, device: Device = 'cpu'): Tensor {
   checkDevice(device);
   return new Tensor(native().normRope(Tensor.handle(x, 'x'), Tensor.handle(weight, 'weight'), eps, headDim, grids, how, resolveDevice(device)));
+}
+
+/** A DiT block's modulation, LayerNorm(x) (no affine) * (1 + scale) + shift, for x [B, L, dim] and
+ * scale, shift [B, 1, dim], computed `how` on `device`; float32 on the CPU. outDtype: the fused
+ * kernel's output dtype (the compute dtype of the layer it feeds). For tests. */
+export function modulate(x: Tensor, scale: Tensor, shift: Tensor, eps: number, how: FusedHow, device: Device = 'cpu', outDtype: 'f32' | 'f16' | 'bf16' = 'f32'): Tensor {
+  checkDevice(device);
+  return new Tensor(native().modulate(Tensor.handle(x, 'x'), Tensor.handle(scale, 'scale'), Tensor.handle(shift, 'shift'), eps, how, resolveDevice(device), outDtype));
+}
+
+/** A DiT block's gated residual x + y * gate, for x [B, L, dim] (float32), y [B, L, dim] (f32, f16
+ * or bf16) and gate [B, 1, dim], computed `how` on `device`; float32 on the CPU. For tests. */
+export function gatedResidual(x: Tensor, y: Tensor, gate: Tensor, how: FusedHow, device: Device = 'cpu'): Tensor {
+  checkDevice(device);
+  return new Tensor(native().gatedResidual(Tensor.handle(x, 'x'), Tensor.handle(y, 'y'), Tensor.handle(gate, 'gate'), how, resolveDevice(device)));
 }
 
 /** CPU tensor memory: bytes allocated now and the most allocated at once since the last reset

@@ -105,6 +105,8 @@ export interface NativeAddon {
   gpuMemory(device: string, reset: boolean): { allocated: number; peak: number; reserved: number; free: number; total: number } | null;
   cpuMemory(reset: boolean): { allocated: number; peak: number };
   normRope(x: NativeTensor, weight: NativeTensor, eps: number, headDim: number, grids: number[][] | null, how: string, device: string): NativeTensor;
+  modulate(x: NativeTensor, scale: NativeTensor, shift: NativeTensor, eps: number, how: string, device: string, outDtype: string): NativeTensor;
+  gatedResidual(x: NativeTensor, y: NativeTensor, gate: NativeTensor, how: string, device: string): NativeTensor;
 
   NoiseGenerator: new (seed: bigint) => NativeNoiseGenerator;
   resizeBicubic(image: NativeTensor, height: number, width: number): NativeTensor;  // align_corners=False

@@ -98,8 +98,8 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     o.Set("device", core::device_name(model->options().device));
     o.Set("blocksToSwap", model->options().blocks_to_swap);
     o.Set("prefetchBlocks", model->options().prefetch_blocks);
-    // The fused q/k kernels run only on a GPU, for models with q/k norms (wan_dit.cpp).
-    o.Set("compiled", model->options().compile && model->options().device.is_cuda() && c.qk_norm);
+    // The fused kernels run only on a GPU (wan_dit.cpp).
+    o.Set("compiled", model->options().compile && model->options().device.is_cuda());
     return o;
   }
 

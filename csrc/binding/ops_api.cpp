@@ -8,7 +8,10 @@
 #include "binding/addon_data.h"
 #include "core/cpu_allocator.h"
 #include "core/device.h"
+#include "core/dtype.h"
 #include "core/error.h"
+#include "core/tensor.h"
+#include "ops/adaln.h"
 #include "ops/attention.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
@@ -118,6 +121,28 @@ Napi::Value gpu_memory(const Napi::CallbackInfo& info) {
   });
 }
 
+// The output dtype a test asks of a fused kernel: 'f32', 'f16' or 'bf16'.
+at::ScalarType fused_out_dtype(const Napi::Value& v, const char* op) {
+  const std::string name = v.IsString() ? v.As<Napi::String>().Utf8Value() : "f32";
+  const auto t = core::dtype_from_name(name);
+  if (!t || (*t != core::DType::F32 && *t != core::DType::F16 && *t != core::DType::BF16))
+    throw core::Error(core::ErrorCode::InvalidOption,
+                      std::string(op) + ": expected 'f32', 'f16' or 'bf16' for outDtype but received '" + name + "'");
+  return core::storage_scalar_type(*t);
+}
+
+[[noreturn]] void throw_bad_how(const char* op, const std::string& how) {
+  throw core::Error(core::ErrorCode::InvalidOption,
+                    std::string(op) + ": expected 'eager', 'reference' or 'fused' but received '" + how + "'");
+}
+
+at::Tensor require_fused(const at::Tensor& out, const char* op, at::Device device) {
+  if (!out.defined())
+    throw core::Error(core::ErrorCode::InvalidOption,
+                      std::string(op) + ": the fused kernel does not run here (" + core::device_name(device) + ")");
+  return out;
+}
+
 // normRope(x [B, L, dim], weight [dim], eps, headDim, grids [[F, H, W] per sample] | null, how, device)
 // -> the q/k RMS norm, then RoPE when grids are given, float32 on the CPU, computed `how`:
 // 'eager' (ops::rms_norm then ops::rope_apply), 'reference' (the fused kernel's row arithmetic
@@ -155,14 +180,52 @@ Napi::Value norm_rope(const Napi::CallbackInfo& info) {
     } else if (how == "reference") {
       out = ops::norm_rope_reference(x, weight, eps, head_dim, g, table);
     } else if (how == "fused") {
-      out = ops::norm_rope_fused(x, weight, eps, head_dim, g, table, at::kFloat);
-      if (!out.defined())
-        throw core::Error(core::ErrorCode::InvalidOption, "normRope: the fused kernel does not run here (" +
-                                                              core::device_name(device) + ")");
+      out = require_fused(ops::norm_rope_fused(x, weight, eps, head_dim, g, table, at::kFloat), "normRope", device);
     } else {
-      throw core::Error(core::ErrorCode::InvalidOption,
-                        "normRope: expected 'eager', 'reference' or 'fused' but received '" + how + "'");
+      throw_bad_how("normRope", how);
     }
+    return wrap_tensor(env, core::wrap(out.to(at::kCPU, at::kFloat).contiguous()));
+  });
+}
+
+// modulate(x [B, L, dim], scale [B, 1, dim], shift [B, 1, dim], eps, how, device, outDtype?)
+// -> LayerNorm(x) * (1 + scale) + shift on the CPU, computed `how` (as normRope); outDtype is
+// the fused kernel's output dtype (float32 by default), widened to float32 on the way back.
+Napi::Value modulate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    const at::Device device = core::parse_device(info[5].As<Napi::String>().Utf8Value(), "device");
+    const at::Tensor x = unwrap_tensor(env, info[0], "x").value.to(device, at::kFloat);
+    const at::Tensor scale = unwrap_tensor(env, info[1], "scale").value.to(device, at::kFloat);
+    const at::Tensor shift = unwrap_tensor(env, info[2], "shift").value.to(device, at::kFloat);
+    const double eps = info[3].As<Napi::Number>().DoubleValue();
+    const std::string how = info[4].As<Napi::String>().Utf8Value();
+    at::Tensor out;
+    if (how == "eager") out = ops::modulate(x, scale, shift, eps);
+    else if (how == "reference") out = ops::modulate_reference(x, scale, shift, eps);
+    else if (how == "fused")
+      out = require_fused(ops::modulate_fused(x, scale, shift, eps, fused_out_dtype(info[6], "modulate")), "modulate",
+                          device);
+    else throw_bad_how("modulate", how);
+    return wrap_tensor(env, core::wrap(out.to(at::kCPU, at::kFloat).contiguous()));
+  });
+}
+
+// gatedResidual(x [B, L, dim], y [B, L, dim], gate [B, 1, dim], how, device) -> x + y * gate on
+// the CPU, float32, computed `how` (as normRope); y keeps its dtype (f32, f16 or bf16).
+Napi::Value gated_residual(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    const at::Device device = core::parse_device(info[4].As<Napi::String>().Utf8Value(), "device");
+    const at::Tensor x = unwrap_tensor(env, info[0], "x").value.to(device, at::kFloat);
+    const at::Tensor y = unwrap_tensor(env, info[1], "y").value.to(device);
+    const at::Tensor gate = unwrap_tensor(env, info[2], "gate").value.to(device, at::kFloat);
+    const std::string how = info[3].As<Napi::String>().Utf8Value();
+    at::Tensor out;
+    if (how == "eager") out = ops::gated_residual(x, y, gate);
+    else if (how == "reference") out = ops::gated_residual_reference(x, y, gate);
+    else if (how == "fused") out = require_fused(ops::gated_residual_fused(x, y, gate), "gatedResidual", device);
+    else throw_bad_how("gatedResidual", how);
     return wrap_tensor(env, core::wrap(out.to(at::kCPU, at::kFloat).contiguous()));
   });
 }
@@ -212,6 +275,8 @@ void init_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("gpuMemory", Napi::Function::New(env, gpu_memory));
   exports.Set("cpuMemory", Napi::Function::New(env, cpu_memory));
   exports.Set("normRope", Napi::Function::New(env, norm_rope));
+  exports.Set("modulate", Napi::Function::New(env, modulate));
+  exports.Set("gatedResidual", Napi::Function::New(env, gated_residual));
 }
 
 }  // namespace wan::binding

@@ -1,9 +1,11 @@
 #include "models/wan_dit.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
 #include "models/weights.h"
+#include "ops/adaln.h"
 #include "ops/norm.h"
 #include "runtime/device_swap.h"
 #include "runtime/prefetch.h"
@@ -22,16 +24,6 @@ at::Tensor sinusoidal_embedding(int64_t dim, const at::Tensor& t) {
   const at::Tensor freqs = at::pow(10000.0, -at::arange(half, position.options()).div(half));
   const at::Tensor sinusoid = at::outer(position, freqs);
   return at::cat({at::cos(sinusoid), at::sin(sinusoid)}, 1).to(at::kFloat);
-}
-
-// layer_norm(x) * (1 + scale) + shift, the blocks' and the head's modulation. In place on the
-// norm's output: the same elementwise ops, so bitwise the same result, with one [B, L, dim]
-// tensor live instead of three. Out of place where autograd records (training), as its
-// in-place forms would need the overwritten values.
-at::Tensor modulate(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, double eps) {
-  at::Tensor h = ops::layer_norm(x, {}, {}, eps);
-  if (ops::records_grad(x, scale) || ops::records_grad(shift)) return h * (1 + scale) + shift;
-  return h.mul_(1 + scale).add_(shift);
 }
 
 void check(bool ok, const std::string& what) {
@@ -159,6 +151,37 @@ at::Tensor WanDit::apply(const Linear& l, const at::Tensor& x, const LoraStrengt
   return project(l, x, lora).to(at::kFloat);
 }
 
+at::Tensor WanDit::project_gelu(const Linear& l, const at::Tensor& x, const LoraStrengths& lora) const {
+  const at::Tensor in = x.to(options_.compute);
+  const bool lora_active =
+      std::any_of(l.loras.begin(), l.loras.end(), [&](const LoraAdapter& a) { return lora.at(a.lora) * a.scale != 0; });
+  const bool fp8 = options_.fp8_matmul && ops::fp8_matmul_fits(in, l.weight);
+  if (options_.compile && !lora_active && !fp8) {
+    at::Tensor fused = ops::linear_gelu_fused(in, l.weight, l.bias);
+    if (fused.defined()) return fused;
+  }
+  at::Tensor hidden = project(l, in, lora);
+  // GELU(tanh) computes in float32 for every dtype (ATen's opmath), so in place on a bf16
+  // hidden it gives the bits that widening, GELU in float32 and narrowing again would.
+  return ops::records_grad(hidden) ? at::gelu(hidden, "tanh") : at::gelu_(hidden, "tanh");
+}
+
+at::Tensor WanDit::modulated(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift) const {
+  if (options_.compile) {
+    at::Tensor fused = ops::modulate_fused(x, scale, shift, config_.eps, options_.compute);
+    if (fused.defined()) return fused;
+  }
+  return ops::modulate(x, scale, shift, config_.eps);
+}
+
+at::Tensor WanDit::residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) const {
+  if (options_.compile) {
+    at::Tensor fused = ops::gated_residual_fused(x, y, gate);
+    if (fused.defined()) return fused;
+  }
+  return ops::gated_residual(x, y, gate);
+}
+
 at::Tensor WanDit::heads(const at::Tensor& x) const {
   return x.view({x.size(0), x.size(1), config_.num_heads, config_.head_dim()});
 }
@@ -235,7 +258,7 @@ at::Tensor WanDit::self_attention(const Attention& a, at::Tensor x, const at::Te
   v.reset();
   if (!gains.empty())
     out = out.to(at::kFloat) * at::tensor(gains, at::kDouble).to(out.device(), at::kFloat).view({-1, 1, 1, 1});
-  return apply(a.o, out.flatten(2), lora);
+  return project(a.o, out.flatten(2), lora);
 }
 
 // x: [B, L, dim], context: [B, text_len, dim], context_img: [B, 257|514, dim] or undefined.
@@ -263,7 +286,7 @@ at::Tensor WanDit::cross_attention(const Attention& a, at::Tensor x, const at::T
     const at::Tensor v_img = heads(apply(a.v_img, context_img, lora)).to(compute);
     out = ops::attention(q, heads(k_img).to(compute), v_img, options_.attention).to(at::kFloat) + out;
   }
-  return apply(a.o, out.flatten(2), lora);
+  return project(a.o, out.flatten(2), lora);
 }
 
 // x: [B, L, dim], e0: [B, 6, dim] -> [B, L, dim]. Modulation and gating in float32.
@@ -280,29 +303,30 @@ at::Tensor WanDit::block_forward(const Block& b, int index, at::Tensor x, const 
                                  std::optional<double> feta_weight, const LoraStrengths& lora, Trace* trace) const {
   const std::string name = "block" + std::to_string(index);
   const auto e = (b.modulation.get(at::kFloat) + e0).chunk(6, 1);  // 6 x [B, 1, dim]
-  const double eps = config_.eps;
-  at::Tensor y = self_attention(b.self_attn, modulate(x, e[1], e[0], eps), seq_lens, grids, feta_weight, lora);
-  if (trace) (*trace)[name + "_self_attn_out"] = y;
-  x = x + y * e[2];
+  // y, each stage's output, comes in the compute dtype; the trace keeps it in float32.
+  auto record = [&](const char* what, const at::Tensor& t) {
+    if (trace) (*trace)[name + what] = t.to(at::kFloat);
+  };
+  at::Tensor y = self_attention(b.self_attn, modulated(x, e[1], e[0]), seq_lens, grids, feta_weight, lora);
+  record("_self_attn_out", y);
+  x = residual(x, y, e[2]);
   y.reset();
   y = cross_attention(b.cross_attn,
                       config_.cross_attn_norm
-                          ? ops::layer_norm(x, b.norm3_weight.get(at::kFloat), b.norm3_bias.get(at::kFloat), eps)
+                          ? ops::layer_norm(x, b.norm3_weight.get(at::kFloat), b.norm3_bias.get(at::kFloat), config_.eps)
                           : x,
                       context, context_img, lora);
-  if (trace) (*trace)[name + "_cross_attn_out"] = y;
+  record("_cross_attn_out", y);
   x = x + y;
   y.reset();
   {
-    at::Tensor hidden = project(b.ffn0, modulate(x, e[4], e[3], eps), lora);
-    // GELU(tanh) computes in float32 for every dtype (ATen's opmath), so in place on a bf16
-    // hidden it gives the bits that widening, GELU in float32 and narrowing again would.
-    hidden = ops::records_grad(hidden) ? at::gelu(hidden, "tanh") : at::gelu_(hidden, "tanh");
-    y = apply(b.ffn2, hidden, lora);
+    // Separate statements, so that ffn.0's input is freed before ffn.2 runs.
+    at::Tensor hidden = project_gelu(b.ffn0, modulated(x, e[4], e[3]), lora);
+    y = project(b.ffn2, hidden, lora);
   }
-  if (trace) (*trace)[name + "_ffn_out"] = y;
-  x = x + y * e[5];
-  if (trace) (*trace)[name + "_out"] = x;
+  record("_ffn_out", y);
+  x = residual(x, y, e[5]);
+  record("_out", x);
   return x;
 }
 
@@ -553,7 +577,7 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
 
   // Head: modulated LayerNorm and projection to patch pixels [B, L, out_dim * 4].
   const auto he = (head_modulation_.get(at::kFloat) + e.unsqueeze(1)).chunk(2, 1);
-  x = apply(head_, modulate(x, he[1], he[0], c.eps), lora);
+  x = apply(head_, modulated(x, he[1], he[0]), lora);
   if (trace) (*trace)["head_out"] = x;
 
   // Unpatchify: [L, (pt ph pw c)] of each sample -> [c, F pt, H ph, W pw].

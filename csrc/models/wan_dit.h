@@ -138,8 +138,17 @@ class WanDit {
   // A linear layer (with its unmerged LoRAs) in the compute dtype; apply() returns it as float32.
   at::Tensor project(const Linear& l, const at::Tensor& x, const LoraStrengths& lora) const;
   at::Tensor apply(const Linear& l, const at::Tensor& x, const LoraStrengths& lora) const;
+  // gelu_tanh(project(l, x)), the FFN's first layer: compiled on a GPU, the GELU runs in the
+  // matmul (ops::linear_gelu_fused) unless an unmerged LoRA or an fp8 matmul comes between.
+  at::Tensor project_gelu(const Linear& l, const at::Tensor& x, const LoraStrengths& lora) const;
+  // The adaptive LayerNorm (ops/adaln.h), fused when compiled and on a GPU: modulated() returns
+  // the input of the linear layers that follow, in the compute dtype where fused (float32
+  // otherwise); residual() returns x + y * gate in float32, y in any dtype.
+  at::Tensor modulated(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift) const;
+  at::Tensor residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) const;
   // The attentions and the block take their input by value and drop it as soon as they are done
-  // with it, so that a forward holds as few [B, L, dim] tensors at once as it can.
+  // with it, so that a forward holds as few [B, L, dim] tensors at once as it can. The attentions
+  // return their output projection in the compute dtype: the residual's add widens it exactly.
   at::Tensor self_attention(const Attention& a, at::Tensor x, const at::Tensor& seq_lens,
                             const std::vector<std::array<int64_t, 3>>& grids, std::optional<double> feta_weight,
                             const LoraStrengths& lora) const;

@@ -2,6 +2,9 @@
 
 #include <array>
 #include <cstring>
+#include <vector>
+
+#include "ops/norm.h"
 
 namespace wan::ops {
 
@@ -82,6 +85,16 @@ at::Tensor Weight::get(at::ScalarType compute) const {
 at::Tensor linear(const at::Tensor& x, const Weight& weight, const Weight& bias) {
   const auto compute = x.scalar_type();
   return at::linear(x, weight.get(compute), bias.defined() ? bias.get(compute) : at::Tensor());
+}
+
+at::Tensor linear_gelu_fused(const at::Tensor& x, const Weight& weight, const Weight& bias) {
+  if (!x.is_cuda() || !bias.defined() || x.dim() < 1 || records_grad(x)) return {};
+  const auto compute = x.scalar_type();
+  const at::Tensor w = weight.get(compute);
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = w.size(0);
+  const at::Tensor rows = x.reshape({-1, x.size(-1)});
+  return at::_addmm_activation(bias.get(compute), rows, w.t(), 1, 1, /*use_gelu=*/true).view(sizes);
 }
 
 }  // namespace wan::ops

@@ -32,4 +32,11 @@ struct Weight {
 // y = x W^T + b with W [out, in], x [..., in] in the compute dtype.
 at::Tensor linear(const at::Tensor& x, const Weight& weight, const Weight& bias);
 
+// Compiled, on a GPU: gelu_tanh(x W^T + b) with the GELU in the matmul's epilogue (cuBLASLt,
+// through libtorch's _addmm_activation), which saves a pass over the FFN's widest tensor. The
+// GELU sees the unrounded sum rather than the compute dtype's rounding of it. Undefined for a
+// CPU tensor (libtorch's CPU _addmm_activation applies the erf GELU, not tanh), without a bias,
+// or where autograd records: the caller then runs linear() and gelu.
+at::Tensor linear_gelu_fused(const at::Tensor& x, const Weight& weight, const Weight& bias);
+
 }  // namespace wan::ops

@@ -7,66 +7,27 @@
 // rounded separately (__fmul_rn and friends, so that nvcc contracts nothing into an FMA): only
 // the order in which the row's squares are summed differs, which moves rsqrt's argument by an
 // ulp at most. The per-pair part lives in norm_rope_row.h, which the CPU reference shares.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#include "ops/norm_rope_cuda.h"
+#include "ops/cuda_rows.cuh"
+#include "ops/fused_cuda.h"
 #include "ops/norm_rope_row.h"
 
 namespace wan::ops {
 namespace {
 
-constexpr int kThreads = 256;
-
-template <typename T>
-__device__ __forceinline__ float load_float(const T* p, int64_t i);
-template <>
-__device__ __forceinline__ float load_float<float>(const float* p, int64_t i) { return p[i]; }
-template <>
-__device__ __forceinline__ float load_float<__half>(const __half* p, int64_t i) { return __half2float(p[i]); }
-template <>
-__device__ __forceinline__ float load_float<__nv_bfloat16>(const __nv_bfloat16* p, int64_t i) {
-  return __bfloat162float(p[i]);
-}
-
-template <typename T>
-__device__ __forceinline__ void store_float(T* p, int64_t i, float v);
-template <>
-__device__ __forceinline__ void store_float<float>(float* p, int64_t i, float v) { p[i] = v; }
-template <>
-__device__ __forceinline__ void store_float<__half>(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
-template <>
-__device__ __forceinline__ void store_float<__nv_bfloat16>(__nv_bfloat16* p, int64_t i, float v) {
-  p[i] = __float2bfloat16_rn(v);
-}
-
-// The sum of every thread's `value` in the block, returned to all of them.
-__device__ __forceinline__ float block_sum(float value) {
-  __shared__ float warp_sums[kThreads / 32];
-  __shared__ float total;
-  for (int offset = 16; offset > 0; offset >>= 1) value = __fadd_rn(value, __shfl_xor_sync(0xffffffffu, value, offset));
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) warp_sums[warp] = value;
-  __syncthreads();
-  if (warp == 0) {
-    value = lane < kThreads / 32 ? warp_sums[lane] : 0.0f;
-    for (int offset = 16; offset > 0; offset >>= 1) value = __fadd_rn(value, __shfl_xor_sync(0xffffffffu, value, offset));
-    if (lane == 0) total = value;
-  }
-  __syncthreads();
-  return total;
-}
+using cuda_rows::block_sum;
+using cuda_rows::kRowThreads;
+using cuda_rows::load_float;
+using cuda_rows::store_float;
 
 // One block per row (b, l) of x [B, L, dim].
 template <typename TIn, typename TOut>
-__global__ void __launch_bounds__(kThreads) norm_rope_kernel(NormRopeProblem p) {
+__global__ void __launch_bounds__(kRowThreads) norm_rope_kernel(NormRopeProblem p) {
   const int64_t row = blockIdx.x;
   const TIn* x = static_cast<const TIn*>(p.x) + row * p.dim;
   TOut* out = static_cast<TOut*>(p.out) + row * p.dim;
 
   float squares = 0.0f;
-  for (int64_t i = threadIdx.x; i < p.dim; i += kThreads) {
+  for (int64_t i = threadIdx.x; i < p.dim; i += kRowThreads) {
     const float v = load_float(x, i);
     squares = __fadd_rn(squares, __fmul_rn(v, v));
   }
@@ -78,7 +39,7 @@ __global__ void __launch_bounds__(kThreads) norm_rope_kernel(NormRopeProblem p) 
   const int64_t b = row / p.seq_len, l = row % p.seq_len;
   const norm_rope::Position where = norm_rope::position(l, p.grids[b], p.rope);
   const int64_t half = p.head_dim / 2;
-  for (int64_t k = threadIdx.x; k < p.dim / 2; k += kThreads) {  // pair k: elements 2k and 2k + 1
+  for (int64_t k = threadIdx.x; k < p.dim / 2; k += kRowThreads) {  // pair k: elements 2k and 2k + 1
     const int64_t i = 2 * k;
     float out0, out1;
     norm_rope::pair(load_float(x, i), load_float(x, i + 1), p.weight[i], p.weight[i + 1], inverse_rms, where,
@@ -91,10 +52,10 @@ __global__ void __launch_bounds__(kThreads) norm_rope_kernel(NormRopeProblem p) 
 template <typename TIn>
 int launch_for_input(const NormRopeProblem& p, cudaStream_t s) {
   const auto blocks = static_cast<unsigned>(p.batch * p.seq_len);
-  switch (static_cast<NormRopeDType>(p.out_dtype)) {
-    case NormRopeDType::F32: norm_rope_kernel<TIn, float><<<blocks, kThreads, 0, s>>>(p); break;
-    case NormRopeDType::F16: norm_rope_kernel<TIn, __half><<<blocks, kThreads, 0, s>>>(p); break;
-    case NormRopeDType::BF16: norm_rope_kernel<TIn, __nv_bfloat16><<<blocks, kThreads, 0, s>>>(p); break;
+  switch (static_cast<KernelDType>(p.out_dtype)) {
+    case KernelDType::F32: norm_rope_kernel<TIn, float><<<blocks, kRowThreads, 0, s>>>(p); break;
+    case KernelDType::F16: norm_rope_kernel<TIn, __half><<<blocks, kRowThreads, 0, s>>>(p); break;
+    case KernelDType::BF16: norm_rope_kernel<TIn, __nv_bfloat16><<<blocks, kRowThreads, 0, s>>>(p); break;
     default: return static_cast<int>(cudaErrorInvalidValue);
   }
   return static_cast<int>(cudaGetLastError());
@@ -107,10 +68,10 @@ int launch_norm_rope(const NormRopeProblem& p, void* stream) {
     return static_cast<int>(cudaErrorInvalidValue);
   if (p.seq_len == 0) return static_cast<int>(cudaSuccess);
   auto s = static_cast<cudaStream_t>(stream);
-  switch (static_cast<NormRopeDType>(p.x_dtype)) {
-    case NormRopeDType::F32: return launch_for_input<float>(p, s);
-    case NormRopeDType::F16: return launch_for_input<__half>(p, s);
-    case NormRopeDType::BF16: return launch_for_input<__nv_bfloat16>(p, s);
+  switch (static_cast<KernelDType>(p.x_dtype)) {
+    case KernelDType::F32: return launch_for_input<float>(p, s);
+    case KernelDType::F16: return launch_for_input<__half>(p, s);
+    case KernelDType::BF16: return launch_for_input<__nv_bfloat16>(p, s);
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }

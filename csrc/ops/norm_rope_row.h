@@ -1,42 +1,17 @@
 // The per-row arithmetic of the fused RMS norm + RoPE kernel (norm_rope_cuda.cu), shared with
 // its CPU reference (ops::norm_rope_reference), so that the kernel's indexing (which grid
 // position and which angle each pair takes) is checked on machines without a GPU against the
-// eager rms_norm + rope_apply (test/native/attention.test.ts).
+// eager rms_norm + rope_apply (test/native/norm-rope.test.ts).
 #pragma once
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define WAN_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define WAN_HOST_DEVICE inline
-#endif
+#include "ops/rounded.h"
 
 namespace wan::ops::norm_rope {
 
-// Products and sums rounded one at a time, as the eager ops round them: on the GPU nvcc would
-// otherwise contract a * b - c * d into an FMA. (The host build targets baseline x86-64, which
-// has no FMA to contract into.)
-WAN_HOST_DEVICE float mul(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-WAN_HOST_DEVICE float add(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-WAN_HOST_DEVICE float sub(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
+using rounded::add;
+using rounded::mul;
+using rounded::sub;
 
 // Where token l of a sample with grid {frames, height, width} sits: frame, row and column
 // (all 0, and turn false, for a padding token past the grid or when RoPE is off).

@@ -12,7 +12,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include "ops/norm_rope_cuda.h"
+#include "ops/fused_cuda.h"
+#include "ops/kernel_dtype.h"
 #endif
 
 namespace wan::ops {
@@ -137,12 +138,6 @@ at::Tensor norm_rope_fused(const at::Tensor& x, const at::Tensor& weight, double
                            const std::vector<std::array<int64_t, 3>>* grids, const RopeTable& table,
                            at::ScalarType out_dtype) {
 #ifdef WAN_WITH_CUDA
-  auto kernel_dtype = [](at::ScalarType t) {
-    return t == at::kFloat ? static_cast<int>(NormRopeDType::F32)
-           : t == at::kHalf ? static_cast<int>(NormRopeDType::F16)
-           : t == at::kBFloat16 ? static_cast<int>(NormRopeDType::BF16)
-                                : -1;
-  };
   if (!x.is_cuda() || x.dim() != 3 || x.size(0) > kNormRopeMaxBatch || records_grad(x, weight) ||
       kernel_dtype(x.scalar_type()) < 0 || kernel_dtype(out_dtype) < 0 || head_dim <= 0 || head_dim % 2 != 0 ||
       x.size(2) % head_dim != 0 || (grids && static_cast<int64_t>(grids->size()) != x.size(0)))

@@ -1,12 +1,13 @@
-// The CUDA attention kernels ('flash', 'sageattn'), libtorch's CUDA SDPA and the fused q/k norm
-// + RoPE kernel against the CPU's float32 reference on the same inputs. Runs where the addon was
+// The CUDA attention kernels ('flash', 'sageattn'), libtorch's CUDA SDPA and the fused kernels of
+// `compile` (q/k norm + RoPE, modulation, gated residual) against the eager ops and the CPU's
+// float32 reference on the same inputs. Runs where the addon was
 // built against a CUDA libtorch and sees a GPU; skips itself elsewhere.
 import t from 'tap';
 
 import { runtimeInfo } from '../../lib/index';
-import { attention, AttentionMode, normRope } from '../../lib/ops';
+import { attention, AttentionMode, gatedResidual, modulate, normRope } from '../../lib/ops';
 import { Tensor } from '../../lib/tensor';
-import { maxAbsDiff, randn } from '../helpers';
+import { maxAbsDiff, normals, randn } from '../helpers';
 
 const skip = runtimeInfo().cuda ? false : 'no CUDA GPU';
 
@@ -71,4 +72,35 @@ t.test('the fused q/k RMS norm + RoPE kernel (compile) against the eager ops on 
       t.ok(err <= 1e-5, `[${shape}] head dim ${headDim}${grids ? '' : ', no RoPE'}: fused vs ${what} max abs ${err.toExponential(2)} <= 1e-5`);
     }
   });
+});
+
+t.test('the fused modulation and gated residual kernels (compile) against the eager ops on the GPU and the CPU', { skip }, async (t) => {
+  // Modulation, float32 out: only how a row's mean and variance are summed differs (1e-5 on
+  // outputs of order 1 to 10). bfloat16 out: the same arithmetic rounded once at the end, so
+  // within half a bf16 ulp (2^-9 relative) of the kernel's float32 result.
+  // Gated residual: the same mul and add, bitwise.
+  const spread = (shape: number[], seed: number, scale: number, offset: number) =>
+    Tensor.fromTypedArray(normals(shape.reduce((a, b) => a * b, 1), seed).map((v) => offset + scale * v), shape);
+  for (const shape of [[1, 24, 1536], [2, 33, 5120], [3, 7, 200]]) {
+    const [B, , dim] = shape;
+    const x = spread(shape, 70 + dim, 2.5, 3), scale = spread([B, 1, dim], 71, 0.3, 0), shift = spread([B, 1, dim], 72, 0.5, 0);
+    const fused = modulate(x, scale, shift, 1e-6, 'fused', 'cuda');
+    for (const [what, want] of [['eager on the GPU', modulate(x, scale, shift, 1e-6, 'eager', 'cuda')],
+      ['eager on the CPU', modulate(x, scale, shift, 1e-6, 'eager')]] as const) {
+      const err = maxAbsDiff(fused, want);
+      t.ok(err <= 1e-5, `modulate [${shape}]: fused vs ${what} max abs ${err.toExponential(2)} <= 1e-5`);
+    }
+    const wide = fused.toTypedArray() as Float32Array, narrow = modulate(x, scale, shift, 1e-6, 'fused', 'cuda', 'bf16').toTypedArray() as Float32Array;
+    let worst = 0;
+    for (let i = 0; i < wide.length; i++) worst = Math.max(worst, Math.abs(narrow[i] - wide[i]) / Math.max(Math.abs(wide[i]), 1e-30));
+    t.ok(worst <= 2 ** -9, `modulate [${shape}] to bf16: max relative ${worst.toExponential(2)} <= ${(2 ** -9).toExponential(2)}`);
+
+    const gate = spread([B, 1, dim], 73, 0.7, 0.1);
+    for (const dtype of ['f32', 'bf16'] as const) {
+      const y = randn(shape, 74, dtype);
+      const got = gatedResidual(x, y, gate, 'fused', 'cuda');
+      t.equal(maxAbsDiff(got, gatedResidual(x, y, gate, 'eager', 'cuda')), 0, `gated residual [${shape}], y ${dtype}: bitwise the eager ops on the GPU`);
+      t.equal(maxAbsDiff(got, gatedResidual(x, y, gate, 'eager')), 0, `gated residual [${shape}], y ${dtype}: bitwise the eager ops on the CPU`);
+    }
+  }
 });
