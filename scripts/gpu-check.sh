@@ -69,7 +69,7 @@ grep -E "^ *ok .*(error|diff|cosine|bitwise)" "$out/tests.log" | sed 's/^ *//' |
 
 if [ "${1:-}" != fp8 ]; then
   stage "CPU tests on the CUDA build"
-  for f in dit attention vae block-swap quantize; do run_test "native/$f" "dist/test/native/$f.test.js"; done
+  for f in dit attention adaln vae block-swap quantize; do run_test "native/$f" "dist/test/native/$f.test.js"; done
 fi
 
 stage "bench/gpu"

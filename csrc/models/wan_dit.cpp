@@ -210,7 +210,8 @@ static double feta_gain(const at::Tensor& q, const at::Tensor& k, const std::arr
 // x: [B, L, dim] -> [B, L, dim]. RMS-normalised q and k, 3D RoPE, keys past each sample's
 // real length masked (the official k_lens=seq_lens).
 at::Tensor WanDit::self_attention(const Attention& a, at::Tensor x, const at::Tensor& seq_lens,
-                                  const std::vector<std::array<int64_t, 3>>& grids, std::optional<double> feta_weight,
+                                  const std::vector<std::array<int64_t, 3>>& grids, const ops::RopeAngles& angles,
+                                  std::optional<double> feta_weight,
                                   const LoraStrengths& lora) const {
   const auto compute = options_.compute;  // float32 on the CPU, where attention computes in float32 anyway
   // One copy of the input in the compute dtype serves the three projections (on the CPU it is x).
@@ -246,8 +247,8 @@ at::Tensor WanDit::self_attention(const Attention& a, at::Tensor x, const at::Te
         gains.push_back(grids[i][0] > 1 ? feta_gain(heads(q)[i], heads(k)[i], grids[i], *feta_weight) : 1.0);
     }
     // RoPE in float32, then each goes to the compute dtype before the next is rotated.
-    q = ops::rope_apply(heads(q), grids, rope_).to(compute);
-    k = ops::rope_apply(heads(k), grids, rope_).to(compute);
+    q = ops::rope_apply(heads(q), grids, rope_, &angles).to(compute);
+    k = ops::rope_apply(heads(k), grids, rope_, &angles).to(compute);
   } else {
     q = heads(q);
     k = heads(k);
@@ -299,6 +300,7 @@ at::Tensor WanDit::cross_attention(const Attention& a, at::Tensor x, const at::T
 // lib/memory-planner.ts counts both, and test/native/memory-stats.test.ts holds this to it.
 at::Tensor WanDit::block_forward(const Block& b, int index, at::Tensor x, const at::Tensor& e0,
                                  const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
+                                 const ops::RopeAngles& angles,
                                  const at::Tensor& context, const at::Tensor& context_img,
                                  std::optional<double> feta_weight, const LoraStrengths& lora, Trace* trace) const {
   const std::string name = "block" + std::to_string(index);
@@ -307,7 +309,7 @@ at::Tensor WanDit::block_forward(const Block& b, int index, at::Tensor x, const 
   auto record = [&](const char* what, const at::Tensor& t) {
     if (trace) (*trace)[name + what] = t.to(at::kFloat);
   };
-  at::Tensor y = self_attention(b.self_attn, modulated(x, e[1], e[0]), seq_lens, grids, feta_weight, lora);
+  at::Tensor y = self_attention(b.self_attn, modulated(x, e[1], e[0]), seq_lens, grids, angles, feta_weight, lora);
   record("_self_attn_out", y);
   x = residual(x, y, e[2]);
   y.reset();
@@ -550,9 +552,14 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
     if (trace) (*trace)["img_emb"] = context_img;
   }
 
+  // Off the CPU the eager RoPE multiplies by each token's angles: made once here for all the
+  // blocks (compiled, the fused kernel reads the table itself; the CPU's loop does too).
+  const bool eager_rope = !(options_.compile && c.qk_norm && !in.feta_weight);
+  const ops::RopeAngles angles =
+      !device.is_cpu() && eager_rope ? ops::rope_angles(grids, in.seq_len, rope_, device) : ops::RopeAngles{};
   auto run_block = [&](const Block& block, int64_t i) {
     if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
-    x = block_forward(block, static_cast<int>(i), std::move(x), e0, seq_lens, grids, context, context_img,
+    x = block_forward(block, static_cast<int>(i), std::move(x), e0, seq_lens, grids, angles, context, context_img,
                       in.feta_weight, lora, trace);
   };
   if (!device.is_cpu()) {

@@ -150,12 +150,14 @@ class WanDit {
   // with it, so that a forward holds as few [B, L, dim] tensors at once as it can. The attentions
   // return their output projection in the compute dtype: the residual's add widens it exactly.
   at::Tensor self_attention(const Attention& a, at::Tensor x, const at::Tensor& seq_lens,
-                            const std::vector<std::array<int64_t, 3>>& grids, std::optional<double> feta_weight,
+                            const std::vector<std::array<int64_t, 3>>& grids, const ops::RopeAngles& angles,
+                            std::optional<double> feta_weight,
                             const LoraStrengths& lora) const;
   at::Tensor cross_attention(const Attention& a, at::Tensor x, const at::Tensor& context,
                              const at::Tensor& context_img, const LoraStrengths& lora) const;
   at::Tensor block_forward(const Block& b, int index, at::Tensor x, const at::Tensor& e0,
                            const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
+                           const ops::RopeAngles& angles,
                            const at::Tensor& context, const at::Tensor& context_img, std::optional<double> feta_weight,
                            const LoraStrengths& lora, Trace* trace) const;
   at::Tensor heads(const at::Tensor& x) const;  // [B, L, dim] -> [B, L, H, D]

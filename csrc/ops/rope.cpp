@@ -42,38 +42,13 @@ RopeTable rope_table(int64_t head_dim, int64_t max_pos, double theta) {
 
 namespace {
 
-// The same rotation in composite ops, which autograd can differentiate (training): per token
-// the cos and sin of its three grid coordinates, gathered from the table; padding gets the
-// identity rotation.
-at::Tensor rope_apply_composite(const at::Tensor& x, const std::vector<std::array<int64_t, 3>>& grids,
-                                const RopeTable& table) {
+// The same rotation in composite ops, which autograd can differentiate (training), by the
+// angles of rope_angles().
+at::Tensor rope_apply_composite(const at::Tensor& x, const RopeAngles& angles) {
   const int64_t B = x.size(0), L = x.size(1), H = x.size(2), D = x.size(3), C = D / 2;
-  std::vector<int64_t> index[3];
-  std::vector<float> live;
-  for (int64_t b = 0; b < B; ++b) {
-    const auto& g = grids[b];
-    for (int64_t l = 0; l < L; ++l) {
-      const bool inside = l < g[0] * g[1] * g[2];
-      const int64_t pos[3] = {inside ? l / (g[1] * g[2]) : 0, inside ? (l / g[2]) % g[1] : 0, inside ? l % g[2] : 0};
-      for (int k = 0; k < 3; ++k) index[k].push_back(pos[k]);
-      live.push_back(inside ? 1.0f : 0.0f);
-    }
-  }
-  at::Tensor cos_parts[3], sin_parts[3];
-  int64_t start = 0;
-  const at::Device device = x.device();
-  const at::Tensor cos = table.cos.to(device), sin = table.sin.to(device);
-  for (int k = 0; k < 3; ++k) {
-    const at::Tensor idx = at::tensor(index[k], at::kLong).to(device);
-    cos_parts[k] = cos.index_select(0, idx).narrow(1, start, table.parts[k]);
-    sin_parts[k] = sin.index_select(0, idx).narrow(1, start, table.parts[k]);
-    start += table.parts[k];
-  }
-  const at::Tensor mask = at::tensor(live, at::kFloat).to(device).view({B * L, 1});
-  const at::Tensor co = (at::cat({cos_parts[0], cos_parts[1], cos_parts[2]}, 1) * mask + (1 - mask)).view({B, L, 1, C});
-  const at::Tensor si = (at::cat({sin_parts[0], sin_parts[1], sin_parts[2]}, 1) * mask).view({B, L, 1, C});
   const at::Tensor pairs = x.to(at::kFloat).reshape({B, L, H, C, 2});
   const at::Tensor re = pairs.select(4, 0), im = pairs.select(4, 1);
+  const at::Tensor &co = angles.cos, &si = angles.sin;
   // re co - im si and re si + im co, each completed in place before the next product exists:
   // half the temporaries of one expression, the same ops (autograd too: neither subtraction
   // nor addition needs the values it overwrites).
@@ -97,8 +72,40 @@ void check_grids_fit(const std::vector<std::array<int64_t, 3>>& grids, const Rop
 
 }  // namespace
 
+RopeAngles rope_angles(const std::vector<std::array<int64_t, 3>>& grids, int64_t seq_len, const RopeTable& table,
+                       at::Device device) {
+  check_grids_fit(grids, table);
+  // Per token the table rows of its three grid coordinates; padding takes row 0 and is masked
+  // to the identity rotation below.
+  const int64_t B = static_cast<int64_t>(grids.size()), C = table.cos.size(1);
+  std::vector<int64_t> index[3];
+  std::vector<float> live;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& g = grids[b];
+    for (int64_t l = 0; l < seq_len; ++l) {
+      const bool inside = l < g[0] * g[1] * g[2];
+      const int64_t pos[3] = {inside ? l / (g[1] * g[2]) : 0, inside ? (l / g[2]) % g[1] : 0, inside ? l % g[2] : 0};
+      for (int k = 0; k < 3; ++k) index[k].push_back(pos[k]);
+      live.push_back(inside ? 1.0f : 0.0f);
+    }
+  }
+  at::Tensor cos_parts[3], sin_parts[3];
+  int64_t start = 0;
+  const at::Tensor cos = table.cos.to(device), sin = table.sin.to(device);
+  for (int k = 0; k < 3; ++k) {
+    const at::Tensor idx = at::tensor(index[k], at::kLong).to(device);
+    cos_parts[k] = cos.index_select(0, idx).narrow(1, start, table.parts[k]);
+    sin_parts[k] = sin.index_select(0, idx).narrow(1, start, table.parts[k]);
+    start += table.parts[k];
+  }
+  const at::Tensor mask = at::tensor(live, at::kFloat).to(device).view({B * seq_len, 1});
+  return RopeAngles{
+      (at::cat({cos_parts[0], cos_parts[1], cos_parts[2]}, 1) * mask + (1 - mask)).view({B, seq_len, 1, C}),
+      (at::cat({sin_parts[0], sin_parts[1], sin_parts[2]}, 1) * mask).view({B, seq_len, 1, C})};
+}
+
 at::Tensor rope_apply(const at::Tensor& x, const std::vector<std::array<int64_t, 3>>& grids,
-                      const RopeTable& table) {
+                      const RopeTable& table, const RopeAngles* angles) {
   const at::Tensor in = x.to(at::kFloat).contiguous();
   const int64_t B = in.size(0), L = in.size(1), H = in.size(2), D = in.size(3), C = D / 2;
   if (C != table.cos.size(1))
@@ -107,7 +114,11 @@ at::Tensor rope_apply(const at::Tensor& x, const std::vector<std::array<int64_t,
                                                      std::to_string(2 * table.cos.size(1)));
   check_grids_fit(grids, table);
   // The composite ops off the CPU and where autograd records: the loop below is CPU-only.
-  if (records_grad(x) || !in.is_cpu()) return rope_apply_composite(x, grids, table);
+  if (records_grad(x) || !in.is_cpu()) {
+    const bool fit = angles && angles->cos.defined() && angles->cos.device() == in.device() &&
+                     angles->cos.sizes() == at::IntArrayRef({B, L, 1, C});
+    return rope_apply_composite(x, fit ? *angles : rope_angles(grids, L, table, in.device()));
+  }
   at::Tensor out = in.clone();
   const float* cs = table.cos.data_ptr<float>();
   const float* sn = table.sin.data_ptr<float>();

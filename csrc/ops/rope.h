@@ -17,10 +17,21 @@ struct RopeTable {
 };
 RopeTable rope_table(int64_t head_dim, int64_t max_pos = 1024, double theta = 10000.0);
 
+// The cos and sin that each token of samples with `grids`, padded to seq_len, turns its pairs by:
+// [B, seq_len, 1, D/2] float32 each on `device`, cos 1 and sin 0 for padding. What rope_apply
+// multiplies by off the CPU; a forward makes them once for all its blocks rather than gathering
+// them from the table (on the host, then copied) at every call.
+struct RopeAngles {
+  at::Tensor cos, sin;
+};
+RopeAngles rope_angles(const std::vector<std::array<int64_t, 3>>& grids, int64_t seq_len, const RopeTable& table,
+                       at::Device device);
+
 // Rotates x [B, L, H, D] (float32): token l < F*H*W of sample b sits at grid position
 // (f, h, w) of grids[b] = {F, H, W}; tokens past the grid (padding) are left as they are.
+// `angles`, when given, are rope_angles(grids, L, table, x's device).
 at::Tensor rope_apply(const at::Tensor& x, const std::vector<std::array<int64_t, 3>>& grids,
-                      const RopeTable& table);
+                      const RopeTable& table, const RopeAngles* angles = nullptr);
 
 // Compiled (a model loaded with `compile`), on a GPU: rms_norm over the last dimension of
 // x [B, L, dim] (weight [dim]) and then, when grids is given, rope_apply on its heads of head_dim,
