@@ -109,8 +109,8 @@ export const EXECUTORS: Record<string, Executor> = {
     if (compile) {
       c.warn(resolveDevice(c.device) === 'cpu'
         ? 'compile_args: on the CPU the RMS norms and RoPE always run as fused loops, so nothing changes'
-        : "compile_args: the q/k RMS norms and RoPE run as fused CUDA kernels; torch.compile's backend, mode and " +
-          'dynamo settings have no counterpart here');
+        : "compile_args: the DiT's norms, RoPE, modulations, gated residuals and GELU run as fused kernels; " +
+          "torch.compile's backend, mode and dynamo settings have no counterpart here");
     }
     const model = await WanModel.load(file, {
       device: c.device, loadDevice: c.value('load_device'),

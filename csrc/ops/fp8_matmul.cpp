@@ -2,6 +2,8 @@
 
 #include <torch/version.h>
 
+#include <optional>
+
 #include "core/error.h"
 
 // at::_scaled_mm took its current argument order in libtorch 2.5 (native-notes.md); older
@@ -53,10 +55,13 @@ at::Tensor linear_fp8(const at::Tensor& x, const Weight& weight, const Weight& b
   const at::Tensor w8 = weight.stored.value.view(at::kFloat8_e4m3fn);  // [N, K]; .t() is column-major [K, N]
   const at::Tensor scale_b = weight.scale.defined() ? weight.scale.to(a.device(), at::kFloat).reshape({})
                                                     : at::ones({}, scale_a.options());
-  at::Tensor y = at::_scaled_mm(a8, w8.t(), scale_a, scale_b, /*bias=*/{}, /*scale_result=*/{}, x.scalar_type(),
+  // The bias is added in the GEMM's epilogue (in x's dtype, as _scaled_mm wants it), before the
+  // output is rounded: no pass of its own over the output.
+  std::optional<at::Tensor> b;  // nullopt, not an undefined tensor, when there is none: _scaled_mm tests has_value
+  if (bias.defined()) b = bias.get(x.scalar_type());
+  at::Tensor y = at::_scaled_mm(a8, w8.t(), scale_a, scale_b, b, /*scale_result=*/{}, x.scalar_type(),
                                 /*use_fast_accum=*/true);
   if (rows != M) y = y.narrow(0, 0, M);
-  if (bias.defined()) y = y + bias.get(x.scalar_type());
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = N;
   return y.reshape(shape);
