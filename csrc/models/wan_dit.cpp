@@ -280,11 +280,14 @@ at::Tensor WanDit::cross_attention(const Attention& a, at::Tensor x, const at::T
   }
   q = heads(q).to(compute);
   const at::Tensor v = heads(apply(a.v, context, lora)).to(compute);
-  at::Tensor out = ops::attention(q, heads(k).to(compute), v, options_.attention).to(at::kFloat);
+  // In the compute dtype: the output projection takes it so (a round trip through float32 would
+  // give the same bits for one more pass each way).
+  at::Tensor out = ops::attention(q, heads(k).to(compute), v, options_.attention);
   if (context_img.defined()) {  // WanI2VCrossAttention: image tokens have their own k/v
     at::Tensor k_img = apply(a.k_img, context_img, lora);
     if (config_.qk_norm) k_img = ops::rms_norm(k_img, a.norm_k_img.get(at::kFloat), config_.eps);
     const at::Tensor v_img = heads(apply(a.v_img, context_img, lora)).to(compute);
+    // Summed in float32 (the text attention's output widens exactly in the add).
     out = ops::attention(q, heads(k_img).to(compute), v_img, options_.attention).to(at::kFloat) + out;
   }
   return project(a.o, out.flatten(2), lora);
