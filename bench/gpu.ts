@@ -4,16 +4,19 @@
 //   1. Attention alone at the 1.3B's 832x480x81 shape (32,760 tokens, 12 heads of 128, bf16):
 //      'sdpa' (libtorch's SDPA), 'flash' and 'sageattn' (our kernels), milliseconds per call
 //      (median of 5, the device synchronised around each) and TFLOP/s (4 L^2 D H per call).
-//   2. WanModel.forward of the Wan2.1 T2V 1.3B DiT (random bf16 weights synthesised from
+//   2. Each elementwise chain that `compile` fuses, alone at that shape (dim 1536, ffn 8960):
+//      milliseconds per call eager and fused (median of 5, synchronised around each), and the
+//      ratio. The eager rows run what a bf16 block runs without compile.
+//   3. WanModel.forward of the Wan2.1 T2V 1.3B DiT (random bf16 weights synthesised from
 //      shared/manifests by bench/synthesize.ts) at that size, computing in bf16, per attention
 //      mode and with `compile` (sdpa): seconds per forward (a warm-up, then the median of 3)
 //      and the allocator's peak.
-//   3. The same with blocksToSwap 0, 10, 20 and 30 (prefetchBlocks 1, sdpa): seconds, peak
+//   4. The same with blocksToSwap 0, 10, 20 and 30 (prefetchBlocks 1, sdpa): seconds, peak
 //      VRAM, and both as ratios to no swap; fp8_e4m3fn storage (widened to bf16 per layer) and
 //      fp8_e4m3fn_fast (fp8 matmuls), without swap.
-//   4. bench/gpu-reference.py, the same forward in PyTorch eager on the same GPU and the same
+//   5. bench/gpu-reference.py, the same forward in PyTorch eager on the same GPU and the same
 //      file, and the ratio of our sdpa forward to it (when python3 has torch with CUDA).
-//   5. Vae.decode of that latent (21 frames -> 81 frames of 832x480) on the GPU in float32
+//   6. Vae.decode of that latent (21 frames -> 81 frames of 832x480) on the GPU in float32
 //      (random weights, bench/synthesize.ts): seconds (after a 1-frame warm-up) and peak.
 // The forward times include copying the inputs (17 MB) to the GPU and the output back.
 //
@@ -24,7 +27,8 @@ import { execFileSync } from 'node:child_process';
 
 import { runtimeInfo, Tensor, Vae, WanModel } from '../lib/index';
 import type { AttentionMode, ModelLoaderOptions } from '../lib/index';
-import { attentionSeconds, gpuMemory } from '../lib/ops';
+import { attentionSeconds, fusedOpSeconds, gpuMemory } from '../lib/ops';
+import type { FusedOp } from '../lib/ops';
 import { table } from './machine';
 import { ensureDitCheckpoint, ensureVaeCheckpoint } from './synthesize';
 import { randn } from '../test/helpers';
@@ -50,6 +54,28 @@ function attentionTable(): string {
     return [mode, (s * 1e3).toFixed(1), (flops / s / 1e12).toFixed(0)];
   });
   return table([`attention, L = ${TOKENS}, 12 x 128, bf16`, 'ms per call', 'TFLOP/s'], rows);
+}
+
+function fusedOpsTable(): string {
+  const grid: [number, number, number] = [FRAMES, HEIGHT / 2, WIDTH / 2];
+  const dims = { dim: 1536, headDim: 128, ffnDim: 8960 };
+  const what: Record<FusedOp, string> = {
+    normRope: 'q/k RMS norm + RoPE (bf16 in and out)',
+    modulate: 'modulation, float32 -> bf16',
+    gatedResidual: 'gated residual, float32 + bf16 * gate',
+    linearGelu: 'ffn.0 + GELU(tanh), bf16',
+  };
+  const rows = (Object.keys(what) as FusedOp[]).map((op) => {
+    try {
+      const [eager, fused] = (['eager', 'fused'] as const).map((how) => median(fusedOpSeconds(op, how, grid, dims, 5)));
+      log(`${op}: eager ${(eager * 1e3).toFixed(2)} ms, fused ${(fused * 1e3).toFixed(2)} ms`);
+      return [what[op], (eager * 1e3).toFixed(2), (fused * 1e3).toFixed(2), (eager / fused).toFixed(2)];
+    } catch (e) {  // one failing kernel should not cost the rest of the run
+      log(`${op}: ${(e as Error).message}`);
+      return [what[op], 'failed', (e as Error).message, ''];
+    }
+  });
+  return table([`compile's fused ops, ${TOKENS} tokens`, 'eager ms', 'fused ms', 'eager / fused'], rows);
 }
 
 interface ForwardResult { seconds: number; peak: number }
@@ -93,6 +119,7 @@ async function main(): Promise<void> {
   if (!info.cuda) throw new Error(`bench/gpu: this addon (backend ${info.backend}) sees no CUDA GPU`);
   console.log(`# GPU benchmark: ${JSON.stringify(info)}, ${TOKENS} tokens${quick ? ' (quick)' : ''}\n`);
   if (!fp8Only) console.log(attentionTable() + '\n');
+  if (!fp8Only) console.log(fusedOpsTable() + '\n');
 
   const bf16 = ensureDitCheckpoint({ storage: 'bf16', blocks: quick ? 4 : undefined, log });
   const modes: [string, ForwardResult][] = [];

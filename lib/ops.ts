@@ -79,6 +79,18 @@ export function gatedResidual(x: Tensor, y: Tensor, gate: Tensor, how: FusedHow,
   return new Tensor(native().gatedResidual(Tensor.handle(x, 'x'), Tensor.handle(y, 'y'), Tensor.handle(gate, 'gate'), how, resolveDevice(device)));
 }
 
+/** The elementwise chains that `compile` fuses, as fusedOpSeconds times them. */
+export type FusedOp = 'normRope' | 'modulate' | 'gatedResidual' | 'linearGelu';
+
+/** Seconds of each of `reps` calls of one chain that `compile` fuses, after two warm-ups, the
+ * device synchronised around each: `how` 'eager' runs the ops a bf16 DiT block runs without
+ * compile, 'fused' the fused kernel (a GPU only). One sample of grid [F, H, W] tokens, the model's
+ * dim, headDim and ffnDim. For benchmarks: each speed-up of compile measured on its own. */
+export function fusedOpSeconds(op: FusedOp, how: 'eager' | 'fused', grid: [number, number, number], dims: { dim: number; headDim: number; ffnDim: number }, reps: number, device: Device = 'cuda'): number[] {
+  checkDevice(device);
+  return native().fusedOpSeconds(op, how, grid, dims.dim, dims.headDim, dims.ffnDim, reps, resolveDevice(device));
+}
+
 /** CPU tensor memory: bytes allocated now and the most allocated at once since the last reset
  * (reset by this call when `reset`). Only the tensors, as wan-native's CPU allocator hands them
  * out: not the freed blocks the heap keeps, nor checkpoints mapped from files. */

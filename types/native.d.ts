@@ -107,6 +107,7 @@ export interface NativeAddon {
   normRope(x: NativeTensor, weight: NativeTensor, eps: number, headDim: number, grids: number[][] | null, how: string, device: string): NativeTensor;
   modulate(x: NativeTensor, scale: NativeTensor, shift: NativeTensor, eps: number, how: string, device: string, outDtype: string): NativeTensor;
   gatedResidual(x: NativeTensor, y: NativeTensor, gate: NativeTensor, how: string, device: string): NativeTensor;
+  fusedOpSeconds(op: string, how: string, grid: number[], dim: number, headDim: number, ffnDim: number, reps: number, device: string): number[];
 
   NoiseGenerator: new (seed: bigint) => NativeNoiseGenerator;
   resizeBicubic(image: NativeTensor, height: number, width: number): NativeTensor;  // align_corners=False

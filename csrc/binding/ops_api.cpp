@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <optional>
 
 #include "binding/addon_data.h"
@@ -13,6 +14,7 @@
 #include "core/tensor.h"
 #include "ops/adaln.h"
 #include "ops/attention.h"
+#include "ops/linear.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
 
@@ -230,6 +232,82 @@ Napi::Value gated_residual(const Napi::CallbackInfo& info) {
   });
 }
 
+// fusedOpSeconds(op, how, [F, H, W], dim, headDim, ffnDim, reps, device) -> seconds of each of
+// `reps` calls (after two warm-ups, the device synchronised around each) of one of the chains
+// `compile` fuses, at one sample of F*H*W tokens, computed `how` as a bf16 DiT block does it:
+//   'normRope':      q [1, L, dim] bf16 (a projection's output) -> RMS norm, RoPE, bf16;
+//   'modulate':      x [1, L, dim] float32 -> LayerNorm * (1 + scale) + shift, bf16;
+//   'gatedResidual': x float32 + y bf16 * gate -> float32;
+//   'linearGelu':    x [1, L, dim] bf16 -> gelu_tanh(x W^T + b), W [ffnDim, dim] bf16.
+// 'eager' runs the ops the model runs without `compile`, 'fused' the fused kernel. For
+// benchmarks (bench/gpu.ts): every speed-up of compile measured on its own.
+Napi::Value fused_op_seconds(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    const std::string op = info[0].As<Napi::String>().Utf8Value(), how = info[1].As<Napi::String>().Utf8Value();
+    if (how != "eager" && how != "fused") throw_bad_how("fusedOpSeconds", how);
+    const Napi::Array g = info[2].As<Napi::Array>();
+    const std::array<int64_t, 3> grid{g.Get(0u).As<Napi::Number>().Int64Value(), g.Get(1u).As<Napi::Number>().Int64Value(),
+                                      g.Get(2u).As<Napi::Number>().Int64Value()};
+    const int64_t dim = info[3].As<Napi::Number>().Int64Value(), head_dim = info[4].As<Napi::Number>().Int64Value();
+    const int64_t ffn_dim = info[5].As<Napi::Number>().Int64Value(), reps = info[6].As<Napi::Number>().Int64Value();
+    const at::Device device = core::parse_device(info[7].As<Napi::String>().Utf8Value(), "device");
+    if (reps <= 0) throw_error(env, "WAN_INVALID_OPTION", "fusedOpSeconds: reps must be a positive integer");
+    const int64_t tokens = grid[0] * grid[1] * grid[2];
+    const auto f32 = at::TensorOptions().device(device).dtype(at::kFloat), bf16 = f32.dtype(at::kBFloat16);
+    const bool fused = how == "fused";
+    std::function<at::Tensor()> call;
+    const std::vector<std::array<int64_t, 3>> grids{grid};
+    ops::RopeTable table = ops::rope_table(head_dim);
+    table.cos = table.cos.to(device);
+    table.sin = table.sin.to(device);
+    if (op == "normRope") {
+      const at::Tensor q = at::randn({1, tokens, dim}, bf16), w = at::randn({dim}, f32);
+      const ops::RopeAngles angles = ops::rope_angles(grids, tokens, table, device);
+      call = [=, &grids, &table]() {
+        if (fused) return ops::norm_rope_fused(q, w, 1e-6, head_dim, &grids, table, at::kBFloat16);
+        const at::Tensor normed = ops::rms_norm(q.to(at::kFloat), w, 1e-6);
+        return ops::rope_apply(normed.view({1, tokens, dim / head_dim, head_dim}), grids, table, &angles).to(at::kBFloat16);
+      };
+    } else if (op == "modulate") {
+      const at::Tensor x = at::randn({1, tokens, dim}, f32), scale = at::randn({1, 1, dim}, f32), shift = at::randn({1, 1, dim}, f32);
+      call = [=]() {
+        return fused ? ops::modulate_fused(x, scale, shift, 1e-6, at::kBFloat16)
+                     : ops::modulate(x, scale, shift, 1e-6).to(at::kBFloat16);
+      };
+    } else if (op == "gatedResidual") {
+      const at::Tensor x = at::randn({1, tokens, dim}, f32), y = at::randn({1, tokens, dim}, bf16), gate = at::randn({1, 1, dim}, f32);
+      call = [=]() { return fused ? ops::gated_residual_fused(x, y, gate) : ops::gated_residual(x, y, gate); };
+    } else if (op == "linearGelu") {
+      const at::Tensor x = at::randn({1, tokens, dim}, bf16);
+      const ops::Weight w{core::Tensor{at::randn({ffn_dim, dim}, bf16).mul_(0.02), core::DType::BF16}, {}};
+      const ops::Weight b{core::Tensor{at::randn({ffn_dim}, bf16), core::DType::BF16}, {}};
+      call = [=]() -> at::Tensor {
+        if (fused) return ops::linear_gelu_fused(x, w, b);
+        at::Tensor hidden = ops::linear(x, w, b);
+        return at::gelu_(hidden, "tanh");
+      };
+    } else {
+      throw core::Error(core::ErrorCode::InvalidOption,
+                        "fusedOpSeconds: expected 'normRope', 'modulate', 'gatedResidual' or 'linearGelu' but received '" + op + "'");
+    }
+    const c10::impl::VirtualGuardImpl device_guard(device.type());
+    auto sync = [&] {
+      if (!device.is_cpu()) device_guard.synchronizeStream(device_guard.getStream(device));
+    };
+    for (int i = 0; i < 2; ++i) require_fused(call(), "fusedOpSeconds", device);
+    sync();
+    Napi::Array seconds = Napi::Array::New(env, reps);
+    for (int64_t r = 0; r < reps; ++r) {
+      const auto start = std::chrono::steady_clock::now();
+      call();
+      sync();
+      seconds.Set(r, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    return seconds;
+  });
+}
+
 // cpuMemory(reset) -> {allocated, peak}: bytes of CPU tensors allocated now and the most at
 // once since the last reset (reset by this call when `reset`), as core/cpu_allocator counts them.
 Napi::Value cpu_memory(const Napi::CallbackInfo& info) {
@@ -277,6 +355,7 @@ void init_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("normRope", Napi::Function::New(env, norm_rope));
   exports.Set("modulate", Napi::Function::New(env, modulate));
   exports.Set("gatedResidual", Napi::Function::New(env, gated_residual));
+  exports.Set("fusedOpSeconds", Napi::Function::New(env, fused_op_seconds));
 }
 
 }  // namespace wan::binding

@@ -4,7 +4,7 @@
 // from zero, and y in bfloat16. The kernels themselves run in test/gpu/attention.test.ts.
 import t from 'tap';
 
-import { gatedResidual, modulate } from '../../lib/ops';
+import { fusedOpSeconds, gatedResidual, modulate } from '../../lib/ops';
 import { Tensor } from '../../lib/tensor';
 import { maxAbsDiff, normals, randn } from '../helpers';
 
@@ -68,4 +68,14 @@ t.test('the fused kernels need a GPU, and say so', async (t) => {
   t.throws(() => modulate(x, row, row, 1e-6, 'fused'), { message: /modulate: the fused kernel does not run here \(cpu\)/ });
   t.throws(() => gatedResidual(x, x, row, 'fused'), { message: /gatedResidual: the fused kernel does not run here \(cpu\)/ });
   t.throws(() => modulate(x, row, row, 1e-6, 'sideways' as never), { message: /expected 'eager', 'reference' or 'fused' but received 'sideways'/ });
+});
+
+t.test('fusedOpSeconds times each chain the eager way here, and refuses the fused one without a GPU', async (t) => {
+  const dims = { dim: 64, headDim: 32, ffnDim: 128 };
+  for (const op of ['normRope', 'modulate', 'gatedResidual', 'linearGelu'] as const) {
+    const seconds = fusedOpSeconds(op, 'eager', [2, 3, 4], dims, 3, 'cpu');
+    t.ok(seconds.length === 3 && seconds.every((s) => s > 0 && s < 10), `${op}: 3 timings, each in (0, 10) s`);
+    t.throws(() => fusedOpSeconds(op, 'fused', [2, 3, 4], dims, 1, 'cpu'), { message: /fusedOpSeconds: the fused kernel does not run here \(cpu\)/ }, op);
+  }
+  t.throws(() => fusedOpSeconds('softmax' as never, 'eager', [1, 1, 1], dims, 1, 'cpu'), { message: /expected 'normRope', 'modulate', 'gatedResidual' or 'linearGelu' but received 'softmax'/ });
 });
