@@ -91,6 +91,16 @@ export function fusedOpSeconds(op: FusedOp, how: 'eager' | 'fused', grid: [numbe
   return native().fusedOpSeconds(op, how, grid, dims.dim, dims.headDim, dims.ffnDim, reps, resolveDevice(device));
 }
 
+/** The fp8 matmuls' activation quantisation: x [M, cols] -> e4m3fn codes [rows, cols] (uint8)
+ * and float32 scales [rows, 1], one per row (largest magnitude -> 448), rows >= M padded with
+ * codes 0 and scale 1; computed 'reference' (on the CPU) or 'fused' (the CUDA kernel; x as bf16
+ * or fp16 on a GPU). For tests. */
+export function fp8Rows(x: Tensor, rows: number, how: 'reference' | 'fused', device: Device = 'cpu'): { codes: Tensor; scales: Tensor } {
+  checkDevice(device);
+  const out = native().fp8Rows(Tensor.handle(x, 'x'), rows, how, resolveDevice(device));
+  return { codes: new Tensor(out.codes), scales: new Tensor(out.scales) };
+}
+
 /** CPU tensor memory: bytes allocated now and the most allocated at once since the last reset
  * (reset by this call when `reset`). Only the tensors, as wan-native's CPU allocator hands them
  * out: not the freed blocks the heap keeps, nor checkpoints mapped from files. */

@@ -108,6 +108,7 @@ export interface NativeAddon {
   modulate(x: NativeTensor, scale: NativeTensor, shift: NativeTensor, eps: number, how: string, device: string, outDtype: string): NativeTensor;
   gatedResidual(x: NativeTensor, y: NativeTensor, gate: NativeTensor, how: string, device: string): NativeTensor;
   fusedOpSeconds(op: string, how: string, grid: number[], dim: number, headDim: number, ffnDim: number, reps: number, device: string): number[];
+  fp8Rows(x: NativeTensor, rows: number, how: string, device: string): { codes: NativeTensor; scales: NativeTensor };
 
   NoiseGenerator: new (seed: bigint) => NativeNoiseGenerator;
   resizeBicubic(image: NativeTensor, height: number, width: number): NativeTensor;  // align_corners=False

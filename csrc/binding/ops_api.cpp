@@ -14,6 +14,7 @@
 #include "core/tensor.h"
 #include "ops/adaln.h"
 #include "ops/attention.h"
+#include "ops/fp8_rows.h"
 #include "ops/linear.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
@@ -232,6 +233,29 @@ Napi::Value gated_residual(const Napi::CallbackInfo& info) {
   });
 }
 
+// fp8Rows(x [M, cols], rows, how, device) -> {codes [rows, cols] u8, scales [rows, 1] f32} on
+// the CPU: the fp8 matmuls' per-row activation quantisation, computed 'reference' (on the CPU) or
+// 'fused' (the CUDA kernel; a GPU only). x goes to the device as it is (bf16 or fp16 for the
+// kernel). For tests.
+Napi::Value fp8_rows(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    const at::Device device = core::parse_device(info[3].As<Napi::String>().Utf8Value(), "device");
+    const at::Tensor x = unwrap_tensor(env, info[0], "x").value.to(device);
+    const int64_t rows = info[1].As<Napi::Number>().Int64Value();
+    const std::string how = info[2].As<Napi::String>().Utf8Value();
+    ops::Fp8Rows q;
+    if (how == "reference") q = ops::quantize_fp8_rows_reference(x, rows);
+    else if (how == "fused") q = ops::quantize_fp8_rows(x, rows);
+    else throw core::Error(core::ErrorCode::InvalidOption, "fp8Rows: expected 'reference' or 'fused' but received '" + how + "'");
+    require_fused(q.codes, "fp8Rows", device);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("codes", wrap_tensor(env, core::wrap(q.codes.to(at::kCPU).contiguous())));
+    o.Set("scales", wrap_tensor(env, core::wrap(q.scales.to(at::kCPU).contiguous())));
+    return o;
+  });
+}
+
 // fusedOpSeconds(op, how, [F, H, W], dim, headDim, ffnDim, reps, device) -> seconds of each of
 // `reps` calls (after two warm-ups, the device synchronised around each) of one of the chains
 // `compile` fuses, at one sample of F*H*W tokens, computed `how` as a bf16 DiT block does it:
@@ -356,6 +380,7 @@ void init_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("modulate", Napi::Function::New(env, modulate));
   exports.Set("gatedResidual", Napi::Function::New(env, gated_residual));
   exports.Set("fusedOpSeconds", Napi::Function::New(env, fused_op_seconds));
+  exports.Set("fp8Rows", Napi::Function::New(env, fp8_rows));
 }
 
 }  // namespace wan::binding

@@ -1,6 +1,7 @@
 // fp8 matmuls on a GPU (the wrapper's quantization 'fp8_e4m3fn_fast'): the linear layers whose
 // weights are stored as e4m3fn codes multiply in fp8 on the tensor cores (at::_scaled_mm), the
-// activations quantised per call with one scale per tensor, largest magnitude -> 448.
+// activations quantised per call, largest magnitude -> 448: with one scale per row (token) on
+// sm_90 and later in bf16 (ops/fp8_rows.h), one per tensor elsewhere.
 #pragma once
 #include <ATen/ATen.h>
 

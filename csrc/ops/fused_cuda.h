@@ -1,6 +1,7 @@
-// Launchers of the fused elementwise kernels that a model loaded with `compile` runs on a GPU:
-// RMS norm + RoPE for q and k (norm_rope_cuda.cu), and the blocks' modulation and gated residual
-// (adaln_cuda.cu). Called by ops/rope.cpp and ops/adaln.cpp for GPU tensors. Plain pointers and
+// Launchers of the fused row and elementwise kernels of the GPU path: those a model loaded with
+// `compile` runs, RMS norm + RoPE for q and k (norm_rope_cuda.cu) and the blocks' modulation and
+// gated residual (adaln_cuda.cu), called by ops/rope.cpp and ops/adaln.cpp; and the fp8 matmuls'
+// activation quantisation (fp8_rows_cuda.cu), called by ops/fp8_rows.cpp. Plain pointers and
 // sizes, no ATen, so that the .cu files build with nvcc alone (scripts/cuda-compile-check.sh),
 // like ops/attention_cuda.h.
 #pragma once
@@ -69,5 +70,22 @@ struct GatedResidualProblem {
 
 // Returns a cudaError_t as int; cudaErrorInvalidValue for a dim of 0 or an unknown dtype.
 int launch_gated_residual(const GatedResidualProblem& p, void* stream);
+
+// fp8 activations with one scale per row: x [valid_rows, cols] (f16 or bf16, contiguous, device
+// memory) -> codes [rows, cols] e4m3fn and scales [rows] float32, rows >= valid_rows. Row r's
+// scale is max(absmax(x[r]) / 448, 1e-12) and its codes x[r, c] / scale rounded to the nearest
+// e4m3fn value (ties to even), saturating at +-448; rows past valid_rows (padding for the fp8
+// GEMM) get codes 0 and scale 1.
+struct Fp8RowsProblem {
+  const void* x;
+  uint8_t* codes;
+  float* scales;
+  int64_t rows, valid_rows, cols;
+  int x_dtype;  // KernelDType
+};
+
+// Returns a cudaError_t as int; cudaErrorInvalidValue for valid_rows > rows, cols of 0 or an
+// unknown dtype.
+int launch_fp8_rows(const Fp8RowsProblem& p, void* stream);
 
 }  // namespace wan::ops

@@ -1,11 +1,11 @@
-// The CUDA attention kernels ('flash', 'sageattn'), libtorch's CUDA SDPA and the fused kernels of
-// `compile` (q/k norm + RoPE, modulation, gated residual) against the eager ops and the CPU's
-// float32 reference on the same inputs. Runs where the addon was
+// The CUDA attention kernels ('flash', 'sageattn'), libtorch's CUDA SDPA, the fused kernels of
+// `compile` (q/k norm + RoPE, modulation, gated residual) and the fp8 matmuls' activation
+// quantisation against the eager ops and the CPU's references on the same inputs. Runs where the addon was
 // built against a CUDA libtorch and sees a GPU; skips itself elsewhere.
 import t from 'tap';
 
 import { runtimeInfo } from '../../lib/index';
-import { attention, AttentionMode, gatedResidual, modulate, normRope } from '../../lib/ops';
+import { attention, AttentionMode, fp8Rows, gatedResidual, modulate, normRope } from '../../lib/ops';
 import { Tensor } from '../../lib/tensor';
 import { maxAbsDiff, normals, randn } from '../helpers';
 
@@ -102,5 +102,19 @@ t.test('the fused modulation and gated residual kernels (compile) against the ea
       t.equal(maxAbsDiff(got, gatedResidual(x, y, gate, 'eager', 'cuda')), 0, `gated residual [${shape}], y ${dtype}: bitwise the eager ops on the GPU`);
       t.equal(maxAbsDiff(got, gatedResidual(x, y, gate, 'eager')), 0, `gated residual [${shape}], y ${dtype}: bitwise the eager ops on the CPU`);
     }
+  }
+});
+
+t.test('the fp8 activation quantisation kernel: codes and scales equal the CPU reference', { skip }, async (t) => {
+  // The same float32 division and round-to-nearest-even e4m3fn cast, so code for code.
+  for (const [M, cols, dtype] of [[2047, 1536, 'bf16'], [33, 8960, 'f16'], [16, 64, 'bf16']] as const) {
+    const x = Tensor.fromTypedArray(normals(M * cols, M).map((v, i) => (i % 97 === 0 ? 40 * v : v)), [M, cols], dtype);
+    const rows = Math.ceil(M / 16) * 16;
+    const got = fp8Rows(x, rows, 'fused', 'cuda'), want = fp8Rows(x, rows, 'reference');
+    t.equal(maxAbsDiff(got.scales, want.scales), 0, `[${M}, ${cols}] ${dtype}: scales equal`);
+    const a = got.codes.toTypedArray() as Uint8Array, b = want.codes.toTypedArray() as Uint8Array;
+    let differ = 0;
+    for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) differ++;
+    t.equal(differ, 0, `[${M}, ${cols}] ${dtype}: all ${a.length} codes equal (rows padded to ${rows})`);
   }
 });

@@ -178,7 +178,8 @@ t.test('fp8_e4m3fn_fast: fp8 matmuls on the GPU, against the bf16 model and fp8 
     fromStorage = Math.max(fromStorage, maxAbsDiff(a, b));
   }
   // fp8_e4m3fn storage alone is 8.3e-2 from the bf16 model (test/native/quantize.test.ts, bound
-  // 0.25); quantising the activations too adds about as much again.
+  // 0.25); quantising the activations too adds about as much again (one scale per tensor: 0.150
+  // max abs, 3.4e-2 relative L2 on an H200; sm_90 now scales each row).
   t.ok(worst < 0.25, `max abs error against the bf16 model ${worst.toExponential(2)} < 0.25`);
   t.ok(worstRel < 0.1, `relative L2 error against the bf16 model ${worstRel.toExponential(2)} < 0.1`);
   t.ok(fromStorage > 1e-4, `differs from fp8 storage with bf16 matmuls (${fromStorage.toExponential(2)}): the fp8 path ran`);
