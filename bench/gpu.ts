@@ -9,8 +9,9 @@
 //      ratio. The eager rows run what a bf16 block runs without compile.
 //   3. WanModel.forward of the Wan2.1 T2V 1.3B DiT (random bf16 weights synthesised from
 //      shared/manifests by bench/synthesize.ts) at that size, computing in bf16, per attention
-//      mode and with `compile` (sdpa): seconds per forward (a warm-up, then the median of 3)
-//      and the allocator's peak.
+//      mode, with `compile` and with `compile` + `cudaGraphs` (sdpa): seconds per forward (a
+//      warm-up, then the median of 3) and the allocator's peak; then the same three ways at 16
+//      tokens, where kernel launches set the pace (median of 10).
 //   4. The same with blocksToSwap 0, 10, 20 and 30 (prefetchBlocks 1, sdpa): seconds, peak
 //      VRAM, and both as ratios to no swap; fp8_e4m3fn storage (widened to bf16 per layer) and
 //      fp8_e4m3fn_fast (fp8 matmuls), without swap.
@@ -80,13 +81,15 @@ function fusedOpsTable(): string {
 
 interface ForwardResult { seconds: number; peak: number }
 
-async function timeForward(file: string, options: ModelLoaderOptions, reps = 3): Promise<ForwardResult> {
+// A warm-up forward, then the median of `reps`, of a latent [16, F, H, W] (default: the bench's).
+async function timeForward(file: string, options: ModelLoaderOptions, reps = 3, latent = [FRAMES, HEIGHT, WIDTH]): Promise<ForwardResult> {
   const model = await WanModel.load(file, { device: 'cuda', basePrecision: 'bf16', ...options });
   try {
-    const x = randn([16, FRAMES, HEIGHT, WIDTH], 4);
+    const [F, H, W] = latent;
+    const x = randn([16, F, H, W], 4);
     const context = randn([512, 4096], 5);
     const t = Tensor.fromTypedArray(new BigInt64Array([500n]), [1]);
-    const input = { x: [x], t, context: [context], seqLen: TOKENS };
+    const input = { x: [x], t, context: [context], seqLen: F * (H / 2) * (W / 2) };
     (await model.forward(input)).forEach((o) => o.dispose());
     gpuMemory('cuda', true);
     const seconds: number[] = [];
@@ -96,11 +99,26 @@ async function timeForward(file: string, options: ModelLoaderOptions, reps = 3):
       seconds.push((performance.now() - t0) / 1000);
     }
     const peak = gpuMemory('cuda')!.peak;
-    log(`forward ${JSON.stringify(options)}: ${seconds.map((s) => s.toFixed(3)).join(', ')} s, peak ${(peak / GiB).toFixed(2)} GiB`);
+    const graphs = options.cudaGraphs ? `, graphs ${JSON.stringify(model.graphStats())}` : '';
+    log(`forward ${JSON.stringify(options)} [${latent}]: ${seconds.map((s) => s.toFixed(4)).join(', ')} s, peak ${(peak / GiB).toFixed(2)} GiB${graphs}`);
     return { seconds: median(seconds), peak };
   } finally {
     model.dispose();
   }
+}
+
+// Where kernel launches, not the GPU's work, set the pace: a latent of one 64x64 frame, 16
+// tokens, where CUDA graphs should pay off (the median of 10 forwards after a warm-up).
+async function launchBoundTable(file: string): Promise<string> {
+  const latent = [1, 8, 8];
+  const runs: [string, ModelLoaderOptions][] = [['sdpa', { attentionMode: 'sdpa' }],
+    ['sdpa, compile', { attentionMode: 'sdpa', compile: true }],
+    ['sdpa, compile, cudaGraphs', { attentionMode: 'sdpa', compile: true, cudaGraphs: true }]];
+  const results: [string, ForwardResult][] = [];
+  for (const [name, options] of runs) results.push([name, await timeForward(file, options, 10, latent)]);
+  const base = results[0][1].seconds;
+  return table([`1.3B DiT forward, bf16, 16 tokens (x [16, ${latent}])`, 'ms per forward', 'time ratio'],
+    results.map(([name, r]) => [name, (r.seconds * 1e3).toFixed(1), (r.seconds / base).toFixed(2)]));
 }
 
 function reference(file: string): { median: number; peakBytes: number; torch: string } | undefined {
@@ -128,12 +146,15 @@ async function main(): Promise<void> {
   // compile: the fused kernels (q/k norm + RoPE, modulation, gated residual, GELU in the
   // matmul), against the eager sdpa row.
   if (!fp8Only) modes.push(['sdpa, compile', await timeForward(bf16, { attentionMode: 'sdpa', compile: true })]);
+  // cudaGraphs: the blocks replayed as one CUDA graph (warm-up, capture, replays).
+  if (!fp8Only) modes.push(['sdpa, compile, cudaGraphs', await timeForward(bf16, { attentionMode: 'sdpa', compile: true, cudaGraphs: true })]);
   const ref = fp8Only ? undefined : reference(bf16);
   const sdpa = modes[0][1];
   const rows = modes.map(([mode, r]) => [`wan-native, ${mode}`, r.seconds.toFixed(3), (r.peak / GiB).toFixed(2),
     ref ? (r.seconds / ref.median).toFixed(2) : '-']);
   if (ref) rows.push([`PyTorch ${ref.torch} eager, SDPA`, ref.median.toFixed(3), (ref.peakBytes / GiB).toFixed(2), '1.00']);
   console.log(table([`1.3B DiT forward, bf16, ${TOKENS} tokens`, 's per forward', 'peak GiB', 'time / PyTorch'], rows) + '\n');
+  if (!fp8Only) console.log(await launchBoundTable(bf16) + '\n');
 
   const swapRows: (string | number)[][] = [];
   const layers = quick ? 4 : 30;

@@ -95,6 +95,7 @@ export interface GenerateSettings {
   /** false: the LoRAs apply at run time (--no-merge-loras). */
   mergeLoras: boolean;
   compile: boolean;
+  cudaGraphs: boolean;
   numHeads?: number;
   textLen: number;
 
@@ -341,6 +342,8 @@ export function generateCommand(): Command {
       } }),
     option(g.models, '--compile', 'run the q/k norms with RoPE, the modulations, the gated residuals and the GELU as fused ' +
       'kernels on a GPU (the wrapper\'s torch.compile; it changes nothing on the CPU)'),
+    option(g.models, '--cuda-graphs', 'replay the DiT blocks as a CUDA graph while the shapes stay the same (torch.compile\'s ' +
+      'reduce-overhead; a GPU only, without block swap)'),
     option(g.models, '--num-heads <n>', "attention heads of the DiT, for models that are not a release's",
       { parse: integer(1, 1024), defaultText: 'dim / 128, as in every release' }),
     option(g.models, '--text-len <n>', 'text tokens a prompt is padded or cut to (text encoder and DiT)',
@@ -542,7 +545,7 @@ export function settingsFrom(cmd: Command): GenerateSettings {
   const s: GenerateSettings = {
     model: o.model, t5: o.t5, tokenizer: o.tokenizer, vae: o.vae, clipVision: o.clipVision, clipEmbeds: o.clipEmbeds,
     attentionMode: o.attentionMode, basePrecision: o.basePrecision, device: resolveDevice(o.device), quantization: o.quantization,
-    loras: o.lora ?? [], mergeLoras: o.mergeLoras !== false, compile: o.compile === true, numHeads: o.numHeads, textLen: o.textLen,
+    loras: o.lora ?? [], mergeLoras: o.mergeLoras !== false, compile: o.compile === true, cudaGraphs: o.cudaGraphs === true, numHeads: o.numHeads, textLen: o.textLen,
     prompt: o.prompt, negativePrompt: o.negativePrompt, diskCache: o.diskCache,
     image: o.image, endImage: o.endImage, clipCrop: o.clipCrop, noiseAugStrength: o.noiseAugStrength,
     startLatentStrength: o.startLatentStrength, endLatentStrength: o.endLatentStrength,
@@ -855,7 +858,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
       attentionMode: s.attentionMode, basePrecision: s.basePrecision, device: s.device as Device, numHeads: s.numHeads, textLen: s.textLen, signal,
       quantization: s.quantization as ModelLoaderOptions['quantization'],
       loras: s.loras.map((l) => ({ path: l.path, strength: l.strength, blocks: l.blocks, layerFilter: l.layerFilter })),
-      mergeLoras: s.mergeLoras, compile: s.compile,
+      mergeLoras: s.mergeLoras, compile: s.compile, cudaGraphs: s.cudaGraphs,
       blockSwap: s.blocksToSwap > 0 ? { blocksToSwap: s.blocksToSwap, prefetchBlocks: s.prefetchBlocks } : undefined,
     }).catch((err) => { throw loadError(err, s); }));
     if (model.config.modelType !== plan.task) {

@@ -64,6 +64,14 @@ export interface ModelLoaderOptions extends LongCallOptions {
    * On the CPU it changes nothing: the norms and RoPE are always fused loops there, and the
    * rest measured under 0.5 % of a block. `config.compiled` tells whether the model runs them. */
   compile?: boolean;
+  /** torch.compile's mode 'reduce-overhead' (CUDA graphs), default false: on a GPU, once two
+   * forwards in a row have the same shapes, the blocks are captured as one CUDA graph and
+   * replayed while the shapes (and unmerged LoRAs' strengths) stay, which saves the launch of
+   * each of their kernels: worth it where those are short (small latents). Forwards with block
+   * swap, Enhance-A-Video, a trace, padded samples or sageattn run the blocks as they are, and
+   * so does every forward after a capture fails. The captured graph holds its activations'
+   * memory until offload() or dispose(). graphStats() tells what happened. */
+  cudaGraphs?: boolean;
   /**
    * A memory budget in bytes, or 'auto' for what the machine has free (MemAvailable). Before
    * loading anything, the memory planner (planMemory) finds the least swapping, then fp8
@@ -151,6 +159,8 @@ export interface WanModelConfig {
   /** Whether the fused kernels run (compile, on a GPU; a step with Enhance-A-Video runs the
    * eager q/k norms and RoPE, which it reads q and k between). */
   compiled: boolean;
+  /** Whether CUDA graphs may replay the blocks (cudaGraphs, on a GPU). */
+  cudaGraphs: boolean;
 }
 
 /** The official WanModel.forward arguments (wan/modules/model.py). */
@@ -190,6 +200,8 @@ function checkOptions(o: ModelLoaderOptions): void {
     throw invalidOption(`Expected a boolean for mergeLoras but received ${describeValue(o.mergeLoras)}`);
   if (o.compile !== undefined && typeof o.compile !== 'boolean')
     throw invalidOption(`Expected a boolean for compile but received ${describeValue(o.compile)}`);
+  if (o.cudaGraphs !== undefined && typeof o.cudaGraphs !== 'boolean')
+    throw invalidOption(`Expected a boolean for cudaGraphs but received ${describeValue(o.cudaGraphs)}`);
   if (o.loras !== undefined) checkLoras(o.loras, o.mergeLoras ?? true);
   if (o.maxMemory !== undefined && o.maxMemory !== 'auto' && !(typeof o.maxMemory === 'number' && Number.isFinite(o.maxMemory) && o.maxMemory > 0))
     throw invalidOption(`Expected a positive number of bytes or 'auto' for maxMemory but received ${describeValue(o.maxMemory)}`);
@@ -308,6 +320,7 @@ export class WanModel {
           ...(blockSwap ?? {}),
           ...embeddingOffloads,
           populate: options.populate ?? true, loras: loras.native, mergeLoras, compile: options.compile ?? false,
+          cudaGraphs: options.cudaGraphs ?? false,
         }, abort.flag);
         clock.report(1);
         const model = new WanModel(handle, options.basePrecision ?? 'bf16', mergeLoras, memoryPlan);
@@ -343,6 +356,12 @@ export class WanModel {
   /** The bytes of the weights the model holds, by storage dtype; `swapped` is the last blocksToSwap blocks. */
   memoryStats(): MemoryStats {
     return memoryStatsOf(this.handle().memoryStats());
+  }
+
+  /** What cudaGraphs did so far: graphs captured, forwards that replayed one, and why a capture
+   * failed (null if none has), after which every forward runs the blocks as they are. */
+  graphStats(): { captures: number; replays: number; failure: string | null } {
+    return this.handle().graphStats();
   }
 
   /** Returns the weights to the CPU (the wrapper's force_offload), after the forwards already

@@ -105,12 +105,18 @@ export const EXECUTORS: Record<string, Executor> = {
       if (layers !== undefined && blockSwap.blocksToSwap > layers) blockSwap = { ...blockSwap, blocksToSwap: layers };
     }
     const chain = c.input<WorkflowLora[]>('lora') ?? [];  // one merge_loras (checked when the workflow was read)
-    const compile = c.input('compile_args') !== undefined;
-    if (compile) {
+    // torch.compile's counterparts: inductor's fusion -> compile (our fused kernels); CUDA graphs
+    // (backend 'cudagraphs', or the modes that use them) -> cudaGraphs.
+    const compileArgs = c.input<{ backend: string; mode: string }>('compile_args');
+    const compile = compileArgs !== undefined && compileArgs.backend !== 'cudagraphs';
+    const cudaGraphs = compileArgs !== undefined &&
+      (compileArgs.backend === 'cudagraphs' || compileArgs.mode === 'reduce-overhead' || compileArgs.mode === 'max-autotune');
+    if (compileArgs !== undefined) {
+      const what = [compile ? "the DiT's norms, RoPE, modulations, gated residuals and GELU run as fused kernels" : '',
+        cudaGraphs ? 'its blocks replay as a CUDA graph' : ''].filter((w) => w !== '').join(' and ');
       c.warn(resolveDevice(c.device) === 'cpu'
         ? 'compile_args: on the CPU the RMS norms and RoPE always run as fused loops, so nothing changes'
-        : "compile_args: the DiT's norms, RoPE, modulations, gated residuals and GELU run as fused kernels; " +
-          "torch.compile's backend, mode and dynamo settings have no counterpart here");
+        : `compile_args: ${what}; torch.compile's dynamo settings have no counterpart here`);
     }
     const model = await WanModel.load(file, {
       device: c.device, loadDevice: c.value('load_device'),
@@ -121,7 +127,7 @@ export const EXECUTORS: Record<string, Executor> = {
       textLen: c.value('text_len'),
       loras: chain.map(({ merge: _, ...lora }) => lora),
       mergeLoras: chain.every((l) => l.merge),
-      blockSwap, compile,
+      blockSwap, compile, cudaGraphs,
       signal: c.signal, onProgress: c.onProgress,
     });
     return [{ value: model, dispose: () => model.dispose() }];

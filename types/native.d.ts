@@ -23,6 +23,7 @@ export interface NativeMemoryStats { resident: NativeHeldBytes; swapped: NativeH
 export interface NativeWanModel {
   config(): Record<string, unknown>;
   memoryStats(): NativeMemoryStats;
+  graphStats(): { captures: number; replays: number; failure: string | null };
   offload(): Promise<void>;  // the weights back to the CPU, after the jobs queued before
   forward(input: { x: NativeTensor[]; t: NativeTensor; context: NativeTensor[]; seqLen: number;
                    clipFea?: NativeTensor; y?: NativeTensor[]; fetaWeight?: number;
@@ -120,7 +121,7 @@ export interface NativeAddon {
   loadVae(files: string[], options: { populate: boolean; device: string; loadDevice: string }, abortFlag?: Int32Array): Promise<NativeVae>;
   loadWanModel(files: string[], options: { numHeads?: number; textLen?: number; attentionMode: string; quantization: string; populate: boolean; device: string; basePrecision: string;
                                         loadDevice: string; blocksToSwap?: number; prefetchBlocks?: number;
-                                        offloadTxtEmb?: boolean; offloadImgEmb?: boolean; compile: boolean;
+                                        offloadTxtEmb?: boolean; offloadImgEmb?: boolean; compile: boolean; cudaGraphs: boolean;
                                            loras?: { files: string[]; strength: number; blocks?: number[]; layerFilter?: string[]; perStep?: boolean }[];
                                            mergeLoras?: boolean },
                abortFlag?: Int32Array): Promise<NativeWanModel>;

@@ -57,6 +57,7 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
                         InstanceMethod("setAttentionMode", &NativeWanModel::set_attention_mode),
                         InstanceMethod("setBlockSwap", &NativeWanModel::set_block_swap),
                         InstanceMethod("memoryStats", &NativeWanModel::memory_stats),
+                        InstanceMethod("graphStats", &NativeWanModel::graph_stats),
                         InstanceMethod("offload", &NativeWanModel::offload),
                         InstanceMethod("dispose", &NativeWanModel::dispose)});
   }
@@ -100,6 +101,19 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     o.Set("prefetchBlocks", model->options().prefetch_blocks);
     // The fused kernels run only on a GPU (wan_dit.cpp).
     o.Set("compiled", model->options().compile && model->options().device.is_cuda());
+    o.Set("cudaGraphs", model->options().cuda_graphs && model->options().device.is_cuda());
+    return o;
+  }
+
+  // graphStats() -> {captures, replays, failure}: what cudaGraphs did (failure null unless a
+  // capture failed).
+  Napi::Value graph_stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const models::GraphStats stats = get(env)->graph_stats();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("captures", Napi::Number::New(env, static_cast<double>(stats.captures)));
+    o.Set("replays", Napi::Number::New(env, static_cast<double>(stats.replays)));
+    o.Set("failure", stats.failure.empty() ? env.Null() : Napi::String::New(env, stats.failure));
     return o;
   }
 
@@ -211,6 +225,7 @@ Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
     options.offload_txt_emb = o.Get("offloadTxtEmb").ToBoolean();
     options.offload_img_emb = o.Get("offloadImgEmb").ToBoolean();
     options.compile = o.Get("compile").ToBoolean();
+    options.cuda_graphs = o.Get("cudaGraphs").ToBoolean();
     if (!options.device.is_cpu()) {
       // On a GPU the model computes in basePrecision; on the CPU always in float32 (bf16 matmul
       // is ~30x slower there, native-notes.md).

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "core/error.h"
 #include "models/weights.h"
@@ -9,6 +10,15 @@
 #include "ops/norm.h"
 #include "runtime/device_swap.h"
 #include "runtime/prefetch.h"
+
+#ifdef WAN_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <torch/version.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#endif
 
 namespace wan::models {
 namespace {
@@ -130,6 +140,7 @@ WanDit::WanDit(WanDitConfig config, std::map<std::string, ops::Weight> weights, 
 
 void WanDit::offload() const {
   const std::lock_guard<std::mutex> lock(placement_mutex_);
+  release_graph();  // it reads the placed weights
   placed_.clear();
   placed_swap_ = -1;
   residency_.place(false);
@@ -379,6 +390,7 @@ std::function<WanDit::Block()> WanDit::widened_block_job(int64_t index) const {
 
 void WanDit::place_blocks() const {
   if (placed_swap_ == options_.blocks_to_swap) return;
+  release_graph();  // it reads the placed weights
   placed_.clear();  // the old copies go before the new ones are made, so that both never coexist
   placed_swap_ = -1;
   const int64_t layers = static_cast<int64_t>(blocks_.size());
@@ -393,6 +405,161 @@ void WanDit::place_blocks() const {
     placed_.push_back(std::move(b));
   }
   placed_swap_ = options_.blocks_to_swap;
+}
+
+// What the blocks of one forward read, besides their weights.
+struct WanDit::BlockInputs {
+  const at::Tensor& x;
+  const at::Tensor& e0;
+  const at::Tensor& seq_lens;
+  const std::vector<std::array<int64_t, 3>>& grids;
+  const ops::RopeAngles& angles;
+  const at::Tensor& context;
+  const at::Tensor& context_img;
+  const LoraStrengths& lora;
+};
+
+// The blocks captured as one CUDA graph, with the tensors it reads and writes at fixed addresses:
+// each replay reads x, e0 and the contexts (copied in first) and writes out.
+struct WanDit::CapturedBlocks {
+#ifdef WAN_WITH_CUDA
+  at::cuda::CUDAGraph graph;
+#endif
+  at::Tensor x, e0, context, context_img, seq_lens, out;
+  ops::RopeAngles angles;
+};
+
+GraphStats WanDit::graph_stats() const {
+  const std::lock_guard<std::mutex> lock(graph_stats_mutex_);
+  return graph_stats_;
+}
+
+void WanDit::release_graph() const {
+  captured_.reset();
+  graph_key_.clear();
+}
+
+namespace {
+
+#ifdef WAN_WITH_CUDA
+// Everything a captured graph bakes in besides the weights: the inputs' shapes, the grids, the
+// unmerged LoRAs' strengths (factors of the captured products) and the attention mode.
+std::string graph_key(const std::vector<double>& lora, at::IntArrayRef x, at::IntArrayRef context,
+                      const at::Tensor& context_img, const std::vector<std::array<int64_t, 3>>& grids,
+                      const char* attention) {
+  std::string key;
+  auto sizes = [&](at::IntArrayRef s) {
+    for (const int64_t d : s) key += std::to_string(d) + ",";
+    key += ";";
+  };
+  sizes(x);
+  sizes(context);
+  if (context_img.defined()) sizes(context_img.sizes());
+  for (const auto& g : grids) key += std::to_string(g[0]) + "x" + std::to_string(g[1]) + "x" + std::to_string(g[2]) + ";";
+  for (const double strength : lora) {
+    char exact[40];
+    std::snprintf(exact, sizeof exact, "%a,", strength);
+    key += exact;
+  }
+  return key + attention;
+}
+
+// After a capture failed part way: ends the stream's capture if it is still on, and clears the
+// (not sticky) error it left, so that the stream and the device work on as before.
+void abandon_capture(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &status) == cudaSuccess && status != cudaStreamCaptureStatusNone) {
+    cudaGraph_t partial = nullptr;
+    if (cudaStreamEndCapture(stream, &partial) == cudaSuccess && partial) cudaGraphDestroy(partial);
+  }
+  (void)cudaGetLastError();
+}
+#endif
+
+}  // namespace
+
+at::Tensor WanDit::replay_blocks(const BlockInputs& in) const {
+#ifdef WAN_WITH_CUDA
+  auto count = [this](int64_t GraphStats::*counter) {
+    const std::lock_guard<std::mutex> lock(graph_stats_mutex_);
+    ++(graph_stats_.*counter);
+  };
+  {
+    const std::lock_guard<std::mutex> lock(graph_stats_mutex_);
+    if (!graph_stats_.failure.empty()) return {};
+  }
+  if (placed_swap_ != 0 || options_.attention == ops::AttentionMode::Sage) return {};
+  const std::string key = graph_key(in.lora, in.x.sizes(), in.context.sizes(), in.context_img, in.grids,
+                                    ops::attention_mode_name(options_.attention));
+  if (captured_ && key == graph_key_) {
+    CapturedBlocks& c = *captured_;
+    c.x.copy_(in.x);
+    c.e0.copy_(in.e0);
+    c.context.copy_(in.context);
+    if (in.context_img.defined()) c.context_img.copy_(in.context_img);
+    c.graph.replay();
+    count(&GraphStats::replays);
+    return c.out;
+  }
+  if (key != graph_key_) {  // new shapes: this forward runs the blocks as they are (the warm-up)
+    release_graph();
+    graph_key_ = key;
+    return {};
+  }
+  // The second forward in a row with these shapes: capture on a side stream (the default stream
+  // cannot be captured), then replay on the current one. Nothing runs while capturing.
+  auto c = std::make_shared<CapturedBlocks>();
+  c->x = in.x.clone();
+  c->e0 = in.e0.clone();
+  c->context = in.context.clone();
+  if (in.context_img.defined()) c->context_img = in.context_img.clone();
+  c->seq_lens = in.seq_lens;
+  c->angles = in.angles;
+  const int device = options_.device.index();
+  const c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream(device);
+  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, device);
+  // The side stream starts after the inputs' copies on the current one (as torch.cuda.graph does).
+  cudaEvent_t inputs_copied = nullptr;
+  C10_CUDA_CHECK(cudaEventCreateWithFlags(&inputs_copied, cudaEventDisableTiming));
+  C10_CUDA_CHECK(cudaEventRecord(inputs_copied, current.stream()));
+  C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream(), inputs_copied, 0));
+  C10_CUDA_CHECK(cudaEventDestroy(inputs_copied));  // released once the wait is done
+  try {
+    const c10::cuda::CUDAStreamGuard on_side(side);
+    // Thread-local where libtorch lets us choose: other threads' CUDA calls (another Node
+    // worker's engine) then neither break this capture nor fail because of it.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+    c->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+#else
+    c->graph.capture_begin();
+#endif
+    at::Tensor h = c->x;
+    for (size_t i = 0; i < placed_.size(); ++i)
+      h = block_forward(placed_[i], static_cast<int>(i), std::move(h), c->e0, c->seq_lens, in.grids, c->angles,
+                        c->context, c->context_img, std::nullopt, in.lora, nullptr);
+    c->out = h;
+    c->graph.capture_end();
+  } catch (const std::exception& e) {
+    // Something in the blocks needed the host after all. The memory the capture took from the
+    // allocator stays with it; the model runs its blocks as they are from now on.
+    abandon_capture(side.stream());
+    {
+      const std::lock_guard<std::mutex> lock(graph_stats_mutex_);
+      graph_stats_.failure = e.what();
+    }
+    std::fprintf(stderr, "wan-native: cudaGraphs: capturing the DiT blocks failed; they run without a graph: %s\n",
+                 e.what());
+    return {};
+  }
+  captured_ = c;
+  count(&GraphStats::captures);
+  c->graph.replay();
+  count(&GraphStats::replays);
+  return c->out;
+#else
+  (void)in;
+  return {};
+#endif
 }
 
 template <typename Run>
@@ -568,7 +735,16 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
   if (!device.is_cpu()) {
     const std::lock_guard<std::mutex> lock(placement_mutex_);
     place_blocks();
-    run_blocks_on_device(run_block);
+    // cuda_graphs: where nothing in the blocks needs the host (the rest is checked with the
+    // graph's key in replay_blocks).
+    const bool unpadded = std::all_of(lens.begin(), lens.end(), [&](int64_t n) { return n == in.seq_len; });
+    at::Tensor replayed;
+    if (options_.cuda_graphs && !trace && !in.feta_weight && unpadded) {
+      if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
+      replayed = replay_blocks(BlockInputs{x, e0, seq_lens, grids, angles, context, context_img, lora});
+    }
+    if (replayed.defined()) x = replayed;
+    else run_blocks_on_device(run_block);
   } else {
     // The last blocks_to_swap blocks come widened a block at a time (runtime/prefetch.h).
     const int64_t layers = static_cast<int64_t>(blocks_.size());

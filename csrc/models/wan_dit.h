@@ -59,9 +59,22 @@ struct WanDitOptions {
   // Whether the weights go to the device at load, or at the first forward (the wrapper's
   // load_device main_device / offload_device; runtime/residency.h).
   bool load_on_main = true;
-  // The wrapper's compile_args: on a GPU, the q/k RMS norms and RoPE run as fused kernels
-  // (ops::norm_rope_fused). On the CPU the hand-fused loops always run, so it changes nothing.
+  // The wrapper's compile_args: on a GPU, the elementwise chains run as fused kernels
+  // (ops::norm_rope_fused, ops/adaln.h, ops::linear_gelu_fused). On the CPU it changes nothing.
   bool compile = false;
+  // torch.compile's 'reduce-overhead' (CUDA graphs): on a GPU, the blocks of a forward are
+  // captured as one CUDA graph once two forwards in a row have the same shapes, and replayed
+  // while they keep them. Only where nothing in the blocks needs the host: no block swap, no
+  // Enhance-A-Video, no trace, no padding, attention other than sageattn; elsewhere, and if a
+  // capture fails, the blocks run as they are.
+  bool cuda_graphs = false;
+};
+
+// What cuda_graphs did: graphs captured, forwards that replayed one, and why capturing failed
+// ("" if it has not), after which the model runs its blocks as they are.
+struct GraphStats {
+  int64_t captures = 0, replays = 0;
+  std::string failure;
 };
 
 struct WanDitInput {
@@ -107,6 +120,7 @@ class WanDit {
   // and of everything else are dropped; the next forward brings them back. Engine thread only.
   void offload() const;
   bool on_main_device() const { return residency_.on_main(); }
+  GraphStats graph_stats() const;
   // Held while memory accounting reads the weights from another thread.
   std::unique_lock<std::mutex> lock_weights() const { return residency_.lock(); }
   // Calls f(weight, block) on every parameter as held (block -1 outside the blocks), for
@@ -175,6 +189,12 @@ class WanDit {
   // The blocks on the device for one forward: resident ones as placed, swapped ones copied in.
   template <typename Run>
   void run_blocks_on_device(Run&& run) const;
+  // cuda_graphs: the blocks' output for these inputs from a captured graph (captured now if the
+  // previous forward had the same key), or undefined where the caller runs the blocks itself.
+  // The caller holds placement_mutex_.
+  struct BlockInputs;
+  at::Tensor replay_blocks(const BlockInputs& in) const;
+  void release_graph() const;  // the caller holds placement_mutex_
 
   WanDitConfig config_;
   WanDitOptions options_;
@@ -187,6 +207,13 @@ class WanDit {
   mutable std::mutex placement_mutex_;  // held by a forward off the CPU
   mutable std::vector<Block> placed_;   // off the CPU: blocks_ placed for placed_swap_
   mutable int placed_swap_ = -1;
+  // cuda_graphs, under placement_mutex_: the captured blocks (they read the placed weights, so
+  // any re-placement releases them), the last forward's key, and what happened so far.
+  struct CapturedBlocks;
+  mutable std::shared_ptr<CapturedBlocks> captured_;
+  mutable std::string graph_key_;
+  mutable std::mutex graph_stats_mutex_;  // graph_stats() reads them while a forward runs
+  mutable GraphStats graph_stats_;
   Linear head_;
   ops::Weight head_modulation_;   // [1, 2, dim]
   // img_emb (i2v / flf2v): LayerNorm(1280), Linear, GELU, Linear, LayerNorm(dim)

@@ -129,18 +129,24 @@ t.test('attention modes agree with math on the golden case', async (t) => {
     { code: 'WAN_INVALID_OPTION', message: 'Expected one of sdpa, flash, sageattn for attentionMode but received "xformers" of type string' });
 });
 
-t.test('compile: on the CPU the fused loops always run, so it changes nothing', async (t) => {
-  // (On a GPU it runs the fused q/k norm + RoPE kernels: test/gpu/models.test.ts.)
+t.test('compile and cudaGraphs: on the CPU they change nothing', async (t) => {
+  // (On a GPU they run the fused kernels and replay CUDA graphs: test/gpu/models.test.ts.)
   const g = await golden(path.join(goldenDir, 'golden_dit_t2v.safetensors'));
   const file = path.join(weightsDir, 'tiny_t2v_dit.f32.safetensors');
   const eager = await WanModel.load(file, { numHeads: 2, textLen: 16 });
-  const compiled = await WanModel.load(file, { numHeads: 2, textLen: 16, compile: true });
+  const compiled = await WanModel.load(file, { numHeads: 2, textLen: 16, compile: true, cudaGraphs: true });
   t.equal(compiled.config.compiled, false, 'config.compiled: no fused kernels run on the CPU');
+  t.equal(compiled.config.cudaGraphs, false, 'config.cudaGraphs: no graphs on the CPU');
   const { input } = caseInput(g, 'a');
-  const [want, got] = [await eager.forward(input), await compiled.forward(input)];
-  t.equal(maxAbsDiff(got[0], want[0]), 0, 'bitwise the same output');
+  for (let i = 0; i < 3; i++) {  // three forwards of one shape: a GPU would capture at the second
+    const [want, got] = [await eager.forward(input), await compiled.forward(input)];
+    t.equal(maxAbsDiff(got[0], want[0]), 0, `forward ${i + 1}: bitwise the same output`);
+  }
+  t.same(compiled.graphStats(), { captures: 0, replays: 0, failure: null }, 'nothing captured or replayed');
   await t.rejects(WanModel.load(file, { numHeads: 2, textLen: 16, compile: 'yes' as never }),
     { code: 'WAN_INVALID_OPTION', message: 'Expected a boolean for compile but received "yes" of type string' });
+  await t.rejects(WanModel.load(file, { numHeads: 2, textLen: 16, cudaGraphs: 1 as never }),
+    { code: 'WAN_INVALID_OPTION', message: 'Expected a boolean for cudaGraphs but received 1 of type number' });
   eager.dispose();
   compiled.dispose();
 });
