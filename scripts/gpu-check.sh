@@ -74,5 +74,5 @@ fi
 
 stage "bench/gpu"
 [ -n "${1:-}" ] && export WAN_GPU_BENCH=$1
-timeout 300 node dist/bench/gpu.js 2> "$out/bench.err" | tee "$out/bench.md" || { status=1; tail -20 "$out/bench.err"; }
+timeout 450 node dist/bench/gpu.js 2> "$out/bench.err" | tee "$out/bench.md" || { status=1; tail -20 "$out/bench.err"; }
 exit $status
