@@ -11,7 +11,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include "ops/kernel_dtype.h"
+#include "ops/kernel_glue.h"
 #endif
 
 namespace wan::ops {
@@ -51,12 +51,6 @@ bool fusable(const at::Tensor& x, std::initializer_list<at::Tensor> rows) {
   for (const at::Tensor& t : rows)
     if (!one_row_per_sample(x, t) || t.device() != x.device() || records_grad(t)) return false;
   return true;
-}
-
-void check_launch(const char* op, int status) {
-  if (status != 0)
-    throw core::Error(core::ErrorCode::Internal,
-                      std::string(op) + ": the fused CUDA kernel failed with CUDA error " + std::to_string(status));
 }
 #endif
 

@@ -11,7 +11,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include "ops/kernel_dtype.h"
+#include "ops/kernel_glue.h"
 #endif
 
 namespace wan::ops {
@@ -43,10 +43,7 @@ Fp8Rows quantize_fp8_rows(const at::Tensor& x, int64_t rows) {
   p.valid_rows = in.size(0);
   p.cols = in.size(1);
   p.x_dtype = kernel_dtype(in.scalar_type());
-  const int status = launch_fp8_rows(p, c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
-  if (status != 0)
-    throw core::Error(core::ErrorCode::Internal,
-                      "quantize_fp8_rows: the CUDA kernel failed with CUDA error " + std::to_string(status));
+  check_launch("quantize_fp8_rows", launch_fp8_rows(p, c10::cuda::getCurrentCUDAStream(x.device().index()).stream()));
   return out;
 #else
   return {};

@@ -9,7 +9,7 @@
 
 namespace wan::ops {
 
-// The element types the kernels read and write (ops/kernel_dtype.h maps ATen's onto them).
+// The element types the kernels read and write (ops/kernel_glue.h maps ATen's onto them).
 enum class KernelDType : int { F32 = 0, F16 = 1, BF16 = 2 };
 
 // The samples one norm_rope launch takes: their grids travel in the kernel's parameters.

@@ -12,8 +12,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include "ops/fused_cuda.h"
-#include "ops/kernel_dtype.h"
+#include "ops/kernel_glue.h"
 #endif
 
 namespace wan::ops {
@@ -181,10 +180,7 @@ at::Tensor norm_rope_fused(const at::Tensor& x, const at::Tensor& weight, double
   p.x_dtype = kernel_dtype(in.scalar_type());
   p.out_dtype = kernel_dtype(out_dtype);
   p.eps = static_cast<float>(eps);
-  const int status = launch_norm_rope(p, c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
-  if (status != 0)
-    throw core::Error(core::ErrorCode::Internal,
-                      "norm_rope: the fused CUDA kernel failed with CUDA error " + std::to_string(status));
+  check_launch("norm_rope", launch_norm_rope(p, c10::cuda::getCurrentCUDAStream(x.device().index()).stream()));
   return out;
 #else
   return {};
