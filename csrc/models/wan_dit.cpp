@@ -13,11 +13,11 @@
 
 #ifdef WAN_WITH_CUDA
 #include <ATen/cuda/CUDAGraph.h>
-#include <torch/version.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
+#include <torch/version.h>
 #endif
 
 namespace wan::models {
