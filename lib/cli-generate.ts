@@ -21,7 +21,7 @@ import {
 } from './context-windows';
 import { WanError } from './errors';
 import { formatSeconds, StageView } from './cli-view';
-import { ATTENTION_MODES, BASE_PRECISIONS, WanModel, type AttentionMode, type BasePrecision, type ModelLoaderOptions } from './model';
+import { ATTENTION_MODES, BASE_PRECISIONS, storedQuantization, WanModel, type AttentionMode, type BasePrecision, type ModelLoaderOptions } from './model';
 import { planMemory } from './memory-planner';
 import { native } from './native';
 import { Sampler } from './sampler';
@@ -50,7 +50,7 @@ const QUANTIZATIONS = [
 type Quantization = typeof QUANTIZATIONS[number];
 const LOADED_QUANTIZATIONS: readonly Quantization[] = ['disabled', 'fp8_e4m3fn', 'fp8_e4m3fn_scaled', 'fp8_e5m2'];
 // fp8 matmuls, on a GPU only.
-const GPU_QUANTIZATIONS: readonly Quantization[] = ['fp8_e4m3fn_fast'];
+const GPU_QUANTIZATIONS: readonly Quantization[] = ['fp8_e4m3fn_fast', 'fp8_e4m3fn_scaled_fast'];
 const DEVICES = ['auto', 'cpu', 'cuda'] as const;
 
 // Short names for --format, besides the VideoHelperSuite names.
@@ -325,7 +325,8 @@ export function generateCommand(): Command {
       { choices: BASE_PRECISIONS, default: 'bf16' }),
     option(g.models, '--quantization <mode>', "weight storage; 'disabled' uses the weights as stored, fp8 files included; " +
       `${LOADED_QUANTIZATIONS.slice(1).join(', ')} convert the large linear weights to fp8 at load (widened per layer on the CPU); ` +
-      `fp8_e4m3fn_fast also multiplies in fp8 (a GPU of compute capability >= 8.9); the other _fast forms and fp8_e5m2_scaled ${NOT_YET}`,
+      `${GPU_QUANTIZATIONS.join(' and ')} also multiply in fp8 (a GPU of compute capability >= 8.9); the fp8_e5m2 _fast forms and ` +
+      `fp8_e5m2_scaled ${NOT_YET}`,
       { choices: QUANTIZATIONS, default: 'disabled' }),
     option(g.models, '--lora <file[:strength]>', 'merge a LoRA into the model at load, at a strength (1.0, -1000..1000; 0 skips it); ' +
       'repeatable, merged in order; safetensors or .pth in any common key layout', { parse: loraValue }),
@@ -574,7 +575,7 @@ export function settingsFrom(cmd: Command): GenerateSettings {
       `computes on the CPU (--device ${o.device}), where fp8 is storage: use one of ${LOADED_QUANTIZATIONS.join(', ')}`);
   if (!LOADED_QUANTIZATIONS.includes(s.quantization) && !GPU_QUANTIZATIONS.includes(s.quantization)) {
     const why = s.quantization.endsWith('_fast')
-      ? `of the fp8 matmul forms only ${GPU_QUANTIZATIONS.join(', ')} is implemented`
+      ? `of the fp8 matmul forms only ${GPU_QUANTIZATIONS.join(' and ')} are implemented`
       : 'scaled fp8_e5m2 storage is not implemented';
     throw notYet(`--quantization ${s.quantization}`, `${why}: use one of ${[...LOADED_QUANTIZATIONS, ...GPU_QUANTIZATIONS].join(', ')}`);
   }
@@ -769,7 +770,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
       maxMemory: s.maxMemory === 'auto' ? undefined : s.maxMemory * 2 ** 30, batch: s.batchedCfg ? 2 : 1,
       prefetchBlocks: s.prefetchBlocks,
       device: s.device === 'cpu' ? 'cpu' : 'cuda',
-      ...(s.quantization !== 'disabled' ? { quantization: (s.quantization === 'fp8_e4m3fn_fast' ? 'fp8_e4m3fn' : s.quantization) as 'fp8_e4m3fn' } : {}),
+      ...(s.quantization !== 'disabled' ? { quantization: storedQuantization(s.quantization as NonNullable<ModelLoaderOptions['quantization']>) } : {}),
       ...(s.blocksToSwap > 0 ? { blocksToSwap: s.blocksToSwap } : {}),
     });
     if (!memory.fits) {

@@ -19,7 +19,7 @@ import * as fs from 'node:fs';
 
 import { loadCheckpoint } from './checkpoint';
 import { describeValue, invalidOption, WanError } from './errors';
-import type { AttentionMode, Quantization } from './model';
+import type { AttentionMode, StoredQuantization } from './model';
 import type { Placement } from './device';
 import { native } from './native';
 import { Vae, type VaeMemoryEstimate, type VaeMemoryEstimateOptions } from './vae';
@@ -68,7 +68,7 @@ export interface PlanMemoryOptions {
   /** Swapped blocks prepared ahead (default 0). */
   prefetchBlocks?: number;
   /** Fix the weight storage instead of choosing it ('disabled' keeps the file's dtypes). */
-  quantization?: Exclude<Quantization, 'fp8_e4m3fn_fast'>;
+  quantization?: StoredQuantization;
   /** Fix blocksToSwap instead of choosing it. */
   blocksToSwap?: number;
 }
@@ -108,7 +108,7 @@ export interface MemoryPlan {
   peak: number;
   blocksToSwap: number;
   prefetchBlocks: number;
-  quantization: Exclude<Quantization, 'fp8_e4m3fn_fast'>;
+  quantization: StoredQuantization;
   vaeTiling: boolean;
   width: number;
   height: number;
@@ -498,13 +498,13 @@ export async function planMemory(options: PlanMemoryOptions): Promise<MemoryPlan
   // I2V and FLF2V keep the VAE that encoded the image loaded while sampling (wan-native generate).
   const vaeDuringSampling = shape.imageInput && decode ? decode.weights : 0;
 
-  const storages: Exclude<Quantization, 'fp8_e4m3fn_fast'>[] =
+  const storages: StoredQuantization[] =
     options.quantization !== undefined ? [options.quantization] : ['disabled', 'fp8_e4m3fn'];
   const swaps = options.blocksToSwap !== undefined ? [options.blocksToSwap]
     : o.device === 'cpu' ? [0]  // swapping never lowers the CPU peak (see the top of this file)
       : Array.from({ length: shape.numLayers + 1 }, (_, i) => i);
 
-  type Candidate = { quantization: Exclude<Quantization, 'fp8_e4m3fn_fast'>; blocksToSwap: number; cost: DitCost; stages: StagePlan[]; peak: number };
+  type Candidate = { quantization: StoredQuantization; blocksToSwap: number; cost: DitCost; stages: StagePlan[]; peak: number };
   const evaluate = (quantization: Candidate['quantization'], blocksToSwap: number, tiled: boolean): Candidate => {
     const cost = ditCost(shape, ditWeights(dit, shape.numLayers, quantization), o, blocksToSwap);
     const ditParts = vaeDuringSampling ? { ...cost.parts, vae: vaeDuringSampling } : cost.parts;

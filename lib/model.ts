@@ -14,8 +14,19 @@ export const ATTENTION_MODES: readonly AttentionMode[] = ['sdpa', 'flash', 'sage
 export type BasePrecision = 'fp32' | 'bf16' | 'fp16' | 'fp16_fast';
 export const BASE_PRECISIONS: readonly BasePrecision[] = ['fp32', 'bf16', 'fp16', 'fp16_fast'];
 
-export type Quantization = 'disabled' | 'fp8_e4m3fn' | 'fp8_e4m3fn_scaled' | 'fp8_e5m2' | 'fp8_e4m3fn_fast';
-export const QUANTIZATIONS: readonly Quantization[] = ['disabled', 'fp8_e4m3fn', 'fp8_e4m3fn_scaled', 'fp8_e5m2', 'fp8_e4m3fn_fast'];
+export type Quantization = 'disabled' | 'fp8_e4m3fn' | 'fp8_e4m3fn_scaled' | 'fp8_e5m2' | 'fp8_e4m3fn_fast' | 'fp8_e4m3fn_scaled_fast';
+export const QUANTIZATIONS: readonly Quantization[] = ['disabled', 'fp8_e4m3fn', 'fp8_e4m3fn_scaled', 'fp8_e5m2', 'fp8_e4m3fn_fast', 'fp8_e4m3fn_scaled_fast'];
+/** The forms that store weights (the fp8 matmul forms store what their storage form does). */
+export type StoredQuantization = Exclude<Quantization, 'fp8_e4m3fn_fast' | 'fp8_e4m3fn_scaled_fast'>;
+/** The fp8 matmul forms (a GPU only) and the storage each multiplies from. */
+export const FP8_MATMUL_STORAGE: Readonly<Record<'fp8_e4m3fn_fast' | 'fp8_e4m3fn_scaled_fast', StoredQuantization>> = {
+  fp8_e4m3fn_fast: 'fp8_e4m3fn', fp8_e4m3fn_scaled_fast: 'fp8_e4m3fn_scaled',
+};
+
+/** The storage a quantization form keeps the weights in. */
+export function storedQuantization(q: Quantization): StoredQuantization {
+  return q in FP8_MATMUL_STORAGE ? FP8_MATMUL_STORAGE[q as keyof typeof FP8_MATMUL_STORAGE] : q as StoredQuantization;
+}
 
 export interface ModelLoaderOptions extends LongCallOptions {
   /** Where the model computes (WanVideoModelLoader main_device): 'cpu' (default), 'cuda',
@@ -32,7 +43,9 @@ export interface ModelLoaderOptions extends LongCallOptions {
    * The fp8 forms convert the large linear weights at load (a bf16 file halves in memory);
    * norms, biases, modulation, time and image embeddings, patch embedding and head keep the
    * file's precision, as the wrapper keeps them. On a CPU fp8 is storage, widened per layer.
-   * 'fp8_e4m3fn_fast' (fp8 matmuls) needs the model on a GPU of compute capability >= 8.9. */
+   * 'fp8_e4m3fn_fast' and 'fp8_e4m3fn_scaled_fast' (fp8 matmuls from e4m3fn storage, scaled per
+   * tensor as ComfyUI writes it for the latter) need the model on a GPU of compute capability
+   * >= 8.9. */
   quantization?: Quantization;
   /** Compute dtype on a GPU (WanVideoModelLoader base_precision, default 'bf16'; fp16_fast is fp16 here). On a CPU the
    * model computes in fp32 whatever this says (bf16 matmul is ~30x slower there); `config.computeDtype` tells. */
@@ -284,9 +297,9 @@ export class WanModel {
     return withCallerStack((async () => {
       checkOptions(options);
       const device = resolveDevice(options.device);
-      if (options.quantization === 'fp8_e4m3fn_fast' && device === 'cpu')
-        throw invalidOption("quantization 'fp8_e4m3fn_fast' runs fp8 matmuls on a GPU (compute capability >= 8.9), and this model " +
-                            "computes on the CPU (device 'cpu'); use 'fp8_e4m3fn' (fp8 storage, widened per layer)");
+      if (options.quantization !== undefined && options.quantization in FP8_MATMUL_STORAGE && device === 'cpu')
+        throw invalidOption(`quantization '${options.quantization}' runs fp8 matmuls on a GPU (compute capability >= 8.9), and this model ` +
+                            `computes on the CPU (device 'cpu'); use '${storedQuantization(options.quantization)}' (fp8 storage, widened per layer)`);
       const plan = await planFiles(path, 'path');
       const loras = await planLoras(options.loras);
       const mergeLoras = options.mergeLoras ?? true;
@@ -298,12 +311,12 @@ export class WanModel {
         memoryPlan = await planMemory({
           dit: plan.files, ...options.planFor, maxMemory: options.maxMemory === 'auto' ? undefined : options.maxMemory,
           device: device === 'cpu' ? 'cpu' : 'cuda', attentionMode: options.attentionMode ?? 'sdpa',
-          // fp8_e4m3fn_fast stores what fp8_e4m3fn stores
-          quantization: options.quantization === 'fp8_e4m3fn_fast' ? 'fp8_e4m3fn' : options.quantization,
+          // the fp8 matmul forms store what their storage forms store
+          quantization: options.quantization === undefined ? undefined : storedQuantization(options.quantization),
           blocksToSwap: blockSwap?.blocksToSwap, prefetchBlocks: blockSwap?.prefetchBlocks,
         });
         if (!memoryPlan.fits) throw new WanError('WAN_OUT_OF_MEMORY', `maxMemory: ${memoryPlan.message}`);
-        if (quantization !== 'fp8_e4m3fn_fast' || memoryPlan.quantization !== 'fp8_e4m3fn') quantization = memoryPlan.quantization;
+        if (storedQuantization(quantization) !== memoryPlan.quantization) quantization = memoryPlan.quantization;
         blockSwap = { blocksToSwap: memoryPlan.blocksToSwap, prefetchBlocks: memoryPlan.prefetchBlocks };
       }
       const embeddingOffloads = {

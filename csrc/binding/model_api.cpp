@@ -94,8 +94,8 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     o.Set("eps", c.eps);
     o.Set("computeDtype", std::string(core::dtype_name(core::dtype_of(at::empty({0}, model->options().compute)))));
     o.Set("attentionMode", ops::attention_mode_name(model->options().attention));
-    o.Set("quantization", model->options().fp8_matmul ? "fp8_e4m3fn_fast"
-                                                       : ops::quantization_name(model->options().quantization));
+    const std::string stored = ops::quantization_name(model->options().quantization);
+    o.Set("quantization", model->options().fp8_matmul ? stored + "_fast" : stored);
     o.Set("device", core::device_name(model->options().device));
     o.Set("blocksToSwap", model->options().blocks_to_swap);
     o.Set("prefetchBlocks", model->options().prefetch_blocks);
@@ -234,14 +234,17 @@ Napi::Value load_wan_model(const Napi::CallbackInfo& info) {
     }
     if (o.Get("quantization").IsString()) {
       const std::string name = o.Get("quantization").As<Napi::String>().Utf8Value();
-      // fp8_e4m3fn_fast: e4m3fn storage (as fp8_e4m3fn), multiplied in fp8 on the GPU.
-      options.fp8_matmul = name == "fp8_e4m3fn_fast";
-      options.quantization = ops::quantization_from_name(options.fp8_matmul ? "fp8_e4m3fn" : name);
+      // fp8_e4m3fn_fast, fp8_e4m3fn_scaled_fast: the storage of the name without "_fast",
+      // multiplied in fp8 on the GPU.
+      const std::string fast = "_fast";
+      options.fp8_matmul = name == "fp8_e4m3fn_fast" || name == "fp8_e4m3fn_scaled_fast";
+      const std::string storage = options.fp8_matmul ? name.substr(0, name.size() - fast.size()) : name;
+      options.quantization = ops::quantization_from_name(storage);
       if (options.fp8_matmul) {
         const std::string why = ops::fp8_matmul_unsupported(options.device);
         if (!why.empty())
-          throw core::Error(core::ErrorCode::InvalidOption, "quantization 'fp8_e4m3fn_fast' runs fp8 matmuls, but " +
-                                                                why + "; use 'fp8_e4m3fn' (fp8 storage)");
+          throw core::Error(core::ErrorCode::InvalidOption, "quantization '" + name + "' runs fp8 matmuls, but " + why +
+                                                                "; use '" + storage + "' (fp8 storage)");
       }
     }
     const bool populate = o.Get("populate").ToBoolean();

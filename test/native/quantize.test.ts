@@ -34,7 +34,7 @@ function encodeE5m2(values: Float32Array): Uint8Array {
 }
 
 // Writes the base model with its quantizable weights as fp8 codes made in JS.
-async function quantizeInJs(t: Tap, q: Exclude<Quantization, 'disabled' | 'fp8_e4m3fn_fast'>, dir: string): Promise<string> {
+async function quantizeInJs(t: Tap, q: Exclude<Quantization, 'disabled' | 'fp8_e4m3fn_fast' | 'fp8_e4m3fn_scaled_fast'>, dir: string): Promise<string> {
   const { tensors } = await loadCheckpoint(base);
   const out = new Map<string, Tensor>();
   let count = 0;
@@ -99,5 +99,7 @@ t.test('a file already in the requested form is kept; options are validated', as
   await t.rejects(WanModel.load(base, { ...tiny, quantization: 'int8' as never }),
     { code: 'WAN_INVALID_OPTION', message: /Expected one of disabled, fp8_e4m3fn, .* for quantization but received "int8"/ });
   await t.rejects(WanModel.load(base, { ...tiny, quantization: 'fp8_e4m3fn_fast' }),
-    { code: 'WAN_INVALID_OPTION', message: /fp8_e4m3fn_fast.*GPU.*use 'fp8_e4m3fn'/ });
+    { code: 'WAN_INVALID_OPTION', message: /fp8_e4m3fn_fast.*GPU.*use 'fp8_e4m3fn' \(fp8 storage/ });
+  await t.rejects(WanModel.load(base, { ...tiny, quantization: 'fp8_e4m3fn_scaled_fast' }),
+    { code: 'WAN_INVALID_OPTION', message: /fp8_e4m3fn_scaled_fast.*GPU.*use 'fp8_e4m3fn_scaled' \(fp8 storage/ });
 });
