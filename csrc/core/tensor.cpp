@@ -15,6 +15,12 @@
 
 namespace wan::core {
 
+std::string shape_text(at::IntArrayRef sizes) {
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
+  return out + "]";
+}
+
 at::ScalarType storage_scalar_type(DType t) {
   switch (t) {
     case DType::F64: return at::kDouble;

@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <string>
+
 #include "core/dtype.h"
 
 namespace wan::core {
@@ -18,6 +20,9 @@ at::ScalarType storage_scalar_type(DType t);
 DType dtype_of(const at::Tensor& t);
 
 inline Tensor wrap(at::Tensor t) { return Tensor{t, dtype_of(t)}; }
+
+// A shape as error messages print it: "[2, 3, 8]".
+std::string shape_text(at::IntArrayRef sizes);
 
 // Values as float32 (fp8 decoded exactly through a lookup table; f64/ints converted).
 at::Tensor to_float(const Tensor& t);

@@ -14,6 +14,7 @@ namespace {
 
 using core::Error;
 using core::ErrorCode;
+using core::shape_text;
 
 // CLIP's normalisation constants (wan/modules/clip.py _clip, and every OpenAI-derived CLIP).
 // Kept as doubles and cast once, as torchvision's Normalize does with torch.as_tensor(mean,
@@ -28,12 +29,6 @@ void check(bool ok, const std::string& what) {
 
 void check_cancelled(const std::function<bool()>& cancelled) {
   if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
-}
-
-std::string shape_text(at::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
 }
 
 bool starts_with(const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; }

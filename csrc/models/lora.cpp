@@ -19,6 +19,7 @@ namespace {
 
 using core::DType;
 using core::Error;
+using core::shape_text;
 using core::ErrorCode;
 
 // ---------------------------------------------------------------------------------------------
@@ -132,12 +133,6 @@ bool has_segment(std::string_view path, std::string_view segment) {
   for (const auto& s : split(path, '.'))
     if (s == segment) return true;
   return false;
-}
-
-std::string shape_text(at::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
 }
 
 std::string part_name(Part p) {

@@ -25,6 +25,7 @@ namespace {
 
 using core::Error;
 using core::ErrorCode;
+using core::shape_text;
 
 // Timestep embedding (sinusoidal_embedding_1d), computed in float64 as the official code
 // does: t [B] -> [B, dim] = [cos(t w), sin(t w)], w_j = 10000^(-j/half).
@@ -38,12 +39,6 @@ at::Tensor sinusoidal_embedding(int64_t dim, const at::Tensor& t) {
 
 void check(bool ok, const std::string& what) {
   if (!ok) throw Error(ErrorCode::InvalidTensor, what);
-}
-
-std::string shape_text(at::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/tensor.h"
 #include "ops/adaln_row.h"
 #include "ops/norm.h"
 
@@ -16,13 +17,9 @@
 
 namespace wan::ops {
 
-namespace {
+using core::shape_text;
 
-std::string shape_text(at::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
+namespace {
 
 // Whether `per_sample` ([B, 1, dim] or [B, dim]) holds one row of x [B, L, dim]'s width per sample.
 bool one_row_per_sample(const at::Tensor& x, const at::Tensor& per_sample) {

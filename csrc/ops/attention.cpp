@@ -18,11 +18,11 @@
 #include <cstring>
 #include <limits>
 #include <new>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "core/error.h"
+#include "core/tensor.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -68,14 +68,6 @@ static_assert(kBlockQ % kSageQueryBlock == 0 && kSageQueryBlock % kPanel == 0 &&
 
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
-std::string shape_string(const at::Tensor& t) {
-  std::ostringstream out;
-  out << '[';
-  for (int64_t i = 0; i < t.dim(); ++i) out << (i ? ", " : "") << t.size(i);
-  out << ']';
-  return out.str();
-}
-
 std::string dtype_string(at::ScalarType t) {
   switch (t) {
     case at::kFloat: return "f32";
@@ -102,14 +94,14 @@ struct Dims {
 // k_lens are on a GPU: reading them would stall the stream, and the kernels clamp them instead.
 Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_lens) {
   if (!q.defined() || !k.defined() || !v.defined()) invalid("q, k and v must all be defined tensors");
-  if (q.dim() != 4) invalid("q must be a 4-D tensor [B, Lq, H, D] but got shape " + shape_string(q));
-  if (k.dim() != 4) invalid("k must be a 4-D tensor [B, Lk, H, D] but got shape " + shape_string(k));
+  if (q.dim() != 4) invalid("q must be a 4-D tensor [B, Lq, H, D] but got shape " + core::shape_text(q.sizes()));
+  if (k.dim() != 4) invalid("k must be a 4-D tensor [B, Lk, H, D] but got shape " + core::shape_text(k.sizes()));
   const Dims d{q.size(0), q.size(1), k.size(1), q.size(2), q.size(3)};
   if (k.size(0) != d.B || k.size(2) != d.H || k.size(3) != d.D)
     invalid("k must have shape [B, Lk, H, D] = [" + std::to_string(d.B) + ", Lk, " + std::to_string(d.H) + ", " +
-            std::to_string(d.D) + "] to match q " + shape_string(q) + " but got " + shape_string(k));
+            std::to_string(d.D) + "] to match q " + core::shape_text(q.sizes()) + " but got " + core::shape_text(k.sizes()));
   if (!v.sizes().equals(k.sizes()))
-    invalid("v must have the shape of k " + shape_string(k) + " but got " + shape_string(v));
+    invalid("v must have the shape of k " + core::shape_text(k.sizes()) + " but got " + core::shape_text(v.sizes()));
   for (const auto* t : {&q, &k, &v}) {
     const auto type = t->scalar_type();
     if (type != at::kFloat && type != at::kHalf && type != at::kBFloat16)
@@ -122,12 +114,12 @@ Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   if (k.device() != q.device() || v.device() != q.device())
     invalid("q, k and v must be on the same device but got q on " + q.device().str() + ", k on " +
             k.device().str() + " and v on " + v.device().str());
-  if (d.Lk < 1 && d.B > 0) invalid("k must hold at least one key but got shape " + shape_string(k));
+  if (d.Lk < 1 && d.B > 0) invalid("k must hold at least one key but got shape " + core::shape_text(k.sizes()));
   if (k_lens.defined()) {
     const auto type = k_lens.scalar_type();
     if (k_lens.dim() != 1 || k_lens.size(0) != d.B || (type != at::kLong && type != at::kInt))
       invalid("k_lens must be a 1-D i64 or i32 tensor of B = " + std::to_string(d.B) + " elements but got " +
-              dtype_string(type) + " " + shape_string(k_lens));
+              dtype_string(type) + " " + core::shape_text(k_lens.sizes()));
     if (k_lens.device().is_cpu() || !q.is_cuda()) {
       const at::Tensor lens = k_lens.to(at::kCPU).to(at::kLong).contiguous();
       const int64_t* p = lens.data_ptr<int64_t>();
