@@ -54,6 +54,7 @@ constexpr Suffix kSuffixes[] = {
     {".lora_linear_layer.down.weight", Part::Down},
     {".lora_linear_layer.up.weight", Part::Up},                          // transformers
     {".lora_A", Part::Down},            {".lora_B", Part::Up},           // bare (ComfyUI's mochi form)
+    {".lora_down", Part::Down},         {".lora_up", Part::Up},          // bare (the wrapper's Fun form)
     {".alpha", Part::Alpha},
     {".diff", Part::Diff},              {".w_norm", Part::Diff},         // ComfyUI reads w_norm as a diff
     {".diff_b", Part::DiffBias},        {".b_norm", Part::DiffBias},
@@ -216,7 +217,8 @@ bool looks_diffusers(std::string_view path) {
 // Diffusers module paths -> official ones, with the rename tables of io::normalize_keys (each
 // path given as a `<path>.weight` record; the record's offset carries its index back).
 // normalize_keys picks the diffusers dialect from the key set; a LoRA that touches only
-// `ffn.net.*` has no key it recognises, so a key only diffusers files have is added.
+// `ffn.net.*` has no key it recognises, so a key only diffusers files have is added (unless the
+// LoRA changes that module itself, whose key then serves).
 void rename_diffusers(std::vector<std::string>& paths, const std::string& file) {
   std::vector<std::string> unique(paths);  // the down, up and alpha of a module share its path
   std::sort(unique.begin(), unique.end());
@@ -224,8 +226,9 @@ void rename_diffusers(std::vector<std::string>& paths, const std::string& file) 
   io::ParsedCheckpoint fake;
   for (size_t i = 0; i < unique.size(); ++i)
     fake.tensors.push_back(io::TensorRecord{unique[i] + ".weight", DType::F32, {}, {}, i, 0});
-  fake.tensors.push_back(
-      io::TensorRecord{"condition_embedder.time_proj.weight", DType::F32, {}, {}, std::numeric_limits<uint64_t>::max(), 0});
+  if (!std::binary_search(unique.begin(), unique.end(), std::string("condition_embedder.time_proj")))
+    fake.tensors.push_back(io::TensorRecord{"condition_embedder.time_proj.weight", DType::F32, {}, {},
+                                            std::numeric_limits<uint64_t>::max(), 0});
   const io::NormalizedCheckpoint normalized = io::normalize_keys(fake, file);
   std::map<std::string, std::string> renamed;
   for (const auto& r : normalized.tensors)
@@ -311,9 +314,15 @@ void collect(const LoraSpec& spec, int index, const ModelNames& m, std::map<std:
     }
   }
   // The wrapper's test for a rank-stabilised PEFT LoRA (compensate_rs_lora_format), which then
-  // scales by about sqrt(rank) (rsLoRA's alpha / sqrt(rank) with alpha = rank) by setting
-  // alpha = rank^2 // sqrt(rank) where the file has no alpha.
-  const bool rs_lora = owner.count("base_model.model.blocks.0.cross_attn.k.lora_A.weight") > 0;
+  // scales by about sqrt(rank) (rsLoRA's alpha / sqrt(rank) with alpha = rank): every pair gets
+  // alpha = r^2 // sqrt(r), r the rank of blocks.0.cross_attn.k, in place of any alpha stored.
+  std::optional<double> rs_alpha;
+  for (const auto& m : mapped)
+    for (const auto& r : m.parsed.tensors)
+      if (r.name == "base_model.model.blocks.0.cross_attn.k.lora_A.weight" && !r.shape.empty()) {
+        const double rank = static_cast<double>(r.shape[0]);
+        rs_alpha = std::floor(rank * rank / std::sqrt(rank));
+      }
 
   // layerFilter: a key is skipped when its stored name or `official` contains a filter string.
   auto filtered = [&](const std::string& key, const std::string& official) {
@@ -447,15 +456,15 @@ void collect(const LoraSpec& spec, int index, const ModelNames& m, std::map<std:
       return;
     }
     double alpha = static_cast<double>(rank);  // no alpha: the update is up @ down
-    if (g.alpha) {
+    if (rs_alpha) {
+      alpha = *rs_alpha;
+    } else if (g.alpha) {
       const core::Tensor a = tensor(g.alpha);
       if (a.value.numel() != 1) {
         problems.push_back("key '" + g.alpha->key + "' must hold one number, got shape " + shape_text(a.value.sizes()));
         return;
       }
       alpha = as_double(a).item<double>();
-    } else if (rs_lora) {
-      alpha = std::floor(static_cast<double>(rank * rank) / std::sqrt(static_cast<double>(rank)));
     }
     patches[target].push_back(
         Patch{spec.strength * alpha / static_cast<double>(rank), up, down, {}, index, alpha / static_cast<double>(rank)});
@@ -484,6 +493,21 @@ void collect(const LoraSpec& spec, int index, const ModelNames& m, std::map<std:
 }
 
 bool is_fp8(DType t) { return t == DType::F8_E4M3FN || t == DType::F8_E5M2; }
+
+// The scale to store fp8 `values` with: `scale` (undefined: none; one number, or one per row as
+// [out, 1, ...]) where every value fits the format's finite range at it; else, per tensor or per
+// row as `scale` is, the larger of it and the one that maps the largest magnitude to the top.
+at::Tensor fp8_scale_for(const at::Tensor& values, const at::Tensor& scale, DType format) {
+  const double top = format == DType::F8_E4M3FN ? 448.0 : 57344.0;
+  const bool per_row = scale.defined() && scale.dim() > 0;
+  std::vector<int64_t> inner;
+  for (int64_t d = 1; d < values.dim(); ++d) inner.push_back(d);
+  const at::Tensor amax =
+      per_row && !inner.empty() ? values.abs().amax(inner, /*keepdim=*/true) : values.abs().max();
+  const at::Tensor current = scale.defined() ? scale.to(at::kFloat) : at::ones({}, at::kFloat);
+  if ((amax <= current * top).all().item<bool>()) return scale;
+  return at::maximum(current, amax / top);
+}
 
 using Patches = std::map<std::string, std::vector<Patch>>;  // official name -> updates, in LoRA order
 
@@ -525,10 +549,16 @@ int merge_patches(std::map<std::string, ops::Weight>& weights, const Patches& pa
       stored = value;
     } else {
       const at::Tensor merged = value.to(at::kFloat);  // the float32 merge, rounded once
-      if (is_fp8(dtype))  // re-encoded with the same scale (round to nearest even, saturating)
-        stored = ops::encode_fp8(w.scale.defined() ? merged / w.scale.to(at::kFloat) : merged, dtype);
-      else
+      if (is_fp8(dtype)) {
+        // Re-encoded (round to nearest even) with the weight's scale, unless the merged values
+        // outgrow what the format holds at that scale: the scale then grows to fit them, where
+        // keeping it would saturate them at the old range.
+        const at::Tensor scale = fp8_scale_for(merged, w.scale, dtype);
+        stored = ops::encode_fp8(scale.defined() ? merged / scale : merged, dtype);
+        w.scale = scale;
+      } else {
         stored = merged.to(core::storage_scalar_type(dtype)).contiguous();
+      }
     }
     w.stored = core::Tensor{stored, dtype};
   }

@@ -206,7 +206,7 @@ t.test('bf16 storage: merged weights are the bf16 rounding of the float32 merge'
   t.ok(maxAbsDiff(got, await forwardOf(base16, input)) > 1e-2, 'and different from the base model');
 });
 
-t.test('fp8 and scaled fp8 storage: decoded, merged, re-encoded with the same scale', async (t) => {
+t.test('fp8 and scaled fp8 storage: decoded, merged, re-encoded with the scale grown where the merge outgrows it', async (t) => {
   const input = await golden();
   const source = (await loadCheckpoint(base32)).tensors;
   const { updates, alphas } = plan(0.9);
@@ -229,13 +229,28 @@ t.test('fp8 and scaled fp8 storage: decoded, merged, re-encoded with the same sc
     }
     if (scaled) fp8.set('scaled_fp8', Tensor.fromTypedArray(new Uint8Array(0), [0], 'f8_e4m3fn'));
     // The reference: the float64 merge of the decoded values, float32, divided by the scale, e4m3fn.
+    // Where the merged values outgrow 448 x the scale, the scale becomes their largest magnitude
+    // / 448 (keeping it would saturate them), and the file gets that scale.
     const m = merged(source, updates, Math.fround, decoded);
+    let grown = 0;
     for (const [k, v] of fp8) {
       const touched = scales.has(k) && updates.some((u) => u.target === k);
-      expected.set(k, touched
-        ? Tensor.fromTypedArray(encodeE4m3fn((m.get(k)!.toTypedArray() as Float32Array).map((y) => y / scales.get(k)!)), v.shape, 'f8_e4m3fn')
-        : (scales.has(k) ? v : m.get(k) ?? v));
+      if (!touched) {
+        if (!expected.has(k)) expected.set(k, scales.has(k) || k.endsWith('.scale_weight') ? v : m.get(k) ?? v);
+        continue;
+      }
+      const values = m.get(k)!.toTypedArray() as Float32Array;
+      const amax = values.reduce((a, y) => Math.max(a, Math.abs(y)), 0);
+      let scale = scales.get(k)!;
+      if (amax > Math.fround(scale * 448)) {
+        t.ok(scaled, `${k}: only a scaled weight outgrows its range here`);
+        scale = Math.max(scale, Math.fround(amax / 448));
+        grown++;
+      }
+      expected.set(k, Tensor.fromTypedArray(encodeE4m3fn(values.map((y) => Math.fround(y / scale))), v.shape, 'f8_e4m3fn'));
+      if (scaled) expected.set(k.replace(/\.weight$/, '.scale_weight'), f32(new Float32Array([scale]), []));
     }
+    if (scaled) t.ok(grown > 0, `scaled: ${grown} merged weights outgrow their scale`);
     const name = scaled ? 'fp8-scaled' : 'fp8';
     const baseFile = await save(`${name}-base`, fp8), expectedFile = await save(`${name}-merged`, expected);
     const got = await forwardOf(baseFile, input, { loras: [{ path: file, strength: 0.9 }] });
@@ -262,6 +277,10 @@ t.test('every key family names the same weights', async (t) => {
     ['PEFT .default.', (m) => ({ down: `base_model.model.${m}.lora_A.default.weight`, up: `base_model.model.${m}.lora_B.default.weight` })],
     ['kohya lora_unet_', kohya],
     ['VideoX-Fun lora_unet__', underscored('lora_unet__')],
+    ['VideoX-Fun, bare lora_down/lora_up', (m) => {
+      const u = `lora_unet__${m.replace(/\./g, '_')}`;
+      return { down: `${u}.lora_down`, up: `${u}.lora_up` };
+    }],
     ['LyCORIS lycoris_', underscored('lycoris_')],
     ['lora_unet_ with dotted leaves (WVW #869)', (m) => {
       const [, b, rest] = /^blocks\.(\d+)\.(.*)$/.exec(m)!;
@@ -288,9 +307,31 @@ t.test("PEFT rank-stabilised LoRAs get the wrapper's alpha = rank^2 // sqrt(rank
   const base = (await loadCheckpoint(base32)).tensors;
   // compensate_rs_lora_format: detected by this key; alpha 16 // 2 = 8 for rank 4, scale 2.
   const updates = [pair('blocks.0.cross_attn.k', 64, 64, 1, 8), pair('blocks.1.self_attn.v', 64, 64, 1, 8)];
-  const file = await loraFile('rslora', updates, (m) => ({ down: `base_model.model.${m}.lora_A.weight`, up: `base_model.model.${m}.lora_B.weight` }));
-  const err = maxAbsDiff(await forwardOf(base32, input, { loras: [{ path: file }] }), await forwardOf(await save('rslora-merged', merged(base, updates)), input));
+  const peft = (m: string) => ({ down: `base_model.model.${m}.lora_A.weight`, up: `base_model.model.${m}.lora_B.weight`, alpha: `base_model.model.${m}.alpha` });
+  const file = await loraFile('rslora', updates, peft);
+  const want = await forwardOf(await save('rslora-merged', merged(base, updates)), input);
+  const err = maxAbsDiff(await forwardOf(base32, input, { loras: [{ path: file }] }), want);
   t.ok(err <= 1e-6, `max abs difference ${err.toExponential(2)}`);
+  // The wrapper writes its alpha over any stored one.
+  const withAlpha = await loraFile('rslora-alpha', updates, peft, {}, new Map(updates.map((u) => [u.target, 1])));
+  const errAlpha = maxAbsDiff(await forwardOf(base32, input, { loras: [{ path: withAlpha }] }), want);
+  t.ok(errAlpha <= 1e-6, `stored alpha 1 replaced by 8: max abs difference ${errAlpha.toExponential(2)}`);
+});
+
+t.test('diffusers LoRAs may change condition_embedder.time_proj (time_projection.1)', async (t) => {
+  const input = await golden();
+  const base = (await loadCheckpoint(base32)).tensors;
+  const updates = [pair('time_projection.1', 384, 64, 1), pair('blocks.0.self_attn.q', 64, 64, 1)];
+  const module = (m: string) => (m === 'time_projection.1' ? 'condition_embedder.time_proj' : toDiffusersModule(m));
+  const want = await forwardOf(await save('time-proj-merged', merged(base, updates)), input);
+  const namers: [string, Namer][] = [
+    ['transformer.', (m) => ({ down: `transformer.${module(m)}.lora_A.weight`, up: `transformer.${module(m)}.lora_B.weight` })],
+    ['lycoris_', (m) => ({ down: `lycoris_${module(m).replace(/\./g, '_')}.lora_down.weight`, up: `lycoris_${module(m).replace(/\./g, '_')}.lora_up.weight` })],
+  ];
+  for (const [name, namer] of namers) {
+    const err = maxAbsDiff(await forwardOf(base32, input, { loras: [{ path: await loraFile(`time-proj-${name}`, updates, namer) }] }), want);
+    t.ok(err <= 1e-6, `${name}: max abs difference ${err.toExponential(2)}`);
+  }
 });
 
 t.test('strength 0, blocks and layerFilter', async (t) => {
