@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <set>
 #include <string_view>
 #include <unordered_map>
@@ -351,15 +352,39 @@ NormalizedCheckpoint normalize_keys(const ParsedCheckpoint& in, const std::strin
   }
 
   // 4. Quantization scale names. Other tools write `.weight_scale` / `.input_scale` for what
-  // ComfyUI calls `.scale_weight` / `.scale_input` (WanVideoWrapper renames them on load), but
-  // in ComfyUI's own mixed-precision format (`.comfy_quant`, `.weight_scale_2`) those names are
-  // native and mean something else, so such layers are left alone.
-  std::set<std::string, std::less<>> comfy_quant_layers;
+  // ComfyUI calls `.scale_weight` / `.scale_input` (WanVideoWrapper renames them on load). In
+  // ComfyUI's own mixed-precision format (a `.comfy_quant` config per layer) they are native
+  // names. Its fp8 layers (an fp8 weight, one `weight_scale`, no `weight_scale_2`) are ComfyUI's
+  // scaled fp8 under those names: their config goes and their scales are renamed. Its other
+  // layers (nvfp4, block scales) are left alone, for the loader to refuse by name.
+  struct LayerParts {
+    const TensorRecord *weight = nullptr, *weight_scale = nullptr;
+    size_t comfy_quant = SIZE_MAX;  // index of its config
+    bool weight_scale_2 = false;
+  };
+  std::map<std::string, LayerParts, std::less<>> layers;
   for (size_t i = 0; i < names.size(); ++i) {
     if (!keep[i]) continue;
     const std::string_view seg = last_segment(canonical[i]);
-    if (seg == "comfy_quant" || seg == "weight_scale_2")
-      comfy_quant_layers.emplace(layer_of(canonical[i]));
+    LayerParts& l = layers[std::string(layer_of(canonical[i]))];
+    if (seg == "weight") l.weight = primary[i];
+    if (seg == "weight_scale") l.weight_scale = primary[i];
+    if (seg == "weight_scale_2") l.weight_scale_2 = true;
+    if (seg == "comfy_quant") l.comfy_quant = i;
+  }
+  std::set<std::string, std::less<>> comfy_quant_layers;
+  for (const auto& [layer, l] : layers) {
+    if (l.comfy_quant == SIZE_MAX && !l.weight_scale_2) continue;
+    const bool plain_fp8 = l.comfy_quant != SIZE_MAX && !l.weight_scale_2 && l.weight &&
+                           (l.weight->dtype == core::DType::F8_E4M3FN || l.weight->dtype == core::DType::F8_E5M2) &&
+                           (!l.weight_scale || element_count(l.weight_scale->shape) == 1);
+    if (!plain_fp8) {
+      comfy_quant_layers.insert(layer);
+      continue;
+    }
+    keep[l.comfy_quant] = false;
+    out.dropped.push_back(primary[l.comfy_quant]->name);
+    ++out.quantization.comfy_quant;
   }
   std::vector<bool> renamed_scale(names.size(), false);
   for (size_t i = 0; i < names.size(); ++i) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <functional>
 
 #include "core/error.h"
 #include "models/weights.h"
@@ -57,9 +58,16 @@ std::string rename_rest(const std::string& rest, std::initializer_list<std::pair
   return rest;
 }
 
-// A stored tensor under another shape (a view of the mapping, no copy).
+// A stored tensor under another layout (a view of the mapping, no copy). A scale per row would
+// no longer line up with the rows: such a weight is widened to float32 first.
+ops::Weight relaid(const ops::Weight& w, const std::function<at::Tensor(const at::Tensor&)>& layout) {
+  if (w.scale.defined() && w.scale.dim() > 0) return ops::Weight{core::wrap(layout(w.get(at::kFloat)).contiguous()), {}};
+  return ops::Weight{core::Tensor{layout(w.stored.value), w.stored.dtype}, w.scale};
+}
+
 ops::Weight reshaped(const ops::Weight& w, at::IntArrayRef shape) {
-  return ops::Weight{core::Tensor{w.stored.value.reshape(shape), w.stored.dtype}, w.scale};
+  const std::vector<int64_t> to = shape.vec();
+  return relaid(w, [&](const at::Tensor& t) { return t.reshape(to); });
 }
 
 // q, k and v concatenated along the output dimension: the official to_qkv computes them with
@@ -100,7 +108,7 @@ std::map<std::string, ops::Weight> from_hf_clip(std::map<std::string, ops::Weigh
     } else if (key == "vision_model.embeddings.position_embedding.weight") {
       out["visual.pos_embedding"] = reshaped(w, {1, w.stored.value.size(0), -1});
     } else if (key == "visual_projection.weight") {
-      out["visual.head"] = ops::Weight{core::Tensor{w.stored.value.t(), w.stored.dtype}, w.scale};
+      out["visual.head"] = relaid(w, [](const at::Tensor& t) { return t.t(); });
     } else if (starts_with(key, "vision_model.pre_layrnorm.")) {
       out["visual.pre_norm." + key.substr(26)] = w;
     } else if (starts_with(key, "vision_model.post_layernorm.")) {

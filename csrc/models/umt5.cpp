@@ -33,7 +33,10 @@ namespace {
 // table first would cost 4 GB for umT5-XXL's 256k x 4096 entries.
 at::Tensor embed(const ops::Weight& table, const at::Tensor& ids) {
   at::Tensor x = core::to_float(core::Tensor{at::embedding(table.stored.value, ids), table.stored.dtype});
-  return table.scale.defined() ? x * table.scale.to(at::kFloat) : x;
+  if (!table.scale.defined()) return x;
+  // A scale per row ([vocab, 1]) is looked up with the rows.
+  const at::Tensor scale = table.scale.dim() == 0 ? table.scale : at::embedding(table.scale, ids);
+  return x * scale.to(at::kFloat);
 }
 
 }  // namespace

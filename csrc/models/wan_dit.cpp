@@ -818,6 +818,13 @@ std::shared_ptr<WanDit> load_wan_dit(const std::vector<std::string>& files, cons
                                      const WanDitOptions& options, bool populate,
                                      const std::function<bool()>& cancelled) {
   LoadedWeights loaded = load_weights(files, populate, cancelled);
+  if (options.fp8_matmul && !loaded.no_fp8_matmul.empty()) {
+    const std::string storage = ops::quantization_name(options.quantization);
+    throw Error(ErrorCode::InvalidOption,
+                "quantization '" + storage + "_fast': " + loaded.no_fp8_matmul.front() +
+                    " says its fp8 weights must not be multiplied in fp8 (its scaled_fp8 marker has 2 elements, "
+                    "which ComfyUI reads as fp8 matmuls disabled); use '" + storage + "' (fp8 storage)");
+  }
   WanDitConfig config = infer_wan_dit_config(loaded.shapes, overrides, files.front());
   // Before quantizing: merged updates go into the file's values; unmerged ones stay float32.
   LoraAdapters adapters;

@@ -13,6 +13,8 @@ namespace wan::models {
 struct LoadedWeights {
   std::map<std::string, ops::Weight> weights;             // official names (io/key_map)
   std::map<std::string, std::vector<int64_t>> shapes;
+  // Files whose ComfyUI `scaled_fp8` marker has 2 elements: their producer disabled fp8 matmuls.
+  std::vector<std::string> no_fp8_matmul;
 };
 
 // Maps the files (shards of one checkpoint, any supported layout) and names their tensors

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { ClipVisionEncoder, emptyEmbeds, loadSafetensors, planMemory, runtimeInfo, Sampler, saveSafetensors, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
 import { gpuMemory } from '../../lib/ops';
 import type { AttentionMode, WanForwardInput } from '../../lib/index';
-import { goldenDir, maxAbsDiff, randn, tempDir, toNumbers, weightsDir } from '../helpers';
+import { encodeE4m3fn, goldenDir, maxAbsDiff, randn, tempDir, toNumbers, weightsDir } from '../helpers';
 
 const skip = runtimeInfo().cuda ? false : 'no CUDA GPU';
 
@@ -219,6 +219,27 @@ t.test('fp8_e4m3fn_fast and fp8_e4m3fn_scaled_fast: fp8 matmuls on the GPU, agai
   }
   await t.rejects(WanModel.load(dit('bf16'), { numHeads: 2, textLen: 16, quantization: 'fp8_e4m3fn_fast' }),
     { code: 'WAN_INVALID_OPTION', message: /fp8_e4m3fn_fast.*GPU.*computes on the CPU/ });
+  // A scaled-fp8 file whose `scaled_fp8` marker has 2 elements: its producer disabled fp8 matmuls
+  // (ComfyUI), so the fast form is refused, naming the file; storage alone loads.
+  const tensors = (await loadSafetensors(dit('f32'))).tensors;
+  const marked = new Map<string, Tensor>();
+  for (const [k, v] of tensors) {
+    if (!(k.startsWith('blocks.') && k.endsWith('.weight') && v.shape.length === 2)) { marked.set(k, v); continue; }
+    const x = toNumbers(v.toTypedArray());
+    const scale = Math.fround(x.reduce((m, y) => Math.max(m, Math.abs(y)), 0) / 448);
+    marked.set(k, Tensor.fromTypedArray(encodeE4m3fn(Float32Array.from(x, (y) => y / scale)), v.shape, 'f8_e4m3fn'));
+    marked.set(k.replace(/\.weight$/, '.scale_weight'), Tensor.fromTypedArray(new Float32Array([scale]), []));
+  }
+  marked.set('scaled_fp8', Tensor.fromTypedArray(new Uint8Array(2), [2], 'f8_e4m3fn'));
+  const markedFile = path.join(tempDir(), 'no-fp8-matmul.safetensors');
+  await saveSafetensors(markedFile, marked);
+  const onGpu = { numHeads: 2, textLen: 16, device: 'cuda', basePrecision: 'bf16' } as const;
+  await t.rejects(WanModel.load(markedFile, { ...onGpu, quantization: 'fp8_e4m3fn_scaled_fast' }), {
+    code: 'WAN_INVALID_OPTION',
+    message: `quantization 'fp8_e4m3fn_scaled_fast': ${markedFile} says its fp8 weights must not be multiplied in fp8 ` +
+      "(its scaled_fp8 marker has 2 elements, which ComfyUI reads as fp8 matmuls disabled); use 'fp8_e4m3fn_scaled' (fp8 storage)",
+  });
+  (await WanModel.load(markedFile, { ...onGpu, quantization: 'fp8_e4m3fn_scaled' })).dispose();
 });
 
 t.test('sampling to video on the GPU (fp32) matches the CPU', { skip }, async (t) => {

@@ -87,3 +87,66 @@ t.test('fp8 and scaled fp8 weights compute exactly what their dequantised values
     t.ok(Math.abs(saved - 3 * elements) < 4096, `${name}: ${saved} bytes saved for ${elements} fp8 values`);
   }
 });
+
+t.test('scales per output row and ComfyUI comfy_quant fp8 layers compute what their dequantised values give', async (t) => {
+  const { input, weights } = await setup();
+  // per-row: SDCPP's `.weight_scale` of [out]; comfy_quant: ComfyUI's mixed-precision format, an
+  // fp8 weight with its JSON config, one `weight_scale` and a static `input_scale` (unused here:
+  // fp8 matmuls scale the activations per call).
+  for (const form of ['per-row', 'comfy_quant'] as const) {
+    const fp8 = new Map<string, Tensor>(), dequantised = new Map<string, Tensor>();
+    for (const [k, v] of weights) {
+      if (!quantised(k, v.shape)) {
+        fp8.set(k, v);
+        dequantised.set(k, v);
+        continue;
+      }
+      const values = v.toTypedArray() as Float32Array;
+      const [rows, cols] = v.shape;
+      const scaleIndex = (i: number) => (form === 'per-row' ? Math.floor(i / cols) : 0);
+      const scales = new Float32Array(form === 'per-row' ? rows : 1);
+      values.forEach((x, i) => { scales[scaleIndex(i)] = Math.max(scales[scaleIndex(i)], Math.abs(x)); });
+      scales.forEach((s, i) => { scales[i] = Math.fround(s / 448); });
+      const codes = encodeE4m3fn(values.map((x, i) => x / scales[scaleIndex(i)]));
+      const layer = k.replace(/\.weight$/, '');
+      fp8.set(k, Tensor.fromTypedArray(codes, v.shape, 'f8_e4m3fn'));
+      fp8.set(`${layer}.weight_scale`, Tensor.fromTypedArray(scales, form === 'per-row' ? [rows] : []));
+      if (form === 'comfy_quant') {
+        const config = new TextEncoder().encode(JSON.stringify({ format: 'float8_e4m3fn' }));
+        fp8.set(`${layer}.comfy_quant`, Tensor.fromTypedArray(config, [config.length], 'u8'));
+        fp8.set(`${layer}.input_scale`, Tensor.fromTypedArray(new Float32Array([0.01]), []));
+      }
+      dequantised.set(k, Tensor.fromTypedArray(Float32Array.from(codes, (c, i) => Math.fround(decodeE4m3fn(c) * scales[scaleIndex(i)])), v.shape));
+    }
+    const fp8File = path.join(dir, `${form}.safetensors`), refFile = path.join(dir, `${form}-dequantised.safetensors`);
+    await saveSafetensors(fp8File, fp8);
+    await saveSafetensors(refFile, dequantised);
+    const err = maxAbsDiff(await forwardOf(fp8File, input), await forwardOf(refFile, input));
+    t.ok(err <= 1e-6, `${form}: max abs difference ${err.toExponential(2)} from the dequantised f32 file`);
+  }
+
+  // Other comfy_quant formats are refused by name, as is a scale that fits the weight neither way.
+  const nvfp4 = new Map(weights);
+  const config = new TextEncoder().encode(JSON.stringify({ format: 'nvfp4' }));
+  nvfp4.set('blocks.0.self_attn.q.weight', Tensor.fromTypedArray(new Uint8Array(64 * 32), [64, 32], 'u8'));
+  nvfp4.set('blocks.0.self_attn.q.weight_scale', Tensor.fromTypedArray(new Uint8Array(64 * 4), [64, 4], 'f8_e4m3fn'));
+  nvfp4.set('blocks.0.self_attn.q.weight_scale_2', Tensor.fromTypedArray(new Float32Array([1]), []));
+  nvfp4.set('blocks.0.self_attn.q.comfy_quant', Tensor.fromTypedArray(config, [config.length], 'u8'));
+  const nvfp4File = path.join(dir, 'nvfp4.safetensors');
+  await saveSafetensors(nvfp4File, nvfp4);
+  await t.rejects(forwardOf(nvfp4File, input), {
+    code: 'WAN_BAD_CHECKPOINT',
+    message: `${nvfp4File}: layer 'blocks.0.self_attn.q' is in ComfyUI's quantized format 'nvfp4' (its .comfy_quant ` +
+      "config), which wan-native does not read; of that format it reads the fp8 layers with one scale per tensor " +
+      '(float8_e4m3fn, float8_e5m2)',
+  });
+  const odd = new Map(weights);
+  odd.set('blocks.0.ffn.0.scale_weight', Tensor.fromTypedArray(new Float32Array(64).fill(1), [64]));
+  const oddFile = path.join(dir, 'odd-scale.safetensors');
+  await saveSafetensors(oddFile, odd);
+  await t.rejects(forwardOf(oddFile, input), {
+    code: 'WAN_BAD_CHECKPOINT',
+    message: `${oddFile}: tensor 'blocks.0.ffn.0.scale_weight' [64] must be one scale for its weight or one per output ` +
+      'row (128) of the weight [128, 64]',
+  });
+});
