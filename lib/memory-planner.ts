@@ -164,9 +164,12 @@ const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
 
 // The wrapper's params_to_keep, as ops::keeps_precision (csrc/ops/quantize.cpp) applies it to
 // official names: a weight whose name contains one of these stays in high precision; others of
-// 2 or more dimensions become fp8. Repackaged prefixes are stripped first; diffusers names are
-// not mapped here (their head and image projection would count as fp8: under 0.2% of a model).
-const KEPT = ['norm', 'head', 'bias', 'time_in', 'vector_in', 'patch_embedding', 'time_', 'img_emb', 'modulation'];
+// 2 or more dimensions become fp8. The planner stays pure TypeScript, so the list is written out
+// here too; test/native/quantize.test.ts checks it against the addon's (keptInHighPrecision).
+// Repackaged prefixes are stripped first; diffusers names are not mapped here (their head, text
+// and image projections would count as fp8: under 1% of a model).
+export const KEPT_IN_HIGH_PRECISION: readonly string[] = ['norm', 'head', 'bias', 'time_in', 'vector_in', 'patch_embedding',
+  'time_', 'img_emb', 'modulation', 'text_embedding', 'adapter', 'add', 'ref_conv', 'audio_proj'];
 const PREFIXES = ['model.diffusion_model.', 'diffusion_model.', 'model.'];
 
 function officialName(key: string): string {
@@ -176,7 +179,7 @@ function officialName(key: string): string {
 
 function quantizes(key: string, shape: number[]): boolean {
   const name = officialName(key);
-  return shape.length >= 2 && !KEPT.some((k) => name.includes(k)) && !name.endsWith('scale_weight');
+  return shape.length >= 2 && !KEPT_IN_HIGH_PRECISION.some((k) => name.includes(k)) && !name.endsWith('scale_weight');
 }
 
 const BLOCK = /(?:^|\.)blocks\.(\d+)\./;

@@ -41,8 +41,9 @@ export interface ModelLoaderOptions extends LongCallOptions {
   loadDevice?: Placement;
   /** Weight storage (WanVideoModelLoader quantization, default 'disabled': the file's dtypes).
    * The fp8 forms convert the large linear weights at load (a bf16 file halves in memory);
-   * norms, biases, modulation, time and image embeddings, patch embedding and head keep the
-   * file's precision, as the wrapper keeps them. On a CPU fp8 is storage, widened per layer.
+   * norms, biases, modulation, the time, text and image embeddings, patch embedding and head
+   * keep the file's precision, as the wrapper keeps them. On a CPU fp8 is storage, widened per
+   * layer.
    * 'fp8_e4m3fn_fast' and 'fp8_e4m3fn_scaled_fast' (fp8 matmuls from e4m3fn storage, scaled per
    * tensor as ComfyUI writes it for the latter) need the model on a GPU of compute capability
    * >= 8.9. */

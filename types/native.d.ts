@@ -88,6 +88,8 @@ export interface NativeAddon {
   setErrorClass(cls: new (code: string, message: string) => Error): void;
   setThreads(threads: number): void;
   runtimeInfo(): { backend: string; torchVersion: string; threads: number; cuda: boolean };
+  /** The wrapper's params_to_keep: weights whose name contains one stay in high precision under fp8. */
+  keptInHighPrecision: string[];
 
   tensorFromTypedArray(data: ArrayBufferView, shape: number[], dtype: string): NativeTensor;
 

@@ -17,6 +17,7 @@
 #include "ops/fp8_rows.h"
 #include "ops/linear.h"
 #include "ops/norm.h"
+#include "ops/quantize.h"
 #include "ops/rope.h"
 
 #ifdef WAN_WITH_CUDA
@@ -372,6 +373,9 @@ Napi::Value gemm_rate(const Napi::CallbackInfo& info) {
 
 void init_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("attention", Napi::Function::New(env, attention));
+  Napi::Array kept = Napi::Array::New(env);
+  for (const std::string& k : ops::kept_in_high_precision()) kept.Set(kept.Length(), k);
+  exports.Set("keptInHighPrecision", kept);
   exports.Set("gemmRate", Napi::Function::New(env, gemm_rate));
   exports.Set("attentionSeconds", Napi::Function::New(env, attention_seconds));
   exports.Set("gpuMemory", Napi::Function::New(env, gpu_memory));

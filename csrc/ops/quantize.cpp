@@ -32,10 +32,18 @@ const char* quantization_name(Quantization q) {
   return "?";
 }
 
+const std::vector<std::string>& kept_in_high_precision() {
+  // Older wrappers list "head" and "vector_in", newer ones "ref_conv" and "audio_proj"; both keep
+  // the text embedding. Names that no Wan2.1 model here has (vector_in, adapter, ...) cost nothing.
+  static const std::vector<std::string> kept = {"norm",     "head",          "bias",           "time_in",
+                                                "vector_in", "patch_embedding", "time_",          "img_emb",
+                                                "modulation", "text_embedding", "adapter",        "add",
+                                                "ref_conv",  "audio_proj"};
+  return kept;
+}
+
 bool keeps_precision(const std::string& name) {
-  static const std::array<const char*, 9> kept = {"norm", "head", "bias", "time_in", "vector_in",
-                                                  "patch_embedding", "time_", "img_emb", "modulation"};
-  for (const char* k : kept)
+  for (const std::string& k : kept_in_high_precision())
     if (name.find(k) != std::string::npos) return true;
   return false;
 }

@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
 #include "ops/linear.h"
@@ -24,8 +25,9 @@ enum class Quantization {
 Quantization quantization_from_name(const std::string& name);  // throws InvalidOption
 const char* quantization_name(Quantization q);
 
-// The wrapper's params_to_keep (WanVideoModelLoader): a parameter whose name contains one of
-// these stays in high precision.
+// The wrapper's params_to_keep (WanVideoModelLoader, its versions together): a parameter whose
+// name contains one of these stays in high precision.
+const std::vector<std::string>& kept_in_high_precision();
 bool keeps_precision(const std::string& name);
 
 // float32 -> fp8 code, rounding to nearest (ties to even) and saturating at the largest finite

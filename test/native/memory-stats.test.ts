@@ -20,7 +20,7 @@ async function fileBytes(file: string, first = Infinity, fp8 = false) {
   for (const [key, tensor] of tensors) {
     const n = tensor.shape.reduce((a, b) => a * b, 1);
     // fp8 storage: 2-D+ weights whose name holds none of the kept words (ops::keeps_precision).
-    const quantized = fp8 && tensor.shape.length >= 2 && !/norm|head|bias|patch_embedding|time_|img_emb|modulation/.test(key);
+    const quantized = fp8 && tensor.shape.length >= 2 && !/norm|head|bias|patch_embedding|time_|img_emb|modulation|text_embedding/.test(key);
     const bytes = n * (quantized ? 1 : ELEMENT[tensor.dtype]);
     all += bytes;
     const m = /^blocks\.(\d+)\./.exec(key);

@@ -7,13 +7,18 @@ import * as path from 'node:path';
 
 import { loadCheckpoint, loadSafetensors, saveSafetensors, Tensor, WanModel } from '../../lib/index';
 import type { Quantization, WanForwardInput } from '../../lib/index';
+import { KEPT_IN_HIGH_PRECISION } from '../../lib/memory-planner';
+import { native } from '../../lib/native';
 import { encodeE4m3fn, goldenDir, maxAbsDiff, tempDir, toNumbers, weightsDir } from '../helpers';
 
 const base = path.join(weightsDir, 'tiny_t2v_dit.bf16.safetensors');
 const tiny = { numHeads: 2, textLen: 16 };
 
-// The wrapper's params_to_keep: names containing one of these stay in high precision.
-const KEPT = ['norm', 'head', 'bias', 'time_in', 'vector_in', 'patch_embedding', 'time_', 'img_emb', 'modulation'];
+// The wrapper's params_to_keep (its older and newer lists together): names containing one of
+// these stay in high precision. The issue: norms, biases, modulation, embeddings, patch embedding
+// and head.
+const KEPT = ['norm', 'head', 'bias', 'time_in', 'vector_in', 'patch_embedding', 'time_', 'img_emb', 'modulation',
+  'text_embedding', 'adapter', 'add', 'ref_conv', 'audio_proj'];
 const quantized = (name: string, shape: number[]) => shape.length >= 2 && !KEPT.some((k) => name.includes(k));
 
 // e5m2 by exhaustive nearest search over its 123 finite positive codes (ties to the even code).
@@ -86,6 +91,11 @@ t.test('quantizing at load equals a file quantized in JS; distance to the bf16 m
     atLoad.dispose();
     fromFile.dispose();
   }
+});
+
+t.test("the addon's list of what stays in high precision is the wrapper's, and the planner's", async (t) => {
+  t.same(native().keptInHighPrecision, KEPT);
+  t.same(KEPT_IN_HIGH_PRECISION, KEPT);
 });
 
 t.test('a file already in the requested form is kept; options are validated', async (t) => {
