@@ -113,6 +113,17 @@ async function generate(rest: string[]): Promise<number> {
   }));
 }
 
+// Ends the process the way `signal` would have without our handlers, so that the shell sees
+// 128 + its number (130 for Ctrl-C). Not process.exit: that runs the addon's and libtorch's static
+// destructors while a worker thread may still be inside libtorch (a decode chunk, a forward),
+// which crashed about half the time when the second Ctrl-C came during the first one's cleanup.
+function quitBy(signal: NodeJS.Signals): never {
+  process.removeAllListeners(signal);  // Node restores the default action with the last listener
+  process.kill(process.pid, signal);
+  // Not reached where the signal's default action ends the process (POSIX; Windows terminates).
+  process.exit(exitCodeOf(signal));
+}
+
 // Runs `body` with Ctrl-C handling: the first SIGINT/SIGTERM aborts every long call through the
 // signal and lets the run clean up (no partial output: videoCombine removes what it wrote); the
 // second quits at once. Resolves to the exit code.
@@ -123,7 +134,7 @@ async function interruptible(view: StageView, written: string[], body: (signal: 
     if (stoppedBy) {
       view.stopBar();
       process.stderr.write('wan-native: stopped at once\n');
-      process.exit(exitCodeOf(signal));
+      quitBy(signal);
     }
     stoppedBy = signal;
     view.stopBar();

@@ -356,4 +356,33 @@ t.test('Ctrl-C stops the run cleanly: exit 130, "stopping", no file', async (t) 
   t.same(listing(out), [], 'no file in the output folder');
 });
 
+t.test('a second Ctrl-C quits at once, ended by SIGINT itself (no exit-time destructors racing the engine)', async (t) => {
+  // In the decode, where each latent frame takes seconds at 512x512 (2.8 s on 2 cores): the
+  // first stop waits for the frame in progress, so the second Ctrl-C comes while a worker thread
+  // is inside libtorch, the case that crashed.
+  const out = outDir('quit');
+  const child = spawn(process.execPath, [cli, 'generate', ...T2V, '--width', '512', '--height', '512', '--num-frames', '9',
+    '--steps', '1', '--prompt', 'a cat', '--output-dir', out], { cwd: repoRoot });
+  let stderr = '', signals = 0;
+  child.stderr.on('data', (d) => {
+    stderr += d;
+    if (signals === 0 && /^decode: latent frame 1\/3 /m.test(stderr)) {
+      signals = 1;
+      child.kill('SIGINT');
+    } else if (signals === 1 && /stopping\.\.\./.test(stderr)) {
+      signals = 2;
+      child.kill('SIGINT');
+    }
+  });
+  const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
+    child.on('close', (c, s) => resolve([c, s])));
+  clearTimeout(timer);
+  t.equal(signals, 2, 'both signals sent');
+  // A shell reports this as exit status 130; process.exit(130) instead ran static destructors
+  // while a worker thread was still in libtorch, and crashed about half the time in decode.
+  t.same([code, signal], [null, 'SIGINT'], stderr.slice(-500));
+  t.match(stderr, /wan-native: stopped at once/);
+});
+
 t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
