@@ -38,7 +38,7 @@ export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
   shift?: number;                 // 5.0
   seed?: number | bigint;         // 0, 0..2^64-1
   scheduler?: SchedulerName;      // 'unipc'
-  sigmas?: number[];              // custom sigmas (steps + 1 values, last 0), replacing the schedule and steps
+  sigmas?: number[];              // custom sigmas (steps + 1 falling values; 0 last for a finished video), replacing the schedule, steps and shift
   startStep?: number;             // 0: first step to run (split sampling)
   endStep?: number;               // -1: step to stop before (-1 = the end)
   samples?: Tensor;               // latents to start from (video-to-video, continuation)

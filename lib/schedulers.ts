@@ -160,6 +160,12 @@ function checkOptions(name: unknown, o: unknown): asserts o is ScheduleOptions {
     const s = opt.sigmas;
     if (!Array.isArray(s) || s.length < 2 || !s.every((x) => typeof x === 'number' && x >= 0 && x <= 1))
       throw invalidOption(`Expected an array of at least 2 numbers in [0, 1] for sigmas but received ${describeValue(s)}`);
+    // Denoising runs from noise towards 0: sigmas never rise. The last need not be 0 (the first
+    // half of a split, as ComfyUI's SplitSigmas makes it, ends above 0), but some step must move.
+    const rise = s.findIndex((x, i) => i > 0 && x > s[i - 1]);
+    if (rise > 0 || s[0] === s[s.length - 1])
+      throw invalidOption(`Expected values that never rise, the first above the last, for sigmas but received [${s.join(', ')}]` +
+        (rise > 0 ? ` (${s[rise]} after ${s[rise - 1]})` : ''));
     if (name === 'flowmatch_distill')
       throw invalidOption('Expected no sigmas for scheduler flowmatch_distill (its 4-step schedule is fixed) but received custom sigmas');
   } else {

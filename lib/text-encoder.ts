@@ -195,6 +195,18 @@ export class TextEncoder {
   }
 
   private async encodeCached(texts: string[], options: EncodeOptions): Promise<Tensor[]> {
+    // An entry that cannot be read (cut short, overwritten) is a cache miss: encoded again and
+    // written over, rather than failing every later run that asks for it.
+    const readCached = async (file: string): Promise<Tensor | undefined> => {
+      try {
+        const { tensors } = await loadSafetensors(file);
+        for (const [k, t] of tensors) if (k !== 'embeds') t.dispose();
+        return tensors.get('embeds');
+      } catch (err) {
+        if (err instanceof WanError && err.code === 'WAN_BAD_CHECKPOINT') return undefined;
+        throw err;
+      }
+    };
     if (!options.diskCache) return this.encodeBatch(texts, options);
     if (typeof options.diskCache !== 'string')
       throw invalidOption(`Expected a folder path for diskCache but received ${describeValue(options.diskCache)}`);
@@ -207,7 +219,7 @@ export class TextEncoder {
     const missing: number[] = [];
     for (const [i, text] of texts.entries()) {
       const file = path.join(options.diskCache, `${keyOf(text)}.safetensors`);
-      result[i] = fs.existsSync(file) ? (await loadSafetensors(file)).tensors.get('embeds') : undefined;
+      result[i] = fs.existsSync(file) ? await readCached(file) : undefined;
       if (!result[i]) missing.push(i);
     }
     if (missing.length) {

@@ -377,6 +377,16 @@ void collect(const LoraSpec& spec, int index, const ModelNames& m, std::map<std:
     }
   }
 
+  // A file without a single LoRA part is something else (a whole model given as a LoRA): said
+  // so, rather than listing its keys as unmatched LoRA keys.
+  if (keys.empty() && !unmatched.empty()) {
+    std::vector<std::string> first(unmatched.begin(), unmatched.begin() + std::min<size_t>(3, unmatched.size()));
+    throw core::bad_checkpoint(name, "not a LoRA: none of its " + std::to_string(unmatched.size()) +
+                                         " keys is a LoRA part (.lora_A/.lora_B, .lora_down/.lora_up, .alpha, "
+                                         ".diff, .diff_b, .diff_m); it holds [" + join(first, ", ") +
+                                         (unmatched.size() > first.size() ? ", ...]" : "]"));
+  }
+
   // 2. Official module paths. Underscored ones are looked up among the model's own names
   // first (exact); the rest are split into segments and treated as dotted.
   std::vector<size_t> to_rename;

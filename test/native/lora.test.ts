@@ -548,6 +548,13 @@ t.test('errors name the file, the keys and the shapes', async (t) => {
     message: /key 'diffusion_model\.blocks\.0\.self_attn\.q\.hada_w1_a' is LoHa \(hada_\*\), which is not supported.*key 'diffusion_model\.blocks\.0\.self_attn\.k\.lora_A\.weight' \(lora_A \(down\) of 'blocks\.0\.self_attn\.k\.weight'\) has no lora_B \(up\) beside it/,
   });
 
+  // A whole model given as a LoRA is said to be one, not listed key by key.
+  await t.rejects(WanModel.load(base32, { ...TINY, loras: [{ path: base32 }] }), {
+    code: 'WAN_BAD_CHECKPOINT',
+    message: new RegExp(`^${base32.replace(/[.\\/]/g, '\\$&')}: not a LoRA: none of its \\d+ keys is a LoRA part \\(\\.lora_A/\\.lora_B, ` +
+      '\\.lora_down/\\.lora_up, \\.alpha, \\.diff, \\.diff_b, \\.diff_m\\); it holds \\[[^,\\]]+, [^,\\]]+, [^,\\]]+, \\.\\.\\.\\]$'),
+  });
+
   const missing = path.join(dir, 'missing.safetensors');
   await t.rejects(WanModel.load(base32, { ...TINY, loras: [{ path: missing }] }), { code: 'WAN_IO', message: new RegExp(missing.replace(/[.\\/]/g, '\\$&')) });
 

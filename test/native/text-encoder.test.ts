@@ -147,6 +147,12 @@ t.test('the tokenizer: SentencePiece ids, </s>, padding, truncation and the mask
   t.equal(fs.readdirSync(cache).length, 2);
   const second = await enc.encode({ positive: texts[0], negative: 'rain' }, { diskCache: cache });
   t.same(toNumbers(second.promptEmbeds[0].toTypedArray()), toNumbers(first.promptEmbeds[0].toTypedArray()));
+  // A damaged entry is a miss: encoded again and written over, not an error on every later run.
+  for (const f of fs.readdirSync(cache)) fs.writeFileSync(path.join(cache, f), 'overwritten by something else');
+  const third = await enc.encode({ positive: texts[0], negative: 'rain' }, { diskCache: cache });
+  t.same(toNumbers(third.promptEmbeds[0].toTypedArray()), toNumbers(first.promptEmbeds[0].toTypedArray()), 'damaged entries: encoded again');
+  for (const f of fs.readdirSync(cache))
+    t.same((await loadSafetensors(path.join(cache, f))).tensors.get('embeds')?.shape.length, 2, `${f}: rewritten`);
 });
 
 t.test('a missing or corrupt tokenizer is a clear error naming where it looked', async (t) => {

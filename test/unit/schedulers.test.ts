@@ -310,6 +310,12 @@ t.test('options are validated with messages that name them', async (t) => {
   expectInvalid(t, () => schedule('flowmatch_distill', { steps: 6, shift: 5 }), 'Expected 4 for steps with scheduler flowmatch_distill but received 6 of type number');
   expectInvalid(t, () => schedule('flowmatch_distill', { steps: 4, shift: 5, sigmas: [1, 0] }), /Expected no sigmas for scheduler flowmatch_distill/);
   expectInvalid(t, () => schedule('euler', { steps: 4, shift: 5, sigmas: [1] }), 'Expected an array of at least 2 numbers in [0, 1] for sigmas but received an array of length 1');
+  expectInvalid(t, () => schedule('euler', { steps: 3, shift: 5, sigmas: [1, 0.5, 0.7, 0] }),
+    'Expected values that never rise, the first above the last, for sigmas but received [1, 0.5, 0.7, 0] (0.7 after 0.5)');
+  expectInvalid(t, () => schedule('euler', { steps: 2, shift: 5, sigmas: [0, 0, 0] }),
+    'Expected values that never rise, the first above the last, for sigmas but received [0, 0, 0]');
+  // The first half of a split (ComfyUI's SplitSigmas) ends above 0; a repeated value is a step of 0.
+  t.same(schedule('euler', { steps: 2, shift: 5, sigmas: [1, 0.6, 0.6] }).sigmas.length, 3, 'ends above 0');
   expectInvalid(t, () => schedule('euler', { steps: 4, shift: 5, sigmas: [1.5, 0] }), /for sigmas but received an array of length 2/);
   expectInvalid(t, () => schedule('euler', { steps: 4, shift: 5, startStep: 4 }), 'Expected startStep < 4 (the number of steps) but received 4 of type number');
   expectInvalid(t, () => schedule('euler', { steps: 4, shift: 5, startStep: -1 }), 'Expected a non-negative integer for startStep but received -1 of type number');
