@@ -374,8 +374,8 @@ export function generateCommand(): Command {
     option(g.sampling, '--shift <x>', 'timestep shift of the flow-matching schedule', { parse: number(0, 1000), default: 5 }),
     option(g.sampling, '--seed <n>', 'noise seed, 0..2^64-1', { parse: seedValue, default: 0n, defaultText: '0' }),
     option(g.sampling, '--scheduler <name>', 'sampler', { choices: SCHEDULER_NAMES, default: 'unipc' }),
-    option(g.sampling, '--sigmas <list>', 'custom sigmas in [0, 1] separated by commas (steps + 1 values, the last 0); ' +
-      'replaces the schedule and sets --steps', { parse: numberList(0, 1, 'sigmas') }),
+    option(g.sampling, '--sigmas <list>', 'custom sigmas in [0, 1] separated by commas (steps + 1 falling values, the ' +
+      'last 0 for a finished video); replaces the schedule and --shift, and sets --steps', { parse: numberList(0, 1, 'sigmas') }),
     option(g.sampling, '--start-step <n>', 'first step to run', { parse: integer(0, 10000), default: 0 }),
     option(g.sampling, '--end-step <n>', 'step to stop before; -1 runs to the end', { parse: integer(-1, 10000), default: -1 }),
     option(g.sampling, '--batched-cfg', 'run the positive and negative passes as one batch (faster on a GPU, more memory)'),
@@ -644,11 +644,24 @@ async function inspectAs(file: string | string[], flagName: string, family: Chec
     if (err instanceof WanError) throw new WanError(err.code, `${flagName}: ${err.message}`);
     throw err;
   }
-  if (info.family !== family && info.family !== 'unknown') {
-    const name = Array.isArray(file) ? file[0] : file;
-    throw new UsageError(`${flagName}: ${name} is a ${info.family} checkpoint, not ${what}`);
-  }
+  const name = Array.isArray(file) ? file[0] : file;
+  // The families are told apart by the keys their loaders need, so one inspect cannot name
+  // cannot load either: refused now rather than after the stages before it have run.
+  if (info.family === 'unknown')
+    throw new UsageError(`${flagName}: ${name} is not ${what}: it has none of the keys of a Wan DiT, Wan VAE, umT5 or ` +
+      `CLIP vision model (wan-native inspect says what it holds)`);
+  if (info.family !== family) throw new UsageError(`${flagName}: ${name} is a ${info.family} checkpoint, not ${what}`);
   return info;
+}
+
+// Each shard of a sharded --model on its own: a shard of another model's files (a VAE given
+// twice to --model) would otherwise pass, the set as a whole looking like a DiT.
+async function checkShards(files: string[]): Promise<void> {
+  for (const file of files) {
+    const info = await inspectCheckpoint(file);
+    if (info.family !== 'wan-dit' && info.family !== 'unknown')
+      throw new UsageError(`--model: ${file} is a ${info.family} checkpoint, not a shard of a Wan diffusion model (DiT)`);
+  }
 }
 
 async function preflight(s: GenerateSettings): Promise<Plan> {
@@ -659,11 +672,16 @@ async function preflight(s: GenerateSettings): Promise<Plan> {
   for (const [file, name] of [[s.tokenizer, '--tokenizer'], [s.clipVision, '--clip-vision'], [s.clipEmbeds, '--clip-embeds'],
     [s.image, '--image'], [s.endImage, '--end-image']] as const) if (file !== undefined) mustExist(file, name);
 
+  if (fs.existsSync(s.outputDir) && !fs.statSync(s.outputDir).isDirectory())
+    throw new UsageError(`--output-dir: ${s.outputDir} is a file, not a folder`);
+  if (s.model.length > 1) await checkShards(s.model);
   const dit = await inspectAs(s.model.length === 1 ? s.model[0] : s.model, '--model', 'wan-dit', 'a Wan diffusion model (DiT)');
   const t5 = await inspectAs(s.t5, '--t5', 'umt5', 'a umT5 text encoder');
   await inspectAs(s.vae, '--vae', 'wan-vae', 'a Wan VAE');
-  // A layout inspect cannot name: trust the options now, and the loaded model's config later.
-  const task = dit.family === 'unknown' ? (s.image ? (s.endImage ? 'flf2v' : 'i2v') : 't2v') : (dit.task || 't2v');
+  const task = dit.task || 't2v';
+  const dim = dit.config.dim;
+  if (s.numHeads !== undefined && dim !== undefined && (dim % s.numHeads !== 0 || (dim / s.numHeads) % 2 !== 0))
+    throw new UsageError(`--num-heads: ${s.numHeads} does not divide the model's width ${dim} into heads of an even size`);
   if (!['t2v', 'i2v', 'flf2v'].includes(task))
     throw new UsageError(`--model: a ${task} model cannot generate on its own (t2v, i2v and flf2v models can)`);
   const layers = dit.config.num_layers;
@@ -673,6 +691,11 @@ async function preflight(s: GenerateSettings): Promise<Plan> {
     const beyond = layers === undefined ? undefined : l.blocks?.find((b) => b >= layers);
     if (beyond !== undefined)
       throw new UsageError(`--lora-blocks: the model has ${layers} transformer blocks (0..${layers! - 1}) but block ${beyond} is selected for --lora ${l.path}`);
+  }
+  for (const l of s.loras) {
+    // A LoRA file has no model's key pattern; a whole model given as a LoRA does.
+    const lora = await inspectCheckpoint(l.path);
+    if (lora.family !== 'unknown') throw new UsageError(`--lora: ${l.path} is a ${lora.family} checkpoint, not a LoRA`);
   }
   const textDim = dit.config.text_dim, t5Dim = t5.config.dim;
   if (textDim !== undefined && t5Dim !== undefined && textDim !== t5Dim)
@@ -789,7 +812,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
   const seed = s.seed;
   const latentFrames = latentFramesOf(s.numFrames);
   view.note(`wan-native generate: ${plan.task} ${s.width}x${s.height}, ${s.numFrames} frames, ${s.steps} steps ` +
-    `(${s.scheduler}, cfg ${Array.isArray(s.cfg) ? 'per step' : s.cfg}, shift ${s.shift}, seed ${seed})`);
+    `(${s.scheduler}, cfg ${Array.isArray(s.cfg) ? 'per step' : s.cfg}, ${s.sigmas ? 'custom sigmas' : `shift ${s.shift}`}, seed ${seed})`);
 
   const owned: { dispose(): void }[] = [];
   const keep = <T extends { dispose(): void }>(x: T): T => { owned.push(x); return x; };

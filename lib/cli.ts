@@ -8,7 +8,7 @@ import * as path from 'node:path';
 
 import { generateCommand, runGenerate, settingsFrom, UsageError } from './cli-generate';
 import { StageView } from './cli-view';
-import { demoGenerateArgs, motionPhrase, readDemoSpec } from './demo';
+import { demoGenerateArgs, motionPhrase, readDemoSpec, unknownDemoWords } from './demo';
 import { inspectCheckpoint, runtimeInfo, WanError } from './index';
 import { isDevice, type Device } from './device';
 import { runWorkflow } from './workflow';
@@ -45,6 +45,8 @@ async function inspect(rest: string[]): Promise<number> {
     process.stdout.write(INSPECT_USAGE);
     return 0;
   }
+  const unknown = rest.find((a) => a.startsWith('-') && a !== '--json');
+  if (unknown) throw new UsageError(`unknown option ${unknown} (wan-native inspect --help lists the options)`, 'inspect');
   const files = rest.filter((a) => !a.startsWith('--'));
   const json = rest.includes('--json');
   if (files.length === 0) {
@@ -84,18 +86,28 @@ async function demo(rest: string[]): Promise<number> {
     return 0;
   }
   const hasPrompt = rest.length > 0 && !rest[0].startsWith('-');
-  const prompt = hasPrompt ? rest[0] : readDemoSpec().prompt;
-  return generate(demoGenerateArgs(prompt, hasPrompt ? rest.slice(1) : rest));
+  const options = hasPrompt ? rest.slice(1) : rest;
+  if (hasPrompt && options.some((a) => a === '--prompt' || a.startsWith('--prompt=')))
+    throw new UsageError(`two prompts: "${rest[0]}" and --prompt; give one`, 'demo');
+  const promptFlag = options.findIndex((a) => a === '--prompt' || a.startsWith('--prompt='));
+  const prompt = hasPrompt ? rest[0]
+    : promptFlag < 0 ? readDemoSpec().prompt
+      : options[promptFlag].startsWith('--prompt=') ? options[promptFlag].slice('--prompt='.length) : options[promptFlag + 1] ?? '';
+  const unknown = unknownDemoWords(prompt);
+  if (unknown.length > 0)
+    process.stderr.write(`wan-native demo: note: the demo model never saw ${unknown.map((w) => `"${w}"`).join(', ')}; ` +
+      'it knows the words of wan-native demo --help\n');
+  return generate(demoGenerateArgs(prompt, options), 'demo');
 }
 
-async function generate(rest: string[]): Promise<number> {
+async function generate(rest: string[], name: 'generate' | 'demo' = 'generate'): Promise<number> {
   const cmd = generateCommand()
     .exitOverride()
     .configureOutput({
       writeOut: (s) => process.stdout.write(s),
       writeErr: (s) => process.stderr.write(s),
-      outputError: (s, write) => write(`wan-native generate: ${s.replace(/^error: /, '')}` +
-        '(wan-native generate --help lists the options)\n'),
+      outputError: (s, write) => write(`wan-native ${name}: ${s.replace(/^error: /, '')}` +
+        `(wan-native ${name} --help lists the options)\n`),
     });
   try {
     cmd.parse(rest, { from: 'user' });
@@ -235,6 +247,7 @@ async function main(argv: string[]): Promise<number> {
     case 'inspect':
       return inspect(rest);
     case 'info':
+      if (rest.length > 0) throw new UsageError(`takes no arguments but received ${rest.join(' ')}`, 'info');
       process.stdout.write(JSON.stringify(runtimeInfo(), null, 2) + '\n');
       return 0;
     case 'help':
@@ -258,6 +271,12 @@ async function main(argv: string[]): Promise<number> {
       return 2;
   }
 }
+
+// Output piped into a reader that stops early (`wan-native generate --help | head`) closes
+// stdout: what is left to print is dropped rather than thrown as an uncaught EPIPE.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code !== 'EPIPE' && err.code !== 'ERR_STREAM_DESTROYED') throw err;
+});
 
 main(process.argv.slice(2)).then(
   (code) => { process.exitCode = code; },

@@ -55,6 +55,16 @@ export function motionPhrase(motion: string): string {
   return MOTION_WORDS[motion] ?? motion;
 }
 
+/** The words of a prompt that no demo training caption has ("pink", "elephant"). */
+export function unknownDemoWords(prompt: string, spec: DemoSpec = readDemoSpec()): string[] {
+  const known = new Set(['a', 'on', 'background']);
+  const phrases = [...spec.data.colours.map((c) => c.name), ...spec.data.shapes, ...spec.data.motions.map(motionPhrase),
+    ...spec.data.backgrounds.map((b) => b.name)];
+  for (const p of phrases) for (const w of p.toLowerCase().split(/\s+/)) known.add(w);
+  const words = prompt.toLowerCase().split(/[^a-z]+/).filter((w) => w.length > 0);
+  return [...new Set(words.filter((w) => !known.has(w)))];
+}
+
 /** "a red circle moving right on a dark blue background" */
 export function demoPrompt(a: ClipAttributes): string {
   return `a ${a.colour} ${a.shape} ${motionPhrase(a.motion)} on a ${a.background} background`;

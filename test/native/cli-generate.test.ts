@@ -8,7 +8,7 @@ import * as path from 'node:path';
 
 import { saveSafetensors, Tensor } from '../../lib/index';
 import { generateCommand } from '../../lib/cli-generate';
-import { repoRoot, tempDir, weightsDir } from '../helpers';
+import { goldenDir, repoRoot, tempDir, weightsDir } from '../helpers';
 
 const cli = path.join(repoRoot, 'dist', 'lib', 'cli.js');
 const dir = tempDir('wan-cli-generate-');
@@ -238,6 +238,8 @@ t.test('I2V', async (t) => {
 });
 
 t.test('bad options exit 2 with a message naming the option, before anything is loaded', async (t) => {
+  const aFile = path.join(dir, 'a-file');
+  fs.writeFileSync(aFile, 'not a folder');
   const cases: [string[], RegExp][] = [
     [['--width', '40'], /option '--width <pixels>' argument '40' is invalid\. Expected a multiple of 16 .*such as 48/],
     [['--height', 'tall'], /option '--height <pixels>' argument 'tall' is invalid\. Expected an integer/],
@@ -275,6 +277,12 @@ t.test('bad options exit 2 with a message naming the option, before anything is 
     [['--prompt', 'a|b'], /--prompt holds 2 prompts separated by '\|'.*--context-frames/],
     [['--t5', path.join(dir, 'missing.safetensors')], /--t5: no such file: .*missing\.safetensors/],
     [['--vae', w('tiny_clip.f32.safetensors')], /--vae: .*tiny_clip\.f32\.safetensors is a clip-vision checkpoint, not a Wan VAE/],
+    [['--vae', path.join(goldenDir, 'golden_vae.safetensors')],
+      /--vae: .*golden_vae\.safetensors is not a Wan VAE: it has none of the keys of a Wan DiT, Wan VAE, umT5 or CLIP vision model/],
+    [['--model', w('tiny_vae.f32.safetensors')], /--model: .*tiny_vae\.f32\.safetensors is a wan-vae checkpoint, not a shard of a Wan diffusion model/],
+    [['--lora', w('tiny_t2v_dit.f32.safetensors')], /--lora: .*tiny_t2v_dit\.f32\.safetensors is a wan-dit checkpoint, not a LoRA/],
+    [['--num-heads', '3'], /--num-heads: 3 does not divide the model's width 64 into heads of an even size/],
+    [['--output-dir', aFile], /--output-dir: .*a-file is a file, not a folder/],
     [['--frobnicate'], /unknown option '--frobnicate'/],
   ];
   for (const [extra, message] of cases) {

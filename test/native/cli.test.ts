@@ -107,6 +107,29 @@ t.test('usage errors exit 2', async (t) => {
     t.match(help.stdout, USAGE, `${flag}: usage`);
     t.equal(help.stderr, '');
   }
+
+  // Every command refuses what it does not know, naming itself (demo is not 'generate').
+  const cases: [string[], string][] = [
+    [['inspect', '--jsn', tinyVae], 'wan-native inspect: unknown option --jsn (wan-native inspect --help lists the options)\n'],
+    [['info', '--bogus'], 'wan-native info: takes no arguments but received --bogus\n'],
+    [['demo', '--bogus'], "wan-native demo: unknown option '--bogus'\n(wan-native demo --help lists the options)\n"],
+    [['demo', 'a red circle moving right on a black background', '--prompt', 'x'],
+      'wan-native demo: two prompts: "a red circle moving right on a black background" and --prompt; give one\n'],
+  ];
+  for (const [args, stderr] of cases) {
+    const r = run(...args);
+    t.equal(r.status, 2, `${args.join(' ')}: exit 2`);
+    t.equal(r.stderr, stderr);
+    t.equal(r.stdout, '');
+  }
+});
+
+t.test('help piped into a reader that stops early ends quietly', async (t) => {
+  const r = spawnSync('bash', ['-c', `set -o pipefail; "${process.execPath}" "${cli}" generate --help | head -1`],
+    { cwd: repoRoot, encoding: 'utf8', timeout: 60_000 });
+  t.equal(r.stdout, 'Usage: wan-native generate --model <file> --t5 <file> --vae <file> --prompt <text> [options]\n');
+  t.equal(r.stderr, '', 'no EPIPE stack trace');
+  t.equal(r.status, 0);
 });
 
 t.test('demo: the shipped model draws the default prompt into a GIF and an MP4; given flags win', async (t) => {
