@@ -485,6 +485,10 @@ export function settingsFrom(cmd: Command): GenerateSettings {
   for (const key of ['fetaStartPercent', 'fetaEndPercent']) {
     if (given(key) && o.fetaWeight === undefined) throw new UsageError(`${flag(key)} needs --feta-weight (which turns Enhance-A-Video on)`);
   }
+  if (o.fetaWeight !== undefined && o.fetaStartPercent > o.fetaEndPercent)
+    throw new UsageError(`--feta-start-percent (${o.fetaStartPercent}) is after --feta-end-percent (${o.fetaEndPercent}): Enhance-A-Video would never apply`);
+  if (given('clipCrop') && o.clipEmbeds)
+    throw new UsageError('--clip-crop applies to --clip-vision, which encodes the image; --clip-embeds are encoded already');
   for (const key of ['tileX', 'tileY', 'tileStrideX', 'tileStrideY']) {
     if (given(key) && !o.vaeTiling) throw new UsageError(`${flag(key)} needs --vae-tiling`);
     if (o[key] % 8 !== 0) throw new UsageError(`${flag(key)}: expected a multiple of 8 but received ${o[key]}`);
@@ -762,7 +766,9 @@ async function loadClipEmbeds(file: string, task: Task): Promise<ClipEmbeds> {
   const clip = tensors.get('clip_embeds');
   if (!clip) {
     for (const t of tensors.values()) t.dispose();
-    throw new UsageError(`--clip-embeds: ${file} has no tensor named clip_embeds (it has ${[...tensors.keys()].join(', ') || 'none'})`);
+    const names = [...tensors.keys()];
+    const listed = names.length > 40 ? `${names.slice(0, 40).join(', ')}, ... (${names.length - 40} more)` : names.join(', ');
+    throw new UsageError(`--clip-embeds: ${file} has no tensor named clip_embeds (it has ${listed || 'none'})`);
   }
   const negative = tensors.get('negative_clip_embeds');
   for (const [k, t] of tensors) if (k !== 'clip_embeds' && k !== 'negative_clip_embeds') t.dispose();

@@ -155,6 +155,9 @@ export class Sampler {
       start: finiteIn('fetaArgs.startPercent', o.fetaArgs.startPercent, 0, 0, 1),
       end: finiteIn('fetaArgs.endPercent', o.fetaArgs.endPercent, 1, 0, 1),
     };
+    if (feta && feta.start > feta.end)
+      throw invalidOption(`Expected fetaArgs.startPercent (${feta.start}) at or below fetaArgs.endPercent (${feta.end}) ` +
+        'but received a range in which Enhance-A-Video never applies');
 
     const modelType = this.model.config.modelType;
     const imageModel = modelType !== 't2v';

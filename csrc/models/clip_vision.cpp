@@ -402,8 +402,8 @@ std::shared_ptr<ClipVision> load_clip_vision(const std::vector<std::string>& fil
     const auto sizes = w.stored.value.sizes();
     shapes[name] = std::vector<int64_t>(sizes.begin(), sizes.end());
   }
-  const ClipVisionConfig config = infer_clip_vision_config(shapes, overrides, files.front());
-  return std::make_shared<ClipVision>(config, std::move(weights), files.front(), layout, device, load_on_main);
+  const ClipVisionConfig config = infer_clip_vision_config(shapes, overrides, files_text(files));
+  return std::make_shared<ClipVision>(config, std::move(weights), files_text(files), layout, device, load_on_main);
 }
 
 }  // namespace wan::models

@@ -148,8 +148,8 @@ std::shared_ptr<Umt5Encoder> load_umt5(const std::vector<std::string>& files, bo
       embedded_tokenizer->assign(static_cast<const char*>(bytes.data_ptr()), bytes.numel());
     loaded.weights.erase(it);
   }
-  return std::make_shared<Umt5Encoder>(infer_umt5_config(loaded.shapes, files.front()), std::move(loaded.weights),
-                                       files.front(), device, load_on_main);
+  return std::make_shared<Umt5Encoder>(infer_umt5_config(loaded.shapes, files_text(files)), std::move(loaded.weights),
+                                       files_text(files), device, load_on_main);
 }
 
 }  // namespace wan::models

@@ -825,7 +825,7 @@ std::shared_ptr<WanDit> load_wan_dit(const std::vector<std::string>& files, cons
                     " says its fp8 weights must not be multiplied in fp8 (its scaled_fp8 marker has 2 elements, "
                     "which ComfyUI reads as fp8 matmuls disabled); use '" + storage + "' (fp8 storage)");
   }
-  WanDitConfig config = infer_wan_dit_config(loaded.shapes, overrides, files.front());
+  WanDitConfig config = infer_wan_dit_config(loaded.shapes, overrides, files_text(files));
   // Before quantizing: merged updates go into the file's values; unmerged ones stay float32.
   LoraAdapters adapters;
   if (overrides.merge_loras) merge_loras(loaded.weights, overrides.loras, cancelled);
@@ -833,7 +833,7 @@ std::shared_ptr<WanDit> load_wan_dit(const std::vector<std::string>& files, cons
   ops::quantize_weights(loaded.weights, options.quantization, cancelled);
   std::vector<double> strengths;
   for (const LoraSpec& l : overrides.loras) strengths.push_back(l.strength);
-  return std::make_shared<WanDit>(config, std::move(loaded.weights), options, files.front(), std::move(adapters),
+  return std::make_shared<WanDit>(config, std::move(loaded.weights), options, files_text(files), std::move(adapters),
                                   std::move(strengths));
 }
 

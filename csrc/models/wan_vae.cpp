@@ -995,8 +995,8 @@ WanVaeConfig infer_wan_vae_config(const std::map<std::string, std::vector<int64_
 std::shared_ptr<WanVae> load_wan_vae(const std::vector<std::string>& files, bool populate,
                                      const std::function<bool()>& cancelled, at::Device device, bool load_on_main) {
   LoadedWeights loaded = load_weights(files, populate, cancelled);
-  return std::make_shared<WanVae>(infer_wan_vae_config(loaded.shapes, files.front()), std::move(loaded.weights),
-                                  files.front(), device, load_on_main);
+  return std::make_shared<WanVae>(infer_wan_vae_config(loaded.shapes, files_text(files)), std::move(loaded.weights),
+                                  files_text(files), device, load_on_main);
 }
 
 }  // namespace wan::models

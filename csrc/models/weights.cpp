@@ -42,6 +42,13 @@ std::string comfy_quant_format(const core::Tensor& config) {
 
 }  // namespace
 
+std::string files_text(const std::vector<std::string>& files) {
+  std::string out;
+  for (size_t i = 0; i < files.size(); ++i)
+    out += (i == 0 ? "" : i + 1 == files.size() ? " and " : ", ") + files[i];
+  return out;
+}
+
 LoadedWeights load_weights(const std::vector<std::string>& files, bool populate,
                            const std::function<bool()>& cancelled) {
   LoadedWeights out;

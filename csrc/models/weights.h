@@ -17,6 +17,10 @@ struct LoadedWeights {
   std::vector<std::string> no_fp8_matmul;
 };
 
+// The files of a checkpoint as an error names them: "a", "a and b", "a, b and c". An error about
+// the whole set (an unexpected key, a missing one) may come from any shard.
+std::string files_text(const std::vector<std::string>& files);
+
 // Maps the files (shards of one checkpoint, any supported layout) and names their tensors
 // as the official code does; tensors alias the mappings. Scaled-fp8 scales are attached to
 // their weights (Weight::scale) rather than listed.

@@ -233,6 +233,10 @@ t.test('I2V', async (t) => {
     r = run('generate', ...T2V, ...SMALL, '--prompt', 'a cat', '--clip-crop', 'center', '--output-dir', outDir('t2v-crop'));
     t.equal(r.status, 2);
     t.match(r.stderr, /--clip-crop needs --image/);
+    r = run('generate', ...I2V, ...SMALL, '--prompt', 'a cat', '--image', image, '--clip-embeds', clip, '--clip-crop', 'center',
+      '--output-dir', outDir('i2v-embeds-crop'));
+    t.equal(r.status, 2);
+    t.match(r.stderr, /--clip-crop applies to --clip-vision, which encodes the image; --clip-embeds are encoded already/);
   });
   t.end();
 });
@@ -283,6 +287,8 @@ t.test('bad options exit 2 with a message naming the option, before anything is 
     [['--lora', w('tiny_t2v_dit.f32.safetensors')], /--lora: .*tiny_t2v_dit\.f32\.safetensors is a wan-dit checkpoint, not a LoRA/],
     [['--num-heads', '3'], /--num-heads: 3 does not divide the model's width 64 into heads of an even size/],
     [['--output-dir', aFile], /--output-dir: .*a-file is a file, not a folder/],
+    [['--feta-weight', '2', '--feta-start-percent', '0.8', '--feta-end-percent', '0.2'],
+      /--feta-start-percent \(0\.8\) is after --feta-end-percent \(0\.2\): Enhance-A-Video would never apply/],
     [['--frobnicate'], /unknown option '--frobnicate'/],
   ];
   for (const [extra, message] of cases) {

@@ -181,6 +181,13 @@ t.test('a load reports every missing and unexpected key at once', async (t) => {
     message: `${file}: not a Wan2.1 DiT of the inferred configuration: 2 missing [blocks.3.ffn.0.bias, head.modulation]; ` +
       '2 unexpected [blocks.0.extra.weight, lora_unet.x]',
   });
+  // Shards: the error names every file, since a key may come from any of them (here a VAE
+  // given as the second shard brings the unexpected ones).
+  const dit = path.join(weightsDir, 'tiny_t2v_dit.f32.safetensors'), vae = path.join(weightsDir, 'tiny_vae.f32.safetensors');
+  await t.rejects(WanModel.load([dit, vae], { numHeads: 2 }), {
+    code: 'WAN_BAD_CHECKPOINT', message: new RegExp(`^${dit.replace(/[.\\/]/g, '\\$&')} and ${vae.replace(/[.\\/]/g, '\\$&')}: ` +
+      'not a Wan2\\.1 DiT of the inferred configuration: \\d+ unexpected \\[conv1\\.'),
+  });
   await t.rejects(WanModel.load(path.join(weightsDir, 'tiny_t2v_dit.f32.safetensors')),
     { code: 'WAN_INVALID_OPTION', message: /numHeads cannot be inferred for dim 64 \(releases use head dim 128\); pass numHeads/ });
   await t.rejects(WanModel.load(path.join(weightsDir, 'tiny_vae.f32.safetensors')),

@@ -176,6 +176,10 @@ t.test('Enhance-A-Video equals the reference forward with the gain', async (t) =
   t.equal(maxAbsDiff(none, outside), 0, 'fetaArgs outside the run change nothing');
   const inside = await new Sampler(model).sample({ ...o, fetaArgs: { weight: 2 } });
   t.ok(maxAbsDiff(none, inside) > 1e-3, 'fetaArgs change the result');
+  await t.rejects(new Sampler(model).sample({ ...o, fetaArgs: { weight: 2, startPercent: 0.8, endPercent: 0.2 } }), {
+    code: 'WAN_INVALID_OPTION',
+    message: 'Expected fetaArgs.startPercent (0.8) at or below fetaArgs.endPercent (0.2) but received a range in which Enhance-A-Video never applies',
+  });
 });
 
 t.test('progress with previews; abort mid-run, then a successful run', async (t) => {
