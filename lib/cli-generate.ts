@@ -362,7 +362,7 @@ export function generateCommand(): Command {
       "pipeline does, 'center' cuts the centre as the wrapper's default", { choices: CLIP_CROPS, default: 'disabled' }),
     option(g.image, '--noise-aug-strength <x>', 'noise added to the images before encoding', { parse: number(0, 10), default: 0 }),
     option(g.image, '--start-latent-strength <x>', 'multiplier of the first latent frame', { parse: number(0, 10), default: 1 }),
-    option(g.image, '--end-latent-strength <x>', 'multiplier of the last latent frame (with --end-image)', { parse: number(0, 10), default: 1 }),
+    option(g.image, '--end-latent-strength <x>', 'multiplier of the last latent frame (the end image, or the blank frames at the end)', { parse: number(0, 10), default: 1 }),
 
     option(g.video, '--width <pixels>', 'a multiple of 16', { parse: multipleOf16, default: 832 }),
     option(g.video, '--height <pixels>', 'a multiple of 16', { parse: multipleOf16, default: 480 }),
@@ -471,10 +471,9 @@ export function settingsFrom(cmd: Command): GenerateSettings {
   const flag = (key: string) => '--' + key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
 
   // Cross-option rules first; what is not implemented is refused after every value was checked.
-  for (const key of ['endImage', 'clipCrop', 'noiseAugStrength', 'startLatentStrength']) {
+  for (const key of ['endImage', 'clipCrop', 'noiseAugStrength', 'startLatentStrength', 'endLatentStrength']) {
     if (given(key) && !o.image) throw new UsageError(`${flag(key)} needs --image (it applies to image-to-video)`);
   }
-  if (given('endLatentStrength') && !o.endImage) throw new UsageError('--end-latent-strength needs --end-image');
   if (o.clipVision && o.clipEmbeds) throw new UsageError('--clip-vision and --clip-embeds exclude each other: give one');
   if ((o.clipVision || o.clipEmbeds) && !o.image)
     throw new UsageError(`${o.clipVision ? '--clip-vision' : '--clip-embeds'} needs --image (CLIP sees the first frame)`);
@@ -819,6 +818,8 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
   const latentFrames = latentFramesOf(s.numFrames);
   view.note(`wan-native generate: ${plan.task} ${s.width}x${s.height}, ${s.numFrames} frames, ${s.steps} steps ` +
     `(${s.scheduler}, cfg ${Array.isArray(s.cfg) ? 'per step' : s.cfg}, ${s.sigmas ? 'custom sigmas' : `shift ${s.shift}`}, seed ${seed})`);
+  if (s.context && s.context.frames > s.numFrames)
+    view.note(`note: a context window of ${s.context.frames} frames covers the whole ${s.numFrames}-frame video: sampled in one piece`);
 
   const owned: { dispose(): void }[] = [];
   const keep = <T extends { dispose(): void }>(x: T): T => { owned.push(x); return x; };

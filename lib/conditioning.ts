@@ -78,7 +78,7 @@ export interface ImageToVideoEncodeOptions extends VideoSize, LongCallOptions {
   noiseAugStrength?: number;
   /** Multiplier of the first latent frame (1, 0..10). */
   startLatentStrength?: number;
-  /** Multiplier of the last latent frame when an end image is given (1, 0..10). */
+  /** Multiplier of the last latent frame, an end image's or the encoded blank frames' (1, 0..10). */
   endLatentStrength?: number;
   /** Seed of the noise augmentation (0). */
   seed?: number | bigint;
@@ -155,7 +155,9 @@ export function imageToVideoEncode(o: ImageToVideoEncodeOptions): Promise<ImageE
     for (let c = 0; c < LATENT_CHANNELS; ++c) {
       const channel = (4 + c) * frames * plane;
       if (startStrength !== 1) for (let i = 0; i < plane; ++i) y[channel + i] *= startStrength;
-      if (hasEnd && endStrength !== 1)
+      // The last latent frame whether or not it holds an end image (the wrapper's
+      // y[:, -1:] *= end_latent_strength): without one it is the encoded blank frames.
+      if (endStrength !== 1)
         for (let i = 0; i < plane; ++i) y[channel + (frames - 1) * plane + i] *= endStrength;
     }
 

@@ -161,8 +161,15 @@ export class Sampler {
 
     const modelType = this.model.config.modelType;
     const imageModel = modelType !== 't2v';
-    if (imageModel && (embeds.y === undefined || embeds.clipContext === undefined))
-      throw invalidOption(`Expected imageEmbeds from imageToVideoEncode() with clipEmbeds for a ${modelType} model (y and clipContext are missing)`);
+    if (imageModel && (embeds.y === undefined || embeds.clipContext === undefined)) {
+      const missing = [embeds.y === undefined ? 'y' : '', embeds.clipContext === undefined ? 'clipContext' : ''].filter((m) => m !== '');
+      throw invalidOption(`Expected imageEmbeds from imageToVideoEncode() with clipEmbeds for a ${modelType} model ` +
+        `(${missing.join(' and ')} ${missing.length === 1 ? 'is' : 'are'} missing)`);
+    }
+    const clipImages = embeds.clipContext?.shape.length === 3 ? embeds.clipContext.shape[0] : undefined;
+    if (modelType === 'i2v' && clipImages !== undefined && clipImages !== 1)
+      throw invalidOption(`Expected the CLIP embeddings of 1 image for an i2v model but imageEmbeds.clipContext holds ` +
+        `${clipImages} (combineEmbeds 'batch' keeps the images apart, as FLF2V models take them; average, sum or concat combine them)`);
     if (!imageModel && embeds.y !== undefined)
       throw invalidOption('Expected imageEmbeds from emptyEmbeds() for a t2v model, but these carry image conditioning (y)');
 

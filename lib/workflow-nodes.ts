@@ -118,6 +118,8 @@ export const EXECUTORS: Record<string, Executor> = {
         ? 'compile_args: on the CPU the RMS norms and RoPE always run as fused loops, so nothing changes'
         : `compile_args: ${what}; torch.compile's dynamo settings have no counterpart here`);
     }
+    if (c.value('rms_norm_function') !== 'default')
+      c.warn(`rms_norm_function '${c.value('rms_norm_function')}': both of the wrapper's choices compute the same RMS norm, which runs here one way`);
     const model = await WanModel.load(file, {
       device: c.device, loadDevice: c.value('load_device'),
       basePrecision: c.value('base_precision'),
@@ -134,6 +136,7 @@ export const EXECUTORS: Record<string, Executor> = {
   },
 
   async WanVideoBlockSwap(c) {
+    if (c.value('block_swap_debug')) c.warn('block_swap_debug: the wrapper\'s swap timing log has no counterpart here (memoryStats() says what is where)');
     const args: BlockSwapOptions = {
       blocksToSwap: c.value('blocks_to_swap'), prefetchBlocks: c.value('prefetch_blocks'),
       useNonBlocking: c.value('use_non_blocking'), offloadImgEmb: c.value('offload_img_emb'), offloadTxtEmb: c.value('offload_txt_emb'),
@@ -278,6 +281,11 @@ export const EXECUTORS: Record<string, Executor> = {
   },
 
   async WanVideoSampler(c) {
+    const context = c.input<ContextOptions>('context_options'), embeds = c.input<ImageEmbeds>('image_embeds');
+    if (context?.frames !== undefined && embeds && context.frames > embeds.numFrames)
+      c.warn(`context_options: a window of ${context.frames} frames covers the whole ${embeds.numFrames}-frame video, which is sampled in one piece`);
+    if (c.value('rope_function') !== 'comfy')
+      c.warn(`rope_function '${c.value('rope_function')}': the wrapper's choices compute the same rotary embedding, which runs here one way`);
     const latent = await new Sampler(c.input<WanModel>('model')!).sample({
       imageEmbeds: c.input<ImageEmbeds>('image_embeds')!,
       textEmbeds: c.input<TextEmbeds>('text_embeds')!,

@@ -223,7 +223,14 @@ t.test('I2V and FLF2V conditioning and an I2V run equal the official code', asyn
   err = maxAbsDiff(latent, g.get('i2v.x0')!);
   t.ok(err <= LATENT_TOLERANCE, `I2V run: final latent max abs error ${err.toExponential(2)} <= ${LATENT_TOLERANCE}`);
   await t.rejects(new Sampler(model).sample({ imageEmbeds: emptyEmbeds(size), textEmbeds: text }),
-    { code: 'WAN_INVALID_OPTION', message: /imageToVideoEncode\(\) with clipEmbeds for a i2v model/ });
+    { code: 'WAN_INVALID_OPTION', message: /imageToVideoEncode\(\) with clipEmbeds for a i2v model \(y and clipContext are missing\)/ });
+  await t.rejects(new Sampler(model).sample({ imageEmbeds: { ...i2v, clipContext: undefined }, textEmbeds: text }),
+    { code: 'WAN_INVALID_OPTION', message: /for a i2v model \(clipContext is missing\)/ });
+  const two = Tensor.fromTypedArray(new Float32Array(2 * 257 * 1280), [2, 257, 1280]);
+  await t.rejects(new Sampler(model).sample({ imageEmbeds: { ...i2v, clipContext: two }, textEmbeds: text }), {
+    code: 'WAN_INVALID_OPTION',
+    message: /^Expected the CLIP embeddings of 1 image for an i2v model but imageEmbeds\.clipContext holds 2 \(combineEmbeds 'batch'/,
+  });
 
   // Latent strengths scale the first and last latent frames of the 16 latent channels.
   const strong = await imageToVideoEncode({ vae, ...size, startImage: g.get('i2v.image')!, endImage: g.get('i2v.end_image')!,
@@ -233,6 +240,14 @@ t.test('I2V and FLF2V conditioning and an I2V run equal the official code', asyn
   t.equal(a[(4 * 2 + 0) * plane + 3], b[(4 * 2 + 0) * plane + 3] * 0.5, 'start frame x0.5');
   t.equal(a[(4 * 2 + 1) * plane + 3], b[(4 * 2 + 1) * plane + 3] * 2, 'end frame x2');
   t.equal(a[0], 1, 'the mask is untouched');
+  // Without an end image the last latent frame (the encoded blank frames) is scaled too, as the
+  // wrapper's y[:, -1:] *= end_latent_strength.
+  const startOnly = await imageToVideoEncode({ vae, ...size, startImage: g.get('i2v.image')!, endLatentStrength: 2 });
+  const c = startOnly.y!.toTypedArray() as Float32Array, d = i2v.y!.toTypedArray() as Float32Array;
+  const frames = startOnly.y!.shape[1];
+  const last = (4 * frames + frames - 1) * plane + 3;
+  t.ok(d[last] !== 0, 'the blank frames encode to something');
+  t.equal(c[last], d[last] * 2, 'start image only: the last latent frame x2');
   await t.rejects(imageToVideoEncode({ vae, ...size, startImage: g.get('i2v.image')!, noiseAugStrength: -1 }),
     { code: 'WAN_INVALID_OPTION', message: /0\.\.10 for noiseAugStrength but received -1/ });
   const noisy = await imageToVideoEncode({ vae, ...size, startImage: g.get('i2v.image')!, noiseAugStrength: 0.1 });

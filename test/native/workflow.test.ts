@@ -645,6 +645,25 @@ t.test('npx wan-native run: the command line runs the workflow file', { skip }, 
   t.match(missing.stderr, /node \d+ \(\w+\) input model_name: .* not found: looked for .* in /, 'a model missing from the folders is named with where it looked');
 });
 
+t.test('rms_norm_function and rope_function choose among equal implementations: the run says so', { skip }, async (t) => {
+  const workflow = api();
+  workflow['4'].inputs.rms_norm_function = 'pytorch';
+  workflow['6'].inputs.rope_function = 'default';
+  const combine = workflow['9'].inputs;
+  combine.format = 'image/png';
+  delete combine.pix_fmt;
+  delete combine.crf;
+  delete combine.trim_to_audio;
+  const result = await runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() });
+  t.match(result.warnings, [
+    /^node 4 \(WanVideoModelLoader\): rms_norm_function 'pytorch': both of the wrapper's choices compute the same RMS norm/,
+    /^node 6 \(WanVideoSampler\): rope_function 'default': the wrapper's choices compute the same rotary embedding/,
+  ]);
+  t.equal(result.warnings.length, 2);
+  const expected = frameBytes(await directT2v());
+  for (const [i, file] of result.outputs['9'].files!.entries()) t.ok((await pngBytes(file)).equals(expected[i]), `frame ${i}: unchanged`);
+});
+
 t.test('torch.compile settings become compile, which on the CPU changes nothing, and say so', { skip }, async (t) => {
   const workflow = api();
   workflow['4'].inputs.compile_args = ['10', 0];
