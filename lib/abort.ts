@@ -19,3 +19,12 @@ export function bridgeAbort(signal: AbortSignal | undefined): AbortBridge {
   signal.addEventListener('abort', onAbort, { once: true });
   return { flag, done: () => signal.removeEventListener('abort', onAbort) };
 }
+
+// The result of a call whose last unit of work ran past an abort: the engine polls only between
+// units, so such a call can finish after all. The caller asked to stop, so it gets
+// WAN_ABORTED, as for an abort caught between units; the result is released.
+export function unlessAborted<T extends { dispose(): void }>(signal: AbortSignal | undefined, value: T): T {
+  if (!signal?.aborted) return value;
+  value.dispose();
+  throw abortedError();
+}

@@ -1,6 +1,6 @@
 // Vae: the Wan2.1 causal 3D VAE (csrc/models/wan_vae).
 import type { NativeVae } from '../types/native';
-import { bridgeAbort } from './abort';
+import { bridgeAbort, unlessAborted } from './abort';
 import { planFiles } from './checkpoint';
 import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
 import { memoryStatsOf, type MemoryStats } from './memory-planner';
@@ -155,7 +155,7 @@ export class Vae {
       const abort = bridgeAbort(options.signal);
       try {
         return await offloadingAfter(options.forceOffload, this,
-          async () => new Tensor(await this.handle().encode(Tensor.handle(video, 'video'), abort.flag)));
+          async () => unlessAborted(options.signal, new Tensor(await this.handle().encode(Tensor.handle(video, 'video'), abort.flag))));
       } finally {
         abort.done();
       }

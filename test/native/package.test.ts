@@ -1,6 +1,9 @@
 // The package as an application sees it: require() and import of 'wan-native'.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 
 import { repoRoot } from '../helpers';
 
@@ -25,6 +28,28 @@ t.test('import * as wan from "wan-native" gives the same named exports', async (
     'ATTENTION_MODES,ClipVisionEncoder,DEFAULT_NEGATIVE_PROMPT,DTYPES,PLAN_DEVICES,QUANTIZATIONS,SCHEDULER_NAMES,Sampler,Tensor,TextEncoder,VIDEO_FORMATS,Vae,WanError,WanModel,' +
     'emptyEmbeds,imageToVideoEncode,inspectCheckpoint,loadCheckpoint,loadImage,loadSafetensors,parseWorkflow,planMemory,runWorkflow,runtimeInfo,' +
     'saveSafetensors,schedule,setThreads,videoCombine 2 WAN_IO');
+});
+
+t.test("the shipped declarations compile in a strict project that checks libraries (no skipLibCheck)", async (t) => {
+  // dist/lib/*.d.ts import '../types/native': it must be in dist, typed (not a missing module
+  // that degrades the classes using it to any).
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wan-consumer-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.writeFileSync(path.join(dir, 'main.ts'), `import * as wan from ${JSON.stringify(path.join(repoRoot, 'dist', 'lib', 'index'))};
+export async function f(): Promise<number> {
+  const enc = await wan.TextEncoder.load('x.safetensors');
+  // @ts-expect-error: a field the config does not have
+  void enc.config.noSuchField;
+  return enc.config.textLen;
+}
+`);
+  fs.writeFileSync(path.join(dir, 'tsconfig.json'), JSON.stringify({
+    compilerOptions: { strict: true, skipLibCheck: false, noEmit: true, module: 'node16', moduleResolution: 'node16', target: 'ES2022',
+      lib: ['ES2022', 'ESNext.Disposable'], types: ['node'], typeRoots: [path.join(repoRoot, 'node_modules', '@types')] },
+    files: ['main.ts'],
+  }));
+  const r = spawnSync(process.execPath, [path.join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', dir], { encoding: 'utf8' });
+  t.equal(r.status, 0, r.stdout + r.stderr);
 });
 
 t.test('a missing native binary is one clear error listing what was tried', async (t) => {

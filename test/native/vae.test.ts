@@ -95,6 +95,19 @@ t.test('tiled decode: each tile is decoded on its own and blended where tiles ov
     { code: 'WAN_INVALID_OPTION', message: 'tileStrideX and tileStrideY must not exceed tileX and tileY (tiles must overlap or touch)' });
 });
 
+t.test('an abort during the last chunk of an encode rejects with WAN_ABORTED rather than resolving', async (t) => {
+  // One frame is one chunk: the engine finishes it (about a second at 512x512 here) and only then
+  // could see the abort.
+  const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
+  const video = Tensor.fromTypedArray(new Float32Array(3 * 512 * 512), [3, 1, 512, 512]);
+  const controller = new AbortController();
+  setTimeout(() => controller.abort(), 50);
+  await t.rejects(vae.encode(video, { signal: controller.signal }), { code: 'WAN_ABORTED' });
+  const latent = await vae.encode(video);
+  t.same(latent.shape, [16, 1, 64, 64], 'and the next call runs');
+  vae.dispose();
+});
+
 t.test('bad shapes are clear errors', async (t) => {
   const { vae } = await setup();
   await t.rejects(vae.encode(Tensor.fromTypedArray(new Float32Array(3 * 2 * 16 * 16), [3, 2, 16, 16])),
