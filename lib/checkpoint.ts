@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { bridgeAbort } from './abort';
-import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
+import { checkOptionNames, describeValue, invalidOption, optionNames, WanError, withCallerStack } from './errors';
 import { native } from './native';
 import { LongCallOptions, ProgressClock } from './progress';
 import { Tensor } from './tensor';
@@ -48,10 +48,13 @@ function checkPaths(p: unknown, what: string): string[] {
   return list as string[];
 }
 
+const LOAD_OPTIONS = optionNames<LoadCheckpointOptions>()({ populate: true, signal: true, onProgress: true });
+
 function checkOptions(options: LoadCheckpointOptions | undefined): LoadCheckpointOptions {
   if (options === undefined) return {};
   if (typeof options !== 'object' || options === null)
     throw invalidOption(`Expected an object for options but received ${describeValue(options)}`);
+  checkOptionNames(options, LOAD_OPTIONS);
   if (options.populate !== undefined && typeof options.populate !== 'boolean')
     throw invalidOption(`Expected a boolean for populate but received ${describeValue(options.populate)}`);
   if (options.onProgress !== undefined && typeof options.onProgress !== 'function')
@@ -183,7 +186,9 @@ export function saveSafetensors(
   return withCallerStack((async () => {
     if (typeof file !== 'string' || file.length === 0)
       throw invalidOption(`Expected a file path for path but received ${describeValue(file)}`);
-    const entries = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors ?? {});
+    if (typeof tensors !== 'object' || tensors === null || Array.isArray(tensors))
+      throw invalidOption(`Expected a Map or an object of named tensors for tensors but received ${describeValue(tensors)}`);
+    const entries = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
     if (typeof metadata !== 'object' || metadata === null)
       throw invalidOption(`Expected an object of strings for metadata but received ${describeValue(metadata)}`);
     for (const [k, v] of Object.entries(metadata))

@@ -4,7 +4,7 @@ import type { NativeClipVision, NativeTensor } from '../types/native';
 import { bridgeAbort } from './abort';
 import { planFiles } from './checkpoint';
 import { checkDevice, checkLoadDevice, offloadingAfter, resolveDevice, type Device, type Placement } from './device';
-import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
+import { checkOptionNames, describeValue, invalidOption, optionNames, WanError, withCallerStack } from './errors';
 import { memoryStatsOf, type MemoryStats } from './memory-planner';
 import { ImageInput, loadImage } from './image';
 import { native } from './native';
@@ -130,6 +130,12 @@ function planEncode(image: unknown, options: unknown): EncodePlan {
   return { images, negative, strengths: [strength1, strength2], crop, combineEmbeds };
 }
 
+const CLIP_OPTIONS = optionNames<ClipVisionOptions>()({ numHeads: true, populate: true, device: true, loadDevice: true, signal: true, onProgress: true });
+const CLIP_ENCODE_OPTIONS = optionNames<ClipVisionEncodeOptions>()({
+  strength1: true, strength2: true, crop: true, combineEmbeds: true, image2: true, negativeImage: true, forceOffload: true,
+  signal: true, onProgress: true,
+});
+
 export class ClipVisionEncoder {
   readonly config: ClipVisionConfig;
   #native: NativeClipVision | undefined;
@@ -148,6 +154,7 @@ export class ClipVisionEncoder {
     const caller = new Error();
     return withCallerStack((async () => {
       const o = checkObject(options, 'options');
+      checkOptionNames(o, CLIP_OPTIONS);
       if (o.numHeads !== undefined && !(Number.isSafeInteger(o.numHeads) && (o.numHeads as number) > 0))
         throw invalidOption(`Expected a positive integer for numHeads but received ${describeValue(o.numHeads)}`);
       if (o.populate !== undefined && typeof o.populate !== 'boolean')
@@ -195,6 +202,7 @@ export class ClipVisionEncoder {
   async encode(image: Tensor | ImageInput, options: ClipVisionEncodeOptions = {}): Promise<ClipEmbeds> {
     const caller = new Error();
     return withCallerStack((async () => {
+      checkOptionNames(options, CLIP_ENCODE_OPTIONS);
       const plan = planEncode(image, options);
       const steps = plan.negative === undefined ? 1 : 2;
       const clock = new ProgressClock('clip', steps, options.onProgress);

@@ -3,9 +3,10 @@
 // mask and CLIP embeddings (WanVideoImageToVideoEncode, computed as the official
 // wan/image2video.py and wan/first_last_frame2video.py compute them).
 import type { ClipEmbeds } from './clip';
-import { describeValue, invalidOption, withCallerStack } from './errors';
+import { checkOptionNames, describeValue, invalidOption, optionNames, withCallerStack } from './errors';
 import { ImageInput, loadImage } from './image';
 import { native } from './native';
+import { seedOf } from './sampler';
 import { LongCallOptions } from './progress';
 import { Tensor } from './tensor';
 import type { Vae } from './vae';
@@ -22,9 +23,11 @@ export interface ImageEmbeds {
   targetShape: [number, number, number, number];
   /** Tokens after patching: T * H/16 * W/16. */
   seqLen: number;
-  numFrames: number;
-  width: number;
-  height: number;
+  /** The video size it was made for (emptyEmbeds and imageToVideoEncode set them; the Sampler
+   *  reads targetShape, so embeds made by hand as API.md shows them may leave them out). */
+  numFrames?: number;
+  width?: number;
+  height?: number;
   /** I2V / FLF2V conditioning [20, T, H/8, W/8]: 4 frame-mask channels, then the 16 latent channels. */
   y?: Tensor;
   /** [1, 257, 1280] (FLF2V: [2, 257, 1280], first and last frame). */
@@ -58,8 +61,15 @@ function latentShape(width: number, height: number, numFrames: number): [number,
 }
 
 /** WanVideoEmptyEmbeds: the latent shape of a text-to-video (or, with numFrames 1, text-to-image) run. */
+const SIZE_OPTIONS = optionNames<VideoSize>()({ width: true, height: true, numFrames: true });
+const I2V_OPTIONS = optionNames<ImageToVideoEncodeOptions>()({
+  vae: true, startImage: true, endImage: true, clipEmbeds: true, noiseAugStrength: true, startLatentStrength: true,
+  endLatentStrength: true, seed: true, forceOffload: true, width: true, height: true, numFrames: true, signal: true, onProgress: true,
+});
+
 export function emptyEmbeds(o: VideoSize = {}): ImageEmbeds {
   if (typeof o !== 'object' || o === null) throw invalidOption(`Expected an object for options but received ${describeValue(o)}`);
+  checkOptionNames(o, SIZE_OPTIONS);
   const { width, height, numFrames } = checkSize(o);
   const targetShape = latentShape(width, height, numFrames);
   return { targetShape, seqLen: (targetShape[1] * targetShape[2] * targetShape[3]) / PATCH_AREA, numFrames, width, height };
@@ -111,6 +121,7 @@ export function imageToVideoEncode(o: ImageToVideoEncodeOptions): Promise<ImageE
   const caller = new Error();
   return withCallerStack((async () => {
     if (typeof o !== 'object' || o === null) throw invalidOption(`Expected an object for options but received ${describeValue(o)}`);
+    checkOptionNames(o, I2V_OPTIONS);
     if (o.vae === undefined || typeof (o.vae as Vae).encode !== 'function')
       throw invalidOption(`Expected a Vae for vae but received ${describeValue(o.vae)}`);
     if (o.startImage === undefined) throw invalidOption('Expected an image for startImage but received undefined');
@@ -120,7 +131,7 @@ export function imageToVideoEncode(o: ImageToVideoEncodeOptions): Promise<ImageE
     const endStrength = checkStrength('endLatentStrength', o.endLatentStrength, 1);
     const hasEnd = o.endImage !== undefined;
     if (hasEnd && numFrames < 5) throw invalidOption(`Expected numFrames >= 5 with an endImage but received ${numFrames}`);
-    const seed = BigInt.asUintN(64, BigInt(o.seed ?? 0));
+    const seed = seedOf(o.seed);
 
     // The conditioning video [3, F, H, W]: the resized image(s), zeros between.
     const video = new Float32Array(3 * numFrames * height * width);

@@ -24,6 +24,26 @@ export function invalidOption(message: string): WanError {
   return new WanError('WAN_INVALID_OPTION', message);
 }
 
+// The names of an options interface T, written out once beside the call that checks them; the
+// compiler holds the list to exactly T's keys (one missing or one extra fails to compile).
+export function optionNames<T>() {
+  return <K extends Record<keyof T, true>>(names: K & Record<Exclude<keyof K, keyof T>, never>): readonly string[] =>
+    Object.keys(names);
+}
+
+// An options argument as a call takes it: absent, or an object with no option the call does not
+// know. A misspelt option, or one of the wrapper's that is not implemented here, would
+// otherwise change nothing without a word.
+export function checkOptionNames(o: unknown, names: readonly string[], what = 'options'): void {
+  if (o === undefined) return;
+  if (typeof o !== 'object' || o === null || Array.isArray(o))
+    throw invalidOption(`Expected an object for ${what} but received ${describeValue(o)}`);
+  const unknown = Object.keys(o).filter((k) => !names.includes(k) && (o as Record<string, unknown>)[k] !== undefined);
+  if (unknown.length > 0)
+    throw invalidOption(`Expected ${what} among ${names.join(', ')} but received ${unknown.map((k) => `'${k}'`).join(', ')}, ` +
+      `which ${unknown.length === 1 ? 'is' : 'are'} not one of them`);
+}
+
 // Describes a received value for messages: `"x" of type string`, `[1,2] of type array`.
 export function describeValue(value: unknown): string {
   if (value === null) return 'null';

@@ -18,7 +18,7 @@
 import * as fs from 'node:fs';
 
 import { loadCheckpoint } from './checkpoint';
-import { describeValue, invalidOption, WanError } from './errors';
+import { checkOptionNames, describeValue, invalidOption, optionNames, WanError } from './errors';
 import type { AttentionMode, StoredQuantization } from './model';
 import type { Placement } from './device';
 import { native } from './native';
@@ -449,9 +449,15 @@ function checkPositiveInteger(v: unknown, what: string, min = 1): void {
  * on the CPU), then fp8 storage with the least swapping. When nothing fits, `fits` is false and
  * `message` says what is needed, what the best configuration needs and the budget.
  */
+const PLAN_OPTIONS = optionNames<PlanMemoryOptions>()({
+  dit: true, textEncoder: true, clipVision: true, vae: true, width: true, height: true, numFrames: true, maxMemory: true,
+  device: true, attentionMode: true, batch: true, prefetchBlocks: true, quantization: true, blocksToSwap: true,
+});
+
 export async function planMemory(options: PlanMemoryOptions): Promise<MemoryPlan> {
   if (typeof options !== 'object' || options === null)
     throw invalidOption(`Expected an options object for planMemory but received ${describeValue(options)}`);
+  checkOptionNames(options, PLAN_OPTIONS);
   const o = {
     width: options.width ?? DEFAULT_SIZE.width, height: options.height ?? DEFAULT_SIZE.height,
     numFrames: options.numFrames ?? DEFAULT_SIZE.numFrames, device: options.device ?? 'cpu',

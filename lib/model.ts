@@ -3,7 +3,7 @@ import type { NativeTensor, NativeWanModel } from '../types/native';
 import { bridgeAbort } from './abort';
 import { planFiles } from './checkpoint';
 import { checkDevice, checkLoadDevice, resolveDevice, type Device, type Placement } from './device';
-import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
+import { checkOptionNames, describeValue, invalidOption, optionNames, WanError, withCallerStack } from './errors';
 import { memoryStatsOf, planMemory, type MemoryPlan, type MemoryStats } from './memory-planner';
 import { native } from './native';
 import { LongCallOptions, ProgressClock } from './progress';
@@ -192,8 +192,22 @@ export interface WanForwardInput {
   step?: number;
 }
 
+const LOADER_OPTIONS = optionNames<ModelLoaderOptions>()({
+  device: true, loadDevice: true, quantization: true, basePrecision: true, attentionMode: true, numHeads: true, textLen: true,
+  populate: true, blockSwap: true, loras: true, mergeLoras: true, compile: true, cudaGraphs: true, maxMemory: true, planFor: true,
+  signal: true, onProgress: true,
+});
+const BLOCK_SWAP_OPTIONS = optionNames<BlockSwapOptions>()({
+  blocksToSwap: true, prefetchBlocks: true, useNonBlocking: true, offloadImgEmb: true, offloadTxtEmb: true,
+});
+const LORA_OPTIONS = optionNames<LoraOptions>()({ path: true, strength: true, blocks: true, layerFilter: true });
+
 function checkOptions(o: ModelLoaderOptions): void {
   if (typeof o !== 'object' || o === null) throw invalidOption(`Expected an object for options but received ${describeValue(o)}`);
+  checkOptionNames(o, LOADER_OPTIONS);
+  if (typeof o.blockSwap === 'object' && o.blockSwap !== null) checkOptionNames(o.blockSwap, BLOCK_SWAP_OPTIONS, 'blockSwap');
+  if (Array.isArray(o.loras))
+    for (const [i, l] of o.loras.entries()) if (typeof l === 'object' && l !== null) checkOptionNames(l, LORA_OPTIONS, `loras[${i}]`);
   if (o.attentionMode !== undefined && !ATTENTION_MODES.includes(o.attentionMode))
     throw invalidOption(`Expected one of ${ATTENTION_MODES.join(', ')} for attentionMode but received ${describeValue(o.attentionMode)}`);
   if (o.quantization !== undefined && !QUANTIZATIONS.includes(o.quantization))
@@ -398,6 +412,7 @@ export class WanModel {
 
   /** One denoiser call, exactly like the official WanModel.forward: per sample [outDim, F, H, W] f32. */
   async forward(input: WanForwardInput, options: { signal?: AbortSignal } = {}): Promise<Tensor[]> {
+    checkOptionNames(options, ['signal']);
     return (await this.run(input, false, options.signal)).outputs;
   }
 

@@ -9,7 +9,7 @@ import {
 } from './context-windows';
 import { abortedError } from './abort';
 import { offloadingAfter } from './device';
-import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
+import { checkOptionNames, describeValue, invalidOption, optionNames, WanError, withCallerStack } from './errors';
 import type { WanModel } from './model';
 import { native } from './native';
 import { latentPreview, Preview } from './preview';
@@ -24,6 +24,9 @@ export interface FetaArgs {
   startPercent?: number;  // 0.0
   endPercent?: number;    // 1.0
 }
+
+const FETA_OPTIONS = optionNames<FetaArgs>()({ weight: true, startPercent: true, endPercent: true });
+const CONTEXT_OPTIONS = optionNames<ContextOptions>()({ schedule: true, frames: true, stride: true, overlap: true, freenoise: true, fuse: true });
 
 export interface SamplerProgress extends Progress {
   /** With `preview: true`: the middle frame of the current clean-latent prediction. */
@@ -68,7 +71,7 @@ function finiteIn(name: string, value: unknown, fallback: number, min: number, m
   return value;
 }
 
-function seedOf(value: unknown): bigint {
+export function seedOf(value: unknown): bigint {
   if (value === undefined) return 0n;
   const ok = (typeof value === 'bigint' && value >= 0n && value <= U64_MAX) ||
              (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0);
@@ -114,6 +117,12 @@ interface StepCall {
   numPrompts: number;
 }
 
+const SAMPLER_OPTIONS = optionNames<SamplerOptions>()({
+  imageEmbeds: true, textEmbeds: true, steps: true, cfg: true, shift: true, seed: true, scheduler: true, sigmas: true,
+  startStep: true, endStep: true, samples: true, denoiseStrength: true, addNoiseToSamples: true, contextOptions: true,
+  fetaArgs: true, batchedCfg: true, preview: true, forceOffload: true, onProgress: true, signal: true,
+});
+
 export class Sampler {
   constructor(readonly model: WanModel) {
     if (model === null || typeof model !== 'object' || typeof (model as WanModel).forward !== 'function')
@@ -128,6 +137,9 @@ export class Sampler {
 
   private async run(o: SamplerOptions): Promise<Tensor> {
     if (typeof o !== 'object' || o === null) throw invalidOption(`Expected an object for options but received ${describeValue(o)}`);
+    checkOptionNames(o, SAMPLER_OPTIONS);
+    checkOptionNames(o.fetaArgs, FETA_OPTIONS, 'fetaArgs');
+    checkOptionNames(o.contextOptions, CONTEXT_OPTIONS, 'contextOptions');
     const embeds = o.imageEmbeds;
     if (!embeds || !Array.isArray(embeds.targetShape) || embeds.targetShape.length !== 4)
       throw invalidOption(`Expected imageEmbeds from emptyEmbeds() or imageToVideoEncode() but received ${describeValue(embeds)}`);

@@ -38,6 +38,10 @@ export class Tensor {
     this[kNative] = handle;
     this.shape = handle.shape();
     this.dtype = handle.dtype() as DType;
+    // Read-only at run time too, as the type says: a changed shape would misdescribe the data.
+    Object.freeze(this.shape);
+    Object.defineProperty(this, 'shape', { writable: false });
+    Object.defineProperty(this, 'dtype', { writable: false });
   }
 
   /**

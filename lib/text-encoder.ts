@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import type { NativeTextEncoder } from '../types/native';
 import { bridgeAbort } from './abort';
 import { loadSafetensors, planFiles, saveSafetensors } from './checkpoint';
-import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
+import { checkOptionNames, describeValue, invalidOption, optionNames, WanError, withCallerStack } from './errors';
 import { memoryStatsOf, type MemoryStats } from './memory-planner';
 import { checkDevice, checkLoadDevice, offloadingAfter, resolveDevice, type Device, type Placement } from './device';
 import { native } from './native';
@@ -68,6 +68,11 @@ async function findTokenizer(option: string | undefined, handle: NativeTextEncod
     " (give the tokenizer option umT5's spiece.model or tokenizer.json)";
 }
 
+const TEXT_ENCODER_OPTIONS = optionNames<TextEncoderOptions>()({
+  tokenizer: true, textLen: true, populate: true, device: true, loadDevice: true, signal: true, onProgress: true,
+});
+const ENCODE_OPTIONS = optionNames<EncodeOptions>()({ diskCache: true, forceOffload: true, signal: true, onProgress: true });
+
 export class TextEncoder {
   readonly config: ReturnType<NativeTextEncoder['config']> & { textLen: number };
   /** Where the tokenizer came from (a file, or the checkpoint's `spiece_model` tensor); null when none was found. */
@@ -88,6 +93,7 @@ export class TextEncoder {
   static load(file: string | string[], options: TextEncoderOptions = {}): Promise<TextEncoder> {
     const caller = new Error();
     return withCallerStack((async () => {
+      checkOptionNames(options, TEXT_ENCODER_OPTIONS);
       const textLen = options.textLen ?? 512;
       if (!Number.isSafeInteger(textLen) || textLen < 2)
         throw invalidOption(`Expected an integer >= 2 for textLen but received ${describeValue(options.textLen)}`);
@@ -166,6 +172,7 @@ export class TextEncoder {
   encode(prompts: { positive: string | string[]; negative?: string }, options: EncodeOptions = {}): Promise<TextEmbeds> {
     const caller = new Error();
     return withCallerStack((async () => {
+      checkOptionNames(options, ENCODE_OPTIONS);
       const positive = Array.isArray(prompts?.positive) ? prompts.positive : [prompts?.positive];
       if (positive.length === 0 || !positive.every((p) => typeof p === 'string'))
         throw invalidOption(`Expected a string or an array of strings for positive but received ${describeValue(prompts?.positive)}`);

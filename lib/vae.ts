@@ -2,7 +2,7 @@
 import type { NativeVae } from '../types/native';
 import { bridgeAbort, unlessAborted } from './abort';
 import { planFiles } from './checkpoint';
-import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
+import { checkOptionNames, describeValue, invalidOption, optionNames, WanError, withCallerStack } from './errors';
 import { memoryStatsOf, type MemoryStats } from './memory-planner';
 import { checkDevice, checkForceOffload, checkLoadDevice, offloadingAfter, resolveDevice, type Device, type Placement } from './device';
 import { native } from './native';
@@ -102,6 +102,12 @@ function tilingOf(o: VaeTileOptions) {
   return tiling;
 }
 
+const VAE_OPTIONS = optionNames<VaeOptions>()({ populate: true, device: true, loadDevice: true, signal: true, onProgress: true });
+const ENCODE_OPTIONS = optionNames<VaeEncodeOptions>()({ forceOffload: true, signal: true, onProgress: true });
+const DECODE_OPTIONS = optionNames<VaeDecodeOptions>()({
+  clamp: true, forceOffload: true, signal: true, onProgress: true, tiled: true, tileX: true, tileY: true, tileStrideX: true, tileStrideY: true,
+});
+
 export class Vae {
   readonly config: { dim: number; zDim: number; device: string };
   #native: NativeVae | undefined;
@@ -115,6 +121,7 @@ export class Vae {
   static load(path: string | string[], options: VaeOptions = {}): Promise<Vae> {
     const caller = new Error();
     return withCallerStack((async () => {
+      checkOptionNames(options, VAE_OPTIONS);
       if (options.populate !== undefined && typeof options.populate !== 'boolean')
         throw invalidOption(`Expected a boolean for populate but received ${describeValue(options.populate)}`);
       if (options.device !== undefined) checkDevice(options.device);
@@ -151,6 +158,7 @@ export class Vae {
   encode(video: Tensor, options: VaeEncodeOptions = {}): Promise<Tensor> {
     const caller = new Error();
     return withCallerStack((async () => {
+      checkOptionNames(options, ENCODE_OPTIONS);
       checkTensor(video, 'video', 4);
       const abort = bridgeAbort(options.signal);
       try {
@@ -167,6 +175,7 @@ export class Vae {
    * writer can encode a long video without holding all of it. Memory is bounded by one chunk.
    */
   async *decodeFrames(latent: Tensor, options: VaeDecodeOptions = {}): AsyncGenerator<Tensor> {
+    checkOptionNames(options, DECODE_OPTIONS);
     checkTensor(latent, 'latent', 4);
     checkForceOffload(options.forceOffload);
     const tiling = tilingOf(options);

@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 
 import { abortedError } from './abort';
-import { describeValue, invalidOption, WanError, withCallerStack } from './errors';
+import { checkOptionNames, describeValue, invalidOption, optionNames, WanError, withCallerStack } from './errors';
 import type { LongCallOptions, Progress } from './progress';
 import { Tensor } from './tensor';
 
@@ -175,9 +175,15 @@ function checkMetadata(value: unknown): Record<string, string> {
   return out;
 }
 
+const COMBINE_OPTIONS = optionNames<VideoCombineOptions>()({
+  frameRate: true, loopCount: true, filenamePrefix: true, format: true, pingpong: true, saveOutput: true, outputDir: true,
+  tempDir: true, crf: true, pixFmt: true, lossless: true, saveMetadata: true, metadata: true, signal: true, onProgress: true,
+});
+
 function resolveOptions(o: VideoCombineOptions): Resolved {
   if (typeof o !== 'object' || o === null)
     throw invalidOption(`Expected an options object for videoCombine but received ${describeValue(o)}`);
+  checkOptionNames(o, COMBINE_OPTIONS);
 
   const format = o.format ?? 'image/gif';
   if (!(VIDEO_FORMATS as readonly string[]).includes(format))

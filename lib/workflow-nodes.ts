@@ -282,7 +282,7 @@ export const EXECUTORS: Record<string, Executor> = {
 
   async WanVideoSampler(c) {
     const context = c.input<ContextOptions>('context_options'), embeds = c.input<ImageEmbeds>('image_embeds');
-    if (context?.frames !== undefined && embeds && context.frames > embeds.numFrames)
+    if (context?.frames !== undefined && embeds?.numFrames !== undefined && context.frames > embeds.numFrames)
       c.warn(`context_options: a window of ${context.frames} frames covers the whole ${embeds.numFrames}-frame video, which is sampled in one piece`);
     if (c.value('rope_function') !== 'comfy')
       c.warn(`rope_function '${c.value('rope_function')}': the wrapper's choices compute the same rotary embedding, which runs here one way`);

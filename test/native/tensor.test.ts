@@ -152,3 +152,11 @@ t.test('native memory is freed by dispose() and when JS lets go', async (t) => {
 t.test('values read back through toNumbers helper', async (t) => {
   t.same(toNumbers(new BigInt64Array([3n])), [3]);
 });
+
+t.test('shape and dtype are read-only at run time, as their types say', async (t) => {
+  const x = Tensor.fromTypedArray(new Float32Array([1, 2, 3, 4]), [2, 2]);
+  t.throws(() => { (x.shape as number[])[0] = 99; }, TypeError, 'shape entries');
+  t.throws(() => { (x as { shape: number[] }).shape = [4]; }, TypeError, 'shape');
+  t.throws(() => { (x as { dtype: string }).dtype = 'i64'; }, TypeError, 'dtype');
+  t.same([x.shape, x.dtype, x.numel], [[2, 2], 'f32', 4]);
+});
