@@ -59,6 +59,21 @@ export class FrameStream {
   constructor(readonly frames: AsyncIterable<Tensor>) {}
 }
 
+// WanVideoDecode's normalization 'none': the wrapper hands on the VAE's output as it is (about
+// [-1, 1], unclamped) where 'default' maps it to [0, 1], and VHS turns [0, 1] into bytes,
+// clipping the rest. Frames here are in [-1, 1] (the writer maps (x + 1) / 2), so 'none' is
+// 2x - 1 of the unclamped decode: the same bytes, the lower half of the range black.
+function unnormalizedVideo(video: Tensor): Tensor {
+  const values = video.toTypedArray() as Float32Array, shape = [...video.shape];
+  video.dispose();
+  for (let i = 0; i < values.length; ++i) values[i] = 2 * values[i] - 1;
+  return Tensor.fromTypedArray(values, shape);
+}
+
+async function* unnormalizedFrames(frames: AsyncIterable<Tensor>): AsyncGenerator<Tensor> {
+  for await (const chunk of frames) yield unnormalizedVideo(chunk);
+}
+
 /** WANVIDLORA (WanVideoLoraSelect): the chain's LoRAs, each with its merge_loras. */
 type WorkflowLora = LoraOptions & { merge: boolean };
 
@@ -302,8 +317,9 @@ export const EXECUTORS: Record<string, Executor> = {
 
   async WanVideoDecode(c) {
     const vae = c.input<Vae>('vae')!, latent = c.input<Tensor>('samples')!;
+    const unnormalized = c.value('normalization') === 'none';
     const options: VaeDecodeOptions = {
-      clamp: c.value('normalization') !== 'none',
+      clamp: !unnormalized,
       ...(c.value('enable_vae_tiling') ? {
         tiled: true, tileX: c.value('tile_x'), tileY: c.value('tile_y'),
         tileStrideX: c.value('tile_stride_x'), tileStrideY: c.value('tile_stride_y'),
@@ -313,10 +329,13 @@ export const EXECUTORS: Record<string, Executor> = {
     if (c.streamFrames) {
       // Decoded as Video Combine writes: memory holds one chunk, not the video. The stream
       // reads the VAE and the latent until then, so both stay alive with it.
-      return [{ value: new FrameStream(vae.decodeFrames(latent, options)), retains: ['vae', 'samples'] }];
+      const frames = vae.decodeFrames(latent, options);
+      return [{ value: new FrameStream(unnormalized ? unnormalizedFrames(frames) : frames), retains: ['vae', 'samples'] }];
     }
-    const video = await vae.decode(latent, options);
-    return [{ value: video, dispose: () => video.dispose() }];
+    let video = await vae.decode(latent, options);
+    if (unnormalized) video = unnormalizedVideo(video);
+    const decoded = video;
+    return [{ value: decoded, dispose: () => decoded.dispose() }];
   },
 
   async VHS_VideoCombine(c) {

@@ -664,6 +664,31 @@ t.test('rms_norm_function and rope_function choose among equal implementations: 
   for (const [i, file] of result.outputs['9'].files!.entries()) t.ok((await pngBytes(file)).equals(expected[i]), `frame ${i}: unchanged`);
 });
 
+t.test("Decode's normalization 'none' hands on the VAE's output unmapped, as the wrapper: VHS clips its lower half", { skip }, async (t) => {
+  const run = async (normalization: string) => {
+    const workflow = api();
+    workflow['8'].inputs.normalization = normalization;
+    const combine = workflow['9'].inputs;
+    combine.format = 'image/png';
+    delete combine.pix_fmt;
+    delete combine.crf;
+    delete combine.trim_to_audio;
+    const result = await runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() });
+    return Promise.all(result.outputs['9'].files!.map((f) => pngBytes(f)));
+  };
+  const mapped = await run('default'), raw = await run('none');
+  t.equal(raw.length, mapped.length);
+  let worst = 0, differing = 0;
+  for (const [i, frame] of raw.entries())
+    for (let j = 0; j < frame.length; ++j) {
+      // default: (x + 1) / 2 * 255; none: x * 255, clipped at 0.
+      worst = Math.max(worst, Math.abs(frame[j] - Math.max(0, 2 * mapped[i][j] - 255)));
+      if (frame[j] !== mapped[i][j]) differing++;
+    }
+  t.ok(worst <= 2, `every byte is max(0, 2 b - 255) of the default's b, to rounding (worst ${worst})`);
+  t.ok(differing > 0, `${differing} bytes differ from the default's`);
+});
+
 t.test('torch.compile settings become compile, which on the CPU changes nothing, and say so', { skip }, async (t) => {
   const workflow = api();
   workflow['4'].inputs.compile_args = ['10', 0];
