@@ -6,6 +6,7 @@
 // and the input instead of running something else.
 import type { ModelFolder } from './workflow-models';
 import { QUANTIZATIONS } from './model';
+import { latentFramesOf } from './context-windows';
 import { SCHEDULER_NAMES } from './schedulers';
 import { VIDEO_FORMATS } from './video';
 
@@ -54,6 +55,8 @@ const ext = (name: string, s: Spec): InputSpec => ({ name, required: false, exte
 const int = (def: number | undefined, min: number, max: number, refuse?: InputBase['refuse']): Spec => ({ kind: 'INT', default: def, min, max, refuse });
 const float = (def: number, min: number, max: number, refuse?: InputBase['refuse']): Spec => ({ kind: 'FLOAT', default: def, min, max, refuse });
 const bool = (def: boolean, refuse?: InputBase['refuse']): Spec => ({ kind: 'BOOLEAN', default: def, refuse });
+// The node allows steps of 8; Wan2.1's latent is patched 2 x 2, so sizes must be multiples of 16.
+const multipleOf16 = (v: unknown) => ((v as number) % 16 !== 0 ? `expected a multiple of 16 (the latent is patched 2 x 2) but received ${v}` : undefined);
 const str = (def: string): Spec => ({ kind: 'STRING', default: def });
 const combo = (options: readonly string[], def: string, supported?: readonly string[], refuse?: InputBase['refuse']): Spec =>
   ({ kind: 'COMBO', options, default: def, supported, refuse });
@@ -254,8 +257,8 @@ const SPECS: NodeSpec[] = [
     classType: 'WanVideoImageToVideoEncode',
     outputs: ['WANVIDIMAGE_EMBEDS'],
     inputs: [
-      req('width', int(832, 64, 8096)),
-      req('height', int(480, 64, 8096)),
+      req('width', int(832, 64, 8096, multipleOf16)),
+      req('height', int(480, 64, 8096, multipleOf16)),
       req('num_frames', int(81, 1, 10000)),
       req('noise_aug_strength', float(0, 0, 10)),
       req('start_latent_strength', float(1, 0, 10)),
@@ -288,8 +291,8 @@ const SPECS: NodeSpec[] = [
     classType: 'WanVideoEmptyEmbeds',
     outputs: ['WANVIDIMAGE_EMBEDS'],
     inputs: [
-      req('width', int(832, 64, 8096)),
-      req('height', int(480, 64, 8096)),
+      req('width', int(832, 64, 8096, multipleOf16)),
+      req('height', int(480, 64, 8096, multipleOf16)),
       req('num_frames', int(81, 1, 10000)),
       opt('control_embeds', link('WANVIDIMAGE_EMBEDS', notYet('Fun control (control_embeds)'))),
       opt('extra_latents', link('LATENT', notYet('extra_latents'))),
@@ -308,6 +311,11 @@ const SPECS: NodeSpec[] = [
       opt('fuse_method', combo(['linear', 'pyramid'], 'linear')),
       opt('reference_latent', link('LATENT', notYet('reference_latent'))),
     ],
+    // Windows advance by frames - overlap latent frames (lib/context-windows.ts).
+    check: (v) => (Math.floor((v.context_overlap as number) / 4) >= latentFramesOf(v.context_frames as number)
+      ? `context_overlap (${v.context_overlap}) must be smaller than context_frames (${v.context_frames}) in latent frames ` +
+        `(${Math.floor((v.context_overlap as number) / 4)} against ${latentFramesOf(v.context_frames as number)}), or windows never advance`
+      : undefined),
   },
   {
     classType: 'WanVideoEnhanceAVideo',
@@ -317,6 +325,8 @@ const SPECS: NodeSpec[] = [
       req('start_percent', float(0, 0, 1)),
       req('end_percent', float(1, 0, 1)),
     ],
+    check: (v) => ((v.start_percent as number) > (v.end_percent as number)
+      ? `start_percent (${v.start_percent}) is after end_percent (${v.end_percent}): Enhance-A-Video would never apply` : undefined),
   },
   {
     classType: 'WanVideoSampler',
@@ -326,7 +336,7 @@ const SPECS: NodeSpec[] = [
       req('image_embeds', link('WANVIDIMAGE_EMBEDS')),
       req('steps', int(30, 1, 10000)),
       req('cfg', float(6, 0, 30)),
-      req('shift', float(5, 0, 1000)),
+      req('shift', float(5, 0, 1000, (v) => (v === 0 ? 'expected a shift above 0 (0 would make every sigma 0)' : undefined))),
       req('seed', { kind: 'INT', default: 0, min: 0, max: Number.MAX_SAFE_INTEGER, u64: true }),
       req('force_offload', bool(true)),
       req('scheduler', combo(WRAPPER_SCHEDULERS, 'unipc', SCHEDULER_NAMES)),
@@ -376,6 +386,8 @@ const SPECS: NodeSpec[] = [
     ],
     check: (v) => {
       if (v.enable_vae_tiling !== true) return undefined;
+      for (const k of ['tile_x', 'tile_y', 'tile_stride_x', 'tile_stride_y'])
+        if ((v[k] as number) % 8 !== 0) return `${k} (${v[k]}) must be a multiple of 8 (the VAE's pixels per latent)`;
       if ((v.tile_x as number) <= (v.tile_stride_x as number)) return `tile_x (${v.tile_x}) must be larger than tile_stride_x (${v.tile_stride_x})`;
       if ((v.tile_y as number) <= (v.tile_stride_y as number)) return `tile_y (${v.tile_y}) must be larger than tile_stride_y (${v.tile_stride_y})`;
       return undefined;

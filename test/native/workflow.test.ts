@@ -224,6 +224,16 @@ t.test('context options and Enhance-A-Video reach the sampler', { skip }, async 
   let same = true;
   for (const [i, file] of files.entries()) same &&= (await pngBytes(file)).equals(expected[i]);
   t.ok(same, 'the frames of the library run with the same contextOptions and fetaArgs');
+  // Settings that could never work are refused by their own node when the workflow is read.
+  const stuck = structuredClone(workflow);
+  Object.assign(stuck['12'].inputs, { context_frames: 9, context_overlap: 12 });
+  t.throws(() => parseWorkflow(stuck), { message: /^node 12 \(WanVideoContextOptions\): context_overlap \(12\) must be smaller than context_frames \(9\) in latent frames \(3 against 3\)/ });
+  const never = structuredClone(workflow);
+  Object.assign(never['13'].inputs, { start_percent: 0.8, end_percent: 0.5 });
+  t.throws(() => parseWorkflow(never), { message: /^node 13 \(WanVideoEnhanceAVideo\): start_percent \(0\.8\) is after end_percent \(0\.5\)/ });
+  const still = structuredClone(workflow);
+  still['6'].inputs.shift = 0;
+  t.throws(() => parseWorkflow(still), { message: /^node 6 \(WanVideoSampler\) input shift: expected a shift above 0/ });
 });
 
 t.test('LoadImage reads from the input folders', { skip }, async (t) => {
@@ -466,6 +476,14 @@ t.test('an I2V workflow: validated, and each model loaded just before its first 
   const tiled: any = structuredClone(w);
   Object.assign(tiled[10].inputs, { enable_vae_tiling: true, tile_x: 128, tile_stride_x: 144 });
   t.throws(() => parseWorkflow(tiled), { message: /^node 10 \(WanVideoDecode\): tile_x \(128\) must be larger than tile_stride_x \(144\)$/ });
+  // Values inside the node's min/max that the model cannot take are refused when the workflow is
+  // read, by the node that holds them, not by a later one after the models have loaded.
+  const odd: any = structuredClone(w);
+  Object.assign(odd[10].inputs, { enable_vae_tiling: true, tile_x: 44, tile_stride_x: 36 });
+  t.throws(() => parseWorkflow(odd), { message: /^node 10 \(WanVideoDecode\): tile_x \(44\) must be a multiple of 8/ });
+  const narrow: any = structuredClone(w);
+  narrow[5].inputs.width = 72;
+  t.throws(() => parseWorkflow(narrow), { message: /^node 5 \(WanVideoImageToVideoEncode\) input width: expected a multiple of 16 .* but received 72$/ });
 });
 
 t.test('the I2V nodes compute what the library computes', async (t) => {
