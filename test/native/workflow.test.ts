@@ -170,11 +170,7 @@ t.test('load_device and force_offload act as in the wrapper', { skip }, async (t
 
 t.test('decoded frames equal the library pipeline exactly (PNG output)', { skip }, async (t) => {
   const workflow = api();
-  const combine = workflow['9'].inputs;
-  combine.format = 'image/png';
-  delete combine.pix_fmt;
-  delete combine.crf;
-  delete combine.trim_to_audio;
+  asPngFrames(workflow);
   const outputDir = newOutputDir();
   const result = await runWorkflow(workflow, { modelDirs, outputDir });
   const files = result.outputs['9'].files!;
@@ -663,15 +659,20 @@ t.test('npx wan-native run: the command line runs the workflow file', { skip }, 
   t.match(missing.stderr, /node \d+ \(\w+\) input model_name: .* not found: looked for .* in /, 'a model missing from the folders is named with where it looked');
 });
 
-t.test('rms_norm_function and rope_function choose among equal implementations: the run says so', { skip }, async (t) => {
-  const workflow = api();
-  workflow['4'].inputs.rms_norm_function = 'pytorch';
-  workflow['6'].inputs.rope_function = 'default';
+// The test workflow's Video Combine writing one PNG per frame, for byte comparisons.
+function asPngFrames(workflow: ReturnType<typeof api>): void {
   const combine = workflow['9'].inputs;
   combine.format = 'image/png';
   delete combine.pix_fmt;
   delete combine.crf;
   delete combine.trim_to_audio;
+}
+
+t.test('rms_norm_function and rope_function choose among equal implementations: the run says so', { skip }, async (t) => {
+  const workflow = api();
+  workflow['4'].inputs.rms_norm_function = 'pytorch';
+  workflow['6'].inputs.rope_function = 'default';
+  asPngFrames(workflow);
   const result = await runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() });
   t.match(result.warnings, [
     /^node 4 \(WanVideoModelLoader\): rms_norm_function 'pytorch': both of the wrapper's choices compute the same RMS norm/,
@@ -686,11 +687,7 @@ t.test("Decode's normalization 'none' hands on the VAE's output unmapped, as the
   const run = async (normalization: string) => {
     const workflow = api();
     workflow['8'].inputs.normalization = normalization;
-    const combine = workflow['9'].inputs;
-    combine.format = 'image/png';
-    delete combine.pix_fmt;
-    delete combine.crf;
-    delete combine.trim_to_audio;
+    asPngFrames(workflow);
     const result = await runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() });
     return Promise.all(result.outputs['9'].files!.map((f) => pngBytes(f)));
   };
@@ -710,11 +707,7 @@ t.test("Decode's normalization 'none' hands on the VAE's output unmapped, as the
 t.test('torch.compile settings become compile, which on the CPU changes nothing, and say so', { skip }, async (t) => {
   const workflow = api();
   workflow['4'].inputs.compile_args = ['10', 0];
-  const combine = workflow['9'].inputs;
-  combine.format = 'image/png';
-  delete combine.pix_fmt;
-  delete combine.crf;
-  delete combine.trim_to_audio;
+  asPngFrames(workflow);
   const result = await runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() });
   t.match(result.warnings, [/^node 4 \(WanVideoModelLoader\): compile_args: on the CPU the RMS norms and RoPE always run as fused loops, so nothing changes$/]);
   const expected = frameBytes(await directT2v());
