@@ -30,6 +30,21 @@ async function forwardOf(file: string, input: WanForwardInput): Promise<Tensor> 
 // modulation and embeddings in their base dtype (WanVideoModelLoader).
 const quantised = (name: string, shape: number[]) => name.startsWith('blocks.') && name.endsWith('.weight') && shape.length === 2;
 
+// The file's tensors with each block matrix replaced by what `encode` writes for it into `fp8`
+// (codes and scales), and beside them the same tensors dequantised (what `encode` returns).
+function quantiseBlocks(weights: Map<string, Tensor>, encode: (name: string, tensor: Tensor, fp8: Map<string, Tensor>) => Float32Array) {
+  const fp8 = new Map<string, Tensor>(), dequantised = new Map<string, Tensor>();
+  for (const [k, v] of weights) {
+    if (quantised(k, v.shape)) {
+      dequantised.set(k, Tensor.fromTypedArray(encode(k, v, fp8), v.shape));
+    } else {
+      fp8.set(k, v);
+      dequantised.set(k, v);
+    }
+  }
+  return { fp8, dequantised };
+}
+
 t.test('ComfyUI prefix, fp16 storage and diffusers names give the official numbers', async (t) => {
   const { input, expected, weights } = await setup();
   const variants: [string, (name: string) => string, 'f32' | 'f16'][] = [
@@ -52,14 +67,8 @@ t.test('ComfyUI prefix, fp16 storage and diffusers names give the official numbe
 t.test('fp8 and scaled fp8 weights compute exactly what their dequantised values give', async (t) => {
   const { input, weights } = await setup();
   for (const scaled of [false, true]) {
-    const fp8 = new Map<string, Tensor>(), dequantised = new Map<string, Tensor>();
     let count = 0, elements = 0;
-    for (const [k, v] of weights) {
-      if (!quantised(k, v.shape)) {
-        fp8.set(k, v);
-        dequantised.set(k, v);
-        continue;
-      }
+    const { fp8, dequantised } = quantiseBlocks(weights, (k, v, fp8) => {
       const values = v.toTypedArray() as Float32Array;
       let absmax = 0;
       for (const x of values) absmax = Math.max(absmax, Math.abs(x));
@@ -67,10 +76,10 @@ t.test('fp8 and scaled fp8 weights compute exactly what their dequantised values
       const codes = encodeE4m3fn(values.map((x) => x / scale));
       fp8.set(k, Tensor.fromTypedArray(codes, v.shape, 'f8_e4m3fn'));
       if (scaled) fp8.set(k.replace(/\.weight$/, '.scale_weight'), Tensor.fromTypedArray(new Float32Array([scale]), []));
-      dequantised.set(k, Tensor.fromTypedArray(Float32Array.from(codes, (c) => Math.fround(decodeE4m3fn(c) * scale)), v.shape));
       count++;
       elements += values.length;
-    }
+      return Float32Array.from(codes, (c) => Math.fround(decodeE4m3fn(c) * scale));
+    });
     if (scaled) fp8.set('scaled_fp8', Tensor.fromTypedArray(new Uint8Array(0), [0], 'f8_e4m3fn'));
     const name = scaled ? 'kijai-fp8-scaled' : 'kijai-fp8';
     const fp8File = path.join(dir, `${name}.safetensors`), refFile = path.join(dir, `${name}-dequantised.safetensors`);
@@ -94,13 +103,7 @@ t.test('scales per output row and ComfyUI comfy_quant fp8 layers compute what th
   // fp8 weight with its JSON config, one `weight_scale` and a static `input_scale` (unused here:
   // fp8 matmuls scale the activations per call).
   for (const form of ['per-row', 'comfy_quant'] as const) {
-    const fp8 = new Map<string, Tensor>(), dequantised = new Map<string, Tensor>();
-    for (const [k, v] of weights) {
-      if (!quantised(k, v.shape)) {
-        fp8.set(k, v);
-        dequantised.set(k, v);
-        continue;
-      }
+    const { fp8, dequantised } = quantiseBlocks(weights, (k, v, fp8) => {
       const values = v.toTypedArray() as Float32Array;
       const [rows, cols] = v.shape;
       const scaleIndex = (i: number) => (form === 'per-row' ? Math.floor(i / cols) : 0);
@@ -116,8 +119,8 @@ t.test('scales per output row and ComfyUI comfy_quant fp8 layers compute what th
         fp8.set(`${layer}.comfy_quant`, Tensor.fromTypedArray(config, [config.length], 'u8'));
         fp8.set(`${layer}.input_scale`, Tensor.fromTypedArray(new Float32Array([0.01]), []));
       }
-      dequantised.set(k, Tensor.fromTypedArray(Float32Array.from(codes, (c, i) => Math.fround(decodeE4m3fn(c) * scales[scaleIndex(i)])), v.shape));
-    }
+      return Float32Array.from(codes, (c, i) => Math.fround(decodeE4m3fn(c) * scales[scaleIndex(i)]));
+    });
     const fp8File = path.join(dir, `${form}.safetensors`), refFile = path.join(dir, `${form}-dequantised.safetensors`);
     await saveSafetensors(fp8File, fp8);
     await saveSafetensors(refFile, dequantised);
