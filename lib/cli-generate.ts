@@ -21,7 +21,7 @@ import {
 } from './context-windows';
 import { WanError } from './errors';
 import { formatSeconds, StageView } from './cli-view';
-import { ATTENTION_MODES, BASE_PRECISIONS, storedQuantization, WanModel, type AttentionMode, type BasePrecision, type ModelLoaderOptions } from './model';
+import { ATTENTION_MODES, BASE_PRECISIONS, riflexFrequencies, storedQuantization, WanModel, type AttentionMode, type BasePrecision, type ModelLoaderOptions } from './model';
 import { planMemory } from './memory-planner';
 import { native } from './native';
 import { Sampler } from './sampler';
@@ -382,7 +382,8 @@ export function generateCommand(): Command {
     option(g.sampling, '--feta-weight <x>', 'Enhance-A-Video weight, 0..100 (2.0 is typical)', { parse: number(0, 100), defaultText: 'off' }),
     option(g.sampling, '--feta-start-percent <x>', 'Enhance-A-Video from this fraction of the steps', { parse: number(0, 1), default: 0 }),
     option(g.sampling, '--feta-end-percent <x>', 'Enhance-A-Video until this fraction of the steps', { parse: number(0, 1), default: 1 }),
-    option(g.sampling, '--riflex-freq-index <n>', `RIFLEx extrapolation frequency, 0 off (6 is typical) ${NOT_YET}`,
+    option(g.sampling, '--riflex-freq-index <n>', 'RIFLEx: the RoPE frame frequency stretched over the video, so that frames ' +
+      'past the 81 the model was trained on do not repeat the first; 0 off, 6 is typical (1..22 for Wan2.1)',
       { parse: integer(0, 1000), default: 0 }),
 
     option(g.context, '--context-frames <n>', 'frames per window (pixel frames); giving it turns context windows on',
@@ -582,7 +583,6 @@ export function settingsFrom(cmd: Command): GenerateSettings {
       : 'scaled fp8_e5m2 storage is not implemented';
     throw notYet(`--quantization ${s.quantization}`, `${why}: use one of ${[...LOADED_QUANTIZATIONS, ...GPU_QUANTIZATIONS].join(', ')}`);
   }
-  if (s.riflexFreqIndex > 0) throw notYet('--riflex-freq-index', 'RIFLEx is not implemented');
   return s;
 }
 
@@ -685,6 +685,12 @@ async function preflight(s: GenerateSettings): Promise<Plan> {
   const dim = dit.config.dim;
   if (s.numHeads !== undefined && dim !== undefined && (dim % s.numHeads !== 0 || (dim / s.numHeads) % 2 !== 0))
     throw new UsageError(`--num-heads: ${s.numHeads} does not divide the model's width ${dim} into heads of an even size`);
+  if (s.riflexFreqIndex > 0 && dim !== undefined) {
+    const frequencies = riflexFrequencies({ dim, numHeads: s.numHeads ?? Math.max(1, Math.floor(dim / 128)) });
+    if (s.riflexFreqIndex > frequencies)
+      throw new UsageError(`--riflex-freq-index: the model's RoPE turns ${frequencies} frequencies with the frame, so expected ` +
+        `0..${frequencies} but received ${s.riflexFreqIndex}`);
+  }
   if (!['t2v', 'i2v', 'flf2v'].includes(task))
     throw new UsageError(`--model: a ${task} model cannot generate on its own (t2v, i2v and flf2v models can)`);
   const layers = dit.config.num_layers;
@@ -903,7 +909,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
     const latent = keep(await new Sampler(model).sample({
       imageEmbeds: embeds, textEmbeds: text, steps: s.steps, cfg: s.cfg, shift: s.shift, seed, scheduler: s.scheduler,
       sigmas: s.sigmas, startStep: s.startStep, endStep: s.endStep, batchedCfg: s.batchedCfg,
-      contextOptions: s.context, fetaArgs: s.feta, signal,
+      contextOptions: s.context, fetaArgs: s.feta, riflexFreqIndex: s.riflexFreqIndex, signal,
       onProgress: (p) => view.progress(p, 'steps'),
     }));
     // The denoiser and its conditioning are done with: freed before the VAE decodes.

@@ -8,7 +8,7 @@ export { Tensor, DTYPES } from './tensor';
 export type { DType, TensorData } from './tensor';
 export { loadSafetensors, loadCheckpoint, saveSafetensors, inspectCheckpoint } from './checkpoint';
 export type { CheckpointInfo, LoadCheckpointOptions, LoadedCheckpoint } from './checkpoint';
-export { WanModel, ATTENTION_MODES, QUANTIZATIONS } from './model';
+export { WanModel, ATTENTION_MODES, QUANTIZATIONS, riflexFrequencies } from './model';
 export { Vae } from './vae';
 export { TextEncoder, DEFAULT_NEGATIVE_PROMPT } from './text-encoder';
 export type { TextEncoderOptions, TextEmbeds, EncodeOptions } from './text-encoder';

@@ -188,8 +188,23 @@ export interface WanForwardInput {
   /** Enhance-A-Video weight (the wrapper's feta_args.weight): scales each self-attention
    * output by a gain from its cross-frame attention. Off when undefined. */
   fetaWeight?: number;
+  /** RIFLEx (the wrapper's riflex_freq_index): 0 or undefined is off; k (1 to riflexFrequencies
+   * of the config, 22 for Wan2.1) sets RoPE's k-th frame frequency to 0.9 x 2 pi /
+   * riflexLatentFrames, so that frames past the 81 the model was trained on do not repeat the first. */
+  riflexFreqIndex?: number;
+  /** The latent frames RIFLEx spreads that period over: the whole video's (the Sampler gives it
+   * for every context window); by default x[0]'s frames. */
+  riflexLatentFrames?: number;
   /** The sampling step (index in the schedule): picks each per-step LoRA strength. */
   step?: number;
+}
+
+/** How many of RoPE's frequencies turn with the frame position, for a head dim: riflexFreqIndex
+ * runs from 1 to this (22 for Wan2.1's 128). The official split of the head's pairs c = D/2 gives
+ * frames c - 2 floor(c/3). */
+export function riflexFrequencies(config: Pick<WanModelConfig, 'dim' | 'numHeads'>): number {
+  const pairs = config.dim / config.numHeads / 2;
+  return pairs - 2 * Math.floor(pairs / 3);
 }
 
 const LOADER_OPTIONS = optionNames<ModelLoaderOptions>()({
@@ -438,12 +453,21 @@ export class WanModel {
         throw invalidOption(`Expected a finite number for fetaWeight but received ${describeValue(input.fetaWeight)}`);
       if (input.step !== undefined && !(Number.isSafeInteger(input.step) && input.step >= 0))
         throw invalidOption(`Expected a non-negative integer for step but received ${describeValue(input.step)}`);
+      const riflexFreqIndex = input.riflexFreqIndex ?? 0;
+      const frequencies = riflexFrequencies(this.config);
+      if (!Number.isSafeInteger(riflexFreqIndex) || riflexFreqIndex < 0 || riflexFreqIndex > frequencies)
+        throw invalidOption(`Expected an integer in 0..${frequencies} for riflexFreqIndex (the frame frequencies of this model's RoPE) ` +
+                            `but received ${describeValue(input.riflexFreqIndex)}`);
+      const riflexLatentFrames = input.riflexLatentFrames ?? input.x[0].shape[1];
+      if (riflexFreqIndex > 0 && !(Number.isSafeInteger(riflexLatentFrames) && riflexLatentFrames! >= 1))
+        throw invalidOption(`Expected a positive integer for riflexLatentFrames but received ${describeValue(input.riflexLatentFrames)}`);
       const loraStrengths = this.loraStrengthsAt(input.step);
       const args = {
         x, context, seqLen: input.seqLen, t: Tensor.handle(input.t, 't'),
         clipFea: image ? Tensor.handle(input.clipFea!, 'clipFea') : undefined,
         y: image ? handles(input.y, 'y') : undefined,
         fetaWeight: input.fetaWeight,
+        ...(riflexFreqIndex > 0 ? { riflexFreqIndex, riflexLatentFrames } : {}),
         ...(loraStrengths ? { loraStrengths } : {}),
       };
       const abort = bridgeAbort(signal);

@@ -58,10 +58,13 @@ export type FusedHow = 'eager' | 'reference' | 'fused';
 
 /** The DiT's q/k RMS norm over the last dimension of x [B, L, dim] (weight [dim]), then RoPE on
  * heads of headDim when grids ([F, H, W] per sample) are given, computed `how` on `device`;
- * float32 on the CPU. For tests, which compare the three ways. */
-export function normRope(x: Tensor, weight: Tensor, eps: number, headDim: number, grids: number[][] | null, how: FusedHow, device: Device = 'cpu'): Tensor {
+ * float32 on the CPU. `riflex`: RoPE's table with RIFLEx (WanForwardInput.riflexFreqIndex). For
+ * tests, which compare the three ways. */
+export function normRope(x: Tensor, weight: Tensor, eps: number, headDim: number, grids: number[][] | null, how: FusedHow, device: Device = 'cpu',
+                         riflex?: { freqIndex: number; latentFrames: number }): Tensor {
   checkDevice(device);
-  return new Tensor(native().normRope(Tensor.handle(x, 'x'), Tensor.handle(weight, 'weight'), eps, headDim, grids, how, resolveDevice(device)));
+  return new Tensor(native().normRope(Tensor.handle(x, 'x'), Tensor.handle(weight, 'weight'), eps, headDim, grids, how, resolveDevice(device),
+    riflex ? [riflex.freqIndex, riflex.latentFrames] : undefined));
 }
 
 /** A DiT block's modulation, LayerNorm(x) (no affine) * (1 + scale) + shift, for x [B, L, dim] and

@@ -10,7 +10,7 @@ import {
 import { abortedError } from './abort';
 import { offloadingAfter } from './device';
 import { checkOptionNames, describeValue, invalidOption, optionNames, WanError, withCallerStack } from './errors';
-import type { WanModel } from './model';
+import { riflexFrequencies, type WanModel } from './model';
 import { native } from './native';
 import { latentPreview, Preview } from './preview';
 import { LongCallOptions, Progress } from './progress';
@@ -49,6 +49,7 @@ export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
   addNoiseToSamples?: boolean;    // false: noise continuation samples to startStep's sigma
   contextOptions?: ContextOptions;
   fetaArgs?: FetaArgs;
+  riflexFreqIndex?: number;       // 0 (off): RIFLEx, 1..22 for Wan2.1 (6 typical), for videos past 81 frames
   batchedCfg?: boolean;           // false: run the conditional and unconditional passes as one batch
   preview?: boolean;              // false: add an RGB preview to each progress report
   forceOffload?: boolean;         // true: offload the model when sampling ends (WanModel.offload)
@@ -111,6 +112,7 @@ interface StepCall {
   t: number;
   cfg: number;
   fetaWeight?: number;
+  riflex?: { riflexFreqIndex: number; riflexLatentFrames: number };
   signal?: AbortSignal;
   batched: boolean;
   pass: (promptIndex: number, unconditional: boolean) => Pass;
@@ -120,7 +122,7 @@ interface StepCall {
 const SAMPLER_OPTIONS = optionNames<SamplerOptions>()({
   imageEmbeds: true, textEmbeds: true, steps: true, cfg: true, shift: true, seed: true, scheduler: true, sigmas: true,
   startStep: true, endStep: true, samples: true, denoiseStrength: true, addNoiseToSamples: true, contextOptions: true,
-  fetaArgs: true, batchedCfg: true, preview: true, forceOffload: true, onProgress: true, signal: true,
+  fetaArgs: true, riflexFreqIndex: true, batchedCfg: true, preview: true, forceOffload: true, onProgress: true, signal: true,
 });
 
 export class Sampler {
@@ -170,6 +172,12 @@ export class Sampler {
     if (feta && feta.start > feta.end)
       throw invalidOption(`Expected fetaArgs.startPercent (${feta.start}) at or below fetaArgs.endPercent (${feta.end}) ` +
         'but received a range in which Enhance-A-Video never applies');
+
+    const riflexFreqIndex = o.riflexFreqIndex ?? 0;
+    const frequencies = riflexFrequencies(this.model.config);
+    if (!Number.isSafeInteger(riflexFreqIndex) || riflexFreqIndex < 0 || riflexFreqIndex > frequencies)
+      throw invalidOption(`Expected an integer in 0..${frequencies} for riflexFreqIndex (0 is off, 6 typical) ` +
+                          `but received ${describeValue(o.riflexFreqIndex)}`);
 
     const modelType = this.model.config.modelType;
     const imageModel = modelType !== 't2v';
@@ -241,6 +249,8 @@ export class Sampler {
       const fetaWeight = feta && shape[1] > 1 && fraction >= feta.start && fraction <= feta.end ? feta.weight : undefined;
       const call: StepCall = {
         step: i, t, cfg: cfgAt(i), fetaWeight, signal: o.signal, batched: o.batchedCfg === true, pass: passes, numPrompts: prompts.length,
+        // Over the whole video's latent frames, in every context window too (the wrapper's L_test).
+        riflex: riflexFreqIndex > 0 ? { riflexFreqIndex, riflexLatentFrames: shape[1] } : undefined,
       };
       const prediction = context
         ? await this.windowedPrediction(latent, shape, embeds, context, i, steps, call)
@@ -274,7 +284,7 @@ export class Sampler {
     const positive = call.pass(promptIndex, false), negative = call.pass(promptIndex, true);
     const x = Tensor.fromTypedArray(latent, [...shape]);
     const t1 = Float64Array.of(call.t);
-    const base = { seqLen, fetaWeight: call.fetaWeight, step: call.step };
+    const base = { seqLen, fetaWeight: call.fetaWeight, step: call.step, ...call.riflex };
     const withImage = (p: Pass) => (y ? { clipFea: p.clipFea } : {});
     const take = (tensors: Tensor[]) => tensors.map((u) => { const a = u.toTypedArray() as Float32Array; u.dispose(); return a; });
     let cond: Float32Array, uncond: Float32Array | undefined;

@@ -308,6 +308,7 @@ export const EXECUTORS: Record<string, Executor> = {
       scheduler: c.value<SchedulerName>('scheduler'),
       samples: c.input<Tensor>('samples'), denoiseStrength: c.value('denoise_strength'),
       contextOptions: c.input<ContextOptions>('context_options'), fetaArgs: c.input<FetaArgs>('feta_args'),
+      riflexFreqIndex: c.value('riflex_freq_index'),
       batchedCfg: c.value('batched_cfg'), startStep: c.value('start_step'), endStep: c.value('end_step'),
       addNoiseToSamples: c.value('add_noise_to_samples'), forceOffload: c.value('force_offload'),
       signal: c.signal, onProgress: c.onProgress,

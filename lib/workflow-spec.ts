@@ -340,7 +340,7 @@ const SPECS: NodeSpec[] = [
       req('seed', { kind: 'INT', default: 0, min: 0, max: Number.MAX_SAFE_INTEGER, u64: true }),
       req('force_offload', bool(true)),
       req('scheduler', combo(WRAPPER_SCHEDULERS, 'unipc', SCHEDULER_NAMES)),
-      req('riflex_freq_index', int(0, 0, 1000, onlyZero('RIFLEx (riflex_freq_index)'))),
+      req('riflex_freq_index', int(0, 0, 1000)),
       opt('text_embeds', link('WANVIDEOTEXTEMBEDS')),
       opt('samples', link('LATENT')),
       opt('denoise_strength', float(1, 0, 1)),

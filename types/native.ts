@@ -26,7 +26,7 @@ export interface NativeWanModel {
   graphStats(): { captures: number; replays: number; failure: string | null };
   offload(): Promise<void>;  // the weights back to the CPU, after the jobs queued before
   forward(input: { x: NativeTensor[]; t: NativeTensor; context: NativeTensor[]; seqLen: number;
-                   clipFea?: NativeTensor; y?: NativeTensor[]; fetaWeight?: number;
+                   clipFea?: NativeTensor; y?: NativeTensor[]; fetaWeight?: number; riflexFreqIndex?: number; riflexLatentFrames?: number;
                    loraStrengths?: number[] }, trace: boolean, abortFlag?: Int32Array):
     Promise<{ outputs: NativeTensor[]; trace?: Record<string, NativeTensor> }>;
   setAttentionMode(mode: string): void;
@@ -107,7 +107,8 @@ export interface NativeAddon {
                    device: string, reps: number): number[];
   gpuMemory(device: string, reset: boolean): { allocated: number; peak: number; reserved: number; free: number; total: number } | null;
   cpuMemory(reset: boolean): { allocated: number; peak: number };
-  normRope(x: NativeTensor, weight: NativeTensor, eps: number, headDim: number, grids: number[][] | null, how: string, device: string): NativeTensor;
+  normRope(x: NativeTensor, weight: NativeTensor, eps: number, headDim: number, grids: number[][] | null, how: string, device: string,
+           riflex?: [number, number]): NativeTensor;
   modulate(x: NativeTensor, scale: NativeTensor, shift: NativeTensor, eps: number, how: string, device: string, outDtype: string): NativeTensor;
   gatedResidual(x: NativeTensor, y: NativeTensor, gate: NativeTensor, how: string, device: string): NativeTensor;
   fusedOpSeconds(op: string, how: string, grid: number[], dim: number, headDim: number, ffnDim: number, reps: number, device: string): number[];

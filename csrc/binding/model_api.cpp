@@ -151,7 +151,8 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     return env.Undefined();
   }
 
-  // forward({x, t, context, seqLen, clipFea?, y?, fetaWeight?, loraStrengths?}, trace, abortFlag)
+  // forward({x, t, context, seqLen, clipFea?, y?, fetaWeight?, riflexFreqIndex?, riflexLatentFrames?,
+  //          loraStrengths?}, trace, abortFlag)
   //   -> Promise<{outputs, trace?}>
   Napi::Value forward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -172,6 +173,10 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
       }
       if (o.Has("fetaWeight") && o.Get("fetaWeight").IsNumber())
         in.feta_weight = o.Get("fetaWeight").As<Napi::Number>().DoubleValue();
+      if (o.Get("riflexFreqIndex").IsNumber()) {
+        in.riflex_freq_index = o.Get("riflexFreqIndex").As<Napi::Number>().Int64Value();
+        in.riflex_latent_frames = o.Get("riflexLatentFrames").ToNumber().Int64Value();
+      }
       const bool want_trace = info[1].ToBoolean();
       std::function<bool()> cancelled = cancel_flag(env, info[2]);
       return addon(env).engine.run(

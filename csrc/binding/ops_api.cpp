@@ -147,8 +147,10 @@ at::Tensor require_fused(const at::Tensor& out, const char* op, at::Device devic
   return out;
 }
 
-// normRope(x [B, L, dim], weight [dim], eps, headDim, grids [[F, H, W] per sample] | null, how, device)
-// -> the q/k RMS norm, then RoPE when grids are given, float32 on the CPU, computed `how`:
+// normRope(x [B, L, dim], weight [dim], eps, headDim, grids [[F, H, W] per sample] | null, how, device,
+//          riflex? [index, latentFrames])
+// -> the q/k RMS norm, then RoPE (with RIFLEx's table when given) when grids are given, float32
+// on the CPU, computed `how`:
 // 'eager' (ops::rms_norm then ops::rope_apply), 'reference' (the fused kernel's row arithmetic
 // on the CPU) or 'fused' (the kernel itself; a GPU only). For tests: they compare the three.
 Napi::Value norm_rope(const Napi::CallbackInfo& info) {
@@ -170,7 +172,12 @@ Napi::Value norm_rope(const Napi::CallbackInfo& info) {
       }
     }
     const std::string how = info[5].As<Napi::String>().Utf8Value();
-    ops::RopeTable table = ops::rope_table(head_dim);
+    ops::Riflex riflex;
+    if (info[7].IsArray()) {
+      const Napi::Array r = info[7].As<Napi::Array>();
+      riflex = {r.Get(0u).ToNumber().Int64Value(), r.Get(1u).ToNumber().Int64Value()};
+    }
+    ops::RopeTable table = ops::rope_table(head_dim, 1024, 10000.0, riflex);
     table.cos = table.cos.to(device);
     table.sin = table.sin.to(device);
     const auto* g = grids ? &*grids : nullptr;

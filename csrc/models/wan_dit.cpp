@@ -216,8 +216,8 @@ static double feta_gain(const at::Tensor& q, const at::Tensor& k, const std::arr
 // x: [B, L, dim] -> [B, L, dim]. RMS-normalised q and k, 3D RoPE, keys past each sample's
 // real length masked (the official k_lens=seq_lens).
 at::Tensor WanDit::self_attention(const Attention& a, at::Tensor x, const at::Tensor& seq_lens,
-                                  const std::vector<std::array<int64_t, 3>>& grids, const ops::RopeAngles& angles,
-                                  std::optional<double> feta_weight,
+                                  const std::vector<std::array<int64_t, 3>>& grids, const ops::RopeTable& rope,
+                                  const ops::RopeAngles& angles, std::optional<double> feta_weight,
                                   const LoraStrengths& lora) const {
   const auto compute = options_.compute;  // float32 on the CPU, where attention computes in float32 anyway
   // One copy of the input in the compute dtype serves the three projections (on the CPU it is x).
@@ -229,7 +229,7 @@ at::Tensor WanDit::self_attention(const Attention& a, at::Tensor x, const at::Te
     // undefined, and the eager ops below run).
     auto fused = [&](const Linear& l, const ops::Weight& norm) {
       return ops::norm_rope_fused(project(l, in, lora), norm.get(at::kFloat), config_.eps, config_.head_dim(), &grids,
-                                  rope_, compute);
+                                  rope, compute);
     };
     q = fused(a.q, a.norm_q);
     if (q.defined()) k = fused(a.k, a.norm_k);
@@ -253,8 +253,8 @@ at::Tensor WanDit::self_attention(const Attention& a, at::Tensor x, const at::Te
         gains.push_back(grids[i][0] > 1 ? feta_gain(heads(q)[i], heads(k)[i], grids[i], *feta_weight) : 1.0);
     }
     // RoPE in float32, then each goes to the compute dtype before the next is rotated.
-    q = ops::rope_apply(heads(q), grids, rope_, &angles).to(compute);
-    k = ops::rope_apply(heads(k), grids, rope_, &angles).to(compute);
+    q = ops::rope_apply(heads(q), grids, rope, &angles).to(compute);
+    k = ops::rope_apply(heads(k), grids, rope, &angles).to(compute);
   } else {
     q = heads(q);
     k = heads(k);
@@ -309,7 +309,7 @@ at::Tensor WanDit::cross_attention(const Attention& a, at::Tensor x, const at::T
 // lib/memory-planner.ts counts both, and test/native/memory-stats.test.ts holds this to it.
 at::Tensor WanDit::block_forward(const Block& b, int index, at::Tensor x, const at::Tensor& e0,
                                  const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
-                                 const ops::RopeAngles& angles,
+                                 const ops::RopeTable& rope, const ops::RopeAngles& angles,
                                  const at::Tensor& context, const at::Tensor& context_img,
                                  std::optional<double> feta_weight, const LoraStrengths& lora, Trace* trace) const {
   const std::string name = "block" + std::to_string(index);
@@ -318,7 +318,7 @@ at::Tensor WanDit::block_forward(const Block& b, int index, at::Tensor x, const 
   auto record = [&](const char* what, const at::Tensor& t) {
     if (trace) (*trace)[name + what] = t.to(at::kFloat);
   };
-  at::Tensor y = self_attention(b.self_attn, modulated(x, e[1], e[0]), seq_lens, grids, angles, feta_weight, lora);
+  at::Tensor y = self_attention(b.self_attn, modulated(x, e[1], e[0]), seq_lens, grids, rope, angles, feta_weight, lora);
   record("_self_attn_out", y);
   x = residual(x, y, e[2]);
   y.reset();
@@ -408,10 +408,12 @@ struct WanDit::BlockInputs {
   const at::Tensor& e0;
   const at::Tensor& seq_lens;
   const std::vector<std::array<int64_t, 3>>& grids;
+  const ops::RopeTable& rope;
   const ops::RopeAngles& angles;
   const at::Tensor& context;
   const at::Tensor& context_img;
   const LoraStrengths& lora;
+  ops::Riflex riflex;
 };
 
 // The blocks captured as one CUDA graph, with the tensors it reads and writes at fixed addresses:
@@ -421,6 +423,7 @@ struct WanDit::CapturedBlocks {
   at::cuda::CUDAGraph graph;
 #endif
   at::Tensor x, e0, context, context_img, seq_lens, out;
+  ops::RopeTable rope;  // what the fused kernels read, kept for the replays
   ops::RopeAngles angles;
 };
 
@@ -438,11 +441,12 @@ namespace {
 
 #ifdef WAN_WITH_CUDA
 // Everything a captured graph bakes in besides the weights: the inputs' shapes, the grids, the
-// unmerged LoRAs' strengths (factors of the captured products) and the attention mode.
+// unmerged LoRAs' strengths (factors of the captured products), the attention mode and RIFLEx
+// (the angles).
 std::string graph_key(const std::vector<double>& lora, at::IntArrayRef x, at::IntArrayRef context,
                       const at::Tensor& context_img, const std::vector<std::array<int64_t, 3>>& grids,
-                      const char* attention) {
-  std::string key;
+                      const char* attention, const ops::Riflex& riflex) {
+  std::string key = "riflex " + std::to_string(riflex.index) + "/" + std::to_string(riflex.latent_frames) + ";";
   auto sizes = [&](at::IntArrayRef s) {
     for (const int64_t d : s) key += std::to_string(d) + ",";
     key += ";";
@@ -485,7 +489,7 @@ at::Tensor WanDit::replay_blocks(const BlockInputs& in) const {
   }
   if (placed_swap_ != 0 || options_.attention == ops::AttentionMode::Sage) return {};
   const std::string key = graph_key(in.lora, in.x.sizes(), in.context.sizes(), in.context_img, in.grids,
-                                    ops::attention_mode_name(options_.attention));
+                                    ops::attention_mode_name(options_.attention), in.riflex);
   if (captured_ && key == graph_key_) {
     CapturedBlocks& c = *captured_;
     c.x.copy_(in.x);
@@ -509,6 +513,7 @@ at::Tensor WanDit::replay_blocks(const BlockInputs& in) const {
   c->context = in.context.clone();
   if (in.context_img.defined()) c->context_img = in.context_img.clone();
   c->seq_lens = in.seq_lens;
+  c->rope = in.rope;
   c->angles = in.angles;
   const int device = options_.device.index();
   const c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream(device);
@@ -530,7 +535,7 @@ at::Tensor WanDit::replay_blocks(const BlockInputs& in) const {
 #endif
     at::Tensor h = c->x;
     for (size_t i = 0; i < placed_.size(); ++i)
-      h = block_forward(placed_[i], static_cast<int>(i), std::move(h), c->e0, c->seq_lens, in.grids, c->angles,
+      h = block_forward(placed_[i], static_cast<int>(i), std::move(h), c->e0, c->seq_lens, in.grids, c->rope, c->angles,
                         c->context, c->context_img, std::nullopt, in.lora, nullptr);
     c->out = h;
     c->graph.capture_end();
@@ -717,14 +722,23 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
     if (trace) (*trace)["img_emb"] = context_img;
   }
 
+  // RIFLEx changes one frame frequency of the angle table: a table of this forward's own.
+  const ops::Riflex riflex{in.riflex_freq_index, in.riflex_latent_frames};
+  ops::RopeTable riflex_rope;
+  if (riflex.index != 0) {
+    riflex_rope = ops::rope_table(c.head_dim(), rope_.cos.size(0), 10000.0, riflex);
+    riflex_rope.cos = riflex_rope.cos.to(device);
+    riflex_rope.sin = riflex_rope.sin.to(device);
+  }
+  const ops::RopeTable& rope = riflex.index != 0 ? riflex_rope : rope_;
   // Off the CPU the eager RoPE multiplies by each token's angles: made once here for all the
   // blocks (compiled, the fused kernel reads the table itself; the CPU's loop does too).
   const bool eager_rope = !(options_.compile && c.qk_norm && !in.feta_weight);
   const ops::RopeAngles angles =
-      !device.is_cpu() && eager_rope ? ops::rope_angles(grids, in.seq_len, rope_, device) : ops::RopeAngles{};
+      !device.is_cpu() && eager_rope ? ops::rope_angles(grids, in.seq_len, rope, device) : ops::RopeAngles{};
   auto run_block = [&](const Block& block, int64_t i) {
     if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
-    x = block_forward(block, static_cast<int>(i), std::move(x), e0, seq_lens, grids, angles, context, context_img,
+    x = block_forward(block, static_cast<int>(i), std::move(x), e0, seq_lens, grids, rope, angles, context, context_img,
                       in.feta_weight, lora, trace);
   };
   if (!device.is_cpu()) {
@@ -736,7 +750,7 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
     at::Tensor replayed;
     if (options_.cuda_graphs && !trace && !in.feta_weight && unpadded) {
       if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
-      replayed = replay_blocks(BlockInputs{x, e0, seq_lens, grids, angles, context, context_img, lora});
+      replayed = replay_blocks(BlockInputs{x, e0, seq_lens, grids, rope, angles, context, context_img, lora, riflex});
     }
     if (replayed.defined()) x = replayed;
     else run_blocks_on_device(run_block);

@@ -91,6 +91,11 @@ struct WanDitInput {
   // by a gain computed from its cross-frame attention, with this weight. The sampler decides
   // per step (start/end percent); samples of one latent frame are left alone.
   std::optional<double> feta_weight;
+  // RIFLEx (the wrapper's riflex_freq_index; ops::Riflex): 0 off, else the frame frequency of
+  // RoPE stretched over riflex_latent_frames, the whole video's latent frames (a context window
+  // is only part of them).
+  int64_t riflex_freq_index = 0;
+  int64_t riflex_latent_frames = 0;
 };
 
 // Named intermediates of sample 0 for tests and debugging (names as in the goldens).
@@ -164,14 +169,15 @@ class WanDit {
   // with it, so that a forward holds as few [B, L, dim] tensors at once as it can. The attentions
   // return their output projection in the compute dtype: the residual's add widens it exactly.
   at::Tensor self_attention(const Attention& a, at::Tensor x, const at::Tensor& seq_lens,
-                            const std::vector<std::array<int64_t, 3>>& grids, const ops::RopeAngles& angles,
+                            const std::vector<std::array<int64_t, 3>>& grids, const ops::RopeTable& rope,
+                            const ops::RopeAngles& angles,
                             std::optional<double> feta_weight,
                             const LoraStrengths& lora) const;
   at::Tensor cross_attention(const Attention& a, at::Tensor x, const at::Tensor& context,
                              const at::Tensor& context_img, const LoraStrengths& lora) const;
   at::Tensor block_forward(const Block& b, int index, at::Tensor x, const at::Tensor& e0,
                            const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
-                           const ops::RopeAngles& angles,
+                           const ops::RopeTable& rope, const ops::RopeAngles& angles,
                            const at::Tensor& context, const at::Tensor& context_img, std::optional<double> feta_weight,
                            const LoraStrengths& lora, Trace* trace) const;
   at::Tensor heads(const at::Tensor& x) const;  // [B, L, dim] -> [B, L, H, D]
@@ -198,7 +204,7 @@ class WanDit {
 
   WanDitConfig config_;
   WanDitOptions options_;
-  ops::RopeTable rope_;
+  ops::RopeTable rope_;  // on the device; a forward with RIFLEx makes its own
   ops::Weight patch_embedding_weight_, patch_embedding_bias_;
   Linear text_embedding0_, text_embedding2_;  // text_embedding.1 is GELU(tanh)
   Linear time_embedding0_, time_embedding2_;  // time_embedding.1 is SiLU

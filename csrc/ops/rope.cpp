@@ -17,20 +17,31 @@
 
 namespace wan::ops {
 
-RopeTable rope_table(int64_t head_dim, int64_t max_pos, double theta) {
+RopeTable rope_table(int64_t head_dim, int64_t max_pos, double theta, Riflex riflex) {
   const int64_t c = head_dim / 2;
   RopeTable t;
   t.parts = {c - 2 * (c / 3), c / 3, c / 3};
+  if (riflex.index < 0 || riflex.index > t.parts[0])
+    throw core::Error(core::ErrorCode::InvalidOption,
+                      "Expected riflexFreqIndex in 0.." + std::to_string(t.parts[0]) + " (the frame frequencies of head dim " +
+                          std::to_string(head_dim) + ") but received " + std::to_string(riflex.index));
+  if (riflex.index > 0 && riflex.latent_frames < 1)
+    throw core::Error(core::ErrorCode::InvalidOption, "Expected at least 1 latent frame for RIFLEx but received " +
+                                                          std::to_string(riflex.latent_frames));
+  // rope_params' frequency of pair k of a part of `pairs` pairs, as the official table has it.
+  auto frequency = [&](int64_t part, int64_t pairs, int64_t k) {
+    if (part == 0 && k == riflex.index - 1) return 0.9 * 2.0 * M_PI / static_cast<double>(riflex.latent_frames);
+    return 1.0 / std::pow(theta, (2.0 * k) / (2.0 * pairs));
+  };
   t.cos = at::empty({max_pos, c}, at::kFloat);
   t.sin = at::empty({max_pos, c}, at::kFloat);
   float* cs = t.cos.data_ptr<float>();
   float* sn = t.sin.data_ptr<float>();
   for (int64_t pos = 0; pos < max_pos; ++pos) {
     int64_t j = 0;
-    for (const int64_t pairs : t.parts) {
-      const double dim = 2.0 * pairs;  // rope_params(max_pos, dim_k)
-      for (int64_t k = 0; k < pairs; ++k, ++j) {
-        const double angle = pos / std::pow(theta, (2.0 * k) / dim);
+    for (int64_t part = 0; part < 3; ++part) {
+      for (int64_t k = 0; k < t.parts[part]; ++k, ++j) {
+        const double angle = static_cast<double>(pos) * frequency(part, t.parts[part], k);
         cs[pos * c + j] = static_cast<float>(std::cos(angle));
         sn[pos * c + j] = static_cast<float>(std::sin(angle));
       }

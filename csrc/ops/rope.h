@@ -15,7 +15,17 @@ struct RopeTable {
   at::Tensor cos, sin;  // [max_pos, d/2]
   std::array<int64_t, 3> parts;  // pairs for frame, height, width
 };
-RopeTable rope_table(int64_t head_dim, int64_t max_pos = 1024, double theta = 10000.0);
+//
+// RIFLEx (the wrapper's riflex_freq_index, rope_params' k and L_test): frame frequency `index`
+// (1-based; 0 leaves the table as it is) becomes 0.9 * 2 pi / latent_frames, so that its period
+// is a little longer than the whole video and frames past the length the model was trained on
+// do not repeat the first ones. Throws InvalidOption unless 0 <= index <= the frame part's pairs
+// (22 for head dim 128) and, with an index, latent_frames >= 1.
+struct Riflex {
+  int64_t index = 0;
+  int64_t latent_frames = 0;
+};
+RopeTable rope_table(int64_t head_dim, int64_t max_pos = 1024, double theta = 10000.0, Riflex riflex = {});
 
 // The cos and sin that each token of samples with `grids`, padded to seq_len, turns its pairs by:
 // [B, seq_len, 1, D/2] float32 each on `device`, cos 1 and sin 0 for padding. What rope_apply

@@ -58,18 +58,19 @@ for (const c of cases) {
 t.test('the fused q/k RMS norm + RoPE kernel (compile) against the eager ops on the GPU and the CPU', { skip }, async (t) => {
   // Float32 in and out: only the order of a row's sum of squares differs (1e-5 on values of
   // order 1). A 1.3B-sized row (dim 1536, 12 heads of 128) and a batch with padding.
-  const cases: { shape: number[]; headDim: number; grids: number[][] | null }[] = [
+  const cases: { shape: number[]; headDim: number; grids: number[][] | null; riflex?: { freqIndex: number; latentFrames: number } }[] = [
     { shape: [1, 2 * 3 * 4, 1536], headDim: 128, grids: [[2, 3, 4]] },
     { shape: [2, 40, 256], headDim: 128, grids: [[3, 2, 5], [1, 4, 4]] },
     { shape: [2, 17, 1536], headDim: 128, grids: null },
+    { shape: [1, 7 * 2 * 3, 256], headDim: 128, grids: [[7, 2, 3]], riflex: { freqIndex: 6, latentFrames: 21 } },
   ];
-  cases.forEach(({ shape, headDim, grids }, i) => {
+  cases.forEach(({ shape, headDim, grids, riflex }, i) => {
     const x = randn(shape, 30 + i), weight = randn([shape[2]], 40 + i);
-    const fused = normRope(x, weight, 1e-6, headDim, grids, 'fused', 'cuda');
-    for (const [what, want] of [['eager on the GPU', normRope(x, weight, 1e-6, headDim, grids, 'eager', 'cuda')],
-      ['eager on the CPU', normRope(x, weight, 1e-6, headDim, grids, 'eager')]] as const) {
+    const fused = normRope(x, weight, 1e-6, headDim, grids, 'fused', 'cuda', riflex);
+    for (const [what, want] of [['eager on the GPU', normRope(x, weight, 1e-6, headDim, grids, 'eager', 'cuda', riflex)],
+      ['eager on the CPU', normRope(x, weight, 1e-6, headDim, grids, 'eager', 'cpu', riflex)]] as const) {
       const err = maxAbsDiff(fused, want);
-      t.ok(err <= 1e-5, `[${shape}] head dim ${headDim}${grids ? '' : ', no RoPE'}: fused vs ${what} max abs ${err.toExponential(2)} <= 1e-5`);
+      t.ok(err <= 1e-5, `[${shape}] head dim ${headDim}${grids ? '' : ', no RoPE'}${riflex ? ', RIFLEx' : ''}: fused vs ${what} max abs ${err.toExponential(2)} <= 1e-5`);
     }
   });
 });

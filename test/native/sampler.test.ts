@@ -5,7 +5,7 @@
 import t from 'tap';
 import * as path from 'node:path';
 
-import { emptyEmbeds, imageToVideoEncode, loadSafetensors, Sampler, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
+import { emptyEmbeds, imageToVideoEncode, loadSafetensors, riflexFrequencies, Sampler, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
 import type { SamplerProgress, TextEmbeds } from '../../lib/index';
 import { native } from '../../lib/native';
 import { fixturesDir, maxAbsDiff, toNumbers, weightsDir } from '../helpers';
@@ -299,6 +299,41 @@ t.test('context windows', async (t) => {
   t.ok(frameDiff(8) > 1e-3, 'the second prompt steers the last window');
 
   await t.rejects(sampler.sample({ ...o, contextOptions: { frames: 17, overlap: 20 } }), { code: 'WAN_INVALID_OPTION', message: /contextOptions.overlap/ });
+});
+
+t.test('RIFLEx: every call, windows included, stretches the frequency over the whole video', async (t) => {
+  const { model, text } = await shared;
+  t.equal(riflexFrequencies(model.config), 6, 'head dim 32: 6 of its 16 pairs turn with the frame');
+  // The model's calls, seen by a stand-in that passes them on.
+  const seen: [number | undefined, number | undefined][] = [];
+  const spy = {
+    config: model.config, offload: () => model.offload(),
+    forward: (input, options) => { seen.push([input.riflexFreqIndex, input.riflexLatentFrames]); return model.forward(input, options); },
+  } as Pick<WanModel, 'config' | 'offload' | 'forward'> as WanModel;
+  const o = { imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 33 }), textEmbeds: text, steps: 3, cfg: 4, seed: 21, scheduler: 'euler' as const };
+  const plain = await new Sampler(model).sample(o);
+  const stretched = await new Sampler(spy).sample({ ...o, riflexFreqIndex: 2 });
+  t.ok(maxAbsDiff(stretched, plain) > 1e-3, `it changes the video (max abs ${maxAbsDiff(stretched, plain).toExponential(2)})`);
+  t.same(new Set(seen.map(String)), new Set(['2,9']), `each of the ${seen.length} calls: index 2 over the 9 latent frames`);
+  seen.length = 0;
+  const windows = { schedule: 'static_standard' as const, frames: 17, overlap: 8, freenoise: false };
+  await new Sampler(spy).sample({ ...o, riflexFreqIndex: 2, contextOptions: windows });
+  t.same(new Set(seen.map(String)), new Set(['2,9']), `windows of 5 latent frames: each of the ${seen.length} calls still spans 9`);
+  // The given latent frames are what the angles follow: the same call over its own 9 frames.
+  const x = await new Sampler(model).sample({ ...o, steps: 1, riflexFreqIndex: 2 });
+  const forward = (extra: object) => model.forward({ x: [x], t: Tensor.fromTypedArray(Float64Array.of(500), [1]), context: [text.promptEmbeds[0]], seqLen: 36, ...extra });
+  const [byDefault] = await forward({ riflexFreqIndex: 2 });
+  const [given] = await forward({ riflexFreqIndex: 2, riflexLatentFrames: 9 });
+  const [longer] = await forward({ riflexFreqIndex: 2, riflexLatentFrames: 40 });
+  t.equal(maxAbsDiff(byDefault, given), 0, 'by default over x\'s own frames');
+  t.ok(maxAbsDiff(longer, given) > 1e-4, 'another length, other angles');
+  // One frame sits at position 0, where no frequency turns anything.
+  const image = { ...o, imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 1 }) };
+  t.equal(maxAbsDiff(await new Sampler(model).sample({ ...image, riflexFreqIndex: 3 }), await new Sampler(model).sample(image)), 0,
+    'a single frame is unchanged');
+  await t.rejects(new Sampler(model).sample({ ...o, riflexFreqIndex: 7 }),
+    { code: 'WAN_INVALID_OPTION', message: /Expected an integer in 0\.\.6 for riflexFreqIndex \(0 is off, 6 typical\) but received 7/ });
+  await t.rejects(forward({ riflexFreqIndex: 1.5 }), { code: 'WAN_INVALID_OPTION', message: /riflexFreqIndex/ });
 });
 
 t.test('custom sigmas set the steps', async (t) => {

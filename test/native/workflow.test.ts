@@ -48,7 +48,7 @@ const skip = !haveTokenizer ? 'spm_train (Debian package sentencepiece) is neede
 
 // The fixture's pipeline called through the library.
 interface Direct {
-  width: number; height: number; numFrames: number; contextOptions?: ContextOptions; fetaArgs?: FetaArgs;
+  width: number; height: number; numFrames: number; contextOptions?: ContextOptions; fetaArgs?: FetaArgs; riflexFreqIndex?: number;
   loras?: ModelLoaderOptions['loras']; blockSwap?: ModelLoaderOptions['blockSwap'];
 }
 async function direct(o: Direct): Promise<Tensor> {
@@ -60,6 +60,7 @@ async function direct(o: Direct): Promise<Tensor> {
   const latent = await new Sampler(model).sample({
     imageEmbeds: emptyEmbeds({ width: o.width, height: o.height, numFrames: o.numFrames }), textEmbeds,
     steps: 3, cfg: 5, shift: 5, seed: 42, scheduler: 'unipc', contextOptions: o.contextOptions, fetaArgs: o.fetaArgs,
+    riflexFreqIndex: o.riflexFreqIndex,
   });
   model.dispose();
   const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
@@ -201,7 +202,7 @@ t.test('the UI format of the same workflow gives the same graph and the same fra
   t.same(Object.keys(JSON.parse(tags.prompt)).sort(), ['1', '10', '2', '3', '4', '5', '6', '7', '8', '9'], 'and prompt its API form');
 });
 
-t.test('context options and Enhance-A-Video reach the sampler', { skip }, async (t) => {
+t.test('context options, Enhance-A-Video and RIFLEx reach the sampler', { skip }, async (t) => {
   const workflow = api();
   workflow['5'].inputs.num_frames = 9;
   workflow['12'] = { class_type: 'WanVideoContextOptions', inputs: {
@@ -209,17 +210,18 @@ t.test('context options and Enhance-A-Video reach the sampler', { skip }, async 
   workflow['13'] = { class_type: 'WanVideoEnhanceAVideo', inputs: { weight: 2, start_percent: 0, end_percent: 1 } };
   workflow['6'].inputs.context_options = ['12', 0];
   workflow['6'].inputs.feta_args = ['13', 0];
+  workflow['6'].inputs.riflex_freq_index = 4;
   Object.assign(workflow['9'].inputs, { format: 'image/png', save_metadata: false });
   for (const k of ['pix_fmt', 'crf', 'trim_to_audio']) delete workflow['9'].inputs[k];
   const result = await runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() });
   const expected = frameBytes(await direct({ width: 64, height: 64, numFrames: 9,
     contextOptions: { schedule: 'static_standard', frames: 5, stride: 4, overlap: 4, freenoise: true, fuse: 'pyramid' },
-    fetaArgs: { weight: 2, startPercent: 0, endPercent: 1 } }));
+    fetaArgs: { weight: 2, startPercent: 0, endPercent: 1 }, riflexFreqIndex: 4 }));
   const files = result.outputs['9'].files!;
   t.equal(files.length, 9);
   let same = true;
   for (const [i, file] of files.entries()) same &&= (await pngBytes(file)).equals(expected[i]);
-  t.ok(same, 'the frames of the library run with the same contextOptions and fetaArgs');
+  t.ok(same, 'the frames of the library run with the same contextOptions, fetaArgs and riflexFreqIndex');
   // Settings that could never work are refused by their own node when the workflow is read.
   const stuck = structuredClone(workflow);
   Object.assign(stuck['12'].inputs, { context_frames: 9, context_overlap: 12 });
@@ -323,8 +325,6 @@ t.test('validation errors name the node and the input, and nothing runs', async 
     w['12'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'lightx2v.safetensors', strength: 1, blocks: ['11', 0] } };
     w['4'].inputs.lora = ['12', 0];
   }), o), 'WAN_INVALID_OPTION', /^node 11 \(WanVideoLoraBlockEdit\) input blocks\.0\.: expected a boolean but received "yes"/);
-  await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.riflex_freq_index = 6; }), o),
-    'WAN_INVALID_OPTION', /input riflex_freq_index: RIFLEx \(riflex_freq_index\) is not implemented yet in wan-native: set it to 0/);
   await rejectsWith(t, runWorkflow(patched((w) => { w['9'].inputs.format = 'video/ProRes'; }), o),
     'WAN_INVALID_OPTION', /^node 9 \(VHS_VideoCombine\) input format: "video\/ProRes" is not available yet in wan-native \(available: image\/gif, /);
   await rejectsWith(t, runWorkflow(patched((w) => { w['9'].inputs.pix_fmt = 'yuv444p'; }), o),
