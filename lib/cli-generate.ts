@@ -512,29 +512,34 @@ export function settingsFrom(cmd: Command): GenerateSettings {
   } catch (err) {
     asUsage(err);
   }
-  if (Array.isArray(o.cfg) && o.cfg.length !== steps)
-    throw new UsageError(`--cfg: expected one value or ${steps} (one per step) but received ${o.cfg.length}`);
   if (o.startStep >= steps) throw new UsageError(`--start-step: expected an integer in 0..${steps - 1} but received ${o.startStep}`);
   if (o.endStep !== -1 && (o.endStep <= o.startStep || o.endStep > steps))
     throw new UsageError(`--end-step: expected -1 or an integer in ${o.startStep + 1}..${steps} but received ${o.endStep}`);
+  // One value per step run (the library pads a shorter list with its last value, as the wrapper
+  // does; here a count that fits no run is more likely a mistake).
+  const runSteps = (o.endStep === -1 ? steps : o.endStep) - o.startStep;
+  if (Array.isArray(o.cfg) && o.cfg.length !== runSteps)
+    throw new UsageError(`--cfg: expected one value or ${runSteps} (one per step run) but received ${o.cfg.length}`);
 
   let context: Required<ContextOptions> | undefined;
+  let windowed = false;
   if (o.contextFrames !== undefined) {
     context = {
       frames: o.contextFrames, schedule: o.contextSchedule as ContextSchedule, stride: o.contextStride,
       overlap: o.contextOverlap, freenoise: o.freenoise as boolean, fuse: o.fuseMethod as ContextFuse,
     };
     try {
-      resolveContextOptions(context, latentFramesOf(o.numFrames));
+      windowed = resolveContextOptions(context, latentFramesOf(o.numFrames)) !== null;
     } catch (err) {
       asUsage(err);
     }
   }
 
   const promptCount = (o.prompt as string).split('|').length;
-  if (promptCount > 1 && !context)
+  if (promptCount > 1 && !windowed)
     throw new UsageError(`--prompt holds ${promptCount} prompts separated by '|', which go to successive context windows: ` +
-      'give --context-frames too (or leave the | out)');
+      (context ? `windows of --context-frames ${o.contextFrames} are longer than the ${o.numFrames}-frame video, which is sampled in one piece`
+        : 'give --context-frames too (or leave the | out)'));
 
   const formats: VideoFormat[] = o.format ?? ['video/h264-mp4'];
   const videoFormats = formats.filter((f) => VIDEO_CODEC_FORMATS.includes(f));

@@ -195,7 +195,8 @@ export interface WanForwardInput {
   /** The latent frames RIFLEx spreads that period over: the whole video's (the Sampler gives it
    * for every context window); by default x[0]'s frames. */
   riflexLatentFrames?: number;
-  /** The sampling step (index in the schedule): picks each per-step LoRA strength. */
+  /** The sampling step, counted from 0 at the first step run (the Sampler's startStep), as the
+   * wrapper's loop counts: picks each per-step LoRA strength. */
   step?: number;
 }
 

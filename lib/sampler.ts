@@ -14,11 +14,13 @@ import { riflexFrequencies, type WanModel } from './model';
 import { native } from './native';
 import { latentPreview, Preview } from './preview';
 import { LongCallOptions, Progress } from './progress';
-import { createScheduler, SCHEDULER_NAMES, SchedulerName } from './schedulers';
+import { createScheduler, SCHEDULER_NAMES, SchedulerName, STOCHASTIC_SCHEDULERS } from './schedulers';
 import { Tensor } from './tensor';
 import type { TextEmbeds } from './text-encoder';
 
-/** The wrapper's WanVideoEnhanceAVideo (feta_args). */
+/** The wrapper's WanVideoEnhanceAVideo (feta_args). The gain is the method's: the mean of the
+ * cross-frame attention taken over each spatial position's frames, per sample. (The wrapper
+ * groups the tokens differently, not by frame, and takes one gain for a batched cfg pair.) */
 export interface FetaArgs {
   weight?: number;        // 2.0, 0..100
   startPercent?: number;  // 0.0
@@ -37,7 +39,7 @@ export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
   imageEmbeds: ImageEmbeds;
   textEmbeds: TextEmbeds;
   steps?: number;                 // 30
-  cfg?: number | number[];        // 6.0, or one per step; 1 skips the negative pass
+  cfg?: number | number[];        // 6.0, or one per step run (the last repeats); 1 skips the negative pass
   shift?: number;                 // 5.0
   seed?: number | bigint;         // 0, 0..2^64-1
   scheduler?: SchedulerName;      // 'unipc'
@@ -46,7 +48,7 @@ export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
   endStep?: number;               // -1: step to stop before (-1 = the end)
   samples?: Tensor;               // latents to start from (video-to-video, continuation)
   denoiseStrength?: number;       // 1.0: with samples, how much of the schedule to run
-  addNoiseToSamples?: boolean;    // false: noise continuation samples to startStep's sigma
+  addNoiseToSamples?: boolean;    // false: samples start the run as they are; true (and below denoiseStrength 1): mixed with noise at the first step's sigma
   contextOptions?: ContextOptions;
   fetaArgs?: FetaArgs;
   riflexFreqIndex?: number;       // 0 (off): RIFLEx, 1..22 for Wan2.1 (6 typical), for videos past 81 frames
@@ -108,7 +110,7 @@ interface Pass {
 
 // What one step's model calls share.
 interface StepCall {
-  step: number;  // index in the schedule (per-step LoRA strengths)
+  step: number;  // steps run before this one (per-step LoRA strengths)
   t: number;
   cfg: number;
   fetaWeight?: number;
@@ -157,13 +159,15 @@ export class Sampler {
       throw invalidOption(`Expected one of ${SCHEDULER_NAMES.join(', ')} for scheduler but received ${describeValue(schedulerName)}`);
     const denoise = finiteIn('denoiseStrength', o.denoiseStrength, 1.0, 0, 1);
     const cfgOption = o.cfg ?? 6.0;
-    const cfgAt = (i: number): number => (Array.isArray(cfgOption) ? cfgOption[i] : cfgOption);
     if (Array.isArray(cfgOption)) {
-      if (cfgOption.length < steps || !cfgOption.every((v) => typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= 30))
-        throw invalidOption(`Expected a number in 0..30 or an array of ${steps} of them (one per step) for cfg but received ${describeValue(cfgOption)}`);
+      if (cfgOption.length === 0 || !cfgOption.every((v) => typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= 30))
+        throw invalidOption(`Expected a number in 0..30 or an array of them (one per step run) for cfg but received ${describeValue(cfgOption)}`);
     } else {
       finiteIn('cfg', cfgOption, 6.0, 0, 30);
     }
+    // A list holds one value per step run (index 0 is startStep's), as the wrapper's cfg[idx]: the
+    // last value stands for any step past its end, and values past the run are not used.
+    const cfgAt = (run: number): number => (Array.isArray(cfgOption) ? cfgOption[Math.min(run, cfgOption.length - 1)] : cfgOption);
     const feta = o.fetaArgs === undefined ? undefined : {
       weight: finiteIn('fetaArgs.weight', o.fetaArgs.weight, 2.0, 0, 100),
       start: finiteIn('fetaArgs.startPercent', o.fetaArgs.startPercent, 0, 0, 1),
@@ -193,7 +197,6 @@ export class Sampler {
     if (!imageModel && embeds.y !== undefined)
       throw invalidOption('Expected imageEmbeds from emptyEmbeds() for a t2v model, but these carry image conditioning (y)');
 
-    const schedule = createScheduler(schedulerName, { steps, shift, sigmas: o.sigmas });
     let startStep = o.startStep === undefined ? 0 : o.startStep;
     if (!Number.isSafeInteger(startStep) || startStep < 0 || startStep >= steps)
       throw invalidOption(`Expected an integer in 0..${steps - 1} for startStep but received ${describeValue(o.startStep)}`);
@@ -204,8 +207,14 @@ export class Sampler {
     // `denoise` of the schedule remains.
     if (denoise < 1) {
       if (o.samples === undefined) throw invalidOption('Expected samples with denoiseStrength < 1 (there is nothing to denoise from)');
-      startStep = Math.max(startStep, Math.max(0, steps - Math.floor(steps * denoise) - 1));
+      if (startStep !== 0)
+        throw invalidOption(`Expected startStep 0 with denoiseStrength < 1 (it sets the start step) but received ${describeValue(o.startStep)}`);
+      startStep = Math.max(0, steps - Math.floor(steps * denoise) - 1);
     }
+    // The schedule cut to the steps run, as the wrapper's get_scheduler cuts it: the scheduler
+    // counts from the cut, and a multistep one ends with its final-step rule at endStep.
+    const schedule = createScheduler(schedulerName, { steps, shift, sigmas: o.sigmas, startStep, endStep });
+    const runSteps = endStep - startStep;
 
     const shape = embeds.targetShape;
     const size = numel(shape);
@@ -215,14 +224,26 @@ export class Sampler {
 
     const context = resolveContextOptions(o.contextOptions, shape[1]);
     if (context && context.freenoise) freeNoiseShuffle(noise, shape, context, (n: number) => generator.randperm(n).toTypedArray() as BigInt64Array);
+    const prompts = text.promptEmbeds;
+    if (prompts.length > 1 && !context)
+      throw invalidOption(`Expected contextOptions that split the video into windows for ${prompts.length} prompts (each window ` +
+        `takes the prompt of its section) but received ${o.contextOptions === undefined ? 'none'
+          : `windows of ${o.contextOptions.frames ?? 81} frames, longer than the whole ${(shape[1] - 1) * 4 + 1}-frame video`}`);
+    const stepNoise = () => generator.randn([...shape]).toTypedArray() as Float32Array;
 
     let latent: Float32Array;
+    // The wrapper mixes the samples with noise when asked to (add_noise_to_samples) and always
+    // below full denoise strength; otherwise they are where sampling starts, as they are.
     if (o.samples !== undefined) {
       const samples = checkLatent('samples', o.samples, shape).toTypedArray() as Float32Array;
-      if (startStep > 0 && denoise === 1 && !o.addNoiseToSamples) {
-        latent = Float32Array.from(samples);  // continuing a split run: already at startStep's noise level
+      if (denoise === 1 && !o.addNoiseToSamples) {
+        latent = Float32Array.from(samples);
+        // Continuing a split run: the wrapper hands its generator on with the latent, so that the
+        // stochastic schedulers' step noise goes on where the first part left it. The same
+        // stream here: the draws steps 0..startStep-1 made with this seed are skipped.
+        if (STOCHASTIC_SCHEDULERS.includes(schedulerName)) for (let i = 0; i < startStep; ++i) stepNoise();
       } else {
-        const sigma = schedule.timesteps[startStep] / 1000;
+        const sigma = schedule.timesteps[0] / 1000;
         latent = new Float32Array(size);
         for (let i = 0; i < size; ++i) latent[i] = noise[i] * sigma + (1 - sigma) * samples[i];
       }
@@ -231,21 +252,21 @@ export class Sampler {
     }
 
     const negatives = text.negativePromptEmbeds ?? [];
-    const prompts = text.promptEmbeds;
     const passes = (promptIndex: number, unconditional: boolean): Pass => unconditional
       ? { context: negatives[0], clipFea: embeds.negativeClipContext ?? embeds.clipContext }
       : { context: prompts[Math.min(promptIndex, prompts.length - 1)], clipFea: embeds.clipContext };
-    for (let i = startStep; i < endStep; ++i) {
+    for (let i = 0; i < runSteps; ++i) {
       if (cfgAt(i) !== 1 && negatives.length === 0)
         throw invalidOption(`Expected textEmbeds.negativePromptEmbeds for cfg ${cfgAt(i)} (cfg 1 needs none)`);
     }
 
-    const total = endStep - startStep;
+    // Step i counts the steps run, from 0 at startStep, as the wrapper's loop index does: for the
+    // cfg list, the LoRA strengths, Enhance-A-Video's percentages and the context windows' offsets.
     const started = performance.now();
-    for (let i = startStep; i < endStep; ++i) {
+    for (let i = 0; i < runSteps; ++i) {
       if (o.signal?.aborted) throw abortedError();
       const t = schedule.timesteps[i];
-      const fraction = i / steps;
+      const fraction = i / runSteps;
       const fetaWeight = feta && shape[1] > 1 && fraction >= feta.start && fraction <= feta.end ? feta.weight : undefined;
       const call: StepCall = {
         step: i, t, cfg: cfgAt(i), fetaWeight, signal: o.signal, batched: o.batchedCfg === true, pass: passes, numPrompts: prompts.length,
@@ -253,16 +274,16 @@ export class Sampler {
         riflex: riflexFreqIndex > 0 ? { riflexFreqIndex, riflexLatentFrames: shape[1] } : undefined,
       };
       const prediction = context
-        ? await this.windowedPrediction(latent, shape, embeds, context, i, steps, call)
+        ? await this.windowedPrediction(latent, shape, embeds, context, i, runSteps, call)
         : await this.guidedPrediction(latent, shape, embeds.y, embeds.seqLen, 0, call);
-      const next = schedule.step(prediction, i, latent, () => generator.randn([...shape]).toTypedArray() as Float32Array);
+      const next = schedule.step(prediction, i, latent, stepNoise);
 
       if (o.onProgress) {
         const elapsedMs = performance.now() - started;
-        const done = i - startStep + 1;
+        const done = i + 1;
         const report: SamplerProgress = {
-          stage: 'sample', step: done, totalSteps: total, fraction: done / total, elapsedMs,
-          etaMs: (elapsedMs / done) * (total - done),
+          stage: 'sample', step: done, totalSteps: runSteps, fraction: done / runSteps, elapsedMs,
+          etaMs: (elapsedMs / done) * (runSteps - done),
         };
         if (o.preview) {
           const sigma = schedule.sigmas[i];  // flow matching: x0 = x_t - sigma * v

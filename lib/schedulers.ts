@@ -4,13 +4,17 @@
 // sample is x = (1 - sigma) * x0 + sigma * noise (so alpha = 1 - sigma). A schedule is a
 // decreasing list of sigmas ending at 0; the DiT receives timestep = sigma * 1000.
 //
-//   unipc       Wan2.1 wan/utils/fm_solvers_unipc.py FlowUniPCMultistepScheduler, set up as
-//               wan/text2video.py does (shift=1 in the constructor, set_timesteps(steps, shift)):
-//               UniPC bh2, order 2, predict_x0, lower_order_final.
+//   unipc       Wan2.1 wan/utils/fm_solvers_unipc.py FlowUniPCMultistepScheduler: UniPC bh2,
+//               order 2, predict_x0, lower_order_final.
 //   dpm++       Wan2.1 wan/utils/fm_solvers.py FlowDPMSolverMultistepScheduler (dpmsolver++,
-//               midpoint, order 2) on get_sampling_sigmas(steps, shift), as text2video.py does.
-//   dpm++_sde   the same class with algorithm_type 'sde-dpmsolver++', set up as Kijai's
-//               ComfyUI-WanVideoWrapper wanvideo/schedulers/__init__.py get_scheduler does.
+//               midpoint, order 2).
+//   dpm++_sde   the same class with algorithm_type 'sde-dpmsolver++'.
+//               All three set up as Kijai's ComfyUI-WanVideoWrapper does (wanvideo/schedulers
+//               get_scheduler): the scheduler constructed with the shift, which moves the top
+//               of its training table, then set_timesteps(steps), which shifts again. Wan2.1's
+//               own generate.py constructs it with shift 1 instead (a top sigma of 0.9998 rather
+//               than 0.99996 at shift 5, timesteps 1 lower at some steps); the tests give its
+//               schedule as custom sigmas (test/helpers.ts officialSigmas).
 //   euler       diffusers FlowMatchEulerDiscreteScheduler(shift).set_timesteps(steps), as the wrapper.
 //   lcm         the wrapper's FlowMatchLCMScheduler (from diffusers): x0 = x - sigma*v, then
 //               re-noised to the next sigma with fresh noise.
@@ -29,6 +33,9 @@ export type SchedulerName = 'unipc' | 'dpm++' | 'dpm++_sde' | 'euler' | 'flowmat
 
 export const SCHEDULER_NAMES: readonly SchedulerName[] =
   Object.freeze(['unipc', 'dpm++', 'dpm++_sde', 'euler', 'flowmatch_distill', 'lcm'] as SchedulerName[]);
+
+/** The schedulers whose step() draws noise (once per step). */
+export const STOCHASTIC_SCHEDULERS: readonly SchedulerName[] = Object.freeze(['dpm++_sde', 'lcm'] as SchedulerName[]);
 
 export interface ScheduleOptions {
   /** Number of sampling steps (ignored when `sigmas` is given: then it is sigmas.length - 1). */
@@ -110,20 +117,11 @@ const DISTILL_BASE_SIGMAS = [f32(0.999), 0.75, 0.4999999403953552, 0.25];
 
 function shiftedSchedule(name: SchedulerName, steps: number, shift: number): { timesteps: number[]; sigmas: number[] } {
   switch (name) {
-    case 'unipc': {
-      // text2video.py: FlowUniPCMultistepScheduler(shift=1).set_timesteps(steps, shift=shift):
-      // linspace(sigma_max, sigma_min=0, steps+1)[:-1], shifted in float64.
-      const s = linspace(SIGMA_MAX_TRAIN, 0, steps + 1).slice(0, steps).map((x) => shift64(x, shift));
-      return { timesteps: s.map((x) => Math.trunc(x * 1000)), sigmas: [...s.map(f32), 0] };
-    }
-    case 'dpm++': {
-      // text2video.py: retrieve_timesteps(sigmas=get_sampling_sigmas(steps, shift)); the
-      // scheduler's own shift (1) then leaves them unchanged.
-      const s = linspace(1, 0, steps + 1).slice(0, steps).map((x) => shift64(x, shift));
-      return { timesteps: s.map((x) => Math.trunc(x * 1000)), sigmas: [...s.map(f32), 0] };
-    }
+    case 'unipc':
+    case 'dpm++':
     case 'dpm++_sde': {
-      // wrapper: FlowDPMSolverMultistepScheduler(shift=shift).set_timesteps(steps): the
+      // wrapper: FlowUniPCMultistepScheduler(shift=shift).set_timesteps(steps, shift=shift) and
+      // FlowDPMSolverMultistepScheduler(shift=shift).set_timesteps(steps), one schedule: the
       // constructor shifts the training table in float32 (so sigma_max = shift32(0.999)),
       // then set_timesteps spaces linspace(sigma_max, 0) and shifts again in float64.
       const top = shift32(SIGMA_MAX_TRAIN, shift);
@@ -437,9 +435,8 @@ class LCMScheduler extends BaseScheduler {
 
 /** A scheduler over schedule(name, o): call step(v, i, x) for i = 0, 1, ... in order.
  * startStep/endStep cut the schedule first, as the wrapper does (indices then count from the
- * cut, and a multistep scheduler treats the cut's last step as the final one); starting the
- * first step() at i > 0 instead keeps the full schedule's final-step rule, as the official
- * schedulers do when begun mid-schedule. The two agree unless endStep cuts the end. */
+ * cut, and a multistep scheduler treats the cut's last step as the final one: first order, where
+ * the full schedule would go on in second order). */
 export function createScheduler(name: SchedulerName, o: ScheduleOptions): FlowScheduler {
   const s = schedule(name, o);
   const arrays = { timesteps: s.timesteps, sigmas: s.sigmas };

@@ -207,3 +207,18 @@ export function normals(n: number, seed: number): Float32Array {
 export function randn(shape: number[], seed: number, dtype: 'f32' | 'bf16' = 'f32'): Tensor {
   return Tensor.fromTypedArray(normals(shape.reduce((a, b) => a * b, 1), seed), shape, dtype);
 }
+
+/** The sigmas Wan2.1's own generate.py samples with (wan/text2video.py), steps + 1 float32 values
+ * ending in 0: unipc from FlowUniPCMultistepScheduler(shift=1).set_timesteps(steps, shift), dpm++
+ * from get_sampling_sigmas(steps, shift). The scheduler names follow the wrapper, whose unipc and
+ * dpm++ start a little higher; tests that compare with the official loop give these as sigmas. */
+export function officialSigmas(name: 'unipc' | 'dpm++', o: { steps: number; shift: number }): number[] {
+  const linspace = (a: number, b: number, n: number) => {
+    const out = Array.from({ length: n }, (_, i) => i * ((b - a) / (n - 1)) + a);
+    out[n - 1] = b;
+    return out;
+  };
+  const top = name === 'unipc' ? Math.fround(1 - 0.001) : 1;  // float32 0.999: the training table's top sigma
+  const shifted = (x: number) => (o.shift * x) / (1 + (o.shift - 1) * x);
+  return [...linspace(top, 0, o.steps + 1).slice(0, o.steps).map((x) => Math.fround(shifted(x))), 0];
+}

@@ -5,10 +5,10 @@
 import t from 'tap';
 import * as path from 'node:path';
 
-import { emptyEmbeds, imageToVideoEncode, loadSafetensors, riflexFrequencies, Sampler, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
+import { emptyEmbeds, imageToVideoEncode, loadSafetensors, riflexFrequencies, Sampler, schedule, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
 import type { SamplerProgress, TextEmbeds } from '../../lib/index';
 import { native } from '../../lib/native';
-import { fixturesDir, maxAbsDiff, toNumbers, weightsDir } from '../helpers';
+import { fixturesDir, maxAbsDiff, officialSigmas, toNumbers, weightsDir } from '../helpers';
 
 // A 1e-6 relative difference per DiT call (our fp32 forward vs the official one) grows over
 // the steps (shared/golden README: ~2e-5 after 10 steps); latents here are O(5).
@@ -79,9 +79,13 @@ t.test('T2V end to end equals the official generate loop', async (t) => {
   for (const [c, scheduler] of [['unipc', 'unipc'], ['dpmpp', 'dpm++']] as const) {
     const call = calls[c];
     const steps: number[] = [];
+    // The official loop's schedule (generate.py's, not the wrapper's) as custom sigmas.
+    const sigmas = officialSigmas(scheduler, { steps: call.steps, shift: call.shift });
+    t.same(schedule(scheduler, { steps: call.steps, shift: call.shift, sigmas }).timesteps, toNumbers(g.get(`${c}.timesteps`)!.toTypedArray()),
+      `${c}: the official timesteps`);
     const latent = await new Sampler(model).sample({
       imageEmbeds: emptyEmbeds({ width: call.size[0], height: call.size[1], numFrames: call.frames }),
-      textEmbeds: text, steps: call.steps, cfg: call.guide_scale, shift: call.shift, seed: call.seed, scheduler,
+      textEmbeds: text, cfg: call.guide_scale, seed: call.seed, scheduler, sigmas,
       onProgress: (p) => steps.push(p.step),
     });
     t.same(steps, Array.from({ length: call.steps }, (_, i) => i + 1), `${c}: one progress report per step`);
@@ -111,7 +115,12 @@ t.test('guidance: cfg 1 needs no negative pass; batched cfg equals two passes', 
   t.equal(maxAbsDiff(perStep, twoPasses), 0, 'a cfg list of equal values equals the number');
   const varied = await sampler.sample({ ...base, cfg: [5, 1, 3], textEmbeds: text });
   t.ok(maxAbsDiff(varied, twoPasses) > 1e-3, 'a per-step cfg list changes the result');
-  await t.rejects(sampler.sample({ ...base, cfg: [5, 5], textEmbeds: text }), { code: 'WAN_INVALID_OPTION', message: /one per step/ });
+  // One value per step run, as the wrapper's cfg[idx]: a short list goes on with its last value,
+  // a long one's extra values are not used.
+  const padded = await sampler.sample({ ...base, cfg: [5, 1], textEmbeds: text });
+  t.equal(maxAbsDiff(padded, await sampler.sample({ ...base, cfg: [5, 1, 1], textEmbeds: text })), 0, 'a short list is padded with its last value');
+  t.equal(maxAbsDiff(await sampler.sample({ ...base, cfg: [5, 5, 5, 9], textEmbeds: text }), twoPasses), 0, 'values past the run are not used');
+  await t.rejects(sampler.sample({ ...base, cfg: [], textEmbeds: text }), { code: 'WAN_INVALID_OPTION', message: /one per step run/ });
 });
 
 t.test('a seed gives the same latents every time; another seed does not', async (t) => {
@@ -137,8 +146,55 @@ t.test('split sampling: steps 0-2 then 2-4 from the samples equal one euler run'
   t.same(partial.shape, whole.shape);
   t.ok(maxAbsDiff(partial, whole) > 0, 'a partial denoise changes the latents');
   await t.rejects(sampler.sample({ ...o, denoiseStrength: 0.5 }), { code: 'WAN_INVALID_OPTION', message: /samples/ });
+  await t.rejects(sampler.sample({ ...o, samples: whole, denoiseStrength: 0.5, startStep: 1 }),
+    { code: 'WAN_INVALID_OPTION', message: /Expected startStep 0 with denoiseStrength < 1 \(it sets the start step\) but received 1/ });
   await t.rejects(sampler.sample({ ...o, startStep: 2, samples: Tensor.fromTypedArray(new Float32Array(16), [16, 1, 1, 1]) }),
     { code: 'WAN_INVALID_OPTION', message: /samples of shape \[16, 2, 4, 4\]/ });
+
+  // lcm draws fresh noise at every step: the second part goes on with the first part's stream,
+  // as the wrapper hands its generator on with the latent.
+  const lcm = { ...o, scheduler: 'lcm' as const };
+  const lcmWhole = await sampler.sample(lcm);
+  const lcmFirst = await sampler.sample({ ...lcm, endStep: 2 });
+  t.equal(maxAbsDiff(await sampler.sample({ ...lcm, startStep: 2, samples: lcmFirst }), lcmWhole), 0, 'lcm: bit for bit, the noise stream continued');
+
+  // Samples without added noise are where sampling starts, from step 0 too: the initial noise
+  // of seed 5 given as samples (under another seed) is the run of seed 5.
+  const noise = new Tensor(new (native().NoiseGenerator)(5n).randn([16, 2, 4, 4]));
+  t.equal(maxAbsDiff(await sampler.sample({ ...o, seed: 9, samples: noise }), whole), 0, 'samples at step 0 are used as they are');
+});
+
+t.test('split sampling with unipc: each part is a run of its own steps, as the wrapper cuts the schedule', async (t) => {
+  // The wrapper's get_scheduler cuts the schedule to the steps run, and its loop counts them from
+  // 0: a part ends with the final-step rule (first order), and the cfg list, Enhance-A-Video's
+  // percentages and the context windows count its steps. The same part, run as custom sigmas
+  // (that part of the schedule as a whole run of its own), must give the same bits.
+  const { model, text } = await shared;
+  const sampler = new Sampler(model);
+  const o = { imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 17 }), textEmbeds: text, seed: 5, scheduler: 'unipc' as const };
+  const full = schedule('unipc', { steps: 6, shift: 5 });
+  const part = (from: number, to: number) => full.sigmas.slice(from, to + 1);
+  t.same(schedule('unipc', { steps: 2, shift: 5, sigmas: part(2, 4) }).timesteps, full.timesteps.slice(2, 4), 'the parts\' timesteps are the schedule\'s');
+  const extras = { cfg: [7, 2], fetaArgs: { weight: 2, startPercent: 0, endPercent: 0.4 },
+    contextOptions: { schedule: 'uniform_standard' as const, frames: 9, overlap: 4, freenoise: false } };
+  const first = await sampler.sample({ ...o, steps: 6, shift: 5, endStep: 2 });
+  t.equal(maxAbsDiff(first, await sampler.sample({ ...o, sigmas: part(0, 2) })), 0, 'steps 0-2: as a 2-step run ending at sigma 2');
+  const middle = await sampler.sample({ ...o, ...extras, steps: 6, shift: 5, startStep: 2, endStep: 4, samples: first });
+  const alone = await sampler.sample({ ...o, ...extras, sigmas: part(2, 4), samples: first });
+  t.equal(maxAbsDiff(middle, alone), 0, 'steps 2-4 with a cfg list, Enhance-A-Video and context windows: as a run of those steps alone');
+  t.ok(maxAbsDiff(middle, await sampler.sample({ ...o, ...extras, cfg: 2, steps: 6, shift: 5, startStep: 2, endStep: 4, samples: first })) > 1e-4,
+    'the cfg list\'s first value applies to the first step run');
+});
+
+t.test('several prompts need context windows to take them', async (t) => {
+  const { text } = await shared;
+  const { model } = await shared;
+  const o = { imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 17 }), steps: 2, seed: 5, scheduler: 'euler' as const,
+    textEmbeds: { promptEmbeds: [text.promptEmbeds[0], text.negativePromptEmbeds[0]], negativePromptEmbeds: text.negativePromptEmbeds } };
+  await t.rejects(new Sampler(model).sample(o), { code: 'WAN_INVALID_OPTION',
+    message: /^Expected contextOptions that split the video into windows for 2 prompts \(each window takes the prompt of its section\) but received none$/ });
+  await t.rejects(new Sampler(model).sample({ ...o, contextOptions: { frames: 33 } }), { code: 'WAN_INVALID_OPTION',
+    message: /but received windows of 33 frames, longer than the whole 17-frame video$/ });
 });
 
 t.test('T2I: one frame', async (t) => {
@@ -219,7 +275,7 @@ t.test('I2V and FLF2V conditioning and an I2V run equal the official code', asyn
   t.ok(err <= 1e-5, `FLF2V y: max abs error ${err.toExponential(2)} <= 1e-5`);
 
   const model = await WanModel.load(path.join(weightsDir, 'tiny_i2v_dit.f32.safetensors'), { numHeads: 2 });
-  const latent = await new Sampler(model).sample({ imageEmbeds: i2v, textEmbeds: text, steps: 3, cfg: 5, shift: 5, seed: 42 });
+  const latent = await new Sampler(model).sample({ imageEmbeds: i2v, textEmbeds: text, cfg: 5, seed: 42, sigmas: officialSigmas('unipc', { steps: 3, shift: 5 }) });
   err = maxAbsDiff(latent, g.get('i2v.x0')!);
   t.ok(err <= LATENT_TOLERANCE, `I2V run: final latent max abs error ${err.toExponential(2)} <= ${LATENT_TOLERANCE}`);
   await t.rejects(new Sampler(model).sample({ imageEmbeds: emptyEmbeds(size), textEmbeds: text }),

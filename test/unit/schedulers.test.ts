@@ -1,4 +1,5 @@
-// Flow-matching schedulers against the official Wan2.1 goldens (unipc, dpm++) and against
+// Flow-matching schedulers against the official Wan2.1 goldens (the unipc and dpm++ steps on
+// officialSigmas, Wan2.1's own schedules), against the wrapper's schedules, and against
 // properties that pin down the others. Pure TypeScript: no addon is loaded.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -6,7 +7,7 @@ import t, { Test } from 'tap';
 
 import { createScheduler, schedule, SCHEDULER_NAMES, SchedulerName } from '../../lib/schedulers';
 import { WanError } from '../../lib/errors';
-import { decodeRaw, fixturesDir, goldenDir, readRawSafetensors } from '../helpers';
+import { decodeRaw, fixturesDir, goldenDir, officialSigmas, readRawSafetensors } from '../helpers';
 
 const f32 = Math.fround;
 
@@ -50,35 +51,57 @@ function expectInvalid(t: Test, fn: () => unknown, message: RegExp | string): vo
   t.match((err as WanError).message, message);
 }
 
-const GOLDEN_NAMES: [SchedulerName, string][] = [['unipc', 'unipc'], ['dpm++', 'dpmpp']];
+const GOLDEN_NAMES: ['unipc' | 'dpm++', string][] = [['unipc', 'unipc'], ['dpm++', 'dpmpp']];
 
-t.test('unipc and dpm++ schedules equal the official ones', async (t) => {
+t.test('officialSigmas (test/helpers) are the official schedules; given as sigmas, their timesteps are within 1', async (t) => {
   for (const [name, key] of GOLDEN_NAMES) {
     for (const steps of [4, 20, 50]) {
       for (const shift of [1, 3, 5, 8]) {
         const g = `${key}.steps${steps}.shift${shift}`;
-        const s = schedule(name, { steps, shift });
-        t.same(s.timesteps, tensor(`${g}.timesteps`).data, `${g}.timesteps exactly`);
-        // Our sigmas are float32 values held in doubles: equal to the golden float32 bit for bit.
-        t.same(s.sigmas, tensor(`${g}.sigmas`).data, `${g}.sigmas to float32 rounding`);
-        t.equal(s.sigmas.length, steps + 1);
-        t.equal(s.sigmas[steps], 0);
+        const sigmas = officialSigmas(name, { steps, shift });
+        // float32 values held in doubles: equal to the golden float32 bit for bit.
+        t.same(sigmas, tensor(`${g}.sigmas`).data, `${g}.sigmas to float32 rounding`);
+        t.equal(sigmas.length, steps + 1);
+        t.equal(sigmas[steps], 0);
+        // Custom sigmas make timesteps from their float32 values, as the wrapper's SIGMAS input
+        // does; generate.py from float64 ones: 1 apart where the two roundings fall on either
+        // side of a thousandth (0.95 * 1000 is 949.99... in float64, 950 in float32).
+        const official = tensor(`${g}.timesteps`).data;
+        const timesteps = schedule(name, { steps, shift, sigmas }).timesteps;
+        const apart = timesteps.filter((x, i) => x !== official[i]).length;
+        t.ok(timesteps.every((x, i) => Math.abs(x - official[i]) <= 1), `${g}.timesteps: equal, or 1 apart at ${apart} of ${steps}`);
       }
     }
   }
 });
 
+t.test('unipc, dpm++ and dpm++_sde share the wrapper\'s schedule', async (t) => {
+  // Timesteps of the wrapper's get_scheduler, from a numpy port of it (torch's float32 steps
+  // emulated): the constructor's shift moves the top of the training table to shift(0.999).
+  const wrapper: [number, number, number[]][] = [
+    [4, 1, [999, 749, 499, 249]],
+    [10, 8, [999, 986, 969, 949, 923, 888, 842, 774, 666, 470]],
+  ];
+  for (const [steps, shift, timesteps] of wrapper)
+    for (const name of ['unipc', 'dpm++', 'dpm++_sde'] as const)
+      t.same(schedule(name, { steps, shift }).timesteps, timesteps, `${name} ${steps}/${shift}`);
+  const s = schedule('unipc', { steps: 30, shift: 5 });
+  t.same(s.timesteps.slice(0, 6), [999, 993, 985, 978, 970, 961], 'unipc 30/5: the first timesteps');
+  t.same(s.sigmas.slice(0, 3), [0.9999599456787109, 0.9931098222732544, 0.9858737587928772], 'and sigmas');
+  // Wan2.1's generate.py starts lower (shift 1 in the constructor): 992 rather than 993 at step 1.
+  t.equal(Math.trunc(officialSigmas('unipc', { steps: 30, shift: 5 })[1] * 1000), 992, 'the official schedule is another');
+});
+
 t.test('the schedules follow sigma\' = shift*sigma/(1+(shift-1)*sigma), computed by hand', async (t) => {
   for (const steps of [4, 20, 50]) {
     for (const shift of [1, 3, 5, 8]) {
-      // dpm++: get_sampling_sigmas = shifted linspace(1, 0, steps+1)[:steps], stored in float64 too
+      // officialSigmas dpm++: get_sampling_sigmas = shifted linspace(1, 0, steps+1)[:steps], stored in float64 too
       const hand = linspace(1, 0, steps + 1).slice(0, steps).map((s) => shifted(s, shift));
       t.same(hand, tensor(`dpmpp.steps${steps}.shift${shift}.sampling_sigmas_f64`).data, `dpm++ ${steps}/${shift} float64`);
-      t.same(schedule('dpm++', { steps, shift }).sigmas, [...hand.map(f32), 0]);
-      t.same(schedule('dpm++', { steps, shift }).timesteps, hand.map((s) => Math.floor(s * 1000)));
-      // unipc: from float32(0.999), the largest sigma of the 1000-step training table
+      t.same(officialSigmas('dpm++', { steps, shift }), [...hand.map(f32), 0]);
+      // officialSigmas unipc: from float32(0.999), the largest sigma of the 1000-step training table
       const u = linspace(f32(0.999), 0, steps + 1).slice(0, steps).map((s) => shifted(s, shift));
-      t.same(schedule('unipc', { steps, shift }).sigmas, [...u.map(f32), 0], `unipc ${steps}/${shift}`);
+      t.same(officialSigmas('unipc', { steps, shift }), [...u.map(f32), 0], `official unipc ${steps}/${shift}`);
       // euler and lcm: spaced between the shifted ends of the training table (1 and 1/1000), shifted again
       const e = linspace(1, shifted(0.001, shift), steps).map((s) => shifted(s, shift));
       for (const name of ['euler', 'lcm'] as const) {
@@ -86,9 +109,10 @@ t.test('the schedules follow sigma\' = shift*sigma/(1+(shift-1)*sigma), computed
         t.ok(maxAbs(s.sigmas, [...e, 0]) < 1e-6, `${name} ${steps}/${shift} sigmas`);
         t.ok(maxAbs(s.timesteps, e.map((x) => x * 1000)) < 1e-3, `${name} ${steps}/${shift} timesteps (float)`);
       }
-      // dpm++_sde (the wrapper's set-up): from shifted(0.999), shifted again
+      // unipc, dpm++ and dpm++_sde (the wrapper's set-up): from shifted(0.999), shifted again
       const d = linspace(shifted(0.999, shift), 0, steps + 1).slice(0, steps).map((s) => shifted(s, shift));
-      t.ok(maxAbs(schedule('dpm++_sde', { steps, shift }).sigmas, [...d, 0]) < 1e-6, `dpm++_sde ${steps}/${shift}`);
+      for (const name of ['unipc', 'dpm++', 'dpm++_sde'] as const)
+        t.ok(maxAbs(schedule(name, { steps, shift }).sigmas, [...d, 0]) < 1e-6, `${name} ${steps}/${shift}`);
     }
   }
   // flowmatch_distill: the shifted sigmas 0.999, 0.75, 0.5, 0.25 (the wrapper's 999/750/500/250)
@@ -106,8 +130,7 @@ t.test('unipc and dpm++ steps reproduce the official traces', async (t) => {
   for (const [name, key] of GOLDEN_NAMES) {
     for (const [steps, shift] of [[10, 5], [4, 3], [20, 8]]) {
       const g = `trace.${key}.steps${steps}.shift${shift}`;
-      const s = createScheduler(name, { steps, shift });
-      t.same(s.timesteps, tensor(`${g}.timesteps`).data, `${g}.timesteps`);
+      const s = createScheduler(name, { steps, shift, sigmas: officialSigmas(name, { steps, shift }) });
       t.same(s.sigmas, tensor(`${g}.sigmas`).data, `${g}.sigmas`);
       const outs = tensor(`${g}.model_outputs`), after = tensor(`${g}.samples_after_step`);
       const size = outs.data.length / steps;
