@@ -29,7 +29,7 @@ import { schedule, SCHEDULER_NAMES, type SchedulerName } from './schedulers';
 import { Tensor } from './tensor';
 import { DEFAULT_NEGATIVE_PROMPT, TextEncoder, type TextEmbeds } from './text-encoder';
 import { Vae, type VaeTileOptions } from './vae';
-import { findFfmpeg, VIDEO_FORMATS, videoCombine, type VideoCombineOptions, type VideoFormat } from './video';
+import { outputCounter, prepareOutput, VIDEO_FORMATS, videoCombine, type VideoCombineOptions, type VideoFormat } from './video';
 
 /** A mistake on the command line: exit code 2, the message names the option. */
 /** Bad command-line usage (exit code 2), reported as `wan-native <command>: <message>`. */
@@ -591,17 +591,18 @@ export function settingsFrom(cmd: Command): GenerateSettings {
   return s;
 }
 
-// The output options as videoCombine will check them, checked now: a stream that yields nothing
-// and a signal already aborted make videoCombine validate its options, then stop before it
-// touches ffmpeg or the disk (it rejects with WAN_ABORTED when the options are valid).
-async function checkOutputOptions(s: GenerateSettings): Promise<void> {
-  const empty: AsyncIterable<Tensor> = { [Symbol.asyncIterator]: () => ({ next: async () => ({ done: true, value: undefined }) }) };
+// What writing the output needs, checked before anything is loaded: the output options, ffmpeg
+// for the video formats, and an output folder that takes new files (prepareOutput).
+async function checkOutput(s: GenerateSettings): Promise<void> {
+  if (fs.existsSync(s.outputDir) && !fs.statSync(s.outputDir).isDirectory())
+    throw new UsageError(`--output-dir: ${s.outputDir} is a file, not a folder`);
   for (const format of s.formats) {
     try {
-      await videoCombine(empty, { ...combineOptions(s, format), metadata: {}, signal: AbortSignal.abort() });
+      await prepareOutput({ ...combineOptions(s, format), metadata: {} });
     } catch (err) {
-      if (err instanceof WanError && err.code === 'WAN_ABORTED') continue;
-      asUsage(err);
+      if (err instanceof WanError && err.code === 'WAN_IO') throw new UsageError(`--output-dir: ${err.message}`);
+      if (err instanceof WanError && err.code === 'WAN_INVALID_OPTION') asUsage(err);
+      throw err;
     }
   }
 }
@@ -680,8 +681,6 @@ async function preflight(s: GenerateSettings): Promise<Plan> {
   for (const [file, name] of [[s.tokenizer, '--tokenizer'], [s.clipVision, '--clip-vision'], [s.clipEmbeds, '--clip-embeds'],
     [s.image, '--image'], [s.endImage, '--end-image']] as const) if (file !== undefined) mustExist(file, name);
 
-  if (fs.existsSync(s.outputDir) && !fs.statSync(s.outputDir).isDirectory())
-    throw new UsageError(`--output-dir: ${s.outputDir} is a file, not a folder`);
   if (s.model.length > 1) await checkShards(s.model);
   const dit = await inspectAs(s.model.length === 1 ? s.model[0] : s.model, '--model', 'wan-dit', 'a Wan diffusion model (DiT)');
   const t5 = await inspectAs(s.t5, '--t5', 'umt5', 'a umT5 text encoder');
@@ -731,7 +730,6 @@ async function preflight(s: GenerateSettings): Promise<Plan> {
           `(image_dim); Wan2.1 I2V and FLF2V models take those of CLIP ViT-H/14 (clip_vision_h)`);
     }
   }
-  if (s.formats.some((f) => f !== 'image/png')) await findFfmpeg();
   if (task === 't2v') return { task };
   const startImage = await decodeImage(s.image!, '--image');
   const endImage = s.endImage ? await decodeImage(s.endImage, '--end-image').catch((err) => { startImage.dispose(); throw err; }) : undefined;
@@ -797,7 +795,7 @@ async function loadClipEmbeds(file: string, task: Task): Promise<ClipEmbeds> {
 /** Runs the pipeline; resolves to the written paths. Aborting `ctx.signal` stops it at the next check. */
 export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise<string[]> {
   const { view, signal } = ctx;
-  await checkOutputOptions(s);
+  await checkOutput(s);
   const plan = await preflight(s);
   if (s.threads !== undefined) native().setThreads(s.threads);
   if (s.maxMemory !== undefined) {
@@ -964,8 +962,10 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
       free(vae);
       view.end();
       view.begin('write', s.formats.join(', '));
+      // One counter for the run's files, as VHS names the files of one save.
+      const counter = Math.max(...s.formats.map((format) => outputCounter(combineOptions(s, format))));
       for (const format of s.formats) {
-        const result = await videoCombine(video, { ...combineOptions(s, format), metadata, signal });
+        const result = await videoCombine(video, { ...combineOptions(s, format), metadata, counter, signal });
         files.push(...result.files);
       }
       view.end();

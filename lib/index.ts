@@ -29,7 +29,7 @@ export type { ContextOptions, ContextSchedule, ContextFuse } from './context-win
 export type { Preview } from './preview';
 export { runWorkflow, parseWorkflow } from './workflow';
 export type { RunWorkflowOptions, WorkflowResult } from './workflow';
-export { videoCombine, VIDEO_FORMATS, type VideoCombineOptions, type VideoCombineResult, type VideoFormat } from './video';
+export { outputCounter, prepareOutput, videoCombine, VIDEO_FORMATS, type VideoCombineOptions, type VideoCombineResult, type VideoFormat } from './video';
 
 /** What the loaded native addon was built with, and the threads libtorch uses. */
 export function runtimeInfo(): { backend: string; torchVersion: string; threads: number; cuda: boolean } {

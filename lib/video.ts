@@ -35,7 +35,9 @@ export interface VideoCombineOptions extends LongCallOptions {
   /**
    * Start of the file names (VHS filename_prefix), default 'AnimateDiff' as in VHS. May contain
    * subfolders ('wan/run1/clip'); absolute paths and '..' are refused, so that output stays
-   * inside the output folder. Files are named `<prefix>_<counter:05>.<ext>`.
+   * inside the output folder. Files are named `<prefix>_<counter:05>.<ext>`. As in ComfyUI,
+   * %year%, %month%, %day%, %hour%, %minute% and %second% become the local date and time
+   * ('%year%-%month%-%day%/wan'), and %width% and %height% 0 (VHS gives no size).
    */
   filenamePrefix?: string;
   /** Default 'image/gif', as in VHS. */
@@ -67,6 +69,12 @@ export interface VideoCombineOptions extends LongCallOptions {
    * are 1 to 79 characters of [A-Za-z0-9_.-].
    */
   metadata?: Record<string, unknown>;
+  /**
+   * The counter of the file names, default 1 + the largest in use (outputCounter()). One output
+   * in several formats takes one counter for all (VHS names its files of one save alike); a name
+   * that is taken moves the output to the next free counter, as ever.
+   */
+  counter?: number;
 }
 
 export interface VideoCombineResult {
@@ -107,6 +115,7 @@ interface Resolved {
   pixFmt: string;
   lossless: boolean;
   metadata: Record<string, string> | undefined;  // JSON-encoded values; undefined: saveMetadata false
+  counter: number | undefined;
   signal: AbortSignal | undefined;
   onProgress: ((p: Progress) => void) | undefined;
 }
@@ -127,14 +136,27 @@ function checkDir(value: unknown, name: string, fallback: string): string {
   return path.resolve(value);
 }
 
+const pad2 = (n: number) => String(n).padStart(2, '0');
+
+// ComfyUI's get_save_image_path (which VHS calls) replaces these in the prefix: the date and time
+// of day, local, and the image size, which VHS does not give it (so 0).
+function prefixVariables(prefix: string, now: Date): string {
+  const vars: Record<string, string> = {
+    width: '0', height: '0', year: String(now.getFullYear()), month: pad2(now.getMonth() + 1), day: pad2(now.getDate()),
+    hour: pad2(now.getHours()), minute: pad2(now.getMinutes()), second: pad2(now.getSeconds()),
+  };
+  return prefix.replace(/%(width|height|year|month|day|hour|minute|second)%/g, (_, name: string) => vars[name]);
+}
+
 // The prefix's folders and file name. Like ComfyUI's get_save_image_path, a prefix that would
 // leave the output folder is refused rather than silently rewritten.
 function splitPrefix(value: unknown, root: string): { folder: string; base: string } {
   if (value === undefined) value = DEFAULT_PREFIX;
   if (typeof value !== 'string' || value === '' || value.includes('\0'))
     throw invalidOption(`Expected a non-empty string for filenamePrefix but received ${describeValue(value)}`);
-  const segments = value.split('/');
-  if (path.isAbsolute(value) || segments.includes('..'))
+  const prefix = prefixVariables(value, new Date());
+  const segments = prefix.split('/');
+  if (path.isAbsolute(prefix) || segments.includes('..'))
     throw invalidOption(`Expected a filenamePrefix inside the output folder (a relative path without '..') but received ${describeValue(value)}`);
   const base = segments.pop()!;
   if (base === '' || base === '.')
@@ -177,7 +199,7 @@ function checkMetadata(value: unknown): Record<string, string> {
 
 const COMBINE_OPTIONS = optionNames<VideoCombineOptions>()({
   frameRate: true, loopCount: true, filenamePrefix: true, format: true, pingpong: true, saveOutput: true, outputDir: true,
-  tempDir: true, crf: true, pixFmt: true, lossless: true, saveMetadata: true, metadata: true, signal: true, onProgress: true,
+  tempDir: true, crf: true, pixFmt: true, lossless: true, saveMetadata: true, metadata: true, counter: true, signal: true, onProgress: true,
 });
 
 function resolveOptions(o: VideoCombineOptions): Resolved {
@@ -228,6 +250,8 @@ function resolveOptions(o: VideoCombineOptions): Resolved {
     : checkDir(o.tempDir, 'tempDir', path.join(os.tmpdir(), 'wan-native'));
   const { folder, base } = splitPrefix(o.filenamePrefix, root);
 
+  if (o.counter !== undefined && !(Number.isSafeInteger(o.counter) && o.counter >= 1))
+    throw invalidOption(`Expected a positive integer for counter but received ${describeValue(o.counter)}`);
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal))
     throw invalidOption(`Expected an AbortSignal for signal but received ${describeValue(o.signal)}`);
   if (o.onProgress !== undefined && typeof o.onProgress !== 'function')
@@ -235,7 +259,7 @@ function resolveOptions(o: VideoCombineOptions): Resolved {
 
   return {
     format, frameRate, loopCount, pingpong, folder, base, crf, pixFmt, lossless,
-    metadata: saveMetadata ? metadata : undefined, signal: o.signal, onProgress: o.onProgress,
+    metadata: saveMetadata ? metadata : undefined, counter: o.counter, signal: o.signal, onProgress: o.onProgress,
   };
 }
 
@@ -686,19 +710,61 @@ export function videoCombine(frames: Tensor | AsyncIterable<Tensor>, o: VideoCom
   return withCallerStack(combine(frames, o), caller);
 }
 
+function makeFolder(folder: string): void {
+  try {
+    fs.mkdirSync(folder, { recursive: true });
+  } catch (err) {
+    throw new WanError('WAN_IO', `could not create the output folder ${folder}: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * What videoCombine with these options would fail on once the frames have come, checked before
+ * any are made: the options, ffmpeg for the video formats, and that the output folder (with the
+ * prefix's subfolders, created here) takes a new file. For a caller about to spend minutes or
+ * hours generating the frames.
+ */
+export async function prepareOutput(o: VideoCombineOptions = {}): Promise<void> {
+  const r = resolveOptions(o);
+  if (r.format !== 'image/png') await findFfmpeg();
+  let created: string | undefined;
+  try {
+    created = fs.mkdirSync(r.folder, { recursive: true });
+  } catch (err) {
+    throw new WanError('WAN_IO', `could not create the output folder ${r.folder}: ${(err as Error).message}`);
+  }
+  const probe = tempName(r.folder, `${r.base}.probe`);
+  try {
+    fs.closeSync(fs.openSync(probe, 'wx'));
+  } catch (err) {
+    throw new WanError('WAN_IO', `could not write in the output folder ${r.folder}: ${(err as Error).message}`);
+  } finally {
+    fs.rmSync(probe, { force: true });
+    // The folders made here go again (videoCombine makes them when it writes): a run that stops
+    // before then leaves nothing behind. Only empty ones: rmdir refuses the others.
+    for (let dir = r.folder; created !== undefined; dir = path.dirname(dir)) {
+      try { fs.rmdirSync(dir); } catch { break; }
+      if (dir === created) break;
+    }
+  }
+}
+
+/** The counter videoCombine would name the next output of these options by: 1 + the largest of
+ * the prefix's files in its folder (1 where the folder does not exist yet). */
+export function outputCounter(o: VideoCombineOptions = {}): number {
+  const r = resolveOptions(o);
+  return fs.statSync(r.folder, { throwIfNoEntry: false })?.isDirectory() ? nextCounter(r.folder, r.base) : 1;
+}
+
 async function combine(input: Tensor | AsyncIterable<Tensor>, o: VideoCombineOptions): Promise<VideoCombineResult> {
   const r = resolveOptions(o);
   if (!(input instanceof Tensor) && typeof (input as AsyncIterable<Tensor> | null)?.[Symbol.asyncIterator] !== 'function')
     throw invalidOption(`Expected a Tensor [3, F, H, W] or an async iterable of Tensors for frames but received ${describeValue(input)}`);
   if (r.signal?.aborted) throw abortedError();
   const bin = r.format === 'image/png' ? '' : await findFfmpeg();
-  try {
-    fs.mkdirSync(r.folder, { recursive: true });
-  } catch (err) {
-    throw new WanError('WAN_IO', `could not create the output folder ${r.folder}: ${(err as Error).message}`);
-  }
+  makeFolder(r.folder);
 
-  const counter = nextCounter(r.folder, r.base);
+  const counter = r.counter ?? nextCounter(r.folder, r.base);
   const ext = r.format === 'image/gif' ? 'gif' : r.format === 'image/webp' ? 'webp'
     : r.format === 'image/png' ? 'png' : r.format === 'video/webm' ? 'webm' : 'mp4';
   const start = performance.now();
@@ -775,6 +841,10 @@ async function combine(input: Tensor | AsyncIterable<Tensor>, o: VideoCombineOpt
   } catch (err) {
     await encoder?.kill();
     for (const t of temps) fs.rmSync(t.tmp, { force: true });
+    // A file system's refusal (EACCES, ENOSPC, ...) of a temporary or spooled file, named by the
+    // output it was for.
+    if (!(err instanceof WanError) && typeof (err as NodeJS.ErrnoException).syscall === 'string')
+      throw new WanError('WAN_IO', `could not write ${path.join(r.folder, r.base)}_${pad5(counter)}.${ext}: ${(err as Error).message}`);
     throw err;
   } finally {
     if (workDir) fs.rmSync(workDir, { recursive: true, force: true });

@@ -108,6 +108,34 @@ function disposeTextEmbeds(e: TextEmbeds): void {
   for (const t of [...e.promptEmbeds, ...e.negativePromptEmbeds]) t.dispose();
 }
 
+// ComfyUI's frontend replaces %date:FORMAT% in a widget's text when it queues a workflow, so a
+// UI-format file still holds it: yyyy, yy and one or two of d, M, h, m, s (two pad to 2 digits).
+function frontendDates(text: string, now: Date): string {
+  const parts: Record<string, number> = { d: now.getDate(), M: now.getMonth() + 1, h: now.getHours(), m: now.getMinutes(), s: now.getSeconds() };
+  return text.replace(/%date:([^%]+)%/g, (_, format: string) => format.replace(/yyyy|yy|([dMhms])\1?/g, (token: string) => {
+    if (token === 'yyyy') return String(now.getFullYear());
+    if (token === 'yy') return String(now.getFullYear()).slice(-2);
+    const value = String(parts[token[0]]);
+    return token.length === 2 ? value.padStart(2, '0') : value;
+  }));
+}
+
+/** A VHS_VideoCombine node's videoCombine options (runWorkflow prepares its output with them
+ * before any node runs). */
+export function videoCombineOptions(node: GraphNode, outputDir: string | undefined, metadata: Record<string, unknown>): VideoCombineOptions {
+  const v = node.values;
+  const prefix = typeof v.filename_prefix === 'string' ? frontendDates(v.filename_prefix, new Date()) : v.filename_prefix as string;
+  const options: VideoCombineOptions = {
+    frameRate: v.frame_rate as number, loopCount: v.loop_count as number, filenamePrefix: prefix,
+    format: v.format as VideoFormat, pingpong: v.pingpong as boolean, saveOutput: v.save_output as boolean,
+    saveMetadata: v.save_metadata as boolean, outputDir, metadata,
+  };
+  if (v.crf !== undefined) options.crf = v.crf as number;
+  if (v.pix_fmt !== undefined) options.pixFmt = v.pix_fmt as string;
+  if (v.lossless !== undefined) options.lossless = v.lossless as boolean;
+  return options;
+}
+
 export const EXECUTORS: Record<string, Executor> = {
   async WanVideoModelLoader(c) {
     const file = c.file('model');
@@ -350,19 +378,8 @@ export const EXECUTORS: Record<string, Executor> = {
       frames = v.frames;
       if (v.owned) owned = v.frames;
     }
-    const optional = <T>(name: string): T | undefined => c.value<T | undefined>(name);
-    const options: VideoCombineOptions = {
-      frameRate: c.value('frame_rate'), loopCount: c.value('loop_count'), filenamePrefix: c.value('filename_prefix'),
-      format: c.value<VideoFormat>('format'), pingpong: c.value('pingpong'), saveOutput: c.value('save_output'),
-      saveMetadata: c.value('save_metadata'), outputDir: c.outputDir, metadata: c.metadata,
-      signal: c.signal, onProgress: c.onProgress,
-    };
-    const crf = optional<number>('crf'), pixFmt = optional<string>('pix_fmt'), lossless = optional<boolean>('lossless');
-    if (crf !== undefined) options.crf = crf;
-    if (pixFmt !== undefined) options.pixFmt = pixFmt;
-    if (lossless !== undefined) options.lossless = lossless;
     try {
-      const result = await videoCombine(frames, options);
+      const result = await videoCombine(frames, { ...videoCombineOptions(c.node, c.outputDir, c.metadata), signal: c.signal, onProgress: c.onProgress });
       return [{ value: { files: result.files } }];
     } finally {
       owned?.dispose();

@@ -42,7 +42,8 @@ import { describeValue, invalidOption, WanError } from './errors';
 import type { Progress } from './progress';
 import { dependencies, GraphNode, nodeName, parseGraph, ParsedGraph } from './workflow-graph';
 import { checkModelDirs, ModelDirs, ModelFolder, resolveModelFile } from './workflow-models';
-import { EXECUTORS, Produced } from './workflow-nodes';
+import { prepareOutput } from './video';
+import { EXECUTORS, Produced, videoCombineOptions } from './workflow-nodes';
 
 export type { ParsedGraph, GraphNode, LinkRef, ApiPrompt } from './workflow-graph';
 export type { ModelFolder, ModelDirs } from './workflow-models';
@@ -173,6 +174,18 @@ export async function runWorkflow(workflow: string | object, options: RunWorkflo
 
   // As VHS: `prompt` is the API graph, `workflow` the UI one.
   const metadata: Record<string, unknown> = { prompt: jsonSafe(graph.prompt), ...(graph.workflow ? { workflow: jsonSafe(graph.workflow) } : {}) };
+
+  // What the outputs need (ffmpeg, a folder that takes files), checked before the first node
+  // runs: found at the end, it would cost the whole generation.
+  for (const id of graph.order) {
+    const node = graph.nodes.get(id)!;
+    if (node.classType !== 'VHS_VideoCombine') continue;
+    try {
+      await prepareOutput(videoCombineOptions(node, o.outputDir, metadata));
+    } catch (err) {
+      throw inNode(err, node);
+    }
+  }
 
   // Readers of each output among the nodes that run.
   const readers = new Map<string, { node: GraphNode; input: string }[]>();

@@ -289,6 +289,7 @@ t.test('bad options exit 2 with a message naming the option, before anything is 
     [['--lora', w('tiny_t2v_dit.f32.safetensors')], /--lora: .*tiny_t2v_dit\.f32\.safetensors is a wan-dit checkpoint, not a LoRA/],
     [['--num-heads', '3'], /--num-heads: 3 does not divide the model's width 64 into heads of an even size/],
     [['--output-dir', aFile], /--output-dir: .*a-file is a file, not a folder/],
+    [['--output-dir', path.join(aFile, 'sub')], /^wan-native generate: --output-dir: could not create the output folder .*a-file\/sub: ENOTDIR/m],
     [['--feta-weight', '2', '--feta-start-percent', '0.8', '--feta-end-percent', '0.2'],
       /--feta-start-percent \(0\.8\) is after --feta-end-percent \(0\.2\): Enhance-A-Video would never apply/],
     [['--frobnicate'], /unknown option '--frobnicate'/],

@@ -141,8 +141,9 @@ t.test('demo: the shipped model draws the default prompt into a GIF and an MP4; 
   t.match(first.stderr, /^wan-native generate: t2v 64x64, 17 frames, 20 steps \(unipc, cfg 5, shift 3, seed 0\)$/m,
     'the settings of models/demo/demo.json');
   const written = fs.readdirSync(out).sort();
-  t.strictSame(written.map((f) => path.extname(f)), ['.gif', '.png', '.mp4'], `a GIF, its first frame with the metadata, an MP4: ${written}`);
+  t.strictSame(written.map((f) => path.extname(f)), ['.gif', '.mp4', '.png'], `a GIF, an MP4 and the GIF's first frame with the metadata: ${written}`);
   for (const f of written) t.ok(fs.statSync(path.join(out, f)).size > 1000, `${f} is not empty`);
+  t.equal(new Set(written.map((f) => f.replace(/\.\w+$/, ''))).size, 1, `one counter for the run's files: ${written}`);
 
   const prompt = 'a green circle moving up on a white background';
   const second = run('demo', prompt, '--output-dir', out, '--steps', '4', '--format', 'gif', '--filename-prefix', 'mine');

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 
-import { Tensor, videoCombine, VIDEO_FORMATS, WanError } from '../../lib/index';
+import { outputCounter, prepareOutput, Tensor, videoCombine, VIDEO_FORMATS, WanError } from '../../lib/index';
 import type { Progress, VideoCombineOptions, VideoFormat } from '../../lib/index';
 import { tempDir } from '../helpers';
 import { have } from '../media';
@@ -297,6 +297,63 @@ t.test('a prefix may name subfolders, never outside the output folder', async (t
   await rejectsWith(t, videoCombine(frames(), { format: 'image/png', filenamePrefix: 'dir/', outputDir }), 'WAN_INVALID_OPTION',
     'Expected a filenamePrefix that ends in a file name but received "dir/" of type string');
   t.same(listFiles(path.dirname(outputDir)).filter((f) => path.basename(f) === 'x_00001_0001.png'), [], 'nothing escaped');
+});
+
+t.test('the prefix\'s date and size variables are replaced, as ComfyUI replaces them', async (t) => {
+  const outputDir = newDir();
+  const before = new Date();
+  const r = await videoCombine(frames(), { format: 'image/png', filenamePrefix: '%year%-%month%-%day%/v_%width%x%height%_%hour%', outputDir });
+  const two = (n: number) => String(n).padStart(2, '0');
+  const day = `${before.getFullYear()}-${two(before.getMonth() + 1)}-${two(before.getDate())}`;
+  t.equal(path.dirname(r.files[0]), path.join(outputDir, day), 'the local date as the folder');
+  t.match(path.basename(r.files[0]), new RegExp(`^v_0x0_${two(before.getHours())}_00001_0001\\.png$`), 'the size 0, as VHS gives none');
+});
+
+t.test('counter: one for the files of one output in several formats; outputCounter says which is next', { skip: noFfmpeg }, async (t) => {
+  const outputDir = newDir();
+  t.equal(outputCounter({ outputDir, filenamePrefix: 'm' }), 1, 'no folder yet: 1');
+  await videoCombine(frames(), { format: 'image/gif', outputDir, filenamePrefix: 'm', saveMetadata: false });
+  const counter = outputCounter({ outputDir, filenamePrefix: 'm' });
+  t.equal(counter, 2);
+  const names: string[] = [];
+  for (const format of ['video/h264-mp4', 'image/webp'] as VideoFormat[])
+    names.push(...(await videoCombine(frames(), { format, outputDir, filenamePrefix: 'm', counter, saveMetadata: false })).files.map((f) => path.basename(f)));
+  t.same(names, ['m_00002.mp4', 'm_00002.webp'], 'both formats under counter 2');
+  // A name that is taken moves the output on, as ever: nothing is replaced.
+  const again = await videoCombine(frames(), { format: 'video/h264-mp4', outputDir, filenamePrefix: 'm', counter: 2, saveMetadata: false });
+  t.same(again.files.map((f) => path.basename(f)), ['m_00003.mp4']);
+  await rejectsWith(t, videoCombine(frames(), { outputDir, counter: 0 }), 'WAN_INVALID_OPTION', 'Expected a positive integer for counter but received 0 of type number');
+});
+
+t.test('prepareOutput: the options, ffmpeg and a folder that takes files, checked before any frame; nothing left', async (t) => {
+  const outputDir = newDir();
+  await prepareOutput({ format: 'image/png', outputDir, filenamePrefix: 'deep/er/p' });
+  t.notOk(fs.existsSync(outputDir), 'the folders it made to try are gone again');
+  fs.mkdirSync(outputDir);
+  fs.writeFileSync(path.join(outputDir, 'keep.txt'), 'mine');
+  await prepareOutput({ format: 'image/png', outputDir, filenamePrefix: 'p' });
+  t.same(fs.readdirSync(outputDir), ['keep.txt'], 'an existing folder keeps what it had, and only that');
+  const aFile = path.join(outputDir, 'keep.txt');
+  await rejectsWith(t, prepareOutput({ format: 'image/png', outputDir: path.join(aFile, 'sub') }), 'WAN_IO',
+    /^could not create the output folder .*keep\.txt\/sub: ENOTDIR/);
+  await rejectsWith(t, prepareOutput({ format: 'image/png', outputDir, filenamePrefix: '../x' }), 'WAN_INVALID_OPTION',
+    /Expected a filenamePrefix inside the output folder/);
+  const saved = process.env.WAN_FFMPEG;
+  t.teardown(() => { if (saved === undefined) delete process.env.WAN_FFMPEG; else process.env.WAN_FFMPEG = saved; });
+  process.env.WAN_FFMPEG = '/nonexistent/ffmpeg';
+  await rejectsWith(t, prepareOutput({ format: 'video/h264-mp4', outputDir }), 'WAN_NATIVE_LOAD', /ffmpeg is needed to write videos/);
+});
+
+t.test('a file system refusal while writing is WAN_IO, naming the output', { skip: noFfmpeg }, async (t) => {
+  // The metadata of an MP4 goes through a temporary folder: one that cannot be made.
+  const outputDir = newDir();
+  const saved = process.env.TMPDIR;
+  t.teardown(() => { if (saved === undefined) delete process.env.TMPDIR; else process.env.TMPDIR = saved; });
+  process.env.TMPDIR = path.join(outputDir, 'no', 'such', 'folder');
+  await rejectsWith(t, videoCombine(frames(), { format: 'video/h264-mp4', outputDir, filenamePrefix: 'io', metadata: { prompt: 'x' } }), 'WAN_IO',
+    /^could not write .*io_00001\.mp4: ENOENT: no such file or directory, mkdtemp/);
+  process.env.TMPDIR = saved;
+  t.same(listFiles(outputDir), [], 'nothing left');
 });
 
 t.test('saveOutput: false writes to the temporary folder', async (t) => {

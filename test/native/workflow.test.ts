@@ -331,6 +331,21 @@ t.test('validation errors name the node and the input, and nothing runs', async 
     'WAN_INVALID_OPTION', /^node 9 \(VHS_VideoCombine\): expected one of yuv420p, yuv420p10le for pix_fmt \(video\/h264-mp4\) but received "yuv444p"$/);
   await rejectsWith(t, runWorkflow(patched((w) => { w['9'].inputs.format = 'image/gif'; }), o),
     'WAN_INVALID_OPTION', /^node 9 \(VHS_VideoCombine\): pix_fmt applies to video\/h264-mp4, video\/h265-mp4, video\/webm only, not to format image\/gif$/);
+  // What the output needs is checked before the first node runs, not after the sampler.
+  await rejectsWith(t, runWorkflow(patched((w) => { w['9'].inputs.filename_prefix = '../wan'; }), o),
+    'WAN_INVALID_OPTION', /^node 9 \(VHS_VideoCombine\): Expected a filenamePrefix inside the output folder/);
+  const aFile = path.join(o.outputDir!, 'a-file');
+  fs.mkdirSync(o.outputDir!, { recursive: true });
+  fs.writeFileSync(aFile, '');
+  await rejectsWith(t, runWorkflow(api(), { ...o, outputDir: aFile }),
+    'WAN_IO', /^node 9 \(VHS_VideoCombine\): could not create the output folder .*a-file\/wan: ENOTDIR/);
+  const ffmpeg = process.env.WAN_FFMPEG;
+  process.env.WAN_FFMPEG = '/nonexistent/ffmpeg';
+  try {
+    await rejectsWith(t, runWorkflow(api(), o), 'WAN_NATIVE_LOAD', /^node 9 \(VHS_VideoCombine\): ffmpeg is needed to write videos/);
+  } finally {
+    if (ffmpeg === undefined) delete process.env.WAN_FFMPEG; else process.env.WAN_FFMPEG = ffmpeg;
+  }
   t.same(started, [], 'no node ran');
 });
 
