@@ -39,10 +39,11 @@ export interface ClipVisionEncodeOptions extends LongCallOptions {
   /** strength_2: multiplier of the second image's embeddings (1.0, 0..10). */
   strength2?: number;
   /**
-   * 'center' (default, as the wrapper): resize the short side to the model's image size (224)
-   * and cut the centre. 'disabled': stretch the whole image to 224 x 224, which is exactly what
-   * the official Wan2.1 pipeline (CLIPModel.visual) does. Both resize bicubically without
-   * antialiasing, as the official code.
+   * 'center' (default, as the wrapper): what ComfyUI's clip_preprocess does, which the wrapper
+   * runs: the short side resized to the model's image size (224) by antialiased bicubic, the
+   * centre cut, the pixels rounded to 8 bits. 'disabled': the whole image stretched to 224 x 224
+   * by bicubic without antialiasing, exactly what the official Wan2.1 pipeline
+   * (CLIPModel.visual) does.
    */
   crop?: ClipCrop;
   /** combine_embeds: how two images combine ('average' default, 'sum', 'concat' -> [1, 514, 1280],

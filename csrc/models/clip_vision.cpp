@@ -277,12 +277,23 @@ at::Tensor ClipVision::preprocess(const at::Tensor& image, bool center_crop) con
     h = static_cast<int64_t>(std::nearbyint(scale * static_cast<double>(x.size(2))));
     w = static_cast<int64_t>(std::nearbyint(scale * static_cast<double>(x.size(3))));
   }
-  // F.interpolate(mode='bicubic', align_corners=False) with a size and no scale factors, and
-  // no antialias (the official code does not ask for it): upsample_bicubic2d with no scales.
-  x = at::upsample_bicubic2d(x, {h, w}, /*align_corners=*/false, c10::nullopt, c10::nullopt);
-  if (center_crop) x = x.narrow(2, (h - size) / 2, size).narrow(3, (w - size) / 2, size);
-  // videos.mul_(0.5).add_(0.5), then T.Normalize(mean, std): sub_(mean).div_(std) in float32.
-  x = x.mul(0.5).add(0.5);
+  if (center_crop) {
+    // ComfyUI's clip_preprocess, which the wrapper's crop mode runs, on its [0, 1] IMAGE:
+    // F.interpolate(mode='bicubic', antialias=True) where the size changes (the filter widened
+    // when scaling down, as PIL does), the centre cut, then the 8-bit round trip
+    // clip(255 x, 0, 255).round() / 255.
+    x = x.mul(0.5).add(0.5);
+    if (x.size(2) != h || x.size(3) != w)
+      x = at::_upsample_bicubic2d_aa(x, {h, w}, /*align_corners=*/false, c10::nullopt, c10::nullopt);
+    x = x.narrow(2, (h - size) / 2, size).narrow(3, (w - size) / 2, size);
+    x = x.mul(255.0).clamp(0.0, 255.0).round().div(255.0);
+  } else {
+    // The official code: F.interpolate(mode='bicubic', align_corners=False) with a size, no scale
+    // factors and no antialias, on [-1, 1]; then videos.mul_(0.5).add_(0.5).
+    x = at::upsample_bicubic2d(x, {h, w}, /*align_corners=*/false, c10::nullopt, c10::nullopt);
+    x = x.mul(0.5).add(0.5);
+  }
+  // T.Normalize(mean, std): sub_(mean).div_(std) in float32.
   const at::Tensor mean = at::tensor(std::vector<double>(kMean, kMean + 3)).to(device_, at::kFloat).view({1, 3, 1, 1});
   const at::Tensor std = at::tensor(std::vector<double>(kStd, kStd + 3)).to(device_, at::kFloat).view({1, 3, 1, 1});
   return x.sub(mean).div(std).contiguous();  // [1, 3, S, S]

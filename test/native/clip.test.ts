@@ -275,12 +275,58 @@ t.test('two images: strengths and the four ways of combining them; a negative im
   close(withNegative.negativeClipEmbeds!, e2, 'negative image, unweighted');
 });
 
-t.test('crop: center cuts the middle of the short-side resize, disabled stretches', async (t) => {
+// torch's F.interpolate(mode='bicubic', antialias=True) in float64, one axis of a [C, H, W]
+// array at a time (width, then height): for each output pixel the cubic (a = -0.5) over the
+// source pixels within 2 x max(scale, 1) of its centre, stretched by the scale when shrinking,
+// the weights normalised to sum 1 (aten UpSampleKernel _compute_indices_weights_aa, as PIL).
+function resizeAntialiased(x: Float64Array, [C, H, W]: number[], outH: number, outW: number): Float64Array {
+  const cubic = (d: number) => {
+    const a = -0.5, u = Math.abs(d);
+    return u < 1 ? ((a + 2) * u - (a + 3)) * u * u + 1 : u < 2 ? (((u - 5) * u + 8) * u - 4) * a : 0;
+  };
+  const axis = (src: Float64Array, n: number, out: number, stride: number, count: number, outer: number, within: number) => {
+    const scale = n / out, support = 2 * Math.max(scale, 1), invScale = scale > 1 ? 1 / scale : 1;
+    const dst = new Float64Array(src.length / n * out);
+    for (let i = 0; i < out; i++) {
+      const centre = scale * (i + 0.5);
+      const lo = Math.max(Math.trunc(centre - support + 0.5), 0), hi = Math.min(Math.trunc(centre + support + 0.5), n);
+      const w = Array.from({ length: hi - lo }, (_, j) => cubic((j + lo - centre + 0.5) * invScale));
+      const total = w.reduce((p, q) => p + q, 0);
+      for (let o = 0; o < outer; o++) for (let k = 0; k < within; k++) {
+        let v = 0;
+        for (let j = lo; j < hi; j++) v += src[o * n * stride + j * stride + k] * w[j - lo] / total;
+        dst[o * out * stride + i * stride + k] = v;
+      }
+    }
+    return dst;
+  };
+  const wide = axis(x, W, outW, 1, 0, C * H, 1);       // rows of W -> outW
+  return axis(wide, H, outH, outW, 0, C, outW);        // columns of H -> outH
+}
+
+t.test('crop: center is ComfyUI\'s clip_preprocess (antialiased, cut, 8 bits); disabled stretches', async (t) => {
   const clip = await ClipVisionEncoder.load(tinyPath(), TINY);
-  // A square image needs no crop: both modes agree.
-  const square = Tensor.fromTypedArray(Float32Array.from({ length: 3 * 30 * 30 }, (_, i) => Math.sin(i * 0.37)), [3, 30, 30]);
-  const a = await clip.trace(square, { crop: 'center' }), b = await clip.trace(square, { crop: 'disabled' });
-  t.equal(maxAbsDiff(a.intermediates.get('preprocessed')!, b.intermediates.get('preprocessed')!), 0, 'square: same pixels');
+  // Images of bytes, enlarged (40 x 70 -> 56 x 98) and reduced (120 x 200 -> 56 x 93, where the
+  // antialiasing filter widens): the middle 56 columns, rounded to 8 bits, against the float64
+  // reference. Rounding can tip a value that lies within float32's error of a half step: a few
+  // pixels may be one step (1/255) apart, no more.
+  const mean = [0.48145466, 0.4578275, 0.40821073], std = [0.26862954, 0.26130258, 0.27577711];
+  for (const [h, w, wide] of [[40, 70, 98], [120, 200, 93]]) {
+    const bytes = Float64Array.from({ length: 3 * h * w }, (_, i) => Math.round(127.5 + 120 * Math.sin(i * 0.37) * Math.cos(i * 0.011)));
+    const image = Tensor.fromTypedArray(Float32Array.from(bytes, (b) => b / 255 * 2 - 1), [3, h, w]);
+    const got = toNumbers((await clip.trace(image, { crop: 'center' })).intermediates.get('preprocessed')!.toTypedArray());
+    const resized = resizeAntialiased(Float64Array.from(bytes, (b) => b / 255), [3, h, w], 56, wide);
+    const left = Math.trunc((wide - 56) / 2);
+    let apart = 0, worst = 0;
+    for (let c = 0; c < 3; c++) for (let y = 0; y < 56; y++) for (let x = 0; x < 56; x++) {
+      const v = Math.round(Math.min(Math.max(resized[(c * 56 + y) * wide + x + left] * 255, 0), 255)) / 255;
+      const err = Math.abs(got[(c * 56 + y) * 56 + x] - (v - mean[c]) / std[c]);
+      worst = Math.max(worst, err);
+      if (err > 1e-5) apart++;
+    }
+    t.ok(worst <= 1 / 255 / std[1] + 1e-5, `${h} x ${w}: at most one 8-bit step apart (max abs ${worst.toExponential(2)})`);
+    t.ok(apart <= 10, `${h} x ${w}: ${apart} of ${3 * 56 * 56} values a step apart, the rest within 1e-5`);
+  }
   // A wide image, dark at its left and right eighths and white between: the centre crop of the
   // 56 x 112 resize sees source columns 10-30 only (white), the stretch sees the dark bands too.
   const h = 20, w = 40;
