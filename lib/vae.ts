@@ -99,6 +99,11 @@ function tilingOf(o: VaeTileOptions) {
       throw invalidOption(`Expected a positive multiple of 8 for ${k} but received ${describeValue(v)}`);
     tiling[k] = v;
   }
+  // Tiles that only touch have no band to blend across, and their borders show as seams.
+  for (const [tile, stride] of [['tileX', 'tileStrideX'], ['tileY', 'tileStrideY']] as const)
+    if (tiling[stride] >= tiling[tile])
+      throw invalidOption(`Expected ${stride} below ${tile}, so that tiles overlap and blend, but received ${tile} ${tiling[tile]}, ` +
+        `${stride} ${tiling[stride]}`);
   return tiling;
 }
 

@@ -346,8 +346,11 @@ TileGrid tile_grid(int64_t h, int64_t w, const WanVae::Tiling& tiling) {
                          {"tileStrideX", tiling.stride_x}, {"tileStrideY", tiling.stride_y}})
     if (v <= 0 || v % 8 != 0)
       throw Error(ErrorCode::InvalidOption, std::string(name) + ": expected a positive multiple of 8 but received " + std::to_string(v));
-  if (tiling.stride_x > tiling.tile_x || tiling.stride_y > tiling.tile_y)
-    throw Error(ErrorCode::InvalidOption, "tileStrideX and tileStrideY must not exceed tileX and tileY (tiles must overlap or touch)");
+  if (tiling.stride_x >= tiling.tile_x || tiling.stride_y >= tiling.tile_y)
+    throw Error(ErrorCode::InvalidOption, "Expected tileStrideX and tileStrideY below tileX and tileY, so that tiles overlap, but received tileX " +
+                                              std::to_string(tiling.tile_x) + ", tileY " + std::to_string(tiling.tile_y) +
+                                              ", tileStrideX " + std::to_string(tiling.stride_x) + ", tileStrideY " +
+                                              std::to_string(tiling.stride_y));
   TileGrid g;
   g.th = std::min(tiling.tile_y / 8, h);
   g.tw = std::min(tiling.tile_x / 8, w);

@@ -74,8 +74,8 @@ interface Case { label: string; frames: number; height: number; width: number; t
 const CASES: Case[] = [
   { label: '64x64, 3 latent frames', frames: 3, height: 64, width: 64 },
   { label: '128x96, 2 latent frames', frames: 2, height: 128, width: 96 },
-  { label: '128x96, 2 latent frames, tiled 96x80 every 96x48', frames: 2, height: 128, width: 96,
-    tiling: { tiled: true, tileX: 96, tileY: 80, tileStrideX: 96, tileStrideY: 48 } },
+  { label: '128x96, 2 latent frames, tiled 96x80 every 48x48', frames: 2, height: 128, width: 96,
+    tiling: { tiled: true, tileX: 96, tileY: 80, tileStrideX: 48, tileStrideY: 48 } },
 ];
 
 const skip = fs.existsSync('/proc/self/status') ? false : 'needs /proc/self/status (Linux)';

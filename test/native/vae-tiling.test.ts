@@ -184,7 +184,7 @@ t.test('tiling machinery: local decoder, tiled vs untiled', async (t) => {
   const stripWhole = await vae.decode(strip);
   const sweep: { overlap: number; max: number; mean: number }[] = [];
   for (const stride of [96, 64, 32]) {
-    const o = { tileX: 128, tileY: 32, tileStrideX: stride, tileStrideY: 32 };
+    const o = { tileX: 128, tileY: 32, tileStrideX: stride, tileStrideY: 16 };  // tileY covers the strip's height
     sweep.push({ overlap: 128 - stride, ...await compare(t, vae, strip, o, `local decoder, ${px(o)} (overlap ${128 - stride} px)`, stripWhole) });
   }
   for (let i = 1; i < sweep.length; i++) {
@@ -229,9 +229,9 @@ t.test('every blend weight path: the tiled decode is the ramp-weighted blend of 
     // One frame. Rows: tiles 4 latent px every 2 on 9, starts 0, 2, 4, 5: middle tiles
     // ramped on both sides (16 px up, 16 px down), the last moved back (overlapping the one
     // before by 24 px and the one before that by 8 px: three tiles blend there). Columns: tiles
-    // 3 every 3 on 7, starts 0, 3, 4: the first two touch (stride = tile: no ramp between them,
-    // weight 1), the last is moved back over the second by 16 px. tileX != tileY.
-    { z: smoothLatent([16, 1, 9, 7], 4), o: { tileX: 24, tileY: 32, tileStrideX: 24, tileStrideY: 16 }, what: 'moved-back, touching and 3-way tiles' },
+    // 3 every 2 on 7, starts 0, 2, 4: each overlaps the next by 8 px, the last ends at the edge.
+    // tileX != tileY. (Tiles that only touch are refused: nothing blends across their seam.)
+    { z: smoothLatent([16, 1, 9, 7], 4), o: { tileX: 24, tileY: 32, tileStrideX: 16, tileStrideY: 16 }, what: 'moved-back and 3-way tiles' },
     // Two latent frames (5 video frames: two chunks, each tile with its own feature caches).
     // Rows: tiles 4 every 2 on 7, starts 0, 2, 3 (the last moved back, three-way again);
     // columns: one tile (the default 272 px is wider than the latent), no ramp along x.

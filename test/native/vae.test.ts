@@ -92,7 +92,10 @@ t.test('tiled decode: each tile is decoded on its own and blended where tiles ov
   await t.rejects(vae.decode(z, { tiled: true, tileX: 30 }), { code: 'WAN_INVALID_OPTION', message: 'Expected a positive multiple of 8 for tileX but received 30 of type number' });
   await t.rejects(vae.decode(z, { tileX: 32 }), { code: 'WAN_INVALID_OPTION', message: 'tileX was given but tiled is not true' });
   await t.rejects(vae.decode(z, { tiled: true, tileX: 32, tileStrideX: 40 }),
-    { code: 'WAN_INVALID_OPTION', message: 'tileStrideX and tileStrideY must not exceed tileX and tileY (tiles must overlap or touch)' });
+    { code: 'WAN_INVALID_OPTION', message: 'Expected tileStrideX below tileX, so that tiles overlap and blend, but received tileX 32, tileStrideX 40' });
+  // Tiles that only touch leave seams (WanVideo Decode refuses them too).
+  await t.rejects(vae.decode(z, { tiled: true, tileY: 32, tileStrideY: 32 }),
+    { code: 'WAN_INVALID_OPTION', message: 'Expected tileStrideY below tileY, so that tiles overlap and blend, but received tileY 32, tileStrideY 32' });
 });
 
 t.test('an abort during the last chunk of an encode rejects with WAN_ABORTED rather than resolving', async (t) => {
@@ -148,7 +151,7 @@ t.test('estimateDecodeMemory: what it counts, and its options', async (t) => {
   bad({ ...size, call: 'encode' }, 'Expected one of decode, decodeFrames for call but received "encode" of type string');
   bad({ ...size, tileX: 32 }, 'tileX was given but tiled is not true');
   bad({ ...size, tiled: true, tileX: 32, tileStrideX: 40 },
-    'tileStrideX and tileStrideY must not exceed tileX and tileY (tiles must overlap or touch)');
+    'Expected tileStrideX below tileX, so that tiles overlap and blend, but received tileX 32, tileStrideX 40');
   vae.dispose();
   t.throws(() => vae.estimateDecodeMemory(size), { code: 'WAN_INVALID_OPTION', message: 'the Vae has been disposed' });
 });
