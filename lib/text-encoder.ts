@@ -12,7 +12,7 @@ import { checkDevice, checkLoadDevice, offloadingAfter, resolveDevice, type Devi
 import { native } from './native';
 import { LongCallOptions, ProgressClock } from './progress';
 import { Tensor } from './tensor';
-import { SentencePieceTokenizer } from './tokenizer';
+import { cleanText, SentencePieceTokenizer } from './tokenizer';
 import { isTokenizerJson, sentencePieceFromTokenizerJson } from './tokenizer-json';
 
 /** The official Wan2.1 negative prompt (wan/configs/shared_config.py sample_neg_prompt). */
@@ -217,10 +217,11 @@ export class TextEncoder {
     if (!options.diskCache) return this.encodeBatch(texts, options);
     if (typeof options.diskCache !== 'string')
       throw invalidOption(`Expected a folder path for diskCache but received ${describeValue(options.diskCache)}`);
-    // Keyed by the encoder files (path, size, mtime), the tokenizer, textLen and the prompt.
+    // Keyed by the encoder files (path, size, mtime), the tokenizer, textLen and the prompt as
+    // cleaned (what the tokenizer reads: prompts that clean alike share an entry).
     const identity = this.#files.map((f) => { const s = fs.statSync(f); return `${f}:${s.size}:${s.mtimeMs}`; }).join('|');
     const keyOf = (text: string) => crypto.createHash('sha256')
-      .update(JSON.stringify([identity, this.tokenizerSource, this.config.textLen, text])).digest('hex');
+      .update(JSON.stringify([identity, this.tokenizerSource, this.config.textLen, cleanText(text)])).digest('hex');
     await fs.promises.mkdir(options.diskCache, { recursive: true });
     const result: (Tensor | undefined)[] = [];
     const missing: number[] = [];
