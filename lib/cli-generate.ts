@@ -350,7 +350,8 @@ export function generateCommand(): Command {
     option(g.models, '--text-len <n>', 'text tokens a prompt is padded or cut to (text encoder and DiT)',
       { parse: integer(2, 4096), default: 512 }),
 
-    option(g.prompt, '--prompt <text>', "what the video shows; prompts separated by '|' go to successive context windows",
+    option(g.prompt, '--prompt <text>', "what the video shows; prompts separated by '|' go to successive context windows; " +
+      "(text:weight) scales a prompt's embedding, as in the wrapper",
       { mandatory: true }),
     option(g.prompt, '--negative-prompt <text>', 'what to steer away from (used when cfg is not 1)',
       { default: DEFAULT_NEGATIVE_PROMPT, defaultText: "Wan2.1's official negative prompt (Chinese)" }),

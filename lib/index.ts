@@ -10,7 +10,7 @@ export { loadSafetensors, loadCheckpoint, saveSafetensors, inspectCheckpoint } f
 export type { CheckpointInfo, LoadCheckpointOptions, LoadedCheckpoint } from './checkpoint';
 export { WanModel, ATTENTION_MODES, QUANTIZATIONS, riflexFrequencies } from './model';
 export { Vae } from './vae';
-export { TextEncoder, DEFAULT_NEGATIVE_PROMPT } from './text-encoder';
+export { TextEncoder, DEFAULT_NEGATIVE_PROMPT, promptWeights } from './text-encoder';
 export type { TextEncoderOptions, TextEmbeds, EncodeOptions } from './text-encoder';
 export type { VaeOptions, VaeEncodeOptions, VaeDecodeOptions, VaeMemoryEstimate, VaeMemoryEstimateOptions, VaeDecodeCall, VaeTileOptions } from './vae';
 export { ClipVisionEncoder, loadImage, type ClipVisionOptions, type ClipVisionEncodeOptions, type ClipEmbeds, type ClipVisionConfig, type ClipCrop, type ClipCombine, type ImageInput } from './clip';

@@ -44,6 +44,27 @@ export interface EncodeOptions extends LongCallOptions {
   diskCache?: string;
   /** Offload the encoder when done (the wrapper's force_offload, default true): see offload(). */
   forceOffload?: boolean;
+  /** The wrapper's prompt weights (default true): see promptWeights(). */
+  promptWeights?: boolean;
+}
+
+/**
+ * WanVideoTextEncode's `(text:weight)` syntax, as the wrapper reads it: every `(text:weight)` is
+ * replaced by its text, and the prompt's whole embedding is then scaled by each weight (the
+ * product of the weights of its different texts; a text given twice counts once, with its last
+ * weight). Not a per-word emphasis: that is what the wrapper does.
+ */
+export function promptWeights(prompt: string): { text: string; scale: number } {
+  const weights = new Map<string, number>();
+  let text = prompt;
+  for (const [whole, inner, weight] of prompt.matchAll(/\((.*?):([\d.]+)\)/g)) {
+    const value = Number(weight);
+    if (!Number.isFinite(value))
+      throw invalidOption(`Expected a number for the weight of "${whole}" in the prompt but received "${weight}"`);
+    text = text.split(whole).join(inner);
+    weights.set(inner, value);
+  }
+  return { text, scale: [...weights.values()].reduce((a, b) => a * b, 1) };
 }
 
 // The tokenizer, wherever users have it: the tokenizer option (a spiece.model or a Hugging Face
@@ -71,7 +92,7 @@ async function findTokenizer(option: string | undefined, handle: NativeTextEncod
 const TEXT_ENCODER_OPTIONS = optionNames<TextEncoderOptions>()({
   tokenizer: true, textLen: true, populate: true, device: true, loadDevice: true, signal: true, onProgress: true,
 });
-const ENCODE_OPTIONS = optionNames<EncodeOptions>()({ diskCache: true, forceOffload: true, signal: true, onProgress: true });
+const ENCODE_OPTIONS = optionNames<EncodeOptions>()({ diskCache: true, forceOffload: true, promptWeights: true, signal: true, onProgress: true });
 
 export class TextEncoder {
   readonly config: ReturnType<NativeTextEncoder['config']> & { textLen: number };
@@ -168,7 +189,8 @@ export class TextEncoder {
     })(), caller);
   }
 
-  /** Prompts to the embeddings the sampler takes: each [L_i, dim], trimmed to its real length. */
+  /** Prompts to the embeddings the sampler takes: each [L_i, dim], trimmed to its real length.
+   * Positive prompts may carry the wrapper's `(text:weight)` (promptWeights()). */
   encode(prompts: { positive: string | string[]; negative?: string }, options: EncodeOptions = {}): Promise<TextEmbeds> {
     const caller = new Error();
     return withCallerStack((async () => {
@@ -178,11 +200,21 @@ export class TextEncoder {
         throw invalidOption(`Expected a string or an array of strings for positive but received ${describeValue(prompts?.positive)}`);
       const negative = prompts.negative ?? DEFAULT_NEGATIVE_PROMPT;
       if (typeof negative !== 'string') throw invalidOption(`Expected a string for negative but received ${describeValue(negative)}`);
-      const texts = [...positive, negative];
+      if (options.promptWeights !== undefined && typeof options.promptWeights !== 'boolean')
+        throw invalidOption(`Expected a boolean for promptWeights but received ${describeValue(options.promptWeights)}`);
+      // As WanVideoTextEncode: the positive prompts' weights, the negative prompt as it is.
+      const weighted = positive.map((p) => (options.promptWeights === false ? { text: p, scale: 1 } : promptWeights(p)));
+      const texts = [...weighted.map((w) => w.text), negative];
       const clock = new ProgressClock('encode', 1, options.onProgress);
       const embeds = await offloadingAfter(options.forceOffload, this, () => this.encodeCached(texts, options));
       clock.report(1);
-      return { promptEmbeds: embeds.slice(0, positive.length), negativePromptEmbeds: embeds.slice(positive.length) };
+      const promptEmbeds = embeds.slice(0, positive.length).map((e, i) => {
+        if (weighted[i].scale === 1) return e;
+        const shape = [...e.shape], scaled = (e.toTypedArray() as Float32Array).map((v) => v * weighted[i].scale);
+        e.dispose();
+        return Tensor.fromTypedArray(scaled, shape);
+      });
+      return { promptEmbeds, negativePromptEmbeds: embeds.slice(positive.length) };
     })(), caller);
   }
 

@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-import { loadSafetensors, saveSafetensors, Tensor, TextEncoder } from '../../lib/index';
+import { loadSafetensors, promptWeights, saveSafetensors, Tensor, TextEncoder } from '../../lib/index';
 import { decodeE4m3fn, encodeE4m3fn, goldenDir, maxAbsDiff, tempDir, toNumbers, weightsDir } from '../helpers';
 
 const TOLERANCE = 1e-5;
@@ -153,6 +153,34 @@ t.test('the tokenizer: SentencePiece ids, </s>, padding, truncation and the mask
   t.same(toNumbers(third.promptEmbeds[0].toTypedArray()), toNumbers(first.promptEmbeds[0].toTypedArray()), 'damaged entries: encoded again');
   for (const f of fs.readdirSync(cache))
     t.same((await loadSafetensors(path.join(cache, f))).tensors.get('embeds')?.shape.length, 2, `${f}: rewritten`);
+
+  // The wrapper's (text:weight): the text encoded without the syntax, the prompt's whole
+  // embedding scaled by each weight; the negative prompt as written.
+  const plain = (await enc.encode({ positive: 'a red car', negative: 'rain' })).promptEmbeds[0];
+  const values = (x: Tensor) => toNumbers(x.toTypedArray());
+  const scaledBy = (k: number) => values(plain).map((v) => Math.fround(v * k));
+  const one = await enc.encode({ positive: 'a (red:1.5) car', negative: '(rain:2)' });
+  t.same(values(one.promptEmbeds[0]), scaledBy(1.5), '(red:1.5): the embedding of the text alone, times 1.5');
+  const asWritten = toNumbers(enc.tokenize(['(rain:2)']).mask.toTypedArray()).reduce((a, b) => a + b, 0);
+  t.same(one.negativePromptEmbeds[0].shape, [asWritten, 32], 'the negative prompt is encoded as written (no weights)');
+  const two = await enc.encode({ positive: 'a (red:1.5) (car:0.5)', negative: 'rain' });
+  t.same(values(two.promptEmbeds[0]), scaledBy(0.75), 'two weights: times their product');
+  const off = await enc.encode({ positive: 'a (red:1.5) car', negative: 'rain' }, { promptWeights: false });
+  const offTokens = toNumbers(enc.tokenize(['a (red:1.5) car']).mask.toTypedArray()).reduce((a, b) => a + b, 0);
+  t.same(off.promptEmbeds[0].shape, [offTokens, 32], 'promptWeights: false encodes the text as written');
+  t.ok(offTokens > plain.shape[0], `(${offTokens} tokens against ${plain.shape[0]})`);
+  await t.rejects(enc.encode({ positive: 'a (red:1.2.3) car' }), { code: 'WAN_INVALID_OPTION',
+    message: 'Expected a number for the weight of "(red:1.2.3)" in the prompt but received "1.2.3"' });
+});
+
+t.test('promptWeights reads (text:weight) as the wrapper does', async (t) => {
+  t.same(promptWeights('a cat'), { text: 'a cat', scale: 1 });
+  t.same(promptWeights('a (red:1.5) car, (red:1.5) again'), { text: 'a red car, red again', scale: 1.5 }, 'every copy replaced; one text counts once');
+  t.same(promptWeights('(a:2) (b:3) (a:0.5)'), { text: 'a b a', scale: 1.5 }, 'a text given twice: its last weight');
+  // As Python's re.findall(r'\((.*?):([\d\.]+)\)', ...): the match starts at the first '(' and
+  // runs to the first ':<number>)' after it.
+  t.same(promptWeights('x (not a weight) (y:2)'), { text: 'x not a weight) (y', scale: 2 }, 'the wrapper\'s regex, quirks and all');
+  t.same(promptWeights('(smile:)'), { text: '(smile:)', scale: 1 }, 'no number, no weight');
 });
 
 t.test('a missing or corrupt tokenizer is a clear error naming where it looked', async (t) => {
