@@ -125,6 +125,7 @@ export interface GenerateSettings {
   batchedCfg: boolean;
   riflexFreqIndex: number;
   feta?: { weight: number; startPercent: number; endPercent: number };
+  slg?: { blocks: number[]; startPercent: number; endPercent: number };
   context?: Required<ContextOptions>;
 
   blocksToSwap: number;
@@ -383,6 +384,10 @@ export function generateCommand(): Command {
     option(g.sampling, '--feta-weight <x>', 'Enhance-A-Video weight, 0..100 (2.0 is typical)', { parse: number(0, 100), defaultText: 'off' }),
     option(g.sampling, '--feta-start-percent <x>', 'Enhance-A-Video from this fraction of the steps', { parse: number(0, 1), default: 0 }),
     option(g.sampling, '--feta-end-percent <x>', 'Enhance-A-Video until this fraction of the steps', { parse: number(0, 1), default: 1 }),
+    option(g.sampling, '--slg-blocks <list>', 'skip layer guidance: the transformer blocks the negative pass leaves out, ' +
+      'e.g. 9,10 (the wrapper\'s WanVideo SLG; 10 is its default)', { parse: blockList, defaultText: 'off' }),
+    option(g.sampling, '--slg-start-percent <x>', 'skip layer guidance from this fraction of the steps', { parse: number(0, 1), default: 0.1 }),
+    option(g.sampling, '--slg-end-percent <x>', 'skip layer guidance until this fraction of the steps', { parse: number(0, 1), default: 1 }),
     option(g.sampling, '--riflex-freq-index <n>', 'RIFLEx: the RoPE frame frequency stretched over the video, so that frames ' +
       'past the 81 the model was trained on do not repeat the first; 0 off, 6 is typical (1..22 for Wan2.1)',
       { parse: integer(0, 1000), default: 0 }),
@@ -486,6 +491,11 @@ export function settingsFrom(cmd: Command): GenerateSettings {
   for (const key of ['fetaStartPercent', 'fetaEndPercent']) {
     if (given(key) && o.fetaWeight === undefined) throw new UsageError(`${flag(key)} needs --feta-weight (which turns Enhance-A-Video on)`);
   }
+  for (const key of ['slgStartPercent', 'slgEndPercent']) {
+    if (given(key) && o.slgBlocks === undefined) throw new UsageError(`${flag(key)} needs --slg-blocks (which turns skip layer guidance on)`);
+  }
+  if (o.slgBlocks !== undefined && o.slgStartPercent > o.slgEndPercent)
+    throw new UsageError(`--slg-start-percent (${o.slgStartPercent}) is after --slg-end-percent (${o.slgEndPercent}): skip layer guidance would never apply`);
   if (o.fetaWeight !== undefined && o.fetaStartPercent > o.fetaEndPercent)
     throw new UsageError(`--feta-start-percent (${o.fetaStartPercent}) is after --feta-end-percent (${o.fetaEndPercent}): Enhance-A-Video would never apply`);
   if (given('clipCrop') && o.clipEmbeds)
@@ -565,6 +575,8 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     startStep: o.startStep, endStep: o.endStep, batchedCfg: o.batchedCfg === true, riflexFreqIndex: o.riflexFreqIndex,
     feta: o.fetaWeight === undefined ? undefined
       : { weight: o.fetaWeight, startPercent: o.fetaStartPercent, endPercent: o.fetaEndPercent },
+    slg: o.slgBlocks === undefined ? undefined
+      : { blocks: o.slgBlocks, startPercent: o.slgStartPercent, endPercent: o.slgEndPercent },
     context,
     blocksToSwap: o.blocksToSwap, prefetchBlocks: o.prefetchBlocks, maxMemory: o.maxMemory,
     vaeTiling: o.vaeTiling ? { tileX: o.tileX, tileY: o.tileY, tileStrideX: o.tileStrideX, tileStrideY: o.tileStrideY } : undefined,
@@ -701,6 +713,9 @@ async function preflight(s: GenerateSettings): Promise<Plan> {
   const layers = dit.config.num_layers;
   if (layers !== undefined && s.blocksToSwap > layers)
     throw new UsageError(`--blocks-to-swap: the model has ${layers} transformer blocks, so expected 0..${layers} but received ${s.blocksToSwap}`);
+  const slgBeyond = layers === undefined ? undefined : s.slg?.blocks.find((b) => b >= layers);
+  if (slgBeyond !== undefined)
+    throw new UsageError(`--slg-blocks: the model has ${layers} transformer blocks (0..${layers! - 1}) but block ${slgBeyond} is given`);
   for (const l of s.loras) {
     const beyond = layers === undefined ? undefined : l.blocks?.find((b) => b >= layers);
     if (beyond !== undefined)
@@ -913,7 +928,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
     const latent = keep(await new Sampler(model).sample({
       imageEmbeds: embeds, textEmbeds: text, steps: s.steps, cfg: s.cfg, shift: s.shift, seed, scheduler: s.scheduler,
       sigmas: s.sigmas, startStep: s.startStep, endStep: s.endStep, batchedCfg: s.batchedCfg,
-      contextOptions: s.context, fetaArgs: s.feta, riflexFreqIndex: s.riflexFreqIndex, signal,
+      contextOptions: s.context, fetaArgs: s.feta, slgArgs: s.slg, riflexFreqIndex: s.riflexFreqIndex, signal,
       onProgress: (p) => view.progress(p, 'steps'),
     }));
     // The denoiser and its conditioning are done with: freed before the VAE decodes.

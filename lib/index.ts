@@ -22,7 +22,7 @@ export type { ImageEmbeds, ImageToVideoEncodeOptions, VideoSize } from './condit
 export { planMemory, PLAN_DEVICES } from './memory-planner';
 export type { MemoryPlan, PlanMemoryOptions, PlanDevice, PlanSource, TensorEntry, StagePlan, DitMemoryPlan, MemoryStats, HeldBytes, VaeEstimator } from './memory-planner';
 export { Sampler } from './sampler';
-export type { SamplerOptions, SamplerProgress, FetaArgs } from './sampler';
+export type { SamplerOptions, SamplerProgress, FetaArgs, SlgArgs } from './sampler';
 export { schedule, SCHEDULER_NAMES } from './schedulers';
 export type { SchedulerName, Schedule, ScheduleOptions } from './schedulers';
 export type { ContextOptions, ContextSchedule, ContextFuse } from './context-windows';

@@ -195,6 +195,9 @@ export interface WanForwardInput {
   /** The latent frames RIFLEx spreads that period over: the whole video's (the Sampler gives it
    * for every context window); by default x[0]'s frames. */
   riflexLatentFrames?: number;
+  /** Skip layer guidance (the wrapper's slg_args): these blocks (0-based) are left out of this
+   * call, the residual stream passing them by. */
+  skipBlocks?: number[];
   /** The sampling step, counted from 0 at the first step run (the Sampler's startStep), as the
    * wrapper's loop counts: picks each per-step LoRA strength. */
   step?: number;
@@ -454,6 +457,10 @@ export class WanModel {
         throw invalidOption(`Expected a finite number for fetaWeight but received ${describeValue(input.fetaWeight)}`);
       if (input.step !== undefined && !(Number.isSafeInteger(input.step) && input.step >= 0))
         throw invalidOption(`Expected a non-negative integer for step but received ${describeValue(input.step)}`);
+      const skipBlocks = input.skipBlocks ?? [];
+      if (!Array.isArray(skipBlocks) || !skipBlocks.every((b) => Number.isSafeInteger(b) && b >= 0 && b < this.config.numLayers))
+        throw invalidOption(`Expected an array of block indices in 0..${this.config.numLayers - 1} for skipBlocks but received ` +
+                            describeValue(input.skipBlocks));
       const riflexFreqIndex = input.riflexFreqIndex ?? 0;
       const frequencies = riflexFrequencies(this.config);
       if (!Number.isSafeInteger(riflexFreqIndex) || riflexFreqIndex < 0 || riflexFreqIndex > frequencies)
@@ -469,6 +476,7 @@ export class WanModel {
         y: image ? handles(input.y, 'y') : undefined,
         fetaWeight: input.fetaWeight,
         ...(riflexFreqIndex > 0 ? { riflexFreqIndex, riflexLatentFrames } : {}),
+        ...(skipBlocks.length > 0 ? { skipBlocks } : {}),
         ...(loraStrengths ? { loraStrengths } : {}),
       };
       const abort = bridgeAbort(signal);

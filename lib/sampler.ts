@@ -28,6 +28,15 @@ export interface FetaArgs {
 }
 
 const FETA_OPTIONS = optionNames<FetaArgs>()({ weight: true, startPercent: true, endPercent: true });
+
+/** The wrapper's WanVideoSLG (slg_args): skip layer guidance. While it applies, the unconditional
+ * pass runs without these blocks, so guidance pushes away from what they would have added. */
+export interface SlgArgs {
+  blocks?: number[];      // [10]: the blocks the unconditional pass leaves out, 0-based
+  startPercent?: number;  // 0.1
+  endPercent?: number;    // 1.0
+}
+const SLG_OPTIONS = optionNames<SlgArgs>()({ blocks: true, startPercent: true, endPercent: true });
 const CONTEXT_OPTIONS = optionNames<ContextOptions>()({ schedule: true, frames: true, stride: true, overlap: true, freenoise: true, fuse: true });
 
 export interface SamplerProgress extends Progress {
@@ -51,6 +60,7 @@ export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
   addNoiseToSamples?: boolean;    // false: samples start the run as they are; true (and below denoiseStrength 1): mixed with noise at the first step's sigma
   contextOptions?: ContextOptions;
   fetaArgs?: FetaArgs;
+  slgArgs?: SlgArgs;
   riflexFreqIndex?: number;       // 0 (off): RIFLEx, 1..22 for Wan2.1 (6 typical), for videos past 81 frames
   batchedCfg?: boolean;           // false: run the conditional and unconditional passes as one batch
   preview?: boolean;              // false: add an RGB preview to each progress report
@@ -114,6 +124,7 @@ interface StepCall {
   t: number;
   cfg: number;
   fetaWeight?: number;
+  skipUnconditional?: number[];  // skip layer guidance: blocks the unconditional pass leaves out
   riflex?: { riflexFreqIndex: number; riflexLatentFrames: number };
   signal?: AbortSignal;
   batched: boolean;
@@ -124,7 +135,7 @@ interface StepCall {
 const SAMPLER_OPTIONS = optionNames<SamplerOptions>()({
   imageEmbeds: true, textEmbeds: true, steps: true, cfg: true, shift: true, seed: true, scheduler: true, sigmas: true,
   startStep: true, endStep: true, samples: true, denoiseStrength: true, addNoiseToSamples: true, contextOptions: true,
-  fetaArgs: true, riflexFreqIndex: true, batchedCfg: true, preview: true, forceOffload: true, onProgress: true, signal: true,
+  fetaArgs: true, slgArgs: true, riflexFreqIndex: true, batchedCfg: true, preview: true, forceOffload: true, onProgress: true, signal: true,
 });
 
 export class Sampler {
@@ -143,6 +154,7 @@ export class Sampler {
     if (typeof o !== 'object' || o === null) throw invalidOption(`Expected an object for options but received ${describeValue(o)}`);
     checkOptionNames(o, SAMPLER_OPTIONS);
     checkOptionNames(o.fetaArgs, FETA_OPTIONS, 'fetaArgs');
+    checkOptionNames(o.slgArgs, SLG_OPTIONS, 'slgArgs');
     checkOptionNames(o.contextOptions, CONTEXT_OPTIONS, 'contextOptions');
     const embeds = o.imageEmbeds;
     if (!embeds || !Array.isArray(embeds.targetShape) || embeds.targetShape.length !== 4)
@@ -177,6 +189,19 @@ export class Sampler {
       throw invalidOption(`Expected fetaArgs.startPercent (${feta.start}) at or below fetaArgs.endPercent (${feta.end}) ` +
         'but received a range in which Enhance-A-Video never applies');
 
+    const layers = this.model.config.numLayers;
+    const slg = o.slgArgs === undefined ? undefined : {
+      blocks: o.slgArgs.blocks ?? [10],
+      start: finiteIn('slgArgs.startPercent', o.slgArgs.startPercent, 0.1, 0, 1),
+      end: finiteIn('slgArgs.endPercent', o.slgArgs.endPercent, 1, 0, 1),
+    };
+    if (slg && (!Array.isArray(slg.blocks) || slg.blocks.length === 0 ||
+                !slg.blocks.every((b) => Number.isSafeInteger(b) && b >= 0 && b < layers)))
+      throw invalidOption(`Expected a non-empty array of block indices in 0..${layers - 1} for slgArgs.blocks but received ` +
+                          (Array.isArray(slg.blocks) ? `[${slg.blocks.map((b) => describeValue(b)).join(', ')}]` : describeValue(slg.blocks)));
+    if (slg && slg.start > slg.end)
+      throw invalidOption(`Expected slgArgs.startPercent (${slg.start}) at or below slgArgs.endPercent (${slg.end}) ` +
+        'but received a range in which skip layer guidance never applies');
     const riflexFreqIndex = o.riflexFreqIndex ?? 0;
     const frequencies = riflexFrequencies(this.model.config);
     if (!Number.isSafeInteger(riflexFreqIndex) || riflexFreqIndex < 0 || riflexFreqIndex > frequencies)
@@ -268,8 +293,9 @@ export class Sampler {
       const t = schedule.timesteps[i];
       const fraction = i / runSteps;
       const fetaWeight = feta && shape[1] > 1 && fraction >= feta.start && fraction <= feta.end ? feta.weight : undefined;
+      const skipUnconditional = slg && fraction >= slg.start && fraction <= slg.end ? slg.blocks : undefined;
       const call: StepCall = {
-        step: i, t, cfg: cfgAt(i), fetaWeight, signal: o.signal, batched: o.batchedCfg === true, pass: passes, numPrompts: prompts.length,
+        step: i, t, cfg: cfgAt(i), fetaWeight, skipUnconditional, signal: o.signal, batched: o.batchedCfg === true, pass: passes, numPrompts: prompts.length,
         // Over the whole video's latent frames, in every context window too (the wrapper's L_test).
         riflex: riflexFreqIndex > 0 ? { riflexFreqIndex, riflexLatentFrames: shape[1] } : undefined,
       };
@@ -313,7 +339,8 @@ export class Sampler {
       if (call.cfg === 1) {
         [cond] = take(await this.model.forward({ ...base, x: [x], t: Tensor.fromTypedArray(t1, [1]), context: [positive.context],
           ...withImage(positive), y: y ? [y] : undefined }, { signal: call.signal }));
-      } else if (call.batched && positive.clipFea === negative.clipFea) {
+      } else if (call.batched && positive.clipFea === negative.clipFea && !call.skipUnconditional) {
+        // (Skip layer guidance runs the two passes apart: they run different blocks.)
         [cond, uncond] = take(await this.model.forward({ ...base, x: [x, x], t: Tensor.fromTypedArray(Float64Array.of(call.t, call.t), [2]),
           context: [positive.context, negative.context],
           ...(y ? { clipFea: batchClip(positive.clipFea!) } : {}), y: y ? [y, y] : undefined }, { signal: call.signal }));
@@ -321,7 +348,7 @@ export class Sampler {
         [cond] = take(await this.model.forward({ ...base, x: [x], t: Tensor.fromTypedArray(t1, [1]), context: [positive.context],
           ...withImage(positive), y: y ? [y] : undefined }, { signal: call.signal }));
         [uncond] = take(await this.model.forward({ ...base, x: [x], t: Tensor.fromTypedArray(t1, [1]), context: [negative.context],
-          ...withImage(negative), y: y ? [y] : undefined }, { signal: call.signal }));
+          ...withImage(negative), y: y ? [y] : undefined, skipBlocks: call.skipUnconditional }, { signal: call.signal }));
       }
     } catch (err) {
       if (err instanceof WanError && err.code === 'WAN_ABORTED') throw abortedError();

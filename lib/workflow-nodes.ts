@@ -12,14 +12,14 @@ import { invalidOption, WanError } from './errors';
 import { loadImage } from './image';
 import { WanModel, type BlockSwapOptions, type LoraOptions, type Quantization } from './model';
 import type { Progress } from './progress';
-import { Sampler, type FetaArgs } from './sampler';
+import { Sampler, type FetaArgs, type SlgArgs } from './sampler';
 import type { SchedulerName } from './schedulers';
 import { Tensor } from './tensor';
 import { TextEncoder, type TextEmbeds } from './text-encoder';
 import { Vae, type VaeDecodeOptions } from './vae';
 import { videoCombine, type VideoCombineOptions, type VideoFormat } from './video';
 import type { GraphNode } from './workflow-graph';
-import { ATTENTION_MAP, LORA_BLOCK_TOGGLES } from './workflow-spec';
+import { ATTENTION_MAP, LORA_BLOCK_TOGGLES, slgBlocks } from './workflow-spec';
 
 /** One output of a node: its value, how to free it, and which of the node's inputs it borrows from. */
 export interface Produced {
@@ -323,6 +323,11 @@ export const EXECUTORS: Record<string, Executor> = {
     return [{ value: feta }];
   },
 
+  async WanVideoSLG(c) {
+    const slg: SlgArgs = { blocks: slgBlocks(c.value('blocks')), startPercent: c.value('start_percent'), endPercent: c.value('end_percent') };
+    return [{ value: slg }];
+  },
+
   async WanVideoSampler(c) {
     const context = c.input<ContextOptions>('context_options'), embeds = c.input<ImageEmbeds>('image_embeds');
     if (context?.frames !== undefined && embeds?.numFrames !== undefined && context.frames > embeds.numFrames)
@@ -336,7 +341,7 @@ export const EXECUTORS: Record<string, Executor> = {
       scheduler: c.value<SchedulerName>('scheduler'),
       samples: c.input<Tensor>('samples'), denoiseStrength: c.value('denoise_strength'),
       contextOptions: c.input<ContextOptions>('context_options'), fetaArgs: c.input<FetaArgs>('feta_args'),
-      riflexFreqIndex: c.value('riflex_freq_index'),
+      slgArgs: c.input<SlgArgs>('slg_args'), riflexFreqIndex: c.value('riflex_freq_index'),
       batchedCfg: c.value('batched_cfg'), startStep: c.value('start_step'), endStep: c.value('end_step'),
       addNoiseToSamples: c.value('add_noise_to_samples'), forceOffload: c.value('force_offload'),
       signal: c.signal, onProgress: c.onProgress,

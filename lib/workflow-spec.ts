@@ -58,6 +58,13 @@ const bool = (def: boolean, refuse?: InputBase['refuse']): Spec => ({ kind: 'BOO
 // The node allows steps of 8; Wan2.1's latent is patched 2 x 2, so sizes must be multiples of 16.
 const multipleOf16 = (v: unknown) => ((v as number) % 16 !== 0 ? `expected a multiple of 16 (the latent is patched 2 x 2) but received ${v}` : undefined);
 const str = (def: string): Spec => ({ kind: 'STRING', default: def });
+
+/** WanVideoSLG's blocks, as the wrapper reads them ([int(x.strip()) for x in blocks.split(',')]);
+ * undefined where that would fail. */
+export function slgBlocks(text: string): number[] | undefined {
+  const parts = text.split(',').map((x) => x.trim());
+  return parts.every((x) => /^[+-]?\d+$/.test(x)) ? parts.map(Number) : undefined;
+}
 const combo = (options: readonly string[], def: string, supported?: readonly string[], refuse?: InputBase['refuse']): Spec =>
   ({ kind: 'COMBO', options, default: def, supported, refuse });
 const file = (...folders: ModelFolder[]): Spec => ({ kind: 'FILE', folders });
@@ -329,6 +336,19 @@ const SPECS: NodeSpec[] = [
       ? `start_percent (${v.start_percent}) is after end_percent (${v.end_percent}): Enhance-A-Video would never apply` : undefined),
   },
   {
+    classType: 'WanVideoSLG',
+    outputs: ['SLGARGS'],
+    inputs: [
+      req('blocks', str('10')),
+      req('start_percent', float(0.1, 0, 1)),
+      req('end_percent', float(1, 0, 1)),
+    ],
+    check: (v) => (slgBlocks(v.blocks as string) === undefined
+      ? `blocks: expected block numbers separated by commas, such as "9,10", but received ${JSON.stringify(v.blocks)}`
+      : (v.start_percent as number) > (v.end_percent as number)
+        ? `start_percent (${v.start_percent}) is after end_percent (${v.end_percent}): skip layer guidance would never apply` : undefined),
+  },
+  {
     classType: 'WanVideoSampler',
     outputs: ['LATENT', 'LATENT'],
     inputs: [
@@ -349,7 +369,7 @@ const SPECS: NodeSpec[] = [
       opt('cache_args', link('CACHEARGS', notYet('TeaCache / MagCache / EasyCache (cache_args)'))),
       opt('flowedit_args', link('FLOWEDITARGS', 'FlowEdit was removed from the wrapper and is not supported')),
       opt('batched_cfg', bool(false)),
-      opt('slg_args', link('SLGARGS', notYet('skip layer guidance (slg_args)'))),
+      opt('slg_args', link('SLGARGS')),
       opt('rope_function', combo(['default', 'comfy', 'comfy_chunked'], 'comfy')),
       opt('loop_args', link('LOOPARGS', notYet('loop_args'))),
       opt('experimental_args', link('EXPERIMENTALARGS', notYet('experimental_args'))),

@@ -26,7 +26,7 @@ export interface NativeWanModel {
   graphStats(): { captures: number; replays: number; failure: string | null };
   offload(): Promise<void>;  // the weights back to the CPU, after the jobs queued before
   forward(input: { x: NativeTensor[]; t: NativeTensor; context: NativeTensor[]; seqLen: number;
-                   clipFea?: NativeTensor; y?: NativeTensor[]; fetaWeight?: number; riflexFreqIndex?: number; riflexLatentFrames?: number;
+                   clipFea?: NativeTensor; y?: NativeTensor[]; fetaWeight?: number; riflexFreqIndex?: number; riflexLatentFrames?: number; skipBlocks?: number[];
                    loraStrengths?: number[] }, trace: boolean, abortFlag?: Int32Array):
     Promise<{ outputs: NativeTensor[]; trace?: Record<string, NativeTensor> }>;
   setAttentionMode(mode: string): void;

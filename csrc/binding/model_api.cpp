@@ -152,7 +152,7 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
   }
 
   // forward({x, t, context, seqLen, clipFea?, y?, fetaWeight?, riflexFreqIndex?, riflexLatentFrames?,
-  //          loraStrengths?}, trace, abortFlag)
+  //          skipBlocks?, loraStrengths?}, trace, abortFlag)
   //   -> Promise<{outputs, trace?}>
   Napi::Value forward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -173,6 +173,10 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
       }
       if (o.Has("fetaWeight") && o.Get("fetaWeight").IsNumber())
         in.feta_weight = o.Get("fetaWeight").As<Napi::Number>().DoubleValue();
+      if (o.Get("skipBlocks").IsArray()) {
+        const auto list = o.Get("skipBlocks").As<Napi::Array>();
+        for (uint32_t i = 0; i < list.Length(); ++i) in.skip_blocks.push_back(list.Get(i).ToNumber().Int64Value());
+      }
       if (o.Get("riflexFreqIndex").IsNumber()) {
         in.riflex_freq_index = o.Get("riflexFreqIndex").As<Napi::Number>().Int64Value();
         in.riflex_latent_frames = o.Get("riflexLatentFrames").ToNumber().Int64Value();

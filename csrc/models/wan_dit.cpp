@@ -736,8 +736,13 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
   const bool eager_rope = !(options_.compile && c.qk_norm && !in.feta_weight);
   const ops::RopeAngles angles =
       !device.is_cpu() && eager_rope ? ops::rope_angles(grids, in.seq_len, rope, device) : ops::RopeAngles{};
+  for (const int64_t b : in.skip_blocks)
+    check(b >= 0 && b < c.num_layers, "forward: skipBlocks holds block " + std::to_string(b) + ", the model has blocks 0.." +
+                                          std::to_string(c.num_layers - 1));
+  const auto skipped = [&](int64_t i) { return std::find(in.skip_blocks.begin(), in.skip_blocks.end(), i) != in.skip_blocks.end(); };
   auto run_block = [&](const Block& block, int64_t i) {
     if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
+    if (skipped(i)) return;  // skip layer guidance: the residual stream passes the block by
     x = block_forward(block, static_cast<int>(i), std::move(x), e0, seq_lens, grids, rope, angles, context, context_img,
                       in.feta_weight, lora, trace);
   };
@@ -748,7 +753,7 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
     // graph's key in replay_blocks).
     const bool unpadded = std::all_of(lens.begin(), lens.end(), [&](int64_t n) { return n == in.seq_len; });
     at::Tensor replayed;
-    if (options_.cuda_graphs && !trace && !in.feta_weight && unpadded) {
+    if (options_.cuda_graphs && !trace && !in.feta_weight && unpadded && in.skip_blocks.empty()) {
       if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
       replayed = replay_blocks(BlockInputs{x, e0, seq_lens, grids, rope, angles, context, context_img, lora, riflex});
     }

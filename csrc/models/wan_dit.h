@@ -65,7 +65,7 @@ struct WanDitOptions {
   // torch.compile's 'reduce-overhead' (CUDA graphs): on a GPU, the blocks of a forward are
   // captured as one CUDA graph once two forwards in a row have the same shapes, and replayed
   // while they keep them. Only where nothing in the blocks needs the host: no block swap, no
-  // Enhance-A-Video, no trace, no padding, attention other than sageattn; elsewhere, and if a
+  // Enhance-A-Video, no skipped blocks, no trace, no padding, attention other than sageattn; elsewhere, and if a
   // capture fails, the blocks run as they are.
   bool cuda_graphs = false;
 };
@@ -96,6 +96,9 @@ struct WanDitInput {
   // is only part of them).
   int64_t riflex_freq_index = 0;
   int64_t riflex_latent_frames = 0;
+  // Skip layer guidance (the wrapper's slg_args): these blocks are left out of this call, the
+  // residual stream passing them by. The sampler asks it of the unconditional pass.
+  std::vector<int64_t> skip_blocks;
 };
 
 // Named intermediates of sample 0 for tests and debugging (names as in the goldens).

@@ -268,6 +268,8 @@ t.test('bad options exit 2 with a message naming the option, before anything is 
     [['--blocks-to-swap', '49'], /option '--blocks-to-swap <n>' argument '49' is invalid\. Expected an integer in 0\.\.48/],
     [['--prefetch-blocks', '1'], /--prefetch-blocks needs --blocks-to-swap/],
     [['--prefetch-blocks', '41'], /option '--prefetch-blocks <n>' argument '41' is invalid\. Expected an integer in 0\.\.40/],
+    [['--slg-start-percent', '0.2'], /^wan-native generate: --slg-start-percent needs --slg-blocks \(which turns skip layer guidance on\)$/m],
+    [['--slg-blocks', '0,5'], /^wan-native generate: --slg-blocks: the model has 2 transformer blocks \(0\.\.1\) but block 5 is given$/m],
     [['--riflex-freq-index', '7'], /^wan-native generate: --riflex-freq-index: the model's RoPE turns 6 frequencies with the frame, so expected 0\.\.6 but received 7$/m],
     [['--seed', '-1'], /option '--seed <n>' argument '-1' is invalid/],
     [['--cfg', '5,4,3'], /--cfg: expected one value or 2 \(one per step run\) but received 3/],

@@ -3,9 +3,11 @@
 // code at 9737cba9 on CPU in float32), plus seeds, guidance, split runs, T2I, Enhance-A-Video,
 // progress and cancellation.
 import t from 'tap';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { emptyEmbeds, imageToVideoEncode, loadSafetensors, riflexFrequencies, Sampler, schedule, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
+import { emptyEmbeds, imageToVideoEncode, loadSafetensors, riflexFrequencies, Sampler, saveSafetensors, schedule, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
 import type { SamplerProgress, TextEmbeds } from '../../lib/index';
 import { native } from '../../lib/native';
 import { fixturesDir, maxAbsDiff, officialSigmas, toNumbers, weightsDir } from '../helpers';
@@ -390,6 +392,45 @@ t.test('RIFLEx: every call, windows included, stretches the frequency over the w
   await t.rejects(new Sampler(model).sample({ ...o, riflexFreqIndex: 7 }),
     { code: 'WAN_INVALID_OPTION', message: /Expected an integer in 0\.\.6 for riflexFreqIndex \(0 is off, 6 typical\) but received 7/ });
   await t.rejects(forward({ riflexFreqIndex: 1.5 }), { code: 'WAN_INVALID_OPTION', message: /riflexFreqIndex/ });
+});
+
+t.test('skip layer guidance: the unconditional pass leaves the blocks out while it applies', async (t) => {
+  const { model, text } = await shared;
+  // A forward without block 0 is the forward of the model made of block 1 alone.
+  const { tensors } = await loadSafetensors(path.join(weightsDir, 'tiny_t2v_dit.f32.safetensors'));
+  const alone: Record<string, Tensor> = {};
+  for (const [k, v] of tensors) if (!k.startsWith('blocks.0.')) alone[k.replace(/^blocks\.1\./, 'blocks.0.')] = v;
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'wan-slg-')), 'one-block.safetensors');
+  t.teardown(() => fs.rmSync(path.dirname(file), { recursive: true, force: true }));
+  await saveSafetensors(file, alone);
+  const oneBlock = await WanModel.load(file, { numHeads: 2, textLen: 16 });
+  t.equal(oneBlock.config.numLayers, 1);
+  const x = new Tensor(new (native().NoiseGenerator)(3n).randn([16, 2, 4, 4]));
+  const input = { x: [x], t: Tensor.fromTypedArray(Float64Array.of(700), [1]), context: [text.promptEmbeds[0]], seqLen: 8 };
+  const [skipped] = await model.forward({ ...input, skipBlocks: [0] });
+  const [reference] = await oneBlock.forward(input);
+  t.equal(maxAbsDiff(skipped, reference), 0, 'skipBlocks [0]: bit for bit the model of block 1 alone');
+  oneBlock.dispose();
+  await t.rejects(model.forward({ ...input, skipBlocks: [2] }), { code: 'WAN_INVALID_OPTION', message: /block indices in 0\.\.1 for skipBlocks/ });
+
+  // The sampler: from startPercent to endPercent of the steps run, the unconditional calls only.
+  const seen: (number[] | undefined)[] = [];
+  const spy = {
+    config: model.config, offload: () => model.offload(),
+    forward: (input, options) => { seen.push(input.skipBlocks); return model.forward(input, options); },
+  } as Pick<WanModel, 'config' | 'offload' | 'forward'> as WanModel;
+  const o = { imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 5 }), textEmbeds: text, steps: 4, cfg: 4, seed: 1, scheduler: 'euler' as const };
+  const guided = await new Sampler(spy).sample({ ...o, slgArgs: { blocks: [1], startPercent: 0.5, endPercent: 1 } });
+  t.same(seen, [undefined, undefined, undefined, undefined, undefined, [1], undefined, [1]], 'steps 0.5 and 0.75: the second call of each');
+  t.ok(maxAbsDiff(guided, await new Sampler(model).sample(o)) > 1e-4, 'and it changes the result');
+  seen.length = 0;
+  const batched = await new Sampler(spy).sample({ ...o, batchedCfg: true, slgArgs: { blocks: [1], startPercent: 0.5 } });
+  t.same(seen.length, 2 + 4, 'batched cfg: one call for each step without it, two apart for each step with it');
+  t.equal(maxAbsDiff(batched, guided) <= 2e-5, true, `and the same result as unbatched (${maxAbsDiff(batched, guided).toExponential(2)})`);
+  await t.rejects(new Sampler(model).sample({ ...o, slgArgs: { blocks: [2] } }),
+    { code: 'WAN_INVALID_OPTION', message: /Expected a non-empty array of block indices in 0\.\.1 for slgArgs\.blocks but received \[2 of type number\]/ });
+  await t.rejects(new Sampler(model).sample({ ...o, slgArgs: { blocks: [0], startPercent: 0.8, endPercent: 0.2 } }),
+    { code: 'WAN_INVALID_OPTION', message: /slgArgs\.startPercent \(0\.8\) at or below slgArgs\.endPercent/ });
 });
 
 t.test('custom sigmas set the steps', async (t) => {
