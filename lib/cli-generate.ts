@@ -425,7 +425,7 @@ export function generateCommand(): Command {
     option(g.output, '--loop-count <n>', 'GIF and WebP: repeats after the first play, 0 forever; videos: extra copies',
       { parse: integer(0, 100), default: 0 }),
     option(g.output, '--pingpong', 'append the frames backwards, for a seamless loop'),
-    option(g.output, '--crf <n>', 'constant rate factor of video formats', { parse: integer(0, 63), defaultText: 'h264 19, h265 22, webm 20' }),
+    option(g.output, '--crf <n>', 'constant rate factor of video formats', { parse: integer(0, 100), defaultText: 'h264 19, h265 22, webm 20' }),
     option(g.output, '--pix-fmt <name>', 'pixel format of video formats: yuv420p, yuv420p10le (h264, h265), yuva420p (webm)',
       { defaultText: 'yuv420p; h265 yuv420p10le' }),
     option(g.output, '--no-lossless', 'WebP: lossy at quality 80 instead of lossless'),

@@ -50,7 +50,7 @@ export interface VideoCombineOptions extends LongCallOptions {
   outputDir?: string;
   /** Where saveOutput: false writes; default `<os.tmpdir()>/wan-native`. */
   tempDir?: string;
-  /** Constant rate factor of the video formats: h264 19 (0..51), h265 22 (0..51), webm 20 (0..63). */
+  /** Constant rate factor of the video formats: h264 19 (0..100, as VHS; x264 takes above 51 as 51), h265 22 (0..51), webm 20 (0..63). */
   crf?: number;
   /** Pixel format of the video formats: h264 yuv420p | yuv420p10le, h265 yuv420p10le | yuv420p, webm yuv420p | yuva420p. */
   pixFmt?: string;
@@ -97,9 +97,10 @@ interface VideoCodec {
   pixFmts: readonly string[];  // the first is the default
 }
 
-// Per-format settings, after VHS's video_formats/*.json.
+// Per-format settings, after VHS's video_formats/*.json. VHS offers crf 0..100 for each; x264
+// takes anything above 51 as 51, where x265 and libvpx fail, so their ranges end at theirs.
 const VIDEO_CODECS: Partial<Record<VideoFormat, VideoCodec>> = {
-  'video/h264-mp4': { crf: { default: 19, max: 51 }, pixFmts: ['yuv420p', 'yuv420p10le'] },
+  'video/h264-mp4': { crf: { default: 19, max: 100 }, pixFmts: ['yuv420p', 'yuv420p10le'] },
   'video/h265-mp4': { crf: { default: 22, max: 51 }, pixFmts: ['yuv420p10le', 'yuv420p'] },
   'video/webm': { crf: { default: 20, max: 63 }, pixFmts: ['yuv420p', 'yuva420p'] },
 };
@@ -629,15 +630,42 @@ function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
+// A temporary file left by a process that is gone (killed before it could clean up): its writer
+// no longer runs here and it has not changed for an hour (a write in progress, even a slow
+// stream, touches its file far more often; another machine's process on a shared folder would
+// look gone, and the hour keeps its file safe).
+const TEMP_NAME = /\.tmp-(\d+)-[a-z0-9]+$/;
+const STALE_MS = 60 * 60 * 1000;
+function isStaleTemp(folder: string, name: string): boolean {
+  const m = TEMP_NAME.exec(name);
+  if (!m) return false;
+  const pid = Number(m[1]);
+  if (pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') return false;
+  }
+  const stat = fs.statSync(path.join(folder, name), { throwIfNoEntry: false });
+  return stat !== undefined && Date.now() - stat.mtimeMs > STALE_MS;
+}
+
 // 1 + the largest counter of `<base>_<digits>` followed by the end or a non-digit, among the
 // names in `folder` (files of any format, sequences `<base>_00001_0001.png` and the temporary
-// files of writes in progress, which so reserve their counter).
+// files of writes in progress, which so reserve their counter). Stale temporary files are
+// removed on the way, freeing theirs.
 function nextCounter(folder: string, base: string): number {
   const re = new RegExp(`^${escapeRegExp(base)}_(\\d+)(?:\\D|$)`);
   let max = 0;
   for (const name of fs.readdirSync(folder)) {
     const m = re.exec(name);
-    if (m) max = Math.max(max, Number(m[1]));
+    if (!m) continue;
+    if (isStaleTemp(folder, name)) {
+      fs.rmSync(path.join(folder, name), { force: true });
+      continue;
+    }
+    max = Math.max(max, Number(m[1]));
   }
   return max + 1;
 }

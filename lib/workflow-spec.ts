@@ -99,7 +99,7 @@ const VHS_FORMATS = ['image/gif', 'image/webp', 'video/16bit-png', 'video/8bit-p
 
 // The per-format widgets of VHS's video formats (video_formats/*.json) the library writes.
 const VHS_CODECS: Record<string, { pixFmts: string[]; maxCrf: number }> = {
-  'video/h264-mp4': { pixFmts: ['yuv420p', 'yuv420p10le'], maxCrf: 51 },
+  'video/h264-mp4': { pixFmts: ['yuv420p', 'yuv420p10le'], maxCrf: 100 },  // x264 takes above 51 as 51
   'video/h265-mp4': { pixFmts: ['yuv420p10le', 'yuv420p'], maxCrf: 51 },
   'video/webm': { pixFmts: ['yuv420p', 'yuva420p'], maxCrf: 63 },
 };

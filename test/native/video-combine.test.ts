@@ -285,6 +285,21 @@ t.test('names: the counter follows the largest in use and never overwrites', asy
   t.same(listFiles(outputDir).filter((f) => f.includes('.tmp-')), [], 'no temporary files left');
 });
 
+t.test('a temporary file its killed writer left behind frees its counter after an hour', async (t) => {
+  const outputDir = newDir();
+  fs.mkdirSync(outputDir);
+  const gone = 4194303;  // above Linux's default pid_max (4194304 at most): no such process
+  const old = (name: string) => { const f = path.join(outputDir, name); fs.writeFileSync(f, 'half'); fs.utimesSync(f, new Date(Date.now() - 2 * 3600e3), new Date(Date.now() - 2 * 3600e3)); return f; };
+  const stale = old(`k_00007.mp4.tmp-${gone}-abc123`);
+  const mine = old(`k_00004.mp4.tmp-${process.pid}-def456`);
+  const recent = path.join(outputDir, `k_00003.mp4.tmp-${gone}-0a1b2c`);
+  fs.writeFileSync(recent, 'being written');
+  const r = await videoCombine(frames(), { format: 'image/png', filenamePrefix: 'k', outputDir, saveMetadata: false });
+  t.match(path.basename(r.files[0]), /^k_00005_0001\.png$/, 'the counter after the live and recent ones, not after the stale one');
+  t.notOk(fs.existsSync(stale), 'the stale temporary file is removed');
+  t.ok(fs.existsSync(mine) && fs.existsSync(recent), 'this process\'s and a recent one are kept');
+});
+
 t.test('a prefix may name subfolders, never outside the output folder', async (t) => {
   const outputDir = newDir();
   const r = await videoCombine(frames(), { format: 'image/png', filenamePrefix: 'wan/run 1/clip', outputDir });
@@ -319,6 +334,9 @@ t.test('counter: one for the files of one output in several formats; outputCount
   for (const format of ['video/h264-mp4', 'image/webp'] as VideoFormat[])
     names.push(...(await videoCombine(frames(), { format, outputDir, filenamePrefix: 'm', counter, saveMetadata: false })).files.map((f) => path.basename(f)));
   t.same(names, ['m_00002.mp4', 'm_00002.webp'], 'both formats under counter 2');
+  // crf up to 100 for h264, as VHS offers it (x264 takes it as 51).
+  const loose = await videoCombine(frames(), { format: 'video/h264-mp4', outputDir, filenamePrefix: 'loose', crf: 100, saveMetadata: false });
+  t.equal(Number(ffprobe(loose.files[0]).streams[0].nb_read_frames), F, 'crf 100: a readable MP4 of every frame');
   // A name that is taken moves the output on, as ever: nothing is replaced.
   const again = await videoCombine(frames(), { format: 'video/h264-mp4', outputDir, filenamePrefix: 'm', counter: 2, saveMetadata: false });
   t.same(again.files.map((f) => path.basename(f)), ['m_00003.mp4']);
@@ -374,7 +392,8 @@ t.test('options are validated with messages that name them', async (t) => {
     [{ loopCount: 101 }, 'Expected an integer between 0 and 100 for loopCount but received 101 of type number'],
     [{ loopCount: 1.5 }, 'Expected an integer between 0 and 100 for loopCount but received 1.5 of type number'],
     [{ format: 'image/png', loopCount: 1 }, 'Expected loopCount 0 for format image/png (a PNG sequence does not loop) but received 1 of type number'],
-    [{ format: 'video/h264-mp4', crf: 52 }, 'Expected an integer between 0 and 51 for crf (video/h264-mp4) but received 52 of type number'],
+    [{ format: 'video/h264-mp4', crf: 101 }, 'Expected an integer between 0 and 100 for crf (video/h264-mp4) but received 101 of type number'],
+    [{ format: 'video/h265-mp4', crf: 52 }, 'Expected an integer between 0 and 51 for crf (video/h265-mp4) but received 52 of type number'],
     [{ format: 'video/webm', crf: -1 }, 'Expected an integer between 0 and 63 for crf (video/webm) but received -1 of type number'],
     [{ format: 'video/h265-mp4', pixFmt: 'yuv444p' }, 'Expected one of yuv420p10le, yuv420p for pixFmt (video/h265-mp4) but received "yuv444p" of type string'],
     [{ format: 'image/gif', crf: 10 }, 'crf applies to video/h264-mp4, video/h265-mp4, video/webm only, not to format image/gif'],
