@@ -5,6 +5,7 @@
 import type { ClipEmbeds } from './clip';
 import { checkOptionNames, describeValue, invalidOption, optionNames, withCallerStack } from './errors';
 import { ImageInput, loadImage } from './image';
+import { resizeLanczos } from './lanczos';
 import { native } from './native';
 import { seedOf } from './sampler';
 import { LongCallOptions } from './progress';
@@ -64,7 +65,7 @@ function latentShape(width: number, height: number, numFrames: number): [number,
 const SIZE_OPTIONS = optionNames<VideoSize>()({ width: true, height: true, numFrames: true });
 const I2V_OPTIONS = optionNames<ImageToVideoEncodeOptions>()({
   vae: true, startImage: true, endImage: true, clipEmbeds: true, noiseAugStrength: true, startLatentStrength: true,
-  endLatentStrength: true, seed: true, forceOffload: true, width: true, height: true, numFrames: true, signal: true, onProgress: true,
+  endLatentStrength: true, seed: true, forceOffload: true, resize: true, width: true, height: true, numFrames: true, signal: true, onProgress: true,
 });
 
 export function emptyEmbeds(o: VideoSize = {}): ImageEmbeds {
@@ -94,6 +95,26 @@ export interface ImageToVideoEncodeOptions extends VideoSize, LongCallOptions {
   seed?: number | bigint;
   /** Offload the VAE when the encode is done (true, as the wrapper): see Vae.offload(). */
   forceOffload?: boolean;
+  /** How an image of another size is resized to width x height: 'lanczos' (default, as the
+   * wrapper: Pillow's LANCZOS on the 8-bit image, through ComfyUI's common_upscale) or 'bicubic'
+   * (torch's interpolate without antialiasing, as the official image2video.py). */
+  resize?: ImageResize;
+}
+
+export type ImageResize = 'lanczos' | 'bicubic';
+const IMAGE_RESIZES: readonly ImageResize[] = ['lanczos', 'bicubic'];
+
+// An image [3, H, W] in [-1, 1] at width x height, resized as `how` says when its size differs.
+function resized(image: Tensor, name: string, height: number, width: number, how: ImageResize): Float32Array {
+  const [, h, w] = image.shape;
+  if (h === height && w === width) return Float32Array.from(image.toTypedArray() as ArrayLike<number>);
+  if (how === 'bicubic') return new Tensor(native().resizeBicubic(Tensor.handle(image, name), height, width)).toTypedArray() as Float32Array;
+  // ComfyUI's lanczos(): its IMAGE (x + 1) / 2 to bytes as numpy does it in float32 (255 * v,
+  // clipped, truncated), Pillow's resize, bytes back / 255; then the wrapper's * 2 - 1.
+  const f32 = Math.fround;
+  const bytes = Uint8Array.from(image.toTypedArray() as ArrayLike<number>,
+    (x) => Math.trunc(Math.min(255, Math.max(0, f32(255 * f32(f32(x + 1) / 2))))));
+  return Float32Array.from(resizeLanczos(bytes, 3, h, w, height, width), (b) => f32(f32(f32(b / 255) * 2) - 1));
 }
 
 function checkStrength(name: string, value: unknown, fallback: number): number {
@@ -113,7 +134,7 @@ async function imageTensor(image: Tensor | ImageInput, name: string): Promise<Te
 
 /**
  * WanVideoImageToVideoEncode: the I2V / FLF2V conditioning. The images are resized to
- * width x height bicubically (torch's interpolate, as the official code), put at the first
+ * width x height where their size differs (`resize`: Lanczos as the wrapper by default), put at the first
  * (and last) of numFrames frames with black (zero) frames between, VAE-encoded, and stacked
  * under a 4-channel mask that is 1 on the given frames: y = [mask 4, latent 16] x [T, H/8, W/8].
  */
@@ -132,6 +153,9 @@ export function imageToVideoEncode(o: ImageToVideoEncodeOptions): Promise<ImageE
     const hasEnd = o.endImage !== undefined;
     if (hasEnd && numFrames < 5) throw invalidOption(`Expected numFrames >= 5 with an endImage but received ${numFrames}`);
     const seed = seedOf(o.seed);
+    const resize = o.resize ?? 'lanczos';
+    if (!IMAGE_RESIZES.includes(resize))
+      throw invalidOption(`Expected one of ${IMAGE_RESIZES.join(', ')} for resize but received ${describeValue(o.resize)}`);
 
     // The conditioning video [3, F, H, W]: the resized image(s), zeros between.
     const video = new Float32Array(3 * numFrames * height * width);
@@ -139,7 +163,7 @@ export function imageToVideoEncode(o: ImageToVideoEncodeOptions): Promise<ImageE
     if (hasEnd) images.push(await imageTensor(o.endImage!, 'endImage'));
     const generator = noiseAug > 0 ? new (native().NoiseGenerator)(seed) : undefined;
     images.forEach((image, k) => {
-      const pixels = new Tensor(native().resizeBicubic(Tensor.handle(image, k ? 'endImage' : 'startImage'), height, width)).toTypedArray() as Float32Array;
+      const pixels = resized(image, k ? 'endImage' : 'startImage', height, width, resize);
       if (generator) {
         // The wrapper's add_noise_to_reference_video: noise everywhere but on pure black (-1).
         const noise = generator.randn([3, height, width]).toTypedArray() as Float32Array;

@@ -18,7 +18,7 @@ export type { Device, Placement } from './device';
 export type { AttentionMode, BasePrecision, BlockSwapOptions, LoraOptions, ModelLoaderOptions, Quantization, WanModelConfig, WanForwardInput } from './model';
 export type { Progress, LongCallOptions } from './progress';
 export { emptyEmbeds, imageToVideoEncode } from './conditioning';
-export type { ImageEmbeds, ImageToVideoEncodeOptions, VideoSize } from './conditioning';
+export type { ImageEmbeds, ImageResize, ImageToVideoEncodeOptions, VideoSize } from './conditioning';
 export { planMemory, PLAN_DEVICES } from './memory-planner';
 export type { MemoryPlan, PlanMemoryOptions, PlanDevice, PlanSource, TensorEntry, StagePlan, DitMemoryPlan, MemoryStats, HeldBytes, VaeEstimator } from './memory-planner';
 export { Sampler } from './sampler';

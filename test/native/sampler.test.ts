@@ -266,13 +266,15 @@ t.test('I2V and FLF2V conditioning and an I2V run equal the official code', asyn
   const { g, text } = await shared;
   const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
   const size = { width: 48, height: 32, numFrames: 5 };
+  // resize 'bicubic': the official image2video.py's interpolate (the wrapper's Lanczos is the default).
+  const official = { ...size, resize: 'bicubic' as const };
   const clip = new Tensor(new (native().NoiseGenerator)(11n).randn([1, 257, 1280]));
-  const i2v = await imageToVideoEncode({ vae, ...size, startImage: g.get('i2v.image')!, clipEmbeds: { clipEmbeds: clip } });
+  const i2v = await imageToVideoEncode({ vae, ...official, startImage: g.get('i2v.image')!, clipEmbeds: { clipEmbeds: clip } });
   t.same(i2v.targetShape, [16, 2, 4, 6]);
   t.equal(i2v.seqLen, 12);
   let err = maxAbsDiff(i2v.y!, g.get('i2v.y')!);
   t.ok(err <= 1e-5, `I2V y: max abs error ${err.toExponential(2)} <= 1e-5`);
-  const flf = await imageToVideoEncode({ vae, ...size, startImage: g.get('i2v.image')!, endImage: g.get('i2v.end_image')! });
+  const flf = await imageToVideoEncode({ vae, ...official, startImage: g.get('i2v.image')!, endImage: g.get('i2v.end_image')! });
   err = maxAbsDiff(flf.y!, g.get('flf2v.y')!);
   t.ok(err <= 1e-5, `FLF2V y: max abs error ${err.toExponential(2)} <= 1e-5`);
 
@@ -291,7 +293,7 @@ t.test('I2V and FLF2V conditioning and an I2V run equal the official code', asyn
   });
 
   // Latent strengths scale the first and last latent frames of the 16 latent channels.
-  const strong = await imageToVideoEncode({ vae, ...size, startImage: g.get('i2v.image')!, endImage: g.get('i2v.end_image')!,
+  const strong = await imageToVideoEncode({ vae, ...official, startImage: g.get('i2v.image')!, endImage: g.get('i2v.end_image')!,
     startLatentStrength: 0.5, endLatentStrength: 2 });
   const a = strong.y!.toTypedArray() as Float32Array, b = flf.y!.toTypedArray() as Float32Array;
   const plane = 24;
@@ -300,17 +302,38 @@ t.test('I2V and FLF2V conditioning and an I2V run equal the official code', asyn
   t.equal(a[0], 1, 'the mask is untouched');
   // Without an end image the last latent frame (the encoded blank frames) is scaled too, as the
   // wrapper's y[:, -1:] *= end_latent_strength.
-  const startOnly = await imageToVideoEncode({ vae, ...size, startImage: g.get('i2v.image')!, endLatentStrength: 2 });
+  const startOnly = await imageToVideoEncode({ vae, ...official, startImage: g.get('i2v.image')!, endLatentStrength: 2 });
   const c = startOnly.y!.toTypedArray() as Float32Array, d = i2v.y!.toTypedArray() as Float32Array;
   const frames = startOnly.y!.shape[1];
   const last = (4 * frames + frames - 1) * plane + 3;
   t.ok(d[last] !== 0, 'the blank frames encode to something');
   t.equal(c[last], d[last] * 2, 'start image only: the last latent frame x2');
-  await t.rejects(imageToVideoEncode({ vae, ...size, startImage: g.get('i2v.image')!, noiseAugStrength: -1 }),
+  await t.rejects(imageToVideoEncode({ vae, ...official, startImage: g.get('i2v.image')!, noiseAugStrength: -1 }),
     { code: 'WAN_INVALID_OPTION', message: /0\.\.10 for noiseAugStrength but received -1/ });
-  const noisy = await imageToVideoEncode({ vae, ...size, startImage: g.get('i2v.image')!, noiseAugStrength: 0.1 });
+  const noisy = await imageToVideoEncode({ vae, ...official, startImage: g.get('i2v.image')!, noiseAugStrength: 0.1 });
   t.ok(maxAbsDiff(noisy.y!, i2v.y!) > 1e-3, 'noise augmentation changes the encoded image');
   model.dispose();
+  vae.dispose();
+});
+
+t.test('I2V images of another size: Lanczos by default, as the wrapper; bicubic as the official code', async (t) => {
+  const { g } = await shared;
+  const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
+  const size = { width: 48, height: 32, numFrames: 5 };
+  const image = g.get('i2v.image')!;
+  t.not(image.shape.slice(1).join('x'), '32x48', `the image (${image.shape.slice(1).join('x')}) is resized`);
+  const byDefault = await imageToVideoEncode({ vae, ...size, startImage: image });
+  const lanczos = await imageToVideoEncode({ vae, ...size, startImage: image, resize: 'lanczos' });
+  const bicubic = await imageToVideoEncode({ vae, ...size, startImage: image, resize: 'bicubic' });
+  t.equal(maxAbsDiff(byDefault.y!, lanczos.y!), 0, 'the default is Lanczos');
+  t.ok(maxAbsDiff(lanczos.y!, bicubic.y!) > 1e-3, 'which is not bicubic');
+  // An image of the target size is used as it is, whichever way was asked.
+  const exact = Tensor.fromTypedArray(Float32Array.from({ length: 3 * 32 * 48 }, (_, i) => Math.fround(Math.round(127.5 + 120 * Math.sin(i)) / 127.5 - 1)), [3, 32, 48]);
+  const a = await imageToVideoEncode({ vae, ...size, startImage: exact, resize: 'lanczos' });
+  const b = await imageToVideoEncode({ vae, ...size, startImage: exact, resize: 'bicubic' });
+  t.equal(maxAbsDiff(a.y!, b.y!), 0, 'the target size: no resize either way');
+  await t.rejects(imageToVideoEncode({ vae, ...size, startImage: image, resize: 'nearest' as never }),
+    { code: 'WAN_INVALID_OPTION', message: 'Expected one of lanczos, bicubic for resize but received "nearest" of type string' });
   vae.dispose();
 });
 
