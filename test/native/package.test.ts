@@ -26,7 +26,8 @@ t.test('import * as wan from "wan-native" gives the same named exports', async (
   t.equal(r.status, 0, r.stderr);
   t.equal(r.stdout.trim(),
     'ATTENTION_MODES,ClipVisionEncoder,DEFAULT_NEGATIVE_PROMPT,DTYPES,PLAN_DEVICES,QUANTIZATIONS,SCHEDULER_NAMES,Sampler,Tensor,TextEncoder,VIDEO_FORMATS,Vae,WanError,WanModel,' +
-    'emptyEmbeds,imageToVideoEncode,inspectCheckpoint,loadCheckpoint,loadImage,loadSafetensors,parseWorkflow,planMemory,runWorkflow,runtimeInfo,' +
+    'emptyEmbeds,imageToVideoEncode,inspectCheckpoint,loadCheckpoint,loadImage,loadSafetensors,outputCounter,parseWorkflow,planMemory,' +
+    'prepareOutput,promptWeights,riflexFrequencies,runWorkflow,runtimeInfo,' +
     'saveSafetensors,schedule,setThreads,videoCombine 2 WAN_IO');
 });
 
