@@ -24,7 +24,7 @@ import { formatSeconds, StageView } from './cli-view';
 import { ATTENTION_MODES, BASE_PRECISIONS, riflexFrequencies, storedQuantization, WanModel, type AttentionMode, type BasePrecision, type ModelLoaderOptions } from './model';
 import { planMemory } from './memory-planner';
 import { native } from './native';
-import { Sampler } from './sampler';
+import { Sampler, type TeaCacheArgs } from './sampler';
 import { schedule, SCHEDULER_NAMES, type SchedulerName } from './schedulers';
 import { Tensor } from './tensor';
 import { DEFAULT_NEGATIVE_PROMPT, TextEncoder, type TextEmbeds } from './text-encoder';
@@ -126,6 +126,7 @@ export interface GenerateSettings {
   riflexFreqIndex: number;
   feta?: { weight: number; startPercent: number; endPercent: number };
   slg?: { blocks: number[]; startPercent: number; endPercent: number };
+  teaCache?: TeaCacheArgs;
   context?: Required<ContextOptions>;
 
   blocksToSwap: number;
@@ -388,6 +389,14 @@ export function generateCommand(): Command {
       'e.g. 9,10 (the wrapper\'s WanVideo SLG; 10 is its default)', { parse: blockList, defaultText: 'off' }),
     option(g.sampling, '--slg-start-percent <x>', 'skip layer guidance from this fraction of the steps', { parse: number(0, 1), default: 0.1 }),
     option(g.sampling, '--slg-end-percent <x>', 'skip layer guidance until this fraction of the steps', { parse: number(0, 1), default: 1 }),
+    option(g.sampling, '--teacache <threshold>', 'TeaCache: skip the transformer blocks of a step, reusing what they added ' +
+      'before, while the time embedding has changed less than this (rel_l1_thresh 0..1: 1.3B 0.05-0.08, others 0.15-0.30)',
+      { parse: number(0, 1), defaultText: 'off' }),
+    option(g.sampling, '--teacache-start-step <n>', 'TeaCache from this step run', { parse: integer(0, 9999), default: 1 }),
+    option(g.sampling, '--teacache-end-step <n>', 'TeaCache until this step run; -1 to the end', { parse: integer(-1, 9999), default: -1 }),
+    option(g.sampling, '--teacache-mode <mode>', 'what TeaCache compares: e (the time embedding) or e0 (its modulation)', { choices: ['e', 'e0'], default: 'e' }),
+    option(g.sampling, '--teacache-coefficients <model>', 'whose rescaling polynomial TeaCache uses (none: the change as it is); ' +
+      'by default the model\'s, as the wrapper picks it', { choices: ['1_3B', '14B', 'i2v_480', 'i2v_720', 'none'], defaultText: 'the model\'s' }),
     option(g.sampling, '--riflex-freq-index <n>', 'RIFLEx: the RoPE frame frequency stretched over the video, so that frames ' +
       'past the 81 the model was trained on do not repeat the first; 0 off, 6 is typical (1..22 for Wan2.1)',
       { parse: integer(0, 1000), default: 0 }),
@@ -491,6 +500,11 @@ export function settingsFrom(cmd: Command): GenerateSettings {
   for (const key of ['fetaStartPercent', 'fetaEndPercent']) {
     if (given(key) && o.fetaWeight === undefined) throw new UsageError(`${flag(key)} needs --feta-weight (which turns Enhance-A-Video on)`);
   }
+  for (const key of ['teacacheStartStep', 'teacacheEndStep', 'teacacheMode', 'teacacheCoefficients']) {
+    if (given(key) && o.teacache === undefined) throw new UsageError(`${flag(key)} needs --teacache (which turns TeaCache on)`);
+  }
+  if (o.teacache !== undefined && o.batchedCfg)
+    throw new UsageError('--batched-cfg and --teacache: TeaCache keeps the positive and negative passes apart; leave one out');
   for (const key of ['slgStartPercent', 'slgEndPercent']) {
     if (given(key) && o.slgBlocks === undefined) throw new UsageError(`${flag(key)} needs --slg-blocks (which turns skip layer guidance on)`);
   }
@@ -575,6 +589,11 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     startStep: o.startStep, endStep: o.endStep, batchedCfg: o.batchedCfg === true, riflexFreqIndex: o.riflexFreqIndex,
     feta: o.fetaWeight === undefined ? undefined
       : { weight: o.fetaWeight, startPercent: o.fetaStartPercent, endPercent: o.fetaEndPercent },
+    teaCache: o.teacache === undefined ? undefined : {
+      relL1Thresh: o.teacache, startStep: o.teacacheStartStep, endStep: o.teacacheEndStep, mode: o.teacacheMode,
+      ...(o.teacacheCoefficients === 'none' ? { useCoefficients: false }
+        : o.teacacheCoefficients !== undefined ? { coefficients: o.teacacheCoefficients } : {}),
+    },
     slg: o.slgBlocks === undefined ? undefined
       : { blocks: o.slgBlocks, startPercent: o.slgStartPercent, endPercent: o.slgEndPercent },
     context,
@@ -923,18 +942,21 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
     }
     view.end();
 
+    let teaCacheSkipped: number | undefined;
     view.begin('sampling', `${sampleSteps} step${sampleSteps > 1 ? 's' : ''} of ${s.scheduler}, ${latentFrames} latent frame${latentFrames > 1 ? 's' : ''}` +
       (s.context ? `, context windows of ${s.context.frames} frames` : ''));
     const latent = keep(await new Sampler(model).sample({
       imageEmbeds: embeds, textEmbeds: text, steps: s.steps, cfg: s.cfg, shift: s.shift, seed, scheduler: s.scheduler,
       sigmas: s.sigmas, startStep: s.startStep, endStep: s.endStep, batchedCfg: s.batchedCfg,
-      contextOptions: s.context, fetaArgs: s.feta, slgArgs: s.slg, riflexFreqIndex: s.riflexFreqIndex, signal,
-      onProgress: (p) => view.progress(p, 'steps'),
+      contextOptions: s.context, fetaArgs: s.feta, slgArgs: s.slg, cacheArgs: s.teaCache, riflexFreqIndex: s.riflexFreqIndex, signal,
+      onProgress: (p) => { teaCacheSkipped = p.teaCacheSkipped; view.progress(p, 'steps'); },
     }));
     // The denoiser and its conditioning are done with: freed before the VAE decodes.
     free(model);
     for (const x of [...text.promptEmbeds, ...text.negativePromptEmbeds, embeds.y, clipEmbeds?.clipEmbeds, clipEmbeds?.negativeClipEmbeds]) free(x);
-    view.end((seconds) => (extra.sampling = `${(seconds / sampleSteps).toFixed(2)} s/step`));
+    // Model calls: one per step, two where cfg is not 1 (a context window's count as one each).
+    view.end((seconds) => (extra.sampling = `${(seconds / sampleSteps).toFixed(2)} s/step` +
+      (teaCacheSkipped !== undefined ? `, TeaCache skipped ${teaCacheSkipped} model call${teaCacheSkipped === 1 ? '' : 's'}` : '')));
 
     // Decode and write. One format: frames are encoded as they are decoded, never all in memory;
     // several: the video is decoded once and written in each format.

@@ -15,14 +15,15 @@ export type { TextEncoderOptions, TextEmbeds, EncodeOptions } from './text-encod
 export type { VaeOptions, VaeEncodeOptions, VaeDecodeOptions, VaeMemoryEstimate, VaeMemoryEstimateOptions, VaeDecodeCall, VaeTileOptions } from './vae';
 export { ClipVisionEncoder, loadImage, type ClipVisionOptions, type ClipVisionEncodeOptions, type ClipEmbeds, type ClipVisionConfig, type ClipCrop, type ClipCombine, type ImageInput } from './clip';
 export type { Device, Placement } from './device';
-export type { AttentionMode, BasePrecision, BlockSwapOptions, LoraOptions, ModelLoaderOptions, Quantization, WanModelConfig, WanForwardInput } from './model';
+export type { AttentionMode, BasePrecision, BlockSwapOptions, LoraOptions, ModelLoaderOptions, Quantization, WanModelConfig, WanForwardInput, TeaCacheCall } from './model';
 export type { Progress, LongCallOptions } from './progress';
 export { emptyEmbeds, imageToVideoEncode } from './conditioning';
 export type { ImageEmbeds, ImageResize, ImageToVideoEncodeOptions, VideoSize } from './conditioning';
 export { planMemory, PLAN_DEVICES } from './memory-planner';
 export type { MemoryPlan, PlanMemoryOptions, PlanDevice, PlanSource, TensorEntry, StagePlan, DitMemoryPlan, MemoryStats, HeldBytes, VaeEstimator } from './memory-planner';
 export { Sampler } from './sampler';
-export type { SamplerOptions, SamplerProgress, FetaArgs, SlgArgs } from './sampler';
+export type { SamplerOptions, SamplerProgress, FetaArgs, SlgArgs, TeaCacheArgs, TeaCacheVariant } from './sampler';
+export { teaCacheVariant } from './sampler';
 export { schedule, SCHEDULER_NAMES } from './schedulers';
 export type { SchedulerName, Schedule, ScheduleOptions } from './schedulers';
 export type { ContextOptions, ContextSchedule, ContextFuse } from './context-windows';

@@ -198,9 +198,31 @@ export interface WanForwardInput {
   /** Skip layer guidance (the wrapper's slg_args): these blocks (0-based) are left out of this
    * call, the residual stream passing them by. */
   skipBlocks?: number[];
+  /** TeaCache (the Sampler's cacheArgs sets it): this call may reuse what the blocks added the
+   * last time they ran for its stream, when the time embedding has changed little since. */
+  teaCache?: TeaCacheCall;
   /** The sampling step, counted from 0 at the first step run (the Sampler's startStep), as the
    * wrapper's loop counts: picks each per-step LoRA strength. */
   step?: number;
+}
+
+/** One forward's TeaCache settings (the wrapper's WanModel.forward with enable_teacache). */
+export interface TeaCacheCall {
+  /** The prediction this call continues (cond, uncond, each context window's own): its state
+   * (the time embedding of its last computed call, the accumulated change, the residual) lives
+   * in the model until clearTeaCache(). */
+  stream: number;
+  /** The step, recorded in teaCacheReport() when the blocks are skipped. */
+  step: number;
+  /** rel_l1_thresh: the blocks are skipped while the accumulated change stays below it. */
+  threshold: number;
+  /** With use_coefficients: the polynomial (highest power first) each relative L1 change of the
+   * time embedding goes through before it is accumulated; without, the change of e0 as it is. */
+  coefficients?: number[];
+  /** 'e' (time embedding) or 'e0' (its 6-way projection): which is compared with coefficients. */
+  mode: 'e' | 'e0';
+  /** Where the residual waits: 'offload_device' (the CPU) or 'main_device'. */
+  cacheDevice: 'main_device' | 'offload_device';
 }
 
 /** How many of RoPE's frequencies turn with the frame position, for a head dim: riflexFreqIndex
@@ -318,8 +340,12 @@ export class WanModel {
   #loraIndices: number[] = [];
   #embeddingOffloads = { offloadTxtEmb: false, offloadImgEmb: false };
 
-  private constructor(handle: NativeWanModel, basePrecision: BasePrecision, mergeLoras: boolean, memoryPlan?: MemoryPlan) {
+  /** The checkpoint files it was loaded from (the wrapper picks TeaCache's coefficients by name). */
+  readonly files: readonly string[];
+
+  private constructor(handle: NativeWanModel, files: readonly string[], basePrecision: BasePrecision, mergeLoras: boolean, memoryPlan?: MemoryPlan) {
     this.#native = handle;
+    this.files = Object.freeze([...files]);
     this.config = { ...(handle.config() as Omit<WanModelConfig, 'basePrecision' | 'mergeLoras'>), basePrecision, mergeLoras };
     if (memoryPlan) this.memoryPlan = memoryPlan;
   }
@@ -370,7 +396,7 @@ export class WanModel {
           cudaGraphs: options.cudaGraphs ?? false,
         }, abort.flag);
         clock.report(1);
-        const model = new WanModel(handle, options.basePrecision ?? 'bf16', mergeLoras, memoryPlan);
+        const model = new WanModel(handle, plan.files, options.basePrecision ?? 'bf16', mergeLoras, memoryPlan);
         model.#embeddingOffloads = embeddingOffloads;
         if (!mergeLoras) {
           model.#loraSchedules = loras.schedules;
@@ -407,6 +433,16 @@ export class WanModel {
 
   /** What cudaGraphs did so far: graphs captured, forwards that replayed one, and why a capture
    * failed (null if none has), after which every forward runs the blocks as they are. */
+  /** TeaCache: the steps each stream skipped since clearTeaCache() (the wrapper's cache report). */
+  teaCacheReport(): { stream: number; skippedSteps: number[] }[] {
+    return this.handle().teaCacheReport();
+  }
+
+  /** TeaCache: forgets every stream, freeing the residuals they hold. */
+  clearTeaCache(): void {
+    this.handle().clearTeaCache();
+  }
+
   graphStats(): { captures: number; replays: number; failure: string | null } {
     return this.handle().graphStats();
   }
@@ -457,6 +493,12 @@ export class WanModel {
         throw invalidOption(`Expected a finite number for fetaWeight but received ${describeValue(input.fetaWeight)}`);
       if (input.step !== undefined && !(Number.isSafeInteger(input.step) && input.step >= 0))
         throw invalidOption(`Expected a non-negative integer for step but received ${describeValue(input.step)}`);
+      const teaCache = input.teaCache;
+      if (teaCache !== undefined && (typeof teaCache !== 'object' || teaCache === null || !Number.isSafeInteger(teaCache.stream) ||
+          teaCache.stream < 0 || !Number.isSafeInteger(teaCache.step) || !Number.isFinite(teaCache.threshold) ||
+          !['e', 'e0'].includes(teaCache.mode) || !['main_device', 'offload_device'].includes(teaCache.cacheDevice) ||
+          (teaCache.coefficients !== undefined && !(Array.isArray(teaCache.coefficients) && teaCache.coefficients.every(Number.isFinite)))))
+        throw invalidOption(`Expected { stream, step, threshold, coefficients?, mode, cacheDevice } for teaCache but received ${describeValue(teaCache)}`);
       const skipBlocks = input.skipBlocks ?? [];
       if (!Array.isArray(skipBlocks) || !skipBlocks.every((b) => Number.isSafeInteger(b) && b >= 0 && b < this.config.numLayers))
         throw invalidOption(`Expected an array of block indices in 0..${this.config.numLayers - 1} for skipBlocks but received ` +
@@ -477,6 +519,7 @@ export class WanModel {
         fetaWeight: input.fetaWeight,
         ...(riflexFreqIndex > 0 ? { riflexFreqIndex, riflexLatentFrames } : {}),
         ...(skipBlocks.length > 0 ? { skipBlocks } : {}),
+        ...(teaCache ? { teaCache } : {}),
         ...(loraStrengths ? { loraStrengths } : {}),
       };
       const abort = bridgeAbort(signal);

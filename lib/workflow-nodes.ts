@@ -12,7 +12,7 @@ import { invalidOption, WanError } from './errors';
 import { loadImage } from './image';
 import { WanModel, type BlockSwapOptions, type LoraOptions, type Quantization } from './model';
 import type { Progress } from './progress';
-import { Sampler, type FetaArgs, type SlgArgs } from './sampler';
+import { Sampler, type FetaArgs, type SlgArgs, type TeaCacheArgs } from './sampler';
 import type { SchedulerName } from './schedulers';
 import { Tensor } from './tensor';
 import { TextEncoder, type TextEmbeds } from './text-encoder';
@@ -323,6 +323,14 @@ export const EXECUTORS: Record<string, Executor> = {
     return [{ value: feta }];
   },
 
+  async WanVideoTeaCache(c) {
+    const tea: TeaCacheArgs = {
+      relL1Thresh: c.value('rel_l1_thresh'), startStep: c.value('start_step'), endStep: c.value('end_step'),
+      cacheDevice: c.value('cache_device'), useCoefficients: c.value('use_coefficients'), mode: c.value('mode'),
+    };
+    return [{ value: tea }];
+  },
+
   async WanVideoSLG(c) {
     const slg: SlgArgs = { blocks: slgBlocks(c.value('blocks')), startPercent: c.value('start_percent'), endPercent: c.value('end_percent') };
     return [{ value: slg }];
@@ -341,7 +349,7 @@ export const EXECUTORS: Record<string, Executor> = {
       scheduler: c.value<SchedulerName>('scheduler'),
       samples: c.input<Tensor>('samples'), denoiseStrength: c.value('denoise_strength'),
       contextOptions: c.input<ContextOptions>('context_options'), fetaArgs: c.input<FetaArgs>('feta_args'),
-      slgArgs: c.input<SlgArgs>('slg_args'), riflexFreqIndex: c.value('riflex_freq_index'),
+      slgArgs: c.input<SlgArgs>('slg_args'), cacheArgs: c.input<TeaCacheArgs>('cache_args'), riflexFreqIndex: c.value('riflex_freq_index'),
       batchedCfg: c.value('batched_cfg'), startStep: c.value('start_step'), endStep: c.value('end_step'),
       addNoiseToSamples: c.value('add_noise_to_samples'), forceOffload: c.value('force_offload'),
       signal: c.signal, onProgress: c.onProgress,

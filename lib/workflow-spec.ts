@@ -336,6 +336,18 @@ const SPECS: NodeSpec[] = [
       ? `start_percent (${v.start_percent}) is after end_percent (${v.end_percent}): Enhance-A-Video would never apply` : undefined),
   },
   {
+    classType: 'WanVideoTeaCache',
+    outputs: ['CACHEARGS'],
+    inputs: [
+      req('rel_l1_thresh', float(0.3, 0, 1)),
+      req('start_step', int(1, 0, 9999)),
+      req('end_step', int(-1, -1, 9999)),
+      req('cache_device', combo(['main_device', 'offload_device'], 'offload_device')),
+      req('use_coefficients', bool(true)),
+      opt('mode', combo(['e', 'e0'], 'e')),
+    ],
+  },
+  {
     classType: 'WanVideoSLG',
     outputs: ['SLGARGS'],
     inputs: [
@@ -366,7 +378,7 @@ const SPECS: NodeSpec[] = [
       opt('denoise_strength', float(1, 0, 1)),
       opt('feta_args', link('FETAARGS')),
       opt('context_options', link('WANVIDCONTEXT')),
-      opt('cache_args', link('CACHEARGS', notYet('TeaCache / MagCache / EasyCache (cache_args)'))),
+      opt('cache_args', link('CACHEARGS')),
       opt('flowedit_args', link('FLOWEDITARGS', 'FlowEdit was removed from the wrapper and is not supported')),
       opt('batched_cfg', bool(false)),
       opt('slg_args', link('SLGARGS')),

@@ -58,6 +58,8 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
                         InstanceMethod("setBlockSwap", &NativeWanModel::set_block_swap),
                         InstanceMethod("memoryStats", &NativeWanModel::memory_stats),
                         InstanceMethod("graphStats", &NativeWanModel::graph_stats),
+                        InstanceMethod("teaCacheReport", &NativeWanModel::teacache_report),
+                        InstanceMethod("clearTeaCache", &NativeWanModel::clear_teacache),
                         InstanceMethod("offload", &NativeWanModel::offload),
                         InstanceMethod("dispose", &NativeWanModel::dispose)});
   }
@@ -117,6 +119,30 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     return o;
   }
 
+  // teaCacheReport() -> [{stream, skippedSteps}]: what TeaCache skipped since clearTeaCache().
+  Napi::Value teacache_report(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const auto report = get(env)->teacache_report();
+    Napi::Array list = Napi::Array::New(env, report.size());
+    for (size_t i = 0; i < report.size(); ++i) {
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("stream", Napi::Number::New(env, static_cast<double>(report[i].stream)));
+      Napi::Array steps = Napi::Array::New(env, report[i].skipped_steps.size());
+      for (size_t k = 0; k < report[i].skipped_steps.size(); ++k)
+        steps.Set(k, Napi::Number::New(env, static_cast<double>(report[i].skipped_steps[k])));
+      o.Set("skippedSteps", steps);
+      list.Set(i, o);
+    }
+    return list;
+  }
+
+  // clearTeaCache(): forgets every TeaCache stream (their residuals are freed).
+  Napi::Value clear_teacache(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    get(env)->clear_teacache();
+    return env.Undefined();
+  }
+
   // setBlockSwap(blocksToSwap, prefetchBlocks): takes effect at the next forward.
   Napi::Value set_block_swap(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -152,7 +178,7 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
   }
 
   // forward({x, t, context, seqLen, clipFea?, y?, fetaWeight?, riflexFreqIndex?, riflexLatentFrames?,
-  //          skipBlocks?, loraStrengths?}, trace, abortFlag)
+  //          skipBlocks?, teaCache?, loraStrengths?}, trace, abortFlag)
   //   -> Promise<{outputs, trace?}>
   Napi::Value forward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -176,6 +202,18 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
       if (o.Get("skipBlocks").IsArray()) {
         const auto list = o.Get("skipBlocks").As<Napi::Array>();
         for (uint32_t i = 0; i < list.Length(); ++i) in.skip_blocks.push_back(list.Get(i).ToNumber().Int64Value());
+      }
+      if (o.Get("teaCache").IsObject()) {
+        const auto tc = o.Get("teaCache").As<Napi::Object>();
+        in.teacache.stream = tc.Get("stream").ToNumber().Int64Value();
+        in.teacache.step = tc.Get("step").ToNumber().Int64Value();
+        in.teacache.threshold = tc.Get("threshold").ToNumber().DoubleValue();
+        if (tc.Get("coefficients").IsArray()) {
+          const auto k = tc.Get("coefficients").As<Napi::Array>();
+          for (uint32_t i = 0; i < k.Length(); ++i) in.teacache.coefficients.push_back(k.Get(i).ToNumber().DoubleValue());
+        }
+        in.teacache.mode_e0 = tc.Get("mode").ToString().Utf8Value() == "e0";
+        in.teacache.on_main = tc.Get("cacheDevice").ToString().Utf8Value() == "main_device";
       }
       if (o.Get("riflexFreqIndex").IsNumber()) {
         in.riflex_freq_index = o.Get("riflexFreqIndex").As<Napi::Number>().Int64Value();

@@ -432,6 +432,18 @@ GraphStats WanDit::graph_stats() const {
   return graph_stats_;
 }
 
+std::vector<TeaCacheReport> WanDit::teacache_report() const {
+  const std::lock_guard<std::mutex> lock(teacache_mutex_);
+  std::vector<TeaCacheReport> out;
+  for (const auto& [stream, state] : teacache_) out.push_back({stream, state.skipped_steps});
+  return out;
+}
+
+void WanDit::clear_teacache() const {
+  const std::lock_guard<std::mutex> lock(teacache_mutex_);
+  teacache_.clear();
+}
+
 void WanDit::release_graph() const {
   captured_.reset();
   graph_key_.clear();
@@ -746,33 +758,81 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
     x = block_forward(block, static_cast<int>(i), std::move(x), e0, seq_lens, grids, rope, angles, context, context_img,
                       in.feta_weight, lora, trace);
   };
-  if (!device.is_cpu()) {
-    const std::lock_guard<std::mutex> lock(placement_mutex_);
-    place_blocks();
-    // cuda_graphs: where nothing in the blocks needs the host (the rest is checked with the
-    // graph's key in replay_blocks).
-    const bool unpadded = std::all_of(lens.begin(), lens.end(), [&](int64_t n) { return n == in.seq_len; });
-    at::Tensor replayed;
-    if (options_.cuda_graphs && !trace && !in.feta_weight && unpadded && in.skip_blocks.empty()) {
-      if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
-      replayed = replay_blocks(BlockInputs{x, e0, seq_lens, grids, rope, angles, context, context_img, lora, riflex});
+  auto run_blocks = [&] {
+    if (!device.is_cpu()) {
+      const std::lock_guard<std::mutex> lock(placement_mutex_);
+      place_blocks();
+      // cuda_graphs: where nothing in the blocks needs the host (the rest is checked with the
+      // graph's key in replay_blocks).
+      const bool unpadded = std::all_of(lens.begin(), lens.end(), [&](int64_t n) { return n == in.seq_len; });
+      at::Tensor replayed;
+      if (options_.cuda_graphs && !trace && !in.feta_weight && unpadded && in.skip_blocks.empty()) {
+        if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
+        replayed = replay_blocks(BlockInputs{x, e0, seq_lens, grids, rope, angles, context, context_img, lora, riflex});
+      }
+      if (replayed.defined()) x = replayed;
+      else run_blocks_on_device(run_block);
+    } else {
+      // The last blocks_to_swap blocks come widened a block at a time (runtime/prefetch.h).
+      const int64_t layers = static_cast<int64_t>(blocks_.size());
+      const int64_t first_swapped = layers - options_.blocks_to_swap;
+      std::optional<runtime::Prefetcher<Block>> swapped;
+      if (first_swapped < layers) {
+        swapped.emplace(first_swapped, layers, options_.prefetch_blocks,
+                        [this](int64_t i) { return widened_block_job(i); },
+                        [this](int64_t i) { return widened_block(i); });
+      }
+      for (int64_t i = 0; i < layers; ++i) {
+        if (i < first_swapped) run_block(blocks_[i], i);
+        else run_block(swapped->take(i), i);
+      }
     }
-    if (replayed.defined()) x = replayed;
-    else run_blocks_on_device(run_block);
+  };
+
+  // TeaCache: where the time embedding has changed little since this stream's last computed call
+  // (the accumulated change below the threshold), the blocks are not run: the residual they added
+  // then is added again (the wrapper's WanModel.forward).
+  const TeaCacheCall& tc = in.teacache;
+  if (tc.stream < 0) {
+    run_blocks();
   } else {
-    // The last blocks_to_swap blocks come widened a block at a time (runtime/prefetch.h).
-    const int64_t layers = static_cast<int64_t>(blocks_.size());
-    const int64_t first_swapped = layers - options_.blocks_to_swap;
-    std::optional<runtime::Prefetcher<Block>> swapped;
-    if (first_swapped < layers) {
-      swapped.emplace(first_swapped, layers, options_.prefetch_blocks,
-                      [this](int64_t i) { return widened_block_job(i); },
-                      [this](int64_t i) { return widened_block(i); });
+    const at::Device keep_on = tc.on_main ? device : at::Device(at::kCPU);
+    const at::Tensor current = (!tc.coefficients.empty() && !tc.mode_e0 ? e : e0).to(keep_on).clone();
+    TeaCacheState state;
+    bool fresh = true;
+    {
+      const std::lock_guard<std::mutex> lock(teacache_mutex_);
+      if (const auto it = teacache_.find(tc.stream); it != teacache_.end()) {
+        state = it->second;
+        fresh = false;
+      }
     }
-    for (int64_t i = 0; i < layers; ++i) {
-      if (i < first_swapped) run_block(blocks_[i], i);
-      else run_block(swapped->take(i), i);
+    bool reuse = false;
+    if (!fresh && state.previous.sizes() == current.sizes() && state.residual.sizes() == x.sizes()) {
+      // mean |e - e_prev| / mean |e_prev|, in float32; accumulated in float32 as the wrapper's tensor.
+      const double change = ((current - state.previous).abs().mean() / state.previous.abs().mean()).item<double>();
+      double rescaled = change;
+      if (!tc.coefficients.empty()) {
+        rescaled = 0.0;
+        for (const double k : tc.coefficients) rescaled = rescaled * change + k;  // np.poly1d, highest power first
+      }
+      state.accumulated = state.accumulated + static_cast<float>(rescaled);
+      if (state.accumulated < static_cast<float>(tc.threshold)) reuse = true;
+      else state.accumulated = 0.0f;
+    } else {
+      state = TeaCacheState{{}, 0.0f, {}, state.skipped_steps};  // the stream's first call (or a new shape): computed
     }
+    if (reuse) {
+      x = x + state.residual.to(device);
+      state.skipped_steps.push_back(tc.step);  // `previous` stays the last computed call's
+    } else {
+      const at::Tensor before = x.to(keep_on).clone();
+      run_blocks();
+      state.residual = x.to(keep_on) - before;
+      state.previous = current;
+    }
+    const std::lock_guard<std::mutex> lock(teacache_mutex_);
+    teacache_[tc.stream] = std::move(state);
   }
 
   // Head: modulated LayerNorm and projection to patch pixels [B, L, out_dim * 4].

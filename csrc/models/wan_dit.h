@@ -77,6 +77,27 @@ struct GraphStats {
   std::string failure;
 };
 
+// TeaCache (the wrapper's cache_args, TeaCache): whether this call may reuse the residual the
+// blocks added the last time they ran for its stream, and how it decides. The state of each
+// stream (the time embedding of its last computed call, the accumulated change, the residual)
+// lives in the model until clear_teacache().
+struct TeaCacheCall {
+  int64_t stream = -1;  // -1: off. The sampler gives each prediction (cond, uncond, window) its own
+  int64_t step = 0;     // the step, recorded when skipped
+  double threshold = 0.3;
+  // With coefficients (highest power first, np.poly1d's order): the relative L1 change of the
+  // time embedding e (mode e0: e0) goes through this polynomial before it is accumulated.
+  // Without: the change of e0 itself.
+  std::vector<double> coefficients;
+  bool mode_e0 = false;
+  bool on_main = false;  // the residual kept on the main device (cache_device main_device)
+};
+
+struct TeaCacheReport {
+  int64_t stream;
+  std::vector<int64_t> skipped_steps;
+};
+
 struct WanDitInput {
   std::vector<at::Tensor> x;        // per sample [C_in, F, H, W] (latent grid)
   at::Tensor t;                     // [B] timesteps in [0, 1000]
@@ -99,6 +120,7 @@ struct WanDitInput {
   // Skip layer guidance (the wrapper's slg_args): these blocks are left out of this call, the
   // residual stream passing them by. The sampler asks it of the unconditional pass.
   std::vector<int64_t> skip_blocks;
+  TeaCacheCall teacache;
 };
 
 // Named intermediates of sample 0 for tests and debugging (names as in the goldens).
@@ -117,6 +139,9 @@ class WanDit {
   // between blocks.
   std::vector<at::Tensor> forward(const WanDitInput& in, const std::function<bool()>& cancelled = {},
                                   Trace* trace = nullptr) const;
+  // TeaCache: what each stream skipped since the last clear, and forgetting it all.
+  std::vector<TeaCacheReport> teacache_report() const;
+  void clear_teacache() const;
 
   const WanDitConfig& config() const { return config_; }
   const WanDitOptions& options() const { return options_; }
@@ -223,6 +248,14 @@ class WanDit {
   mutable std::string graph_key_;
   mutable std::mutex graph_stats_mutex_;  // graph_stats() reads them while a forward runs
   mutable GraphStats graph_stats_;
+  struct TeaCacheState {
+    at::Tensor previous;  // the time embedding of the last computed call (on the cache device)
+    float accumulated = 0.0f;  // a float32 tensor in the wrapper
+    at::Tensor residual;  // what the blocks added then, [B, seq_len, dim] float32
+    std::vector<int64_t> skipped_steps;
+  };
+  mutable std::mutex teacache_mutex_;
+  mutable std::map<int64_t, TeaCacheState> teacache_;
   Linear head_;
   ops::Weight head_modulation_;   // [1, 2, dim]
   // img_emb (i2v / flf2v): LayerNorm(1280), Linear, GELU, Linear, LayerNorm(dim)

@@ -91,6 +91,15 @@ t.test('T2V: an mp4 and a gif of the requested size and length, stage times, the
   t.notMatch(r.stderr, /^ {2}clip /m, 'no CLIP stage for T2V');
 });
 
+t.test('--teacache: the summary says how many model calls TeaCache skipped', async (t) => {
+  const out = outDir('teacache');
+  const r = run('generate', ...T2V, '--width', '48', '--height', '32', '--num-frames', '5', '--steps', '4', '--prompt', 'a cat',
+    '--format', 'png', '--no-save-metadata', '--output-dir', out, '--teacache', '1', '--teacache-coefficients', 'none', '--teacache-start-step', '0');
+  t.equal(r.status, 0, r.stderr);
+  // The tiny model's time embedding changes by 0.8 to 1.1 a step: every other step is skipped, both passes.
+  t.match(r.stderr, /^ {2}sampling +[\d.]+ s {2}\([\d.]+ s\/step, TeaCache skipped [1-9]\d* model calls?\)$/m);
+});
+
 t.test('the same seed gives the same frames; another seed other frames', async (t) => {
   const frames = (name: string, seed: string) => {
     const out = outDir(name);
@@ -268,6 +277,8 @@ t.test('bad options exit 2 with a message naming the option, before anything is 
     [['--blocks-to-swap', '49'], /option '--blocks-to-swap <n>' argument '49' is invalid\. Expected an integer in 0\.\.48/],
     [['--prefetch-blocks', '1'], /--prefetch-blocks needs --blocks-to-swap/],
     [['--prefetch-blocks', '41'], /option '--prefetch-blocks <n>' argument '41' is invalid\. Expected an integer in 0\.\.40/],
+    [['--teacache-mode', 'e0'], /^wan-native generate: --teacache-mode needs --teacache \(which turns TeaCache on\)$/m],
+    [['--teacache', '0.2', '--batched-cfg'], /^wan-native generate: --batched-cfg and --teacache: TeaCache keeps the positive and negative passes apart/m],
     [['--slg-start-percent', '0.2'], /^wan-native generate: --slg-start-percent needs --slg-blocks \(which turns skip layer guidance on\)$/m],
     [['--slg-blocks', '0,5'], /^wan-native generate: --slg-blocks: the model has 2 transformer blocks \(0\.\.1\) but block 5 is given$/m],
     [['--riflex-freq-index', '7'], /^wan-native generate: --riflex-freq-index: the model's RoPE turns 6 frequencies with the frame, so expected 0\.\.6 but received 7$/m],

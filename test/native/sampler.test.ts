@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { emptyEmbeds, imageToVideoEncode, loadSafetensors, riflexFrequencies, Sampler, saveSafetensors, schedule, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
+import { emptyEmbeds, imageToVideoEncode, loadSafetensors, riflexFrequencies, Sampler, saveSafetensors, schedule, teaCacheVariant, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
 import type { SamplerProgress, TextEmbeds } from '../../lib/index';
 import { native } from '../../lib/native';
 import { fixturesDir, maxAbsDiff, officialSigmas, toNumbers, weightsDir } from '../helpers';
@@ -454,6 +454,84 @@ t.test('skip layer guidance: the unconditional pass leaves the blocks out while 
     { code: 'WAN_INVALID_OPTION', message: /Expected a non-empty array of block indices in 0\.\.1 for slgArgs\.blocks but received \[2 of type number\]/ });
   await t.rejects(new Sampler(model).sample({ ...o, slgArgs: { blocks: [0], startPercent: 0.8, endPercent: 0.2 } }),
     { code: 'WAN_INVALID_OPTION', message: /slgArgs\.startPercent \(0\.8\) at or below slgArgs\.endPercent/ });
+});
+
+t.test('TeaCache: a call skips the blocks, adding their last residual, while the time embedding has changed little', async (t) => {
+  const { model, text } = await shared;
+  const context = text.promptEmbeds[0];
+  const x = new Tensor(new (native().NoiseGenerator)(4n).randn([16, 2, 4, 4]));
+  const at = (v: number) => Tensor.fromTypedArray(Float64Array.of(v), [1]);
+  const tea = (step: number) => ({ stream: 7, step, threshold: 0.5, mode: 'e0' as const, cacheDevice: 'offload_device' as const });
+  model.clearTeaCache();
+  // The same call twice: the second skips the blocks, and the residual gives back what they made.
+  const [computed] = await model.forward({ x: [x], t: at(600), context: [context], seqLen: 8, teaCache: tea(0) });
+  const [reused] = await model.forward({ x: [x], t: at(600), context: [context], seqLen: 8, teaCache: tea(1) });
+  t.same(model.teaCacheReport(), [{ stream: 7, skippedSteps: [1] }], 'the second call skipped');
+  const err = maxAbsDiff(reused, computed);
+  t.ok(err <= 1e-5, `x + (blocks(x) - x) against blocks(x): max abs ${err.toExponential(2)} <= 1e-5`);
+  model.clearTeaCache();
+  t.same(model.teaCacheReport(), [], 'cleared');
+
+  // The decisions over a run, against the rule written out here on the time embeddings the model
+  // reports (trace): from the first step in range, which computes, the relative L1 change of e
+  // (or e0) against the last computed step's, through the polynomial if any, accumulated in
+  // float32; below the threshold the step is skipped, otherwise computed and the sum reset.
+  // (The tiny model's random time embedding changes by 0.83 to 1.09 a step.)
+  const o = { imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 5 }), textEmbeds: text, steps: 12, cfg: 1, seed: 2, scheduler: 'euler' as const };
+  const timesteps = schedule('euler', { steps: 12, shift: 5 }).timesteps;
+  const embeddings: Record<'e' | 'e0', Float32Array[]> = { e: [], e0: [] };
+  for (const tv of timesteps) {
+    const { intermediates } = await model.trace({ x: [x], t: Tensor.fromTypedArray(Float64Array.of(tv), [1]), context: [context], seqLen: 8 });
+    embeddings.e.push(intermediates.get('time_embedding_out_e')!.toTypedArray() as Float32Array);
+    embeddings.e0.push(intermediates.get('time_projection_out')!.toTypedArray() as Float32Array);
+  }
+  const rule = (startStep: number, threshold: number, mode: 'e' | 'e0', coefficients?: number[]) => {
+    const skipped: number[] = [];
+    let previous: Float32Array | undefined, accumulated = 0;
+    for (let i = startStep; i < timesteps.length; i++) {
+      const e = embeddings[mode][i];
+      if (!previous) { previous = e; continue; }
+      let diff = 0, norm = 0;
+      for (let k = 0; k < e.length; k++) { diff += Math.abs(e[k] - previous[k]); norm += Math.abs(previous[k]); }
+      const change = diff / norm;
+      accumulated = Math.fround(accumulated + Math.fround(coefficients ? coefficients.reduce((p, c) => p * change + c, 0) : change));
+      if (accumulated < Math.fround(threshold)) skipped.push(i);
+      else { accumulated = 0; previous = e; }
+    }
+    return skipped;
+  };
+  const full = await new Sampler(model).sample(o);
+  const cases: [string, object, number[]][] = [
+    ['without coefficients (e0), threshold 1', { relL1Thresh: 1, useCoefficients: false }, rule(1, 1, 'e0')],
+    ['i2v_720 coefficients of e, from step 3', { startStep: 3, coefficients: 'i2v_720' },
+     rule(3, 0.3, 'e', [-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683])],
+  ];
+  for (const [what, cacheArgs, expected] of cases) {
+    const counts: number[] = [];
+    const cached = await new Sampler(model).sample({ ...o, cacheArgs, onProgress: (p) => counts.push(p.teaCacheSkipped!) });
+    const skipped = counts.flatMap((n, i) => (n > (counts[i - 1] ?? 0) ? [i] : []));
+    t.same(skipped, expected, `${what}: skipped steps ${skipped.join(', ')} of 12, as the rule gives`);
+    t.ok(expected.length > 0, `${what}: some skipped`);
+    t.ok(maxAbsDiff(cached, full) > 0, `${what}: not the full run`);
+    t.same(model.teaCacheReport(), [], `${what}: the run frees its residuals`);
+  }
+
+  // Nothing skipped below threshold 0 without coefficients: the full run, bit for bit.
+  t.equal(maxAbsDiff(await new Sampler(model).sample({ ...o, cacheArgs: { relL1Thresh: 0, useCoefficients: false } }), full), 0,
+    'threshold 0: never skips, exactly the run without TeaCache');
+
+  // Each prediction its own stream: cond and uncond, and each context window its pair.
+  const streams = new Set<number>();
+  const spy = {
+    config: model.config, offload: () => model.offload(), teaCacheReport: () => model.teaCacheReport(), clearTeaCache: () => model.clearTeaCache(),
+    forward: (input, options) => { if (input.teaCache) streams.add(input.teaCache.stream); return model.forward(input, options); },
+  } as Pick<WanModel, 'config' | 'offload' | 'forward' | 'teaCacheReport' | 'clearTeaCache'> as WanModel;
+  await new Sampler(spy).sample({ ...o, imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 17 }), cfg: 4, steps: 3,
+    cacheArgs: { startStep: 0 }, contextOptions: { schedule: 'static_standard', frames: 9, overlap: 4, freenoise: false } });
+  t.same([...streams].sort(), [0, 1, 2, 3], 'two windows, two predictions each: four streams');
+  t.equal(teaCacheVariant(model), '14B', 'a t2v model that is not 1.3B wide: the 14B coefficients, as the wrapper picks');
+  await t.rejects(new Sampler(model).sample({ ...o, cfg: 4, batchedCfg: true, cacheArgs: {} }), { code: 'WAN_INVALID_OPTION', message: /batchedCfg false with cacheArgs/ });
+  await t.rejects(new Sampler(model).sample({ ...o, cacheArgs: { mode: 'x' as never } }), { code: 'WAN_INVALID_OPTION', message: /Expected e or e0 for cacheArgs\.mode/ });
 });
 
 t.test('custom sigmas set the steps', async (t) => {

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { ClipVisionEncoder, emptyEmbeds, imageToVideoEncode, Sampler, saveSafetensors, Tensor, TextEncoder, Vae, videoCombine, WanModel } from '../../lib/index';
-import type { ClipEmbeds, ContextOptions, FetaArgs, ImageEmbeds, ModelLoaderOptions, SlgArgs } from '../../lib/index';
+import type { ClipEmbeds, ContextOptions, FetaArgs, ImageEmbeds, ModelLoaderOptions, SlgArgs, TeaCacheArgs } from '../../lib/index';
 import { native } from '../../lib/native';
 import { parseWorkflow, runWorkflow } from '../../lib/workflow';
 import type { RunWorkflowOptions } from '../../lib/workflow';
@@ -49,7 +49,7 @@ const skip = !haveTokenizer ? 'spm_train (Debian package sentencepiece) is neede
 // The fixture's pipeline called through the library.
 interface Direct {
   width: number; height: number; numFrames: number; contextOptions?: ContextOptions; fetaArgs?: FetaArgs; riflexFreqIndex?: number;
-  slgArgs?: SlgArgs;
+  slgArgs?: SlgArgs; cacheArgs?: TeaCacheArgs;
   loras?: ModelLoaderOptions['loras']; blockSwap?: ModelLoaderOptions['blockSwap'];
 }
 async function direct(o: Direct): Promise<Tensor> {
@@ -61,7 +61,7 @@ async function direct(o: Direct): Promise<Tensor> {
   const latent = await new Sampler(model).sample({
     imageEmbeds: emptyEmbeds({ width: o.width, height: o.height, numFrames: o.numFrames }), textEmbeds,
     steps: 3, cfg: 5, shift: 5, seed: 42, scheduler: 'unipc', contextOptions: o.contextOptions, fetaArgs: o.fetaArgs,
-    riflexFreqIndex: o.riflexFreqIndex, slgArgs: o.slgArgs,
+    riflexFreqIndex: o.riflexFreqIndex, slgArgs: o.slgArgs, cacheArgs: o.cacheArgs,
   });
   model.dispose();
   const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
@@ -203,7 +203,7 @@ t.test('the UI format of the same workflow gives the same graph and the same fra
   t.same(Object.keys(JSON.parse(tags.prompt)).sort(), ['1', '10', '2', '3', '4', '5', '6', '7', '8', '9'], 'and prompt its API form');
 });
 
-t.test('context options, Enhance-A-Video, skip layer guidance and RIFLEx reach the sampler', { skip }, async (t) => {
+t.test('context options, Enhance-A-Video, skip layer guidance, TeaCache and RIFLEx reach the sampler', { skip }, async (t) => {
   const workflow = api();
   workflow['5'].inputs.num_frames = 9;
   workflow['12'] = { class_type: 'WanVideoContextOptions', inputs: {
@@ -214,17 +214,20 @@ t.test('context options, Enhance-A-Video, skip layer guidance and RIFLEx reach t
   workflow['6'].inputs.riflex_freq_index = 4;
   workflow['14'] = { class_type: 'WanVideoSLG', inputs: { blocks: ' 1', start_percent: 0.3, end_percent: 1 } };
   workflow['6'].inputs.slg_args = ['14', 0];
+  workflow['15'] = { class_type: 'WanVideoTeaCache', inputs: { rel_l1_thresh: 1, start_step: 0, end_step: -1, cache_device: 'offload_device', use_coefficients: false } };
+  workflow['6'].inputs.cache_args = ['15', 0];
   Object.assign(workflow['9'].inputs, { format: 'image/png', save_metadata: false });
   for (const k of ['pix_fmt', 'crf', 'trim_to_audio']) delete workflow['9'].inputs[k];
   const result = await runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() });
   const expected = frameBytes(await direct({ width: 64, height: 64, numFrames: 9,
     contextOptions: { schedule: 'static_standard', frames: 5, stride: 4, overlap: 4, freenoise: true, fuse: 'pyramid' },
-    fetaArgs: { weight: 2, startPercent: 0, endPercent: 1 }, riflexFreqIndex: 4, slgArgs: { blocks: [1], startPercent: 0.3, endPercent: 1 } }));
+    fetaArgs: { weight: 2, startPercent: 0, endPercent: 1 }, riflexFreqIndex: 4, slgArgs: { blocks: [1], startPercent: 0.3, endPercent: 1 },
+    cacheArgs: { relL1Thresh: 1, startStep: 0, endStep: -1, cacheDevice: 'offload_device', useCoefficients: false } }));
   const files = result.outputs['9'].files!;
   t.equal(files.length, 9);
   let same = true;
   for (const [i, file] of files.entries()) same &&= (await pngBytes(file)).equals(expected[i]);
-  t.ok(same, 'the frames of the library run with the same contextOptions, fetaArgs, slgArgs and riflexFreqIndex');
+  t.ok(same, 'the frames of the library run with the same contextOptions, fetaArgs, slgArgs, cacheArgs and riflexFreqIndex');
   // Settings that could never work are refused by their own node when the workflow is read.
   const stuck = structuredClone(workflow);
   Object.assign(stuck['12'].inputs, { context_frames: 9, context_overlap: 12 });
@@ -259,8 +262,8 @@ t.test('validation errors name the node and the input, and nothing runs', async 
   const o: RunWorkflowOptions = { modelDirs, outputDir: newOutputDir(), onNodeStart: (id) => started.push(id) };
   const patched = (patch: (w: any) => void) => { const w = api(); patch(w); return w; };
 
-  await rejectsWith(t, runWorkflow(patched((w) => { w['11'] = { class_type: 'WanVideoTeaCache', inputs: {} }; }), o),
-    'WAN_INVALID_OPTION', /^node 11 \(WanVideoTeaCache\): unknown node type "WanVideoTeaCache" \(wan-native runs WanVideoModelLoader, /);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['11'] = { class_type: 'WanVideoMagCache', inputs: {} }; }), o),
+    'WAN_INVALID_OPTION', /^node 11 \(WanVideoMagCache\): unknown node type "WanVideoMagCache" \(wan-native runs WanVideoModelLoader, /);
   await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.samples = ['8', 0]; }), o),
     'WAN_INVALID_OPTION', /^the workflow has a cycle: node 6 \(WanVideoSampler\) -> node 8 \(WanVideoDecode\) -> node 6 \(WanVideoSampler\)$/);
   await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.model = ['99', 0]; }), o),
