@@ -29,13 +29,15 @@
 // whose few float32 operations are emulated exactly.
 import { describeValue, invalidOption, WanError } from './errors';
 
-export type SchedulerName = 'unipc' | 'dpm++' | 'dpm++_sde' | 'euler' | 'flowmatch_distill' | 'lcm';
+type BetaBase = 'unipc' | 'dpm++' | 'dpm++_sde' | 'euler' | 'lcm';
+export type SchedulerName = BetaBase | `${BetaBase}/beta` | 'flowmatch_distill';
 
-export const SCHEDULER_NAMES: readonly SchedulerName[] =
-  Object.freeze(['unipc', 'dpm++', 'dpm++_sde', 'euler', 'flowmatch_distill', 'lcm'] as SchedulerName[]);
+export const SCHEDULER_NAMES: readonly SchedulerName[] = Object.freeze(['unipc', 'unipc/beta', 'dpm++', 'dpm++/beta',
+  'dpm++_sde', 'dpm++_sde/beta', 'euler', 'euler/beta', 'flowmatch_distill', 'lcm', 'lcm/beta'] as SchedulerName[]);
 
 /** The schedulers whose step() draws noise (once per step). */
-export const STOCHASTIC_SCHEDULERS: readonly SchedulerName[] = Object.freeze(['dpm++_sde', 'lcm'] as SchedulerName[]);
+export const STOCHASTIC_SCHEDULERS: readonly SchedulerName[] =
+  Object.freeze(['dpm++_sde', 'dpm++_sde/beta', 'lcm', 'lcm/beta'] as SchedulerName[]);
 
 export interface ScheduleOptions {
   /** Number of sampling steps (ignored when `sigmas` is given: then it is sigmas.length - 1). */
@@ -115,28 +117,97 @@ const SIGMA_MAX_TRAIN = f32(1 - 0.001);
 // linspace gives 0.49999994 (not 0.5) at index 500; kept bit-exact here.
 const DISTILL_BASE_SIGMAS = [f32(0.999), 0.75, 0.4999999403953552, 0.25];
 
+// log Gamma (Lanczos' approximation, g = 7, 9 terms: ~1e-15 relative for x > 0).
+function logGamma(x: number): number {
+  const c = [0.99999999999980993, 676.5203681218851, -1259.1392167224028, 771.32342877765313, -176.61502916214059,
+    12.507343278686905, -0.13857109526572012, 9.9843695780195716e-6, 1.5056327351493116e-7];
+  if (x < 0.5) return Math.log(Math.PI / Math.abs(Math.sin(Math.PI * x))) - logGamma(1 - x);
+  x -= 1;
+  let a = c[0];
+  const t = x + 7.5;
+  for (let i = 1; i < 9; i++) a += c[i] / (x + i);
+  return 0.5 * Math.log(2 * Math.PI) + (x + 0.5) * Math.log(t) - t + Math.log(a);
+}
+
+// The regularised incomplete beta I_x(a, b), by its continued fraction (modified Lentz).
+function incompleteBeta(x: number, a: number, b: number): number {
+  if (x <= 0) return 0;
+  if (x >= 1) return 1;
+  const front = Math.exp(a * Math.log(x) + b * Math.log(1 - x) - (logGamma(a) + logGamma(b) - logGamma(a + b)));
+  const fraction = (x: number, a: number, b: number) => {
+    const tiny = 1e-300;
+    let c = 1, d = 1 - ((a + b) * x) / (a + 1);
+    d = 1 / (Math.abs(d) < tiny ? tiny : d);
+    let h = d;
+    for (let m = 1; m <= 1000; m++) {
+      for (const numerator of [(m * (b - m) * x) / ((a + 2 * m - 1) * (a + 2 * m)), (-(a + m) * (a + b + m) * x) / ((a + 2 * m) * (a + 2 * m + 1))]) {
+        d = 1 + numerator * d;
+        d = 1 / (Math.abs(d) < tiny ? tiny : d);
+        c = 1 + numerator / c;
+        if (Math.abs(c) < tiny) c = tiny;
+        h *= d * c;
+      }
+      if (Math.abs(d * c - 1) < 1e-16) break;
+    }
+    return h;
+  };
+  return x < (a + 1) / (a + b + 2) ? (front * fraction(x, a, b)) / a : 1 - (front * fraction(1 - x, b, a)) / b;
+}
+
+// scipy.stats.beta.ppf(p, a, b): the x with I_x(a, b) = p, by bisection to the last bit.
+function betaPpf(p: number, a: number, b: number): number {
+  if (p <= 0) return 0;
+  if (p >= 1) return 1;
+  let lo = 0, hi = 1;
+  for (let i = 0; i < 200 && hi - lo > 0; i++) {
+    const mid = (lo + hi) / 2;
+    if (mid === lo || mid === hi) break;
+    if (incompleteBeta(mid, a, b) < p) lo = mid; else hi = mid;
+  }
+  return (lo + hi) / 2;
+}
+
+// The /beta variants (use_beta_sigmas, "Beta Sampling is All You Need"): the schedule's N sigmas
+// keep only their two ends, and the steps between are spaced by the Beta(0.6, 0.6) quantiles
+// of 1 - linspace(0, 1, N).
+function betaSigmas(s: number[]): number[] {
+  const n = s.length, lo = s[n - 1], hi = s[0];
+  return linspace(0, 1, n).map((u) => lo + betaPpf(1 - u, 0.6, 0.6) * (hi - lo));
+}
+
 function shiftedSchedule(name: SchedulerName, steps: number, shift: number): { timesteps: number[]; sigmas: number[] } {
+  const beta = name.endsWith('/beta');
   switch (name) {
     case 'unipc':
     case 'dpm++':
-    case 'dpm++_sde': {
+    case 'dpm++_sde':
+    case 'unipc/beta':
+    case 'dpm++/beta':
+    case 'dpm++_sde/beta': {
       // wrapper: FlowUniPCMultistepScheduler(shift=shift).set_timesteps(steps, shift=shift) and
       // FlowDPMSolverMultistepScheduler(shift=shift).set_timesteps(steps), one schedule: the
       // constructor shifts the training table in float32 (so sigma_max = shift32(0.999)),
-      // then set_timesteps spaces linspace(sigma_max, 0) and shifts again in float64.
+      // then set_timesteps spaces linspace(sigma_max, 0) and shifts again in float64 (and
+      // /beta respaces them), timesteps from the float64 sigmas.
       const top = shift32(SIGMA_MAX_TRAIN, shift);
-      const s = linspace(top, 0, steps + 1).slice(0, steps).map((x) => shift64(x, shift));
+      let s = linspace(top, 0, steps + 1).slice(0, steps).map((x) => shift64(x, shift));
+      if (beta) s = betaSigmas(s);
       return { timesteps: s.map((x) => Math.trunc(x * 1000)), sigmas: [...s.map(f32), 0] };
     }
     case 'euler':
-    case 'lcm': {
+    case 'lcm':
+    case 'euler/beta':
+    case 'lcm/beta': {
       // diffusers FlowMatchEulerDiscreteScheduler(shift=shift).set_timesteps(steps) (the
       // wrapper's FlowMatchLCMScheduler is the same): sigma_max/min are the float32-shifted
       // ends of the training table (1 and 1/1000), spaced in timestep units (steps values,
-      // no extra point), shifted again in float64, cast to float32; timesteps = sigma*1000 in float32.
+      // no extra point), shifted again in float64 (and /beta respaces them, as diffusers since
+      // it shifts first does), cast to float32; timesteps = sigma*1000 in float32.
       const hi = shift32(1, shift), lo = shift32(f32(1 / 1000), shift);
-      const s = linspace(hi * 1000, lo * 1000, steps).map((t) => f32(shift64(t / 1000, shift)));
-      return { timesteps: s.map((x) => f32(x * 1000)), sigmas: [...s, 0] };
+      let s = linspace(hi * 1000, lo * 1000, steps).map((t) => shift64(t / 1000, shift));
+      if (beta) s = betaSigmas(s);
+      const s32 = s.map(f32);
+      return { timesteps: s32.map((x) => f32(x * 1000)), sigmas: [...s32, 0] };
     }
     case 'flowmatch_distill': {
       // wrapper: FlowMatchScheduler(shift, sigma_min=0, extra_one_step=True) with 1000
@@ -419,7 +490,7 @@ class EulerScheduler extends BaseScheduler {
 // The wrapper's FlowMatchLCMScheduler.step: x0 = x - sigma*v, then
 // (1 - sigma_next)*x0 + sigma_next*noise with fresh noise, in float32.
 class LCMScheduler extends BaseScheduler {
-  constructor(s: { timesteps: number[]; sigmas: number[] }) { super('lcm', s, false); }
+  constructor(name: SchedulerName, s: { timesteps: number[]; sigmas: number[] }) { super(name, s, false); }
   protected update(v: Float32Array, i: number, x: Float32Array, noise?: () => Float32Array): Float32Array {
     const sigma = this.sigmas[i], next = this.sigmas[i + 1];
     const z = this.draw(noise, x.length);
@@ -441,10 +512,10 @@ export function createScheduler(name: SchedulerName, o: ScheduleOptions): FlowSc
   const s = schedule(name, o);
   const arrays = { timesteps: s.timesteps, sigmas: s.sigmas };
   switch (name) {
-    case 'unipc': return new UniPCScheduler(name, arrays, true);
-    case 'dpm++': return new DPMSolverScheduler(name, arrays, false);
-    case 'dpm++_sde': return new DPMSolverScheduler(name, arrays, true);
-    case 'euler': case 'flowmatch_distill': return new EulerScheduler(name, arrays);
-    case 'lcm': return new LCMScheduler(arrays);
+    case 'unipc': case 'unipc/beta': return new UniPCScheduler(name, arrays, true);
+    case 'dpm++': case 'dpm++/beta': return new DPMSolverScheduler(name, arrays, false);
+    case 'dpm++_sde': case 'dpm++_sde/beta': return new DPMSolverScheduler(name, arrays, true);
+    case 'euler': case 'euler/beta': case 'flowmatch_distill': return new EulerScheduler(name, arrays);
+    case 'lcm': case 'lcm/beta': return new LCMScheduler(name, arrays);
   }
 }

@@ -92,6 +92,29 @@ t.test('unipc, dpm++ and dpm++_sde share the wrapper\'s schedule', async (t) => 
   t.equal(Math.trunc(officialSigmas('unipc', { steps: 30, shift: 5 })[1] * 1000), 992, 'the official schedule is another');
 });
 
+t.test('the /beta schedules equal numpy with scipy.stats.beta.ppf, as the wrapper computes them', async (t) => {
+  // test/fixtures/schedulers/beta_references.json, from scripts/make-beta-schedule-references.py:
+  // unipc, dpm++ and dpm++_sde share one schedule, euler and lcm another.
+  const refs: { scipy: string; cases: { family: 'unipc' | 'euler'; steps: number; shift: number; timesteps: number[]; sigmas: number[] }[] } =
+    JSON.parse(fs.readFileSync(path.join(fixturesDir, 'schedulers', 'beta_references.json'), 'utf8'));
+  let checked = 0;
+  for (const c of refs.cases) {
+    const names: SchedulerName[] = c.family === 'unipc' ? ['unipc/beta', 'dpm++/beta', 'dpm++_sde/beta'] : ['euler/beta', 'lcm/beta'];
+    for (const name of names) {
+      const s = schedule(name, { steps: c.steps, shift: c.shift });
+      const label = `${name} ${c.steps}/${c.shift}`;
+      if (JSON.stringify(s.sigmas) !== JSON.stringify(c.sigmas.map(f32))) t.same(s.sigmas, c.sigmas.map(f32), `${label}: sigmas`);
+      if (JSON.stringify(s.timesteps) !== JSON.stringify(c.timesteps.map(f32))) t.same(s.timesteps, c.timesteps.map(f32), `${label}: timesteps`);
+      checked++;
+    }
+  }
+  t.equal(checked, 35 * 5, `${checked} schedules, sigmas and timesteps bit for bit (scipy ${refs.scipy})`);
+  // The ends stay; between them the Beta(0.6, 0.6) quantiles crowd both ends.
+  const plain = schedule('unipc', { steps: 10, shift: 5 }), beta = schedule('unipc/beta', { steps: 10, shift: 5 });
+  t.same([beta.sigmas[0], beta.sigmas[9]], [plain.sigmas[0], plain.sigmas[9]], 'the first and last sigma are the schedule\'s');
+  t.ok(beta.sigmas[5] < plain.sigmas[5], 'and the middle lies lower');
+});
+
 t.test('the schedules follow sigma\' = shift*sigma/(1+(shift-1)*sigma), computed by hand', async (t) => {
   for (const steps of [4, 20, 50]) {
     for (const shift of [1, 3, 5, 8]) {
@@ -235,14 +258,14 @@ t.test('the stochastic schedulers with zero noise reduce to their deterministic 
   t.ok(maxAbs(withNoise, without.map((q, k) => q + w * z[k])) < 1e-5, 'dpm++_sde noise weight');
 });
 
-t.test('noise is drawn once per step for dpm++_sde and lcm, never for the others', async (t) => {
+t.test('noise is drawn once per step for dpm++_sde and lcm (and their /beta), never for the others', async (t) => {
   for (const name of SCHEDULER_NAMES) {
     const steps = name === 'flowmatch_distill' ? 4 : 5;
     const s = createScheduler(name, { steps, shift: 5 });
     let calls = 0;
     let x: Float32Array = randn(16, 9);
     for (let i = 0; i < steps; i++) x = s.step(randn(16, 90 + i), i, x, () => { calls++; return randn(16, 900 + i); });
-    t.equal(calls, name === 'dpm++_sde' || name === 'lcm' ? steps : 0, name);
+    t.equal(calls, /^(dpm\+\+_sde|lcm)(\/beta)?$/.test(name) ? steps : 0, name);
     t.ok(x.every(Number.isFinite), `${name} stays finite`);
   }
 });
@@ -322,7 +345,7 @@ t.test('startStep, endStep and denoiseStrength cut the schedule as the wrapper d
 
 t.test('options are validated with messages that name them', async (t) => {
   expectInvalid(t, () => schedule('ddim' as SchedulerName, { steps: 4, shift: 5 }),
-    'Expected one of unipc, dpm++, dpm++_sde, euler, flowmatch_distill, lcm for scheduler but received "ddim" of type string');
+    'Expected one of unipc, unipc/beta, dpm++, dpm++/beta, dpm++_sde, dpm++_sde/beta, euler, euler/beta, flowmatch_distill, lcm, lcm/beta for scheduler but received "ddim" of type string');
   expectInvalid(t, () => createScheduler(undefined as unknown as SchedulerName, { steps: 4, shift: 5 }), /for scheduler but received undefined/);
   expectInvalid(t, () => schedule('unipc', null as unknown as { steps: number; shift: number }), 'Expected an object for options but received null');
   expectInvalid(t, () => schedule('unipc', { steps: 0, shift: 5 }), 'Expected a positive integer for steps but received 0 of type number');
@@ -361,7 +384,8 @@ t.test('options are validated with messages that name them', async (t) => {
   try { createScheduler('unipc', { steps: 4, shift: 5 }).step(new Float32Array(4), 0, new Float32Array(5)); } catch (e) { err = e; }
   t.equal((err as WanError).code, 'WAN_INVALID_TENSOR');
   t.match((err as WanError).message, 'Expected Float32Arrays of equal length for modelOutput and sample');
-  t.same(SCHEDULER_NAMES, ['unipc', 'dpm++', 'dpm++_sde', 'euler', 'flowmatch_distill', 'lcm']);
+  t.same(SCHEDULER_NAMES, ['unipc', 'unipc/beta', 'dpm++', 'dpm++/beta', 'dpm++_sde', 'dpm++_sde/beta', 'euler', 'euler/beta',
+    'flowmatch_distill', 'lcm', 'lcm/beta']);
 });
 
 // Reference runs of the real scheduler classes (scripts/make-scheduler-references.py) for the
