@@ -281,7 +281,7 @@ t.test('validation errors name the node and the input, and nothing runs', async 
   await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.seed = '42'; }), o),
     'WAN_INVALID_OPTION', /^node 6 \(WanVideoSampler\) input seed: expected an integer \(or a BigInt\) but received "42" of type string$/);
   await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.scheduler = 'deis'; }), o),
-    'WAN_INVALID_OPTION', /^node 6 \(WanVideoSampler\) input scheduler: "deis" is not available yet in wan-native \(available: unipc, dpm\+\+, /);
+    'WAN_INVALID_OPTION', /^node 6 \(WanVideoSampler\) input scheduler: "deis" is not available yet in wan-native \(available: unipc, unipc\/beta, dpm\+\+, /);
   await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.scheduler = 'ddim'; }), o),
     'WAN_INVALID_OPTION', /input scheduler: expected one of unipc, unipc\/beta, .* but received "ddim" of type string$/);
   await rejectsWith(t, runWorkflow(patched((w) => { delete w['6'].inputs.steps; }), o),
