@@ -257,7 +257,7 @@ t.test('bad options exit 2 with a message naming the option, before anything is 
     [['--width', '40'], /option '--width <pixels>' argument '40' is invalid\. Expected a multiple of 16 .*such as 48/],
     [['--height', 'tall'], /option '--height <pixels>' argument 'tall' is invalid\. Expected an integer/],
     [['--num-frames', '6'], /option '--num-frames <n>' argument '6' is invalid\. Expected a frame count of the form 4k\+1/],
-    [['--scheduler', 'ddim'], /option '--scheduler <name>' argument 'ddim' is invalid\. Allowed choices are unipc, dpm\+\+/],
+    [['--scheduler', 'ddim'], /option '--scheduler <name>' argument 'ddim' is invalid\. Allowed choices are unipc, unipc\/beta, dpm\+\+/],
     [['--lora', 'x:abc'], /option '--lora <file\[:strength\]>' argument 'x:abc' is invalid\. .*the strength is "abc"/],
     [['--lora', 'style.safetensors:0.8'], /^wan-native generate: --lora: no such file: style\.safetensors$/m],
     [['--lora-blocks', '0-1'], /option '--lora-blocks <list>' argument '0-1' is invalid\. --lora-blocks applies to the --lora given before it, and there is none/],
