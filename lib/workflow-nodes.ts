@@ -136,6 +136,11 @@ export function videoCombineOptions(node: GraphNode, outputDir: string | undefin
   return options;
 }
 
+// A node that passes its widgets on as a library options object: option name -> widget name.
+function optionsNode<T>(widgets: Partial<Record<keyof T & string, string>>): Executor {
+  return async (c) => [{ value: Object.fromEntries(Object.entries(widgets).map(([option, widget]) => [option, c.value(widget as string)])) as T }];
+}
+
 export const EXECUTORS: Record<string, Executor> = {
   async WanVideoModelLoader(c) {
     const file = c.file('model');
@@ -310,26 +315,15 @@ export const EXECUTORS: Record<string, Executor> = {
     return [{ value: emptyEmbeds({ width: c.value('width'), height: c.value('height'), numFrames: framesOf(c.value('num_frames')) }) }];
   },
 
-  async WanVideoContextOptions(c) {
-    const options: ContextOptions = {
-      schedule: c.value('context_schedule'), frames: c.value('context_frames'), stride: c.value('context_stride'),
-      overlap: c.value('context_overlap'), freenoise: c.value('freenoise'), fuse: c.value('fuse_method'),
-    };
-    return [{ value: options }];
-  },
-
-  async WanVideoEnhanceAVideo(c) {
-    const feta: FetaArgs = { weight: c.value('weight'), startPercent: c.value('start_percent'), endPercent: c.value('end_percent') };
-    return [{ value: feta }];
-  },
-
-  async WanVideoTeaCache(c) {
-    const tea: TeaCacheArgs = {
-      relL1Thresh: c.value('rel_l1_thresh'), startStep: c.value('start_step'), endStep: c.value('end_step'),
-      cacheDevice: c.value('cache_device'), useCoefficients: c.value('use_coefficients'), mode: c.value('mode'),
-    };
-    return [{ value: tea }];
-  },
+  WanVideoContextOptions: optionsNode<ContextOptions>({
+    schedule: 'context_schedule', frames: 'context_frames', stride: 'context_stride', overlap: 'context_overlap',
+    freenoise: 'freenoise', fuse: 'fuse_method',
+  }),
+  WanVideoEnhanceAVideo: optionsNode<FetaArgs>({ weight: 'weight', startPercent: 'start_percent', endPercent: 'end_percent' }),
+  WanVideoTeaCache: optionsNode<TeaCacheArgs>({
+    relL1Thresh: 'rel_l1_thresh', startStep: 'start_step', endStep: 'end_step', cacheDevice: 'cache_device',
+    useCoefficients: 'use_coefficients', mode: 'mode',
+  }),
 
   async WanVideoSLG(c) {
     const slg: SlgArgs = { blocks: slgBlocks(c.value('blocks')), startPercent: c.value('start_percent'), endPercent: c.value('end_percent') };
