@@ -128,6 +128,39 @@ t.test('DiT: the GPU (fp32) and the CPU agree', { skip }, async (t) => {
   t.ok(err <= FP32_MAX_ABS, `max abs difference ${err.toExponential(2)} <= ${FP32_MAX_ABS}`);
 });
 
+t.test('RIFLEx, skipped blocks and TeaCache on the GPU give what they give on the CPU, cudaGraphs or not', { skip }, async (t) => {
+  // fp32 on both: each option's output against the CPU's (FP32_MAX_ABS, cuDNN's TF32 patch
+  // embedding); TeaCache's second identical call, which skips the blocks, against its first.
+  const g = await golden(path.join(goldenDir, 'golden_dit_t2v.safetensors'));
+  const { input } = t2vCase(g, 'a');
+  const [, F, H, W] = input.x[0].shape;
+  const base = { x: [input.x[0]], context: [input.context[0]], seqLen: F * (H / 2) * (W / 2), t: Tensor.fromTypedArray(new Float32Array([700]), [1]) };
+  const cpu = await WanModel.load(dit('f32'), { numHeads: 2, textLen: 16 });
+  for (const cudaGraphs of [false, true]) {
+    const gpu = await WanModel.load(dit('f32'), { numHeads: 2, textLen: 16, device: 'cuda', basePrecision: 'fp32', compile: cudaGraphs, cudaGraphs });
+    const options: [string, Partial<WanForwardInput>][] = [['RIFLEx 2 over 9 frames', { riflexFreqIndex: 2, riflexLatentFrames: 9 }], ['block 0 skipped', { skipBlocks: [0] }]];
+    for (const [what, extra] of options) {
+      const want = (await cpu.forward({ ...base, ...extra }))[0];
+      for (let i = 0; i < 3; i++) {  // with cudaGraphs: warm-up, capture, replay
+        const err = maxAbsDiff((await gpu.forward({ ...base, ...extra }))[0], want);
+        t.ok(err <= FP32_MAX_ABS, `cudaGraphs ${cudaGraphs}, ${what}, call ${i + 1}: max abs ${err.toExponential(2)} <= ${FP32_MAX_ABS}`);
+      }
+    }
+    for (const cacheDevice of ['offload_device', 'main_device'] as const) {
+      gpu.clearTeaCache();
+      const tea = (step: number) => ({ teaCache: { stream: 0, step, threshold: 0.5, mode: 'e0' as const, cacheDevice } });
+      const [computed] = await gpu.forward({ ...base, ...tea(0) });
+      const [reused] = await gpu.forward({ ...base, ...tea(1) });
+      t.same(gpu.teaCacheReport(), [{ stream: 0, skippedSteps: [1] }], `cudaGraphs ${cudaGraphs}, ${cacheDevice}: the second call skipped`);
+      const err = maxAbsDiff(reused, computed);
+      t.ok(err <= 1e-5, `cudaGraphs ${cudaGraphs}, ${cacheDevice}: the residual gives the blocks' output back, max abs ${err.toExponential(2)}`);
+    }
+    gpu.clearTeaCache();
+    gpu.dispose();
+  }
+  cpu.dispose();
+});
+
 t.test('VAE on the GPU: encode and decode against the official numbers', { skip }, async (t) => {
   const g = await golden(path.join(goldenDir, 'golden_vae.safetensors'));
   const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'), { device: 'cuda' });
