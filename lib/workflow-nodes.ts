@@ -225,6 +225,13 @@ export const EXECUTORS: Record<string, Executor> = {
       tokenizer: tokenizer === undefined ? undefined : c.file('tokenizer'),
       device: c.device, loadDevice: c.value('load_device'), signal: c.signal, onProgress: c.onProgress,
     });
+    // The encoder is here to encode prompts, which needs a tokenizer: without one, refused now,
+    // before the other models load, rather than at WanVideoTextEncode.
+    if (encoder.tokenizerSource === null) {
+      encoder.dispose();
+      throw new WanError('WAN_BAD_CHECKPOINT', `${c.value<string>('model_name')} carries no tokenizer (no 'spiece_model' tensor) and ` +
+        "none lies beside it: give the node's tokenizer input umT5's spiece.model or tokenizer.json, or put one beside the file");
+    }
     return [{ value: encoder, dispose: () => encoder.dispose() }];
   },
 

@@ -257,6 +257,15 @@ t.test('LoadImage reads from the input folders', { skip }, async (t) => {
   t.ok((await pngBytes(files[0])).equals(rgb), 'the image, found by its name below the input folder, written back unchanged');
 });
 
+t.test('a text encoder without a tokenizer is refused by its loader, before the other models load', async (t) => {
+  const started: string[] = [];
+  const w = api();
+  delete w['1'].inputs.tokenizer;  // the tiny umT5 carries none, and none lies beside it
+  await rejectsWith(t, runWorkflow(w, { modelDirs, outputDir: newOutputDir(), onNodeStart: (id) => started.push(id) }), 'WAN_BAD_CHECKPOINT',
+    /^node 1 \(LoadWanVideoT5TextEncoder\): tiny_umt5_enc\.f32\.safetensors carries no tokenizer .*give the node's tokenizer input umT5's spiece\.model/);
+  t.same(started, ['1'], 'only the loader ran');
+});
+
 t.test('validation errors name the node and the input, and nothing runs', async (t) => {
   const started: string[] = [];
   const o: RunWorkflowOptions = { modelDirs, outputDir: newOutputDir(), onNodeStart: (id) => started.push(id) };
