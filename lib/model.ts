@@ -242,6 +242,10 @@ const BLOCK_SWAP_OPTIONS = optionNames<BlockSwapOptions>()({
   blocksToSwap: true, prefetchBlocks: true, useNonBlocking: true, offloadImgEmb: true, offloadTxtEmb: true,
 });
 const LORA_OPTIONS = optionNames<LoraOptions>()({ path: true, strength: true, blocks: true, layerFilter: true });
+const FORWARD_INPUTS = optionNames<WanForwardInput>()({
+  x: true, t: true, context: true, seqLen: true, clipFea: true, y: true, fetaWeight: true, riflexFreqIndex: true,
+  riflexLatentFrames: true, skipBlocks: true, teaCache: true, step: true,
+});
 
 function checkOptions(o: ModelLoaderOptions): void {
   if (typeof o !== 'object' || o === null) throw invalidOption(`Expected an object for options but received ${describeValue(o)}`);
@@ -480,6 +484,7 @@ export class WanModel {
     const caller = new Error();
     return withCallerStack((async () => {
       if (typeof input !== 'object' || input === null) throw invalidOption(`Expected an object for input but received ${describeValue(input)}`);
+      checkOptionNames(input, FORWARD_INPUTS, 'input');
       const x = handles(input.x, 'x');
       const context = handles(input.context, 'context');
       if (context.length !== x.length)

@@ -32,6 +32,7 @@ t.test('loaders and calls refuse options they do not know, naming them', async (
     ['Sampler.sample fetaArgs', () => new Sampler(model).sample({ ...o, fetaArgs: { weight: 2, start: 0.1 } as never }), among('fetaArgs', ['start'])],
     ['Sampler.sample contextOptions', () => new Sampler(model).sample({ ...o, contextOptions: { frames: 81, referenceLatent: latent } as never }), among('contextOptions', ['referenceLatent'])],
     ['WanModel.forward', () => model.forward({ x: [latent], t: Tensor.fromTypedArray(BigInt64Array.of(1n), [1]), context: [text.promptEmbeds[0]], seqLen: 8 }, { signal: undefined, onProgress: () => {} } as never), among('options', ['onProgress'])],
+    ['WanModel.forward input', () => model.forward({ x: [latent], t: Tensor.fromTypedArray(BigInt64Array.of(1n), [1]), context: [text.promptEmbeds[0]], seqLen: 8, skipBlock: [0] } as never), among('input', ['skipBlock'])],
     ['Vae.load', () => Vae.load(w('tiny_vae.f32.safetensors'), { precision: 'bf16' } as never), among('options', ['precision'])],
     ['Vae.load null', () => Vae.load(w('tiny_vae.f32.safetensors'), null as never), /^Expected an object for options but received null$/],
     ['Vae.decode', () => vae.decode(latent, { normalization: 'none' } as never), among('options', ['normalization'])],
