@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { emptyEmbeds, imageToVideoEncode, loadSafetensors, riflexFrequencies, Sampler, saveSafetensors, schedule, teaCacheVariant, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
-import type { SamplerProgress, TextEmbeds } from '../../lib/index';
+import type { SamplerProgress, TextEmbeds, WanForwardInput } from '../../lib/index';
 import { native } from '../../lib/native';
 import { fixturesDir, maxAbsDiff, officialSigmas, toNumbers, weightsDir } from '../helpers';
 
@@ -39,6 +39,14 @@ async function setup() {
 }
 
 const shared = setup();
+
+// A stand-in for the model that shows each forward's input to `see`, then passes the call on.
+function watched(model: WanModel, see: (input: WanForwardInput) => void): WanModel {
+  return {
+    config: model.config, offload: () => model.offload(), teaCacheReport: () => model.teaCacheReport(), clearTeaCache: () => model.clearTeaCache(),
+    forward: (input: WanForwardInput, options?: { signal?: AbortSignal }) => { see(input); return model.forward(input, options); },
+  } as Pick<WanModel, 'config' | 'offload' | 'forward' | 'teaCacheReport' | 'clearTeaCache'> as WanModel;
+}
 
 t.test('the noise is PyTorch CPU generator noise for the seed', async (t) => {
   // torch.Generator().manual_seed(seed); torch.randn(16, 2, 4, 6, generator=g): elements 0, 1,
@@ -387,10 +395,7 @@ t.test('RIFLEx: every call, windows included, stretches the frequency over the w
   t.equal(riflexFrequencies(model.config), 6, 'head dim 32: 6 of its 16 pairs turn with the frame');
   // The model's calls, seen by a stand-in that passes them on.
   const seen: [number | undefined, number | undefined][] = [];
-  const spy = {
-    config: model.config, offload: () => model.offload(),
-    forward: (input, options) => { seen.push([input.riflexFreqIndex, input.riflexLatentFrames]); return model.forward(input, options); },
-  } as Pick<WanModel, 'config' | 'offload' | 'forward'> as WanModel;
+  const spy = watched(model, (input) => seen.push([input.riflexFreqIndex, input.riflexLatentFrames]));
   const o = { imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 33 }), textEmbeds: text, steps: 3, cfg: 4, seed: 21, scheduler: 'euler' as const };
   const plain = await new Sampler(model).sample(o);
   const stretched = await new Sampler(spy).sample({ ...o, riflexFreqIndex: 2 });
@@ -438,10 +443,7 @@ t.test('skip layer guidance: the unconditional pass leaves the blocks out while 
 
   // The sampler: from startPercent to endPercent of the steps run, the unconditional calls only.
   const seen: (number[] | undefined)[] = [];
-  const spy = {
-    config: model.config, offload: () => model.offload(),
-    forward: (input, options) => { seen.push(input.skipBlocks); return model.forward(input, options); },
-  } as Pick<WanModel, 'config' | 'offload' | 'forward'> as WanModel;
+  const spy = watched(model, (input) => seen.push(input.skipBlocks));
   const o = { imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 5 }), textEmbeds: text, steps: 4, cfg: 4, seed: 1, scheduler: 'euler' as const };
   const guided = await new Sampler(spy).sample({ ...o, slgArgs: { blocks: [1], startPercent: 0.5, endPercent: 1 } });
   t.same(seen, [undefined, undefined, undefined, undefined, undefined, [1], undefined, [1]], 'steps 0.5 and 0.75: the second call of each');
@@ -522,10 +524,7 @@ t.test('TeaCache: a call skips the blocks, adding their last residual, while the
 
   // Each prediction its own stream: cond and uncond, and each context window its pair.
   const streams = new Set<number>();
-  const spy = {
-    config: model.config, offload: () => model.offload(), teaCacheReport: () => model.teaCacheReport(), clearTeaCache: () => model.clearTeaCache(),
-    forward: (input, options) => { if (input.teaCache) streams.add(input.teaCache.stream); return model.forward(input, options); },
-  } as Pick<WanModel, 'config' | 'offload' | 'forward' | 'teaCacheReport' | 'clearTeaCache'> as WanModel;
+  const spy = watched(model, (input) => { if (input.teaCache) streams.add(input.teaCache.stream); });
   await new Sampler(spy).sample({ ...o, imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 17 }), cfg: 4, steps: 3,
     cacheArgs: { startStep: 0 }, contextOptions: { schedule: 'static_standard', frames: 9, overlap: 4, freenoise: false } });
   t.same([...streams].sort(), [0, 1, 2, 3], 'two windows, two predictions each: four streams');
