@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { emptyEmbeds, runtimeInfo, Sampler, TextEncoder, Vae, videoCombine, WanModel } from '../lib/index';
-import type { TeaCacheArgs } from '../lib/index';
+import type { CacheArgs } from '../lib/index';
 import { DEMO_DIR, DEMO_FILES, readDemoSpec } from '../lib/demo';
 import { othersBusy, table } from './machine';
 
@@ -40,11 +40,11 @@ async function stages(out: string): Promise<(string | number)[][]> {
   return rows;
 }
 
-// TeaCache on the demo's generation (a trained model, whose time embedding moves as a real one's
-// does): how many model calls each setting skips and how far the decoded video moves (PSNR of
-// the 8-bit frames against TeaCache off). Its speed is bench/sample.ts's: the demo's steps take
-// milliseconds, too few for the time to say anything.
-async function teaCache(): Promise<(string | number)[][]> {
+// The block caches (cacheArgs) on the demo's generation (a trained model, whose time embedding
+// and outputs move as a real one's do): how many model calls each setting skips and how far the
+// decoded video moves (PSNR of the 8-bit frames against no cache). Their speed is
+// bench/sample.ts's: the demo's steps take milliseconds, too few for the time to say anything.
+async function blockCaches(): Promise<(string | number)[][]> {
   const spec = readDemoSpec();
   const g = spec.generate as Record<string, number>;
   const encoder = await TextEncoder.load(path.join(DEMO_DIR, DEMO_FILES.t5), { textLen: g.textLen });
@@ -53,9 +53,9 @@ async function teaCache(): Promise<(string | number)[][]> {
   const textEmbeds = await encoder.encode({ positive: spec.prompt, negative: '' });
   const base = { imageEmbeds: emptyEmbeds({ width: g.width, height: g.height, numFrames: g.numFrames }), textEmbeds,
     steps: g.steps, cfg: g.cfg, shift: g.shift, seed: 0 };
-  const run = async (cacheArgs?: TeaCacheArgs) => {
+  const run = async (cacheArgs?: CacheArgs) => {
     let skipped = 0;
-    const latent = await new Sampler(model).sample({ ...base, cacheArgs, onProgress: (p) => { skipped = p.teaCacheSkipped ?? 0; } });
+    const latent = await new Sampler(model).sample({ ...base, cacheArgs, onProgress: (p) => { skipped = p.cacheSkipped ?? 0; } });
     const video = await vae.decode(latent);
     latent.dispose();
     const bytes = Uint8Array.from(video.toTypedArray() as Float32Array, (v) => Math.round(Math.min(Math.max((v + 1) / 2, 0), 1) * 255));
@@ -65,11 +65,16 @@ async function teaCache(): Promise<(string | number)[][]> {
   const off = await run();
   const calls = g.steps * (g.cfg === 1 ? 1 : 2);
   const rows: (string | number)[][] = [];
-  const settings: [string, TeaCacheArgs][] = [
+  const settings: [string, CacheArgs][] = [
     ['relL1Thresh 0.05, no coefficients', { relL1Thresh: 0.05, useCoefficients: false }],
     ['relL1Thresh 0.1, no coefficients', { relL1Thresh: 0.1, useCoefficients: false }],
     ['relL1Thresh 0.2, no coefficients', { relL1Thresh: 0.2, useCoefficients: false }],
     ['relL1Thresh 0.3, 14B coefficients (the model\'s)', { relL1Thresh: 0.3 }],
+    ['MagCache defaults (0.02, K 4; 14B ratios)', { cacheType: 'MagCache' }],
+    ['MagCache 0.06, K 2', { cacheType: 'MagCache', magcacheThresh: 0.06, magcacheK: 2 }],
+    ['EasyCache defaults (0.015, from step 10)', { cacheType: 'EasyCache' }],
+    ['EasyCache 0.1, from step 4', { cacheType: 'EasyCache', easycacheThresh: 0.1, startStep: 4 }],
+    ['EasyCache 0.3, from step 4', { cacheType: 'EasyCache', easycacheThresh: 0.3, startStep: 4 }],
   ];
   for (const [label, cacheArgs] of settings) {
     const r = await run(cacheArgs);
@@ -97,8 +102,8 @@ async function main(): Promise<void> {
   }
   process.stdout.write('`wan-native demo`, a fresh process each run (wall seconds):\n' + table(['run', 'seconds', 'output'], runs) + '\n\n');
   process.stdout.write('One generation in this process, by stage (seconds):\n' + table(['stage', 'seconds'], await stages(out)) + '\n\n');
-  process.stdout.write('TeaCache on the same generation (PSNR of the decoded frames against TeaCache off):\n' +
-    table(['cacheArgs', 'model calls skipped', 'PSNR'], await teaCache()) + '\n');
+  process.stdout.write('Block caches on the same generation (PSNR of the decoded frames against no cache):\n' +
+    table(['cacheArgs', 'model calls skipped', 'PSNR'], await blockCaches()) + '\n');
   fs.rmSync(out, { recursive: true, force: true });
 }
 

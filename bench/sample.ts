@@ -95,7 +95,7 @@ async function tinyGeneration(): Promise<void> {
   let skipped = 0;
   const cachedStart = performance.now();
   (await new Sampler(model).sample({ imageEmbeds: embeds, textEmbeds: { promptEmbeds: text.promptEmbeds.map(cut), negativePromptEmbeds: text.negativePromptEmbeds.map(cut) },
-    steps, cfg: 6, seed: 1, cacheArgs: { relL1Thresh: 1, useCoefficients: false }, onProgress: (p) => { skipped = p.teaCacheSkipped ?? 0; } })).dispose();
+    steps, cfg: 6, seed: 1, cacheArgs: { relL1Thresh: 1, useCoefficients: false }, onProgress: (p) => { skipped = p.cacheSkipped ?? 0; } })).dispose();
   const cachedSeconds = (performance.now() - cachedStart) / 1000;
   const plainSeconds = rows[rows.length - 1][1];
   model.dispose();

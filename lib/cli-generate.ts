@@ -24,7 +24,8 @@ import { formatSeconds, StageView } from './cli-view';
 import { ATTENTION_MODES, BASE_PRECISIONS, riflexFrequencies, storedQuantization, WanModel, type AttentionMode, type BasePrecision, type ModelLoaderOptions } from './model';
 import { planMemory } from './memory-planner';
 import { native } from './native';
-import { Sampler, type TeaCacheArgs } from './sampler';
+import type { CacheArgs } from './block-cache';
+import { Sampler } from './sampler';
 import { schedule, SCHEDULER_NAMES, type SchedulerName } from './schedulers';
 import { Tensor } from './tensor';
 import { DEFAULT_NEGATIVE_PROMPT, TextEncoder, type TextEmbeds } from './text-encoder';
@@ -126,7 +127,7 @@ export interface GenerateSettings {
   riflexFreqIndex: number;
   feta?: { weight: number; startPercent: number; endPercent: number };
   slg?: { blocks: number[]; startPercent: number; endPercent: number };
-  teaCache?: TeaCacheArgs;
+  cache?: CacheArgs;
   context?: Required<ContextOptions>;
 
   blocksToSwap: number;
@@ -397,6 +398,17 @@ export function generateCommand(): Command {
     option(g.sampling, '--teacache-mode <mode>', 'what TeaCache compares: e (the time embedding) or e0 (its modulation)', { choices: ['e', 'e0'], default: 'e' }),
     option(g.sampling, '--teacache-coefficients <model>', 'whose rescaling polynomial TeaCache uses (none: the change as it is); ' +
       'by default the model\'s, as the wrapper picks it', { choices: ['1_3B', '14B', 'i2v_480', 'i2v_720', 'none'], defaultText: 'the model\'s' }),
+    option(g.sampling, '--magcache <threshold>', 'MagCache: skip the transformer blocks of a step, reusing what they added ' +
+      'before, while the error the model\'s calibrated magnitude ratios predict stays below this (magcache_thresh 0..0.3)',
+      { parse: number(0, 0.3), defaultText: 'off' }),
+    option(g.sampling, '--magcache-k <n>', 'MagCache skips at most this many steps in a row', { parse: integer(0, 6), default: 4 }),
+    option(g.sampling, '--magcache-start-step <n>', 'MagCache from this step run', { parse: integer(0, 9999), default: 1 }),
+    option(g.sampling, '--magcache-end-step <n>', 'MagCache until this step run; -1 to the end', { parse: integer(-1, 9999), default: -1 }),
+    option(g.sampling, '--easycache <threshold>', 'EasyCache: skip the transformer blocks of a step, reusing what they added ' +
+      'before, while the output change predicted from the input\'s stays below this (easycache_thresh 0..1)',
+      { parse: number(0, 1), defaultText: 'off' }),
+    option(g.sampling, '--easycache-start-step <n>', 'EasyCache from this step run', { parse: integer(0, 9999), default: 10 }),
+    option(g.sampling, '--easycache-end-step <n>', 'EasyCache until this step run; -1 to the end', { parse: integer(-1, 9999), default: -1 }),
     option(g.sampling, '--riflex-freq-index <n>', 'RIFLEx: the RoPE frame frequency stretched over the video, so that frames ' +
       'past the 81 the model was trained on do not repeat the first; 0 off, 6 is typical (1..22 for Wan2.1)',
       { parse: integer(0, 1000), default: 0 }),
@@ -500,11 +512,16 @@ export function settingsFrom(cmd: Command): GenerateSettings {
   for (const key of ['fetaStartPercent', 'fetaEndPercent']) {
     if (given(key) && o.fetaWeight === undefined) throw new UsageError(`${flag(key)} needs --feta-weight (which turns Enhance-A-Video on)`);
   }
-  for (const key of ['teacacheStartStep', 'teacacheEndStep', 'teacacheMode', 'teacacheCoefficients']) {
-    if (given(key) && o.teacache === undefined) throw new UsageError(`${flag(key)} needs --teacache (which turns TeaCache on)`);
+  const caches = { teacache: 'TeaCache', magcache: 'MagCache', easycache: 'EasyCache' } as const;
+  const cachesOn = Object.keys(caches).filter((k) => o[k] !== undefined);
+  if (cachesOn.length > 1) throw new UsageError(`${cachesOn.map((k) => flag(k)).join(' and ')}: one cache at a time; leave all but one out`);
+  for (const [on, name] of Object.entries(caches)) {
+    for (const key of Object.keys(o).filter((k) => k.startsWith(on) && k !== on)) {
+      if (given(key) && o[on] === undefined) throw new UsageError(`${flag(key)} needs --${on} (which turns ${name} on)`);
+    }
+    if (o[on] !== undefined && o.batchedCfg)
+      throw new UsageError(`--batched-cfg and --${on}: ${name} keeps the positive and negative passes apart; leave one out`);
   }
-  if (o.teacache !== undefined && o.batchedCfg)
-    throw new UsageError('--batched-cfg and --teacache: TeaCache keeps the positive and negative passes apart; leave one out');
   for (const key of ['slgStartPercent', 'slgEndPercent']) {
     if (given(key) && o.slgBlocks === undefined) throw new UsageError(`${flag(key)} needs --slg-blocks (which turns skip layer guidance on)`);
   }
@@ -589,11 +606,15 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     startStep: o.startStep, endStep: o.endStep, batchedCfg: o.batchedCfg === true, riflexFreqIndex: o.riflexFreqIndex,
     feta: o.fetaWeight === undefined ? undefined
       : { weight: o.fetaWeight, startPercent: o.fetaStartPercent, endPercent: o.fetaEndPercent },
-    teaCache: o.teacache === undefined ? undefined : {
+    cache: o.teacache !== undefined ? {
       relL1Thresh: o.teacache, startStep: o.teacacheStartStep, endStep: o.teacacheEndStep, mode: o.teacacheMode,
       ...(o.teacacheCoefficients === 'none' ? { useCoefficients: false }
         : o.teacacheCoefficients !== undefined ? { coefficients: o.teacacheCoefficients } : {}),
-    },
+    } : o.magcache !== undefined ? {
+      cacheType: 'MagCache', magcacheThresh: o.magcache, magcacheK: o.magcacheK, startStep: o.magcacheStartStep, endStep: o.magcacheEndStep,
+    } : o.easycache !== undefined ? {
+      cacheType: 'EasyCache', easycacheThresh: o.easycache, startStep: o.easycacheStartStep, endStep: o.easycacheEndStep,
+    } : undefined,
     slg: o.slgBlocks === undefined ? undefined
       : { blocks: o.slgBlocks, startPercent: o.slgStartPercent, endPercent: o.slgEndPercent },
     context,
@@ -942,21 +963,21 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
     }
     view.end();
 
-    let teaCacheSkipped: number | undefined;
+    let cacheSkipped: number | undefined;
     view.begin('sampling', `${sampleSteps} step${sampleSteps > 1 ? 's' : ''} of ${s.scheduler}, ${latentFrames} latent frame${latentFrames > 1 ? 's' : ''}` +
       (s.context ? `, context windows of ${s.context.frames} frames` : ''));
     const latent = keep(await new Sampler(model).sample({
       imageEmbeds: embeds, textEmbeds: text, steps: s.steps, cfg: s.cfg, shift: s.shift, seed, scheduler: s.scheduler,
       sigmas: s.sigmas, startStep: s.startStep, endStep: s.endStep, batchedCfg: s.batchedCfg,
-      contextOptions: s.context, fetaArgs: s.feta, slgArgs: s.slg, cacheArgs: s.teaCache, riflexFreqIndex: s.riflexFreqIndex, signal,
-      onProgress: (p) => { teaCacheSkipped = p.teaCacheSkipped; view.progress(p, 'steps'); },
+      contextOptions: s.context, fetaArgs: s.feta, slgArgs: s.slg, cacheArgs: s.cache, riflexFreqIndex: s.riflexFreqIndex, signal,
+      onProgress: (p) => { cacheSkipped = p.cacheSkipped; view.progress(p, 'steps'); },
     }));
     // The denoiser and its conditioning are done with: freed before the VAE decodes.
     free(model);
     for (const x of [...text.promptEmbeds, ...text.negativePromptEmbeds, embeds.y, clipEmbeds?.clipEmbeds, clipEmbeds?.negativeClipEmbeds]) free(x);
     // Model calls: one per step, two where cfg is not 1 (a context window's count as one each).
     view.end((seconds) => (extra.sampling = `${(seconds / sampleSteps).toFixed(2)} s/step` +
-      (teaCacheSkipped !== undefined ? `, TeaCache skipped ${teaCacheSkipped} model call${teaCacheSkipped === 1 ? '' : 's'}` : '')));
+      (cacheSkipped !== undefined ? `, ${s.cache?.cacheType ?? 'TeaCache'} skipped ${cacheSkipped} model call${cacheSkipped === 1 ? '' : 's'}` : '')));
 
     // Decode and write. One format: frames are encoded as they are decoded, never all in memory;
     // several: the video is decoded once and written in each format.

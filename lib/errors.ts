@@ -44,6 +44,22 @@ export function checkOptionNames(o: unknown, names: readonly string[], what = 'o
       `which ${unknown.length === 1 ? 'is' : 'are'} not one of them`);
 }
 
+/** An option's number, checked to lie in min..max; `fallback` where it is not given. */
+export function finiteIn(name: string, value: unknown, fallback: number, min: number, max: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max)
+    throw invalidOption(`Expected a number in ${min}..${max} for ${name} but received ${describeValue(value)}`);
+  return value;
+}
+
+/** An option's integer, checked to lie in min..max; `fallback` where it is not given. */
+export function integerIn(name: string, value: unknown, fallback: number, min: number, max: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isSafeInteger(value) || (value as number) < min || (value as number) > max)
+    throw invalidOption(`Expected an integer in ${min}..${max} for ${name} but received ${describeValue(value)}`);
+  return value as number;
+}
+
 // Describes a received value for messages: `"x" of type string`, `[1,2] of type array`.
 export function describeValue(value: unknown): string {
   if (value === null) return 'null';

@@ -198,31 +198,54 @@ export interface WanForwardInput {
   /** Skip layer guidance (the wrapper's slg_args): these blocks (0-based) are left out of this
    * call, the residual stream passing them by. */
   skipBlocks?: number[];
-  /** TeaCache (the Sampler's cacheArgs sets it): this call may reuse what the blocks added the
-   * last time they ran for its stream, when the time embedding has changed little since. */
-  teaCache?: TeaCacheCall;
+  /** The block cache (the Sampler's cacheArgs sets it): this call may reuse what the blocks added
+   * the last time they ran for its stream, when the method estimates that little has changed since. */
+  cache?: BlockCacheCall;
   /** The sampling step, counted from 0 at the first step run (the Sampler's startStep), as the
    * wrapper's loop counts: picks each per-step LoRA strength. */
   step?: number;
 }
 
-/** One forward's TeaCache settings (the wrapper's WanModel.forward with enable_teacache). */
-export interface TeaCacheCall {
+/** One forward's block cache settings (the wrapper's WanModel.forward with cache_args): all
+ * methods skip the transformer blocks, adding again the residual they added at the stream's last
+ * computed call; they differ in how they estimate what skipping costs. */
+export type BlockCacheCall = TeaCacheCall | MagCacheCall | EasyCacheCall;
+
+interface BlockCacheCallBase {
   /** The prediction this call continues (cond, uncond, each context window's own): its state
-   * (the time embedding of its last computed call, the accumulated change, the residual) lives
-   * in the model until clearTeaCache(). */
+   * lives in the model until clearCache(). */
   stream: number;
-  /** The step, recorded in teaCacheReport() when the blocks are skipped. */
+  /** The step, recorded in cacheReport() when the blocks are skipped. */
   step: number;
-  /** rel_l1_thresh: the blocks are skipped while the accumulated change stays below it. */
+  /** The blocks are skipped while the method's accumulated estimate stays below it. */
   threshold: number;
+  /** Where the residual waits: 'offload_device' (the CPU) or 'main_device'. */
+  cacheDevice: 'main_device' | 'offload_device';
+}
+
+/** TeaCache: the estimate is the relative L1 change of the time embedding since the last computed call. */
+export interface TeaCacheCall extends BlockCacheCallBase {
+  method: 'teacache';
   /** With use_coefficients: the polynomial (highest power first) each relative L1 change of the
    * time embedding goes through before it is accumulated; without, the change of e0 as it is. */
   coefficients?: number[];
   /** 'e' (time embedding) or 'e0' (its 6-way projection): which is compared with coefficients. */
   mode: 'e' | 'e0';
-  /** Where the residual waits: 'offload_device' (the CPU) or 'main_device'. */
-  cacheDevice: 'main_device' | 'offload_device';
+}
+
+/** MagCache: the estimate is |1 - product of the magnitude ratios| summed over the calls skipped in a row. */
+export interface MagCacheCall extends BlockCacheCallBase {
+  method: 'magcache';
+  /** This step's calibrated ratio of the output's magnitude to the previous step's. */
+  magnitudeRatio: number;
+  /** magcache_K: at most this many calls in a row are skipped. */
+  maxSkips: number;
+}
+
+/** EasyCache: the estimate is k times the relative change of the blocks' input, summed since the
+ * last computed call (k: how much the output changed per input change between the last two). */
+export interface EasyCacheCall extends BlockCacheCallBase {
+  method: 'easycache';
 }
 
 /** How many of RoPE's frequencies turn with the frame position, for a head dim: riflexFreqIndex
@@ -231,6 +254,23 @@ export interface TeaCacheCall {
 export function riflexFrequencies(config: Pick<WanModelConfig, 'dim' | 'numHeads'>): number {
   const pairs = config.dim / config.numHeads / 2;
   return pairs - 2 * Math.floor(pairs / 3);
+}
+
+const CACHE_CALL_FIELDS: Record<BlockCacheCall['method'], string[]> = {
+  teacache: ['coefficients', 'mode'], magcache: ['magnitudeRatio', 'maxSkips'], easycache: [],
+};
+
+function checkCacheCall(c: BlockCacheCall): void {
+  const expected = '{ method: teacache | magcache | easycache, stream, step, threshold, cacheDevice, ' +
+    'and coefficients? and mode (teacache) or magnitudeRatio and maxSkips (magcache) }';
+  const ok = typeof c === 'object' && c !== null && Object.hasOwn(CACHE_CALL_FIELDS, c.method) &&
+    Number.isSafeInteger(c.stream) && c.stream >= 0 && Number.isSafeInteger(c.step) && Number.isFinite(c.threshold) &&
+    ['main_device', 'offload_device'].includes(c.cacheDevice) &&
+    (c.method !== 'teacache' || (['e', 'e0'].includes(c.mode) &&
+      (c.coefficients === undefined || (Array.isArray(c.coefficients) && c.coefficients.every(Number.isFinite))))) &&
+    (c.method !== 'magcache' || (Number.isFinite(c.magnitudeRatio) && Number.isSafeInteger(c.maxSkips) && c.maxSkips >= 0));
+  if (!ok) throw invalidOption(`Expected ${expected} for cache but received ${describeValue(c)}`);
+  checkOptionNames(c, ['method', 'stream', 'step', 'threshold', 'cacheDevice', ...CACHE_CALL_FIELDS[c.method]], 'cache');
 }
 
 const LOADER_OPTIONS = optionNames<ModelLoaderOptions>()({
@@ -244,7 +284,7 @@ const BLOCK_SWAP_OPTIONS = optionNames<BlockSwapOptions>()({
 const LORA_OPTIONS = optionNames<LoraOptions>()({ path: true, strength: true, blocks: true, layerFilter: true });
 const FORWARD_INPUTS = optionNames<WanForwardInput>()({
   x: true, t: true, context: true, seqLen: true, clipFea: true, y: true, fetaWeight: true, riflexFreqIndex: true,
-  riflexLatentFrames: true, skipBlocks: true, teaCache: true, step: true,
+  riflexLatentFrames: true, skipBlocks: true, cache: true, step: true,
 });
 
 function checkOptions(o: ModelLoaderOptions): void {
@@ -437,14 +477,14 @@ export class WanModel {
 
   /** What cudaGraphs did so far: graphs captured, forwards that replayed one, and why a capture
    * failed (null if none has), after which every forward runs the blocks as they are. */
-  /** TeaCache: the steps each stream skipped since clearTeaCache() (the wrapper's cache report). */
-  teaCacheReport(): { stream: number; skippedSteps: number[] }[] {
-    return this.handle().teaCacheReport();
+  /** The block cache: the steps each stream skipped since clearCache() (the wrapper's cache report). */
+  cacheReport(): { stream: number; skippedSteps: number[] }[] {
+    return this.handle().cacheReport();
   }
 
-  /** TeaCache: forgets every stream, freeing the residuals they hold. */
-  clearTeaCache(): void {
-    this.handle().clearTeaCache();
+  /** The block cache: forgets every stream, freeing the residuals they hold. */
+  clearCache(): void {
+    this.handle().clearCache();
   }
 
   graphStats(): { captures: number; replays: number; failure: string | null } {
@@ -498,12 +538,7 @@ export class WanModel {
         throw invalidOption(`Expected a finite number for fetaWeight but received ${describeValue(input.fetaWeight)}`);
       if (input.step !== undefined && !(Number.isSafeInteger(input.step) && input.step >= 0))
         throw invalidOption(`Expected a non-negative integer for step but received ${describeValue(input.step)}`);
-      const teaCache = input.teaCache;
-      if (teaCache !== undefined && (typeof teaCache !== 'object' || teaCache === null || !Number.isSafeInteger(teaCache.stream) ||
-          teaCache.stream < 0 || !Number.isSafeInteger(teaCache.step) || !Number.isFinite(teaCache.threshold) ||
-          !['e', 'e0'].includes(teaCache.mode) || !['main_device', 'offload_device'].includes(teaCache.cacheDevice) ||
-          (teaCache.coefficients !== undefined && !(Array.isArray(teaCache.coefficients) && teaCache.coefficients.every(Number.isFinite)))))
-        throw invalidOption(`Expected { stream, step, threshold, coefficients?, mode, cacheDevice } for teaCache but received ${describeValue(teaCache)}`);
+      if (input.cache !== undefined) checkCacheCall(input.cache);
       const skipBlocks = input.skipBlocks ?? [];
       if (!Array.isArray(skipBlocks) || !skipBlocks.every((b) => Number.isSafeInteger(b) && b >= 0 && b < this.config.numLayers))
         throw invalidOption(`Expected an array of block indices in 0..${this.config.numLayers - 1} for skipBlocks but received ` +
@@ -524,7 +559,7 @@ export class WanModel {
         fetaWeight: input.fetaWeight,
         ...(riflexFreqIndex > 0 ? { riflexFreqIndex, riflexLatentFrames } : {}),
         ...(skipBlocks.length > 0 ? { skipBlocks } : {}),
-        ...(teaCache ? { teaCache } : {}),
+        ...(input.cache ? { cache: input.cache } : {}),
         ...(loraStrengths ? { loraStrengths } : {}),
       };
       const abort = bridgeAbort(signal);

@@ -2,8 +2,6 @@
 // official WanT2V.generate / WanI2V.generate produce for the same inputs and seed. The DiT runs
 // natively; the loop, guidance and scheduler arithmetic run here on Float32Arrays (a few
 // milliseconds per step against seconds to minutes for the model).
-import * as path from 'node:path';
-
 import type { ImageEmbeds } from './conditioning';
 import {
   contextWindows, ContextOptions, freeNoiseShuffle, promptIndexForWindow, resolveContextOptions,
@@ -11,8 +9,9 @@ import {
 } from './context-windows';
 import { abortedError } from './abort';
 import { offloadingAfter } from './device';
-import { checkOptionNames, describeValue, invalidOption, optionNames, WanError, withCallerStack } from './errors';
-import { riflexFrequencies, type TeaCacheCall, type WanModel } from './model';
+import { type CacheArgs, cacheSettings } from './block-cache';
+import { checkOptionNames, describeValue, finiteIn, invalidOption, optionNames, WanError, withCallerStack } from './errors';
+import { riflexFrequencies, type BlockCacheCall, type WanModel } from './model';
 import { native } from './native';
 import { latentPreview, Preview } from './preview';
 import { LongCallOptions, Progress } from './progress';
@@ -40,68 +39,13 @@ export interface SlgArgs {
 }
 const SLG_OPTIONS = optionNames<SlgArgs>()({ blocks: true, startPercent: true, endPercent: true });
 
-/** The models the wrapper has TeaCache coefficients for. */
-export type TeaCacheVariant = '1_3B' | '14B' | 'i2v_480' | 'i2v_720';
-
-/** The wrapper's WanVideoTeaCache (cache_args): a step's model call skips the transformer blocks,
- * adding again what they added at its last computed step, while the time embedding has changed
- * little since (the accumulated relative L1 change, rescaled by the model's polynomial, below
- * relL1Thresh). Steps count from 0 at the first step run; both ends are included. */
-export interface TeaCacheArgs {
-  relL1Thresh?: number;                            // 0.3, 0..1 (1.3B: 0.05-0.08; others 0.15-0.30)
-  startStep?: number;                              // 1
-  endStep?: number;                                // -1: the last step run
-  cacheDevice?: 'main_device' | 'offload_device';  // 'offload_device': where the residuals wait
-  useCoefficients?: boolean;                       // true (without, thresholds ~10x smaller)
-  mode?: 'e' | 'e0';                               // 'e': the time embedding; 'e0': its modulation
-  /** Whose coefficients: by default as the wrapper picks, from the model's width (1.3B), task and
-   * file name ('480', '540', 'fun', 'a2' -> i2v_480; '720' -> i2v_720; otherwise 14B). */
-  coefficients?: TeaCacheVariant;
-}
-const TEACACHE_OPTIONS = optionNames<TeaCacheArgs>()({
-  relL1Thresh: true, startStep: true, endStep: true, cacheDevice: true, useCoefficients: true, mode: true, coefficients: true,
-});
-
-// The wrapper's teacache_coefficients_map (nodes_model_loading.py): np.poly1d coefficients,
-// highest power first, per model and mode.
-const TEACACHE_COEFFICIENTS: Record<TeaCacheVariant, Record<'e' | 'e0', number[]>> = {
-  '1_3B': {
-    e: [2.39676752e+03, -1.31110545e+03, 2.01331979e+02, -8.29855975e+00, 1.37887774e-01],
-    e0: [-5.21862437e+04, 9.23041404e+03, -5.28275948e+02, 1.36987616e+01, -4.99875664e-02],
-  },
-  '14B': {
-    e: [-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404],
-    e0: [-3.03318725e+05, 4.90537029e+04, -2.65530556e+03, 5.87365115e+01, -3.15583525e-01],
-  },
-  'i2v_480': {
-    e: [-3.02331670e+02, 2.23948934e+02, -5.25463970e+01, 5.87348440e+00, -2.01973289e-01],
-    e0: [2.57151496e+05, -3.54229917e+04, 1.40286849e+03, -1.35890334e+01, 1.32517977e-01],
-  },
-  'i2v_720': {
-    e: [-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683],
-    e0: [8.10705460e+03, 2.13393892e+03, -3.72934672e+02, 1.66203073e+01, -4.17769401e-02],
-  },
-};
-const TEACACHE_VARIANTS = Object.keys(TEACACHE_COEFFICIENTS) as TeaCacheVariant[];
-
-/** The coefficients the wrapper's model loader picks for a model (teacache_coefficients_map). */
-export function teaCacheVariant(model: Pick<WanModel, 'config'> & { files?: readonly string[] }): TeaCacheVariant {
-  const name = path.basename(model.files?.[0] ?? '');
-  let variant: TeaCacheVariant = '14B';
-  if (model.config.modelType !== 't2v') {
-    if (/480|540/.test(name) || /fun|a2/i.test(name)) variant = 'i2v_480';
-    else if (name.includes('720')) variant = 'i2v_720';
-  }
-  if (model.config.dim === 1536) variant = '1_3B';
-  return variant;
-}
 const CONTEXT_OPTIONS = optionNames<ContextOptions>()({ schedule: true, frames: true, stride: true, overlap: true, freenoise: true, fuse: true });
 
 export interface SamplerProgress extends Progress {
   /** With `preview: true`: the middle frame of the current clean-latent prediction. */
   preview?: Preview;
-  /** With cacheArgs: the model calls so far whose transformer blocks TeaCache skipped. */
-  teaCacheSkipped?: number;
+  /** With cacheArgs: the model calls so far whose transformer blocks the cache skipped. */
+  cacheSkipped?: number;
 }
 
 export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
@@ -121,7 +65,7 @@ export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
   contextOptions?: ContextOptions;
   fetaArgs?: FetaArgs;
   slgArgs?: SlgArgs;
-  cacheArgs?: TeaCacheArgs;
+  cacheArgs?: CacheArgs;           // TeaCache (the default cacheType), MagCache or EasyCache
   riflexFreqIndex?: number;       // 0 (off): RIFLEx, 1..22 for Wan2.1 (6 typical), for videos past 81 frames
   batchedCfg?: boolean;           // false: run the conditional and unconditional passes as one batch
   preview?: boolean;              // false: add an RGB preview to each progress report
@@ -136,13 +80,6 @@ function positiveInteger(name: string, value: unknown, fallback: number): number
   if (!Number.isSafeInteger(value) || (value as number) < 1)
     throw invalidOption(`Expected a positive integer for ${name} but received ${describeValue(value)}`);
   return value as number;
-}
-
-function finiteIn(name: string, value: unknown, fallback: number, min: number, max: number): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max)
-    throw invalidOption(`Expected a number in ${min}..${max} for ${name} but received ${describeValue(value)}`);
-  return value;
 }
 
 export function seedOf(value: unknown): bigint {
@@ -186,7 +123,7 @@ interface StepCall {
   cfg: number;
   fetaWeight?: number;
   skipUnconditional?: number[];  // skip layer guidance: blocks the unconditional pass leaves out
-  teaCache?: (window: string, unconditional: boolean) => TeaCacheCall;  // TeaCache, in its steps
+  cache?: (window: string, unconditional: boolean) => BlockCacheCall;  // cacheArgs, in its steps
   riflex?: { riflexFreqIndex: number; riflexLatentFrames: number };
   signal?: AbortSignal;
   batched: boolean;
@@ -217,7 +154,6 @@ export class Sampler {
     checkOptionNames(o, SAMPLER_OPTIONS);
     checkOptionNames(o.fetaArgs, FETA_OPTIONS, 'fetaArgs');
     checkOptionNames(o.slgArgs, SLG_OPTIONS, 'slgArgs');
-    checkOptionNames(o.cacheArgs, TEACACHE_OPTIONS, 'cacheArgs');
     checkOptionNames(o.contextOptions, CONTEXT_OPTIONS, 'contextOptions');
     const embeds = o.imageEmbeds;
     if (!embeds || !Array.isArray(embeds.targetShape) || embeds.targetShape.length !== 4)
@@ -265,10 +201,10 @@ export class Sampler {
     if (slg && slg.start > slg.end)
       throw invalidOption(`Expected slgArgs.startPercent (${slg.start}) at or below slgArgs.endPercent (${slg.end}) ` +
         'but received a range in which skip layer guidance never applies');
-    const tea = o.cacheArgs === undefined ? undefined : this.teaCacheSettings(o.cacheArgs);
-    if (tea && o.batchedCfg)
-      throw invalidOption('Expected batchedCfg false with cacheArgs: TeaCache keeps the conditional and unconditional predictions ' +
-        'apart (the wrapper\'s batched path cannot run it either)');
+    const cache = o.cacheArgs === undefined ? undefined : cacheSettings(o.cacheArgs, this.model, steps);
+    if (cache && o.batchedCfg)
+      throw invalidOption(`Expected batchedCfg false with cacheArgs: ${cache.cacheType} keeps the conditional and unconditional ` +
+        'predictions apart (the wrapper\'s batched path runs them as one)');
     const riflexFreqIndex = o.riflexFreqIndex ?? 0;
     const frequencies = riflexFrequencies(this.model.config);
     if (!Number.isSafeInteger(riflexFreqIndex) || riflexFreqIndex < 0 || riflexFreqIndex > frequencies)
@@ -352,13 +288,13 @@ export class Sampler {
         throw invalidOption(`Expected textEmbeds.negativePromptEmbeds for cfg ${cfgAt(i)} (cfg 1 needs none)`);
     }
 
-    // TeaCache: each prediction its own stream (cond, uncond; each context window its pair, by its
+    // cacheArgs: each prediction its own stream (cond, uncond; each context window its pair, by its
     // frames), its state in the model for this run alone.
     const streams = new Map<string, number>();
     const streamOf = (key: string) => { if (!streams.has(key)) streams.set(key, streams.size); return streams.get(key)!; };
-    const teaEnd = tea ? (tea.endStep === -1 ? runSteps - 1 : tea.endStep) : -1;
-    const skippedCalls = () => this.model.teaCacheReport().reduce((n, r) => n + r.skippedSteps.length, 0);
-    if (tea) this.model.clearTeaCache();
+    const cacheEnd = cache ? (cache.endStep === -1 ? runSteps - 1 : cache.endStep) : -1;
+    const skippedCalls = () => this.model.cacheReport().reduce((n, r) => n + r.skippedSteps.length, 0);
+    if (cache) this.model.clearCache();
     try {
     // Step i counts the steps run, from 0 at startStep, as the wrapper's loop index does: for the
     // cfg list, the LoRA strengths, Enhance-A-Video's percentages and the context windows' offsets.
@@ -373,8 +309,8 @@ export class Sampler {
         step: i, t, cfg: cfgAt(i), fetaWeight, skipUnconditional, signal: o.signal, batched: o.batchedCfg === true, pass: passes, numPrompts: prompts.length,
         // Over the whole video's latent frames, in every context window too (the wrapper's L_test).
         riflex: riflexFreqIndex > 0 ? { riflexFreqIndex, riflexLatentFrames: shape[1] } : undefined,
-        teaCache: tea && i >= tea.startStep && i <= teaEnd
-          ? (window, unconditional) => ({ ...tea.call, stream: streamOf(`${window}/${unconditional ? 'uncond' : 'cond'}`), step: i })
+        cache: cache && i >= cache.startStep && i <= cacheEnd
+          ? (window, unconditional) => cache.call(streamOf(`${window}/${unconditional ? 'uncond' : 'cond'}`), i, startStep + i, unconditional)
           : undefined,
       };
       const prediction = context
@@ -389,7 +325,7 @@ export class Sampler {
           stage: 'sample', step: done, totalSteps: runSteps, fraction: done / runSteps, elapsedMs,
           etaMs: (elapsedMs / done) * (runSteps - done),
         };
-        if (tea) report.teaCacheSkipped = skippedCalls();
+        if (cache) report.cacheSkipped = skippedCalls();
         if (o.preview) {
           const sigma = schedule.sigmas[i];  // flow matching: x0 = x_t - sigma * v
           const x0 = new Float32Array(size);
@@ -401,32 +337,9 @@ export class Sampler {
       latent = next;
     }
     } finally {
-      if (tea) this.model.clearTeaCache();  // the residuals are freed with the run (the wrapper clears them too)
+      if (cache) this.model.clearCache();  // the residuals are freed with the run (the wrapper clears them too)
     }
     return Tensor.fromTypedArray(latent, [...shape]);
-  }
-
-  // cacheArgs checked, with the wrapper's defaults, as each forward takes them.
-  private teaCacheSettings(a: TeaCacheArgs) {
-    const relL1Thresh = finiteIn('cacheArgs.relL1Thresh', a.relL1Thresh, 0.3, 0, 1);
-    const startStep = a.startStep ?? 1, endStep = a.endStep ?? -1;
-    if (!Number.isSafeInteger(startStep) || startStep < 0 || startStep > 9999)
-      throw invalidOption(`Expected an integer in 0..9999 for cacheArgs.startStep but received ${describeValue(a.startStep)}`);
-    if (!Number.isSafeInteger(endStep) || endStep < -1 || endStep > 9999)
-      throw invalidOption(`Expected -1 or an integer in 0..9999 for cacheArgs.endStep but received ${describeValue(a.endStep)}`);
-    const cacheDevice = a.cacheDevice ?? 'offload_device', mode = a.mode ?? 'e', useCoefficients = a.useCoefficients ?? true;
-    if (cacheDevice !== 'main_device' && cacheDevice !== 'offload_device')
-      throw invalidOption(`Expected main_device or offload_device for cacheArgs.cacheDevice but received ${describeValue(a.cacheDevice)}`);
-    if (mode !== 'e' && mode !== 'e0') throw invalidOption(`Expected e or e0 for cacheArgs.mode but received ${describeValue(a.mode)}`);
-    if (typeof useCoefficients !== 'boolean')
-      throw invalidOption(`Expected a boolean for cacheArgs.useCoefficients but received ${describeValue(a.useCoefficients)}`);
-    const variant = a.coefficients ?? teaCacheVariant(this.model);
-    if (!TEACACHE_VARIANTS.includes(variant))
-      throw invalidOption(`Expected one of ${TEACACHE_VARIANTS.join(', ')} for cacheArgs.coefficients but received ${describeValue(a.coefficients)}`);
-    return {
-      startStep, endStep,
-      call: { threshold: relL1Thresh, mode, cacheDevice, ...(useCoefficients ? { coefficients: TEACACHE_COEFFICIENTS[variant][mode] } : {}) },
-    };
   }
 
   // One guided prediction on a latent (or a window of it):
@@ -441,10 +354,10 @@ export class Sampler {
     const take = (tensors: Tensor[]) => tensors.map((u) => { const a = u.toTypedArray() as Float32Array; u.dispose(); return a; });
     let cond: Float32Array, uncond: Float32Array | undefined;
     try {
-      const tea = (unconditional: boolean) => (call.teaCache ? { teaCache: call.teaCache(window, unconditional) } : {});
+      const cached = (unconditional: boolean) => (call.cache ? { cache: call.cache(window, unconditional) } : {});
       if (call.cfg === 1) {
         [cond] = take(await this.model.forward({ ...base, x: [x], t: Tensor.fromTypedArray(t1, [1]), context: [positive.context],
-          ...withImage(positive), y: y ? [y] : undefined, ...tea(false) }, { signal: call.signal }));
+          ...withImage(positive), y: y ? [y] : undefined, ...cached(false) }, { signal: call.signal }));
       } else if (call.batched && positive.clipFea === negative.clipFea && !call.skipUnconditional) {
         // (Skip layer guidance runs the two passes apart: they run different blocks.)
         [cond, uncond] = take(await this.model.forward({ ...base, x: [x, x], t: Tensor.fromTypedArray(Float64Array.of(call.t, call.t), [2]),
@@ -452,9 +365,9 @@ export class Sampler {
           ...(y ? { clipFea: batchClip(positive.clipFea!) } : {}), y: y ? [y, y] : undefined }, { signal: call.signal }));
       } else {
         [cond] = take(await this.model.forward({ ...base, x: [x], t: Tensor.fromTypedArray(t1, [1]), context: [positive.context],
-          ...withImage(positive), y: y ? [y] : undefined, ...tea(false) }, { signal: call.signal }));
+          ...withImage(positive), y: y ? [y] : undefined, ...cached(false) }, { signal: call.signal }));
         [uncond] = take(await this.model.forward({ ...base, x: [x], t: Tensor.fromTypedArray(t1, [1]), context: [negative.context],
-          ...withImage(negative), y: y ? [y] : undefined, skipBlocks: call.skipUnconditional, ...tea(true) }, { signal: call.signal }));
+          ...withImage(negative), y: y ? [y] : undefined, skipBlocks: call.skipUnconditional, ...cached(true) }, { signal: call.signal }));
       }
     } catch (err) {
       if (err instanceof WanError && err.code === 'WAN_ABORTED') throw abortedError();

@@ -12,7 +12,8 @@ import { invalidOption, WanError } from './errors';
 import { loadImage } from './image';
 import { WanModel, type BlockSwapOptions, type LoraOptions, type Quantization } from './model';
 import type { Progress } from './progress';
-import { Sampler, type FetaArgs, type SlgArgs, type TeaCacheArgs } from './sampler';
+import type { CacheArgs, EasyCacheArgs, MagCacheArgs, TeaCacheArgs } from './block-cache';
+import { Sampler, type FetaArgs, type SlgArgs } from './sampler';
 import type { SchedulerName } from './schedulers';
 import { Tensor } from './tensor';
 import { TextEncoder, type TextEmbeds } from './text-encoder';
@@ -137,8 +138,11 @@ export function videoCombineOptions(node: GraphNode, outputDir: string | undefin
 }
 
 // A node that passes its widgets on as a library options object: option name -> widget name.
-function optionsNode<T>(widgets: Partial<Record<keyof T & string, string>>): Executor {
-  return async (c) => [{ value: Object.fromEntries(Object.entries(widgets).map(([option, widget]) => [option, c.value(widget as string)])) as T }];
+// A node that gathers widgets into an options object (`fixed`: options every such node sets).
+function optionsNode<T>(widgets: Partial<Record<keyof T & string, string>>, fixed: Partial<T> = {}): Executor {
+  return async (c) => [{
+    value: { ...fixed, ...Object.fromEntries(Object.entries(widgets).map(([option, widget]) => [option, c.value(widget as string)])) } as T,
+  }];
 }
 
 export const EXECUTORS: Record<string, Executor> = {
@@ -331,6 +335,12 @@ export const EXECUTORS: Record<string, Executor> = {
     relL1Thresh: 'rel_l1_thresh', startStep: 'start_step', endStep: 'end_step', cacheDevice: 'cache_device',
     useCoefficients: 'use_coefficients', mode: 'mode',
   }),
+  WanVideoMagCache: optionsNode<MagCacheArgs>({
+    magcacheThresh: 'magcache_thresh', magcacheK: 'magcache_K', startStep: 'start_step', endStep: 'end_step', cacheDevice: 'cache_device',
+  }, { cacheType: 'MagCache' }),
+  WanVideoEasyCache: optionsNode<EasyCacheArgs>({
+    easycacheThresh: 'easycache_thresh', startStep: 'start_step', endStep: 'end_step', cacheDevice: 'cache_device',
+  }, { cacheType: 'EasyCache' }),
 
   async WanVideoSLG(c) {
     const slg: SlgArgs = { blocks: slgBlocks(c.value('blocks')), startPercent: c.value('start_percent'), endPercent: c.value('end_percent') };
@@ -350,7 +360,7 @@ export const EXECUTORS: Record<string, Executor> = {
       scheduler: c.value<SchedulerName>('scheduler'),
       samples: c.input<Tensor>('samples'), denoiseStrength: c.value('denoise_strength'),
       contextOptions: c.input<ContextOptions>('context_options'), fetaArgs: c.input<FetaArgs>('feta_args'),
-      slgArgs: c.input<SlgArgs>('slg_args'), cacheArgs: c.input<TeaCacheArgs>('cache_args'), riflexFreqIndex: c.value('riflex_freq_index'),
+      slgArgs: c.input<SlgArgs>('slg_args'), cacheArgs: c.input<CacheArgs>('cache_args'), riflexFreqIndex: c.value('riflex_freq_index'),
       batchedCfg: c.value('batched_cfg'), startStep: c.value('start_step'), endStep: c.value('end_step'),
       addNoiseToSamples: c.value('add_noise_to_samples'), forceOffload: c.value('force_offload'),
       signal: c.signal, onProgress: c.onProgress,

@@ -348,6 +348,27 @@ const SPECS: NodeSpec[] = [
     ],
   },
   {
+    classType: 'WanVideoMagCache',
+    outputs: ['CACHEARGS'],
+    inputs: [
+      req('magcache_thresh', float(0.02, 0, 0.3)),
+      req('magcache_K', int(4, 0, 6)),
+      req('start_step', int(1, 0, 9999)),
+      req('end_step', int(-1, -1, 9999)),
+      req('cache_device', combo(['main_device', 'offload_device'], 'offload_device')),
+    ],
+  },
+  {
+    classType: 'WanVideoEasyCache',
+    outputs: ['CACHEARGS'],
+    inputs: [
+      req('easycache_thresh', float(0.015, 0, 1)),
+      req('start_step', int(10, 0, 9999)),
+      req('end_step', int(-1, -1, 9999)),
+      req('cache_device', combo(['main_device', 'offload_device'], 'offload_device')),
+    ],
+  },
+  {
     classType: 'WanVideoSLG',
     outputs: ['SLGARGS'],
     inputs: [

@@ -24,12 +24,13 @@ export interface NativeWanModel {
   config(): Record<string, unknown>;
   memoryStats(): NativeMemoryStats;
   graphStats(): { captures: number; replays: number; failure: string | null };
-  teaCacheReport(): { stream: number; skippedSteps: number[] }[];
-  clearTeaCache(): void;
+  cacheReport(): { stream: number; skippedSteps: number[] }[];
+  clearCache(): void;
   offload(): Promise<void>;  // the weights back to the CPU, after the jobs queued before
   forward(input: { x: NativeTensor[]; t: NativeTensor; context: NativeTensor[]; seqLen: number;
                    clipFea?: NativeTensor; y?: NativeTensor[]; fetaWeight?: number; riflexFreqIndex?: number; riflexLatentFrames?: number; skipBlocks?: number[];
-                   teaCache?: { stream: number; step: number; threshold: number; coefficients?: number[]; mode: string; cacheDevice: string };
+                   cache?: { method: string; stream: number; step: number; threshold: number; cacheDevice: string;
+                             coefficients?: number[]; mode?: string; magnitudeRatio?: number; maxSkips?: number };
                    loraStrengths?: number[] }, trace: boolean, abortFlag?: Int32Array):
     Promise<{ outputs: NativeTensor[]; trace?: Record<string, NativeTensor> }>;
   setAttentionMode(mode: string): void;

@@ -58,8 +58,8 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
                         InstanceMethod("setBlockSwap", &NativeWanModel::set_block_swap),
                         InstanceMethod("memoryStats", &NativeWanModel::memory_stats),
                         InstanceMethod("graphStats", &NativeWanModel::graph_stats),
-                        InstanceMethod("teaCacheReport", &NativeWanModel::teacache_report),
-                        InstanceMethod("clearTeaCache", &NativeWanModel::clear_teacache),
+                        InstanceMethod("cacheReport", &NativeWanModel::cache_report),
+                        InstanceMethod("clearCache", &NativeWanModel::clear_cache),
                         InstanceMethod("offload", &NativeWanModel::offload),
                         InstanceMethod("dispose", &NativeWanModel::dispose)});
   }
@@ -119,10 +119,10 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     return o;
   }
 
-  // teaCacheReport() -> [{stream, skippedSteps}]: what TeaCache skipped since clearTeaCache().
-  Napi::Value teacache_report(const Napi::CallbackInfo& info) {
+  // cacheReport() -> [{stream, skippedSteps}]: what the block cache skipped since clearCache().
+  Napi::Value cache_report(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    const auto report = get(env)->teacache_report();
+    const auto report = get(env)->block_cache_report();
     Napi::Array list = Napi::Array::New(env, report.size());
     for (size_t i = 0; i < report.size(); ++i) {
       Napi::Object o = Napi::Object::New(env);
@@ -136,10 +136,10 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
     return list;
   }
 
-  // clearTeaCache(): forgets every TeaCache stream (their residuals are freed).
-  Napi::Value clear_teacache(const Napi::CallbackInfo& info) {
+  // clearCache(): forgets every block cache stream (their residuals are freed).
+  Napi::Value clear_cache(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    get(env)->clear_teacache();
+    get(env)->clear_block_cache();
     return env.Undefined();
   }
 
@@ -178,7 +178,7 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
   }
 
   // forward({x, t, context, seqLen, clipFea?, y?, fetaWeight?, riflexFreqIndex?, riflexLatentFrames?,
-  //          skipBlocks?, teaCache?, loraStrengths?}, trace, abortFlag)
+  //          skipBlocks?, cache?, loraStrengths?}, trace, abortFlag)
   //   -> Promise<{outputs, trace?}>
   Napi::Value forward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -203,17 +203,24 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
         const auto list = o.Get("skipBlocks").As<Napi::Array>();
         for (uint32_t i = 0; i < list.Length(); ++i) in.skip_blocks.push_back(list.Get(i).ToNumber().Int64Value());
       }
-      if (o.Get("teaCache").IsObject()) {
-        const auto tc = o.Get("teaCache").As<Napi::Object>();
-        in.teacache.stream = tc.Get("stream").ToNumber().Int64Value();
-        in.teacache.step = tc.Get("step").ToNumber().Int64Value();
-        in.teacache.threshold = tc.Get("threshold").ToNumber().DoubleValue();
-        if (tc.Get("coefficients").IsArray()) {
-          const auto k = tc.Get("coefficients").As<Napi::Array>();
-          for (uint32_t i = 0; i < k.Length(); ++i) in.teacache.coefficients.push_back(k.Get(i).ToNumber().DoubleValue());
+      if (o.Get("cache").IsObject()) {
+        // Checked by WanModel.forward (lib/model.ts).
+        const auto cc = o.Get("cache").As<Napi::Object>();
+        const std::string method = cc.Get("method").ToString().Utf8Value();
+        in.cache.method = method == "magcache"    ? models::BlockCacheMethod::MagCache
+                          : method == "easycache" ? models::BlockCacheMethod::EasyCache
+                                                  : models::BlockCacheMethod::TeaCache;
+        in.cache.stream = cc.Get("stream").ToNumber().Int64Value();
+        in.cache.step = cc.Get("step").ToNumber().Int64Value();
+        in.cache.threshold = cc.Get("threshold").ToNumber().DoubleValue();
+        in.cache.on_main = cc.Get("cacheDevice").ToString().Utf8Value() == "main_device";
+        if (cc.Get("coefficients").IsArray()) {
+          const auto k = cc.Get("coefficients").As<Napi::Array>();
+          for (uint32_t i = 0; i < k.Length(); ++i) in.cache.coefficients.push_back(k.Get(i).ToNumber().DoubleValue());
         }
-        in.teacache.mode_e0 = tc.Get("mode").ToString().Utf8Value() == "e0";
-        in.teacache.on_main = tc.Get("cacheDevice").ToString().Utf8Value() == "main_device";
+        in.cache.mode_e0 = cc.Get("mode").IsString() && cc.Get("mode").ToString().Utf8Value() == "e0";
+        if (cc.Get("magnitudeRatio").IsNumber()) in.cache.magnitude_ratio = cc.Get("magnitudeRatio").ToNumber().DoubleValue();
+        if (cc.Get("maxSkips").IsNumber()) in.cache.max_skips = cc.Get("maxSkips").ToNumber().Int64Value();
       }
       if (o.Get("riflexFreqIndex").IsNumber()) {
         in.riflex_freq_index = o.Get("riflexFreqIndex").As<Napi::Number>().Int64Value();

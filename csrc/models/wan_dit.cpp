@@ -432,16 +432,67 @@ GraphStats WanDit::graph_stats() const {
   return graph_stats_;
 }
 
-std::vector<TeaCacheReport> WanDit::teacache_report() const {
-  const std::lock_guard<std::mutex> lock(teacache_mutex_);
-  std::vector<TeaCacheReport> out;
-  for (const auto& [stream, state] : teacache_) out.push_back({stream, state.skipped_steps});
+std::vector<BlockCacheReport> WanDit::block_cache_report() const {
+  const std::lock_guard<std::mutex> lock(block_cache_mutex_);
+  std::vector<BlockCacheReport> out;
+  for (const auto& [stream, state] : block_cache_) out.push_back({stream, state.skipped_steps});
   return out;
 }
 
-void WanDit::clear_teacache() const {
-  const std::lock_guard<std::mutex> lock(teacache_mutex_);
-  teacache_.clear();
+void WanDit::clear_block_cache() const {
+  const std::lock_guard<std::mutex> lock(block_cache_mutex_);
+  block_cache_.clear();
+}
+
+namespace {
+// mean |a - b| (b undefined: mean |a|), in float32 as the wrapper's tensors.
+double mean_abs(const at::Tensor& a, const at::Tensor& b = {}) {
+  return (b.defined() ? (a - b) : a).abs().mean().item<double>();
+}
+}  // namespace
+
+bool WanDit::reuse_residual(BlockCacheState& state, const BlockCacheCall& call, const at::Tensor& x,
+                            const at::Tensor& embedding) const {
+  switch (call.method) {
+    case BlockCacheMethod::TeaCache: {
+      // The relative L1 change of the time embedding since the last computed call, rescaled by
+      // the model's polynomial, accumulated (in float32, as the wrapper's tensor).
+      const double change = mean_abs(embedding, state.embedding) / mean_abs(state.embedding);
+      double rescaled = change;
+      if (!call.coefficients.empty()) {
+        rescaled = 0.0;
+        for (const double k : call.coefficients) rescaled = rescaled * change + k;  // np.poly1d, highest power first
+      }
+      state.accumulated = state.accumulated + static_cast<float>(rescaled);
+      if (state.accumulated < static_cast<float>(call.threshold)) return true;
+      state.accumulated = 0.0f;
+      return false;
+    }
+    case BlockCacheMethod::MagCache: {
+      // MagCache: the output's magnitude changes by a calibrated ratio each step; skipping k steps
+      // errs by |1 - the product of their ratios|, summed over the calls skipped in a row.
+      state.ratio *= call.magnitude_ratio;
+      state.error += std::abs(1.0 - state.ratio);
+      state.skips += 1;
+      if (state.error < call.threshold && state.skips <= call.max_skips) return true;
+      state.ratio = 1.0;
+      state.error = 0.0;
+      state.skips = 0;
+      return false;
+    }
+    case BlockCacheMethod::EasyCache: {
+      // EasyCache: the output changes k times as much as the input (k measured between the last
+      // two computed calls); the predicted relative change of the output, summed over the calls
+      // since the last computed one.
+      if (state.k <= 0.0 || state.output_norm <= 0.0) return false;
+      const double input_change = mean_abs(x.to(state.previous_input.device()), state.previous_input);
+      state.easy_error += state.k * input_change / state.output_norm;
+      if (state.easy_error < call.threshold) return true;
+      state.easy_error = 0.0;
+      return false;
+    }
+  }
+  return false;
 }
 
 void WanDit::release_graph() const {
@@ -789,52 +840,53 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
     }
   };
 
-  // TeaCache: where the time embedding has changed little since this stream's last computed call
-  // (the accumulated change below the threshold), the blocks are not run: the residual they added
-  // then is added again (the wrapper's WanModel.forward).
-  const TeaCacheCall& tc = in.teacache;
-  if (tc.stream < 0) {
+  // cache_args: where this stream's estimate of what skipping costs stays below the threshold,
+  // the blocks are not run: the residual they added at its last computed call is added again
+  // (the wrapper's WanModel.forward).
+  const BlockCacheCall& cache = in.cache;
+  if (cache.stream < 0) {
     run_blocks();
   } else {
-    const at::Device keep_on = tc.on_main ? device : at::Device(at::kCPU);
-    const at::Tensor current = (!tc.coefficients.empty() && !tc.mode_e0 ? e : e0).to(keep_on).clone();
-    TeaCacheState state;
+    const at::Device keep_on = cache.on_main ? device : at::Device(at::kCPU);
+    const bool tea = cache.method == BlockCacheMethod::TeaCache, easy = cache.method == BlockCacheMethod::EasyCache;
+    const at::Tensor embedding = tea ? (!cache.coefficients.empty() && !cache.mode_e0 ? e : e0).to(keep_on).clone() : at::Tensor();
+    BlockCacheState state;
     bool fresh = true;
     {
-      const std::lock_guard<std::mutex> lock(teacache_mutex_);
-      if (const auto it = teacache_.find(tc.stream); it != teacache_.end()) {
+      const std::lock_guard<std::mutex> lock(block_cache_mutex_);
+      if (const auto it = block_cache_.find(cache.stream); it != block_cache_.end()) {
         state = it->second;
-        fresh = false;
+        // A stream whose shapes changed starts again.
+        fresh = !state.residual.defined() || state.residual.sizes() != x.sizes() ||
+                (tea && state.embedding.sizes() != embedding.sizes());
       }
     }
-    bool reuse = false;
-    if (!fresh && state.previous.sizes() == current.sizes() && state.residual.sizes() == x.sizes()) {
-      // mean |e - e_prev| / mean |e_prev|, in float32; accumulated in float32 as the wrapper's tensor.
-      const double change = ((current - state.previous).abs().mean() / state.previous.abs().mean()).item<double>();
-      double rescaled = change;
-      if (!tc.coefficients.empty()) {
-        rescaled = 0.0;
-        for (const double k : tc.coefficients) rescaled = rescaled * change + k;  // np.poly1d, highest power first
-      }
-      state.accumulated = state.accumulated + static_cast<float>(rescaled);
-      if (state.accumulated < static_cast<float>(tc.threshold)) reuse = true;
-      else state.accumulated = 0.0f;
-    } else {
-      state = TeaCacheState{{}, 0.0f, {}, state.skipped_steps};  // the stream's first call (or a new shape): computed
-    }
+    if (fresh) state = BlockCacheState{{}, state.skipped_steps};  // its first call: computed
+    const bool reuse = !fresh && reuse_residual(state, cache, x, embedding);
+    const auto kept = [&](const at::Tensor& t) { return t.device() == keep_on ? t.clone() : t.to(keep_on); };
+    const at::Tensor input = (reuse && !easy) ? at::Tensor() : kept(x);
     if (reuse) {
       x = x + state.residual.to(device);
-      state.skipped_steps.push_back(tc.step);  // `previous` stays the last computed call's
+      state.skipped_steps.push_back(cache.step);
     } else {
-      const at::Tensor before = x.to(keep_on).clone();
       run_blocks();
-      state.residual = x.to(keep_on) - before;
-      state.previous = current;
+      const at::Tensor output = kept(x);
+      state.residual = output - input;
+      if (tea) state.embedding = embedding;
+      if (easy) {
+        if (state.computed_input.defined())
+          state.k = mean_abs(output, state.computed_output) / std::max(mean_abs(input, state.computed_input), 1e-12);
+        state.computed_input = input;
+        state.computed_output = output;
+        state.output_norm = mean_abs(output);
+      }
     }
-    const std::lock_guard<std::mutex> lock(teacache_mutex_);
-    teacache_[tc.stream] = std::move(state);
+    if (easy) state.previous_input = input;
+    const std::lock_guard<std::mutex> lock(block_cache_mutex_);
+    block_cache_[cache.stream] = std::move(state);
   }
 
+  if (trace) (*trace)["blocks_out"] = x;
   // Head: modulated LayerNorm and projection to patch pixels [B, L, out_dim * 4].
   const auto he = (head_modulation_.get(at::kFloat) + e.unsqueeze(1)).chunk(2, 1);
   x = apply(head_, modulated(x, he[1], he[0]), lora);

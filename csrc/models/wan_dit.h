@@ -77,23 +77,32 @@ struct GraphStats {
   std::string failure;
 };
 
-// TeaCache (the wrapper's cache_args, TeaCache): whether this call may reuse the residual the
-// blocks added the last time they ran for its stream, and how it decides. The state of each
-// stream (the time embedding of its last computed call, the accumulated change, the residual)
-// lives in the model until clear_teacache().
-struct TeaCacheCall {
-  int64_t stream = -1;  // -1: off. The sampler gives each prediction (cond, uncond, window) its own
+// The wrapper's cache_args: a call may skip the transformer blocks, adding again the residual
+// they added the last time they ran for its stream (cond, uncond, each context window's own).
+// The methods differ in how they decide. Each stream's state lives in the model until
+// clear_block_cache().
+enum class BlockCacheMethod { TeaCache, MagCache, EasyCache };
+
+struct BlockCacheCall {
+  BlockCacheMethod method = BlockCacheMethod::TeaCache;
+  int64_t stream = -1;  // -1: off
   int64_t step = 0;     // the step, recorded when skipped
+  // The blocks are skipped while the accumulated estimate of the error stays below it.
   double threshold = 0.3;
-  // With coefficients (highest power first, np.poly1d's order): the relative L1 change of the
-  // time embedding e (mode e0: e0) goes through this polynomial before it is accumulated.
-  // Without: the change of e0 itself.
+  bool on_main = false;  // the residual kept on the main device (cache_device main_device)
+  // TeaCache: with coefficients (highest power first, np.poly1d's order) the relative L1 change
+  // of the time embedding e (mode e0: e0) goes through this polynomial before it is accumulated;
+  // without, the change of e0 itself.
   std::vector<double> coefficients;
   bool mode_e0 = false;
-  bool on_main = false;  // the residual kept on the main device (cache_device main_device)
+  // MagCache: this step's calibrated ratio of output to previous output magnitude for the
+  // stream's prediction (the sampler interpolates the model's table), and how many calls in a
+  // row may be skipped.
+  double magnitude_ratio = 1.0;
+  int64_t max_skips = 4;
 };
 
-struct TeaCacheReport {
+struct BlockCacheReport {
   int64_t stream;
   std::vector<int64_t> skipped_steps;
 };
@@ -120,7 +129,7 @@ struct WanDitInput {
   // Skip layer guidance (the wrapper's slg_args): these blocks are left out of this call, the
   // residual stream passing them by. The sampler asks it of the unconditional pass.
   std::vector<int64_t> skip_blocks;
-  TeaCacheCall teacache;
+  BlockCacheCall cache;
 };
 
 // Named intermediates of sample 0 for tests and debugging (names as in the goldens).
@@ -139,9 +148,9 @@ class WanDit {
   // between blocks.
   std::vector<at::Tensor> forward(const WanDitInput& in, const std::function<bool()>& cancelled = {},
                                   Trace* trace = nullptr) const;
-  // TeaCache: what each stream skipped since the last clear, and forgetting it all.
-  std::vector<TeaCacheReport> teacache_report() const;
-  void clear_teacache() const;
+  // cache_args: what each stream skipped since the last clear, and forgetting it all.
+  std::vector<BlockCacheReport> block_cache_report() const;
+  void clear_block_cache() const;
 
   const WanDitConfig& config() const { return config_; }
   const WanDitOptions& options() const { return options_; }
@@ -248,14 +257,27 @@ class WanDit {
   mutable std::string graph_key_;
   mutable std::mutex graph_stats_mutex_;  // graph_stats() reads them while a forward runs
   mutable GraphStats graph_stats_;
-  struct TeaCacheState {
-    at::Tensor previous;  // the time embedding of the last computed call (on the cache device)
-    float accumulated = 0.0f;  // a float32 tensor in the wrapper
-    at::Tensor residual;  // what the blocks added then, [B, seq_len, dim] float32
+  struct BlockCacheState {
+    at::Tensor residual;  // what the blocks added at the last computed call, [B, seq_len, dim] float32
     std::vector<int64_t> skipped_steps;
+    // TeaCache: the time embedding of the last computed call; the change accumulated since.
+    at::Tensor embedding;
+    float accumulated = 0.0f;  // a float32 tensor in the wrapper
+    // MagCache: the product of the ratios since the last computed call, the summed error and
+    // the calls skipped in a row.
+    double ratio = 1.0, error = 0.0;
+    int64_t skips = 0;
+    // EasyCache: the previous call's block input; the last two computed calls' input and output
+    // (their changes give the transformation rate k, 0 until known); the error accumulated.
+    at::Tensor previous_input, computed_input, computed_output;
+    double k = 0.0, output_norm = 0.0, easy_error = 0.0;
   };
-  mutable std::mutex teacache_mutex_;
-  mutable std::map<int64_t, TeaCacheState> teacache_;
+  // Whether this call skips its blocks, updating the stream's state (all but the residual, which
+  // the computed path sets).
+  bool reuse_residual(BlockCacheState& state, const BlockCacheCall& call, const at::Tensor& x,
+                      const at::Tensor& embedding) const;
+  mutable std::mutex block_cache_mutex_;
+  mutable std::map<int64_t, BlockCacheState> block_cache_;
   Linear head_;
   ops::Weight head_modulation_;   // [1, 2, dim]
   // img_emb (i2v / flf2v): LayerNorm(1280), Linear, GELU, Linear, LayerNorm(dim)

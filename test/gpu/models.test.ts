@@ -128,9 +128,9 @@ t.test('DiT: the GPU (fp32) and the CPU agree', { skip }, async (t) => {
   t.ok(err <= FP32_MAX_ABS, `max abs difference ${err.toExponential(2)} <= ${FP32_MAX_ABS}`);
 });
 
-t.test('RIFLEx, skipped blocks and TeaCache on the GPU give what they give on the CPU, cudaGraphs or not', { skip }, async (t) => {
+t.test('RIFLEx, skipped blocks and the block caches on the GPU give what they give on the CPU, cudaGraphs or not', { skip }, async (t) => {
   // fp32 on both: each option's output against the CPU's (FP32_MAX_ABS, cuDNN's TF32 patch
-  // embedding); TeaCache's second identical call, which skips the blocks, against its first.
+  // embedding); each block cache's second identical call, which skips the blocks, against its first.
   const g = await golden(path.join(goldenDir, 'golden_dit_t2v.safetensors'));
   const { input } = t2vCase(g, 'a');
   const [, F, H, W] = input.x[0].shape;
@@ -147,15 +147,22 @@ t.test('RIFLEx, skipped blocks and TeaCache on the GPU give what they give on th
       }
     }
     for (const cacheDevice of ['offload_device', 'main_device'] as const) {
-      gpu.clearTeaCache();
-      const tea = (step: number) => ({ teaCache: { stream: 0, step, threshold: 0.5, mode: 'e0' as const, cacheDevice } });
-      const [computed] = await gpu.forward({ ...base, ...tea(0) });
-      const [reused] = await gpu.forward({ ...base, ...tea(1) });
-      t.same(gpu.teaCacheReport(), [{ stream: 0, skippedSteps: [1] }], `cudaGraphs ${cudaGraphs}, ${cacheDevice}: the second call skipped`);
-      const err = maxAbsDiff(reused, computed);
-      t.ok(err <= 1e-5, `cudaGraphs ${cudaGraphs}, ${cacheDevice}: the residual gives the blocks' output back, max abs ${err.toExponential(2)}`);
+      // Each block cache's second identical call skips (TeaCache: no change of e0; MagCache: a
+      // ratio of 1), its residual kept on either device.
+      const calls = {
+        teacache: (step: number) => ({ method: 'teacache' as const, stream: 0, step, threshold: 0.5, mode: 'e0' as const, cacheDevice }),
+        magcache: (step: number) => ({ method: 'magcache' as const, stream: 0, step, threshold: 0.02, magnitudeRatio: 1, maxSkips: 4, cacheDevice }),
+      };
+      for (const [method, call] of Object.entries(calls)) {
+        gpu.clearCache();
+        const [computed] = await gpu.forward({ ...base, cache: call(0) });
+        const [reused] = await gpu.forward({ ...base, cache: call(1) });
+        t.same(gpu.cacheReport(), [{ stream: 0, skippedSteps: [1] }], `cudaGraphs ${cudaGraphs}, ${method}, ${cacheDevice}: the second call skipped`);
+        const err = maxAbsDiff(reused, computed);
+        t.ok(err <= 1e-5, `cudaGraphs ${cudaGraphs}, ${method}, ${cacheDevice}: the residual gives the blocks' output back, max abs ${err.toExponential(2)}`);
+      }
     }
-    gpu.clearTeaCache();
+    gpu.clearCache();
     gpu.dispose();
   }
   cpu.dispose();

@@ -100,6 +100,18 @@ t.test('--teacache: the summary says how many model calls TeaCache skipped', asy
   t.match(r.stderr, /^ {2}sampling +[\d.]+ s {2}\([\d.]+ s\/step, TeaCache skipped [1-9]\d* model calls?\)$/m);
 });
 
+t.test('--magcache and --easycache: the summary says how many model calls the cache skipped', async (t) => {
+  const common = ['generate', ...T2V, '--width', '48', '--height', '32', '--num-frames', '5', '--steps', '8', '--prompt', 'a cat',
+    '--format', 'png', '--no-save-metadata'];
+  const mag = run(...common, '--output-dir', outDir('magcache'), '--magcache', '0.1', '--magcache-k', '2');
+  t.equal(mag.status, 0, mag.stderr);
+  // The 14B ratios resampled to 8 steps skip calls from step 2 at 0.1 (test/native/sampler.test.ts has the rule).
+  t.match(mag.stderr, /^ {2}sampling +[\d.]+ s {2}\([\d.]+ s\/step, MagCache skipped [1-9]\d* model calls?\)$/m);
+  const easy = run(...common, '--output-dir', outDir('easycache'), '--easycache', '0.5', '--easycache-start-step', '0');
+  t.equal(easy.status, 0, easy.stderr);
+  t.match(easy.stderr, /^ {2}sampling +[\d.]+ s {2}\([\d.]+ s\/step, EasyCache skipped [1-9]\d* model calls?\)$/m);
+});
+
 t.test('the same seed gives the same frames; another seed other frames', async (t) => {
   const frames = (name: string, seed: string) => {
     const out = outDir(name);
@@ -279,6 +291,10 @@ t.test('bad options exit 2 with a message naming the option, before anything is 
     [['--prefetch-blocks', '41'], /option '--prefetch-blocks <n>' argument '41' is invalid\. Expected an integer in 0\.\.40/],
     [['--teacache-mode', 'e0'], /^wan-native generate: --teacache-mode needs --teacache \(which turns TeaCache on\)$/m],
     [['--teacache', '0.2', '--batched-cfg'], /^wan-native generate: --batched-cfg and --teacache: TeaCache keeps the positive and negative passes apart/m],
+    [['--magcache-k', '2'], /^wan-native generate: --magcache-k needs --magcache \(which turns MagCache on\)$/m],
+    [['--easycache-start-step', '2'], /^wan-native generate: --easycache-start-step needs --easycache \(which turns EasyCache on\)$/m],
+    [['--teacache', '0.2', '--magcache', '0.02'], /^wan-native generate: --teacache and --magcache: one cache at a time; leave all but one out$/m],
+    [['--magcache', '0.5'], /option '--magcache <threshold>' argument '0\.5' is invalid\. Expected a number in 0\.\.0\.3/],
     [['--slg-start-percent', '0.2'], /^wan-native generate: --slg-start-percent needs --slg-blocks \(which turns skip layer guidance on\)$/m],
     [['--slg-blocks', '0,5'], /^wan-native generate: --slg-blocks: the model has 2 transformer blocks \(0\.\.1\) but block 5 is given$/m],
     [['--riflex-freq-index', '7'], /^wan-native generate: --riflex-freq-index: the model's RoPE turns 6 frequencies with the frame, so expected 0\.\.6 but received 7$/m],

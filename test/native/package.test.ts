@@ -26,9 +26,9 @@ t.test('import * as wan from "wan-native" gives the same named exports', async (
   t.equal(r.status, 0, r.stderr);
   t.equal(r.stdout.trim(),
     'ATTENTION_MODES,ClipVisionEncoder,DEFAULT_NEGATIVE_PROMPT,DTYPES,PLAN_DEVICES,QUANTIZATIONS,SCHEDULER_NAMES,Sampler,Tensor,TextEncoder,VIDEO_FORMATS,Vae,WanError,WanModel,' +
-    'emptyEmbeds,imageToVideoEncode,inspectCheckpoint,loadCheckpoint,loadImage,loadSafetensors,outputCounter,parseWorkflow,planMemory,' +
+    'cacheVariant,emptyEmbeds,imageToVideoEncode,inspectCheckpoint,loadCheckpoint,loadImage,loadSafetensors,outputCounter,parseWorkflow,planMemory,' +
     'prepareOutput,promptWeights,riflexFrequencies,runWorkflow,runtimeInfo,' +
-    'saveSafetensors,schedule,setThreads,teaCacheVariant,videoCombine 2 WAN_IO');
+    'saveSafetensors,schedule,setThreads,videoCombine 2 WAN_IO');
 });
 
 t.test("the shipped declarations compile in a strict project that checks libraries (no skipLibCheck)", async (t) => {

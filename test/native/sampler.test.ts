@@ -7,8 +7,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { emptyEmbeds, imageToVideoEncode, loadSafetensors, riflexFrequencies, Sampler, saveSafetensors, schedule, teaCacheVariant, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
+import { emptyEmbeds, imageToVideoEncode, loadSafetensors, riflexFrequencies, Sampler, saveSafetensors, schedule, cacheVariant, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
 import type { SamplerProgress, TextEmbeds, WanForwardInput } from '../../lib/index';
+import { nearestInterpolation } from '../../lib/block-cache';
 import { native } from '../../lib/native';
 import { fixturesDir, maxAbsDiff, officialSigmas, toNumbers, weightsDir } from '../helpers';
 
@@ -43,9 +44,9 @@ const shared = setup();
 // A stand-in for the model that shows each forward's input to `see`, then passes the call on.
 function watched(model: WanModel, see: (input: WanForwardInput) => void): WanModel {
   return {
-    config: model.config, offload: () => model.offload(), teaCacheReport: () => model.teaCacheReport(), clearTeaCache: () => model.clearTeaCache(),
+    config: model.config, offload: () => model.offload(), cacheReport: () => model.cacheReport(), clearCache: () => model.clearCache(),
     forward: (input: WanForwardInput, options?: { signal?: AbortSignal }) => { see(input); return model.forward(input, options); },
-  } as Pick<WanModel, 'config' | 'offload' | 'forward' | 'teaCacheReport' | 'clearTeaCache'> as WanModel;
+  } as Pick<WanModel, 'config' | 'offload' | 'forward' | 'cacheReport' | 'clearCache'> as WanModel;
 }
 
 t.test('the noise is PyTorch CPU generator noise for the seed', async (t) => {
@@ -463,16 +464,16 @@ t.test('TeaCache: a call skips the blocks, adding their last residual, while the
   const context = text.promptEmbeds[0];
   const x = new Tensor(new (native().NoiseGenerator)(4n).randn([16, 2, 4, 4]));
   const at = (v: number) => Tensor.fromTypedArray(Float64Array.of(v), [1]);
-  const tea = (step: number) => ({ stream: 7, step, threshold: 0.5, mode: 'e0' as const, cacheDevice: 'offload_device' as const });
-  model.clearTeaCache();
+  const tea = (step: number) => ({ method: 'teacache' as const, stream: 7, step, threshold: 0.5, mode: 'e0' as const, cacheDevice: 'offload_device' as const });
+  model.clearCache();
   // The same call twice: the second skips the blocks, and the residual gives back what they made.
-  const [computed] = await model.forward({ x: [x], t: at(600), context: [context], seqLen: 8, teaCache: tea(0) });
-  const [reused] = await model.forward({ x: [x], t: at(600), context: [context], seqLen: 8, teaCache: tea(1) });
-  t.same(model.teaCacheReport(), [{ stream: 7, skippedSteps: [1] }], 'the second call skipped');
+  const [computed] = await model.forward({ x: [x], t: at(600), context: [context], seqLen: 8, cache: tea(0) });
+  const [reused] = await model.forward({ x: [x], t: at(600), context: [context], seqLen: 8, cache: tea(1) });
+  t.same(model.cacheReport(), [{ stream: 7, skippedSteps: [1] }], 'the second call skipped');
   const err = maxAbsDiff(reused, computed);
   t.ok(err <= 1e-5, `x + (blocks(x) - x) against blocks(x): max abs ${err.toExponential(2)} <= 1e-5`);
-  model.clearTeaCache();
-  t.same(model.teaCacheReport(), [], 'cleared');
+  model.clearCache();
+  t.same(model.cacheReport(), [], 'cleared');
 
   // The decisions over a run, against the rule written out here on the time embeddings the model
   // reports (trace): from the first step in range, which computes, the relative L1 change of e
@@ -510,12 +511,12 @@ t.test('TeaCache: a call skips the blocks, adding their last residual, while the
   ];
   for (const [what, cacheArgs, expected] of cases) {
     const counts: number[] = [];
-    const cached = await new Sampler(model).sample({ ...o, cacheArgs, onProgress: (p) => counts.push(p.teaCacheSkipped!) });
+    const cached = await new Sampler(model).sample({ ...o, cacheArgs, onProgress: (p) => counts.push(p.cacheSkipped!) });
     const skipped = counts.flatMap((n, i) => (n > (counts[i - 1] ?? 0) ? [i] : []));
     t.same(skipped, expected, `${what}: skipped steps ${skipped.join(', ')} of 12, as the rule gives`);
     t.ok(expected.length > 0, `${what}: some skipped`);
     t.ok(maxAbsDiff(cached, full) > 0, `${what}: not the full run`);
-    t.same(model.teaCacheReport(), [], `${what}: the run frees its residuals`);
+    t.same(model.cacheReport(), [], `${what}: the run frees its residuals`);
   }
 
   // Nothing skipped below threshold 0 without coefficients: the full run, bit for bit.
@@ -524,13 +525,151 @@ t.test('TeaCache: a call skips the blocks, adding their last residual, while the
 
   // Each prediction its own stream: cond and uncond, and each context window its pair.
   const streams = new Set<number>();
-  const spy = watched(model, (input) => { if (input.teaCache) streams.add(input.teaCache.stream); });
+  const spy = watched(model, (input) => { if (input.cache) streams.add(input.cache.stream); });
   await new Sampler(spy).sample({ ...o, imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 17 }), cfg: 4, steps: 3,
     cacheArgs: { startStep: 0 }, contextOptions: { schedule: 'static_standard', frames: 9, overlap: 4, freenoise: false } });
   t.same([...streams].sort(), [0, 1, 2, 3], 'two windows, two predictions each: four streams');
-  t.equal(teaCacheVariant(model), '14B', 'a t2v model that is not 1.3B wide: the 14B coefficients, as the wrapper picks');
+  t.equal(cacheVariant(model), '14B', 'a t2v model that is not 1.3B wide: the 14B coefficients, as the wrapper picks');
   await t.rejects(new Sampler(model).sample({ ...o, cfg: 4, batchedCfg: true, cacheArgs: {} }), { code: 'WAN_INVALID_OPTION', message: /batchedCfg false with cacheArgs/ });
   await t.rejects(new Sampler(model).sample({ ...o, cacheArgs: { mode: 'x' as never } }), { code: 'WAN_INVALID_OPTION', message: /Expected e or e0 for cacheArgs\.mode/ });
+});
+
+t.test('MagCache: calls are skipped while the error the calibrated magnitude ratios predict stays small', async (t) => {
+  const { model, text } = await shared;
+  // MagCache's nearest_interp, numpy's rounding (halves to even): indices written out by hand.
+  const indices = Array.from({ length: 50 }, (_, i) => i);
+  t.same(nearestInterpolation(indices, 12), [0, 4, 9, 13, 18, 22, 27, 31, 36, 40, 45, 49], '50 calibrated steps to 12');
+  t.same(nearestInterpolation([0, 1, 2], 5), [0, 0, 1, 2, 2], 'halves round to even (0.5 -> 0, 1.5 -> 2)');
+  t.same(nearestInterpolation([0, 1, 2], 1), [2], 'one step: the last');
+
+  // Forward: a ratio of 1 predicts no error, so the second call skips and the residual gives the
+  // blocks' output back.
+  const context = text.promptEmbeds[0];
+  const x = new Tensor(new (native().NoiseGenerator)(4n).randn([16, 2, 4, 4]));
+  const t600 = Tensor.fromTypedArray(Float64Array.of(600), [1]);
+  const mag = (step: number) => ({ method: 'magcache' as const, stream: 3, step, threshold: 0.02, magnitudeRatio: 1, maxSkips: 4, cacheDevice: 'offload_device' as const });
+  const [computed] = await model.forward({ x: [x], t: t600, context: [context], seqLen: 8, cache: mag(0) });
+  const [reused] = await model.forward({ x: [x], t: t600, context: [context], seqLen: 8, cache: mag(1) });
+  t.same(model.cacheReport(), [{ stream: 3, skippedSteps: [1] }], 'the second call skipped');
+  t.ok(maxAbsDiff(reused, computed) <= 1e-5, `x + (blocks(x) - x) against blocks(x): max abs ${maxAbsDiff(reused, computed).toExponential(2)}`);
+  model.clearCache();
+
+  // A run: the 14B table (this t2v model is not 1.3B wide) resampled to 12 steps, conditional and
+  // unconditional apart (the entries numpy's nearest_interp picks, written out).
+  const cond = [1.0, 0.99779, 0.99434, 0.99516, 0.99428, 0.99313, 0.99138, 0.98772, 0.98177, 0.97184, 0.93964, 0.86111];
+  const uncond = [1.0, 0.99771, 0.99431, 0.99517, 0.99426, 0.99311, 0.99135, 0.9877, 0.98173, 0.97183, 0.93961, 0.86189];
+  // The rule: the first call in range computes; then the ratios multiply, |1 - product| adds up
+  // over the calls skipped in a row, and a call is skipped while that stays below the threshold
+  // and at most K in a row; a computed call starts again.
+  const rule = (ratios: number[], startStep: number, threshold: number, k: number) => {
+    const skipped: number[] = [];
+    let ratio = 1, error = 0, skips = 0;
+    for (let i = startStep + 1; i < ratios.length; i++) {
+      ratio *= ratios[i]; error += Math.abs(1 - ratio); skips += 1;
+      if (error < threshold && skips <= k) skipped.push(i);
+      else { ratio = 1; error = 0; skips = 0; }
+    }
+    return skipped;
+  };
+  t.same(rule(cond, 1, 0.02, 4), [2, 3, 5, 7], 'the rule, worked by hand: 0.00566, 0.01613 skip; 0.03226 computes; ...');
+  const o = { imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 5 }), textEmbeds: text, steps: 12, cfg: 4, seed: 2, scheduler: 'euler' as const };
+  const full = await new Sampler(model).sample(o);
+  const cases: [string, object, number[], number[]][] = [
+    ['defaults (0.02, K 4, from step 1)', {}, rule(cond, 1, 0.02, 4), rule(uncond, 1, 0.02, 4)],
+    ['threshold 0.1, K 2, from step 3', { magcacheThresh: 0.1, magcacheK: 2, startStep: 3 }, rule(cond, 3, 0.1, 2), rule(uncond, 3, 0.1, 2)],
+  ];
+  for (const [what, args, expectCond, expectUncond] of cases) {
+    const calls: { unconditional: boolean; ratio?: number }[] = [];
+    const spy = watched(model, (input) => calls.push({ unconditional: input.context[0] !== context, ratio: (input.cache as { magnitudeRatio?: number })?.magnitudeRatio }));
+    const counts: number[] = [];
+    const cached = await new Sampler(spy).sample({ ...o, cacheArgs: { cacheType: 'MagCache', ...args }, onProgress: (p) => counts.push(p.cacheSkipped!) });
+    const perStep = counts.map((n, i) => n - (counts[i - 1] ?? 0));
+    const expected = cond.map((_, i) => Number(expectCond.includes(i)) + Number(expectUncond.includes(i)));
+    t.same(perStep, expected, `${what}: calls skipped per step ${perStep.join(' ')}, as the rule gives`);
+    const ratios = calls.filter((c) => c.ratio !== undefined);
+    t.same(ratios.filter((c) => !c.unconditional).map((c) => c.ratio), cond.slice(-ratios.length / 2), `${what}: the conditional ratios`);
+    t.same(ratios.filter((c) => c.unconditional).map((c) => c.ratio), uncond.slice(-ratios.length / 2), `${what}: the unconditional ratios`);
+    t.ok(maxAbsDiff(cached, full) > 0, `${what}: not the full run`);
+    t.same(model.cacheReport(), [], `${what}: the run frees its residuals`);
+  }
+  // A split run reads the ratios at its steps' places in the whole schedule.
+  const seen: number[] = [];
+  await new Sampler(watched(model, (input) => { if (input.cache && input.context[0] === context) seen.push((input.cache as { magnitudeRatio: number }).magnitudeRatio); }))
+    .sample({ ...o, startStep: 6, cacheArgs: { cacheType: 'MagCache', startStep: 2 } });
+  t.same(seen, cond.slice(8), 'startStep 6, cache from its step 2: the ratios of steps 8 to 11');
+  t.equal(maxAbsDiff(await new Sampler(model).sample({ ...o, cacheArgs: { cacheType: 'MagCache', magcacheK: 0 } }), full), 0,
+    'K 0: never skips, exactly the run without the cache');
+  await t.rejects(new Sampler(model).sample({ ...o, cacheArgs: { cacheType: 'MagCache', magcacheK: 7 } }),
+    { code: 'WAN_INVALID_OPTION', message: /Expected an integer in 0\.\.6 for cacheArgs\.magcacheK but received 7/ });
+  await t.rejects(new Sampler(model).sample({ ...o, cacheArgs: { cacheType: 'MagCache', relL1Thresh: 0.1 } as never }),
+    { code: 'WAN_INVALID_OPTION', message: /Expected cacheArgs among cacheType, magcacheThresh, .* but received 'relL1Thresh'/ });
+  await t.rejects(new Sampler(model).sample({ ...o, cacheArgs: { cacheType: 'FirstBlockCache' } as never }),
+    { code: 'WAN_INVALID_OPTION', message: /Expected one of TeaCache, MagCache, EasyCache for cacheArgs\.cacheType/ });
+});
+
+t.test('EasyCache: calls are skipped while the output change predicted from the input change stays small', async (t) => {
+  const { model, text } = await shared;
+  const context = text.promptEmbeds[0];
+  const generator = new (native().NoiseGenerator)(5n);
+  const base = generator.randn([16, 2, 4, 4]).toTypedArray() as Float32Array;
+  const drift = generator.randn([16, 2, 4, 4]).toTypedArray() as Float32Array;
+  // Ten calls on inputs that drift a little, at falling timesteps (8 tokens, no padding).
+  const inputs = Array.from({ length: 10 }, (_, i) => ({
+    x: Tensor.fromTypedArray(base.map((v, k) => v + 0.01 * i * i * drift[k]), [16, 2, 4, 4]),
+    t: Tensor.fromTypedArray(Float64Array.of(700 - 15 * i), [1]),
+  }));
+  // What the blocks take and give for each (traced without the cache).
+  const traced: { h: Float32Array; o: Float32Array }[] = [];
+  for (const { x, t: tv } of inputs) {
+    const { intermediates } = await model.trace({ x: [x], t: tv, context: [context], seqLen: 8 });
+    traced.push({ h: intermediates.get('patch_embedding_out')!.toTypedArray() as Float32Array, o: intermediates.get('blocks_out')!.toTypedArray() as Float32Array });
+  }
+  const meanAbs = (a: Float32Array, b?: Float32Array) => a.reduce((s, v, k) => s + Math.abs(v - (b ? b[k] : 0)), 0) / a.length;
+  // The rule: k = mean|o - o'| / mean|h - h'| between the last two computed calls (unknown until
+  // there are two: computed); error += k mean|h - h_prev| / mean|o_last computed|, skipped while
+  // below the threshold, computed and reset otherwise.
+  const rule = (threshold: number) => {
+    const skipped: number[] = [];
+    let k = 0, error = 0, last = traced[0], previous = traced[0].h;
+    for (let i = 1; i < traced.length; i++) {
+      const { h, o } = traced[i];
+      let reuse = false;
+      if (k > 0) {
+        error += (k * meanAbs(h, previous)) / meanAbs(last.o);
+        if (error < threshold) reuse = true; else error = 0;
+      }
+      if (reuse) skipped.push(i);
+      else { k = meanAbs(o, last.o) / meanAbs(h, last.h); last = traced[i]; }
+      previous = h;
+    }
+    return skipped;
+  };
+  for (const threshold of [0.3, 0.5]) {  // (the tiny random model's output follows t closely: k is 2 to 35)
+    const expected = rule(threshold);
+    const outputs: Tensor[] = [];
+    for (const [i, { x, t: tv }] of inputs.entries())
+      outputs.push((await model.forward({ x: [x], t: tv, context: [context], seqLen: 8,
+        cache: { method: 'easycache', stream: 0, step: i, threshold, cacheDevice: 'offload_device' } }))[0]);
+    const skipped = model.cacheReport()[0].skippedSteps;
+    model.clearCache();
+    t.same(skipped, expected, `threshold ${threshold}: skipped calls ${skipped.join(', ')} of 10, as the rule gives`);
+    t.ok(expected.length > 0 && expected.length < 8, `threshold ${threshold}: some skipped, some computed`);
+  }
+
+  // A run, and its options.
+  const o = { imageEmbeds: emptyEmbeds({ width: 32, height: 32, numFrames: 5 }), textEmbeds: text, steps: 12, cfg: 1, seed: 2, scheduler: 'euler' as const };
+  const full = await new Sampler(model).sample(o);
+  const counts: number[] = [];
+  const calls: number[] = [];
+  const spy = watched(model, (input) => { if (input.cache) calls.push(input.cache.step); });
+  const cached = await new Sampler(spy).sample({ ...o, cacheArgs: { cacheType: 'EasyCache', easycacheThresh: 0.5 }, onProgress: (p) => counts.push(p.cacheSkipped!) });
+  t.same(calls, [10, 11], 'from step 10 by default (as the wrapper)');
+  t.equal(counts.at(-1), 0, 'two calls in range are both computed (k is not known before)');
+  t.equal(maxAbsDiff(cached, full), 0, 'so the run is the full one, bit for bit');
+  const early = await new Sampler(model).sample({ ...o, cacheArgs: { cacheType: 'EasyCache', easycacheThresh: 0.5, startStep: 0 }, onProgress: (p) => counts.push(p.cacheSkipped!) });
+  t.ok(counts.at(-1)! > 0 && maxAbsDiff(early, full) > 0, `from step 0 at 0.5: ${counts.at(-1)} of 12 calls skipped`);
+  await t.rejects(new Sampler(model).sample({ ...o, cacheArgs: { cacheType: 'EasyCache', easycacheThresh: 2 } }),
+    { code: 'WAN_INVALID_OPTION', message: /Expected a number in 0\.\.1 for cacheArgs\.easycacheThresh but received 2/ });
 });
 
 t.test('custom sigmas set the steps', async (t) => {

@@ -75,12 +75,14 @@ t.test('tiled decode: each tile is decoded on its own and blended where tiles ov
       for (let x = 0; x < 4; x++) crop[(c * 3 + y) * 4 + x] = zv[(c * 4 + y) * 6 + x];
   const first = toNumbers((await vae.decode(Tensor.fromTypedArray(crop, [16, 3, 3, 4]))).toTypedArray());  // [3, 9, 24, 32]
   const tv = toNumbers(tiled.toTypedArray());
+  // The same arithmetic, though not always the same vector paths (the tile is a view of the
+  // latent): up to 1.3e-6 apart on one AMD EPYC, bit for bit on another.
   let mismatches = 0;
   for (let cf = 0; cf < 3 * 9; cf++)
     for (let y = 0; y < 8; y++)
       for (let x = 0; x < 16; x++)
-        if (Math.abs(tv[(cf * 32 + y) * 48 + x] - first[(cf * 24 + y) * 32 + x]) > 1e-6) mismatches++;
-  t.equal(mismatches, 0, "where only the first tile reaches, the output is that tile's own decode");
+        if (Math.abs(tv[(cf * 32 + y) * 48 + x] - first[(cf * 24 + y) * 32 + x]) > 1e-5) mismatches++;
+  t.equal(mismatches, 0, "where only the first tile reaches, the output is that tile's own decode (within 1e-5)");
   // The VAE's middle attention sees a whole tile, not the whole frame, so tiles differ from
   // the untiled decode everywhere; with these random tiny weights and 3 x 4 latent tiles the
   // difference is large (measured: max 0.67, mean 0.08), with real weights and the default

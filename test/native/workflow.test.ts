@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { ClipVisionEncoder, emptyEmbeds, imageToVideoEncode, Sampler, saveSafetensors, Tensor, TextEncoder, Vae, videoCombine, WanModel } from '../../lib/index';
-import type { ClipEmbeds, ContextOptions, FetaArgs, ImageEmbeds, ModelLoaderOptions, SlgArgs, TeaCacheArgs } from '../../lib/index';
+import type { ClipEmbeds, ContextOptions, FetaArgs, ImageEmbeds, ModelLoaderOptions, SlgArgs, CacheArgs } from '../../lib/index';
 import { native } from '../../lib/native';
 import { parseWorkflow, runWorkflow } from '../../lib/workflow';
 import type { RunWorkflowOptions } from '../../lib/workflow';
@@ -49,7 +49,7 @@ const skip = !haveTokenizer ? 'spm_train (Debian package sentencepiece) is neede
 // The fixture's pipeline called through the library.
 interface Direct {
   width: number; height: number; numFrames: number; contextOptions?: ContextOptions; fetaArgs?: FetaArgs; riflexFreqIndex?: number;
-  slgArgs?: SlgArgs; cacheArgs?: TeaCacheArgs;
+  slgArgs?: SlgArgs; cacheArgs?: CacheArgs;
   loras?: ModelLoaderOptions['loras']; blockSwap?: ModelLoaderOptions['blockSwap'];
 }
 async function direct(o: Direct): Promise<Tensor> {
@@ -235,6 +235,23 @@ t.test('context options, Enhance-A-Video, skip layer guidance, TeaCache and RIFL
   const never = structuredClone(workflow);
   Object.assign(never['13'].inputs, { start_percent: 0.8, end_percent: 0.5 });
   t.throws(() => parseWorkflow(never), { message: /^node 13 \(WanVideoEnhanceAVideo\): start_percent \(0\.8\) is after end_percent \(0\.5\)/ });
+  // MagCache and EasyCache nodes give the sampler their cacheArgs, checked when the workflow is read.
+  const magcache = structuredClone(workflow);
+  magcache['15'] = { class_type: 'WanVideoMagCache', inputs: { magcache_thresh: 0.1, magcache_K: 2, start_step: 0, end_step: -1, cache_device: 'offload_device' } };
+  const magResult = await runWorkflow(magcache, { modelDirs, outputDir: newOutputDir() });
+  const magExpected = frameBytes(await direct({ width: 64, height: 64, numFrames: 9,
+    contextOptions: { schedule: 'static_standard', frames: 5, stride: 4, overlap: 4, freenoise: true, fuse: 'pyramid' },
+    fetaArgs: { weight: 2, startPercent: 0, endPercent: 1 }, riflexFreqIndex: 4, slgArgs: { blocks: [1], startPercent: 0.3, endPercent: 1 },
+    cacheArgs: { cacheType: 'MagCache', magcacheThresh: 0.1, magcacheK: 2, startStep: 0, endStep: -1, cacheDevice: 'offload_device' } }));
+  let magSame = true;
+  for (const [i, file] of magResult.outputs['9'].files!.entries()) magSame &&= (await pngBytes(file)).equals(magExpected[i]);
+  t.ok(magSame, 'WanVideoMagCache: the frames of the library run with its cacheArgs');
+  t.ok(!magExpected.every((f, i) => f.equals(expected[i])), 'which differ from TeaCache\'s');
+  const easy = structuredClone(workflow);
+  easy['15'] = { class_type: 'WanVideoEasyCache', inputs: { easycache_thresh: 0.015, start_step: 10, end_step: -1, cache_device: 'main_device' } };
+  t.doesNotThrow(() => parseWorkflow(easy), 'WanVideoEasyCache with the wrapper\'s defaults');
+  easy['15'].inputs.easycache_thresh = 1.5;
+  t.throws(() => parseWorkflow(easy), { message: /^node 15 \(WanVideoEasyCache\) input easycache_thresh: / });
   const still = structuredClone(workflow);
   still['6'].inputs.shift = 0;
   t.throws(() => parseWorkflow(still), { message: /^node 6 \(WanVideoSampler\) input shift: expected a shift above 0/ });
@@ -271,8 +288,8 @@ t.test('validation errors name the node and the input, and nothing runs', async 
   const o: RunWorkflowOptions = { modelDirs, outputDir: newOutputDir(), onNodeStart: (id) => started.push(id) };
   const patched = (patch: (w: any) => void) => { const w = api(); patch(w); return w; };
 
-  await rejectsWith(t, runWorkflow(patched((w) => { w['11'] = { class_type: 'WanVideoMagCache', inputs: {} }; }), o),
-    'WAN_INVALID_OPTION', /^node 11 \(WanVideoMagCache\): unknown node type "WanVideoMagCache" \(wan-native runs WanVideoModelLoader, /);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['11'] = { class_type: 'WanVideoFreeInitArgs', inputs: {} }; }), o),
+    'WAN_INVALID_OPTION', /^node 11 \(WanVideoFreeInitArgs\): unknown node type "WanVideoFreeInitArgs" \(wan-native runs WanVideoModelLoader, /);
   await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.samples = ['8', 0]; }), o),
     'WAN_INVALID_OPTION', /^the workflow has a cycle: node 6 \(WanVideoSampler\) -> node 8 \(WanVideoDecode\) -> node 6 \(WanVideoSampler\)$/);
   await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.model = ['99', 0]; }), o),
