@@ -25,6 +25,7 @@ import { ATTENTION_MODES, BASE_PRECISIONS, riflexFrequencies, storedQuantization
 import { planMemory } from './memory-planner';
 import { native } from './native';
 import type { CacheArgs } from './block-cache';
+import type { ExperimentalArgs } from './guidance';
 import { Sampler } from './sampler';
 import { schedule, SCHEDULER_NAMES, type SchedulerName } from './schedulers';
 import { Tensor } from './tensor';
@@ -128,6 +129,7 @@ export interface GenerateSettings {
   feta?: { weight: number; startPercent: number; endPercent: number };
   slg?: { blocks: number[]; startPercent: number; endPercent: number };
   cache?: CacheArgs;
+  experimental?: ExperimentalArgs;
   context?: Required<ContextOptions>;
 
   blocksToSwap: number;
@@ -409,6 +411,20 @@ export function generateCommand(): Command {
       { parse: number(0, 1), defaultText: 'off' }),
     option(g.sampling, '--easycache-start-step <n>', 'EasyCache from this step run', { parse: integer(0, 9999), default: 10 }),
     option(g.sampling, '--easycache-end-step <n>', 'EasyCache until this step run; -1 to the end', { parse: integer(-1, 9999), default: -1 }),
+    option(g.sampling, '--cfg-zero-star', 'CFG-Zero*: scale the negative prediction by its projection on the positive one before guidance'),
+    option(g.sampling, '--use-zero-init', 'with --cfg-zero-star: the first steps (0..--zero-star-steps) predict zero, without running the model'),
+    option(g.sampling, '--zero-star-steps <n>', 'the last step --use-zero-init zeroes', { parse: integer(0, 10000), default: 0 }),
+    option(g.sampling, '--fresca', 'FreSca: scale the guidance term\'s low spatial frequencies by --fresca-scale-low, the rest by --fresca-scale-high'),
+    option(g.sampling, '--fresca-scale-low <x>', 'FreSca\'s factor for the low frequencies', { parse: number(0, 10), default: 1 }),
+    option(g.sampling, '--fresca-scale-high <x>', 'FreSca\'s factor for the high frequencies', { parse: number(0, 10), default: 1.25 }),
+    option(g.sampling, '--fresca-freq-cutoff <n>', 'FreSca\'s low band: this many latent frequency bins each side of the centre',
+      { parse: integer(0, 10000), default: 20 }),
+    option(g.sampling, '--tcfg', 'TCFG: drop the negative prediction\'s tangential part (per latent channel) before guidance'),
+    option(g.sampling, '--raag-alpha <x>', 'RAAG: lower each step\'s cfg where the predictions disagree, 1 + (cfg - 1) exp(-alpha ratio); ' +
+      '1 is typical', { parse: number(0, 10), defaultText: 'off' }),
+    option(g.sampling, '--tsr', 'Temporal Score Rescaling: scale the predicted noise towards --tsr-k as the noise level falls'),
+    option(g.sampling, '--tsr-k <x>', 'TSR\'s sampling temperature (below 1: sharper)', { parse: number(0, 100), default: 0.95 }),
+    option(g.sampling, '--tsr-sigma <x>', 'how early TSR steers (0..1)', { parse: number(0, 1), default: 1 }),
     option(g.sampling, '--riflex-freq-index <n>', 'RIFLEx: the RoPE frame frequency stretched over the video, so that frames ' +
       'past the 81 the model was trained on do not repeat the first; 0 off, 6 is typical (1..22 for Wan2.1)',
       { parse: integer(0, 1000), default: 0 }),
@@ -522,6 +538,9 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     if (o[on] !== undefined && o.batchedCfg)
       throw new UsageError(`--batched-cfg and --${on}: ${name} keeps the positive and negative passes apart; leave one out`);
   }
+  const needs: [string, string][] = [['useZeroInit', 'cfgZeroStar'], ['zeroStarSteps', 'useZeroInit'], ['frescaScaleLow', 'fresca'],
+    ['frescaScaleHigh', 'fresca'], ['frescaFreqCutoff', 'fresca'], ['tsrK', 'tsr'], ['tsrSigma', 'tsr']];
+  for (const [key, on] of needs) if (given(key) && o[on] === undefined) throw new UsageError(`${flag(key)} needs ${flag(on)}`);
   for (const key of ['slgStartPercent', 'slgEndPercent']) {
     if (given(key) && o.slgBlocks === undefined) throw new UsageError(`${flag(key)} needs --slg-blocks (which turns skip layer guidance on)`);
   }
@@ -614,6 +633,11 @@ export function settingsFrom(cmd: Command): GenerateSettings {
       cacheType: 'MagCache', magcacheThresh: o.magcache, magcacheK: o.magcacheK, startStep: o.magcacheStartStep, endStep: o.magcacheEndStep,
     } : o.easycache !== undefined ? {
       cacheType: 'EasyCache', easycacheThresh: o.easycache, startStep: o.easycacheStartStep, endStep: o.easycacheEndStep,
+    } : undefined,
+    experimental: o.cfgZeroStar || o.fresca || o.tcfg || o.raagAlpha !== undefined || o.tsr ? {
+      cfgZeroStar: o.cfgZeroStar === true, useZeroInit: o.useZeroInit === true, zeroStarSteps: o.zeroStarSteps,
+      useFresca: o.fresca === true, frescaScaleLow: o.frescaScaleLow, frescaScaleHigh: o.frescaScaleHigh, frescaFreqCutoff: o.frescaFreqCutoff,
+      useTcfg: o.tcfg === true, raagAlpha: o.raagAlpha, temporalScoreRescaling: o.tsr === true, tsrK: o.tsrK, tsrSigma: o.tsrSigma,
     } : undefined,
     slg: o.slgBlocks === undefined ? undefined
       : { blocks: o.slgBlocks, startPercent: o.slgStartPercent, endPercent: o.slgEndPercent },
@@ -969,7 +993,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
     const latent = keep(await new Sampler(model).sample({
       imageEmbeds: embeds, textEmbeds: text, steps: s.steps, cfg: s.cfg, shift: s.shift, seed, scheduler: s.scheduler,
       sigmas: s.sigmas, startStep: s.startStep, endStep: s.endStep, batchedCfg: s.batchedCfg,
-      contextOptions: s.context, fetaArgs: s.feta, slgArgs: s.slg, cacheArgs: s.cache, riflexFreqIndex: s.riflexFreqIndex, signal,
+      contextOptions: s.context, fetaArgs: s.feta, slgArgs: s.slg, cacheArgs: s.cache, experimentalArgs: s.experimental, riflexFreqIndex: s.riflexFreqIndex, signal,
       onProgress: (p) => { cacheSkipped = p.cacheSkipped; view.progress(p, 'steps'); },
     }));
     // The denoiser and its conditioning are done with: freed before the VAE decodes.

@@ -25,6 +25,7 @@ export { Sampler } from './sampler';
 export type { SamplerOptions, SamplerProgress, FetaArgs, SlgArgs } from './sampler';
 export type { CacheArgs, CacheVariant, TeaCacheArgs, MagCacheArgs, EasyCacheArgs } from './block-cache';
 export { cacheVariant } from './block-cache';
+export type { ExperimentalArgs } from './guidance';
 export { schedule, SCHEDULER_NAMES } from './schedulers';
 export type { SchedulerName, Schedule, ScheduleOptions } from './schedulers';
 export type { ContextOptions, ContextSchedule, ContextFuse } from './context-windows';

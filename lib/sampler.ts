@@ -10,6 +10,7 @@ import {
 import { abortedError } from './abort';
 import { offloadingAfter } from './device';
 import { type CacheArgs, cacheSettings } from './block-cache';
+import { combineGuidance, type ExperimentalArgs, type Guidance, resolveExperimentalArgs, temporalScoreRescaling } from './guidance';
 import { checkOptionNames, describeValue, finiteIn, invalidOption, optionNames, WanError, withCallerStack } from './errors';
 import { riflexFrequencies, type BlockCacheCall, type WanModel } from './model';
 import { native } from './native';
@@ -66,6 +67,7 @@ export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
   fetaArgs?: FetaArgs;
   slgArgs?: SlgArgs;
   cacheArgs?: CacheArgs;           // TeaCache (the default cacheType), MagCache or EasyCache
+  experimentalArgs?: ExperimentalArgs;  // CFG-Zero*, FreSca, TCFG, RAAG, Temporal Score Rescaling
   riflexFreqIndex?: number;       // 0 (off): RIFLEx, 1..22 for Wan2.1 (6 typical), for videos past 81 frames
   batchedCfg?: boolean;           // false: run the conditional and unconditional passes as one batch
   preview?: boolean;              // false: add an RGB preview to each progress report
@@ -124,6 +126,7 @@ interface StepCall {
   fetaWeight?: number;
   skipUnconditional?: number[];  // skip layer guidance: blocks the unconditional pass leaves out
   cache?: (window: string, unconditional: boolean) => BlockCacheCall;  // cacheArgs, in its steps
+  guidance?: Guidance;  // experimentalArgs
   riflex?: { riflexFreqIndex: number; riflexLatentFrames: number };
   signal?: AbortSignal;
   batched: boolean;
@@ -134,7 +137,7 @@ interface StepCall {
 const SAMPLER_OPTIONS = optionNames<SamplerOptions>()({
   imageEmbeds: true, textEmbeds: true, steps: true, cfg: true, shift: true, seed: true, scheduler: true, sigmas: true,
   startStep: true, endStep: true, samples: true, denoiseStrength: true, addNoiseToSamples: true, contextOptions: true,
-  fetaArgs: true, slgArgs: true, cacheArgs: true, riflexFreqIndex: true, batchedCfg: true, preview: true, forceOffload: true, onProgress: true, signal: true,
+  fetaArgs: true, slgArgs: true, cacheArgs: true, experimentalArgs: true, riflexFreqIndex: true, batchedCfg: true, preview: true, forceOffload: true, onProgress: true, signal: true,
 });
 
 export class Sampler {
@@ -205,6 +208,7 @@ export class Sampler {
     if (cache && o.batchedCfg)
       throw invalidOption(`Expected batchedCfg false with cacheArgs: ${cache.cacheType} keeps the conditional and unconditional ` +
         'predictions apart (the wrapper\'s batched path runs them as one)');
+    const guidance = resolveExperimentalArgs(o.experimentalArgs);
     const riflexFreqIndex = o.riflexFreqIndex ?? 0;
     const frequencies = riflexFrequencies(this.model.config);
     if (!Number.isSafeInteger(riflexFreqIndex) || riflexFreqIndex < 0 || riflexFreqIndex > frequencies)
@@ -306,16 +310,19 @@ export class Sampler {
       const fetaWeight = feta && shape[1] > 1 && fraction >= feta.start && fraction <= feta.end ? feta.weight : undefined;
       const skipUnconditional = slg && fraction >= slg.start && fraction <= slg.end ? slg.blocks : undefined;
       const call: StepCall = {
-        step: i, t, cfg: cfgAt(i), fetaWeight, skipUnconditional, signal: o.signal, batched: o.batchedCfg === true, pass: passes, numPrompts: prompts.length,
+        step: i, t, cfg: cfgAt(i), fetaWeight, skipUnconditional, guidance, signal: o.signal, batched: o.batchedCfg === true, pass: passes, numPrompts: prompts.length,
         // Over the whole video's latent frames, in every context window too (the wrapper's L_test).
         riflex: riflexFreqIndex > 0 ? { riflexFreqIndex, riflexLatentFrames: shape[1] } : undefined,
         cache: cache && i >= cache.startStep && i <= cacheEnd
           ? (window, unconditional) => cache.call(streamOf(`${window}/${unconditional ? 'uncond' : 'cond'}`), i, startStep + i, unconditional)
           : undefined,
       };
-      const prediction = context
-        ? await this.windowedPrediction(latent, shape, embeds, context, i, runSteps, call)
-        : await this.guidedPrediction(latent, shape, embeds.y, embeds.seqLen, 0, call);
+      let prediction = guidance && i < guidance.zeroInitSteps
+        ? new Float32Array(size)  // CFG-Zero*'s zero-init: no model call
+        : context
+          ? await this.windowedPrediction(latent, shape, embeds, context, i, runSteps, call)
+          : await this.guidedPrediction(latent, shape, embeds.y, embeds.seqLen, 0, call);
+      if (guidance?.tsr) prediction = temporalScoreRescaling(prediction, latent, t / 1000, guidance.tsr.k, guidance.tsr.sigma);
       const next = schedule.step(prediction, i, latent, stepNoise);
 
       if (o.onProgress) {
@@ -373,10 +380,7 @@ export class Sampler {
       if (err instanceof WanError && err.code === 'WAN_ABORTED') throw abortedError();
       throw err;
     }
-    if (!uncond) return cond;
-    const out = new Float32Array(cond.length);
-    for (let i = 0; i < out.length; ++i) out[i] = uncond[i] + call.cfg * (cond[i] - uncond[i]);
-    return out;
+    return combineGuidance(cond, uncond, call.cfg, shape, call.guidance);
   }
 
   // Context windows: each window of latent frames is predicted on its own (with the prompt of

@@ -13,6 +13,7 @@ import { loadImage } from './image';
 import { WanModel, type BlockSwapOptions, type LoraOptions, type Quantization } from './model';
 import type { Progress } from './progress';
 import type { CacheArgs, EasyCacheArgs, MagCacheArgs, TeaCacheArgs } from './block-cache';
+import type { ExperimentalArgs } from './guidance';
 import { Sampler, type FetaArgs, type SlgArgs } from './sampler';
 import type { SchedulerName } from './schedulers';
 import { Tensor } from './tensor';
@@ -342,6 +343,13 @@ export const EXECUTORS: Record<string, Executor> = {
     easycacheThresh: 'easycache_thresh', startStep: 'start_step', endStep: 'end_step', cacheDevice: 'cache_device',
   }, { cacheType: 'EasyCache' }),
 
+  WanVideoExperimentalArgs: optionsNode<ExperimentalArgs>({
+    videoAttentionSplitSteps: 'video_attention_split_steps', cfgZeroStar: 'cfg_zero_star', useZeroInit: 'use_zero_init',
+    zeroStarSteps: 'zero_star_steps', useFresca: 'use_fresca', frescaScaleLow: 'fresca_scale_low', frescaScaleHigh: 'fresca_scale_high',
+    frescaFreqCutoff: 'fresca_freq_cutoff', useTcfg: 'use_tcfg', raagAlpha: 'raag_alpha', bidirectionalSampling: 'bidirectional_sampling',
+    temporalScoreRescaling: 'temporal_score_rescaling', tsrK: 'tsr_k', tsrSigma: 'tsr_sigma',
+  }),
+
   async WanVideoSLG(c) {
     const slg: SlgArgs = { blocks: slgBlocks(c.value('blocks')), startPercent: c.value('start_percent'), endPercent: c.value('end_percent') };
     return [{ value: slg }];
@@ -360,7 +368,8 @@ export const EXECUTORS: Record<string, Executor> = {
       scheduler: c.value<SchedulerName>('scheduler'),
       samples: c.input<Tensor>('samples'), denoiseStrength: c.value('denoise_strength'),
       contextOptions: c.input<ContextOptions>('context_options'), fetaArgs: c.input<FetaArgs>('feta_args'),
-      slgArgs: c.input<SlgArgs>('slg_args'), cacheArgs: c.input<CacheArgs>('cache_args'), riflexFreqIndex: c.value('riflex_freq_index'),
+      slgArgs: c.input<SlgArgs>('slg_args'), cacheArgs: c.input<CacheArgs>('cache_args'),
+      experimentalArgs: c.input<ExperimentalArgs>('experimental_args'), riflexFreqIndex: c.value('riflex_freq_index'),
       batchedCfg: c.value('batched_cfg'), startStep: c.value('start_step'), endStep: c.value('end_step'),
       addNoiseToSamples: c.value('add_noise_to_samples'), forceOffload: c.value('force_offload'),
       signal: c.signal, onProgress: c.onProgress,

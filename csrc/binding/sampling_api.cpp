@@ -3,6 +3,7 @@
 // of normals takes milliseconds, and the generator's order of draws must follow the caller's.
 #include "binding/addon_data.h"
 #include "core/error.h"
+#include "sampling/fresca.h"
 #include "sampling/noise.h"
 
 namespace wan::binding {
@@ -71,11 +72,23 @@ Napi::Value resize_bicubic(const Napi::CallbackInfo& info) {
   });
 }
 
+// fourierFilter(x [..., H, W], low, high, cutoff) -> f32 tensor (FreSca; sampling/fresca.h).
+Napi::Value fourier_filter(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    const core::Tensor& x = unwrap_tensor(env, info[0], "x");
+    return wrap_tensor(env, core::wrap(sampling::fourier_filter(core::to_float(x), info[1].As<Napi::Number>().DoubleValue(),
+                                                                info[2].As<Napi::Number>().DoubleValue(),
+                                                                info[3].As<Napi::Number>().Int64Value())));
+  });
+}
+
 }  // namespace
 
 void init_sampling(Napi::Env env, Napi::Object exports) {
   exports.Set("NoiseGenerator", NativeNoiseGenerator::define(env));
   exports.Set("resizeBicubic", Napi::Function::New(env, resize_bicubic));
+  exports.Set("fourierFilter", Napi::Function::New(env, fourier_filter));
 }
 
 }  // namespace wan::binding

@@ -112,6 +112,22 @@ t.test('--magcache and --easycache: the summary says how many model calls the ca
   t.match(easy.stderr, /^ {2}sampling +[\d.]+ s {2}\([\d.]+ s\/step, EasyCache skipped [1-9]\d* model calls?\)$/m);
 });
 
+t.test('the experimental guidance flags reach the sampler', async (t) => {
+  const common = ['generate', ...T2V, '--width', '48', '--height', '32', '--num-frames', '5', '--steps', '3', '--prompt', 'a cat',
+    '--format', 'png', '--no-save-metadata', '--seed', '5'];
+  const frames = (name: string, ...extra: string[]) => {
+    const out = outDir(name);
+    const r = run(...common, '--output-dir', out, ...extra);
+    t.equal(r.status, 0, r.stderr);
+    return fs.readdirSync(out).sort().map((f) => fs.readFileSync(path.join(out, f)));
+  };
+  const plain = frames('guidance-plain');
+  const guided = frames('guidance-all', '--cfg-zero-star', '--use-zero-init', '--fresca', '--fresca-freq-cutoff', '2', '--tcfg',
+    '--raag-alpha', '1', '--tsr', '--tsr-k', '0.9');
+  t.equal(guided.length, plain.length, 'as many frames');
+  t.ok(guided.some((f, i) => !f.equals(plain[i])), 'other frames than plain cfg');
+});
+
 t.test('the same seed gives the same frames; another seed other frames', async (t) => {
   const frames = (name: string, seed: string) => {
     const out = outDir(name);
@@ -295,6 +311,10 @@ t.test('bad options exit 2 with a message naming the option, before anything is 
     [['--easycache-start-step', '2'], /^wan-native generate: --easycache-start-step needs --easycache \(which turns EasyCache on\)$/m],
     [['--teacache', '0.2', '--magcache', '0.02'], /^wan-native generate: --teacache and --magcache: one cache at a time; leave all but one out$/m],
     [['--magcache', '0.5'], /option '--magcache <threshold>' argument '0\.5' is invalid\. Expected a number in 0\.\.0\.3/],
+    [['--use-zero-init'], /^wan-native generate: --use-zero-init needs --cfg-zero-star$/m],
+    [['--tsr-k', '0.9'], /^wan-native generate: --tsr-k needs --tsr$/m],
+    [['--fresca-freq-cutoff', '8'], /^wan-native generate: --fresca-freq-cutoff needs --fresca$/m],
+    [['--raag-alpha', '11'], /option '--raag-alpha <x>' argument '11' is invalid\. Expected a number in 0\.\.10/],
     [['--slg-start-percent', '0.2'], /^wan-native generate: --slg-start-percent needs --slg-blocks \(which turns skip layer guidance on\)$/m],
     [['--slg-blocks', '0,5'], /^wan-native generate: --slg-blocks: the model has 2 transformer blocks \(0\.\.1\) but block 5 is given$/m],
     [['--riflex-freq-index', '7'], /^wan-native generate: --riflex-freq-index: the model's RoPE turns 6 frequencies with the frame, so expected 0\.\.6 but received 7$/m],

@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { emptyEmbeds, imageToVideoEncode, loadSafetensors, riflexFrequencies, Sampler, saveSafetensors, schedule, cacheVariant, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
 import type { SamplerProgress, TextEmbeds, WanForwardInput } from '../../lib/index';
 import { nearestInterpolation } from '../../lib/block-cache';
+import { combineGuidance, resolveExperimentalArgs, temporalScoreRescaling } from '../../lib/guidance';
 import { native } from '../../lib/native';
 import { fixturesDir, maxAbsDiff, officialSigmas, toNumbers, weightsDir } from '../helpers';
 
@@ -670,6 +671,54 @@ t.test('EasyCache: calls are skipped while the output change predicted from the 
   t.ok(counts.at(-1)! > 0 && maxAbsDiff(early, full) > 0, `from step 0 at 0.5: ${counts.at(-1)} of 12 calls skipped`);
   await t.rejects(new Sampler(model).sample({ ...o, cacheArgs: { cacheType: 'EasyCache', easycacheThresh: 2 } }),
     { code: 'WAN_INVALID_OPTION', message: /Expected a number in 0\.\.1 for cacheArgs\.easycacheThresh but received 2/ });
+});
+
+t.test('experimentalArgs: the guidance variants combine the step\'s predictions, TSR rescales the result', async (t) => {
+  const { model, text } = await shared;
+  // One Euler step: latent = x + (sigma1 - sigma0) v, so the run's v is read back from its
+  // result and checked against the predictions the model made (recorded), combined by
+  // lib/guidance.ts (checked against numpy in guidance.test.ts).
+  const outputs: Float32Array[] = [];
+  const inputs: Float32Array[] = [];
+  const recording = {
+    config: model.config, offload: () => model.offload(), cacheReport: () => model.cacheReport(), clearCache: () => model.clearCache(),
+    forward: async (input: WanForwardInput, options?: { signal?: AbortSignal }) => {
+      inputs.push(Float32Array.from(input.x[0].toTypedArray() as Float32Array));
+      const out = await model.forward(input, options);
+      outputs.push(Float32Array.from(out[0].toTypedArray() as Float32Array));
+      return out;
+    },
+  } as Pick<WanModel, 'config' | 'offload' | 'forward' | 'cacheReport' | 'clearCache'> as WanModel;
+  const imageEmbeds = emptyEmbeds({ width: 32, height: 32, numFrames: 5 });
+  const shape = imageEmbeds.targetShape;
+  const o = { imageEmbeds, textEmbeds: text, steps: 1, cfg: 4, seed: 3, scheduler: 'euler' as const };
+  const { sigmas, timesteps } = schedule('euler', { steps: 1, shift: 5 });
+  const args = { cfgZeroStar: true, useTcfg: true, raagAlpha: 1, useFresca: true, frescaFreqCutoff: 1, temporalScoreRescaling: true, tsrK: 0.8 };
+  const cases: [string, object][] = [['none', {}], ['all but zero-init', args], ['FreSca at cfg 1', { useFresca: true, frescaFreqCutoff: 1 }]];
+  for (const [what, experimentalArgs] of cases) {
+    outputs.length = 0; inputs.length = 0;
+    const cfg = what.includes('cfg 1') ? 1 : 4;
+    const latent = toNumbers((await new Sampler(recording).sample({ ...o, cfg, experimentalArgs })).toTypedArray());
+    const x = inputs[0];
+    const v = latent.map((l, i) => (l - x[i]) / (sigmas[1] - sigmas[0]));
+    const g = resolveExperimentalArgs(experimentalArgs);
+    let want = combineGuidance(outputs[0], outputs[1], cfg, shape, g);
+    if (g?.tsr) want = temporalScoreRescaling(want, x, timesteps[0] / 1000, g.tsr.k, g.tsr.sigma);
+    let err = 0;
+    want.forEach((w, i) => { err = Math.max(err, Math.abs(w - v[i])); });
+    t.ok(err <= 1e-5, `${what}: the step's velocity, max abs ${err.toExponential(2)}`);
+    if (what !== 'none') {
+      const plain = outputs[1] ? outputs[1].map((u, i) => u + cfg * (outputs[0][i] - u)) : outputs[0];
+      t.ok(plain.some((p, i) => Math.abs(p - want[i]) > 1e-3), `${what}: not plain cfg`);
+    }
+  }
+  // Zero-init: the first zeroStarSteps + 1 steps predict zero without calling the model.
+  outputs.length = 0;
+  const zeroed = await new Sampler(recording).sample({ ...o, steps: 3, experimentalArgs: { cfgZeroStar: true, useZeroInit: true, zeroStarSteps: 1 } });
+  t.equal(outputs.length, 2, 'zero-init over steps 0 and 1: the model runs for step 2 alone (both passes)');
+  t.ok(toNumbers(zeroed.toTypedArray()).every(Number.isFinite));
+  await t.rejects(new Sampler(model).sample({ ...o, experimentalArgs: { bidirectionalSampling: true } }),
+    { code: 'WAN_INVALID_OPTION', message: /bidirectionalSampling is not implemented yet/ });
 });
 
 t.test('custom sigmas set the steps', async (t) => {

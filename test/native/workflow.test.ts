@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { ClipVisionEncoder, emptyEmbeds, imageToVideoEncode, Sampler, saveSafetensors, Tensor, TextEncoder, Vae, videoCombine, WanModel } from '../../lib/index';
-import type { ClipEmbeds, ContextOptions, FetaArgs, ImageEmbeds, ModelLoaderOptions, SlgArgs, CacheArgs } from '../../lib/index';
+import type { ClipEmbeds, ContextOptions, FetaArgs, ImageEmbeds, ModelLoaderOptions, SlgArgs, CacheArgs, ExperimentalArgs } from '../../lib/index';
 import { native } from '../../lib/native';
 import { parseWorkflow, runWorkflow } from '../../lib/workflow';
 import type { RunWorkflowOptions } from '../../lib/workflow';
@@ -49,7 +49,7 @@ const skip = !haveTokenizer ? 'spm_train (Debian package sentencepiece) is neede
 // The fixture's pipeline called through the library.
 interface Direct {
   width: number; height: number; numFrames: number; contextOptions?: ContextOptions; fetaArgs?: FetaArgs; riflexFreqIndex?: number;
-  slgArgs?: SlgArgs; cacheArgs?: CacheArgs;
+  slgArgs?: SlgArgs; cacheArgs?: CacheArgs; experimentalArgs?: ExperimentalArgs;
   loras?: ModelLoaderOptions['loras']; blockSwap?: ModelLoaderOptions['blockSwap'];
 }
 async function direct(o: Direct): Promise<Tensor> {
@@ -61,7 +61,7 @@ async function direct(o: Direct): Promise<Tensor> {
   const latent = await new Sampler(model).sample({
     imageEmbeds: emptyEmbeds({ width: o.width, height: o.height, numFrames: o.numFrames }), textEmbeds,
     steps: 3, cfg: 5, shift: 5, seed: 42, scheduler: 'unipc', contextOptions: o.contextOptions, fetaArgs: o.fetaArgs,
-    riflexFreqIndex: o.riflexFreqIndex, slgArgs: o.slgArgs, cacheArgs: o.cacheArgs,
+    riflexFreqIndex: o.riflexFreqIndex, slgArgs: o.slgArgs, cacheArgs: o.cacheArgs, experimentalArgs: o.experimentalArgs,
   });
   model.dispose();
   const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
@@ -238,14 +238,23 @@ t.test('context options, Enhance-A-Video, skip layer guidance, TeaCache and RIFL
   // MagCache and EasyCache nodes give the sampler their cacheArgs, checked when the workflow is read.
   const magcache = structuredClone(workflow);
   magcache['15'] = { class_type: 'WanVideoMagCache', inputs: { magcache_thresh: 0.1, magcache_K: 2, start_step: 0, end_step: -1, cache_device: 'offload_device' } };
+  // (and WanVideoExperimentalArgs its experimentalArgs)
+  magcache['16'] = { class_type: 'WanVideoExperimentalArgs', inputs: { video_attention_split_steps: '', cfg_zero_star: true, use_zero_init: false,
+    zero_star_steps: 0, use_fresca: true, fresca_scale_low: 1, fresca_scale_high: 1.25, fresca_freq_cutoff: 2, use_tcfg: false, raag_alpha: 1,
+    bidirectional_sampling: false, temporal_score_rescaling: true, tsr_k: 0.95, tsr_sigma: 1 } };
+  magcache['6'].inputs.experimental_args = ['16', 0];
   const magResult = await runWorkflow(magcache, { modelDirs, outputDir: newOutputDir() });
   const magExpected = frameBytes(await direct({ width: 64, height: 64, numFrames: 9,
     contextOptions: { schedule: 'static_standard', frames: 5, stride: 4, overlap: 4, freenoise: true, fuse: 'pyramid' },
     fetaArgs: { weight: 2, startPercent: 0, endPercent: 1 }, riflexFreqIndex: 4, slgArgs: { blocks: [1], startPercent: 0.3, endPercent: 1 },
-    cacheArgs: { cacheType: 'MagCache', magcacheThresh: 0.1, magcacheK: 2, startStep: 0, endStep: -1, cacheDevice: 'offload_device' } }));
+    cacheArgs: { cacheType: 'MagCache', magcacheThresh: 0.1, magcacheK: 2, startStep: 0, endStep: -1, cacheDevice: 'offload_device' },
+    experimentalArgs: { cfgZeroStar: true, useFresca: true, frescaFreqCutoff: 2, raagAlpha: 1, temporalScoreRescaling: true } }));
   let magSame = true;
   for (const [i, file] of magResult.outputs['9'].files!.entries()) magSame &&= (await pngBytes(file)).equals(magExpected[i]);
-  t.ok(magSame, 'WanVideoMagCache: the frames of the library run with its cacheArgs');
+  t.ok(magSame, 'WanVideoMagCache and WanVideoExperimentalArgs: the frames of the library run with their cacheArgs and experimentalArgs');
+  const bidirectional = structuredClone(magcache);
+  bidirectional['16'].inputs.bidirectional_sampling = true;
+  t.throws(() => parseWorkflow(bidirectional), { message: /^node 16 \(WanVideoExperimentalArgs\) input bidirectional_sampling: bidirectional_sampling is not implemented yet in wan-native: set it to false/ });
   t.ok(!magExpected.every((f, i) => f.equals(expected[i])), 'which differ from TeaCache\'s');
   const easy = structuredClone(workflow);
   easy['15'] = { class_type: 'WanVideoEasyCache', inputs: { easycache_thresh: 0.015, start_step: 10, end_step: -1, cache_device: 'main_device' } };
