@@ -14,7 +14,7 @@ import { WanModel, type BlockSwapOptions, type LoraOptions, type Quantization } 
 import type { Progress } from './progress';
 import type { CacheArgs, EasyCacheArgs, MagCacheArgs, TeaCacheArgs } from './block-cache';
 import type { ExperimentalArgs } from './guidance';
-import { Sampler, type FetaArgs, type SlgArgs } from './sampler';
+import { Sampler, type FetaArgs, type SamplerOptions, type SlgArgs } from './sampler';
 import type { SchedulerName } from './schedulers';
 import { Tensor } from './tensor';
 import { TextEncoder, type TextEmbeds } from './text-encoder';
@@ -139,6 +139,46 @@ export function videoCombineOptions(node: GraphNode, outputDir: string | undefin
 }
 
 // A node that passes its widgets on as a library options object: option name -> widget name.
+// WanVideoSchedulerv2's schedule (the wrapper's scheduler object, as the options that make it).
+interface WorkflowSchedule {
+  scheduler: SchedulerName;
+  steps: number;
+  shift: number;
+  startStep: number;
+  endStep: number;
+}
+
+// WanVideoSamplerExtraArgs: the options WanVideoSamplerv2 takes besides the schedule.
+interface SamplerExtraArgs {
+  riflexFreqIndex?: number;
+  ropeFunction?: string;
+  fetaArgs?: FetaArgs;
+  contextOptions?: ContextOptions;
+  cacheArgs?: CacheArgs;
+  slgArgs?: SlgArgs;
+  experimentalArgs?: ExperimentalArgs;
+}
+
+// The sampler nodes' run: the model, conditioning, cfg, seed, samples and progress from the node,
+// the rest given.
+async function sample(c: Parameters<Executor>[0], options: Omit<SamplerOptions, 'imageEmbeds' | 'textEmbeds'>,
+                      ropeFunction: string): ReturnType<Executor> {
+  const embeds = c.input<ImageEmbeds>('image_embeds')!;
+  const context = options.contextOptions;
+  if (context?.frames !== undefined && embeds.numFrames !== undefined && context.frames > embeds.numFrames)
+    c.warn(`context_options: a window of ${context.frames} frames covers the whole ${embeds.numFrames}-frame video, which is sampled in one piece`);
+  if (ropeFunction !== 'comfy')
+    c.warn(`rope_function '${ropeFunction}': the wrapper's choices compute the same rotary embedding, which runs here one way`);
+  const latent = await new Sampler(c.input<WanModel>('model')!).sample({
+    ...options,
+    imageEmbeds: embeds, textEmbeds: c.input<TextEmbeds>('text_embeds')!,
+    cfg: c.value('cfg'), seed: c.value('seed'), samples: c.input<Tensor>('samples'),
+    addNoiseToSamples: c.value('add_noise_to_samples'), forceOffload: c.value('force_offload'),
+    signal: c.signal, onProgress: c.onProgress,
+  });
+  return [{ value: latent, dispose: () => latent.dispose() }, { value: undefined }];
+}
+
 // A node that gathers widgets into an options object (`fixed`: options every such node sets).
 function optionsNode<T>(widgets: Partial<Record<keyof T & string, string>>, fixed: Partial<T> = {}): Executor {
   return async (c) => [{
@@ -356,25 +396,41 @@ export const EXECUTORS: Record<string, Executor> = {
   },
 
   async WanVideoSampler(c) {
-    const context = c.input<ContextOptions>('context_options'), embeds = c.input<ImageEmbeds>('image_embeds');
-    if (context?.frames !== undefined && embeds?.numFrames !== undefined && context.frames > embeds.numFrames)
-      c.warn(`context_options: a window of ${context.frames} frames covers the whole ${embeds.numFrames}-frame video, which is sampled in one piece`);
-    if (c.value('rope_function') !== 'comfy')
-      c.warn(`rope_function '${c.value('rope_function')}': the wrapper's choices compute the same rotary embedding, which runs here one way`);
-    const latent = await new Sampler(c.input<WanModel>('model')!).sample({
-      imageEmbeds: c.input<ImageEmbeds>('image_embeds')!,
-      textEmbeds: c.input<TextEmbeds>('text_embeds')!,
-      steps: c.value('steps'), cfg: c.value('cfg'), shift: c.value('shift'), seed: c.value('seed'),
-      scheduler: c.value<SchedulerName>('scheduler'),
-      samples: c.input<Tensor>('samples'), denoiseStrength: c.value('denoise_strength'),
+    return sample(c, {
+      steps: c.value('steps'), shift: c.value('shift'), scheduler: c.value<SchedulerName>('scheduler'),
+      startStep: c.value('start_step'), endStep: c.value('end_step'), denoiseStrength: c.value('denoise_strength'),
+      batchedCfg: c.value('batched_cfg'), riflexFreqIndex: c.value('riflex_freq_index'),
       contextOptions: c.input<ContextOptions>('context_options'), fetaArgs: c.input<FetaArgs>('feta_args'),
       slgArgs: c.input<SlgArgs>('slg_args'), cacheArgs: c.input<CacheArgs>('cache_args'),
-      experimentalArgs: c.input<ExperimentalArgs>('experimental_args'), riflexFreqIndex: c.value('riflex_freq_index'),
-      batchedCfg: c.value('batched_cfg'), startStep: c.value('start_step'), endStep: c.value('end_step'),
-      addNoiseToSamples: c.value('add_noise_to_samples'), forceOffload: c.value('force_offload'),
-      signal: c.signal, onProgress: c.onProgress,
-    });
-    return [{ value: latent, dispose: () => latent.dispose() }, { value: undefined }];
+      experimentalArgs: c.input<ExperimentalArgs>('experimental_args'),
+    }, c.value('rope_function'));
+  },
+
+  async WanVideoSchedulerv2(c) {
+    const schedule: WorkflowSchedule = {
+      scheduler: c.value<SchedulerName>('scheduler'), steps: c.value('steps'), shift: c.value('shift'),
+      startStep: c.value('start_step'), endStep: c.value('end_step'),
+    };
+    return [{ value: schedule }];
+  },
+
+  async WanVideoSamplerExtraArgs(c) {
+    const extra: SamplerExtraArgs = {
+      riflexFreqIndex: c.value('riflex_freq_index'), ropeFunction: c.value('rope_function'),
+      fetaArgs: c.input<FetaArgs>('feta_args'), contextOptions: c.input<ContextOptions>('context_options'),
+      cacheArgs: c.input<CacheArgs>('cache_args'), slgArgs: c.input<SlgArgs>('slg_args'),
+      experimentalArgs: c.input<ExperimentalArgs>('experimental_args'),
+    };
+    return [{ value: extra }];
+  },
+
+  async WanVideoSamplerv2(c) {
+    const schedule = c.input<WorkflowSchedule>('scheduler')!;
+    const extra = c.input<SamplerExtraArgs>('extra_args');
+    return sample(c, {
+      ...schedule, riflexFreqIndex: extra?.riflexFreqIndex, contextOptions: extra?.contextOptions, fetaArgs: extra?.fetaArgs,
+      slgArgs: extra?.slgArgs, cacheArgs: extra?.cacheArgs, experimentalArgs: extra?.experimentalArgs,
+    }, extra?.ropeFunction ?? 'comfy');
   },
 
   async WanVideoDecode(c) {

@@ -445,6 +445,60 @@ const SPECS: NodeSpec[] = [
       return undefined;
     },
   },
+  // The split sampler of newer workflows: the schedule from WanVideoSchedulerv2, the rest of
+  // WanVideoSampler's options from WanVideoSamplerExtraArgs (the wrapper fills what neither gives
+  // with WanVideoSampler.process's defaults: no denoise strength, start and end from the schedule).
+  {
+    classType: 'WanVideoSchedulerv2',
+    outputs: ['WANVIDEOSCHEDULER'],
+    inputs: [
+      req('scheduler', combo(WRAPPER_SCHEDULERS, 'unipc', SCHEDULER_NAMES)),
+      req('steps', int(30, 1, 10000)),
+      req('shift', float(5, 0, 1000, (v) => (v === 0 ? 'expected a shift above 0 (0 would make every sigma 0)' : undefined))),
+      req('start_step', int(0, 0, 10000)),
+      req('end_step', int(-1, -1, 10000)),
+      opt('sigmas', link('SIGMAS', notYet('a sigmas link'))),
+      opt('enhance_hf', bool(false, onlyFalse('enhance_hf'))),
+    ],
+    check: (v) => ((v.end_step as number) !== -1 && (v.end_step as number) <= (v.start_step as number)
+      ? `end_step (${v.end_step}) must be -1 or after start_step (${v.start_step})` : undefined),
+  },
+  {
+    classType: 'WanVideoSamplerExtraArgs',
+    outputs: ['WANVIDSAMPLEREXTRAARGS'],
+    inputs: [
+      opt('riflex_freq_index', int(0, 0, 1000)),
+      opt('rope_function', combo(['default', 'comfy', 'comfy_chunked'], 'comfy')),
+      opt('feta_args', link('FETAARGS')),
+      opt('context_options', link('WANVIDCONTEXT')),
+      opt('cache_args', link('CACHEARGS')),
+      opt('slg_args', link('SLGARGS')),
+      opt('loop_args', link('LOOPARGS', notYet('loop_args'))),
+      opt('experimental_args', link('EXPERIMENTALARGS')),
+      opt('unianimate_poses', link('UNIANIMATE_POSE', notYet('UniAnimate'))),
+      opt('fantasytalking_embeds', link('FANTASYTALKING_EMBEDS', notYet('FantasyTalking'))),
+      opt('uni3c_embeds', link('UNI3C_EMBEDS', notYet('Uni3C'))),
+      opt('multitalk_embeds', link('MULTITALK_EMBEDS', notYet('MultiTalk'))),
+    ],
+  },
+  {
+    classType: 'WanVideoSamplerv2',
+    outputs: ['LATENT', 'LATENT'],
+    inputs: [
+      req('model', link('WANVIDEOMODEL')),
+      req('image_embeds', link('WANVIDIMAGE_EMBEDS')),
+      req('cfg', float(6, 0, 30)),
+      req('seed', { kind: 'INT', default: 0, min: 0, max: Number.MAX_SAFE_INTEGER, u64: true }),
+      req('force_offload', bool(true)),
+      req('scheduler', link('WANVIDEOSCHEDULER')),
+      opt('text_embeds', link('WANVIDEOTEXTEMBEDS')),
+      opt('samples', link('LATENT')),
+      opt('add_noise_to_samples', bool(false)),
+      opt('extra_args', link('WANVIDSAMPLEREXTRAARGS')),
+    ],
+    check: (_v, linked) => (!linked.has('text_embeds')
+      ? 'text_embeds is not connected: wan-native samples with text embeddings (connect a WanVideoTextEncode)' : undefined),
+  },
   {
     classType: 'WanVideoDecode',
     outputs: ['IMAGE'],

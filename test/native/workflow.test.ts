@@ -266,6 +266,34 @@ t.test('context options, Enhance-A-Video, skip layer guidance, TeaCache and RIFL
   t.throws(() => parseWorkflow(still), { message: /^node 6 \(WanVideoSampler\) input shift: expected a shift above 0/ });
 });
 
+t.test('WanVideoSamplerv2 with WanVideoSchedulerv2 and WanVideoSamplerExtraArgs runs what WanVideoSampler runs', { skip }, async (t) => {
+  const v1 = api();
+  v1['6'].inputs.start_step = 1;
+  v1['12'] = { class_type: 'WanVideoEnhanceAVideo', inputs: { weight: 2, start_percent: 0, end_percent: 1 } };
+  v1['6'].inputs.feta_args = ['12', 0];
+  Object.assign(v1['9'].inputs, { format: 'image/png', save_metadata: false });
+  for (const k of ['pix_fmt', 'crf', 'trim_to_audio']) delete v1['9'].inputs[k];
+  const v2 = structuredClone(v1);
+  const { model, image_embeds, text_embeds, cfg, seed, force_offload, scheduler, steps, shift, start_step, end_step } = v1['6'].inputs;
+  v2['20'] = { class_type: 'WanVideoSchedulerv2', inputs: { scheduler, steps, shift, start_step, end_step } };
+  v2['21'] = { class_type: 'WanVideoSamplerExtraArgs', inputs: { riflex_freq_index: 0, rope_function: 'comfy', feta_args: ['12', 0] } };
+  v2['6'] = { class_type: 'WanVideoSamplerv2', inputs: { model, image_embeds, text_embeds, cfg, seed, force_offload,
+    scheduler: ['20', 0], extra_args: ['21', 0] } };
+  const files = async (w: object) => (await runWorkflow(w, { modelDirs, outputDir: newOutputDir() })).outputs['9'].files!;
+  const [one, two] = [await files(v1), await files(v2)];
+  t.equal(two.length, one.length);
+  let same = one.length > 0;
+  for (const [i, file] of two.entries()) same &&= (await pngBytes(file)).equals(await pngBytes(one[i]));
+  t.ok(same, `the same ${one.length} frames as WanVideoSampler with the same schedule (from step 1) and feta_args`);
+  const hf = structuredClone(v2);
+  hf['20'].inputs.enhance_hf = true;
+  t.throws(() => parseWorkflow(hf), { message: /^node 20 \(WanVideoSchedulerv2\) input enhance_hf: enhance_hf is not implemented yet in wan-native: set it to false/ });
+  const looped = structuredClone(v2);
+  looped['22'] = { class_type: 'WanVideoLoopArgs', inputs: { shift_skip: 6, start_percent: 0, end_percent: 1 } };
+  looped['21'].inputs.loop_args = ['22', 0];
+  t.throws(() => parseWorkflow(looped), { message: /unknown node type "WanVideoLoopArgs"/ });
+});
+
 t.test('LoadImage reads from the input folders', { skip }, async (t) => {
   const inputDir = path.join(root, 'input');
   fs.mkdirSync(path.join(inputDir, 'stills'), { recursive: true });
