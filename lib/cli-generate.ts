@@ -26,7 +26,7 @@ import { planMemory } from './memory-planner';
 import { native } from './native';
 import type { CacheArgs } from './block-cache';
 import type { ExperimentalArgs } from './guidance';
-import { Sampler } from './sampler';
+import { Sampler, type LoopArgs } from './sampler';
 import { schedule, SCHEDULER_NAMES, type SchedulerName } from './schedulers';
 import { Tensor } from './tensor';
 import { DEFAULT_NEGATIVE_PROMPT, TextEncoder, type TextEmbeds } from './text-encoder';
@@ -117,6 +117,9 @@ export interface GenerateSettings {
   numFrames: number;
 
   steps: number;
+  /** The steps of the schedule (steps, unless enhanceHf changes them). */
+  scheduledSteps: number;
+  enhanceHf: boolean;
   cfg: number | number[];
   shift: number;
   seed: bigint;
@@ -130,6 +133,7 @@ export interface GenerateSettings {
   slg?: { blocks: number[]; startPercent: number; endPercent: number };
   cache?: CacheArgs;
   experimental?: ExperimentalArgs;
+  loop?: LoopArgs;
   context?: Required<ContextOptions>;
 
   blocksToSwap: number;
@@ -382,6 +386,8 @@ export function generateCommand(): Command {
     option(g.sampling, '--scheduler <name>', 'sampler', { choices: SCHEDULER_NAMES, default: 'unipc' }),
     option(g.sampling, '--sigmas <list>', 'custom sigmas in [0, 1] separated by commas (steps + 1 falling values, the ' +
       'last 0 for a finished video); replaces the schedule and --shift, and sets --steps', { parse: numberList(0, 1, 'sigmas') }),
+    option(g.sampling, '--enhance-hf', 'the wrapper\'s enhance_hf: keep the steps above half noise and finish with a uniform ' +
+      'tail of 3 to 15 steps (20% of them), which changes the number of steps'),
     option(g.sampling, '--start-step <n>', 'first step to run', { parse: integer(0, 10000), default: 0 }),
     option(g.sampling, '--end-step <n>', 'step to stop before; -1 runs to the end', { parse: integer(-1, 10000), default: -1 }),
     option(g.sampling, '--batched-cfg', 'run the positive and negative passes as one batch (faster on a GPU, more memory)'),
@@ -411,6 +417,11 @@ export function generateCommand(): Command {
       { parse: number(0, 1), defaultText: 'off' }),
     option(g.sampling, '--easycache-start-step <n>', 'EasyCache from this step run', { parse: integer(0, 9999), default: 10 }),
     option(g.sampling, '--easycache-end-step <n>', 'EasyCache until this step run; -1 to the end', { parse: integer(-1, 9999), default: -1 }),
+    option(g.sampling, '--loop-shift-skip <n>', 'a looping video (the wrapper\'s WanVideo Loop Args): each step the model sees the ' +
+      'latent rolled this many latent frames further (about half of them is typical), and the decode wraps the end into the start',
+      { parse: integer(0, 10000), defaultText: 'off' }),
+    option(g.sampling, '--loop-start-percent <x>', 'the loop\'s rolling from this fraction of the steps', { parse: number(0, 1), default: 0 }),
+    option(g.sampling, '--loop-end-percent <x>', 'the loop\'s rolling until this fraction of the steps', { parse: number(0, 1), default: 1 }),
     option(g.sampling, '--cfg-zero-star', 'CFG-Zero*: scale the negative prediction by its projection on the positive one before guidance'),
     option(g.sampling, '--use-zero-init', 'with --cfg-zero-star: the first steps (0..--zero-star-steps) predict zero, without running the model'),
     option(g.sampling, '--zero-star-steps <n>', 'the last step --use-zero-init zeroes', { parse: integer(0, 10000), default: 0 }),
@@ -538,7 +549,9 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     if (o[on] !== undefined && o.batchedCfg)
       throw new UsageError(`--batched-cfg and --${on}: ${name} keeps the positive and negative passes apart; leave one out`);
   }
-  const needs: [string, string][] = [['useZeroInit', 'cfgZeroStar'], ['zeroStarSteps', 'useZeroInit'], ['frescaScaleLow', 'fresca'],
+  if (o.loopShiftSkip !== undefined && o.numFrames < 9)
+    throw new UsageError(`--loop-shift-skip needs --num-frames 9 or more (the looped decode wraps the last 3 latent frames into the first 2) but received ${o.numFrames}`);
+  const needs: [string, string][] = [['loopStartPercent', 'loopShiftSkip'], ['loopEndPercent', 'loopShiftSkip'], ['useZeroInit', 'cfgZeroStar'], ['zeroStarSteps', 'useZeroInit'], ['frescaScaleLow', 'fresca'],
     ['frescaScaleHigh', 'fresca'], ['frescaFreqCutoff', 'fresca'], ['tsrK', 'tsr'], ['tsrSigma', 'tsr']];
   for (const [key, on] of needs) if (given(key) && o[on] === undefined) throw new UsageError(`${flag(key)} needs ${flag(on)}`);
   for (const key of ['slgStartPercent', 'slgEndPercent']) {
@@ -568,8 +581,10 @@ export function settingsFrom(cmd: Command): GenerateSettings {
       throw new UsageError(`--steps ${o.steps} does not match --sigmas, which gives ${o.sigmas.length - 1} steps (one fewer than sigmas); leave --steps out`);
     steps = o.sigmas.length - 1;
   }
+  const requestedSteps = steps;
   try {
-    schedule(o.scheduler, { steps, shift: o.shift, sigmas: o.sigmas });
+    // --enhance-hf changes the number of steps that --start-step and --end-step count.
+    steps = schedule(o.scheduler, { steps, shift: o.shift, sigmas: o.sigmas, enhanceHf: o.enhanceHf === true }).fullSigmas.length - 1;
   } catch (err) {
     asUsage(err);
   }
@@ -621,7 +636,8 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     image: o.image, endImage: o.endImage, clipCrop: o.clipCrop, noiseAugStrength: o.noiseAugStrength,
     startLatentStrength: o.startLatentStrength, endLatentStrength: o.endLatentStrength,
     width: o.width, height: o.height, numFrames: o.numFrames,
-    steps, cfg: o.cfg, shift: o.shift, seed: o.seed, scheduler: o.scheduler, sigmas: o.sigmas,
+    steps: requestedSteps, scheduledSteps: steps, cfg: o.cfg, shift: o.shift, seed: o.seed, scheduler: o.scheduler, sigmas: o.sigmas,
+    enhanceHf: o.enhanceHf === true,
     startStep: o.startStep, endStep: o.endStep, batchedCfg: o.batchedCfg === true, riflexFreqIndex: o.riflexFreqIndex,
     feta: o.fetaWeight === undefined ? undefined
       : { weight: o.fetaWeight, startPercent: o.fetaStartPercent, endPercent: o.fetaEndPercent },
@@ -639,6 +655,8 @@ export function settingsFrom(cmd: Command): GenerateSettings {
       useFresca: o.fresca === true, frescaScaleLow: o.frescaScaleLow, frescaScaleHigh: o.frescaScaleHigh, frescaFreqCutoff: o.frescaFreqCutoff,
       useTcfg: o.tcfg === true, raagAlpha: o.raagAlpha, temporalScoreRescaling: o.tsr === true, tsrK: o.tsrK, tsrSigma: o.tsrSigma,
     } : undefined,
+    loop: o.loopShiftSkip === undefined ? undefined
+      : { shiftSkip: o.loopShiftSkip, startPercent: o.loopStartPercent, endPercent: o.loopEndPercent },
     slg: o.slgBlocks === undefined ? undefined
       : { blocks: o.slgBlocks, startPercent: o.slgStartPercent, endPercent: o.slgEndPercent },
     context,
@@ -919,7 +937,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
     const i = owned.indexOf(x);
     if (i >= 0) owned.splice(i, 1);
   };
-  const sampleSteps = (s.endStep === -1 ? s.steps : s.endStep) - s.startStep;
+  const sampleSteps = (s.endStep === -1 ? s.scheduledSteps : s.endStep) - s.startStep;
   const extra: Partial<Record<'sampling', string>> = {};
   try {
     // Text: umT5 encodes the prompts and the negative prompt, then is freed.
@@ -991,9 +1009,9 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
     view.begin('sampling', `${sampleSteps} step${sampleSteps > 1 ? 's' : ''} of ${s.scheduler}, ${latentFrames} latent frame${latentFrames > 1 ? 's' : ''}` +
       (s.context ? `, context windows of ${s.context.frames} frames` : ''));
     const latent = keep(await new Sampler(model).sample({
-      imageEmbeds: embeds, textEmbeds: text, steps: s.steps, cfg: s.cfg, shift: s.shift, seed, scheduler: s.scheduler,
+      imageEmbeds: embeds, textEmbeds: text, steps: s.steps, enhanceHf: s.enhanceHf, cfg: s.cfg, shift: s.shift, seed, scheduler: s.scheduler,
       sigmas: s.sigmas, startStep: s.startStep, endStep: s.endStep, batchedCfg: s.batchedCfg,
-      contextOptions: s.context, fetaArgs: s.feta, slgArgs: s.slg, cacheArgs: s.cache, experimentalArgs: s.experimental, riflexFreqIndex: s.riflexFreqIndex, signal,
+      contextOptions: s.context, fetaArgs: s.feta, slgArgs: s.slg, cacheArgs: s.cache, experimentalArgs: s.experimental, loopArgs: s.loop, riflexFreqIndex: s.riflexFreqIndex, signal,
       onProgress: (p) => { cacheSkipped = p.cacheSkipped; view.progress(p, 'steps'); },
     }));
     // The denoiser and its conditioning are done with: freed before the VAE decodes.
@@ -1030,7 +1048,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
           await source.return(undefined);
         }
       };
-      const result = await videoCombine(timed(vae.decodeFrames(latent, { ...tiling, signal,
+      const result = await videoCombine(timed(vae.decodeFrames(latent, { ...tiling, looped: s.loop !== undefined, signal,
         onProgress: (p) => view.progress(p, 'latent frames') })), { ...combineOptions(s, s.formats[0]), metadata, signal });
       files.push(...result.files);
       // Decoding and writing interleave: decode is the time spent waiting for frames, write the rest.
@@ -1041,7 +1059,8 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
       view.note(`decode: done in ${formatSeconds(decode)}; write: ${result.frames} frames in ${formatSeconds(write)}`);
     } else {
       view.begin('decode', `${latentFrames} latent frame${latentFrames > 1 ? 's' : ''} with ${base(s.vae)}`);
-      const video = keep(await vae.decode(latent, { ...tiling, signal, onProgress: (p) => view.progress(p, 'latent frames') }));
+      const video = keep(await vae.decode(latent, { ...tiling, looped: s.loop !== undefined, signal,
+        onProgress: (p) => view.progress(p, 'latent frames') }));
       free(vae);
       view.end();
       view.begin('write', s.formats.join(', '));

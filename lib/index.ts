@@ -22,7 +22,7 @@ export type { ImageEmbeds, ImageResize, ImageToVideoEncodeOptions, VideoSize } f
 export { planMemory, PLAN_DEVICES } from './memory-planner';
 export type { MemoryPlan, PlanMemoryOptions, PlanDevice, PlanSource, TensorEntry, StagePlan, DitMemoryPlan, MemoryStats, HeldBytes, VaeEstimator } from './memory-planner';
 export { Sampler } from './sampler';
-export type { SamplerOptions, SamplerProgress, FetaArgs, SlgArgs } from './sampler';
+export type { SamplerOptions, SamplerProgress, FetaArgs, LoopArgs, SlgArgs } from './sampler';
 export type { CacheArgs, CacheVariant, TeaCacheArgs, MagCacheArgs, EasyCacheArgs } from './block-cache';
 export { cacheVariant } from './block-cache';
 export type { ExperimentalArgs } from './guidance';

@@ -11,12 +11,12 @@ import { abortedError } from './abort';
 import { offloadingAfter } from './device';
 import { type CacheArgs, cacheSettings } from './block-cache';
 import { combineGuidance, type ExperimentalArgs, type Guidance, resolveExperimentalArgs, temporalScoreRescaling } from './guidance';
-import { checkOptionNames, describeValue, finiteIn, invalidOption, optionNames, WanError, withCallerStack } from './errors';
+import { checkOptionNames, describeValue, finiteIn, integerIn, invalidOption, optionNames, WanError, withCallerStack } from './errors';
 import { riflexFrequencies, type BlockCacheCall, type WanModel } from './model';
 import { native } from './native';
 import { latentPreview, Preview } from './preview';
 import { LongCallOptions, Progress } from './progress';
-import { createScheduler, SCHEDULER_NAMES, SchedulerName, STOCHASTIC_SCHEDULERS } from './schedulers';
+import { createScheduler, schedule as fullSchedule, SCHEDULER_NAMES, SchedulerName, STOCHASTIC_SCHEDULERS } from './schedulers';
 import { Tensor } from './tensor';
 import type { TextEmbeds } from './text-encoder';
 
@@ -30,6 +30,18 @@ export interface FetaArgs {
 }
 
 const FETA_OPTIONS = optionNames<FetaArgs>()({ weight: true, startPercent: true, endPercent: true });
+
+/** The wrapper's WanVideoLoopArgs (loop_args, Mobius's latent shift): while it applies, each step
+ * the model sees the latent rolled along time by a further shiftSkip latent frames (its
+ * prediction rolled back), so no frame is the video's edge for long and the end meets the start.
+ * Decode the result with `looped: true` (Vae.decodeFrames) for the seamless wrap. */
+export interface LoopArgs {
+  shiftSkip?: number;     // 6: latent frames further each step (about half the latent frames is typical)
+  startPercent?: number;  // 0.0
+  endPercent?: number;    // 1.0
+}
+
+const LOOP_OPTIONS = optionNames<LoopArgs>()({ shiftSkip: true, startPercent: true, endPercent: true });
 
 /** The wrapper's WanVideoSLG (slg_args): skip layer guidance. While it applies, the unconditional
  * pass runs without these blocks, so guidance pushes away from what they would have added. */
@@ -57,6 +69,7 @@ export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
   shift?: number;                 // 5.0
   seed?: number | bigint;         // 0, 0..2^64-1
   scheduler?: SchedulerName;      // 'unipc'
+  enhanceHf?: boolean;            // false: the wrapper's enhance_hf (WanVideoScheduler): the steps below half noise replaced by a uniform tail
   sigmas?: number[];              // custom sigmas (steps + 1 falling values; 0 last for a finished video), replacing the schedule, steps and shift
   startStep?: number;             // 0: first step to run (split sampling)
   endStep?: number;               // -1: step to stop before (-1 = the end)
@@ -65,6 +78,7 @@ export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
   addNoiseToSamples?: boolean;    // false: samples start the run as they are; true (and below denoiseStrength 1): mixed with noise at the first step's sigma
   contextOptions?: ContextOptions;
   fetaArgs?: FetaArgs;
+  loopArgs?: LoopArgs;
   slgArgs?: SlgArgs;
   cacheArgs?: CacheArgs;           // TeaCache (the default cacheType), MagCache or EasyCache
   experimentalArgs?: ExperimentalArgs;  // CFG-Zero*, FreSca, TCFG, RAAG, Temporal Score Rescaling
@@ -103,6 +117,19 @@ function checkLatent(name: string, t: unknown, shape: readonly number[]): Tensor
   return t;
 }
 
+// x [C, T, H, W] rolled by `by` frames along T (torch.roll): frame f moves to f + by (mod T).
+function rollFrames(x: Float32Array, shape: readonly number[], by: number): Float32Array {
+  const [channels, frames, height, width] = shape;
+  const shift = ((by % frames) + frames) % frames;
+  if (shift === 0) return x;
+  const plane = height * width;
+  const out = new Float32Array(x.length);
+  for (let c = 0; c < channels; ++c)
+    for (let f = 0; f < frames; ++f)
+      out.set(x.subarray((c * frames + f) * plane, (c * frames + f + 1) * plane), (c * frames + (f + shift) % frames) * plane);
+  return out;
+}
+
 // Copies latent frames `frames` of a [C, T, H, W] array into a [C, frames.length, H, W] one.
 function gatherFrames(x: Float32Array, shape: readonly number[], frames: readonly number[]): Float32Array {
   const [channels, total, height, width] = shape;
@@ -135,9 +162,9 @@ interface StepCall {
 }
 
 const SAMPLER_OPTIONS = optionNames<SamplerOptions>()({
-  imageEmbeds: true, textEmbeds: true, steps: true, cfg: true, shift: true, seed: true, scheduler: true, sigmas: true,
+  imageEmbeds: true, textEmbeds: true, steps: true, cfg: true, shift: true, seed: true, scheduler: true, enhanceHf: true, sigmas: true,
   startStep: true, endStep: true, samples: true, denoiseStrength: true, addNoiseToSamples: true, contextOptions: true,
-  fetaArgs: true, slgArgs: true, cacheArgs: true, experimentalArgs: true, riflexFreqIndex: true, batchedCfg: true, preview: true, forceOffload: true, onProgress: true, signal: true,
+  fetaArgs: true, loopArgs: true, slgArgs: true, cacheArgs: true, experimentalArgs: true, riflexFreqIndex: true, batchedCfg: true, preview: true, forceOffload: true, onProgress: true, signal: true,
 });
 
 export class Sampler {
@@ -157,6 +184,7 @@ export class Sampler {
     checkOptionNames(o, SAMPLER_OPTIONS);
     checkOptionNames(o.fetaArgs, FETA_OPTIONS, 'fetaArgs');
     checkOptionNames(o.slgArgs, SLG_OPTIONS, 'slgArgs');
+    checkOptionNames(o.loopArgs, LOOP_OPTIONS, 'loopArgs');
     checkOptionNames(o.contextOptions, CONTEXT_OPTIONS, 'contextOptions');
     const embeds = o.imageEmbeds;
     if (!embeds || !Array.isArray(embeds.targetShape) || embeds.targetShape.length !== 4)
@@ -164,13 +192,18 @@ export class Sampler {
     const text = o.textEmbeds;
     if (!text || !Array.isArray(text.promptEmbeds) || text.promptEmbeds.length === 0)
       throw invalidOption(`Expected textEmbeds with at least one prompt (TextEncoder.encode) but received ${describeValue(text)}`);
-    // Custom sigmas define the steps (one fewer than the sigmas), as the wrapper's SIGMAS input.
-    const steps = Array.isArray(o.sigmas) && o.sigmas.length >= 2 ? o.sigmas.length - 1 : positiveInteger('steps', o.steps, 30);
     const shift = finiteIn('shift', o.shift, 5.0, 0, 1000);
     const seed = seedOf(o.seed);
     const schedulerName = o.scheduler ?? 'unipc';
     if (!SCHEDULER_NAMES.includes(schedulerName))
       throw invalidOption(`Expected one of ${SCHEDULER_NAMES.join(', ')} for scheduler but received ${describeValue(schedulerName)}`);
+    const enhanceHf = o.enhanceHf ?? false;
+    if (typeof enhanceHf !== 'boolean') throw invalidOption(`Expected a boolean for enhanceHf but received ${describeValue(o.enhanceHf)}`);
+    // Custom sigmas define the steps (one fewer than the sigmas), as the wrapper's SIGMAS input;
+    // enhanceHf changes their number.
+    const requestedSteps = Array.isArray(o.sigmas) && o.sigmas.length >= 2 ? o.sigmas.length - 1 : positiveInteger('steps', o.steps, 30);
+    const steps = enhanceHf
+      ? fullSchedule(schedulerName, { steps: requestedSteps, shift, sigmas: o.sigmas, enhanceHf }).timesteps.length : requestedSteps;
     const denoise = finiteIn('denoiseStrength', o.denoiseStrength, 1.0, 0, 1);
     const cfgOption = o.cfg ?? 6.0;
     if (Array.isArray(cfgOption)) {
@@ -209,6 +242,16 @@ export class Sampler {
       throw invalidOption(`Expected batchedCfg false with cacheArgs: ${cache.cacheType} keeps the conditional and unconditional ` +
         'predictions apart (the wrapper\'s batched path runs them as one)');
     const guidance = resolveExperimentalArgs(o.experimentalArgs);
+    const loop = o.loopArgs === undefined ? undefined : {
+      skip: integerIn('loopArgs.shiftSkip', o.loopArgs.shiftSkip, 6, 0, 10000),
+      start: finiteIn('loopArgs.startPercent', o.loopArgs.startPercent, 0, 0, 1),
+      end: finiteIn('loopArgs.endPercent', o.loopArgs.endPercent, 1, 0, 1),
+    };
+    if (loop && o.contextOptions !== undefined)
+      throw invalidOption('loopArgs with contextOptions is not implemented yet in wan-native: leave one out');
+    if (loop && embeds.targetShape[1] < 3)
+      throw invalidOption(`Expected at least 3 latent frames (9 video frames) for loopArgs, whose looped decode wraps the last three ` +
+        `into the first two, but received ${embeds.targetShape[1]}`);
     const riflexFreqIndex = o.riflexFreqIndex ?? 0;
     const frequencies = riflexFrequencies(this.model.config);
     if (!Number.isSafeInteger(riflexFreqIndex) || riflexFreqIndex < 0 || riflexFreqIndex > frequencies)
@@ -245,7 +288,7 @@ export class Sampler {
     }
     // The schedule cut to the steps run, as the wrapper's get_scheduler cuts it: the scheduler
     // counts from the cut, and a multistep one ends with its final-step rule at endStep.
-    const schedule = createScheduler(schedulerName, { steps, shift, sigmas: o.sigmas, startStep, endStep });
+    const schedule = createScheduler(schedulerName, { steps: requestedSteps, shift, sigmas: o.sigmas, startStep, endStep, enhanceHf });
     const runSteps = endStep - startStep;
 
     const shape = embeds.targetShape;
@@ -303,6 +346,7 @@ export class Sampler {
     // Step i counts the steps run, from 0 at startStep, as the wrapper's loop index does: for the
     // cfg list, the LoRA strengths, Enhance-A-Video's percentages and the context windows' offsets.
     const started = performance.now();
+    let loopShift = 0;
     for (let i = 0; i < runSteps; ++i) {
       if (o.signal?.aborted) throw abortedError();
       const t = schedule.timesteps[i];
@@ -317,11 +361,18 @@ export class Sampler {
           ? (window, unconditional) => cache.call(streamOf(`${window}/${unconditional ? 'uncond' : 'cond'}`), i, startStep + i, unconditional)
           : undefined,
       };
+      // loopArgs: the model sees the latent rolled back by `shifted` frames; its prediction is
+      // rolled forward again, so the latent itself never moves.
+      const shifted = loop && fraction >= loop.start && fraction <= loop.end ? loopShift : 0;
       let prediction = guidance && i < guidance.zeroInitSteps
         ? new Float32Array(size)  // CFG-Zero*'s zero-init: no model call
         : context
           ? await this.windowedPrediction(latent, shape, embeds, context, i, runSteps, call)
-          : await this.guidedPrediction(latent, shape, embeds.y, embeds.seqLen, 0, call);
+          : await this.guidedPrediction(rollFrames(latent, shape, -shifted), shape, embeds.y, embeds.seqLen, 0, call);
+      if (loop && fraction >= loop.start && fraction <= loop.end) {
+        prediction = rollFrames(prediction, shape, shifted);
+        loopShift = (loopShift + loop.skip) % shape[1];
+      }
       if (guidance?.tsr) prediction = temporalScoreRescaling(prediction, latent, t / 1000, guidance.tsr.k, guidance.tsr.sigma);
       const next = schedule.step(prediction, i, latent, stepNoise);
 

@@ -52,6 +52,10 @@ export interface ScheduleOptions {
   endStep?: number;
   /** Denoise strength in (0, 1]; below 1 it sets startStep = steps - floor(steps*strength) - 1, as the wrapper. */
   denoiseStrength?: number;
+  /** The wrapper's enhance_hf (WanVideoScheduler): the timesteps above half the highest are
+   * kept, and a uniform tail of max(3, min(15, floor(0.2 n))) steps runs from that half to 0; the
+   * number of steps changes. Cutting (startStep, endStep) comes after. */
+  enhanceHf?: boolean;
 }
 
 export interface Schedule {
@@ -249,6 +253,8 @@ function checkOptions(name: unknown, o: unknown): asserts o is ScheduleOptions {
     throw invalidOption(`Expected a non-negative integer for startStep but received ${describeValue(opt.startStep)}`);
   if (opt.endStep !== undefined && (!Number.isSafeInteger(opt.endStep) || ((opt.endStep as number) < 1 && opt.endStep !== -1)))
     throw invalidOption(`Expected a positive integer or -1 for endStep but received ${describeValue(opt.endStep)}`);
+  if (opt.enhanceHf !== undefined && typeof opt.enhanceHf !== 'boolean')
+    throw invalidOption(`Expected a boolean for enhanceHf but received ${describeValue(opt.enhanceHf)}`);
   if (opt.denoiseStrength !== undefined) {
     const d = opt.denoiseStrength;
     if (typeof d !== 'number' || !(d > 0 && d <= 1))
@@ -256,6 +262,18 @@ function checkOptions(name: unknown, o: unknown): asserts o is ScheduleOptions {
     if (d < 1 && (opt.startStep ?? 0) !== 0)
       throw invalidOption(`Expected startStep 0 with denoiseStrength < 1 (it sets the start step) but received ${describeValue(opt.startStep)}`);
   }
+}
+
+// enhance_hf (the wrapper's get_scheduler): the timesteps above half the highest, then
+// np.linspace(half, 0, tail, endpoint=False) in float32; sigmas the timesteps / 1000 in float32
+// and a final 0.
+function enhancedHighFrequencies(timesteps: number[]): { timesteps: number[]; sigmas: number[] } {
+  const tail = Math.max(3, Math.min(15, Math.trunc(timesteps.length * 0.2)));
+  const half = Math.max(...timesteps) * 0.5;
+  const step = -half / tail;
+  const kept = timesteps.filter((t) => t > half).map(f32);
+  const enhanced = [...kept, ...Array.from({ length: tail }, (_, k) => f32(k * step + half))];
+  return { timesteps: enhanced, sigmas: [...enhanced.map((t) => f32(t / 1000)), 0] };
 }
 
 /** The timesteps the DiT receives and the sigmas (one more, the last 0 for a full schedule)
@@ -271,6 +289,7 @@ export function schedule(name: SchedulerName, o: ScheduleOptions): Schedule {
   } else {
     full = shiftedSchedule(name, o.steps, o.shift);
   }
+  if (o.enhanceHf) full = enhancedHighFrequencies(full.timesteps);
   const n = full.timesteps.length;
   let startStep = o.startStep ?? 0;
   if (o.denoiseStrength !== undefined && o.denoiseStrength < 1)

@@ -37,6 +37,10 @@ export interface VaeTileOptions {
 export interface VaeDecodeOptions extends VaeEncodeOptions, VaeTileOptions {
   /** Clamp to [-1, 1] as the official decode does (default true). */
   clamp?: boolean;
+  /** A latent sampled with loopArgs (the wrapper's looped decode): its first two latent frames are
+   * decoded again after the last three, so that the video wraps around; those 8 frames,
+   * min-max normalised to [-1, 1], replace the first 5, giving 4T frames (false by default). */
+  looped?: boolean;
 }
 
 export type VaeDecodeCall = 'decode' | 'decodeFrames';
@@ -110,7 +114,7 @@ function tilingOf(o: VaeTileOptions) {
 const VAE_OPTIONS = optionNames<VaeOptions>()({ populate: true, device: true, loadDevice: true, signal: true, onProgress: true });
 const ENCODE_OPTIONS = optionNames<VaeEncodeOptions>()({ forceOffload: true, signal: true, onProgress: true });
 const DECODE_OPTIONS = optionNames<VaeDecodeOptions>()({
-  clamp: true, forceOffload: true, signal: true, onProgress: true, tiled: true, tileX: true, tileY: true, tileStrideX: true, tileStrideY: true,
+  clamp: true, looped: true, forceOffload: true, signal: true, onProgress: true, tiled: true, tileX: true, tileY: true, tileStrideX: true, tileStrideY: true,
 });
 
 export class Vae {
@@ -184,21 +188,78 @@ export class Vae {
     checkTensor(latent, 'latent', 4);
     checkForceOffload(options.forceOffload);
     const tiling = tilingOf(options);
+    const looped = options.looped ?? false;
+    if (typeof looped !== 'boolean') throw invalidOption(`Expected a boolean for looped but received ${describeValue(options.looped)}`);
+    if (looped && latent.shape[1] < 3)
+      throw invalidOption(`Expected a latent of at least 3 frames with looped but received ${latent.shape[1]} (shape [${latent.shape.join(', ')}])`);
     const abort = bridgeAbort(options.signal);
     try {
+      // Looped: the wrap first (its frames replace the first 5, the decode of latent frames 0 and 1).
+      let skip = 0;
+      if (looped) {
+        yield await this.wrapFrames(latent, tiling, abort.flag);
+        skip = 5;
+      }
       const decoder = await this.handle().decoder(Tensor.handle(latent, 'latent'), tiling);
       const clock = new ProgressClock('decode', latent.shape[1], options.onProgress);
       for (let step = 1; ; step++) {
         const frames = await decoder.next(options.clamp ?? true, abort.flag);
         if (!frames) return;
         clock.report(step);
-        yield new Tensor(frames);
+        const chunk = new Tensor(frames);
+        if (skip > 0) {  // the decoder yields 1 frame, then 4: latent frames 0 and 1 are whole chunks
+          skip -= chunk.shape[1];
+          chunk.dispose();
+          continue;
+        }
+        yield chunk;
       }
     } finally {
       abort.done();
       // When the last frame is out, or the caller stops early (the wrapper's decode node offloads).
       if ((options.forceOffload ?? true) && this.#native) await this.offload();
     }
+  }
+
+  // The looped decode's wrap (the wrapper's WanVideoDecode with a looped latent): latent frames
+  // T-3..T-1 then 0 and 1 decoded as one clip of 17 frames, min-max normalised over the clip to
+  // [-1, 1]; its frames 9..16 (what latent frames 0 and 1 become after the video's end) as
+  // [3, 8, H, W].
+  private async wrapFrames(latent: Tensor, tiling: ReturnType<typeof tilingOf>, abortFlag: Int32Array | undefined): Promise<Tensor> {
+    const [channels, frames, height, width] = latent.shape;
+    const order = [frames - 3, frames - 2, frames - 1, 0, 1];
+    const data = latent.toTypedArray() as Float32Array;
+    const plane = height * width;
+    const clip = new Float32Array(channels * order.length * plane);
+    for (let c = 0; c < channels; c++)
+      order.forEach((f, j) => clip.set(data.subarray((c * frames + f) * plane, (c * frames + f + 1) * plane), (c * order.length + j) * plane));
+    const decoder = await this.handle().decoder(Tensor.handle(Tensor.fromTypedArray(clip, [channels, order.length, height, width]), 'latent'), tiling);
+    const chunks: Float32Array[] = [];
+    for (;;) {
+      const chunk = await decoder.next(false, abortFlag);
+      if (!chunk) break;
+      const t = new Tensor(chunk);
+      chunks.push(t.toTypedArray() as Float32Array);
+      t.dispose();
+    }
+    let min = Infinity, max = -Infinity;
+    for (const c of chunks) for (const v of c) { if (v < min) min = v; if (v > max) max = v; }
+    const scale = max > min ? 2 / (max - min) : 0;
+    // Chunks are [3, n, H, W] (1 frame, then 4 each): keep frames 9..16 of the clip's 17.
+    const pixels = (chunks[0].length / 3);
+    const out = new Float32Array(3 * 8 * pixels);
+    let frame = 0;
+    for (const c of chunks) {
+      const n = c.length / (3 * pixels);
+      for (let k = 0; k < n; k++, frame++) {
+        if (frame < 9) continue;
+        for (let ch = 0; ch < 3; ch++) {
+          const from = (ch * n + k) * pixels, to = (ch * 8 + frame - 9) * pixels;
+          for (let p = 0; p < pixels; p++) out[to + p] = (c[from + p] - min) * scale - 1;
+        }
+      }
+    }
+    return Tensor.fromTypedArray(out, [3, 8, height * 8, width * 8]);
   }
 
   /**

@@ -14,7 +14,7 @@ import { WanModel, type BlockSwapOptions, type LoraOptions, type Quantization } 
 import type { Progress } from './progress';
 import type { CacheArgs, EasyCacheArgs, MagCacheArgs, TeaCacheArgs } from './block-cache';
 import type { ExperimentalArgs } from './guidance';
-import { Sampler, type FetaArgs, type SamplerOptions, type SlgArgs } from './sampler';
+import { Sampler, type FetaArgs, type LoopArgs, type SamplerOptions, type SlgArgs } from './sampler';
 import type { SchedulerName } from './schedulers';
 import { Tensor } from './tensor';
 import { TextEncoder, type TextEmbeds } from './text-encoder';
@@ -146,6 +146,7 @@ interface WorkflowSchedule {
   shift: number;
   startStep: number;
   endStep: number;
+  enhanceHf: boolean;
 }
 
 // WanVideoSamplerExtraArgs: the options WanVideoSamplerv2 takes besides the schedule.
@@ -157,7 +158,12 @@ interface SamplerExtraArgs {
   cacheArgs?: CacheArgs;
   slgArgs?: SlgArgs;
   experimentalArgs?: ExperimentalArgs;
+  loopArgs?: LoopArgs;
 }
+
+// Latents sampled with loop_args (the wrapper marks its samples dict `looped`): WanVideoDecode
+// decodes them looped.
+const LOOPED = new WeakSet<Tensor>();
 
 // The sampler nodes' run: the model, conditioning, cfg, seed, samples and progress from the node,
 // the rest given.
@@ -176,6 +182,7 @@ async function sample(c: Parameters<Executor>[0], options: Omit<SamplerOptions, 
     addNoiseToSamples: c.value('add_noise_to_samples'), forceOffload: c.value('force_offload'),
     signal: c.signal, onProgress: c.onProgress,
   });
+  if (options.loopArgs) LOOPED.add(latent);
   return [{ value: latent, dispose: () => latent.dispose() }, { value: undefined }];
 }
 
@@ -390,6 +397,8 @@ export const EXECUTORS: Record<string, Executor> = {
     temporalScoreRescaling: 'temporal_score_rescaling', tsrK: 'tsr_k', tsrSigma: 'tsr_sigma',
   }),
 
+  WanVideoLoopArgs: optionsNode<LoopArgs>({ shiftSkip: 'shift_skip', startPercent: 'start_percent', endPercent: 'end_percent' }),
+
   async WanVideoSLG(c) {
     const slg: SlgArgs = { blocks: slgBlocks(c.value('blocks')), startPercent: c.value('start_percent'), endPercent: c.value('end_percent') };
     return [{ value: slg }];
@@ -402,14 +411,14 @@ export const EXECUTORS: Record<string, Executor> = {
       batchedCfg: c.value('batched_cfg'), riflexFreqIndex: c.value('riflex_freq_index'),
       contextOptions: c.input<ContextOptions>('context_options'), fetaArgs: c.input<FetaArgs>('feta_args'),
       slgArgs: c.input<SlgArgs>('slg_args'), cacheArgs: c.input<CacheArgs>('cache_args'),
-      experimentalArgs: c.input<ExperimentalArgs>('experimental_args'),
+      experimentalArgs: c.input<ExperimentalArgs>('experimental_args'), loopArgs: c.input<LoopArgs>('loop_args'),
     }, c.value('rope_function'));
   },
 
   async WanVideoSchedulerv2(c) {
     const schedule: WorkflowSchedule = {
       scheduler: c.value<SchedulerName>('scheduler'), steps: c.value('steps'), shift: c.value('shift'),
-      startStep: c.value('start_step'), endStep: c.value('end_step'),
+      startStep: c.value('start_step'), endStep: c.value('end_step'), enhanceHf: c.value('enhance_hf'),
     };
     return [{ value: schedule }];
   },
@@ -419,7 +428,7 @@ export const EXECUTORS: Record<string, Executor> = {
       riflexFreqIndex: c.value('riflex_freq_index'), ropeFunction: c.value('rope_function'),
       fetaArgs: c.input<FetaArgs>('feta_args'), contextOptions: c.input<ContextOptions>('context_options'),
       cacheArgs: c.input<CacheArgs>('cache_args'), slgArgs: c.input<SlgArgs>('slg_args'),
-      experimentalArgs: c.input<ExperimentalArgs>('experimental_args'),
+      experimentalArgs: c.input<ExperimentalArgs>('experimental_args'), loopArgs: c.input<LoopArgs>('loop_args'),
     };
     return [{ value: extra }];
   },
@@ -429,7 +438,7 @@ export const EXECUTORS: Record<string, Executor> = {
     const extra = c.input<SamplerExtraArgs>('extra_args');
     return sample(c, {
       ...schedule, riflexFreqIndex: extra?.riflexFreqIndex, contextOptions: extra?.contextOptions, fetaArgs: extra?.fetaArgs,
-      slgArgs: extra?.slgArgs, cacheArgs: extra?.cacheArgs, experimentalArgs: extra?.experimentalArgs,
+      slgArgs: extra?.slgArgs, cacheArgs: extra?.cacheArgs, experimentalArgs: extra?.experimentalArgs, loopArgs: extra?.loopArgs,
     }, extra?.ropeFunction ?? 'comfy');
   },
 
@@ -437,7 +446,7 @@ export const EXECUTORS: Record<string, Executor> = {
     const vae = c.input<Vae>('vae')!, latent = c.input<Tensor>('samples')!;
     const unnormalized = c.value('normalization') === 'none';
     const options: VaeDecodeOptions = {
-      clamp: !unnormalized,
+      clamp: !unnormalized, looped: LOOPED.has(latent),
       ...(c.value('enable_vae_tiling') ? {
         tiled: true, tileX: c.value('tile_x'), tileY: c.value('tile_y'),
         tileStrideX: c.value('tile_stride_x'), tileStrideY: c.value('tile_stride_y'),

@@ -382,6 +382,15 @@ const SPECS: NodeSpec[] = [
         ? `start_percent (${v.start_percent}) is after end_percent (${v.end_percent}): skip layer guidance would never apply` : undefined),
   },
   {
+    classType: 'WanVideoLoopArgs',
+    outputs: ['LOOPARGS'],
+    inputs: [
+      req('shift_skip', int(6, 0, 10000)),
+      req('start_percent', float(0, 0, 1)),
+      req('end_percent', float(1, 0, 1)),
+    ],
+  },
+  {
     classType: 'WanVideoExperimentalArgs',
     outputs: ['EXPERIMENTALARGS'],
     inputs: [
@@ -425,7 +434,7 @@ const SPECS: NodeSpec[] = [
       opt('batched_cfg', bool(false)),
       opt('slg_args', link('SLGARGS')),
       opt('rope_function', combo(['default', 'comfy', 'comfy_chunked'], 'comfy')),
-      opt('loop_args', link('LOOPARGS', notYet('loop_args'))),
+      opt('loop_args', link('LOOPARGS')),
       opt('experimental_args', link('EXPERIMENTALARGS')),
       opt('sigmas', link('SIGMAS', notYet('a sigmas link'))),
       opt('unianimate_poses', link('UNIANIMATE_POSE', notYet('UniAnimate'))),
@@ -458,7 +467,7 @@ const SPECS: NodeSpec[] = [
       req('start_step', int(0, 0, 10000)),
       req('end_step', int(-1, -1, 10000)),
       opt('sigmas', link('SIGMAS', notYet('a sigmas link'))),
-      opt('enhance_hf', bool(false, onlyFalse('enhance_hf'))),
+      opt('enhance_hf', bool(false)),
     ],
     check: (v) => ((v.end_step as number) !== -1 && (v.end_step as number) <= (v.start_step as number)
       ? `end_step (${v.end_step}) must be -1 or after start_step (${v.start_step})` : undefined),
@@ -473,7 +482,7 @@ const SPECS: NodeSpec[] = [
       opt('context_options', link('WANVIDCONTEXT')),
       opt('cache_args', link('CACHEARGS')),
       opt('slg_args', link('SLGARGS')),
-      opt('loop_args', link('LOOPARGS', notYet('loop_args'))),
+      opt('loop_args', link('LOOPARGS')),
       opt('experimental_args', link('EXPERIMENTALARGS')),
       opt('unianimate_poses', link('UNIANIMATE_POSE', notYet('UniAnimate'))),
       opt('fantasytalking_embeds', link('FANTASYTALKING_EMBEDS', notYet('FantasyTalking'))),

@@ -128,6 +128,14 @@ t.test('the experimental guidance flags reach the sampler', async (t) => {
   t.ok(guided.some((f, i) => !f.equals(plain[i])), 'other frames than plain cfg');
 });
 
+t.test('--loop-shift-skip: a looping video of 4 frames per latent frame', async (t) => {
+  const out = outDir('loop');
+  const r = run('generate', ...T2V, '--width', '48', '--height', '32', '--num-frames', '13', '--steps', '2', '--prompt', 'a cat',
+    '--format', 'png', '--no-save-metadata', '--output-dir', out, '--loop-shift-skip', '2');
+  t.equal(r.status, 0, r.stderr);
+  t.equal(fs.readdirSync(out).length, 16, '13 frames asked, 4 latent frames: 16 frames that wrap around');
+});
+
 t.test('the same seed gives the same frames; another seed other frames', async (t) => {
   const frames = (name: string, seed: string) => {
     const out = outDir(name);
@@ -312,6 +320,8 @@ t.test('bad options exit 2 with a message naming the option, before anything is 
     [['--teacache', '0.2', '--magcache', '0.02'], /^wan-native generate: --teacache and --magcache: one cache at a time; leave all but one out$/m],
     [['--magcache', '0.5'], /option '--magcache <threshold>' argument '0\.5' is invalid\. Expected a number in 0\.\.0\.3/],
     [['--use-zero-init'], /^wan-native generate: --use-zero-init needs --cfg-zero-star$/m],
+    [['--loop-end-percent', '0.5'], /^wan-native generate: --loop-end-percent needs --loop-shift-skip$/m],
+    [['--loop-shift-skip', '2', '--num-frames', '5'], /^wan-native generate: --loop-shift-skip needs --num-frames 9 or more .* but received 5$/m],
     [['--tsr-k', '0.9'], /^wan-native generate: --tsr-k needs --tsr$/m],
     [['--fresca-freq-cutoff', '8'], /^wan-native generate: --fresca-freq-cutoff needs --fresca$/m],
     [['--raag-alpha', '11'], /option '--raag-alpha <x>' argument '11' is invalid\. Expected a number in 0\.\.10/],

@@ -721,6 +721,51 @@ t.test('experimentalArgs: the guidance variants combine the step\'s predictions,
     { code: 'WAN_INVALID_OPTION', message: /bidirectionalSampling is not implemented yet/ });
 });
 
+t.test('loopArgs: the model sees the latent rolled a further shiftSkip frames each step, its prediction rolled back', async (t) => {
+  const { model, text } = await shared;
+  const inputs: Float32Array[] = [], outputs: Float32Array[] = [];
+  const recording = {
+    config: model.config, offload: () => model.offload(), cacheReport: () => model.cacheReport(), clearCache: () => model.clearCache(),
+    forward: async (input: WanForwardInput, options?: { signal?: AbortSignal }) => {
+      inputs.push(Float32Array.from(input.x[0].toTypedArray() as Float32Array));
+      const out = await model.forward(input, options);
+      outputs.push(Float32Array.from(out[0].toTypedArray() as Float32Array));
+      return out;
+    },
+  } as Pick<WanModel, 'config' | 'offload' | 'forward' | 'cacheReport' | 'clearCache'> as WanModel;
+  const imageEmbeds = emptyEmbeds({ width: 32, height: 32, numFrames: 13 });  // 4 latent frames
+  const [C, T, H, W] = imageEmbeds.targetShape, plane = H * W;
+  // torch.roll along T: frame f to f + by.
+  const roll = (x: Float32Array, by: number) => {
+    const out = new Float32Array(x.length);
+    for (let c = 0; c < C; c++)
+      for (let f = 0; f < T; f++) out.set(x.subarray((c * T + f) * plane, (c * T + f + 1) * plane), (c * T + (((f + by) % T) + T) % T) * plane);
+    return out;
+  };
+  const steps = 3;
+  const { sigmas } = schedule('euler', { steps, shift: 5 });
+  const final = toNumbers((await new Sampler(recording).sample({ imageEmbeds, textEmbeds: text, steps, cfg: 1, seed: 4, scheduler: 'euler',
+    loopArgs: { shiftSkip: 3 } })).toTypedArray());
+  // Euler by hand on the recorded predictions: step k sees roll(latent, -3k mod 4), its
+  // prediction is rolled back by +3k.
+  let latent = inputs[0];
+  let err = 0;
+  for (let k = 0; k < steps; k++) {
+    const seen = roll(latent, -3 * k);
+    inputs[k].forEach((v, i) => { err = Math.max(err, Math.abs(v - seen[i])); });
+    const v = roll(outputs[k], 3 * k);
+    latent = latent.map((x, i) => x + (sigmas[k + 1] - sigmas[k]) * v[i]);
+  }
+  t.ok(err <= 1e-5, `the model's input at steps 0, 1, 2: the latent rolled back by 0, 3 and 2 (6 mod 4) frames (max abs ${err.toExponential(2)})`);
+  let finalErr = 0;
+  latent.forEach((x, i) => { finalErr = Math.max(finalErr, Math.abs(x - final[i])); });
+  t.ok(finalErr <= 1e-5, `the run's result: Euler on the predictions rolled forward again (max abs ${finalErr.toExponential(2)})`);
+  await t.rejects(new Sampler(model).sample({ imageEmbeds, textEmbeds: text, steps, cfg: 1, loopArgs: {},
+    contextOptions: { frames: 9, overlap: 4 } }), { code: 'WAN_INVALID_OPTION', message: /loopArgs with contextOptions is not implemented yet/ });
+  await t.rejects(new Sampler(model).sample({ imageEmbeds, textEmbeds: text, steps, cfg: 1, loopArgs: { shiftSkip: 1.5 } }),
+    { code: 'WAN_INVALID_OPTION', message: /Expected an integer in 0\.\.10000 for loopArgs\.shiftSkip but received 1\.5/ });
+});
+
 t.test('custom sigmas set the steps', async (t) => {
   const { model, text } = await shared;
   const reports: number[] = [];

@@ -100,6 +100,38 @@ t.test('tiled decode: each tile is decoded on its own and blended where tiles ov
     { code: 'WAN_INVALID_OPTION', message: 'Expected tileStrideY below tileY, so that tiles overlap and blend, but received tileY 32, tileStrideY 32' });
 });
 
+t.test('looped decode: the first two latent frames decoded after the last three replace the first 5 frames', async (t) => {
+  const { vae } = await setup();
+  const [c, T, h, w] = [16, 4, 4, 6];
+  const data = new Float32Array(c * T * h * w).map((_, i) => Math.sin(i * 0.37) * 0.8);
+  const latent = Tensor.fromTypedArray(data, [c, T, h, w]);
+  const looped = await vae.decode(latent, { looped: true });
+  t.same(looped.shape, [3, 4 * T, 8 * h, 8 * w], '4T frames: a period of 4 frames per latent frame');
+  const whole = await vae.decode(latent);  // [3, 13, 32, 48]
+  // The wrap: latent frames 1, 2, 3, 0, 1 as one clip, min-max normalised over it to [-1, 1].
+  const order = [1, 2, 3, 0, 1], plane = h * w;
+  const clipData = new Float32Array(c * 5 * plane);
+  for (let ch = 0; ch < c; ch++) order.forEach((f, j) => clipData.set(data.subarray((ch * T + f) * plane, (ch * T + f + 1) * plane), (ch * 5 + j) * plane));
+  const clip = toNumbers((await vae.decode(Tensor.fromTypedArray(clipData, [c, 5, h, w]), { clamp: false })).toTypedArray());
+  const min = Math.min(...clip), max = Math.max(...clip);
+  const lv = toNumbers(looped.toTypedArray()), wv = toNumbers(whole.toTypedArray());
+  const pixels = 32 * 48;
+  let wrapErr = 0, restErr = 0;
+  for (let ch = 0; ch < 3; ch++) {
+    for (let f = 0; f < 8; f++)
+      for (let p = 0; p < pixels; p++)
+        wrapErr = Math.max(wrapErr, Math.abs(lv[(ch * 16 + f) * pixels + p] - ((clip[(ch * 17 + 9 + f) * pixels + p] - min) / (max - min) * 2 - 1)));
+    for (let f = 8; f < 16; f++)
+      for (let p = 0; p < pixels; p++)
+        restErr = Math.max(restErr, Math.abs(lv[(ch * 16 + f) * pixels + p] - wv[(ch * 13 + f - 3) * pixels + p]));
+  }
+  t.ok(wrapErr <= 1e-5, `frames 0..7: the wrap clip's frames 9..16, min-max normalised (max abs ${wrapErr.toExponential(2)})`);
+  t.equal(restErr, 0, 'frames 8..15: the plain decode\'s frames 5..12, bit for bit');
+  await t.rejects(vae.decode(Tensor.fromTypedArray(data.subarray(0, c * 2 * plane), [c, 2, h, w]), { looped: true }),
+    { code: 'WAN_INVALID_OPTION', message: /Expected a latent of at least 3 frames with looped but received 2/ });
+  vae.dispose();
+});
+
 t.test('an abort during the last chunk of an encode rejects with WAN_ABORTED rather than resolving', async (t) => {
   // One frame is one chunk: the engine finishes it (about a second at 512x512 here) and only then
   // could see the abort.

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { ClipVisionEncoder, emptyEmbeds, imageToVideoEncode, Sampler, saveSafetensors, Tensor, TextEncoder, Vae, videoCombine, WanModel } from '../../lib/index';
-import type { ClipEmbeds, ContextOptions, FetaArgs, ImageEmbeds, ModelLoaderOptions, SlgArgs, CacheArgs, ExperimentalArgs } from '../../lib/index';
+import type { ClipEmbeds, ContextOptions, FetaArgs, ImageEmbeds, ModelLoaderOptions, SlgArgs, CacheArgs, ExperimentalArgs, LoopArgs } from '../../lib/index';
 import { native } from '../../lib/native';
 import { parseWorkflow, runWorkflow } from '../../lib/workflow';
 import type { RunWorkflowOptions } from '../../lib/workflow';
@@ -49,7 +49,7 @@ const skip = !haveTokenizer ? 'spm_train (Debian package sentencepiece) is neede
 // The fixture's pipeline called through the library.
 interface Direct {
   width: number; height: number; numFrames: number; contextOptions?: ContextOptions; fetaArgs?: FetaArgs; riflexFreqIndex?: number;
-  slgArgs?: SlgArgs; cacheArgs?: CacheArgs; experimentalArgs?: ExperimentalArgs;
+  slgArgs?: SlgArgs; cacheArgs?: CacheArgs; experimentalArgs?: ExperimentalArgs; loopArgs?: LoopArgs; steps?: number; enhanceHf?: boolean;
   loras?: ModelLoaderOptions['loras']; blockSwap?: ModelLoaderOptions['blockSwap'];
 }
 async function direct(o: Direct): Promise<Tensor> {
@@ -60,12 +60,13 @@ async function direct(o: Direct): Promise<Tensor> {
     { numHeads: 2, textLen: 16, basePrecision: 'fp32', attentionMode: 'sdpa', loras: o.loras, blockSwap: o.blockSwap });
   const latent = await new Sampler(model).sample({
     imageEmbeds: emptyEmbeds({ width: o.width, height: o.height, numFrames: o.numFrames }), textEmbeds,
-    steps: 3, cfg: 5, shift: 5, seed: 42, scheduler: 'unipc', contextOptions: o.contextOptions, fetaArgs: o.fetaArgs,
+    steps: o.steps ?? 3, enhanceHf: o.enhanceHf, cfg: 5, shift: 5, seed: 42, scheduler: 'unipc', contextOptions: o.contextOptions, fetaArgs: o.fetaArgs,
     riflexFreqIndex: o.riflexFreqIndex, slgArgs: o.slgArgs, cacheArgs: o.cacheArgs, experimentalArgs: o.experimentalArgs,
+    loopArgs: o.loopArgs,
   });
   model.dispose();
   const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
-  const video = await vae.decode(latent);
+  const video = await vae.decode(latent, { looped: o.loopArgs !== undefined });
   vae.dispose();
   return video;
 }
@@ -285,13 +286,31 @@ t.test('WanVideoSamplerv2 with WanVideoSchedulerv2 and WanVideoSamplerExtraArgs 
   let same = one.length > 0;
   for (const [i, file] of two.entries()) same &&= (await pngBytes(file)).equals(await pngBytes(one[i]));
   t.ok(same, `the same ${one.length} frames as WanVideoSampler with the same schedule (from step 1) and feta_args`);
+  // enhance_hf: the schedule's low-noise steps replaced by a uniform tail, as the library's enhanceHf.
   const hf = structuredClone(v2);
-  hf['20'].inputs.enhance_hf = true;
-  t.throws(() => parseWorkflow(hf), { message: /^node 20 \(WanVideoSchedulerv2\) input enhance_hf: enhance_hf is not implemented yet in wan-native: set it to false/ });
-  const looped = structuredClone(v2);
-  looped['22'] = { class_type: 'WanVideoLoopArgs', inputs: { shift_skip: 6, start_percent: 0, end_percent: 1 } };
-  looped['21'].inputs.loop_args = ['22', 0];
-  t.throws(() => parseWorkflow(looped), { message: /unknown node type "WanVideoLoopArgs"/ });
+  Object.assign(hf['20'].inputs, { enhance_hf: true, start_step: 0, steps: 6 });
+  delete hf['12']; delete hf['21'];
+  delete hf['6'].inputs.extra_args;
+  const hfFiles = await files(hf);
+  const hfExpected = frameBytes(await direct({ width: 64, height: 64, numFrames: 5, steps: 6, enhanceHf: true }));
+  let hfSame = hfFiles.length === hfExpected.length;
+  for (const [i, file] of hfFiles.entries()) hfSame &&= (await pngBytes(file)).equals(hfExpected[i]);
+  t.ok(hfSame, 'enhance_hf: the frames of the library run with enhanceHf');
+});
+
+t.test('WanVideoLoopArgs: the sampler rolls the latent, and WanVideoDecode decodes the result looped', { skip }, async (t) => {
+  const workflow = api();
+  workflow['5'].inputs.num_frames = 13;  // 4 latent frames
+  workflow['12'] = { class_type: 'WanVideoLoopArgs', inputs: { shift_skip: 2, start_percent: 0, end_percent: 1 } };
+  workflow['6'].inputs.loop_args = ['12', 0];
+  Object.assign(workflow['9'].inputs, { format: 'image/png', save_metadata: false });
+  for (const k of ['pix_fmt', 'crf', 'trim_to_audio']) delete workflow['9'].inputs[k];
+  const files = (await runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() })).outputs['9'].files!;
+  t.equal(files.length, 16, '4 frames per latent frame: 16');
+  const expected = frameBytes(await direct({ width: 64, height: 64, numFrames: 13, loopArgs: { shiftSkip: 2, startPercent: 0, endPercent: 1 } }));
+  let same = true;
+  for (const [i, file] of files.entries()) same &&= (await pngBytes(file)).equals(expected[i]);
+  t.ok(same, 'the frames of the library run: Sampler with loopArgs, Vae.decode with looped');
 });
 
 t.test('LoadImage reads from the input folders', { skip }, async (t) => {

@@ -417,3 +417,22 @@ t.test('euler, lcm, dpm++_sde and flowmatch_distill match the real classes', { s
   }
   t.comment(`max abs error against the real classes: ${report.join('; ')}`);
 });
+
+t.test('enhanceHf (the wrapper\'s enhance_hf): the high-noise steps kept, then a uniform tail from half the highest timestep', async (t) => {
+  // The tails np.linspace(half, 0, n, dtype=float32, endpoint=False) gives (numpy 1.24).
+  const cases: [SchedulerName, number, number, number[]][] = [
+    ['unipc', 30, 5, [499.5, 416.25, 333.0, 249.75, 166.5, 83.25]],  // highest 999, 6 tail steps (20% of 30)
+    ['euler', 20, 5, [500.0, 375.0, 250.0, 125.0]],                  // highest 1000, 4
+    ['unipc', 8, 3, [499.5, 333.0, 166.5]],                         // at least 3
+  ];
+  for (const [name, steps, shift, tail] of cases) {
+    const base = schedule(name, { steps, shift });
+    const enhanced = schedule(name, { steps, shift, enhanceHf: true });
+    const kept = base.timesteps.filter((x) => x > Math.max(...base.timesteps) / 2);
+    t.same(enhanced.timesteps, [...kept, ...tail], `${name}, ${steps} steps: the ${kept.length} timesteps above half, then ${tail.length} more`);
+    t.same(enhanced.sigmas, [...enhanced.timesteps.map((x) => f32(x / 1000)), 0], `${name}, ${steps} steps: sigmas = timesteps / 1000 (float32), then 0`);
+  }
+  const cut = schedule('unipc', { steps: 30, shift: 5, enhanceHf: true, startStep: 3, endStep: 10 });
+  t.same(cut.timesteps, schedule('unipc', { steps: 30, shift: 5, enhanceHf: true }).timesteps.slice(3, 10), 'cut after enhancing');
+  t.throws(() => schedule('unipc', { steps: 30, shift: 5, enhanceHf: 1 as never }), { code: 'WAN_INVALID_OPTION', message: /Expected a boolean for enhanceHf/ });
+});
