@@ -71,6 +71,12 @@ const file = (...folders: ModelFolder[]): Spec => ({ kind: 'FILE', folders });
 const link = (type: string, refuse?: string, hint?: boolean): Spec =>
   ({ kind: 'LINK', type, refuse: refuse === undefined ? undefined : () => refuse, hint });
 
+// The cache nodes' (TeaCache, MagCache, EasyCache) steps in which they may skip, and where the residuals wait.
+const cacheSteps = (startStep: number): InputSpec[] => [
+  req('start_step', int(startStep, 0, 9999)),
+  req('end_step', int(-1, -1, 9999)),
+  req('cache_device', combo(['main_device', 'offload_device'], 'offload_device')),
+];
 const notYet = (what: string) => `${what} is not implemented yet in wan-native`;
 const onlyFalse = (what: string) => (v: unknown) => (v === true ? `${notYet(what)}: set it to false` : undefined);
 const onlyZero = (what: string) => (v: unknown) => (v !== 0 ? `${notYet(what)}: set it to 0` : undefined);
@@ -340,9 +346,7 @@ const SPECS: NodeSpec[] = [
     outputs: ['CACHEARGS'],
     inputs: [
       req('rel_l1_thresh', float(0.3, 0, 1)),
-      req('start_step', int(1, 0, 9999)),
-      req('end_step', int(-1, -1, 9999)),
-      req('cache_device', combo(['main_device', 'offload_device'], 'offload_device')),
+      ...cacheSteps(1),
       req('use_coefficients', bool(true)),
       opt('mode', combo(['e', 'e0'], 'e')),
     ],
@@ -353,9 +357,7 @@ const SPECS: NodeSpec[] = [
     inputs: [
       req('magcache_thresh', float(0.02, 0, 0.3)),
       req('magcache_K', int(4, 0, 6)),
-      req('start_step', int(1, 0, 9999)),
-      req('end_step', int(-1, -1, 9999)),
-      req('cache_device', combo(['main_device', 'offload_device'], 'offload_device')),
+      ...cacheSteps(1),
     ],
   },
   {
@@ -363,9 +365,7 @@ const SPECS: NodeSpec[] = [
     outputs: ['CACHEARGS'],
     inputs: [
       req('easycache_thresh', float(0.015, 0, 1)),
-      req('start_step', int(10, 0, 9999)),
-      req('end_step', int(-1, -1, 9999)),
-      req('cache_device', combo(['main_device', 'offload_device'], 'offload_device')),
+      ...cacheSteps(10),
     ],
   },
   {

@@ -50,6 +50,21 @@ function watched(model: WanModel, see: (input: WanForwardInput) => void): WanMod
   } as Pick<WanModel, 'config' | 'offload' | 'forward' | 'cacheReport' | 'clearCache'> as WanModel;
 }
 
+// A stand-in for the model that records each forward's x[0] and output[0], in call order.
+function recorded(model: WanModel): { recording: WanModel; inputs: Float32Array[]; outputs: Float32Array[] } {
+  const inputs: Float32Array[] = [], outputs: Float32Array[] = [];
+  const recording = {
+    config: model.config, offload: () => model.offload(), cacheReport: () => model.cacheReport(), clearCache: () => model.clearCache(),
+    forward: async (input: WanForwardInput, options?: { signal?: AbortSignal }) => {
+      inputs.push(Float32Array.from(input.x[0].toTypedArray() as Float32Array));
+      const out = await model.forward(input, options);
+      outputs.push(Float32Array.from(out[0].toTypedArray() as Float32Array));
+      return out;
+    },
+  } as Pick<WanModel, 'config' | 'offload' | 'forward' | 'cacheReport' | 'clearCache'> as WanModel;
+  return { recording, inputs, outputs };
+}
+
 t.test('the noise is PyTorch CPU generator noise for the seed', async (t) => {
   // torch.Generator().manual_seed(seed); torch.randn(16, 2, 4, 6, generator=g): elements 0, 1,
   // 2, 100, 767, the float64 sum, then randperm(7) from the same generator (python3-torch 1.13).
@@ -678,17 +693,7 @@ t.test('experimentalArgs: the guidance variants combine the step\'s predictions,
   // One Euler step: latent = x + (sigma1 - sigma0) v, so the run's v is read back from its
   // result and checked against the predictions the model made (recorded), combined by
   // lib/guidance.ts (checked against numpy in guidance.test.ts).
-  const outputs: Float32Array[] = [];
-  const inputs: Float32Array[] = [];
-  const recording = {
-    config: model.config, offload: () => model.offload(), cacheReport: () => model.cacheReport(), clearCache: () => model.clearCache(),
-    forward: async (input: WanForwardInput, options?: { signal?: AbortSignal }) => {
-      inputs.push(Float32Array.from(input.x[0].toTypedArray() as Float32Array));
-      const out = await model.forward(input, options);
-      outputs.push(Float32Array.from(out[0].toTypedArray() as Float32Array));
-      return out;
-    },
-  } as Pick<WanModel, 'config' | 'offload' | 'forward' | 'cacheReport' | 'clearCache'> as WanModel;
+  const { recording, inputs, outputs } = recorded(model);
   const imageEmbeds = emptyEmbeds({ width: 32, height: 32, numFrames: 5 });
   const shape = imageEmbeds.targetShape;
   const o = { imageEmbeds, textEmbeds: text, steps: 1, cfg: 4, seed: 3, scheduler: 'euler' as const };
@@ -723,16 +728,7 @@ t.test('experimentalArgs: the guidance variants combine the step\'s predictions,
 
 t.test('loopArgs: the model sees the latent rolled a further shiftSkip frames each step, its prediction rolled back', async (t) => {
   const { model, text } = await shared;
-  const inputs: Float32Array[] = [], outputs: Float32Array[] = [];
-  const recording = {
-    config: model.config, offload: () => model.offload(), cacheReport: () => model.cacheReport(), clearCache: () => model.clearCache(),
-    forward: async (input: WanForwardInput, options?: { signal?: AbortSignal }) => {
-      inputs.push(Float32Array.from(input.x[0].toTypedArray() as Float32Array));
-      const out = await model.forward(input, options);
-      outputs.push(Float32Array.from(out[0].toTypedArray() as Float32Array));
-      return out;
-    },
-  } as Pick<WanModel, 'config' | 'offload' | 'forward' | 'cacheReport' | 'clearCache'> as WanModel;
+  const { recording, inputs, outputs } = recorded(model);
   const imageEmbeds = emptyEmbeds({ width: 32, height: 32, numFrames: 13 });  // 4 latent frames
   const [C, T, H, W] = imageEmbeds.targetShape, plane = H * W;
   // torch.roll along T: frame f to f + by.
