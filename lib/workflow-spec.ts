@@ -71,6 +71,14 @@ const file = (...folders: ModelFolder[]): Spec => ({ kind: 'FILE', folders });
 const link = (type: string, refuse?: string, hint?: boolean): Spec =>
   ({ kind: 'LINK', type, refuse: refuse === undefined ? undefined : () => refuse, hint });
 
+// The sampler's inputs for the wrapper's extra models (WanVideoSampler, WanVideoSamplerExtraArgs).
+const samplerExtraModels = (): InputSpec[] => [
+  opt('unianimate_poses', link('UNIANIMATE_POSE', notYet('UniAnimate'))),
+  opt('fantasytalking_embeds', link('FANTASYTALKING_EMBEDS', notYet('FantasyTalking'))),
+  opt('uni3c_embeds', link('UNI3C_EMBEDS', notYet('Uni3C'))),
+  opt('multitalk_embeds', link('MULTITALK_EMBEDS', notYet('MultiTalk'))),
+];
+
 // The cache nodes' (TeaCache, MagCache, EasyCache) steps in which they may skip, and where the residuals wait.
 const cacheSteps = (startStep: number): InputSpec[] => [
   req('start_step', int(startStep, 0, 9999)),
@@ -437,10 +445,7 @@ const SPECS: NodeSpec[] = [
       opt('loop_args', link('LOOPARGS')),
       opt('experimental_args', link('EXPERIMENTALARGS')),
       opt('sigmas', link('SIGMAS', notYet('a sigmas link'))),
-      opt('unianimate_poses', link('UNIANIMATE_POSE', notYet('UniAnimate'))),
-      opt('fantasytalking_embeds', link('FANTASYTALKING_EMBEDS', notYet('FantasyTalking'))),
-      opt('uni3c_embeds', link('UNI3C_EMBEDS', notYet('Uni3C'))),
-      opt('multitalk_embeds', link('MULTITALK_EMBEDS', notYet('MultiTalk'))),
+      ...samplerExtraModels(),
       opt('freeinit_args', link('FREEINITARGS', notYet('FreeInit'))),
       opt('start_step', int(0, 0, 10000)),
       opt('end_step', int(-1, -1, 10000)),
@@ -484,10 +489,7 @@ const SPECS: NodeSpec[] = [
       opt('slg_args', link('SLGARGS')),
       opt('loop_args', link('LOOPARGS')),
       opt('experimental_args', link('EXPERIMENTALARGS')),
-      opt('unianimate_poses', link('UNIANIMATE_POSE', notYet('UniAnimate'))),
-      opt('fantasytalking_embeds', link('FANTASYTALKING_EMBEDS', notYet('FantasyTalking'))),
-      opt('uni3c_embeds', link('UNI3C_EMBEDS', notYet('Uni3C'))),
-      opt('multitalk_embeds', link('MULTITALK_EMBEDS', notYet('MultiTalk'))),
+      ...samplerExtraModels(),
     ],
   },
   {
