@@ -247,6 +247,9 @@ export class Sampler {
       start: finiteIn('loopArgs.startPercent', o.loopArgs.startPercent, 0, 0, 1),
       end: finiteIn('loopArgs.endPercent', o.loopArgs.endPercent, 1, 0, 1),
     };
+    if (loop && loop.start > loop.end)
+      throw invalidOption(`Expected loopArgs.startPercent (${loop.start}) at or below loopArgs.endPercent (${loop.end}) ` +
+        'but received a range in which the loop\'s shift never applies');
     if (loop && o.contextOptions !== undefined)
       throw invalidOption('loopArgs with contextOptions is not implemented yet in wan-native: leave one out');
     if (loop && embeds.targetShape[1] < 3)

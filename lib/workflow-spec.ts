@@ -397,6 +397,8 @@ const SPECS: NodeSpec[] = [
       req('start_percent', float(0, 0, 1)),
       req('end_percent', float(1, 0, 1)),
     ],
+    check: (v) => ((v.start_percent as number) > (v.end_percent as number)
+      ? `start_percent (${v.start_percent}) is after end_percent (${v.end_percent}): the loop's shift would never apply` : undefined),
   },
   {
     classType: 'WanVideoExperimentalArgs',

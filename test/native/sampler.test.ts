@@ -760,6 +760,8 @@ t.test('loopArgs: the model sees the latent rolled a further shiftSkip frames ea
     contextOptions: { frames: 9, overlap: 4 } }), { code: 'WAN_INVALID_OPTION', message: /loopArgs with contextOptions is not implemented yet/ });
   await t.rejects(new Sampler(model).sample({ imageEmbeds, textEmbeds: text, steps, cfg: 1, loopArgs: { shiftSkip: 1.5 } }),
     { code: 'WAN_INVALID_OPTION', message: /Expected an integer in 0\.\.10000 for loopArgs\.shiftSkip but received 1\.5/ });
+  await t.rejects(new Sampler(model).sample({ imageEmbeds, textEmbeds: text, steps, cfg: 1, loopArgs: { startPercent: 0.6, endPercent: 0.2 } }),
+    { code: 'WAN_INVALID_OPTION', message: /loopArgs\.startPercent \(0\.6\) at or below loopArgs\.endPercent/ });
 });
 
 t.test('custom sigmas set the steps', async (t) => {
