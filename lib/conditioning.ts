@@ -35,6 +35,9 @@ export interface ImageEmbeds {
   clipContext?: Tensor;
   /** CLIP embeddings of a negative image, used by the unconditional pass when given. */
   negativeClipContext?: Tensor;
+  /** imageToVideoEncode with flf2v false: the last latent frame is the end image's alone, one
+   * more than numFrames needs; decode the sampled latent with `trimEndLatent: true`. */
+  extraEndLatent?: boolean;
 }
 
 export interface VideoSize {
@@ -65,7 +68,7 @@ function latentShape(width: number, height: number, numFrames: number): [number,
 const SIZE_OPTIONS = optionNames<VideoSize>()({ width: true, height: true, numFrames: true });
 const I2V_OPTIONS = optionNames<ImageToVideoEncodeOptions>()({
   vae: true, startImage: true, endImage: true, clipEmbeds: true, noiseAugStrength: true, startLatentStrength: true,
-  endLatentStrength: true, seed: true, forceOffload: true, resize: true, width: true, height: true, numFrames: true, signal: true, onProgress: true,
+  endLatentStrength: true, flf2v: true, seed: true, forceOffload: true, resize: true, width: true, height: true, numFrames: true, signal: true, onProgress: true,
 });
 
 export function emptyEmbeds(o: VideoSize = {}): ImageEmbeds {
@@ -80,9 +83,15 @@ export interface ImageToVideoEncodeOptions extends VideoSize, LongCallOptions {
   /** Encodes the conditioning video. */
   vae: Vae;
   /** The first frame: a [3, H, W] tensor in [-1, 1] or an image file / its bytes. */
-  startImage: Tensor | ImageInput;
-  /** The last frame (FLF2V models). */
+  startImage?: Tensor | ImageInput;
+  /** The last frame (FLF2V models; with I2V models see flf2v). Without startImage the video ends
+   * on it and nothing fixes its start. */
   endImage?: Tensor | ImageInput;
+  /** With both images, how the end image is encoded (the wrapper's fun_or_fl2v_model): true
+   * (default), the last of numFrames frames, as the official FLF2V model expects; false, an extra
+   * latent frame of its own after the video's (for I2V models that are not FLF2V), which the
+   * decode drops (ImageEmbeds.extraEndLatent). */
+  flf2v?: boolean;
   /** CLIP embeddings of the start image (FLF2V: of both images, combineEmbeds 'batch'). */
   clipEmbeds?: ClipEmbeds;
   /** Gaussian noise of this standard deviation added to the images before encoding (0, 0..10). */
@@ -135,7 +144,7 @@ async function imageTensor(image: Tensor | ImageInput, name: string): Promise<Te
 /**
  * WanVideoImageToVideoEncode: the I2V / FLF2V conditioning. The images are resized to
  * width x height where their size differs (`resize`: Lanczos as the wrapper by default), put at the first
- * (and last) of numFrames frames with black (zero) frames between, VAE-encoded, and stacked
+ * (and last) of numFrames frames with mid-gray (zero) frames between, VAE-encoded, and stacked
  * under a 4-channel mask that is 1 on the given frames: y = [mask 4, latent 16] x [T, H/8, W/8].
  */
 export function imageToVideoEncode(o: ImageToVideoEncodeOptions): Promise<ImageEmbeds> {
@@ -145,48 +154,69 @@ export function imageToVideoEncode(o: ImageToVideoEncodeOptions): Promise<ImageE
     checkOptionNames(o, I2V_OPTIONS);
     if (o.vae === undefined || typeof (o.vae as Vae).encode !== 'function')
       throw invalidOption(`Expected a Vae for vae but received ${describeValue(o.vae)}`);
-    if (o.startImage === undefined) throw invalidOption('Expected an image for startImage but received undefined');
+    if (o.startImage === undefined && o.endImage === undefined)
+      throw invalidOption('Expected an image for startImage (or endImage) but received neither');
     const { width, height, numFrames } = checkSize(o);
     const noiseAug = checkStrength('noiseAugStrength', o.noiseAugStrength, 0);
     const startStrength = checkStrength('startLatentStrength', o.startLatentStrength, 1);
     const endStrength = checkStrength('endLatentStrength', o.endLatentStrength, 1);
-    const hasEnd = o.endImage !== undefined;
+    const hasStart = o.startImage !== undefined, hasEnd = o.endImage !== undefined;
     if (hasEnd && numFrames < 5) throw invalidOption(`Expected numFrames >= 5 with an endImage but received ${numFrames}`);
+    const flf2v = o.flf2v ?? true;
+    if (typeof flf2v !== 'boolean') throw invalidOption(`Expected a boolean for flf2v but received ${describeValue(o.flf2v)}`);
+    // The wrapper's extra-latent path: only with both images (an end image alone is always the last frame).
+    const extraEndLatent = hasStart && hasEnd && !flf2v;
     const seed = seedOf(o.seed);
     const resize = o.resize ?? 'lanczos';
     if (!IMAGE_RESIZES.includes(resize))
       throw invalidOption(`Expected one of ${IMAGE_RESIZES.join(', ')} for resize but received ${describeValue(o.resize)}`);
 
-    // The conditioning video [3, F, H, W]: the resized image(s), zeros between.
-    const video = new Float32Array(3 * numFrames * height * width);
-    const images = [await imageTensor(o.startImage, 'startImage')];
-    if (hasEnd) images.push(await imageTensor(o.endImage!, 'endImage'));
+    // The conditioning video [3, F, H, W]: the resized image(s), zeros (mid-gray) between. With
+    // extraEndLatent the end image is a video of its own, encoded after (the wrapper encodes
+    // start, gray and end frames with a causal cache cleared before the last: the same numbers).
+    const plane3 = height * width;
+    const video = new Float32Array(3 * numFrames * plane3);
+    const endVideo = extraEndLatent ? new Float32Array(3 * plane3) : undefined;
+    const images: [Tensor, 'startImage' | 'endImage'][] = [];
+    if (hasStart) images.push([await imageTensor(o.startImage!, 'startImage'), 'startImage']);
+    if (hasEnd) images.push([await imageTensor(o.endImage!, 'endImage'), 'endImage']);
     const generator = noiseAug > 0 ? new (native().NoiseGenerator)(seed) : undefined;
-    images.forEach((image, k) => {
-      const pixels = resized(image, k ? 'endImage' : 'startImage', height, width, resize);
+    for (const [image, name] of images) {
+      const pixels = resized(image, name, height, width, resize);
       if (generator) {
         // The wrapper's add_noise_to_reference_video: noise everywhere but on pure black (-1).
         const noise = generator.randn([3, height, width]).toTypedArray() as Float32Array;
         for (let i = 0; i < pixels.length; ++i) if (pixels[i] !== -1) pixels[i] += noise[i] * noiseAug;
       }
-      const frame = k === 0 ? 0 : numFrames - 1;
-      for (let c = 0; c < 3; ++c)
-        video.set(pixels.subarray(c * height * width, (c + 1) * height * width), (c * numFrames + frame) * height * width);
-    });
+      if (name === 'endImage' && endVideo) { endVideo.set(pixels); continue; }
+      const frame = name === 'startImage' ? 0 : numFrames - 1;
+      for (let c = 0; c < 3; ++c) video.set(pixels.subarray(c * plane3, (c + 1) * plane3), (c * numFrames + frame) * plane3);
+    }
 
-    const latent = (await o.vae.encode(Tensor.fromTypedArray(video, [3, numFrames, height, width]),
-                                       { signal: o.signal, onProgress: o.onProgress, forceOffload: o.forceOffload })).toTypedArray() as Float32Array;
-    const [, frames, latH, latW] = latentShape(width, height, numFrames);
+    const encodeOptions = { signal: o.signal, onProgress: o.onProgress, forceOffload: endVideo ? false : o.forceOffload };
+    const latent = (await o.vae.encode(Tensor.fromTypedArray(video, [3, numFrames, height, width]), encodeOptions)).toTypedArray() as Float32Array;
+    const endLatent = endVideo
+      ? (await o.vae.encode(Tensor.fromTypedArray(endVideo, [3, 1, height, width]), { ...encodeOptions, forceOffload: o.forceOffload }))
+        .toTypedArray() as Float32Array
+      : undefined;
+    const [, videoFrames, latH, latW] = latentShape(width, height, numFrames);
+    const frames = videoFrames + (extraEndLatent ? 1 : 0);
     const plane = latH * latW;
 
     // y = [mask, latent]. Mask channel j of latent frame t covers pixel frame 4t - 3 + j (the
-    // first latent frame holds frame 0 four times): 1 where an image was given.
+    // first latent frame holds frame 0 four times): 1 where an image was given. The extra end
+    // latent frame is all given.
     const y = new Float32Array(20 * frames * plane);
-    const given = (pixelFrame: number) => pixelFrame <= 0 || (hasEnd && pixelFrame === numFrames - 1);
-    for (let j = 0; j < 4; ++j)
-      for (let t = 0; t < frames; ++t)
+    const given = (pixelFrame: number) => (hasStart && pixelFrame <= 0) || (hasEnd && !extraEndLatent && pixelFrame === numFrames - 1);
+    for (let j = 0; j < 4; ++j) {
+      for (let t = 0; t < videoFrames; ++t)
         if (given(4 * t - 3 + j)) y.fill(1, (j * frames + t) * plane, (j * frames + t + 1) * plane);
-    y.set(latent, 4 * frames * plane);
+      if (extraEndLatent) y.fill(1, (j * frames + videoFrames) * plane, (j * frames + videoFrames + 1) * plane);
+    }
+    for (let c = 0; c < LATENT_CHANNELS; ++c) {
+      y.set(latent.subarray(c * videoFrames * plane, (c + 1) * videoFrames * plane), (4 + c) * frames * plane);
+      if (endLatent) y.set(endLatent.subarray(c * plane, (c + 1) * plane), ((4 + c) * frames + videoFrames) * plane);
+    }
     for (let c = 0; c < LATENT_CHANNELS; ++c) {
       const channel = (4 + c) * frames * plane;
       if (startStrength !== 1) for (let i = 0; i < plane; ++i) y[channel + i] *= startStrength;
@@ -202,6 +232,7 @@ export function imageToVideoEncode(o: ImageToVideoEncodeOptions): Promise<ImageE
       y: Tensor.fromTypedArray(y, [20, frames, latH, latW]),
       clipContext: o.clipEmbeds?.clipEmbeds,
       negativeClipContext: o.clipEmbeds?.negativeClipEmbeds,
+      ...(extraEndLatent ? { extraEndLatent } : {}),
     };
   })(), caller);
 }

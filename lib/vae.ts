@@ -41,6 +41,9 @@ export interface VaeDecodeOptions extends VaeEncodeOptions, VaeTileOptions {
    * decoded again after the last three, so that the video wraps around; those 8 frames,
    * min-max normalised to [-1, 1], replace the first 5, giving 4T frames (false by default). */
   looped?: boolean;
+  /** A latent sampled on imageToVideoEncode's extraEndLatent embeds: its last frame (the end
+   * image's alone) is left out, as the wrapper's decode drops the frame it becomes (false). */
+  trimEndLatent?: boolean;
 }
 
 export type VaeDecodeCall = 'decode' | 'decodeFrames';
@@ -57,6 +60,15 @@ export interface VaeMemoryEstimateOptions extends VaeTileOptions {
    * caller that disposes each chunk before asking for the next.
    */
   call?: VaeDecodeCall;
+}
+
+// latent [C, T, h, w] without its last frame.
+function withoutLastFrame(latent: Tensor): Tensor {
+  const [channels, frames, height, width] = latent.shape;
+  const data = latent.toTypedArray() as Float32Array, plane = height * width;
+  const out = new Float32Array(channels * (frames - 1) * plane);
+  for (let c = 0; c < channels; c++) out.set(data.subarray(c * frames * plane, (c * frames + frames - 1) * plane), c * (frames - 1) * plane);
+  return Tensor.fromTypedArray(out, [channels, frames - 1, height, width]);
 }
 
 /** Bytes of resident memory at the peak of a decode; the parts add up to `bytes`. */
@@ -114,7 +126,7 @@ function tilingOf(o: VaeTileOptions) {
 const VAE_OPTIONS = optionNames<VaeOptions>()({ populate: true, device: true, loadDevice: true, signal: true, onProgress: true });
 const ENCODE_OPTIONS = optionNames<VaeEncodeOptions>()({ forceOffload: true, signal: true, onProgress: true });
 const DECODE_OPTIONS = optionNames<VaeDecodeOptions>()({
-  clamp: true, looped: true, forceOffload: true, signal: true, onProgress: true, tiled: true, tileX: true, tileY: true, tileStrideX: true, tileStrideY: true,
+  clamp: true, looped: true, trimEndLatent: true, forceOffload: true, signal: true, onProgress: true, tiled: true, tileX: true, tileY: true, tileStrideX: true, tileStrideY: true,
 });
 
 export class Vae {
@@ -187,6 +199,13 @@ export class Vae {
     checkOptionNames(options, DECODE_OPTIONS);
     checkTensor(latent, 'latent', 4);
     checkForceOffload(options.forceOffload);
+    const trim = options.trimEndLatent ?? false;
+    if (typeof trim !== 'boolean') throw invalidOption(`Expected a boolean for trimEndLatent but received ${describeValue(options.trimEndLatent)}`);
+    if (trim) {
+      if (latent.shape[1] < 2)
+        throw invalidOption(`Expected a latent of at least 2 frames with trimEndLatent but received ${latent.shape[1]} (shape [${latent.shape.join(', ')}])`);
+      latent = withoutLastFrame(latent);
+    }
     const tiling = tilingOf(options);
     const looped = options.looped ?? false;
     if (typeof looped !== 'boolean') throw invalidOption(`Expected a boolean for looped but received ${describeValue(options.looped)}`);

@@ -162,8 +162,10 @@ interface SamplerExtraArgs {
 }
 
 // Latents sampled with loop_args (the wrapper marks its samples dict `looped`): WanVideoDecode
-// decodes them looped.
+// decodes them looped. Latents sampled on extraEndLatent embeds (the wrapper's `end_image`
+// flag): WanVideoDecode leaves their last frame out.
 const LOOPED = new WeakSet<Tensor>();
+const EXTRA_END_LATENT = new WeakSet<Tensor>();
 
 // The sampler nodes' run: the model, conditioning, cfg, seed, samples and progress from the node,
 // the rest given.
@@ -183,6 +185,7 @@ async function sample(c: Parameters<Executor>[0], options: Omit<SamplerOptions, 
     signal: c.signal, onProgress: c.onProgress,
   });
   if (options.loopArgs) LOOPED.add(latent);
+  if (embeds.extraEndLatent) EXTRA_END_LATENT.add(latent);
   return [{ value: latent, dispose: () => latent.dispose() }, { value: undefined }];
 }
 
@@ -358,7 +361,8 @@ export const EXECUTORS: Record<string, Executor> = {
       const clip = c.input<ClipEmbeds>('clip_embeds');
       const embeds = await imageToVideoEncode({
         vae: c.input<Vae>('vae')!, width, height, numFrames,
-        startImage: image(start, 'start_image')!, endImage: image(end, 'end_image'), clipEmbeds: clip,
+        startImage: image(start, 'start_image'), endImage: image(end, 'end_image'), clipEmbeds: clip,
+        flf2v: c.value('fun_or_fl2v_model'),
         noiseAugStrength: c.value('noise_aug_strength'), startLatentStrength: c.value('start_latent_strength'),
         endLatentStrength: c.value('end_latent_strength'), forceOffload: c.value('force_offload'),
         signal: c.signal, onProgress: c.onProgress,
@@ -446,7 +450,7 @@ export const EXECUTORS: Record<string, Executor> = {
     const vae = c.input<Vae>('vae')!, latent = c.input<Tensor>('samples')!;
     const unnormalized = c.value('normalization') === 'none';
     const options: VaeDecodeOptions = {
-      clamp: !unnormalized, looped: LOOPED.has(latent),
+      clamp: !unnormalized, looped: LOOPED.has(latent), trimEndLatent: EXTRA_END_LATENT.has(latent),
       ...(c.value('enable_vae_tiling') ? {
         tiled: true, tileX: c.value('tile_x'), tileY: c.value('tile_y'),
         tileStrideX: c.value('tile_stride_x'), tileStrideY: c.value('tile_stride_y'),

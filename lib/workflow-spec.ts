@@ -298,15 +298,8 @@ const SPECS: NodeSpec[] = [
       opt('augment_empty_frames', float(0, 0, 10, onlyZero('augment_empty_frames'))),
       opt('empty_frame_pad_image', link('IMAGE', notYet('empty_frame_pad_image'))),
     ],
-    check: (v, linked) => {
-      if ((linked.has('start_image') || linked.has('end_image')) && !linked.has('vae'))
-        return 'vae is not connected: encoding start_image / end_image needs one';
-      if (linked.has('start_image') && linked.has('end_image') && v.fun_or_fl2v_model === false)
-        return `${notYet('the start + end image encoding with an extra latent frame (fun_or_fl2v_model false)')}: ` +
-          'set fun_or_fl2v_model to true (what the official FLF2V model expects)';
-      if (linked.has('end_image') && !linked.has('start_image')) return notYet('an end_image without a start_image');
-      return undefined;
-    },
+    check: (_v, linked) => ((linked.has('start_image') || linked.has('end_image')) && !linked.has('vae')
+      ? 'vae is not connected: encoding start_image / end_image needs one' : undefined),
   },
   {
     classType: 'WanVideoEmptyEmbeds',

@@ -341,6 +341,74 @@ t.test('I2V and FLF2V conditioning and an I2V run equal the official code', asyn
   vae.dispose();
 });
 
+t.test('an end image alone, and start and end with flf2v false (the end image an extra latent frame)', async (t) => {
+  const { g, text } = await shared;
+  const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
+  const size = { width: 48, height: 32, numFrames: 9, resize: 'bicubic' as const };  // 3 latent frames of 4 x 6
+  const [start, end] = [g.get('i2v.image')!, g.get('i2v.end_image')!];
+  const plane = 24, L = 3;
+  // The conditioning video as the wrapper builds it, encoded here by hand: image(s) and zeros.
+  const encode = async (frames: (Tensor | undefined)[]) => {
+    const [h, w] = [32, 48], n = frames.length;
+    const video = new Float32Array(3 * n * h * w);
+    for (const [f, image] of frames.entries()) {
+      if (!image) continue;
+      const data = new Tensor(native().resizeBicubic(Tensor.handle(image, 'image'), h, w)).toTypedArray() as Float32Array;
+      for (let c = 0; c < 3; c++) video.set(data.subarray(c * h * w, (c + 1) * h * w), (c * n + f) * h * w);
+    }
+    return (await vae.encode(Tensor.fromTypedArray(video, [3, n, h, w]), { forceOffload: false })).toTypedArray() as Float32Array;
+  };
+  const channel = (y: Float32Array, frames: number, c: number, t: number) => y.subarray((c * frames + t) * plane, (c * frames + t + 1) * plane);
+  const maskOf = (y: Float32Array, frames: number) =>
+    Array.from({ length: frames }, (_, t) => [0, 1, 2, 3].map((j) => channel(y, frames, j, t)[0]).join(''));
+  const latentErr = (y: Float32Array, frames: number, want: Float32Array, wantFrames: number, from: number, count: number, at = 0) => {
+    let err = 0;
+    for (let c = 0; c < 16; c++)
+      for (let t = 0; t < count; t++) {
+        const a = channel(y, frames, 4 + c, at + t), b = channel(want, wantFrames, c, from + t);
+        for (let i = 0; i < plane; i++) err = Math.max(err, Math.abs(a[i] - b[i]));
+      }
+    return err;
+  };
+
+  // End image alone: the video ends on it, the mask marks pixel frame 8 only (0001 on the last latent).
+  const endOnly = await imageToVideoEncode({ vae, ...size, endImage: end, forceOffload: false });
+  const ye = endOnly.y!.toTypedArray() as Float32Array;
+  t.same(endOnly.targetShape, [16, L, 4, 6]);
+  t.same(maskOf(ye, L), ['0000', '0000', '0001'], 'end image alone: the mask of pixel frame 8');
+  const wantEnd = await encode([...Array(8).fill(undefined), end]);
+  t.ok(latentErr(ye, L, wantEnd, L, 0, L) <= 1e-6, 'and the latent of zeros then the end image');
+
+  // Start and end with flf2v false: the video's 3 latent frames of [start, zeros], then the end
+  // image encoded alone as a 4th; the mask all ones on the first and the extra one.
+  const extra = await imageToVideoEncode({ vae, ...size, startImage: start, endImage: end, flf2v: false, forceOffload: false });
+  const yx = extra.y!.toTypedArray() as Float32Array;
+  t.same(extra.targetShape, [16, L + 1, 4, 6], 'one latent frame more');
+  t.equal(extra.seqLen, (L + 1) * plane / 4);
+  t.equal(extra.extraEndLatent, true);
+  t.same(maskOf(yx, L + 1), ['1111', '0000', '0000', '1111'], 'the mask: the start frame and the extra end frame');
+  const wantVideo = await encode([start, ...Array(8).fill(undefined)]);
+  const wantAlone = await encode([end]);
+  t.ok(latentErr(yx, L + 1, wantVideo, L, 0, L) <= 1e-6, 'latent frames 0..2: [start, zeros] encoded');
+  t.ok(latentErr(yx, L + 1, wantAlone, 1, 0, 1, L) <= 1e-6, 'latent frame 3: the end image encoded alone');
+
+  // A run on it, decoded without the extra frame: numFrames frames, the same as decoding the first 3.
+  const model = await WanModel.load(path.join(weightsDir, 'tiny_i2v_dit.f32.safetensors'), { numHeads: 2 });
+  const clip = new Tensor(new (native().NoiseGenerator)(11n).randn([1, 257, 1280]));
+  const latent = await new Sampler(model).sample({ imageEmbeds: { ...extra, clipContext: clip }, textEmbeds: text, steps: 2, cfg: 1, seed: 1 });
+  t.same(latent.shape, [16, L + 1, 4, 6]);
+  const video = await vae.decode(latent, { trimEndLatent: true, forceOffload: false });
+  t.same(video.shape, [3, 9, 32, 48], 'trimEndLatent: 9 frames');
+  const data = latent.toTypedArray() as Float32Array;
+  const firstThree = new Float32Array(16 * L * plane);
+  for (let c = 0; c < 16; c++) firstThree.set(data.subarray(c * (L + 1) * plane, (c * (L + 1) + L) * plane), c * L * plane);
+  t.equal(maxAbsDiff(video, await vae.decode(Tensor.fromTypedArray(firstThree, [16, L, 4, 6]), { forceOffload: false })), 0,
+    'the decode of latent frames 0..2, bit for bit');
+  await t.rejects(imageToVideoEncode({ vae, ...size }), { code: 'WAN_INVALID_OPTION', message: /Expected an image for startImage \(or endImage\) but received neither/ });
+  model.dispose();
+  vae.dispose();
+});
+
 t.test('I2V images of another size: Lanczos by default, as the wrapper; bicubic as the official code', async (t) => {
   const { g } = await shared;
   const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));

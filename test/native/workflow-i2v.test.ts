@@ -165,22 +165,23 @@ const PIPELINES: Record<Kind, Pipeline> = {
   },
 };
 
-async function direct(kind: Kind): Promise<Tensor> {
+// extraEnd: the I2V pipeline with end.png as an extra end latent frame (fun_or_fl2v_model false).
+async function direct(kind: Kind, extraEnd = false): Promise<Tensor> {
   const p = PIPELINES[kind];
   const start = await loadImage(path.join(inputDir, 'start.png'));
-  const end = kind === 'flf2v' ? await loadImage(path.join(inputDir, 'end.png')) : undefined;
+  const end = kind === 'flf2v' || extraEnd ? await loadImage(path.join(inputDir, 'end.png')) : undefined;
   const encoder = await TextEncoder.load(path.join(weightsDir, 'tiny_umt5_enc.f32.safetensors'), { tokenizer: path.join(tokenizerDir, 'spiece.model') });
   const textEmbeds = await encoder.encode({ positive: [p.prompt], negative: p.negative });
   encoder.dispose();
   const clip = await ClipVisionEncoder.load(clipFile);
-  const clipEmbeds = await clip.encode(start, { ...p.clip, image2: end });
+  const clipEmbeds = await clip.encode(start, { ...p.clip, image2: kind === 'flf2v' ? end : undefined });
   clip.dispose();
   const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
-  const imageEmbeds = await imageToVideoEncode({ ...p.encode, vae, startImage: start, endImage: end, clipEmbeds });
+  const imageEmbeds = await imageToVideoEncode({ ...p.encode, vae, startImage: start, endImage: end, clipEmbeds, flf2v: !extraEnd });
   const model = await WanModel.load(p.model, { numHeads: 2, basePrecision: 'fp32', attentionMode: 'sdpa' });
   const latent = await new Sampler(model).sample({ ...p.sample, imageEmbeds, textEmbeds });
   model.dispose();
-  const video = await vae.decode(latent);
+  const video = await vae.decode(latent, { trimEndLatent: imageEmbeds.extraEndLatent });
   for (const x of [start, end, latent, imageEmbeds.y, clipEmbeds.clipEmbeds, ...textEmbeds.promptEmbeds, ...textEmbeds.negativePromptEmbeds]) x?.dispose();
   vae.dispose();
   return video;
@@ -321,4 +322,24 @@ t.test('an unknown node type is refused before anything runs, with the nodes wan
     t.same(started, [], 'no node ran');
     t.same(listFiles(outputDir), [], 'nothing was written');
   }
+});
+
+t.test('an I2V workflow with start and end images and fun_or_fl2v_model false: the end image an extra latent frame, dropped at decode', { skip }, async (t) => {
+  await ready();
+  const workflow = fixture('i2v');
+  workflow['30'] = { class_type: 'LoadImage', inputs: { image: 'end.png' } };
+  Object.assign(workflow['5'].inputs, { end_image: ['30', 0], fun_or_fl2v_model: false });
+  workflow['20'] = { class_type: 'VHS_VideoCombine', inputs: { images: ['11', 0], frame_rate: 16, loop_count: 0,
+    filename_prefix: 'extra_png', format: 'image/png', pingpong: false, save_output: true, save_metadata: false } };
+  delete workflow['12'];
+  const result = await runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() });
+  const pngs = result.outputs['20'].files!;
+  const video = await direct('i2v', true);
+  t.same(video.shape, [3, 5, 64, 80], 'the library pipeline: 5 frames, the extra latent frame left out');
+  t.equal(pngs.length, 5, '5 PNG frames');
+  const expected = frameBytes(video);
+  video.dispose();
+  let same = pngs.length === expected.length;
+  for (const [i, file] of pngs.entries()) same &&= (await pngBytes(file)).equals(expected[i]);
+  t.ok(same, 'byte for byte the library\'s frames');
 });

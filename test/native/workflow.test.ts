@@ -575,7 +575,7 @@ t.test('an I2V workflow: validated, and each model loaded just before its first 
   t.throws(() => parseWorkflow(noVae), { message: /^node 5 \(WanVideoImageToVideoEncode\): vae is not connected: encoding start_image \/ end_image needs one$/ });
   const flf: any = structuredClone(w);
   Object.assign(flf[5].inputs, { end_image: ['1', 0], fun_or_fl2v_model: false });
-  t.throws(() => parseWorkflow(flf), { message: /fun_or_fl2v_model false\) is not implemented yet in wan-native: set fun_or_fl2v_model to true/ });
+  t.doesNotThrow(() => parseWorkflow(flf), 'start and end images with fun_or_fl2v_model false: the end image as an extra latent frame');
   const tiled: any = structuredClone(w);
   Object.assign(tiled[10].inputs, { enable_vae_tiling: true, tile_x: 128, tile_stride_x: 144 });
   t.throws(() => parseWorkflow(tiled), { message: /^node 10 \(WanVideoDecode\): tile_x \(128\) must be larger than tile_stride_x \(144\)$/ });
