@@ -111,6 +111,8 @@ export interface GenerateSettings {
   noiseAugStrength: number;
   startLatentStrength: number;
   endLatentStrength: number;
+  extraEndLatent: boolean;
+  augmentEmptyFrames: number;
 
   width: number;
   height: number;
@@ -372,6 +374,10 @@ export function generateCommand(): Command {
       "pipeline does, 'center' cuts the centre as the wrapper's default", { choices: CLIP_CROPS, default: 'disabled' }),
     option(g.image, '--noise-aug-strength <x>', 'noise added to the images before encoding', { parse: number(0, 10), default: 0 }),
     option(g.image, '--start-latent-strength <x>', 'multiplier of the first latent frame', { parse: number(0, 10), default: 1 }),
+    option(g.image, '--extra-end-latent', 'with --end-image and an I2V model that is not FLF2V: encode the end image as a latent ' +
+      'frame of its own after the video\'s (the wrapper\'s fun_or_fl2v_model false), which the decode leaves out'),
+    option(g.image, '--augment-empty-frames <k>', 'move the latent frames no image fixes (1 + k) times as far from the first ' +
+      '(0.15 is a reported good value)', { parse: number(0, 10), default: 0 }),
     option(g.image, '--end-latent-strength <x>', 'multiplier of the last latent frame (the end image, or the blank frames at the end)', { parse: number(0, 10), default: 1 }),
 
     option(g.video, '--width <pixels>', 'a multiple of 16', { parse: multipleOf16, default: 832 }),
@@ -526,7 +532,8 @@ export function settingsFrom(cmd: Command): GenerateSettings {
   const flag = (key: string) => '--' + key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
 
   // Cross-option rules first; what is not implemented is refused after every value was checked.
-  for (const key of ['endImage', 'clipCrop', 'noiseAugStrength', 'startLatentStrength', 'endLatentStrength']) {
+  if (given('extraEndLatent') && !o.endImage) throw new UsageError('--extra-end-latent needs --end-image');
+  for (const key of ['endImage', 'clipCrop', 'noiseAugStrength', 'startLatentStrength', 'endLatentStrength', 'augmentEmptyFrames']) {
     if (given(key) && !o.image) throw new UsageError(`${flag(key)} needs --image (it applies to image-to-video)`);
   }
   if (o.clipVision && o.clipEmbeds) throw new UsageError('--clip-vision and --clip-embeds exclude each other: give one');
@@ -635,6 +642,7 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     prompt: o.prompt, negativePrompt: o.negativePrompt, diskCache: o.diskCache,
     image: o.image, endImage: o.endImage, clipCrop: o.clipCrop, noiseAugStrength: o.noiseAugStrength,
     startLatentStrength: o.startLatentStrength, endLatentStrength: o.endLatentStrength,
+    extraEndLatent: o.extraEndLatent === true, augmentEmptyFrames: o.augmentEmptyFrames,
     width: o.width, height: o.height, numFrames: o.numFrames,
     steps: requestedSteps, scheduledSteps: steps, cfg: o.cfg, shift: o.shift, seed: o.seed, scheduler: o.scheduler, sigmas: o.sigmas,
     enhanceHf: o.enhanceHf === true,
@@ -980,7 +988,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
       embeds = await imageToVideoEncode({
         vae, width: s.width, height: s.height, numFrames: s.numFrames, startImage: startImage!, endImage,
         clipEmbeds, noiseAugStrength: s.noiseAugStrength, startLatentStrength: s.startLatentStrength,
-        endLatentStrength: s.endLatentStrength, seed, signal,
+        endLatentStrength: s.endLatentStrength, flf2v: !s.extraEndLatent, augmentEmptyFrames: s.augmentEmptyFrames, seed, signal,
       });
       if (embeds.y) keep(embeds.y);
       free(startImage);
@@ -1048,7 +1056,8 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
           await source.return(undefined);
         }
       };
-      const result = await videoCombine(timed(vae.decodeFrames(latent, { ...tiling, looped: s.loop !== undefined, signal,
+      const result = await videoCombine(timed(vae.decodeFrames(latent, { ...tiling, looped: s.loop !== undefined,
+        trimEndLatent: embeds.extraEndLatent === true, signal,
         onProgress: (p) => view.progress(p, 'latent frames') })), { ...combineOptions(s, s.formats[0]), metadata, signal });
       files.push(...result.files);
       // Decoding and writing interleave: decode is the time spent waiting for frames, write the rest.
@@ -1059,7 +1068,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
       view.note(`decode: done in ${formatSeconds(decode)}; write: ${result.frames} frames in ${formatSeconds(write)}`);
     } else {
       view.begin('decode', `${latentFrames} latent frame${latentFrames > 1 ? 's' : ''} with ${base(s.vae)}`);
-      const video = keep(await vae.decode(latent, { ...tiling, looped: s.loop !== undefined, signal,
+      const video = keep(await vae.decode(latent, { ...tiling, looped: s.loop !== undefined, trimEndLatent: embeds.extraEndLatent === true, signal,
         onProgress: (p) => view.progress(p, 'latent frames') }));
       free(vae);
       view.end();

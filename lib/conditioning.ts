@@ -68,7 +68,7 @@ function latentShape(width: number, height: number, numFrames: number): [number,
 const SIZE_OPTIONS = optionNames<VideoSize>()({ width: true, height: true, numFrames: true });
 const I2V_OPTIONS = optionNames<ImageToVideoEncodeOptions>()({
   vae: true, startImage: true, endImage: true, clipEmbeds: true, noiseAugStrength: true, startLatentStrength: true,
-  endLatentStrength: true, flf2v: true, seed: true, forceOffload: true, resize: true, width: true, height: true, numFrames: true, signal: true, onProgress: true,
+  endLatentStrength: true, augmentEmptyFrames: true, flf2v: true, seed: true, forceOffload: true, resize: true, width: true, height: true, numFrames: true, signal: true, onProgress: true,
 });
 
 export function emptyEmbeds(o: VideoSize = {}): ImageEmbeds {
@@ -100,6 +100,10 @@ export interface ImageToVideoEncodeOptions extends VideoSize, LongCallOptions {
   startLatentStrength?: number;
   /** Multiplier of the last latent frame, an end image's or the encoded blank frames' (1, 0..10). */
   endLatentStrength?: number;
+  /** The wrapper's augment_empty_frames (0, 0..10): each latent frame whose mask (channel 0) is
+   * empty moves (1 + k) times as far from the first latent frame, so the model is pushed to
+   * change more there (0.15 is a reported good value; larger values garble). */
+  augmentEmptyFrames?: number;
   /** Seed of the noise augmentation (0). */
   seed?: number | bigint;
   /** Offload the VAE when the encode is done (true, as the wrapper): see Vae.offload(). */
@@ -160,6 +164,7 @@ export function imageToVideoEncode(o: ImageToVideoEncodeOptions): Promise<ImageE
     const noiseAug = checkStrength('noiseAugStrength', o.noiseAugStrength, 0);
     const startStrength = checkStrength('startLatentStrength', o.startLatentStrength, 1);
     const endStrength = checkStrength('endLatentStrength', o.endLatentStrength, 1);
+    const augment = checkStrength('augmentEmptyFrames', o.augmentEmptyFrames, 0);
     const hasStart = o.startImage !== undefined, hasEnd = o.endImage !== undefined;
     if (hasEnd && numFrames < 5) throw invalidOption(`Expected numFrames >= 5 with an endImage but received ${numFrames}`);
     const flf2v = o.flf2v ?? true;
@@ -224,6 +229,19 @@ export function imageToVideoEncode(o: ImageToVideoEncodeOptions): Promise<ImageE
       // y[:, -1:] *= end_latent_strength): without one it is the encoded blank frames.
       if (endStrength !== 1)
         for (let i = 0; i < plane; ++i) y[channel + (frames - 1) * plane + i] *= endStrength;
+    }
+
+    // augment_empty_frames, after the strengths: y0 + (y - y0)(1 + k) on the frames whose mask
+    // channel 0 is below 0.5 (the wrapper's test: an end image's latent frame, marked 0001,
+    // counts as empty too).
+    if (augment > 0) {
+      for (let t = 1; t < frames; ++t) {
+        if (y[t * plane] >= 0.5) continue;  // the mask is one value per frame here
+        for (let c = 0; c < LATENT_CHANNELS; ++c) {
+          const channel = (4 + c) * frames * plane;
+          for (let i = 0; i < plane; ++i) y[channel + t * plane + i] = y[channel + i] + (y[channel + t * plane + i] - y[channel + i]) * (1 + augment);
+        }
+      }
     }
 
     const targetShape: [number, number, number, number] = [LATENT_CHANNELS, frames, latH, latW];

@@ -362,7 +362,7 @@ export const EXECUTORS: Record<string, Executor> = {
       const embeds = await imageToVideoEncode({
         vae: c.input<Vae>('vae')!, width, height, numFrames,
         startImage: image(start, 'start_image'), endImage: image(end, 'end_image'), clipEmbeds: clip,
-        flf2v: c.value('fun_or_fl2v_model'),
+        flf2v: c.value('fun_or_fl2v_model'), augmentEmptyFrames: c.value('augment_empty_frames'),
         noiseAugStrength: c.value('noise_aug_strength'), startLatentStrength: c.value('start_latent_strength'),
         endLatentStrength: c.value('end_latent_strength'), forceOffload: c.value('force_offload'),
         signal: c.signal, onProgress: c.onProgress,

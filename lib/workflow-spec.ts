@@ -295,7 +295,7 @@ const SPECS: NodeSpec[] = [
       opt('extra_latents', link('LATENT', notYet('extra_latents'))),
       opt('tiled_vae', bool(false, onlyFalse('tiled VAE encoding (tiled_vae)'))),
       opt('add_cond_latents', link('ADD_COND_LATENTS', notYet('add_cond_latents'))),
-      opt('augment_empty_frames', float(0, 0, 10, onlyZero('augment_empty_frames'))),
+      opt('augment_empty_frames', float(0, 0, 10)),
       opt('empty_frame_pad_image', link('IMAGE', notYet('empty_frame_pad_image'))),
     ],
     check: (_v, linked) => ((linked.has('start_image') || linked.has('end_image')) && !linked.has('vae')

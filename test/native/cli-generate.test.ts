@@ -257,6 +257,19 @@ t.test('I2V', async (t) => {
       t.match(r.stderr, new RegExp(`^  ${stage} +[\\d.]+ s`, 'm'), `time of ${stage}`);
   });
 
+  t.test('--extra-end-latent: the end image as a latent frame of its own, left out of the video', async (t) => {
+    const out = outDir('i2v-extra-end');
+    const r = run('generate', ...I2V, ...SMALL, '--prompt', 'a cat', '--image', image, '--end-image', image, '--clip-embeds', clip,
+      '--extra-end-latent', '--augment-empty-frames', '0.15', '--format', 'mp4', '--output-dir', out);
+    t.equal(r.status, 0, r.stderr);
+    const mp4 = probe(r.stdout.trim().split('\n')[0]);
+    t.same([mp4.frames, mp4.width, mp4.height], [5, 48, 32], '5 frames, as asked: the extra latent frame is not decoded');
+    const bad = run('generate', ...I2V, ...SMALL, '--prompt', 'a cat', '--image', image, '--clip-embeds', clip, '--extra-end-latent',
+      '--output-dir', outDir('i2v-extra-no-end'));
+    t.equal(bad.status, 2);
+    t.match(bad.stderr, /^wan-native generate: --extra-end-latent needs --end-image$/m);
+  });
+
   t.test('I2V and T2V models refuse what does not fit them', async (t) => {
     let r = run('generate', ...I2V, ...SMALL, '--prompt', 'a cat', '--output-dir', outDir('i2v-no-image'));
     t.equal(r.status, 2);

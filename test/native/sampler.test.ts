@@ -405,6 +405,21 @@ t.test('an end image alone, and start and end with flf2v false (the end image an
   t.equal(maxAbsDiff(video, await vae.decode(Tensor.fromTypedArray(firstThree, [16, L, 4, 6]), { forceOffload: false })), 0,
     'the decode of latent frames 0..2, bit for bit');
   await t.rejects(imageToVideoEncode({ vae, ...size }), { code: 'WAN_INVALID_OPTION', message: /Expected an image for startImage \(or endImage\) but received neither/ });
+
+  // augmentEmptyFrames k: the frames whose mask channel 0 is 0 move (1 + k) times as far from
+  // the first latent frame: with start and end images (flf2v) frames 1 and 2, the end image's
+  // (0001) included, as the wrapper's test counts it.
+  const plain = await imageToVideoEncode({ vae, ...size, startImage: start, endImage: end, startLatentStrength: 0.8, forceOffload: false });
+  const pushed = await imageToVideoEncode({ vae, ...size, startImage: start, endImage: end, startLatentStrength: 0.8, augmentEmptyFrames: 0.5, forceOffload: false });
+  const [yp, ya] = [plain.y!.toTypedArray() as Float32Array, pushed.y!.toTypedArray() as Float32Array];
+  let augErr = 0;
+  for (let c = 0; c < 16; c++)
+    for (let t2 = 0; t2 < L; t2++) {
+      const a = channel(ya, L, 4 + c, t2), p0 = channel(yp, L, 4 + c, 0), pt = channel(yp, L, 4 + c, t2);
+      for (let i = 0; i < plane; i++) augErr = Math.max(augErr, Math.abs(a[i] - (t2 === 0 ? pt[i] : p0[i] + (pt[i] - p0[i]) * 1.5)));
+    }
+  t.ok(augErr <= 1e-6, `augmentEmptyFrames 0.5: frames 1 and 2 at y0 + 1.5 (y - y0), frame 0 kept (max abs ${augErr.toExponential(2)})`);
+  t.same(maskOf(ya, L), maskOf(yp, L), 'the mask untouched');
   model.dispose();
   vae.dispose();
 });
