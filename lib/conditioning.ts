@@ -68,7 +68,7 @@ function latentShape(width: number, height: number, numFrames: number): [number,
 const SIZE_OPTIONS = optionNames<VideoSize>()({ width: true, height: true, numFrames: true });
 const I2V_OPTIONS = optionNames<ImageToVideoEncodeOptions>()({
   vae: true, startImage: true, endImage: true, clipEmbeds: true, noiseAugStrength: true, startLatentStrength: true,
-  endLatentStrength: true, augmentEmptyFrames: true, flf2v: true, seed: true, forceOffload: true, resize: true, width: true, height: true, numFrames: true, signal: true, onProgress: true,
+  endLatentStrength: true, augmentEmptyFrames: true, emptyFramePadImage: true, flf2v: true, seed: true, forceOffload: true, resize: true, width: true, height: true, numFrames: true, signal: true, onProgress: true,
 });
 
 export function emptyEmbeds(o: VideoSize = {}): ImageEmbeds {
@@ -104,6 +104,9 @@ export interface ImageToVideoEncodeOptions extends VideoSize, LongCallOptions {
    * empty moves (1 + k) times as far from the first latent frame, so the model is pushed to
    * change more there (0.15 is a reported good value; larger values garble). */
   augmentEmptyFrames?: number;
+  /** The wrapper's empty_frame_pad_image: this image (resized as the others) fills the frames no
+   * image fixes, instead of mid-gray (as the SVI LoRAs expect). */
+  emptyFramePadImage?: Tensor | ImageInput;
   /** Seed of the noise augmentation (0). */
   seed?: number | bigint;
   /** Offload the VAE when the encode is done (true, as the wrapper): see Vae.offload(). */
@@ -182,6 +185,12 @@ export function imageToVideoEncode(o: ImageToVideoEncodeOptions): Promise<ImageE
     const plane3 = height * width;
     const video = new Float32Array(3 * numFrames * plane3);
     const endVideo = extraEndLatent ? new Float32Array(3 * plane3) : undefined;
+    if (o.emptyFramePadImage !== undefined) {
+      // Every frame first; the given images then replace theirs (noise augmentation never reaches the pad).
+      const pad = resized(await imageTensor(o.emptyFramePadImage, 'emptyFramePadImage'), 'emptyFramePadImage', height, width, resize);
+      for (let c = 0; c < 3; ++c)
+        for (let f = 0; f < numFrames; ++f) video.set(pad.subarray(c * plane3, (c + 1) * plane3), (c * numFrames + f) * plane3);
+    }
     const images: [Tensor, 'startImage' | 'endImage'][] = [];
     if (hasStart) images.push([await imageTensor(o.startImage!, 'startImage'), 'startImage']);
     if (hasEnd) images.push([await imageTensor(o.endImage!, 'endImage'), 'endImage']);

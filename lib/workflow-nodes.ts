@@ -347,7 +347,7 @@ export const EXECUTORS: Record<string, Executor> = {
 
   async WanVideoImageToVideoEncode(c) {
     const width = c.value<number>('width'), height = c.value<number>('height'), numFrames = framesOf(c.value('num_frames'));
-    const start = c.input<Tensor>('start_image'), end = c.input<Tensor>('end_image');
+    const start = c.input<Tensor>('start_image'), end = c.input<Tensor>('end_image'), pad = c.input<Tensor>('empty_frame_pad_image');
     // Without images the wrapper returns WanVideoEmptyEmbeds' output.
     if (!start && !end) return [{ value: emptyEmbeds({ width, height, numFrames }) }];
     const owned: Tensor[] = [];
@@ -363,6 +363,7 @@ export const EXECUTORS: Record<string, Executor> = {
         vae: c.input<Vae>('vae')!, width, height, numFrames,
         startImage: image(start, 'start_image'), endImage: image(end, 'end_image'), clipEmbeds: clip,
         flf2v: c.value('fun_or_fl2v_model'), augmentEmptyFrames: c.value('augment_empty_frames'),
+        emptyFramePadImage: image(pad, 'empty_frame_pad_image'),
         noiseAugStrength: c.value('noise_aug_strength'), startLatentStrength: c.value('start_latent_strength'),
         endLatentStrength: c.value('end_latent_strength'), forceOffload: c.value('force_offload'),
         signal: c.signal, onProgress: c.onProgress,

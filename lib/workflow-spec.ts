@@ -296,7 +296,7 @@ const SPECS: NodeSpec[] = [
       opt('tiled_vae', bool(false, onlyFalse('tiled VAE encoding (tiled_vae)'))),
       opt('add_cond_latents', link('ADD_COND_LATENTS', notYet('add_cond_latents'))),
       opt('augment_empty_frames', float(0, 0, 10)),
-      opt('empty_frame_pad_image', link('IMAGE', notYet('empty_frame_pad_image'))),
+      opt('empty_frame_pad_image', link('IMAGE')),
     ],
     check: (_v, linked) => ((linked.has('start_image') || linked.has('end_image')) && !linked.has('vae')
       ? 'vae is not connected: encoding start_image / end_image needs one' : undefined),

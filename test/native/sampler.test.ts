@@ -420,6 +420,13 @@ t.test('an end image alone, and start and end with flf2v false (the end image an
     }
   t.ok(augErr <= 1e-6, `augmentEmptyFrames 0.5: frames 1 and 2 at y0 + 1.5 (y - y0), frame 0 kept (max abs ${augErr.toExponential(2)})`);
   t.same(maskOf(ya, L), maskOf(yp, L), 'the mask untouched');
+
+  // emptyFramePadImage: the frames no image fixes hold it instead of mid-gray.
+  const padded = await imageToVideoEncode({ vae, ...size, startImage: start, emptyFramePadImage: end, forceOffload: false });
+  const wantPadded = await encode([start, ...Array(8).fill(end)]);
+  const yq = padded.y!.toTypedArray() as Float32Array;
+  t.ok(latentErr(yq, L, wantPadded, L, 0, L) <= 1e-6, 'emptyFramePadImage: the latent of [start, pad x 8]');
+  t.same(maskOf(yq, L), ['1111', '0000', '0000'], 'and the mask of the start image alone');
   model.dispose();
   vae.dispose();
 });
