@@ -91,6 +91,17 @@ export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
 
 const U64_MAX = (1n << 64n) - 1n;
 
+// The fraction of the steps an option applies in: startPercent..endPercent, checked to be a range.
+function percentRange(name: string, o: { startPercent?: number; endPercent?: number }, startDefault: number, what: string):
+    { start: number; end: number } {
+  const start = finiteIn(`${name}.startPercent`, o.startPercent, startDefault, 0, 1);
+  const end = finiteIn(`${name}.endPercent`, o.endPercent, 1, 0, 1);
+  if (start > end)
+    throw invalidOption(`Expected ${name}.startPercent (${start}) at or below ${name}.endPercent (${end}) ` +
+      `but received a range in which ${what} never applies`);
+  return { start, end };
+}
+
 function positiveInteger(name: string, value: unknown, fallback: number): number {
   if (value === undefined) return fallback;
   if (!Number.isSafeInteger(value) || (value as number) < 1)
@@ -217,26 +228,18 @@ export class Sampler {
     const cfgAt = (run: number): number => (Array.isArray(cfgOption) ? cfgOption[Math.min(run, cfgOption.length - 1)] : cfgOption);
     const feta = o.fetaArgs === undefined ? undefined : {
       weight: finiteIn('fetaArgs.weight', o.fetaArgs.weight, 2.0, 0, 100),
-      start: finiteIn('fetaArgs.startPercent', o.fetaArgs.startPercent, 0, 0, 1),
-      end: finiteIn('fetaArgs.endPercent', o.fetaArgs.endPercent, 1, 0, 1),
+      ...percentRange('fetaArgs', o.fetaArgs, 0, 'Enhance-A-Video'),
     };
-    if (feta && feta.start > feta.end)
-      throw invalidOption(`Expected fetaArgs.startPercent (${feta.start}) at or below fetaArgs.endPercent (${feta.end}) ` +
-        'but received a range in which Enhance-A-Video never applies');
 
     const layers = this.model.config.numLayers;
     const slg = o.slgArgs === undefined ? undefined : {
       blocks: o.slgArgs.blocks ?? [10],
-      start: finiteIn('slgArgs.startPercent', o.slgArgs.startPercent, 0.1, 0, 1),
-      end: finiteIn('slgArgs.endPercent', o.slgArgs.endPercent, 1, 0, 1),
+      ...percentRange('slgArgs', o.slgArgs, 0.1, 'skip layer guidance'),
     };
     if (slg && (!Array.isArray(slg.blocks) || slg.blocks.length === 0 ||
                 !slg.blocks.every((b) => Number.isSafeInteger(b) && b >= 0 && b < layers)))
       throw invalidOption(`Expected a non-empty array of block indices in 0..${layers - 1} for slgArgs.blocks but received ` +
                           (Array.isArray(slg.blocks) ? `[${slg.blocks.map((b) => describeValue(b)).join(', ')}]` : describeValue(slg.blocks)));
-    if (slg && slg.start > slg.end)
-      throw invalidOption(`Expected slgArgs.startPercent (${slg.start}) at or below slgArgs.endPercent (${slg.end}) ` +
-        'but received a range in which skip layer guidance never applies');
     const cache = o.cacheArgs === undefined ? undefined : cacheSettings(o.cacheArgs, this.model, steps);
     if (cache && o.batchedCfg)
       throw invalidOption(`Expected batchedCfg false with cacheArgs: ${cache.cacheType} keeps the conditional and unconditional ` +
@@ -244,12 +247,8 @@ export class Sampler {
     const guidance = resolveExperimentalArgs(o.experimentalArgs);
     const loop = o.loopArgs === undefined ? undefined : {
       skip: integerIn('loopArgs.shiftSkip', o.loopArgs.shiftSkip, 6, 0, 10000),
-      start: finiteIn('loopArgs.startPercent', o.loopArgs.startPercent, 0, 0, 1),
-      end: finiteIn('loopArgs.endPercent', o.loopArgs.endPercent, 1, 0, 1),
+      ...percentRange('loopArgs', o.loopArgs, 0, 'the loop\'s shift'),
     };
-    if (loop && loop.start > loop.end)
-      throw invalidOption(`Expected loopArgs.startPercent (${loop.start}) at or below loopArgs.endPercent (${loop.end}) ` +
-        'but received a range in which the loop\'s shift never applies');
     if (loop && o.contextOptions !== undefined)
       throw invalidOption('loopArgs with contextOptions is not implemented yet in wan-native: leave one out');
     if (loop && embeds.targetShape[1] < 3)
