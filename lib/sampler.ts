@@ -365,13 +365,14 @@ export class Sampler {
       };
       // loopArgs: the model sees the latent rolled back by `shifted` frames; its prediction is
       // rolled forward again, so the latent itself never moves.
-      const shifted = loop && fraction >= loop.start && fraction <= loop.end ? loopShift : 0;
+      const looping = loop !== undefined && fraction >= loop.start && fraction <= loop.end;
+      const shifted = looping ? loopShift : 0;
       let prediction = guidance && i < guidance.zeroInitSteps
         ? new Float32Array(size)  // CFG-Zero*'s zero-init: no model call
         : context
           ? await this.windowedPrediction(latent, shape, embeds, context, i, runSteps, call)
           : await this.guidedPrediction(rollFrames(latent, shape, -shifted), shape, embeds.y, embeds.seqLen, 0, call);
-      if (loop && fraction >= loop.start && fraction <= loop.end) {
+      if (looping) {
         prediction = rollFrames(prediction, shape, shifted);
         loopShift = (loopShift + loop.skip) % shape[1];
       }
