@@ -71,7 +71,9 @@ t.test('compile on the GPU: the fused kernels agree with the eager ops and the g
   // The fused q/k norm + RoPE, modulation and gated residual kernels and the GELU in ffn.0's
   // matmul. Compiled and eager differ in the order the norms sum a row and in where the GELU
   // reads its input (the matmul's float32 sum, not its rounding to the compute dtype): within
-  // 1e-5 in fp32; in bf16 within a tenth of the bf16 bound.
+  // 1e-5 in fp32. In bf16 they round at different places, so they differ by less than eager
+  // differs from the official float32 output (3.1e-3 against 4.8e-3 on an H200), and compiling
+  // costs no accuracy: compiled is as close to the official output as eager, within 10%.
   const g = await golden(path.join(goldenDir, 'golden_dit_t2v.safetensors'));
   for (const basePrecision of ['fp32', 'bf16'] as const) {
     const load = (compile: boolean) => WanModel.load(dit('f32'), { numHeads: 2, textLen: 16, device: 'cuda', basePrecision, attentionMode: 'flash', compile });
@@ -88,9 +90,9 @@ t.test('compile on the GPU: the fused kernels agree with the eager ops and the g
           const golden = maxAbsDiff(o, outs[i]);
           t.ok(golden <= FP32_MAX_ABS, `fp32 case ${c}[${i}]: compiled vs the official ${golden.toExponential(2)} <= ${FP32_MAX_ABS}`);
         } else {
-          const err = relL2(o, want[i]);
-          t.ok(err <= BF16_REL_L2 / 10, `bf16 case ${c}[${i}]: compiled vs eager relative L2 ${err.toExponential(2)} <= ${BF16_REL_L2 / 10}`);
-          const golden = relL2(o, outs[i]);
+          const err = relL2(o, want[i]), eagerError = relL2(want[i], outs[i]), golden = relL2(o, outs[i]);
+          t.ok(err <= eagerError, `bf16 case ${c}[${i}]: compiled vs eager relative L2 ${err.toExponential(2)} <= eager vs the official ${eagerError.toExponential(2)}`);
+          t.ok(golden <= 1.1 * eagerError, `bf16 case ${c}[${i}]: compiled vs the official ${golden.toExponential(2)} <= 1.1 x eager's`);
           t.ok(golden <= BF16_REL_L2, `bf16 case ${c}[${i}]: compiled vs the official ${golden.toExponential(2)} <= ${BF16_REL_L2}`);
         }
       });
