@@ -27,6 +27,7 @@ import { native } from './native';
 import type { CacheArgs } from './block-cache';
 import type { ExperimentalArgs } from './guidance';
 import { Sampler, type LoopArgs } from './sampler';
+import { FREEINIT_METHODS, type FreeInitArgs } from './freeinit';
 import { schedule, SCHEDULER_NAMES, type SchedulerName } from './schedulers';
 import { Tensor } from './tensor';
 import { DEFAULT_NEGATIVE_PROMPT, TextEncoder, type TextEmbeds } from './text-encoder';
@@ -136,6 +137,7 @@ export interface GenerateSettings {
   cache?: CacheArgs;
   experimental?: ExperimentalArgs;
   loop?: LoopArgs;
+  freeinit?: FreeInitArgs;
   context?: Required<ContextOptions>;
 
   blocksToSwap: number;
@@ -442,6 +444,13 @@ export function generateCommand(): Command {
     option(g.sampling, '--tsr', 'Temporal Score Rescaling: scale the predicted noise towards --tsr-k as the noise level falls'),
     option(g.sampling, '--tsr-k <x>', 'TSR\'s sampling temperature (below 1: sharper)', { parse: number(0, 100), default: 0.95 }),
     option(g.sampling, '--tsr-sigma <x>', 'how early TSR steers (0..1)', { parse: number(0, 1), default: 1 }),
+    option(g.sampling, '--freeinit <runs>', 'FreeInit: sample this many times (2..10), each run after the first from the last ' +
+      'result re-noised, its low frequencies kept (the wrapper\'s WanVideo Free Init Args; each run costs a whole sampling)',
+      { parse: integer(2, 10), defaultText: 'off' }),
+    option(g.sampling, '--freeinit-method <name>', 'FreeInit\'s low-pass filter', { choices: FREEINIT_METHODS, default: 'ideal' }),
+    option(g.sampling, '--freeinit-n <n>', 'the butterworth filter\'s order', { parse: integer(1, 10), default: 4 }),
+    option(g.sampling, '--freeinit-d-s <x>', 'FreeInit\'s spatial cutoff (0: the next start all fresh noise)', { parse: number(0, 10), default: 1 }),
+    option(g.sampling, '--freeinit-d-t <x>', 'FreeInit\'s temporal cutoff', { parse: number(0, 10), default: 1 }),
     option(g.sampling, '--riflex-freq-index <n>', 'RIFLEx: the RoPE frame frequency stretched over the video, so that frames ' +
       'past the 81 the model was trained on do not repeat the first; 0 off, 6 is typical (1..22 for Wan2.1)',
       { parse: integer(0, 1000), default: 0 }),
@@ -559,8 +568,11 @@ export function settingsFrom(cmd: Command): GenerateSettings {
   if (o.loopShiftSkip !== undefined && o.numFrames < 9)
     throw new UsageError(`--loop-shift-skip needs --num-frames 9 or more (the looped decode wraps the last 3 latent frames into the first 2) but received ${o.numFrames}`);
   const needs: [string, string][] = [['loopStartPercent', 'loopShiftSkip'], ['loopEndPercent', 'loopShiftSkip'], ['useZeroInit', 'cfgZeroStar'], ['zeroStarSteps', 'useZeroInit'], ['frescaScaleLow', 'fresca'],
-    ['frescaScaleHigh', 'fresca'], ['frescaFreqCutoff', 'fresca'], ['tsrK', 'tsr'], ['tsrSigma', 'tsr']];
+    ['frescaScaleHigh', 'fresca'], ['frescaFreqCutoff', 'fresca'], ['tsrK', 'tsr'], ['tsrSigma', 'tsr'], ['freeinitMethod', 'freeinit'],
+    ['freeinitN', 'freeinit'], ['freeinitDS', 'freeinit'], ['freeinitDT', 'freeinit']];
   for (const [key, on] of needs) if (given(key) && o[on] === undefined) throw new UsageError(`${flag(key)} needs ${flag(on)}`);
+  if (o.freeinit !== undefined && (o.startStep !== 0 || o.endStep !== -1))
+    throw new UsageError('--freeinit with --start-step or --end-step: FreeInit runs the whole schedule each time; leave one out');
   for (const key of ['slgStartPercent', 'slgEndPercent']) {
     if (given(key) && o.slgBlocks === undefined) throw new UsageError(`${flag(key)} needs --slg-blocks (which turns skip layer guidance on)`);
   }
@@ -665,6 +677,9 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     } : undefined,
     loop: o.loopShiftSkip === undefined ? undefined
       : { shiftSkip: o.loopShiftSkip, startPercent: o.loopStartPercent, endPercent: o.loopEndPercent },
+    freeinit: o.freeinit === undefined ? undefined : {
+      freeinitNumIters: o.freeinit, freeinitMethod: o.freeinitMethod, freeinitN: o.freeinitN, freeinitDS: o.freeinitDS, freeinitDT: o.freeinitDT,
+    },
     slg: o.slgBlocks === undefined ? undefined
       : { blocks: o.slgBlocks, startPercent: o.slgStartPercent, endPercent: o.slgEndPercent },
     context,
@@ -945,7 +960,8 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
     const i = owned.indexOf(x);
     if (i >= 0) owned.splice(i, 1);
   };
-  const sampleSteps = (s.endStep === -1 ? s.scheduledSteps : s.endStep) - s.startStep;
+  // Every FreeInit run is the whole schedule again.
+  const sampleSteps = ((s.endStep === -1 ? s.scheduledSteps : s.endStep) - s.startStep) * (s.freeinit?.freeinitNumIters ?? 1);
   const extra: Partial<Record<'sampling', string>> = {};
   try {
     // Text: umT5 encodes the prompts and the negative prompt, then is freed.
@@ -1015,11 +1031,12 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
 
     let cacheSkipped: number | undefined;
     view.begin('sampling', `${sampleSteps} step${sampleSteps > 1 ? 's' : ''} of ${s.scheduler}, ${latentFrames} latent frame${latentFrames > 1 ? 's' : ''}` +
-      (s.context ? `, context windows of ${s.context.frames} frames` : ''));
+      (s.context ? `, context windows of ${s.context.frames} frames` : '') +
+      (s.freeinit ? `, in ${s.freeinit.freeinitNumIters} FreeInit runs` : ''));
     const latent = keep(await new Sampler(model).sample({
       imageEmbeds: embeds, textEmbeds: text, steps: s.steps, enhanceHf: s.enhanceHf, cfg: s.cfg, shift: s.shift, seed, scheduler: s.scheduler,
       sigmas: s.sigmas, startStep: s.startStep, endStep: s.endStep, batchedCfg: s.batchedCfg,
-      contextOptions: s.context, fetaArgs: s.feta, slgArgs: s.slg, cacheArgs: s.cache, experimentalArgs: s.experimental, loopArgs: s.loop, riflexFreqIndex: s.riflexFreqIndex, signal,
+      contextOptions: s.context, fetaArgs: s.feta, slgArgs: s.slg, cacheArgs: s.cache, experimentalArgs: s.experimental, loopArgs: s.loop, freeinitArgs: s.freeinit, riflexFreqIndex: s.riflexFreqIndex, signal,
       onProgress: (p) => { cacheSkipped = p.cacheSkipped; view.progress(p, 'steps'); },
     }));
     // The denoiser and its conditioning are done with: freed before the VAE decodes.

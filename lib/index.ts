@@ -26,6 +26,7 @@ export type { SamplerOptions, SamplerProgress, FetaArgs, LoopArgs, SlgArgs } fro
 export type { CacheArgs, CacheVariant, TeaCacheArgs, MagCacheArgs, EasyCacheArgs } from './block-cache';
 export { cacheVariant } from './block-cache';
 export type { ExperimentalArgs } from './guidance';
+export type { FreeInitArgs, FreeInitMethod } from './freeinit';
 export { schedule, SCHEDULER_NAMES } from './schedulers';
 export type { SchedulerName, Schedule, ScheduleOptions } from './schedulers';
 export type { ContextOptions, ContextSchedule, ContextFuse } from './context-windows';

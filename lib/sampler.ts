@@ -10,6 +10,7 @@ import {
 import { abortedError } from './abort';
 import { offloadingAfter } from './device';
 import { type CacheArgs, cacheSettings } from './block-cache';
+import { type FreeInitArgs, reinitialize, resolveFreeInitArgs } from './freeinit';
 import { combineGuidance, type ExperimentalArgs, type Guidance, resolveExperimentalArgs, temporalScoreRescaling } from './guidance';
 import { checkOptionNames, describeValue, finiteIn, integerIn, invalidOption, optionNames, WanError, withCallerStack } from './errors';
 import { riflexFrequencies, type BlockCacheCall, type WanModel } from './model';
@@ -82,6 +83,7 @@ export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
   slgArgs?: SlgArgs;
   cacheArgs?: CacheArgs;           // TeaCache (the default cacheType), MagCache or EasyCache
   experimentalArgs?: ExperimentalArgs;  // CFG-Zero*, FreSca, TCFG, RAAG, Temporal Score Rescaling
+  freeinitArgs?: FreeInitArgs;    // FreeInit: the whole sampling run freeinitNumIters times, each from the last result re-noised
   riflexFreqIndex?: number;       // 0 (off): RIFLEx, 1..22 for Wan2.1 (6 typical), for videos past 81 frames
   batchedCfg?: boolean;           // false: run the conditional and unconditional passes as one batch
   preview?: boolean;              // false: add an RGB preview to each progress report
@@ -175,7 +177,7 @@ interface StepCall {
 const SAMPLER_OPTIONS = optionNames<SamplerOptions>()({
   imageEmbeds: true, textEmbeds: true, steps: true, cfg: true, shift: true, seed: true, scheduler: true, enhanceHf: true, sigmas: true,
   startStep: true, endStep: true, samples: true, denoiseStrength: true, addNoiseToSamples: true, contextOptions: true,
-  fetaArgs: true, loopArgs: true, slgArgs: true, cacheArgs: true, experimentalArgs: true, riflexFreqIndex: true, batchedCfg: true, preview: true, forceOffload: true, onProgress: true, signal: true,
+  fetaArgs: true, loopArgs: true, slgArgs: true, cacheArgs: true, experimentalArgs: true, freeinitArgs: true, riflexFreqIndex: true, batchedCfg: true, preview: true, forceOffload: true, onProgress: true, signal: true,
 });
 
 export class Sampler {
@@ -290,11 +292,16 @@ export class Sampler {
     }
     // The schedule cut to the steps run, as the wrapper's get_scheduler cuts it: the scheduler
     // counts from the cut, and a multistep one ends with its final-step rule at endStep.
-    const schedule = createScheduler(schedulerName, { steps: requestedSteps, shift, sigmas: o.sigmas, startStep, endStep, enhanceHf });
+    const scheduled = () => createScheduler(schedulerName, { steps: requestedSteps, shift, sigmas: o.sigmas, startStep, endStep, enhanceHf });
+    let schedule = scheduled();
     const runSteps = endStep - startStep;
 
     const shape = embeds.targetShape;
     const size = numel(shape);
+    const freeinit = resolveFreeInitArgs(o.freeinitArgs, shape);
+    if (freeinit && (o.samples !== undefined || startStep !== 0 || endStep !== steps))
+      throw invalidOption('freeinitArgs with samples, startStep or endStep is not implemented yet in wan-native: FreeInit runs ' +
+        'the whole schedule from noise each time');
     const generator = new (native().NoiseGenerator)(seed);
     // The official noise: randn(16, T, H, W) float32 from a CPU generator seeded with seed.
     const noise = generator.randn([...shape]).toTypedArray() as Float32Array;
@@ -342,15 +349,33 @@ export class Sampler {
     const streams = new Map<string, number>();
     const streamOf = (key: string) => { if (!streams.has(key)) streams.set(key, streams.size); return streams.get(key)!; };
     const cacheEnd = cache ? (cache.endStep === -1 ? runSteps - 1 : cache.endStep) : -1;
-    const skippedCalls = () => this.model.cacheReport().reduce((n, r) => n + r.skippedSteps.length, 0);
+    let skippedBefore = 0;  // by the sampling runs before this one (FreeInit)
+    const skippedCalls = () => skippedBefore + this.model.cacheReport().reduce((n, r) => n + r.skippedSteps.length, 0);
     if (cache) this.model.clearCache();
+    // FreeInit: the sampling runs one after another, each the whole schedule; every step of each
+    // is one step of this loop. Otherwise one run.
+    const runs = freeinit?.iterations ?? 1;
+    const firstStart = freeinit ? Float32Array.from(latent) : latent;
     try {
     // Step i counts the steps run, from 0 at startStep, as the wrapper's loop index does: for the
     // cfg list, the LoRA strengths, Enhance-A-Video's percentages and the context windows' offsets.
     const started = performance.now();
     let loopShift = 0;
-    for (let i = 0; i < runSteps; ++i) {
+    for (let overall = 0; overall < runs * runSteps; ++overall) {
       if (o.signal?.aborted) throw abortedError();
+      const i = overall % runSteps;
+      if (freeinit && i === 0 && overall > 0) {
+        // The next FreeInit run: from the last one's result re-noised (lib/freeinit.ts, its fresh
+        // noise drawn from the run's generator where the draws before it stopped), with a new
+        // scheduler, the loop's shift and the block caches as a run of its own starts them.
+        latent = reinitialize(latent, firstStart, stepNoise(), shape, freeinit.lowPass);
+        schedule = scheduled();
+        loopShift = 0;
+        if (cache) {
+          skippedBefore = skippedCalls();
+          this.model.clearCache();
+        }
+      }
       const t = schedule.timesteps[i];
       const fraction = i / runSteps;
       const fetaWeight = feta && shape[1] > 1 && fraction >= feta.start && fraction <= feta.end ? feta.weight : undefined;
@@ -381,10 +406,10 @@ export class Sampler {
 
       if (o.onProgress) {
         const elapsedMs = performance.now() - started;
-        const done = i + 1;
+        const done = overall + 1, total = runs * runSteps;
         const report: SamplerProgress = {
-          stage: 'sample', step: done, totalSteps: runSteps, fraction: done / runSteps, elapsedMs,
-          etaMs: (elapsedMs / done) * (runSteps - done),
+          stage: 'sample', step: done, totalSteps: total, fraction: done / total, elapsedMs,
+          etaMs: (elapsedMs / done) * (total - done),
         };
         if (cache) report.cacheSkipped = skippedCalls();
         if (o.preview) {

@@ -14,6 +14,7 @@ import { WanModel, type BlockSwapOptions, type LoraOptions, type Quantization } 
 import type { Progress } from './progress';
 import type { CacheArgs, EasyCacheArgs, MagCacheArgs, TeaCacheArgs } from './block-cache';
 import type { ExperimentalArgs } from './guidance';
+import type { FreeInitArgs } from './freeinit';
 import { Sampler, type FetaArgs, type LoopArgs, type SamplerOptions, type SlgArgs } from './sampler';
 import type { SchedulerName } from './schedulers';
 import { Tensor } from './tensor';
@@ -404,6 +405,12 @@ export const EXECUTORS: Record<string, Executor> = {
 
   WanVideoLoopArgs: optionsNode<LoopArgs>({ shiftSkip: 'shift_skip', startPercent: 'start_percent', endPercent: 'end_percent' }),
 
+  // The cutoffs apply here, where the wrapper's sampler reads them under other keys and so keeps 1.0.
+  WanVideoFreeInitArgs: optionsNode<FreeInitArgs>({
+    freeinitNumIters: 'freeinit_num_iters', freeinitMethod: 'freeinit_method', freeinitN: 'freeinit_n',
+    freeinitDS: 'freeinit_d_s', freeinitDT: 'freeinit_d_t',
+  }),
+
   async WanVideoSLG(c) {
     const slg: SlgArgs = { blocks: slgBlocks(c.value('blocks')), startPercent: c.value('start_percent'), endPercent: c.value('end_percent') };
     return [{ value: slg }];
@@ -417,6 +424,7 @@ export const EXECUTORS: Record<string, Executor> = {
       contextOptions: c.input<ContextOptions>('context_options'), fetaArgs: c.input<FetaArgs>('feta_args'),
       slgArgs: c.input<SlgArgs>('slg_args'), cacheArgs: c.input<CacheArgs>('cache_args'),
       experimentalArgs: c.input<ExperimentalArgs>('experimental_args'), loopArgs: c.input<LoopArgs>('loop_args'),
+      freeinitArgs: c.input<FreeInitArgs>('freeinit_args'),
     }, c.value('rope_function'));
   },
 

@@ -394,6 +394,18 @@ const SPECS: NodeSpec[] = [
       ? `start_percent (${v.start_percent}) is after end_percent (${v.end_percent}): the loop's shift would never apply` : undefined),
   },
   {
+    classType: 'WanVideoFreeInitArgs',
+    outputs: ['FREEINITARGS'],
+    inputs: [
+      req('freeinit_num_iters', int(3, 1, 10)),
+      req('freeinit_method', combo(['butterworth', 'ideal', 'gaussian', 'none'], 'ideal', undefined,
+        (v) => (v === 'none' ? '\'none\' is no filter (the wrapper fails on it): disconnect freeinit_args to sample without FreeInit' : undefined))),
+      req('freeinit_n', int(4, 1, 10)),
+      req('freeinit_d_s', float(1, 0, 10)),
+      req('freeinit_d_t', float(1, 0, 10)),
+    ],
+  },
+  {
     classType: 'WanVideoExperimentalArgs',
     outputs: ['EXPERIMENTALARGS'],
     inputs: [
@@ -441,7 +453,7 @@ const SPECS: NodeSpec[] = [
       opt('experimental_args', link('EXPERIMENTALARGS')),
       opt('sigmas', link('SIGMAS', notYet('a sigmas link'))),
       ...samplerExtraModels(),
-      opt('freeinit_args', link('FREEINITARGS', notYet('FreeInit'))),
+      opt('freeinit_args', link('FREEINITARGS')),
       opt('start_step', int(0, 0, 10000)),
       opt('end_step', int(-1, -1, 10000)),
       opt('add_noise_to_samples', bool(false)),

@@ -121,6 +121,7 @@ export interface NativeAddon {
   NoiseGenerator: new (seed: bigint) => NativeNoiseGenerator;
   resizeBicubic(image: NativeTensor, height: number, width: number): NativeTensor;  // align_corners=False
   fourierFilter(x: NativeTensor, low: number, high: number, cutoff: number): NativeTensor;  // FreSca, float32
+  frequencyMix(x: NativeTensor, noise: NativeTensor, lowPass: NativeTensor): NativeTensor;  // FreeInit, float32
 
   loadTextEncoder(files: string[], options: { populate: boolean; device: string; loadDevice: string }, abortFlag?: Int32Array):
     Promise<NativeTextEncoder>;

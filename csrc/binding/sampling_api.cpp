@@ -3,6 +3,7 @@
 // of normals takes milliseconds, and the generator's order of draws must follow the caller's.
 #include "binding/addon_data.h"
 #include "core/error.h"
+#include "sampling/freeinit.h"
 #include "sampling/fresca.h"
 #include "sampling/noise.h"
 
@@ -83,12 +84,24 @@ Napi::Value fourier_filter(const Napi::CallbackInfo& info) {
   });
 }
 
+// frequencyMix(x [..., T, H, W], noise, lowPass [T, H, W]) -> f32 tensor (FreeInit; sampling/freeinit.h).
+Napi::Value frequency_mix(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    const core::Tensor& x = unwrap_tensor(env, info[0], "x");
+    const core::Tensor& noise = unwrap_tensor(env, info[1], "noise");
+    const core::Tensor& low_pass = unwrap_tensor(env, info[2], "lowPass");
+    return wrap_tensor(env, core::wrap(sampling::frequency_mix(core::to_float(x), core::to_float(noise), core::to_float(low_pass))));
+  });
+}
+
 }  // namespace
 
 void init_sampling(Napi::Env env, Napi::Object exports) {
   exports.Set("NoiseGenerator", NativeNoiseGenerator::define(env));
   exports.Set("resizeBicubic", Napi::Function::New(env, resize_bicubic));
   exports.Set("fourierFilter", Napi::Function::New(env, fourier_filter));
+  exports.Set("frequencyMix", Napi::Function::New(env, frequency_mix));
 }
 
 }  // namespace wan::binding

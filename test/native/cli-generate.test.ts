@@ -128,6 +128,22 @@ t.test('the experimental guidance flags reach the sampler', async (t) => {
   t.ok(guided.some((f, i) => !f.equals(plain[i])), 'other frames than plain cfg');
 });
 
+t.test('--freeinit: the whole schedule sampled again from the last result re-noised', async (t) => {
+  const common = ['generate', ...T2V, '--width', '48', '--height', '32', '--num-frames', '5', '--steps', '2', '--prompt', 'a cat',
+    '--format', 'png', '--no-save-metadata', '--seed', '3'];
+  const frames = (name: string, ...extra: string[]) => {
+    const out = outDir(name);
+    const r = run(...common, '--output-dir', out, ...extra);
+    t.equal(r.status, 0, r.stderr);
+    return { stderr: r.stderr, files: fs.readdirSync(out).sort().map((f) => fs.readFileSync(path.join(out, f))) };
+  };
+  const plain = frames('freeinit-plain');
+  const again = frames('freeinit', '--freeinit', '2', '--freeinit-method', 'gaussian', '--freeinit-d-s', '0.5');
+  t.match(again.stderr, /^sampling: 4 steps of unipc, 2 latent frames, in 2 FreeInit runs/m, 'the header counts the steps of both runs');
+  t.equal(again.files.length, plain.files.length, 'as many frames');
+  t.ok(again.files.some((f, i) => !f.equals(plain.files[i])), 'other frames than one run');
+});
+
 t.test('--loop-shift-skip: a looping video of 4 frames per latent frame', async (t) => {
   const out = outDir('loop');
   const r = run('generate', ...T2V, '--width', '48', '--height', '32', '--num-frames', '13', '--steps', '2', '--prompt', 'a cat',
@@ -336,6 +352,10 @@ t.test('bad options exit 2 with a message naming the option, before anything is 
     [['--loop-end-percent', '0.5'], /^wan-native generate: --loop-end-percent needs --loop-shift-skip$/m],
     [['--loop-shift-skip', '2', '--num-frames', '5'], /^wan-native generate: --loop-shift-skip needs --num-frames 9 or more .* but received 5$/m],
     [['--tsr-k', '0.9'], /^wan-native generate: --tsr-k needs --tsr$/m],
+    [['--freeinit-d-s', '0.5'], /^wan-native generate: --freeinit-d-s needs --freeinit$/m],
+    [['--freeinit', '1'], /option '--freeinit <runs>' argument '1' is invalid\. Expected an integer in 2\.\.10/],
+    [['--freeinit', '2', '--freeinit-method', 'none'], /option '--freeinit-method <name>' argument 'none' is invalid/],
+    [['--freeinit', '2', '--end-step', '1'], /^wan-native generate: --freeinit with --start-step or --end-step: FreeInit runs the whole schedule each time/m],
     [['--fresca-freq-cutoff', '8'], /^wan-native generate: --fresca-freq-cutoff needs --fresca$/m],
     [['--raag-alpha', '11'], /option '--raag-alpha <x>' argument '11' is invalid\. Expected a number in 0\.\.10/],
     [['--slg-start-percent', '0.2'], /^wan-native generate: --slg-start-percent needs --slg-blocks \(which turns skip layer guidance on\)$/m],

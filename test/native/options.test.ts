@@ -28,7 +28,7 @@ t.test('loaders and calls refuse options they do not know, naming them', async (
     ['WanModel.load', () => WanModel.load(w('tiny_t2v_dit.f32.safetensors'), { ...TINY, rmsNormFunction: 'pytorch' } as never), among('options', ['rmsNormFunction'])],
     ['WanModel.load blockSwap', () => WanModel.load(w('tiny_t2v_dit.f32.safetensors'), { ...TINY, blockSwap: { blocksToSwap: 1, debug: true } as never }), among('blockSwap', ['debug'])],
     ['WanModel.load loras[0]', () => WanModel.load(w('tiny_t2v_dit.f32.safetensors'), { ...TINY, loras: [{ path: 'x', weight: 1 } as never] }), among('loras[0]', ['weight'])],
-    ['Sampler.sample', () => new Sampler(model).sample({ ...o, stepz: 3, freeinitArgs: {} } as never), among('options', ['stepz', 'freeinitArgs'])],
+    ['Sampler.sample', () => new Sampler(model).sample({ ...o, stepz: 3, flowEditArgs: {} } as never), among('options', ['stepz', 'flowEditArgs'])],
     ['Sampler.sample fetaArgs', () => new Sampler(model).sample({ ...o, fetaArgs: { weight: 2, start: 0.1 } as never }), among('fetaArgs', ['start'])],
     ['Sampler.sample contextOptions', () => new Sampler(model).sample({ ...o, contextOptions: { frames: 81, referenceLatent: latent } as never }), among('contextOptions', ['referenceLatent'])],
     ['WanModel.forward', () => model.forward({ x: [latent], t: Tensor.fromTypedArray(BigInt64Array.of(1n), [1]), context: [text.promptEmbeds[0]], seqLen: 8 }, { signal: undefined, onProgress: () => {} } as never), among('options', ['onProgress'])],

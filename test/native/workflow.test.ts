@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { ClipVisionEncoder, emptyEmbeds, imageToVideoEncode, Sampler, saveSafetensors, Tensor, TextEncoder, Vae, videoCombine, WanModel } from '../../lib/index';
-import type { ClipEmbeds, ContextOptions, FetaArgs, ImageEmbeds, ModelLoaderOptions, SlgArgs, CacheArgs, ExperimentalArgs, LoopArgs } from '../../lib/index';
+import type { ClipEmbeds, ContextOptions, FetaArgs, ImageEmbeds, ModelLoaderOptions, SlgArgs, CacheArgs, ExperimentalArgs, LoopArgs, FreeInitArgs } from '../../lib/index';
 import { native } from '../../lib/native';
 import { parseWorkflow, runWorkflow } from '../../lib/workflow';
 import type { RunWorkflowOptions } from '../../lib/workflow';
@@ -49,7 +49,8 @@ const skip = !haveTokenizer ? 'spm_train (Debian package sentencepiece) is neede
 // The fixture's pipeline called through the library.
 interface Direct {
   width: number; height: number; numFrames: number; contextOptions?: ContextOptions; fetaArgs?: FetaArgs; riflexFreqIndex?: number;
-  slgArgs?: SlgArgs; cacheArgs?: CacheArgs; experimentalArgs?: ExperimentalArgs; loopArgs?: LoopArgs; steps?: number; enhanceHf?: boolean;
+  slgArgs?: SlgArgs; cacheArgs?: CacheArgs; experimentalArgs?: ExperimentalArgs; loopArgs?: LoopArgs; freeinitArgs?: FreeInitArgs;
+  steps?: number; enhanceHf?: boolean;
   loras?: ModelLoaderOptions['loras']; blockSwap?: ModelLoaderOptions['blockSwap'];
 }
 async function direct(o: Direct): Promise<Tensor> {
@@ -62,7 +63,7 @@ async function direct(o: Direct): Promise<Tensor> {
     imageEmbeds: emptyEmbeds({ width: o.width, height: o.height, numFrames: o.numFrames }), textEmbeds,
     steps: o.steps ?? 3, enhanceHf: o.enhanceHf, cfg: 5, shift: 5, seed: 42, scheduler: 'unipc', contextOptions: o.contextOptions, fetaArgs: o.fetaArgs,
     riflexFreqIndex: o.riflexFreqIndex, slgArgs: o.slgArgs, cacheArgs: o.cacheArgs, experimentalArgs: o.experimentalArgs,
-    loopArgs: o.loopArgs,
+    loopArgs: o.loopArgs, freeinitArgs: o.freeinitArgs,
   });
   model.dispose();
   const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
@@ -313,6 +314,26 @@ t.test('WanVideoLoopArgs: the sampler rolls the latent, and WanVideoDecode decod
   t.ok(same, 'the frames of the library run: Sampler with loopArgs, Vae.decode with looped');
 });
 
+t.test('WanVideoFreeInitArgs: the sampler runs FreeInit, its cutoffs applied', { skip }, async (t) => {
+  const workflow = api();
+  workflow['12'] = { class_type: 'WanVideoFreeInitArgs',
+    inputs: { freeinit_num_iters: 2, freeinit_method: 'butterworth', freeinit_n: 2, freeinit_d_s: 0.5, freeinit_d_t: 0.25 } };
+  workflow['6'].inputs.freeinit_args = ['12', 0];
+  Object.assign(workflow['9'].inputs, { format: 'image/png', save_metadata: false });
+  for (const k of ['pix_fmt', 'crf', 'trim_to_audio']) delete workflow['9'].inputs[k];
+  const files = (await runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() })).outputs['9'].files!;
+  const expected = frameBytes(await direct({ width: 64, height: 64, numFrames: 5,
+    freeinitArgs: { freeinitNumIters: 2, freeinitMethod: 'butterworth', freeinitN: 2, freeinitDS: 0.5, freeinitDT: 0.25 } }));
+  let same = files.length === expected.length;
+  for (const [i, file] of files.entries()) same &&= (await pngBytes(file)).equals(expected[i]);
+  t.ok(same, 'the frames of the library run with those freeinitArgs');
+  const plain = frameBytes(await directT2v());
+  t.ok(expected.some((frame, i) => !frame.equals(plain[i])), 'which are not the frames of one run');
+  workflow['12'].inputs.freeinit_method = 'none';
+  await rejectsWith(t, runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() }), 'WAN_INVALID_OPTION',
+    /^node 12 \(WanVideoFreeInitArgs\) input freeinit_method: 'none' is no filter .*disconnect freeinit_args/);
+});
+
 t.test('LoadImage reads from the input folders', { skip }, async (t) => {
   const inputDir = path.join(root, 'input');
   fs.mkdirSync(path.join(inputDir, 'stills'), { recursive: true });
@@ -344,8 +365,8 @@ t.test('validation errors name the node and the input, and nothing runs', async 
   const o: RunWorkflowOptions = { modelDirs, outputDir: newOutputDir(), onNodeStart: (id) => started.push(id) };
   const patched = (patch: (w: any) => void) => { const w = api(); patch(w); return w; };
 
-  await rejectsWith(t, runWorkflow(patched((w) => { w['11'] = { class_type: 'WanVideoFreeInitArgs', inputs: {} }; }), o),
-    'WAN_INVALID_OPTION', /^node 11 \(WanVideoFreeInitArgs\): unknown node type "WanVideoFreeInitArgs" \(wan-native runs WanVideoModelLoader, /);
+  await rejectsWith(t, runWorkflow(patched((w) => { w['11'] = { class_type: 'WanVideoVACEEncode', inputs: {} }; }), o),
+    'WAN_INVALID_OPTION', /^node 11 \(WanVideoVACEEncode\): unknown node type "WanVideoVACEEncode" \(wan-native runs WanVideoModelLoader, /);
   await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.samples = ['8', 0]; }), o),
     'WAN_INVALID_OPTION', /^the workflow has a cycle: node 6 \(WanVideoSampler\) -> node 8 \(WanVideoDecode\) -> node 6 \(WanVideoSampler\)$/);
   await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.model = ['99', 0]; }), o),
