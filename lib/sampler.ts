@@ -214,9 +214,10 @@ export class Sampler {
     if (typeof enhanceHf !== 'boolean') throw invalidOption(`Expected a boolean for enhanceHf but received ${describeValue(o.enhanceHf)}`);
     // Custom sigmas define the steps (one fewer than the sigmas), as the wrapper's SIGMAS input;
     // enhanceHf changes their number.
+    const transformerDim = this.model.config.dim;  // flowmatch_causvid's timesteps depend on it
     const requestedSteps = Array.isArray(o.sigmas) && o.sigmas.length >= 2 ? o.sigmas.length - 1 : positiveInteger('steps', o.steps, 30);
     const steps = enhanceHf
-      ? fullSchedule(schedulerName, { steps: requestedSteps, shift, sigmas: o.sigmas, enhanceHf }).timesteps.length : requestedSteps;
+      ? fullSchedule(schedulerName, { steps: requestedSteps, shift, sigmas: o.sigmas, enhanceHf, transformerDim }).timesteps.length : requestedSteps;
     const denoise = finiteIn('denoiseStrength', o.denoiseStrength, 1.0, 0, 1);
     const cfgOption = o.cfg ?? 6.0;
     if (Array.isArray(cfgOption)) {
@@ -292,7 +293,7 @@ export class Sampler {
     }
     // The schedule cut to the steps run, as the wrapper's get_scheduler cuts it: the scheduler
     // counts from the cut, and a multistep one ends with its final-step rule at endStep.
-    const scheduled = () => createScheduler(schedulerName, { steps: requestedSteps, shift, sigmas: o.sigmas, startStep, endStep, enhanceHf });
+    const scheduled = () => createScheduler(schedulerName, { steps: requestedSteps, shift, sigmas: o.sigmas, startStep, endStep, enhanceHf, transformerDim });
     let schedule = scheduled();
     const runSteps = endStep - startStep;
 

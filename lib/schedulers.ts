@@ -21,6 +21,12 @@
 //   flowmatch_distill  the wrapper's fixed 4-step schedule for distilled (lightx2v-style)
 //               models: timesteps 999/750/500/250 of FlowMatchScheduler's 1000-step training
 //               schedule, shifted, stepped with Euler (FlowMatchScheduler.step).
+//   flowmatch_causvid  the wrapper's fixed schedule for CausVid-distilled models: timesteps
+//               999, 934, 862, 756, 603, 410, 250, 140, 74 (the first `steps` of them) for the
+//               14B models, 1000/750/500/250 (4 steps only) for the others; no shift; Euler.
+//   res_multistep  the wrapper's FlowMatchSchedulerResMultistep (ComfyUI's res_multistep, a
+//               second-order exponential multistep solver on the data predictions): `steps`
+//               sigmas picked from a 1000-point linspace(1, 0.003/1.002), shifted.
 //
 // Timesteps and sigmas are reproduced to the bit where the reference code defines them:
 // numpy float64 arithmetic is plain JS arithmetic, torch float32 arithmetic is emulated with
@@ -30,10 +36,14 @@
 import { describeValue, invalidOption, WanError } from './errors';
 
 type BetaBase = 'unipc' | 'dpm++' | 'dpm++_sde' | 'euler' | 'lcm';
-export type SchedulerName = BetaBase | `${BetaBase}/beta` | 'flowmatch_distill';
+export type SchedulerName = BetaBase | `${BetaBase}/beta` | 'flowmatch_distill' | 'flowmatch_causvid' | 'res_multistep';
 
 export const SCHEDULER_NAMES: readonly SchedulerName[] = Object.freeze(['unipc', 'unipc/beta', 'dpm++', 'dpm++/beta',
-  'dpm++_sde', 'dpm++_sde/beta', 'euler', 'euler/beta', 'flowmatch_distill', 'lcm', 'lcm/beta'] as SchedulerName[]);
+  'dpm++_sde', 'dpm++_sde/beta', 'euler', 'euler/beta', 'flowmatch_distill', 'flowmatch_causvid', 'lcm', 'lcm/beta',
+  'res_multistep'] as SchedulerName[]);
+
+// Schedulers whose steps are fixed: no custom sigmas.
+const FIXED_SCHEDULES: readonly SchedulerName[] = ['flowmatch_distill', 'flowmatch_causvid'];
 
 /** The schedulers whose step() draws noise (once per step). */
 export const STOCHASTIC_SCHEDULERS: readonly SchedulerName[] =
@@ -56,6 +66,9 @@ export interface ScheduleOptions {
    * kept, and a uniform tail of max(3, min(15, floor(0.2 n))) steps runs from that half to 0; the
    * number of steps changes. Cutting (startStep, endStep) comes after. */
   enhanceHf?: boolean;
+  /** The DiT's width (model.config.dim; default 5120, as the wrapper's get_scheduler):
+   * flowmatch_causvid's timesteps are the 14B models' at 5120, the 1.3B's otherwise. */
+  transformerDim?: number;
 }
 
 export interface Schedule {
@@ -121,6 +134,40 @@ const SIGMA_MAX_TRAIN = f32(1 - 0.001);
 // linspace gives 0.49999994 (not 0.5) at index 500; kept bit-exact here.
 const DISTILL_BASE_SIGMAS = [f32(0.999), 0.75, 0.4999999403953552, 0.25];
 
+// flowmatch_causvid's timesteps (the wrapper's get_scheduler): the 14B models' (dim 5120), of
+// which the first `steps` are run, and the others' (4 steps only).
+const CAUSVID_14B_TIMESTEPS = [999, 934, 862, 756, 603, 410, 250, 140, 74];
+const CAUSVID_TIMESTEPS = [1000, 750, 500, 250];
+const causvidTimesteps = (dim: number | undefined) => ((dim ?? 5120) === 5120 ? CAUSVID_14B_TIMESTEPS : CAUSVID_TIMESTEPS);
+
+// torch.linspace(start, end, steps) in float32 on the CPU, value for value as torch 1.13's
+// kernel computes it (its AVX2 build; checked against python3-torch here): step = (end -
+// start)/(steps - 1) in float32; vectors of 8, two per pass, each from a base start + step*i
+// (a vector beginning in the first half) or end - step*(steps-1-i) (in the second), each a
+// fused multiply-add, plus k*step rounded on its own; the values after the last whole pass one
+// by one by the same base formula.
+function torchLinspace32(start: number, end: number, steps: number): number[] {
+  const a = f32(start), b = f32(end);
+  const step = f32(f32(b - a) / (steps - 1));
+  const halfway = Math.trunc(steps / 2), lanes = 8, vectorized = Math.floor(steps / (2 * lanes)) * 2 * lanes;
+  // a*b + c rounded once: the product of two float32 values (here also a small integer) is exact in float64.
+  const fused = (x: number, y: number, z: number) => f32(x * y + z);
+  const at = (i: number) => (i < halfway ? fused(step, i, a) : fused(-step, steps - i - 1, b));
+  const out: number[] = [];
+  for (let i = 0; i < vectorized; i += lanes) {
+    const base = at(i);
+    for (let k = 0; k < lanes; k++) out.push(f32(base + f32(k * step)));
+  }
+  for (let i = vectorized; i < steps; i++) out.push(at(i));
+  return out;
+}
+
+// Python's round() of a float: halves to even.
+function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
 // log Gamma (Lanczos' approximation, g = 7, 9 terms: ~1e-15 relative for x > 0).
 function logGamma(x: number): number {
   const c = [0.99999999999980993, 676.5203681218851, -1259.1392167224028, 771.32342877765313, -176.61502916214059,
@@ -179,7 +226,7 @@ function betaSigmas(s: number[]): number[] {
   return linspace(0, 1, n).map((u) => lo + betaPpf(1 - u, 0.6, 0.6) * (hi - lo));
 }
 
-function shiftedSchedule(name: SchedulerName, steps: number, shift: number): { timesteps: number[]; sigmas: number[] } {
+function shiftedSchedule(name: SchedulerName, steps: number, shift: number, transformerDim?: number): { timesteps: number[]; sigmas: number[] } {
   const beta = name.endsWith('/beta');
   switch (name) {
     case 'unipc':
@@ -220,6 +267,23 @@ function shiftedSchedule(name: SchedulerName, steps: number, shift: number): { t
       const t = DISTILL_BASE_SIGMAS.map((x) => f32(shift32(x, shift) * 1000));
       return { timesteps: t, sigmas: [...t.map((x) => f32(x / 1000)), 0] };
     }
+    case 'flowmatch_causvid': {
+      // wrapper: the listed timesteps (an int64 tensor, no shift), sigmas = timesteps / 1000
+      // (float32) plus a final 0.
+      const t = causvidTimesteps(transformerDim).slice(0, steps);
+      return { timesteps: t, sigmas: [...t.map((x) => f32(x / 1000)), 0] };
+    }
+    case 'res_multistep': {
+      // wrapper: FlowMatchSchedulerResMultistep(shift).set_timesteps(steps): of
+      // torch.linspace(1, 0.003/1.002, 1000), the values at int(round(x * 1000/steps)) for x <
+      // steps, then 0, as float32; shifted in float32; timesteps = sigmas * 1000 in float32.
+      // (Its timesteps keep the final 0 too, so the wrapper calls the model once more at
+      // sigma 0, and that step leaves the sample as it is; here the schedule has `steps` steps.)
+      const table = torchLinspace32(1, 0.003 / 1.002, 1000);
+      const ss = 1000 / steps;
+      const s = [...Array.from({ length: steps }, (_, x) => table[roundHalfEven(x * ss)]), 0].map((x) => shift32(x, shift));
+      return { timesteps: s.slice(0, -1).map((x) => f32(x * 1000)), sigmas: s };
+    }
   }
 }
 
@@ -239,8 +303,8 @@ function checkOptions(name: unknown, o: unknown): asserts o is ScheduleOptions {
     if (rise > 0 || s[0] === s[s.length - 1])
       throw invalidOption(`Expected values that never rise, the first above the last, for sigmas but received [${s.join(', ')}]` +
         (rise > 0 ? ` (${s[rise]} after ${s[rise - 1]})` : ''));
-    if (name === 'flowmatch_distill')
-      throw invalidOption('Expected no sigmas for scheduler flowmatch_distill (its 4-step schedule is fixed) but received custom sigmas');
+    if (FIXED_SCHEDULES.includes(name as SchedulerName))
+      throw invalidOption(`Expected no sigmas for scheduler ${name} (its schedule is fixed) but received custom sigmas`);
   } else {
     if (!Number.isSafeInteger(opt.steps) || (opt.steps as number) < 1)
       throw invalidOption(`Expected a positive integer for steps but received ${describeValue(opt.steps)}`);
@@ -248,11 +312,19 @@ function checkOptions(name: unknown, o: unknown): asserts o is ScheduleOptions {
       throw invalidOption(`Expected a number in (0, 1000] for shift but received ${describeValue(opt.shift)}`);
     if (name === 'flowmatch_distill' && opt.steps !== 4)
       throw invalidOption(`Expected 4 for steps with scheduler flowmatch_distill but received ${describeValue(opt.steps)}`);
+    if (name === 'flowmatch_causvid') {
+      const timesteps = causvidTimesteps(opt.transformerDim as number | undefined);
+      if (timesteps === CAUSVID_14B_TIMESTEPS ? (opt.steps as number) > timesteps.length : opt.steps !== 4)
+        throw invalidOption(`Expected ${timesteps === CAUSVID_14B_TIMESTEPS ? `1..${timesteps.length}` : '4'} for steps with scheduler ` +
+          `flowmatch_causvid and a model of dim ${opt.transformerDim ?? 5120} but received ${describeValue(opt.steps)}`);
+    }
   }
   if (opt.startStep !== undefined && (!Number.isSafeInteger(opt.startStep) || (opt.startStep as number) < 0))
     throw invalidOption(`Expected a non-negative integer for startStep but received ${describeValue(opt.startStep)}`);
   if (opt.endStep !== undefined && (!Number.isSafeInteger(opt.endStep) || ((opt.endStep as number) < 1 && opt.endStep !== -1)))
     throw invalidOption(`Expected a positive integer or -1 for endStep but received ${describeValue(opt.endStep)}`);
+  if (opt.transformerDim !== undefined && (!Number.isSafeInteger(opt.transformerDim) || (opt.transformerDim as number) < 1))
+    throw invalidOption(`Expected a positive integer for transformerDim but received ${describeValue(opt.transformerDim)}`);
   if (opt.enhanceHf !== undefined && typeof opt.enhanceHf !== 'boolean')
     throw invalidOption(`Expected a boolean for enhanceHf but received ${describeValue(opt.enhanceHf)}`);
   if (opt.denoiseStrength !== undefined) {
@@ -287,7 +359,7 @@ export function schedule(name: SchedulerName, o: ScheduleOptions): Schedule {
     const s = o.sigmas.map(f32);
     full = { timesteps: s.slice(0, -1).map((x) => Math.trunc(f32(x * 1000))), sigmas: s };
   } else {
-    full = shiftedSchedule(name, o.steps, o.shift);
+    full = shiftedSchedule(name, o.steps, o.shift, o.transformerDim);
   }
   if (o.enhanceHf) full = enhancedHighFrequencies(full.timesteps);
   const n = full.timesteps.length;
@@ -523,6 +595,39 @@ class LCMScheduler extends BaseScheduler {
   }
 }
 
+// The wrapper's FlowMatchSchedulerResMultistep.step (ComfyUI's res_multistep without noise): the
+// data prediction x0 = x - sigma*v; an Euler step on the first step run and into sigma 0; else,
+// in t = -log(sigma), h = t_next - t and c2 = (t_prev - t_old)/h (t_old that of the previous
+// step's next sigma), x_next = e^-h x + h (b1 x0 + b2 x0_prev) with b1 = phi1(-h) - phi2(-h)/c2,
+// b2 = phi2(-h)/c2, phi1(z) = expm1(z)/z, phi2(z) = (phi1(z) - 1)/z. The coefficients in float64,
+// the update in float32 as the reference's tensors.
+class ResMultistepScheduler extends BaseScheduler {
+  private previousX0: Float32Array | null = null;
+  private previousNext = 0;  // the last step's next sigma (old_sigma_next)
+  constructor(name: SchedulerName, s: { timesteps: number[]; sigmas: number[] }) { super(name, s, true); }
+
+  protected update(v: Float32Array, i: number, x: Float32Array): Float32Array {
+    const sigma = this.sigmas[i], next = this.sigmas[i + 1], before = i > 0 ? this.sigmas[i - 1] : sigma;
+    const x0 = new Float32Array(x.length);
+    for (let k = 0; k < x.length; k++) x0[k] = f32(x[k] - f32(sigma * v[k]));
+    const out = new Float32Array(x.length);
+    if (next === 0 || this.previousX0 === null) {
+      const dt = f32(next - sigma);
+      for (let k = 0; k < out.length; k++) out[k] = f32(x[k] + f32(v[k] * dt));
+    } else {
+      const t = -Math.log(sigma), h = -Math.log(next) - t;
+      const c2 = (-Math.log(before) + Math.log(this.previousNext)) / h;
+      const phi1 = Math.expm1(-h) / -h, phi2 = (phi1 - 1) / -h;
+      const decay = f32(Math.exp(-h)), hh = f32(h), b1 = f32(phi1 - phi2 / c2), b2 = f32(phi2 / c2);
+      const p = this.previousX0;
+      for (let k = 0; k < out.length; k++) out[k] = f32(f32(decay * x[k]) + f32(hh * f32(f32(b1 * x0[k]) + f32(b2 * p[k]))));
+    }
+    this.previousNext = next;
+    this.previousX0 = x0;
+    return out;
+  }
+}
+
 /** A scheduler over schedule(name, o): call step(v, i, x) for i = 0, 1, ... in order.
  * startStep/endStep cut the schedule first, as the wrapper does (indices then count from the
  * cut, and a multistep scheduler treats the cut's last step as the final one: first order, where
@@ -534,7 +639,8 @@ export function createScheduler(name: SchedulerName, o: ScheduleOptions): FlowSc
     case 'unipc': case 'unipc/beta': return new UniPCScheduler(name, arrays, true);
     case 'dpm++': case 'dpm++/beta': return new DPMSolverScheduler(name, arrays, false);
     case 'dpm++_sde': case 'dpm++_sde/beta': return new DPMSolverScheduler(name, arrays, true);
-    case 'euler': case 'euler/beta': case 'flowmatch_distill': return new EulerScheduler(name, arrays);
+    case 'euler': case 'euler/beta': case 'flowmatch_distill': case 'flowmatch_causvid': return new EulerScheduler(name, arrays);
+    case 'res_multistep': return new ResMultistepScheduler(name, arrays);
     case 'lcm': case 'lcm/beta': return new LCMScheduler(name, arrays);
   }
 }

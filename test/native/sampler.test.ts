@@ -12,6 +12,7 @@ import type { SamplerProgress, TextEmbeds, WanForwardInput } from '../../lib/ind
 import { nearestInterpolation } from '../../lib/block-cache';
 import { combineGuidance, resolveExperimentalArgs, temporalScoreRescaling } from '../../lib/guidance';
 import { native } from '../../lib/native';
+import { createScheduler } from '../../lib/schedulers';
 import { fixturesDir, maxAbsDiff, officialSigmas, toNumbers, weightsDir } from '../helpers';
 
 // A 1e-6 relative difference per DiT call (our fp32 forward vs the official one) grows over
@@ -852,6 +853,27 @@ t.test('loopArgs: the model sees the latent rolled a further shiftSkip frames ea
     { code: 'WAN_INVALID_OPTION', message: /Expected an integer in 0\.\.10000 for loopArgs\.shiftSkip but received 1\.5/ });
   await t.rejects(new Sampler(model).sample({ imageEmbeds, textEmbeds: text, steps, cfg: 1, loopArgs: { startPercent: 0.6, endPercent: 0.2 } }),
     { code: 'WAN_INVALID_OPTION', message: /loopArgs\.startPercent \(0\.6\) at or below loopArgs\.endPercent/ });
+});
+
+t.test('res_multistep and flowmatch_causvid in the Sampler: their steps applied to the model\'s predictions', async (t) => {
+  const { model, text } = await shared;
+  const imageEmbeds = emptyEmbeds({ width: 32, height: 32, numFrames: 5 });
+  for (const [scheduler, steps] of [['res_multistep', 5], ['flowmatch_causvid', 4]] as const) {
+    const { recording, inputs, outputs } = recorded(model);
+    const final = (await new Sampler(recording).sample({ imageEmbeds, textEmbeds: text, steps, cfg: 1, shift: 5, seed: 9, scheduler })).toTypedArray() as Float32Array;
+    // The tiny model is 32 wide: flowmatch_causvid takes the 1.3B's 4 timesteps, not the 14B's.
+    const s = createScheduler(scheduler, { steps, shift: 5, transformerDim: model.config.dim });
+    t.equal(inputs.length, steps, `${scheduler}: one model call per step`);
+    let latent = inputs[0];
+    let err = 0;
+    for (let k = 0; k < steps; k++) {
+      inputs[k].forEach((v, i) => { err = Math.max(err, Math.abs(v - latent[i])); });
+      latent = s.step(outputs[k], k, latent);
+    }
+    final.forEach((v, i) => { err = Math.max(err, Math.abs(v - latent[i])); });
+    t.equal(err, 0, `${scheduler}: each step's input and the result are the scheduler's steps on the recorded predictions, bit for bit`);
+  }
+  t.same(schedule('flowmatch_causvid', { steps: 4, shift: 5, transformerDim: model.config.dim }).timesteps, [1000, 750, 500, 250]);
 });
 
 t.test('custom sigmas set the steps', async (t) => {

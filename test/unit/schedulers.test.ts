@@ -191,7 +191,8 @@ t.test('a straight-line flow is integrated exactly to x0 by every deterministic 
   const cases: [SchedulerName, number, number][] = [
     ['unipc', 10, 5], ['unipc', 4, 3], ['unipc', 30, 8], ['unipc', 1, 5],
     ['dpm++', 10, 5], ['dpm++', 4, 1], ['dpm++', 30, 8], ['dpm++', 1, 3],
-    ['euler', 10, 5], ['euler', 3, 1], ['flowmatch_distill', 4, 5],
+    ['euler', 10, 5], ['euler', 3, 1], ['flowmatch_distill', 4, 5], ['flowmatch_causvid', 9, 5],
+    ['res_multistep', 10, 5], ['res_multistep', 30, 8], ['res_multistep', 1, 3],
   ];
   for (const [name, steps, shift] of cases) {
     const s = createScheduler(name, { steps, shift });
@@ -345,7 +346,7 @@ t.test('startStep, endStep and denoiseStrength cut the schedule as the wrapper d
 
 t.test('options are validated with messages that name them', async (t) => {
   expectInvalid(t, () => schedule('ddim' as SchedulerName, { steps: 4, shift: 5 }),
-    'Expected one of unipc, unipc/beta, dpm++, dpm++/beta, dpm++_sde, dpm++_sde/beta, euler, euler/beta, flowmatch_distill, lcm, lcm/beta for scheduler but received "ddim" of type string');
+    'Expected one of unipc, unipc/beta, dpm++, dpm++/beta, dpm++_sde, dpm++_sde/beta, euler, euler/beta, flowmatch_distill, flowmatch_causvid, lcm, lcm/beta, res_multistep for scheduler but received "ddim" of type string');
   expectInvalid(t, () => createScheduler(undefined as unknown as SchedulerName, { steps: 4, shift: 5 }), /for scheduler but received undefined/);
   expectInvalid(t, () => schedule('unipc', null as unknown as { steps: number; shift: number }), 'Expected an object for options but received null');
   expectInvalid(t, () => schedule('unipc', { steps: 0, shift: 5 }), 'Expected a positive integer for steps but received 0 of type number');
@@ -385,7 +386,7 @@ t.test('options are validated with messages that name them', async (t) => {
   t.equal((err as WanError).code, 'WAN_INVALID_TENSOR');
   t.match((err as WanError).message, 'Expected Float32Arrays of equal length for modelOutput and sample');
   t.same(SCHEDULER_NAMES, ['unipc', 'unipc/beta', 'dpm++', 'dpm++/beta', 'dpm++_sde', 'dpm++_sde/beta', 'euler', 'euler/beta',
-    'flowmatch_distill', 'lcm', 'lcm/beta']);
+    'flowmatch_distill', 'flowmatch_causvid', 'lcm', 'lcm/beta', 'res_multistep']);
 });
 
 // Reference runs of the real scheduler classes (scripts/make-scheduler-references.py) for the
@@ -435,4 +436,52 @@ t.test('enhanceHf (the wrapper\'s enhance_hf): the high-noise steps kept, then a
   const cut = schedule('unipc', { steps: 30, shift: 5, enhanceHf: true, startStep: 3, endStep: 10 });
   t.same(cut.timesteps, schedule('unipc', { steps: 30, shift: 5, enhanceHf: true }).timesteps.slice(3, 10), 'cut after enhancing');
   t.throws(() => schedule('unipc', { steps: 30, shift: 5, enhanceHf: 1 as never }), { code: 'WAN_INVALID_OPTION', message: /Expected a boolean for enhanceHf/ });
+});
+
+// The wrapper's res_multistep class run with torch (scripts/make-res-multistep-references.py).
+// Its timesteps end with a 0 that ours leave out: that last step, at sigma 0, must leave the
+// sample as it is.
+const resFile = path.join(fixturesDir, 'schedulers', 'res_multistep_references.json');
+t.test('res_multistep matches the wrapper\'s class', async (t) => {
+  interface ResCase { steps: number; shift: number; sigmas: number[] | null; timesteps: number[]; schedule_sigmas: number[];
+                      initial_sample: number[]; model_outputs: number[][]; samples_after_step: number[][] }
+  const ref: { cases: ResCase[] } = JSON.parse(fs.readFileSync(resFile, 'utf8'));
+  const report: string[] = [];
+  for (const c of ref.cases) {
+    const label = `res_multistep steps ${c.steps} shift ${c.shift}${c.sigmas ? ' custom sigmas' : ''}`;
+    const s = createScheduler('res_multistep', { steps: c.steps, shift: c.shift, sigmas: c.sigmas ?? undefined });
+    const steps = s.timesteps.length;
+    const trailingZero = c.timesteps.length === steps + 1;
+    t.same(s.timesteps, c.timesteps.slice(0, steps).map(f32), `${label}: timesteps exactly${trailingZero ? ' (the wrapper\'s final 0 left out)' : ''}`);
+    t.same(s.sigmas, c.schedule_sigmas.map(f32), `${label}: sigmas exactly`);
+    let x: Float32Array = Float32Array.from(c.initial_sample);
+    let worst = 0;
+    for (let i = 0; i < steps; i++) {
+      x = s.step(Float32Array.from(c.model_outputs[i]), i, x);
+      worst = Math.max(worst, maxAbs(x, Float32Array.from(c.samples_after_step[i])));
+    }
+    t.ok(worst <= 1e-5, `${label}: max abs error ${worst.toExponential(2)}`);
+    if (trailingZero)
+      t.equal(maxAbs(Float32Array.from(c.samples_after_step[steps]), Float32Array.from(c.samples_after_step[steps - 1])), 0,
+        `${label}: the wrapper's extra step at sigma 0 changes nothing`);
+    report.push(`${label}: ${worst.toExponential(2)}`);
+  }
+  t.comment(`max abs error against the wrapper's class: ${report.join('; ')}`);
+});
+
+t.test('flowmatch_causvid: the wrapper\'s listed timesteps, unshifted, stepped with Euler', async (t) => {
+  const wide = schedule('flowmatch_causvid', { steps: 9, shift: 5 });
+  t.same(wide.timesteps, [999, 934, 862, 756, 603, 410, 250, 140, 74], 'a 14B model (dim 5120, the default): its nine timesteps');
+  t.same(wide.sigmas, [...wide.timesteps.map((x) => f32(x / 1000)), 0], 'sigmas: timesteps / 1000 in float32, then 0');
+  t.same(schedule('flowmatch_causvid', { steps: 4, shift: 8, transformerDim: 5120 }).timesteps, [999, 934, 862, 756], 'fewer steps: the first of them');
+  const small = schedule('flowmatch_causvid', { steps: 4, shift: 5, transformerDim: 1536 });
+  t.same(small.timesteps, [1000, 750, 500, 250], 'another model (dim 1536): 1000, 750, 500, 250');
+  t.same(small.sigmas, [1, 0.75, 0.5, 0.25, 0]);
+  const s = createScheduler('flowmatch_causvid', { steps: 4, shift: 5, transformerDim: 1536 });
+  const x = randn(64, 3), v = randn(64, 4);
+  const want = x.map((a, k) => f32(a + f32(f32(0.75 - 1) * v[k])));
+  t.equal(maxAbs(s.step(v, 0, x), want), 0, 'a step: x + (sigma_next - sigma) v, in float32');
+  expectInvalid(t, () => schedule('flowmatch_causvid', { steps: 10, shift: 5 }), /Expected 1\.\.9 for steps with scheduler flowmatch_causvid and a model of dim 5120 but received 10/);
+  expectInvalid(t, () => schedule('flowmatch_causvid', { steps: 6, shift: 5, transformerDim: 1536 }), /Expected 4 for steps .* dim 1536 but received 6/);
+  expectInvalid(t, () => schedule('flowmatch_causvid', { steps: 4, shift: 5, sigmas: [1, 0.5, 0] }), /no sigmas for scheduler flowmatch_causvid/);
 });
