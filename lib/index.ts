@@ -33,6 +33,7 @@ export type { ContextOptions, ContextSchedule, ContextFuse } from './context-win
 export type { Preview } from './preview';
 export { runWorkflow, parseWorkflow } from './workflow';
 export type { RunWorkflowOptions, WorkflowResult } from './workflow';
+export { loadVideo, LOAD_VIDEO_FORMATS, type LoadVideoOptions, type LoadVideoFormat, type LoadedVideo } from './video-input';
 export { outputCounter, prepareOutput, videoCombine, VIDEO_FORMATS, type VideoCombineOptions, type VideoCombineResult, type VideoFormat } from './video';
 
 /** What the loaded native addon was built with, and the threads libtorch uses. */

@@ -57,6 +57,7 @@ const INTERFACES = [
   { name: 'ExperimentalArgs', usedBy: ['SamplerOptions.experimentalArgs'] },
   { name: 'FreeInitArgs', usedBy: ['SamplerOptions.freeinitArgs'] },
   { name: 'ScheduleOptions', usedBy: ['schedule(name, options)'] },
+  { name: 'LoadVideoOptions', usedBy: ['loadVideo(file, options)'] },
   { name: 'VideoCombineOptions', usedBy: ['videoCombine(frames, options)'] },
   { name: 'RunWorkflowOptions', usedBy: ['runWorkflow(workflow, options)'] },
 ];

@@ -25,8 +25,8 @@ t.test('import * as wan from "wan-native" gives the same named exports', async (
     console.log(Object.keys(wan).filter((k) => k !== 'default' && k !== '__esModule').sort().join(','), x.shape.join('x'), new WanError('WAN_IO', 'm').code)`]);
   t.equal(r.status, 0, r.stderr);
   t.equal(r.stdout.trim(),
-    'ATTENTION_MODES,ClipVisionEncoder,DEFAULT_NEGATIVE_PROMPT,DTYPES,PLAN_DEVICES,QUANTIZATIONS,SCHEDULER_NAMES,Sampler,Tensor,TextEncoder,VIDEO_FORMATS,Vae,WanError,WanModel,' +
-    'cacheVariant,emptyEmbeds,imageToVideoEncode,inspectCheckpoint,loadCheckpoint,loadImage,loadSafetensors,outputCounter,parseWorkflow,planMemory,' +
+    'ATTENTION_MODES,ClipVisionEncoder,DEFAULT_NEGATIVE_PROMPT,DTYPES,LOAD_VIDEO_FORMATS,PLAN_DEVICES,QUANTIZATIONS,SCHEDULER_NAMES,Sampler,Tensor,TextEncoder,VIDEO_FORMATS,Vae,WanError,WanModel,' +
+    'cacheVariant,emptyEmbeds,imageToVideoEncode,inspectCheckpoint,loadCheckpoint,loadImage,loadSafetensors,loadVideo,outputCounter,parseWorkflow,planMemory,' +
     'prepareOutput,promptWeights,riflexFrequencies,runWorkflow,runtimeInfo,' +
     'saveSafetensors,schedule,setThreads,videoCombine 2 WAN_IO');
 });
