@@ -33,6 +33,7 @@ import { Tensor } from './tensor';
 import { DEFAULT_NEGATIVE_PROMPT, TextEncoder, type TextEmbeds } from './text-encoder';
 import { Vae, type VaeTileOptions } from './vae';
 import { outputCounter, prepareOutput, VIDEO_FORMATS, videoCombine, type VideoCombineOptions, type VideoFormat } from './video';
+import { loadVideo } from './video-input';
 
 /** A mistake on the command line: exit code 2, the message names the option. */
 /** Bad command-line usage (exit code 2), reported as `wan-native <command>: <message>`. */
@@ -108,6 +109,12 @@ export interface GenerateSettings {
 
   image?: string;
   endImage?: string;
+  /** Video-to-video: the video redrawn (t2v models), loaded as VHS's Load Video loads it. */
+  video?: string;
+  videoForceRate: number;
+  videoSkipFirstFrames: number;
+  videoSelectEveryNth: number;
+  denoiseStrength: number;
   clipCrop: ClipCrop;
   noiseAugStrength: number;
   startLatentStrength: number;
@@ -385,6 +392,14 @@ export function generateCommand(): Command {
     option(g.video, '--width <pixels>', 'a multiple of 16', { parse: multipleOf16, default: 832 }),
     option(g.video, '--height <pixels>', 'a multiple of 16', { parse: multipleOf16, default: 480 }),
     option(g.video, '--num-frames <n>', 'frames, of the form 4k+1 (81 = 5 s at 16 fps)', { parse: frameCount, default: 81 }),
+    option(g.video, '--video <file>', 'video-to-video (a t2v model): this video, cut to --width x --height from its centre and ' +
+      'to at most --num-frames frames (4k+1), redrawn from --denoise-strength of the way to noise'),
+    option(g.video, '--video-force-rate <fps>', 'the video\'s frames resampled to this rate first (0: its own; 16 is Wan\'s)',
+      { parse: number(0, 60), default: 0 }),
+    option(g.video, '--video-skip-first-frames <n>', 'frames of the video (at the forced rate) left out at the start', { parse: integer(0, 1e9), default: 0 }),
+    option(g.video, '--video-select-every-nth <n>', 'of the video\'s frames after those, the first of every n', { parse: integer(1, 1e9), default: 1 }),
+    option(g.video, '--denoise-strength <x>', 'with --video: how much of the schedule is run from the video noised to its start ' +
+      '(1 would ignore the video)', { parse: number(0, 1), default: 1 }),
 
     option(g.sampling, '--steps <n>', 'denoising steps', { parse: integer(1, 10000), default: 30 }),
     option(g.sampling, '--cfg <x>', 'classifier-free guidance scale 0..30, or one per step separated by commas; 1 skips the negative pass',
@@ -546,6 +561,12 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     if (given(key) && !o.image) throw new UsageError(`${flag(key)} needs --image (it applies to image-to-video)`);
   }
   if (o.clipVision && o.clipEmbeds) throw new UsageError('--clip-vision and --clip-embeds exclude each other: give one');
+  for (const key of ['videoForceRate', 'videoSkipFirstFrames', 'videoSelectEveryNth', 'denoiseStrength'])
+    if (given(key) && !o.video) throw new UsageError(`${flag(key)} needs --video (it applies to video-to-video)`);
+  if (o.video && o.image) throw new UsageError('--video and --image exclude each other: video-to-video takes a t2v model and no image');
+  if (o.video && o.denoiseStrength === 1)
+    throw new UsageError('--video needs --denoise-strength below 1 (how much of the video to redraw: 1 would start from noise and ignore it)');
+  if (o.video && o.freeinit !== undefined) throw new UsageError('--freeinit with --video: FreeInit runs the whole schedule from noise; leave one out');
   if ((o.clipVision || o.clipEmbeds) && !o.image)
     throw new UsageError(`${o.clipVision ? '--clip-vision' : '--clip-embeds'} needs --image (CLIP sees the first frame)`);
   for (const key of ['contextSchedule', 'contextStride', 'contextOverlap', 'freenoise', 'fuseMethod']) {
@@ -653,6 +674,8 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     loras: o.lora ?? [], mergeLoras: o.mergeLoras !== false, compile: o.compile === true, cudaGraphs: o.cudaGraphs === true, numHeads: o.numHeads, textLen: o.textLen,
     prompt: o.prompt, negativePrompt: o.negativePrompt, diskCache: o.diskCache,
     image: o.image, endImage: o.endImage, clipCrop: o.clipCrop, noiseAugStrength: o.noiseAugStrength,
+    video: o.video, videoForceRate: o.videoForceRate, videoSkipFirstFrames: o.videoSkipFirstFrames,
+    videoSelectEveryNth: o.videoSelectEveryNth, denoiseStrength: o.denoiseStrength,
     startLatentStrength: o.startLatentStrength, endLatentStrength: o.endLatentStrength,
     extraEndLatent: o.extraEndLatent === true, augmentEmptyFrames: o.augmentEmptyFrames,
     width: o.width, height: o.height, numFrames: o.numFrames,
@@ -741,7 +764,20 @@ function combineOptions(s: GenerateSettings, format: VideoFormat): VideoCombineO
 
 type Task = 't2v' | 'i2v' | 'flf2v';
 
-interface Plan { task: Task; startImage?: Tensor; endImage?: Tensor }
+interface Plan { task: Task; startImage?: Tensor; endImage?: Tensor; video?: Tensor }
+
+// --video, loaded as VHS's Load Video loads it at the output size: centre crop and LANCZOS to
+// --width x --height, at most --num-frames frames, cut to 4k+1 ('Wan' format).
+async function decodeVideo(s: GenerateSettings): Promise<Tensor> {
+  try {
+    const { frames } = await loadVideo(s.video!, { customWidth: s.width, customHeight: s.height, frameLoadCap: s.numFrames,
+      forceRate: s.videoForceRate, skipFirstFrames: s.videoSkipFirstFrames, selectEveryNth: s.videoSelectEveryNth, format: 'Wan' });
+    return frames;
+  } catch (err) {
+    if (err instanceof WanError && err.code === 'WAN_INVALID_OPTION') throw new UsageError(`--video: ${err.message}`);
+    throw err;
+  }
+}
 
 // Images are decoded now (they are small), so that a file that is no image is a usage error.
 async function decodeImage(file: string, flagName: string): Promise<Tensor> {
@@ -797,7 +833,7 @@ async function preflight(s: GenerateSettings): Promise<Plan> {
   mustExist(s.vae, '--vae');
   for (const l of s.loras) mustExist(l.path, '--lora');
   for (const [file, name] of [[s.tokenizer, '--tokenizer'], [s.clipVision, '--clip-vision'], [s.clipEmbeds, '--clip-embeds'],
-    [s.image, '--image'], [s.endImage, '--end-image']] as const) if (file !== undefined) mustExist(file, name);
+    [s.image, '--image'], [s.endImage, '--end-image'], [s.video, '--video']] as const) if (file !== undefined) mustExist(file, name);
 
   if (s.model.length > 1) await checkShards(s.model);
   const dit = await inspectAs(s.model.length === 1 ? s.model[0] : s.model, '--model', 'wan-dit', 'a Wan diffusion model (DiT)');
@@ -838,6 +874,7 @@ async function preflight(s: GenerateSettings): Promise<Plan> {
   if (task === 't2v') {
     if (s.image) throw new UsageError('--image: the model is a text-to-video (t2v) model; image-to-video needs an I2V or FLF2V model');
   } else {
+    if (s.video) throw new UsageError(`--video: video-to-video takes a text-to-video (t2v) model, but the model is an ${task} model`);
     if (!s.image) throw new UsageError(`--image: the model is an ${task} model, which needs a first frame (--image)`);
     if (task === 'flf2v' && !s.endImage) throw new UsageError('--end-image: the model is an FLF2V model, which needs a last frame');
     if (!s.clipVision && !s.clipEmbeds)
@@ -851,7 +888,7 @@ async function preflight(s: GenerateSettings): Promise<Plan> {
           `(image_dim); Wan2.1 I2V and FLF2V models take those of CLIP ViT-H/14 (clip_vision_h)`);
     }
   }
-  if (task === 't2v') return { task };
+  if (task === 't2v') return { task, video: s.video ? await decodeVideo(s) : undefined };
   const startImage = await decodeImage(s.image!, '--image');
   const endImage = s.endImage ? await decodeImage(s.endImage, '--end-image').catch((err) => { startImage.dispose(); throw err; }) : undefined;
   return { task: task as Task, startImage, endImage };
@@ -918,6 +955,11 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
   const { view, signal } = ctx;
   await checkOutput(s);
   const plan = await preflight(s);
+  const videoFrames = plan.video?.shape[1];
+  if (videoFrames !== undefined && videoFrames < s.numFrames) {
+    view.note(`note: --video gives ${videoFrames} frames (4k+1) of the ${s.numFrames} asked for: ${videoFrames} are made`);
+    s.numFrames = videoFrames;
+  }
   if (s.threads !== undefined) native().setThreads(s.threads);
   if (s.maxMemory !== undefined) {
     // The memory plan, from the files' headers, before anything is loaded (lib/memory-planner.ts).
@@ -934,6 +976,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
     if (!memory.fits) {
       plan.startImage?.dispose();
       plan.endImage?.dispose();
+      plan.video?.dispose();
       throw new WanError('WAN_OUT_OF_MEMORY', `--max-memory: ${memory.message}`);
     }
     if (!s.quiet) view.note(memory.summary);
@@ -954,6 +997,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
   const owned: { dispose(): void }[] = [];
   const keep = <T extends { dispose(): void }>(x: T): T => { owned.push(x); return x; };
   const startImage = plan.startImage && keep(plan.startImage), endImage = plan.endImage && keep(plan.endImage);
+  if (plan.video) keep(plan.video);
   const free = (x: { dispose(): void } | undefined) => {
     if (!x) return;
     x.dispose();
@@ -961,7 +1005,9 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
     if (i >= 0) owned.splice(i, 1);
   };
   // Every FreeInit run is the whole schedule again.
-  const sampleSteps = ((s.endStep === -1 ? s.scheduledSteps : s.endStep) - s.startStep) * (s.freeinit?.freeinitNumIters ?? 1);
+  // A denoise strength below 1 starts late (the Sampler's rule, as the wrapper's).
+  const firstStep = s.denoiseStrength < 1 ? Math.max(0, s.scheduledSteps - Math.floor(s.scheduledSteps * s.denoiseStrength) - 1) : s.startStep;
+  const sampleSteps = ((s.endStep === -1 ? s.scheduledSteps : s.endStep) - firstStep) * (s.freeinit?.freeinitNumIters ?? 1);
   const extra: Partial<Record<'sampling', string>> = {};
   try {
     // Text: umT5 encodes the prompts and the negative prompt, then is freed.
@@ -996,8 +1042,17 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
     // Encode: the latent shape (T2V) or the VAE-encoded first/last frames under their mask (I2V).
     let vae: Vae | undefined;
     let embeds: ImageEmbeds;
+    let samples: Tensor | undefined;
     if (plan.task === 't2v') {
       embeds = emptyEmbeds({ width: s.width, height: s.height, numFrames: s.numFrames });
+      if (plan.video) {
+        // Video-to-video: the video's latent, which sampling noises to its start step.
+        view.begin('encode', `encoding the video's ${s.numFrames} frames with ${base(s.vae)}`);
+        vae = keep(await Vae.load(s.vae, { device: s.device as Device, signal }));
+        samples = keep(await vae.encode(plan.video, { signal, forceOffload: false }));
+        free(plan.video);
+        view.end();
+      }
     } else {
       view.begin('encode', `encoding the image${endImage ? 's' : ''} with ${base(s.vae)}`);
       vae = keep(await Vae.load(s.vae, { device: s.device as Device, signal }));
@@ -1034,14 +1089,15 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
       (s.context ? `, context windows of ${s.context.frames} frames` : '') +
       (s.freeinit ? `, in ${s.freeinit.freeinitNumIters} FreeInit runs` : ''));
     const latent = keep(await new Sampler(model).sample({
-      imageEmbeds: embeds, textEmbeds: text, steps: s.steps, enhanceHf: s.enhanceHf, cfg: s.cfg, shift: s.shift, seed, scheduler: s.scheduler,
+      imageEmbeds: embeds, textEmbeds: text, samples, denoiseStrength: s.denoiseStrength,
+      steps: s.steps, enhanceHf: s.enhanceHf, cfg: s.cfg, shift: s.shift, seed, scheduler: s.scheduler,
       sigmas: s.sigmas, startStep: s.startStep, endStep: s.endStep, batchedCfg: s.batchedCfg,
       contextOptions: s.context, fetaArgs: s.feta, slgArgs: s.slg, cacheArgs: s.cache, experimentalArgs: s.experimental, loopArgs: s.loop, freeinitArgs: s.freeinit, riflexFreqIndex: s.riflexFreqIndex, signal,
       onProgress: (p) => { cacheSkipped = p.cacheSkipped; view.progress(p, 'steps'); },
     }));
     // The denoiser and its conditioning are done with: freed before the VAE decodes.
     free(model);
-    for (const x of [...text.promptEmbeds, ...text.negativePromptEmbeds, embeds.y, clipEmbeds?.clipEmbeds, clipEmbeds?.negativeClipEmbeds]) free(x);
+    for (const x of [...text.promptEmbeds, ...text.negativePromptEmbeds, embeds.y, clipEmbeds?.clipEmbeds, clipEmbeds?.negativeClipEmbeds, samples]) free(x);
     // Model calls: one per step, two where cfg is not 1 (a context window's count as one each).
     view.end((seconds) => (extra.sampling = `${(seconds / sampleSteps).toFixed(2)} s/step` +
       (cacheSkipped !== undefined ? `, ${s.cache?.cacheType ?? 'TeaCache'} skipped ${cacheSkipped} model call${cacheSkipped === 1 ? '' : 's'}` : '')));

@@ -144,6 +144,39 @@ t.test('--freeinit: the whole schedule sampled again from the last result re-noi
   t.ok(again.files.some((f, i) => !f.equals(plain.files[i])), 'other frames than one run');
 });
 
+t.test('--video: video-to-video from the video\'s latent, noised to the step --denoise-strength leaves', async (t) => {
+  // Two lossless 9-frame clips: one of ramps, one of its negative.
+  const clip = (name: string, invert: boolean) => {
+    const [W, H, F] = [64, 40, 12], raw = Buffer.alloc(W * H * 3 * F);
+    for (let i = 0; i < raw.length; i++) { const v = (i * 37 + Math.floor(i / (W * H * 3)) * 11) % 256; raw[i] = invert ? 255 - v : v; }
+    const file = path.join(dir, name);
+    const r = spawnSync('ffmpeg', ['-v', 'error', '-y', '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-s', `${W}x${H}`, '-r', '16', '-i', '-',
+      '-c:v', 'ffv1', '-pix_fmt', 'gbrp', file], { input: raw });
+    t.equal(r.status, 0, String(r.stderr));
+    return file;
+  };
+  const [a, b] = [clip('a.mkv', false), clip('b.mkv', true)];
+  const common = ['generate', ...T2V, '--width', '48', '--height', '32', '--num-frames', '13', '--steps', '4', '--prompt', 'a cat',
+    '--format', 'png', '--no-save-metadata', '--seed', '2'];
+  const frames = (name: string, ...extra: string[]) => {
+    const out = outDir(name);
+    const r = run(...common, '--output-dir', out, ...extra);
+    t.equal(r.status, 0, r.stderr);
+    return { stderr: r.stderr, files: fs.readdirSync(out).sort().map((f) => fs.readFileSync(path.join(out, f))) };
+  };
+  const first = frames('v2v-a', '--video', a, '--denoise-strength', '0.5');
+  t.match(first.stderr, /^note: --video gives 9 frames \(4k\+1\) of the 13 asked for: 9 are made$/m, 'the 12 frames of the clip cut to 9');
+  t.match(first.stderr, /^sampling: 3 steps of unipc, 3 latent frames/m, 'denoise 0.5 of 4 steps: steps 1 to 3 run');
+  t.match(first.stderr, /^encode: encoding the video's 9 frames with tiny_vae\.f32\.safetensors/m);
+  t.equal(first.files.length, 9);
+  const again = frames('v2v-a2', '--video', a, '--denoise-strength', '0.5');
+  t.ok(again.files.every((f, i) => f.equals(first.files[i])), 'the same video and seed: the same frames');
+  const other = frames('v2v-b', '--video', b, '--denoise-strength', '0.5');
+  t.ok(other.files.some((f, i) => !f.equals(first.files[i])), 'another video: other frames');
+  const noisier = frames('v2v-a-noisier', '--video', a, '--denoise-strength', '0.9');
+  t.ok(noisier.files.some((f, i) => !f.equals(first.files[i])), 'another denoise strength: other frames');
+});
+
 t.test('--loop-shift-skip: a looping video of 4 frames per latent frame', async (t) => {
   const out = outDir('loop');
   const r = run('generate', ...T2V, '--width', '48', '--height', '32', '--num-frames', '13', '--steps', '2', '--prompt', 'a cat',
@@ -296,6 +329,12 @@ t.test('I2V', async (t) => {
     r = run('generate', ...I2V, ...SMALL, '--prompt', 'a cat', '--image', tokenizer, '--clip-embeds', clip, '--output-dir', outDir('i2v-not-image'));
     t.equal(r.status, 2);
     t.match(r.stderr, /^wan-native generate: --image: Expected a PNG, JPEG or WebP image but .*spiece\.model could not be decoded/);
+    r = run('generate', ...I2V, ...SMALL, '--prompt', 'a cat', '--video', tokenizer, '--denoise-strength', '0.5', '--output-dir', outDir('i2v-video'));
+    t.equal(r.status, 2);
+    t.match(r.stderr, /^wan-native generate: --video: video-to-video takes a text-to-video \(t2v\) model, but the model is an i2v model$/m);
+    r = run('generate', ...T2V, ...SMALL, '--prompt', 'a cat', '--video', tokenizer, '--denoise-strength', '0.5', '--output-dir', outDir('t2v-not-video'));
+    t.equal(r.status, 2);
+    t.match(r.stderr, /^wan-native generate: --video: Expected a video file but .*spiece\.model has no video stream/m);
     const flf = path.join(dir, 'clip_embeds_2.safetensors');
     await saveSafetensors(flf, { clip_embeds: Tensor.fromTypedArray(new Float32Array(2 * 257 * 1280), [2, 257, 1280]) });
     r = run('generate', ...I2V, ...SMALL, '--prompt', 'a cat', '--image', image, '--clip-embeds', flf, '--output-dir', outDir('i2v-clip-2'));
@@ -353,6 +392,9 @@ t.test('bad options exit 2 with a message naming the option, before anything is 
     [['--loop-shift-skip', '2', '--num-frames', '5'], /^wan-native generate: --loop-shift-skip needs --num-frames 9 or more .* but received 5$/m],
     [['--tsr-k', '0.9'], /^wan-native generate: --tsr-k needs --tsr$/m],
     [['--freeinit-d-s', '0.5'], /^wan-native generate: --freeinit-d-s needs --freeinit$/m],
+    [['--denoise-strength', '0.5'], /^wan-native generate: --denoise-strength needs --video \(it applies to video-to-video\)$/m],
+    [['--video', 'clip.mp4'], /^wan-native generate: --video needs --denoise-strength below 1/m],
+    [['--video', 'missing.mp4', '--denoise-strength', '0.5'], /^wan-native generate: --video: no such file: missing\.mp4$/m],
     [['--freeinit', '1'], /option '--freeinit <runs>' argument '1' is invalid\. Expected an integer in 2\.\.10/],
     [['--freeinit', '2', '--freeinit-method', 'none'], /option '--freeinit-method <name>' argument 'none' is invalid/],
     [['--freeinit', '2', '--end-step', '1'], /^wan-native generate: --freeinit with --start-step or --end-step: FreeInit runs the whole schedule each time/m],
