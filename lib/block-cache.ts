@@ -7,6 +7,7 @@ import * as path from 'node:path';
 
 import { checkOptionNames, describeValue, finiteIn, integerIn, invalidOption, optionNames } from './errors';
 import type { BlockCacheCall, WanModel } from './model';
+import { roundHalfEven } from './numeric';
 
 /** The models the wrapper has TeaCache coefficients and MagCache ratios for. */
 export type CacheVariant = '1_3B' | '14B' | 'i2v_480' | 'i2v_720';
@@ -154,12 +155,6 @@ export function nearestInterpolation(values: readonly number[], n: number): numb
   if (n === 1) return [values[values.length - 1]];
   const scale = (values.length - 1) / (n - 1);
   return Array.from({ length: n }, (_, i) => values[roundHalfEven(i * scale)]);
-}
-
-function roundHalfEven(v: number): number {
-  const floor = Math.floor(v), fraction = v - floor;
-  if (fraction !== 0.5) return Math.round(v);
-  return floor % 2 === 0 ? floor : floor + 1;
 }
 
 /** What the Sampler needs of checked cacheArgs. */

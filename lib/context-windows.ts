@@ -16,6 +16,7 @@
 // window is the list of the latent frame indices it denoises, in the order the model sees them.
 
 import { describeValue, invalidOption, WanError } from './errors';
+import { roundHalfEven } from './numeric';
 
 export type ContextSchedule = 'uniform_standard' | 'uniform_looped' | 'static_standard';
 export type ContextFuse = 'linear' | 'pyramid';
@@ -135,14 +136,6 @@ export function orderedHalving(step: number): number {
   }
   // Number(bigint) rounds to nearest, as Python's int / int does; dividing by 2^64 is then exact.
   return Number(reversed) / 2 ** 64;
-}
-
-// Python's round(): halves go to the even neighbour (round(10.5) == 10).
-function roundHalfEven(x: number): number {
-  const f = Math.floor(x);
-  const d = x - f;
-  if (d !== 0.5) return d < 0.5 ? f : f + 1;
-  return f % 2 === 0 ? f : f + 1;
 }
 
 // Python's %, never negative for a positive modulus.

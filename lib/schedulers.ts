@@ -34,6 +34,7 @@
 // in float32; they agree to ~1e-6 on O(1) latents), except euler, lcm and flowmatch_distill,
 // whose few float32 operations are emulated exactly.
 import { describeValue, invalidOption, WanError } from './errors';
+import { roundHalfEven } from './numeric';
 
 type BetaBase = 'unipc' | 'dpm++' | 'dpm++_sde' | 'euler' | 'lcm';
 export type SchedulerName = BetaBase | `${BetaBase}/beta` | 'flowmatch_distill' | 'flowmatch_causvid' | 'res_multistep';
@@ -160,12 +161,6 @@ function torchLinspace32(start: number, end: number, steps: number): number[] {
   }
   for (let i = vectorized; i < steps; i++) out.push(at(i));
   return out;
-}
-
-// Python's round() of a float: halves to even.
-function roundHalfEven(x: number): number {
-  const r = Math.round(x);
-  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
 
 // log Gamma (Lanczos' approximation, g = 7, 9 terms: ~1e-15 relative for x > 0).

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 
 import { abortedError } from './abort';
 import { checkOptionNames, describeValue, finiteIn, integerIn, invalidOption, optionNames, WanError, withCallerStack } from './errors';
+import { centreCrop } from './image-resize';
 import { resizeLanczos } from './lanczos';
 import { Tensor } from './tensor';
 import { findFfmpeg } from './video';
@@ -59,19 +60,10 @@ function targetSize(width: number, height: number, customWidth: number, customHe
   return [Math.trunc(w / step + 0.5) * step, Math.trunc(h / step + 0.5) * step];
 }
 
-// Python's round(): halves to even.
-function roundHalfEven(x: number): number {
-  const r = Math.round(x);
-  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
-}
-
 // ComfyUI's common_upscale(..., 'lanczos', 'center') on 8-bit frames: the centre crop to the new
 // aspect, then Pillow's LANCZOS. Interleaved RGB bytes in, planar [3, H, W] bytes out.
 function cropAndResize(rgb: Buffer, height: number, width: number, outHeight: number, outWidth: number): Uint8Array {
-  const oldAspect = width / height, newAspect = outWidth / outHeight;
-  let x = 0, y = 0;
-  if (oldAspect > newAspect) x = roundHalfEven((width - width * (newAspect / oldAspect)) / 2);
-  else if (oldAspect < newAspect) y = roundHalfEven((height - height * (oldAspect / newAspect)) / 2);
+  const { x, y } = centreCrop(width, height, outWidth, outHeight);
   const h = height - 2 * y, w = width - 2 * x;
   const planar = new Uint8Array(3 * h * w);
   for (let c = 0; c < 3; c++)

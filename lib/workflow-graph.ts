@@ -99,7 +99,8 @@ function mapWidgets(node: UiNode, spec: NodeSpec, positions: Map<string, string>
   if (values === undefined || values === null) return out;
   if (isObject(values)) {
     for (const [name, v] of Object.entries(values)) {
-      if (name === 'videopreview') continue;  // VHS's preview state
+      // VHS's preview state, and widgets of the UI alone (VHS's upload button).
+      if (name === 'videopreview' || spec.uiOnlyWidgets?.some((w) => w.name === name)) continue;
       out[name] = v;
       positions.set(name, `widgets_values.${name}`);
     }
@@ -192,7 +193,9 @@ export function uiToApi(workflow: Record<string, unknown>): { prompt: ApiPrompt;
 // ---------------------------------------------------------------------------------------------
 // Validation
 
-function checkValue(input: InputSpec, value: unknown, where: string): unknown {
+/** A widget's value checked against its spec (its kind, range and options); also used at run
+ * time for a widget whose value comes through a link. */
+export function checkValue(input: InputSpec, value: unknown, where: string): unknown {
   const got = describeValue(value);
   switch (input.kind) {
     case 'INT': {
@@ -234,6 +237,16 @@ function checkValue(input: InputSpec, value: unknown, where: string): unknown {
   }
 }
 
+// Widget kinds a link can feed (ComfyUI's widgets converted to inputs).
+const LINKABLE_WIDGETS = new Set(['INT', 'FLOAT', 'BOOLEAN', 'STRING']);
+
+const article = (type: string) => (/^[AEIOU]/.test(type) ? 'an' : 'a');
+
+/** The type a link into an input must carry: a link input's type, or a linked widget's kind. */
+export function linkType(input: InputSpec): string {
+  return input.kind === 'LINK' ? input.type : input.kind;
+}
+
 function validateNode(id: string, entry: ApiPrompt[string], positions: Map<string, string> | undefined): GraphNode {
   const spec = NODE_SPECS.get(entry.class_type)!;
   const name = nodeName(id, entry.class_type);
@@ -259,7 +272,14 @@ function validateNode(id: string, entry: ApiPrompt[string], positions: Map<strin
       if (why) fail(`${where(input.name)}: ${why}`);
       continue;
     }
-    if (ref) fail(`${where(input.name)}: expected a value of type ${input.kind} but received a link to node ${ref.node} (no node wan-native runs outputs one)`);
+    if (ref) {
+      // A widget turned into an input: its value comes from another node's INT, FLOAT, BOOLEAN or
+      // STRING output when the node runs, and is checked then (workflow.ts).
+      if (!LINKABLE_WIDGETS.has(input.kind))
+        fail(`${where(input.name)}: expected a value of type ${input.kind} but received a link to node ${ref.node} (a ${input.kind} widget takes no link)`);
+      links[input.name] = ref;
+      continue;
+    }
     values[input.name] = checkValue(input, raw, where(input.name));
     const why = input.refuse?.(values[input.name]);
     if (why) fail(`${where(input.name)}: ${why}`);
@@ -362,15 +382,16 @@ export function parseGraph(json: unknown): ParsedGraph {
       const source = prompt[ref.node];
       if (!source) fail(`${name}: links to node ${ref.node}, which does not exist`);
       const spec = NODE_SPECS.get(source.class_type)!;
-      const expected = (node.spec.inputs.find((i) => i.name === input) as { type: string }).type;
+      const expected = linkType(node.spec.inputs.find((i) => i.name === input)!);
       if (ref.slot < 0 || ref.slot >= spec.outputs.length)
         fail(`${name}: links to output ${ref.slot} of ${nodeName(ref.node, source.class_type)}, which has ${spec.outputs.length} output(s)`);
       if (spec.outputs[ref.slot] !== expected)
-        fail(`${name}: expected a ${expected} but output ${ref.slot} of ${nodeName(ref.node, source.class_type)} is a ${spec.outputs[ref.slot]}`);
+        fail(`${name}: expected ${article(expected)} ${expected} but output ${ref.slot} of ${nodeName(ref.node, source.class_type)} is ${article(spec.outputs[ref.slot])} ${spec.outputs[ref.slot]}`);
       if (source.class_type === 'WanVideoSampler' && ref.slot === 1)
         fail(`${name}: denoised_samples (output 1 of ${nodeName(ref.node, source.class_type)}) is not available yet in wan-native: use samples (output 0)`);
       if (source.class_type === 'LoadImage' && ref.slot === 1)
         fail(`${name}: the MASK output of ${nodeName(ref.node, source.class_type)} is not available yet in wan-native`);
+
       if (!isHint(node, input)) pending.push(ref.node);
     }
   }

@@ -10,6 +10,9 @@ import type { ContextOptions } from './context-windows';
 import { resolveDevice, type Device } from './device';
 import { invalidOption, WanError } from './errors';
 import { loadImage } from './image';
+import { resizeImage, type ResizeCrop, type ResizeMethod } from './image-resize';
+import { native } from './native';
+import { roundHalfEven } from './numeric';
 import { WanModel, type BlockSwapOptions, type LoraOptions, type Quantization } from './model';
 import type { Progress } from './progress';
 import type { CacheArgs, EasyCacheArgs, MagCacheArgs, TeaCacheArgs } from './block-cache';
@@ -21,6 +24,7 @@ import { Tensor } from './tensor';
 import { TextEncoder, type TextEmbeds } from './text-encoder';
 import { Vae, type VaeDecodeOptions } from './vae';
 import { videoCombine, type VideoCombineOptions, type VideoFormat } from './video';
+import { loadVideo, type LoadVideoFormat } from './video-input';
 import type { GraphNode } from './workflow-graph';
 import { ATTENTION_MAP, LORA_BLOCK_TOGGLES, slgBlocks } from './workflow-spec';
 
@@ -495,6 +499,86 @@ export const EXECUTORS: Record<string, Executor> = {
     } finally {
       owned?.dispose();
     }
+  },
+
+  async VHS_LoadVideo(c) {
+    const { frames } = await loadVideo(c.file('video'), {
+      forceRate: c.value('force_rate'), customWidth: c.value('custom_width'), customHeight: c.value('custom_height'),
+      frameLoadCap: c.value('frame_load_cap'), skipFirstFrames: c.value('skip_first_frames'),
+      selectEveryNth: c.value('select_every_nth'), format: c.value<LoadVideoFormat>('format'), signal: c.signal,
+    });
+    return [{ value: frames, dispose: () => frames.dispose() }, { value: frames.shape[1] }, { value: undefined }, { value: undefined }];
+  },
+
+  // The wrapper's WanVideoEncode: sizes not a multiple of 16 stretched down to one (LANCZOS), frames
+  // past 4k + 1 dropped, noise added (as the wrapper adds it to the [0, 1] image: twice the strength
+  // here in [-1, 1]; the wrapper's noise is unseeded, here seed 0's), encoded, times latent_strength.
+  async WanVideoEncode(c) {
+    const vae = c.input<Vae>('vae')!;
+    const source = videoFrames(c.input<Tensor>('image')!);
+    const owned: Tensor[] = source.owned ? [source.frames] : [];
+    try {
+      let frames = source.frames;
+      const [C, F, H, W] = frames.shape;
+      if (W % 16 !== 0 || H % 16 !== 0) {
+        const [w, h] = [W - (W % 16), H - (H % 16)];
+        c.warn(`image: ${W} x ${H} is not a multiple of 16: resized to ${w} x ${h} (stretched, LANCZOS), as the wrapper does`);
+        frames = resizeImage(frames, w, h, 'lanczos', 'disabled');
+        owned.push(frames);
+      }
+      const kept = framesOf(F);
+      const [h, w] = frames.shape.slice(2);
+      const data = (frames.toTypedArray() as Float32Array).slice();
+      const plane = h * w;
+      let pixels = data;
+      if (kept < F) {
+        c.warn(`image: ${F} frames: the VAE encodes the first ${kept} (4k + 1), as the wrapper's`);
+        pixels = new Float32Array(C * kept * plane);
+        for (let ch = 0; ch < C; ch++) pixels.set(data.subarray(ch * F * plane, (ch * F + kept) * plane), ch * kept * plane);
+      }
+      const strength = c.value<number>('noise_aug_strength');
+      if (strength > 0) {
+        const noise = new (native().NoiseGenerator)(0n).randn([C, kept, h, w]).toTypedArray() as Float32Array;
+        for (let i = 0; i < pixels.length; i++) pixels[i] += 2 * strength * noise[i];
+      }
+      const video = Tensor.fromTypedArray(pixels, [C, kept, h, w]);
+      owned.push(video);
+      let latent = await vae.encode(video, { signal: c.signal });
+      const scale = c.value<number>('latent_strength');
+      if (scale !== 1) {
+        const scaled = Tensor.fromTypedArray((latent.toTypedArray() as Float32Array).map((v) => v * scale), latent.shape);
+        latent.dispose();
+        latent = scaled;
+      }
+      return [{ value: latent, dispose: () => latent.dispose() }];
+    } finally {
+      for (const t of owned) t.dispose();
+    }
+  },
+
+  // KJNodes' Resize Image (ImageResizeKJ): the size from get_image_size, or kept in proportion, or
+  // a 0 side the image's own; floored to divisible_by; then common_upscale with the crop.
+  async ImageResizeKJ(c) {
+    const image = c.input<Tensor>('image')!;
+    const [H, W] = image.shape.slice(-2);
+    let width = c.value<number>('width'), height = c.value<number>('height');
+    const sizeOf = c.input<Tensor>('get_image_size');
+    if (sizeOf) {
+      [height, width] = sizeOf.shape.slice(-2);
+    } else if (c.value<boolean>('keep_proportion') && (width !== 0 || height !== 0)) {
+      if (width === 0) width = roundHalfEven((W * height) / H);
+      else if (height === 0) height = roundHalfEven((H * width) / W);
+      else {
+        const r = Math.min(width / W, height / H);
+        [width, height] = [roundHalfEven(W * r), roundHalfEven(H * r)];
+      }
+    }
+    if (width === 0) width = W;
+    if (height === 0) height = H;
+    const d = c.value<number>('divisible_by');
+    if (d > 1 && !sizeOf) [width, height] = [width - (width % d), height - (height % d)];
+    const resized = resizeImage(image, width, height, c.value<ResizeMethod>('upscale_method'), c.value<ResizeCrop>('crop'));
+    return [{ value: resized, dispose: () => resized.dispose() }, { value: width }, { value: height }];
   },
 
   async LoadImage(c) {

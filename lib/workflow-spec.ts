@@ -9,6 +9,7 @@ import { QUANTIZATIONS } from './model';
 import { latentFramesOf } from './context-windows';
 import { SCHEDULER_NAMES } from './schedulers';
 import { VIDEO_FORMATS } from './video';
+import { LOAD_VIDEO_FORMATS } from './video-input';
 
 interface InputBase {
   name: string;
@@ -576,6 +577,54 @@ const SPECS: NodeSpec[] = [
       opt('trim_to_audio', bool(false)),
       opt('preset', { kind: 'STRING', refuse: (v) => v !== 'medium' ? `${notYet(`preset '${v}'`)}: only 'medium' (ffmpeg's default)` : undefined }),
       opt('lossless', { kind: 'BOOLEAN' }),
+    ],
+  },
+  {
+    classType: 'VHS_LoadVideo',
+    outputs: ['IMAGE', 'INT', 'AUDIO', 'VHS_VIDEOINFO'],
+    uiObjectWidgets: true,
+    inputs: [
+      req('video', file('input')),
+      req('force_rate', float(0, 0, 60)),
+      req('custom_width', int(0, 0, 8192)),
+      req('custom_height', int(0, 0, 8192)),
+      req('frame_load_cap', int(0, 0, Number.MAX_SAFE_INTEGER)),
+      req('skip_first_frames', int(0, 0, Number.MAX_SAFE_INTEGER)),
+      req('select_every_nth', int(1, 1, Number.MAX_SAFE_INTEGER)),
+      opt('meta_batch', link('VHS_BatchManager', notYet('meta_batch (loading in batches)'))),
+      opt('vae', link('VAE', notYet('encoding in the loader (vae): encode with WanVideoEncode'))),
+      opt('format', combo(Object.keys(LOAD_VIDEO_FORMATS), 'AnimateDiff')),
+    ],
+    uiOnlyWidgets: [{ after: 'video', name: 'choose video to upload' }],
+  },
+  {
+    classType: 'WanVideoEncode',
+    outputs: ['LATENT'],
+    inputs: [
+      req('vae', link('WANVAE')),
+      req('image', link('IMAGE')),
+      req('enable_vae_tiling', bool(false, onlyFalse('tiled VAE encoding (enable_vae_tiling)'))),
+      req('tile_x', int(272, 64, 2048)),
+      req('tile_y', int(272, 64, 2048)),
+      req('tile_stride_x', int(144, 32, 2048)),
+      req('tile_stride_y', int(128, 32, 2048)),
+      opt('noise_aug_strength', float(0, 0, 10)),
+      opt('latent_strength', float(1, 0, 10)),
+      opt('mask', link('MASK', notYet('mask (noise_mask)'))),
+    ],
+  },
+  {
+    classType: 'ImageResizeKJ',
+    outputs: ['IMAGE', 'INT', 'INT'],
+    inputs: [
+      req('image', link('IMAGE')),
+      req('width', int(512, 0, 16384)),
+      req('height', int(512, 0, 16384)),
+      req('upscale_method', combo(['nearest-exact', 'bilinear', 'area', 'bicubic', 'lanczos'], 'nearest-exact', ['bicubic', 'lanczos'])),
+      req('keep_proportion', bool(false)),
+      req('divisible_by', int(2, 0, 512)),
+      opt('get_image_size', link('IMAGE')),
+      opt('crop', combo(['disabled', 'center'], 'disabled')),
     ],
   },
   {

@@ -40,7 +40,7 @@ import { abortedError } from './abort';
 import { checkDevice, resolveDevice, type Device } from './device';
 import { describeValue, invalidOption, WanError } from './errors';
 import type { Progress } from './progress';
-import { dependencies, GraphNode, nodeName, parseGraph, ParsedGraph } from './workflow-graph';
+import { checkValue, dependencies, GraphNode, nodeName, parseGraph, ParsedGraph } from './workflow-graph';
 import { checkModelDirs, ModelDirs, ModelFolder, resolveModelFile } from './workflow-models';
 import { prepareOutput } from './video';
 import { EXECUTORS, Produced, videoCombineOptions } from './workflow-nodes';
@@ -198,6 +198,17 @@ export async function runWorkflow(workflow: string | object, options: RunWorkflo
   }
 
   const live = new Map<string, Slot>();
+  // A widget fed by a link (a frame count from VHS_LoadVideo, say): the value the link brings,
+  // checked as the widget's own value would have been.
+  const linkedValue = (node: GraphNode, name: string): unknown => {
+    const ref = node.links[name];
+    const input = node.spec.inputs.find((i) => i.name === name)!;
+    const where = `${nodeName(node.id, node.classType)} input ${name} (from node ${ref.node})`;
+    const value = checkValue(input, live.get(keyOf(ref.node, ref.slot))?.produced.value, where);
+    const why = input.refuse?.(value);
+    if (why) throw new WanError('WAN_INVALID_OPTION', `${where}: ${why}`);
+    return value;
+  };
   const release = (key: string) => {
     const slot = live.get(key);
     if (!slot || --slot.refs > 0) return;
@@ -220,7 +231,7 @@ export async function runWorkflow(workflow: string | object, options: RunWorkflo
       try {
         produced = await EXECUTORS[node.classType]({
           node,
-          value: <T>(name: string) => node.values[name] as T,
+          value: <T>(name: string) => (name in node.links ? linkedValue(node, name) : node.values[name]) as T,
           input: <T>(name: string) => {
             const ref = node.links[name];
             return ref === undefined ? undefined : live.get(keyOf(ref.node, ref.slot))?.produced.value as T;

@@ -5,7 +5,7 @@
 // and cancellation.
 import t from 'tap';
 import type * as tap from 'tap';
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -17,6 +17,8 @@ import type { RunWorkflowOptions } from '../../lib/workflow';
 import { EXECUTORS, NodeContext } from '../../lib/workflow-nodes';
 import { fixturesDir, maxAbsDiff, repoRoot, tempDir, weightsDir } from '../helpers';
 import { decodeVideo, ffprobe, frameBytes, have, listFiles, pngBytes, trainTinyTokenizer } from '../media';
+import { loadVideo } from '../../lib/video-input';
+import { resizeImage } from '../../lib/image-resize';
 
 const sharp = require('sharp');
 
@@ -50,7 +52,7 @@ const skip = !haveTokenizer ? 'spm_train (Debian package sentencepiece) is neede
 interface Direct {
   width: number; height: number; numFrames: number; contextOptions?: ContextOptions; fetaArgs?: FetaArgs; riflexFreqIndex?: number;
   slgArgs?: SlgArgs; cacheArgs?: CacheArgs; experimentalArgs?: ExperimentalArgs; loopArgs?: LoopArgs; freeinitArgs?: FreeInitArgs;
-  steps?: number; enhanceHf?: boolean;
+  steps?: number; enhanceHf?: boolean; samples?: Tensor; denoiseStrength?: number;
   loras?: ModelLoaderOptions['loras']; blockSwap?: ModelLoaderOptions['blockSwap'];
 }
 async function direct(o: Direct): Promise<Tensor> {
@@ -63,7 +65,7 @@ async function direct(o: Direct): Promise<Tensor> {
     imageEmbeds: emptyEmbeds({ width: o.width, height: o.height, numFrames: o.numFrames }), textEmbeds,
     steps: o.steps ?? 3, enhanceHf: o.enhanceHf, cfg: 5, shift: 5, seed: 42, scheduler: 'unipc', contextOptions: o.contextOptions, fetaArgs: o.fetaArgs,
     riflexFreqIndex: o.riflexFreqIndex, slgArgs: o.slgArgs, cacheArgs: o.cacheArgs, experimentalArgs: o.experimentalArgs,
-    loopArgs: o.loopArgs, freeinitArgs: o.freeinitArgs,
+    loopArgs: o.loopArgs, freeinitArgs: o.freeinitArgs, samples: o.samples, denoiseStrength: o.denoiseStrength,
   });
   model.dispose();
   const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
@@ -334,6 +336,51 @@ t.test('WanVideoFreeInitArgs: the sampler runs FreeInit, its cutoffs applied', {
     /^node 12 \(WanVideoFreeInitArgs\) input freeinit_method: 'none' is no filter .*disconnect freeinit_args/);
 });
 
+t.test('video-to-video: VHS_LoadVideo, ImageResizeKJ and WanVideoEncode feed the sampler, their sizes and count linked into the empty embeds', { skip }, async (t) => {
+  // A lossless 10-frame 80 x 48 clip of ramps.
+  const clipDir = path.join(root, 'clips');
+  fs.mkdirSync(clipDir, { recursive: true });
+  const [W, H, F] = [80, 48, 10], raw = Buffer.alloc(W * H * 3 * F);
+  for (let i = 0; i < raw.length; i++) raw[i] = (i * 29 + Math.floor(i / (W * H * 3)) * 13) % 256;
+  execFileSync('ffmpeg', ['-v', 'error', '-y', '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-s', `${W}x${H}`, '-r', '16', '-i', '-',
+    '-c:v', 'ffv1', '-pix_fmt', 'gbrp', path.join(clipDir, 'clip.mkv')], { input: raw });
+  const workflow = api();
+  workflow['20'] = { class_type: 'VHS_LoadVideo', inputs: { video: 'clip.mkv', force_rate: 0, custom_width: 0, custom_height: 0,
+    frame_load_cap: 0, skip_first_frames: 0, select_every_nth: 1, format: 'Wan' } };
+  workflow['21'] = { class_type: 'ImageResizeKJ', inputs: { image: ['20', 0], width: 64, height: 64, upscale_method: 'lanczos',
+    keep_proportion: false, divisible_by: 16, crop: 'center' } };
+  workflow['22'] = { class_type: 'WanVideoEncode', inputs: { vae: ['7', 0], image: ['21', 0], enable_vae_tiling: false,
+    tile_x: 272, tile_y: 272, tile_stride_x: 144, tile_stride_y: 128, noise_aug_strength: 0, latent_strength: 1 } };
+  Object.assign(workflow['5'].inputs, { width: ['21', 1], height: ['21', 2], num_frames: ['20', 1] });
+  Object.assign(workflow['6'].inputs, { samples: ['22', 0], denoise_strength: 0.5 });
+  Object.assign(workflow['9'].inputs, { format: 'image/png', save_metadata: false });
+  for (const k of ['pix_fmt', 'crf', 'trim_to_audio']) delete workflow['9'].inputs[k];
+  const files = (await runWorkflow(workflow, { modelDirs: [...modelDirs, clipDir], outputDir: newOutputDir() })).outputs['9'].files!;
+  t.equal(files.length, 9, 'the clip\'s 10 frames cut to 9 by the Wan format, linked into num_frames');
+
+  // The library: the same frames, resized as ComfyUI's common_upscale, encoded, sampled from 0.5.
+  const { frames } = await loadVideo(path.join(clipDir, 'clip.mkv'));
+  const resized = resizeImage(frames, 64, 64, 'lanczos', 'center');
+  const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
+  const samples = await vae.encode(resized);
+  vae.dispose();
+  const expected = frameBytes(await direct({ width: 64, height: 64, numFrames: 9, samples, denoiseStrength: 0.5 }));
+  let same = files.length === expected.length;
+  for (const [i, file] of files.entries()) same &&= (await pngBytes(file)).equals(expected[i]);
+  t.ok(same, 'the frames of the library run: loadVideo, resizeImage, Vae.encode, Sampler with samples and denoiseStrength 0.5');
+
+  // A linked value is checked when the node runs, as the widget's own would have been.
+  workflow['5'].inputs.width = ['20', 1];
+  await rejectsWith(t, runWorkflow(workflow, { modelDirs: [...modelDirs, clipDir], outputDir: newOutputDir() }), 'WAN_INVALID_OPTION',
+    /^node 5 \(WanVideoEmptyEmbeds\) input width \(from node 20\): expected .* but received 9/);
+  workflow['5'].inputs.width = ['20', 2];
+  await rejectsWith(t, runWorkflow(workflow, { modelDirs: [...modelDirs, clipDir], outputDir: newOutputDir() }), 'WAN_INVALID_OPTION',
+    /^node 5 \(WanVideoEmptyEmbeds\) input width: expected an INT but output 2 of node 20 \(VHS_LoadVideo\) is an AUDIO$/);
+  workflow['5'].inputs.width = ['2', 0];
+  await rejectsWith(t, runWorkflow(workflow, { modelDirs: [...modelDirs, clipDir], outputDir: newOutputDir() }), 'WAN_INVALID_OPTION',
+    /input width: expected an INT but output 0 of node 2 \(WanVideoTextEncode\) is a WANVIDEOTEXTEMBEDS/);
+});
+
 t.test('LoadImage reads from the input folders', { skip }, async (t) => {
   const inputDir = path.join(root, 'input');
   fs.mkdirSync(path.join(inputDir, 'stills'), { recursive: true });
@@ -394,7 +441,7 @@ t.test('validation errors name the node and the input, and nothing runs', async 
   await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.stepz = 3; }), o),
     'WAN_INVALID_OPTION', /^node 6 \(WanVideoSampler\): unknown input stepz \(the node's inputs: model, image_embeds, steps, /);
   await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.steps = ['5', 0]; }), o),
-    'WAN_INVALID_OPTION', /input steps: expected a value of type INT but received a link to node 5/);
+    'WAN_INVALID_OPTION', /input steps: expected an INT but output 0 of node 5 \(WanVideoEmptyEmbeds\) is a WANVIDIMAGE_EMBEDS/);
   await rejectsWith(t, runWorkflow(patched((w) => { w['6'].inputs.model = 'model.safetensors'; }), o),
     'WAN_INVALID_OPTION', /input model: expected a link \[node id, output index\] to a WANVIDEOMODEL output but received "model.safetensors"/);
   await rejectsWith(t, runWorkflow(patched((w) => { delete w['9']; }), o),
@@ -424,7 +471,7 @@ t.test('validation errors name the node and the input, and nothing runs', async 
   await rejectsWith(t, runWorkflow(patched((w) => {
     w['11'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'lightx2v.safetensors', strength: ['5', 0] } };
     w['4'].inputs.lora = ['11', 0];
-  }), o), 'WAN_INVALID_OPTION', /^node 11 \(WanVideoLoraSelect\) input strength: expected a value of type FLOAT but received a link to node 5/);
+  }), o), 'WAN_INVALID_OPTION', /^node 11 \(WanVideoLoraSelect\) input strength: expected a FLOAT but output 0 of node 5 \(WanVideoEmptyEmbeds\) is a WANVIDIMAGE_EMBEDS/);
   await rejectsWith(t, runWorkflow(patched((w) => {
     w['11'] = { class_type: 'WanVideoLoraSelect', inputs: { lora: 'lightx2v.safetensors', strength: 1001 } };
     w['4'].inputs.lora = ['11', 0];
