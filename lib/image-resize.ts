@@ -9,7 +9,9 @@ import { roundHalfEven } from './numeric';
 import { Tensor } from './tensor';
 
 export type ResizeMethod = 'lanczos' | 'bicubic';
-export type ResizeCrop = 'disabled' | 'center';
+/** 'disabled': the whole image; 'center': common_upscale's centre crop to the new aspect; or a
+ * box (x, y its top left corner). */
+export type ResizeCrop = 'disabled' | 'center' | { x: number; y: number; width: number; height: number };
 
 /** common_upscale's 'center' crop of a width x height image to the aspect of outWidth x
  * outHeight: the columns (x) or rows (y) cut off each side. */
@@ -24,7 +26,7 @@ const f32 = Math.fround;
 
 /**
  * Frames [3, H, W] or [3, F, H, W] in [-1, 1] at outWidth x outHeight, as common_upscale(image,
- * outWidth, outHeight, method, crop) gives them: 'lanczos' through 8-bit bytes (ComfyUI's
+ * outWidth, outHeight, method, crop) gives them (a box: that part of each frame, resized): 'lanczos' through 8-bit bytes (ComfyUI's
  * lanczos(): 255 * v clipped and truncated, Pillow's resize, / 255), 'bicubic' as torch's
  * interpolate (align_corners false, no antialiasing). A new Tensor; the same size is a copy.
  */
@@ -33,8 +35,16 @@ export function resizeImage(image: Tensor, outWidth: number, outHeight: number, 
     throw invalidOption(`Expected a size of at least 1 x 1 to resize to but received ${outWidth} x ${outHeight}`);
   const video = image.shape.length === 4;
   const [C, F, H, W] = video ? image.shape : [image.shape[0], 1, image.shape[1], image.shape[2]];
-  const { x, y } = crop === 'center' ? centreCrop(W, H, outWidth, outHeight) : { x: 0, y: 0 };
-  const h = H - 2 * y, w = W - 2 * x;
+  let x = 0, y = 0, h = H, w = W;
+  if (crop === 'center') {
+    ({ x, y } = centreCrop(W, H, outWidth, outHeight));
+    [h, w] = [H - 2 * y, W - 2 * x];
+  } else if (crop !== 'disabled') {
+    if (crop.x < 0 || crop.y < 0 || crop.width < 1 || crop.height < 1 || crop.x + crop.width > W || crop.y + crop.height > H)
+      throw invalidOption(`Expected a crop box inside the ${W} x ${H} image but received ${crop.width} x ${crop.height} at (${crop.x}, ${crop.y})`);
+    ({ x, y } = crop);
+    [h, w] = [crop.height, crop.width];
+  }
   const data = image.toTypedArray() as Float32Array;
   const out = new Float32Array(C * F * outHeight * outWidth);
   for (let f = 0; f < F; f++) {

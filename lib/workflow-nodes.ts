@@ -581,6 +581,43 @@ export const EXECUTORS: Record<string, Executor> = {
     return [{ value: resized, dispose: () => resized.dispose() }, { value: width }, { value: height }];
   },
 
+  // KJNodes' Resize Image v2 (ImageResizeKJv2): 'stretch' to the size (a 0 side the image's own),
+  // 'resize' and 'total_pixels' keeping the aspect, 'crop' cutting to the size's aspect at
+  // crop_position first; floored to divisible_by; then common_upscale without a crop.
+  async ImageResizeKJv2(c) {
+    const image = c.input<Tensor>('image')!;
+    const [H, W] = image.shape.slice(-2);
+    let width = c.value<number>('width'), height = c.value<number>('height');
+    const mode = c.value<string>('keep_proportion'), position = c.value<string>('crop_position');
+    if (mode === 'total_pixels') {
+      const pixels = width * height, aspect = W / H;
+      [width, height] = [Math.trunc(Math.sqrt(pixels * aspect)), Math.trunc(Math.sqrt(pixels / aspect))];
+    } else if (mode === 'resize') {
+      if (width === 0 && height === 0) [width, height] = [W, H];
+      else if (width === 0) width = roundHalfEven(W * (height / H));
+      else if (height === 0) height = roundHalfEven(H * (width / W));
+      else {
+        const r = Math.min(width / W, height / H);
+        [width, height] = [roundHalfEven(W * r), roundHalfEven(H * r)];
+      }
+    } else {
+      if (width === 0) width = W;
+      if (height === 0) height = H;
+    }
+    const d = c.value<number>('divisible_by');
+    if (d > 1) [width, height] = [width - (width % d), height - (height % d)];
+    let crop: ResizeCrop = 'disabled';
+    if (mode === 'crop') {
+      const wider = W / H > width / height;
+      const [cw, ch] = wider ? [roundHalfEven(H * (width / height)), H] : [W, roundHalfEven(W / (width / height))];
+      const x = position === 'left' ? 0 : position === 'right' ? W - cw : Math.floor((W - cw) / 2);
+      const y = position === 'top' ? 0 : position === 'bottom' ? H - ch : Math.floor((H - ch) / 2);
+      crop = { x, y, width: cw, height: ch };
+    }
+    const resized = resizeImage(image, width, height, c.value<ResizeMethod>('upscale_method'), crop);
+    return [{ value: resized, dispose: () => resized.dispose() }, { value: width }, { value: height }, { value: undefined }];
+  },
+
   async LoadImage(c) {
     const image = await loadImage(c.file('image'));
     return [{ value: image, dispose: () => image.dispose() }, { value: undefined }];

@@ -628,6 +628,23 @@ const SPECS: NodeSpec[] = [
     ],
   },
   {
+    classType: 'ImageResizeKJv2',
+    outputs: ['IMAGE', 'INT', 'INT', 'MASK'],
+    inputs: [
+      req('image', link('IMAGE')),
+      req('width', int(512, 0, 16384)),
+      req('height', int(512, 0, 16384)),
+      req('upscale_method', combo(['nearest-exact', 'bilinear', 'area', 'bicubic', 'lanczos', 'nvidia_rtx_vsr'], 'nearest-exact', ['bicubic', 'lanczos'])),
+      req('keep_proportion', combo(['stretch', 'resize', 'pad', 'pad_edge', 'pad_edge_pixel', 'crop', 'pillarbox_blur', 'total_pixels'], 'stretch',
+        ['stretch', 'resize', 'crop', 'total_pixels'])),
+      req('pad_color', str('0, 0, 0')),
+      req('crop_position', combo(['center', 'top', 'bottom', 'left', 'right'], 'center')),
+      req('divisible_by', int(2, 0, 512)),
+      opt('mask', link('MASK', notYet('mask'))),
+      opt('device', combo(['cpu', 'gpu'], 'cpu')),
+    ],
+  },
+  {
     classType: 'LoadImage',
     outputs: ['IMAGE', 'MASK'],
     inputs: [req('image', file('input'))],

@@ -18,7 +18,7 @@ import { EXECUTORS, NodeContext } from '../../lib/workflow-nodes';
 import { fixturesDir, maxAbsDiff, repoRoot, tempDir, weightsDir } from '../helpers';
 import { decodeVideo, ffprobe, frameBytes, have, listFiles, pngBytes, trainTinyTokenizer } from '../media';
 import { loadVideo } from '../../lib/video-input';
-import { resizeImage } from '../../lib/image-resize';
+import { resizeImage, type ResizeCrop, type ResizeMethod } from '../../lib/image-resize';
 
 const sharp = require('sharp');
 
@@ -379,6 +379,51 @@ t.test('video-to-video: VHS_LoadVideo, ImageResizeKJ and WanVideoEncode feed the
   workflow['5'].inputs.width = ['2', 0];
   await rejectsWith(t, runWorkflow(workflow, { modelDirs: [...modelDirs, clipDir], outputDir: newOutputDir() }), 'WAN_INVALID_OPTION',
     /input width: expected an INT but output 0 of node 2 \(WanVideoTextEncode\) is a WANVIDEOTEXTEMBEDS/);
+});
+
+t.test('ImageResizeKJ and ImageResizeKJv2: the sizes and crops KJNodes computes, resized as common_upscale', { skip }, async (t) => {
+  const clipDir = path.join(root, 'resize-clips');
+  fs.mkdirSync(clipDir, { recursive: true });
+  const [W, H, F] = [80, 48, 5], raw = Buffer.alloc(W * H * 3 * F);
+  for (let i = 0; i < raw.length; i++) raw[i] = (i * 53 + Math.floor(i / 240) * 7) % 256;
+  execFileSync('ffmpeg', ['-v', 'error', '-y', '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-s', `${W}x${H}`, '-r', '16', '-i', '-',
+    '-c:v', 'ffv1', '-pix_fmt', 'gbrp', path.join(clipDir, 'ramp.mkv')], { input: raw });
+  const { frames } = await loadVideo(path.join(clipDir, 'ramp.mkv'));
+  const cases: [string, Record<string, unknown>, [number, number], ResizeCrop][] = [
+    // v2 'crop' at the right: the 48 x 48 square at x = 80 - 48.
+    ['ImageResizeKJv2', { width: 48, height: 48, upscale_method: 'lanczos', keep_proportion: 'crop', pad_color: '0, 0, 0',
+      crop_position: 'right', divisible_by: 16 }, [48, 48], { x: 32, y: 0, width: 48, height: 48 }],
+    // v2 'resize' into 40 x 40: the aspect kept, 40 x 24.
+    ['ImageResizeKJv2', { width: 40, height: 40, upscale_method: 'bicubic', keep_proportion: 'resize', pad_color: '0, 0, 0',
+      crop_position: 'center', divisible_by: 8 }, [40, 24], 'disabled'],
+    // v2 'total_pixels' of 32 x 32 at 5:3: int(sqrt(1024 * 5/3)) x int(sqrt(1024 / (5/3))) = 41 x 24, floored to 40 x 24.
+    ['ImageResizeKJv2', { width: 32, height: 32, upscale_method: 'lanczos', keep_proportion: 'total_pixels', pad_color: '0, 0, 0',
+      crop_position: 'center', divisible_by: 8 }, [40, 24], 'disabled'],
+    // v1 with keep_proportion and a height of 0: round(48 * 56/80) = round(33.6) = 34; 56 x 34 floored to 48 x 32.
+    ['ImageResizeKJ', { width: 56, height: 0, upscale_method: 'lanczos', keep_proportion: true, divisible_by: 16 }, [48, 32], 'disabled'],
+    // v1's centre crop (common_upscale 'center').
+    ['ImageResizeKJ', { width: 32, height: 32, upscale_method: 'lanczos', keep_proportion: false, divisible_by: 2, crop: 'center' }, [32, 32], 'center'],
+  ];
+  for (const [classType, inputs, [w, h], crop] of cases) {
+    const workflow = {
+      1: { class_type: 'VHS_LoadVideo', inputs: { video: 'ramp.mkv', force_rate: 0, custom_width: 0, custom_height: 0, frame_load_cap: 0,
+        skip_first_frames: 0, select_every_nth: 1, format: 'Wan' } },
+      2: { class_type: classType, inputs: { image: ['1', 0], ...inputs } },
+      3: { class_type: 'VHS_VideoCombine', inputs: { images: ['2', 0], frame_rate: 8, loop_count: 0, filename_prefix: 'r',
+        format: 'image/png', pingpong: false, save_output: true, save_metadata: false } },
+    };
+    const files = (await runWorkflow(workflow, { modelDirs: [clipDir], outputDir: newOutputDir() })).outputs['3'].files!;
+    const expected = frameBytes(resizeImage(frames, w, h, inputs.upscale_method as ResizeMethod, crop));
+    let same = files.length === expected.length;
+    for (const [i, file] of files.entries()) same &&= (await pngBytes(file)).equals(expected[i]);
+    t.ok(same, `${classType} ${JSON.stringify(inputs)}: ${w} x ${h}, ${typeof crop === 'string' ? crop : `cut at (${crop.x}, ${crop.y})`}`);
+  }
+  const pad = { 1: { class_type: 'LoadImage', inputs: { image: 'x.png' } },
+    2: { class_type: 'ImageResizeKJv2', inputs: { image: ['1', 0], width: 64, height: 64, upscale_method: 'lanczos', keep_proportion: 'pad',
+      pad_color: '0, 0, 0', crop_position: 'center', divisible_by: 2 } },
+    3: { class_type: 'VHS_VideoCombine', inputs: { images: ['2', 0], frame_rate: 8, loop_count: 0, filename_prefix: 'r', format: 'image/png',
+      pingpong: false, save_output: true, save_metadata: false } } };
+  t.throws(() => parseWorkflow(pad), { code: 'WAN_INVALID_OPTION', message: /node 2 \(ImageResizeKJv2\) input keep_proportion: "pad" is not available yet in wan-native \(available: stretch, resize, crop, total_pixels\)/ });
 });
 
 t.test('LoadImage reads from the input folders', { skip }, async (t) => {
