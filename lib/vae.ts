@@ -20,13 +20,9 @@ export interface VaeOptions extends LongCallOptions {
   loadDevice?: Placement;
 }
 
-export interface VaeEncodeOptions extends LongCallOptions {
-  /** Offload the VAE when done (default true, as the wrapper's nodes): see offload(). */
-  forceOffload?: boolean;
-}
-
 export interface VaeTileOptions {
-  /** Spatial tiling (WanVideo Decode's enable_vae_tiling), for sizes that would not fit otherwise. */
+  /** Spatial tiling (WanVideo Decode's and Encode's enable_vae_tiling), for sizes that would not
+   * fit otherwise: overlapping tiles, each encoded or decoded on its own, blended linearly. */
   tiled?: boolean;
   tileX?: number;        // 272 pixels
   tileY?: number;        // 272
@@ -34,7 +30,12 @@ export interface VaeTileOptions {
   tileStrideY?: number;  // 128
 }
 
-export interface VaeDecodeOptions extends VaeEncodeOptions, VaeTileOptions {
+export interface VaeEncodeOptions extends LongCallOptions, VaeTileOptions {
+  /** Offload the VAE when done (default true, as the wrapper's nodes): see offload(). */
+  forceOffload?: boolean;
+}
+
+export interface VaeDecodeOptions extends VaeEncodeOptions {
   /** Clamp to [-1, 1] as the official decode does (default true). */
   clamp?: boolean;
   /** A latent sampled with loopArgs (the wrapper's looped decode): its first two latent frames are
@@ -124,7 +125,9 @@ function tilingOf(o: VaeTileOptions) {
 }
 
 const VAE_OPTIONS = optionNames<VaeOptions>()({ populate: true, device: true, loadDevice: true, signal: true, onProgress: true });
-const ENCODE_OPTIONS = optionNames<VaeEncodeOptions>()({ forceOffload: true, signal: true, onProgress: true });
+const ENCODE_OPTIONS = optionNames<VaeEncodeOptions>()({
+  forceOffload: true, signal: true, onProgress: true, tiled: true, tileX: true, tileY: true, tileStrideX: true, tileStrideY: true,
+});
 const DECODE_OPTIONS = optionNames<VaeDecodeOptions>()({
   clamp: true, looped: true, trimEndLatent: true, forceOffload: true, signal: true, onProgress: true, tiled: true, tileX: true, tileY: true, tileStrideX: true, tileStrideY: true,
 });
@@ -181,10 +184,11 @@ export class Vae {
     return withCallerStack((async () => {
       checkOptionNames(options, ENCODE_OPTIONS);
       checkTensor(video, 'video', 4);
+      const tiling = tilingOf(options);
       const abort = bridgeAbort(options.signal);
       try {
         return await offloadingAfter(options.forceOffload, this,
-          async () => unlessAborted(options.signal, new Tensor(await this.handle().encode(Tensor.handle(video, 'video'), abort.flag))));
+          async () => unlessAborted(options.signal, new Tensor(await this.handle().encode(Tensor.handle(video, 'video'), abort.flag, tiling))));
       } finally {
         abort.done();
       }

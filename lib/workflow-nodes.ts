@@ -512,7 +512,8 @@ export const EXECUTORS: Record<string, Executor> = {
 
   // The wrapper's WanVideoEncode: sizes not a multiple of 16 stretched down to one (LANCZOS), frames
   // past 4k + 1 dropped, noise added (as the wrapper adds it to the [0, 1] image: twice the strength
-  // here in [-1, 1]; the wrapper's noise is unseeded, here seed 0's), encoded, times latent_strength.
+  // here in [-1, 1]; the wrapper's noise is unseeded, here seed 0's), encoded (in tiles with
+  // enable_vae_tiling), times latent_strength.
   async WanVideoEncode(c) {
     const vae = c.input<Vae>('vae')!;
     const source = videoFrames(c.input<Tensor>('image')!);
@@ -543,7 +544,10 @@ export const EXECUTORS: Record<string, Executor> = {
       }
       const video = Tensor.fromTypedArray(pixels, [C, kept, h, w]);
       owned.push(video);
-      let latent = await vae.encode(video, { signal: c.signal });
+      // Tiles as WanVideo Decode's: tile_x across (the wrapper's tiled encode takes it for the height).
+      const tiling = c.value<boolean>('enable_vae_tiling') ? { tiled: true, tileX: c.value<number>('tile_x'), tileY: c.value<number>('tile_y'),
+        tileStrideX: c.value<number>('tile_stride_x'), tileStrideY: c.value<number>('tile_stride_y') } : {};
+      let latent = await vae.encode(video, { signal: c.signal, ...tiling });
       const scale = c.value<number>('latent_strength');
       if (scale !== 1) {
         const scaled = Tensor.fromTypedArray((latent.toTypedArray() as Float32Array).map((v) => v * scale), latent.shape);

@@ -72,6 +72,16 @@ const file = (...folders: ModelFolder[]): Spec => ({ kind: 'FILE', folders });
 const link = (type: string, refuse?: string, hint?: boolean): Spec =>
   ({ kind: 'LINK', type, refuse: refuse === undefined ? undefined : () => refuse, hint });
 
+// WanVideo Decode's and Encode's tiles, when enable_vae_tiling is on.
+const vaeTiling = (v: Record<string, unknown>): string | undefined => {
+  if (v.enable_vae_tiling !== true) return undefined;
+  for (const k of ['tile_x', 'tile_y', 'tile_stride_x', 'tile_stride_y'])
+    if ((v[k] as number) % 8 !== 0) return `${k} (${v[k]}) must be a multiple of 8 (the VAE's pixels per latent)`;
+  if ((v.tile_x as number) <= (v.tile_stride_x as number)) return `tile_x (${v.tile_x}) must be larger than tile_stride_x (${v.tile_stride_x})`;
+  if ((v.tile_y as number) <= (v.tile_stride_y as number)) return `tile_y (${v.tile_y}) must be larger than tile_stride_y (${v.tile_stride_y})`;
+  return undefined;
+};
+
 // The sampler's inputs for the wrapper's extra models (WanVideoSampler, WanVideoSamplerExtraArgs).
 const samplerExtraModels = (): InputSpec[] => [
   opt('unianimate_poses', link('UNIANIMATE_POSE', notYet('UniAnimate'))),
@@ -531,14 +541,7 @@ const SPECS: NodeSpec[] = [
       req('tile_stride_y', int(128, 32, 2040)),
       opt('normalization', combo(['default', 'minmax', 'none'], 'default', ['default', 'none'])),
     ],
-    check: (v) => {
-      if (v.enable_vae_tiling !== true) return undefined;
-      for (const k of ['tile_x', 'tile_y', 'tile_stride_x', 'tile_stride_y'])
-        if ((v[k] as number) % 8 !== 0) return `${k} (${v[k]}) must be a multiple of 8 (the VAE's pixels per latent)`;
-      if ((v.tile_x as number) <= (v.tile_stride_x as number)) return `tile_x (${v.tile_x}) must be larger than tile_stride_x (${v.tile_stride_x})`;
-      if ((v.tile_y as number) <= (v.tile_stride_y as number)) return `tile_y (${v.tile_y}) must be larger than tile_stride_y (${v.tile_stride_y})`;
-      return undefined;
-    },
+    check: vaeTiling,
   },
   {
     classType: 'VHS_VideoCombine',
@@ -603,7 +606,7 @@ const SPECS: NodeSpec[] = [
     inputs: [
       req('vae', link('WANVAE')),
       req('image', link('IMAGE')),
-      req('enable_vae_tiling', bool(false, onlyFalse('tiled VAE encoding (enable_vae_tiling)'))),
+      req('enable_vae_tiling', bool(false)),
       req('tile_x', int(272, 64, 2048)),
       req('tile_y', int(272, 64, 2048)),
       req('tile_stride_x', int(144, 32, 2048)),
@@ -612,6 +615,7 @@ const SPECS: NodeSpec[] = [
       opt('latent_strength', float(1, 0, 10)),
       opt('mask', link('MASK', notYet('mask (noise_mask)'))),
     ],
+    check: vaeTiling,
   },
   {
     classType: 'ImageResizeKJ',

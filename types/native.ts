@@ -38,6 +38,9 @@ export interface NativeWanModel {
   dispose(): void;
 }
 
+/** Spatial tiling in pixels (WanVae::Tiling). */
+export interface NativeVaeTiling { tileX: number; tileY: number; tileStrideX: number; tileStrideY: number }
+
 export interface NativeVaeDecoder {
   next(clamp: boolean, abortFlag?: Int32Array): Promise<NativeTensor | null>;
   framesLeft(): number;
@@ -45,12 +48,12 @@ export interface NativeVaeDecoder {
 
 export interface NativeVae {
   config(): { dim: number; zDim: number; device: string };
-  encode(video: NativeTensor, abortFlag?: Int32Array): Promise<NativeTensor>;
-  decoder(latent: NativeTensor, tiling?: { tileX: number; tileY: number; tileStrideX: number; tileStrideY: number }):
+  encode(video: NativeTensor, abortFlag?: Int32Array, tiling?: NativeVaeTiling): Promise<NativeTensor>;
+  decoder(latent: NativeTensor, tiling?: NativeVaeTiling):
     Promise<NativeVaeDecoder>;
   memoryStats(): NativeMemoryStats;
   offload(): Promise<void>;  // the weights back to the CPU, after the jobs queued before
-  estimateDecodeMemory(query: { frames: number; height: number; width: number; tiling?: { tileX: number; tileY: number; tileStrideX: number; tileStrideY: number }; whole: boolean }): { bytes: number; breakdown: { weights: number; runtime: number; caches: number; activations: number; output: number; allocator: number }; peakAt: string };
+  estimateDecodeMemory(query: { frames: number; height: number; width: number; tiling?: NativeVaeTiling; whole: boolean }): { bytes: number; breakdown: { weights: number; runtime: number; caches: number; activations: number; output: number; allocator: number }; peakAt: string };
   dispose(): void;
 }
 

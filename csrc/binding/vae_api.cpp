@@ -85,17 +85,18 @@ class NativeVae : public Napi::ObjectWrap<NativeVae> {
     return o;
   }
 
-  // encode(video, abortFlag) -> Promise<NativeTensor>
+  // encode(video, abortFlag, tiling | undefined) -> Promise<NativeTensor>
   Napi::Value encode(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return guard(env, [&]() -> Napi::Value {
       auto vae = get(env);
       const at::Tensor video = core::to_float(unwrap_tensor(env, info[0], "video"));
       auto cancelled = cancel_flag(env, info[1]);
+      const std::optional<WanVae::Tiling> tiling = tiling_of(info[2]);
       return addon(env).engine.run(
           env,
-          [vae, video, cancelled]() -> Engine::Finish {
-            auto z = std::make_shared<at::Tensor>(vae->encode(video, cancelled));
+          [vae, video, cancelled, tiling]() -> Engine::Finish {
+            auto z = std::make_shared<at::Tensor>(vae->encode(video, cancelled, nullptr, tiling ? &*tiling : nullptr));
             return [z](Napi::Env env) -> Napi::Value { return wrap_tensor(env, core::wrap(*z)); };
           },
           keep_alive(env, {info[0], info[1]}));

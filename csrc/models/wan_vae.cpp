@@ -257,12 +257,18 @@ at::Tensor WanVae::run(const Coder& c, const at::Tensor& x_in, FeatureCache& cac
   return cached_conv(c.head_conv.weight, c.head_conv.bias, rms_silu(x, c.head_norm), cache);
 }
 
-at::Tensor WanVae::encode(const at::Tensor& video, const std::function<bool()>& cancelled, at::Tensor* mu_out) const {
+namespace {
+at::Tensor tiled_mu(const WanVae& vae, const at::Tensor& x, const WanVae::Tiling& tiling, const std::function<bool()>& cancelled);
+}  // namespace
+
+at::Tensor WanVae::encode(const at::Tensor& video, const std::function<bool()>& cancelled, at::Tensor* mu_out,
+                          const Tiling* tiling) const {
   const auto s = video.sizes();
   if (video.dim() != 4 || s[0] != 3 || (s[1] - 1) % 4 != 0 || s[2] % 8 != 0 || s[3] % 8 != 0 || s[2] == 0 || s[3] == 0)
     throw Error(ErrorCode::InvalidTensor, "Vae.encode: video must be [3, F, H, W] with F = 4k + 1 and H, W multiples of 8, got " +
                                               c10::str(s));
-  const at::Tensor mu = encode_moments(video.to(device_, at::kFloat).unsqueeze(0), cancelled).first;
+  const at::Tensor x = video.to(device_, at::kFloat).unsqueeze(0);
+  const at::Tensor mu = tiling ? tiled_mu(*this, x, *tiling, cancelled) : encode_moments(x, cancelled).first;
   if (mu_out) *mu_out = mu.squeeze(0).to(at::kCPU);
   return normalize(mu).squeeze(0).to(at::kCPU);
 }
@@ -357,6 +363,38 @@ TileGrid tile_grid(int64_t h, int64_t w, const WanVae::Tiling& tiling) {
   g.ys = tile_starts(h, g.th, tiling.stride_y / 8);
   g.xs = tile_starts(w, g.tw, tiling.stride_x / 8);
   return g;
+}
+
+}  // namespace
+
+namespace {
+
+// The tiled encode: the tile grid of the latent (tile sizes and strides in pixels, / 8), each
+// tile's pixels encoded alone, its latent weighted by ramps over the latent pixels it shares
+// with its neighbours, the weighted sum over the summed weights.
+at::Tensor tiled_mu(const WanVae& vae, const at::Tensor& x, const WanVae::Tiling& tiling, const std::function<bool()>& cancelled) {
+  const int64_t h = x.size(3) / 8, w = x.size(4) / 8;
+  const TileGrid g = tile_grid(h, w, tiling);
+  const auto& ys = g.ys;
+  const auto& xs = g.xs;
+  at::Tensor sum, weight_sum;
+  for (size_t i = 0; i < ys.size(); ++i)
+    for (size_t j = 0; j < xs.size(); ++j) {
+      const int64_t top = i > 0 ? ys[i - 1] + g.th - ys[i] : 0;
+      const int64_t bottom = i + 1 < ys.size() ? ys[i] + g.th - ys[i + 1] : 0;
+      const int64_t left = j > 0 ? xs[j - 1] + g.tw - xs[j] : 0;
+      const int64_t right = j + 1 < xs.size() ? xs[j] + g.tw - xs[j + 1] : 0;
+      const at::Tensor part = x.narrow(3, 8 * ys[i], 8 * g.th).narrow(4, 8 * xs[j], 8 * g.tw);
+      const at::Tensor mu = vae.encode_moments(part, cancelled).first;  // [1, z, T, th, tw]
+      const at::Tensor weight = at::outer(ramp(g.th, top, bottom), ramp(g.tw, left, right)).view({1, 1, 1, g.th, g.tw}).to(mu.device());
+      if (!sum.defined()) {
+        sum = at::zeros({1, mu.size(1), mu.size(2), h, w}, mu.options());
+        weight_sum = at::zeros({1, 1, 1, h, w}, mu.options());
+      }
+      sum.narrow(3, ys[i], g.th).narrow(4, xs[j], g.tw).add_(mu * weight);
+      weight_sum.narrow(3, ys[i], g.th).narrow(4, xs[j], g.tw).add_(weight);
+    }
+  return sum / weight_sum;
 }
 
 }  // namespace

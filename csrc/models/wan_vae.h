@@ -47,11 +47,15 @@ class WanVae : public std::enable_shared_from_this<WanVae> {
   WanVae(WanVaeConfig config, std::map<std::string, ops::Weight> weights, const std::string& source,
          at::Device device = at::kCPU, bool load_on_main = true);
 
+  struct Tiling;
+
   // video [3, F, H, W] in [-1, 1], F = 4k + 1, H and W multiples of 8 -> normalised latent
   // [z_dim, (F - 1) / 4 + 1, H / 8, W / 8]. `mu` (optional) receives the latent before
-  // (mu - mean) / std.
+  // (mu - mean) / std. With `tiling`, overlapping spatial tiles of the video are encoded each on
+  // its own (all frames, its own cache) and their latents blended linearly where they overlap,
+  // as a tiled decode blends its frames.
   at::Tensor encode(const at::Tensor& video, const std::function<bool()>& cancelled = {},
-                    at::Tensor* mu = nullptr) const;
+                    at::Tensor* mu = nullptr, const Tiling* tiling = nullptr) const;
 
   // The encoder and decoder over a batch, for training (the demo model's trainer, issue 9): autograd
   // follows them when the weights require grad. video [B, 3, F, H, W] in [-1, 1] -> the
@@ -65,8 +69,8 @@ class WanVae : public std::enable_shared_from_this<WanVae> {
   // encode() returns (and the DiT works on).
   static at::Tensor normalize(const at::Tensor& mu);
 
-  // Spatial tiling of a decode, in pixels (WanVideo Decode's tile_x, tile_y, tile_stride_x,
-  // tile_stride_y): overlapping tiles of the latent, each with its own cache, blended
+  // Spatial tiling of a decode or an encode, in pixels (WanVideo Decode's and Encode's tile_x,
+  // tile_y, tile_stride_x, tile_stride_y): overlapping tiles, each with its own cache, blended
   // linearly where they overlap.
   struct Tiling {
     int64_t tile_x = 272, tile_y = 272, stride_x = 144, stride_y = 128;

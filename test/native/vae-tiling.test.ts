@@ -268,3 +268,46 @@ t.teardown(async () => {
   (await local)?.dispose();
   fs.rmSync(scratch, { recursive: true, force: true });
 });
+
+// The tiled encode: tiles of the video encoded each on its own (all frames) and their latents
+// blended with the same linear ramps as the decode's, over the latent pixels two tiles share.
+t.test('a tiled encode: one tile is the untiled encode, and two tiles blend their own encodes by the ramps', async (t) => {
+  const vae = await Vae.load(TINY);
+  // A 5-frame 64 x 32 video of smooth values in [-1, 1] (the smooth latent's recipe, scaled).
+  const source = smoothLatent([3, 5, 32, 64], 11).toTypedArray() as Float32Array;
+  const video = Tensor.fromTypedArray(source.map((v) => Math.tanh(v / 2)), [3, 5, 32, 64]);
+  const whole = await vae.encode(video);
+  const one = await vae.encode(video, { tiled: true, tileX: 64, tileY: 32, tileStrideX: 32, tileStrideY: 16 });
+  t.equal(diff(one, whole).max, 0, 'one tile as large as the video: the untiled encode, bit for bit');
+
+  // Two tiles side by side: 40 px wide every 24 px, so latent columns 0-4 and 3-7 (overlap 3..4).
+  const tiled = await vae.encode(video, { tiled: true, tileX: 40, tileY: 32, tileStrideX: 24, tileStrideY: 16 });
+  const pixels = (x0: number, w: number) => {
+    const out = new Float32Array(3 * 5 * 32 * w);
+    const v = video.toTypedArray() as Float32Array;
+    for (let plane = 0; plane < 15; plane++)
+      for (let y = 0; y < 32; y++) out.set(v.subarray((plane * 32 + y) * 64 + x0, (plane * 32 + y) * 64 + x0 + w), (plane * 32 + y) * w);
+    return Tensor.fromTypedArray(out, [3, 5, 32, w]);
+  };
+  const left = await vae.encode(pixels(0, 40)), right = await vae.encode(pixels(24, 40));  // [16, 2, 4, 5] each
+  // Ramps over the 2 shared latent columns: the left tile falls 1, 2/3, 1/3 ... as (i + 1)/(2 + 1)
+  // counted from its end, the right one rises likewise.
+  const ramp = (n: number, before: number, after: number) => Array.from({ length: n }, (_, i) =>
+    Math.min(1, i < before ? (i + 1) / (before + 1) : 1, n - 1 - i < after ? (n - i) / (after + 1) : 1));
+  const wl = ramp(5, 0, 2), wr = ramp(5, 2, 0);
+  const [L, R, T] = [left.toTypedArray() as Float32Array, right.toTypedArray() as Float32Array, tiled.toTypedArray() as Float32Array];
+  let worst = 0;
+  for (let plane = 0; plane < 16 * 2; plane++)
+    for (let y = 0; y < 4; y++)
+      for (let x = 0; x < 8; x++) {
+        let sum = 0, weight = 0;
+        if (x < 5) { sum += wl[x] * L[(plane * 4 + y) * 5 + x]; weight += wl[x]; }
+        if (x >= 3) { sum += wr[x - 3] * R[(plane * 4 + y) * 5 + x - 3]; weight += wr[x - 3]; }
+        worst = Math.max(worst, Math.abs(T[(plane * 4 + y) * 8 + x] - sum / weight));
+      }
+  t.ok(worst <= 1e-5, `each latent pixel: the tiles' own encodes weighted by the ramps (max abs ${worst.toExponential(2)})`);
+  t.ok(diff(crop(tiled, 0, 0, 4, 3), crop(left, 0, 0, 4, 3)).max <= 1e-5, 'columns only the left tile covers: its own encode');
+  await t.rejects(vae.encode(video, { tileX: 40 }), { code: 'WAN_INVALID_OPTION', message: /tileX was given but tiled is not true/ });
+  await t.rejects(vae.encode(video, { tiled: true, tileX: 36 }), { message: /Expected a positive multiple of 8 for tileX but received 36/ });
+  vae.dispose();
+});

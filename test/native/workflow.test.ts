@@ -347,7 +347,7 @@ t.test('video-to-video: VHS_LoadVideo, ImageResizeKJ and WanVideoEncode feed the
   const workflow = api();
   workflow['20'] = { class_type: 'VHS_LoadVideo', inputs: { video: 'clip.mkv', force_rate: 0, custom_width: 0, custom_height: 0,
     frame_load_cap: 0, skip_first_frames: 0, select_every_nth: 1, format: 'Wan' } };
-  workflow['21'] = { class_type: 'ImageResizeKJ', inputs: { image: ['20', 0], width: 64, height: 64, upscale_method: 'lanczos',
+  workflow['21'] = { class_type: 'ImageResizeKJ', inputs: { image: ['20', 0], width: 96, height: 64, upscale_method: 'lanczos',
     keep_proportion: false, divisible_by: 16, crop: 'center' } };
   workflow['22'] = { class_type: 'WanVideoEncode', inputs: { vae: ['7', 0], image: ['21', 0], enable_vae_tiling: false,
     tile_x: 272, tile_y: 272, tile_stride_x: 144, tile_stride_y: 128, noise_aug_strength: 0, latent_strength: 1 } };
@@ -360,14 +360,26 @@ t.test('video-to-video: VHS_LoadVideo, ImageResizeKJ and WanVideoEncode feed the
 
   // The library: the same frames, resized as ComfyUI's common_upscale, encoded, sampled from 0.5.
   const { frames } = await loadVideo(path.join(clipDir, 'clip.mkv'));
-  const resized = resizeImage(frames, 64, 64, 'lanczos', 'center');
+  const resized = resizeImage(frames, 96, 64, 'lanczos', 'center');
   const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
   const samples = await vae.encode(resized);
   vae.dispose();
-  const expected = frameBytes(await direct({ width: 64, height: 64, numFrames: 9, samples, denoiseStrength: 0.5 }));
+  const expected = frameBytes(await direct({ width: 96, height: 64, numFrames: 9, samples, denoiseStrength: 0.5 }));
   let same = files.length === expected.length;
   for (const [i, file] of files.entries()) same &&= (await pngBytes(file)).equals(expected[i]);
   t.ok(same, 'the frames of the library run: loadVideo, resizeImage, Vae.encode, Sampler with samples and denoiseStrength 0.5');
+
+  // enable_vae_tiling: the encode in tiles, as Vae.encode's (two 64 px columns 32 px apart).
+  Object.assign(workflow['22'].inputs, { enable_vae_tiling: true, tile_x: 64, tile_y: 64, tile_stride_x: 32, tile_stride_y: 32 });
+  const tiledFiles = (await runWorkflow(workflow, { modelDirs: [...modelDirs, clipDir], outputDir: newOutputDir() })).outputs['9'].files!;
+  const vae2 = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
+  const tiledSamples = await vae2.encode(resized, { tiled: true, tileX: 64, tileY: 64, tileStrideX: 32, tileStrideY: 32 });
+  vae2.dispose();
+  const tiledExpected = frameBytes(await direct({ width: 96, height: 64, numFrames: 9, samples: tiledSamples, denoiseStrength: 0.5 }));
+  let tiledSame = tiledFiles.length === tiledExpected.length;
+  for (const [i, file] of tiledFiles.entries()) tiledSame &&= (await pngBytes(file)).equals(tiledExpected[i]);
+  t.ok(tiledSame, 'enable_vae_tiling: the frames of the library run with the tiled encode');
+  t.ok(maxAbsDiff(tiledSamples, samples) > 0, 'which is not the untiled encode');
 
   // A linked value is checked when the node runs, as the widget's own would have been.
   workflow['5'].inputs.width = ['20', 1];
