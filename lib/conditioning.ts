@@ -10,7 +10,7 @@ import { native } from './native';
 import { seedOf } from './sampler';
 import { LongCallOptions } from './progress';
 import { Tensor } from './tensor';
-import type { Vae } from './vae';
+import type { Vae, VaeTileOptions } from './vae';
 
 // The Wan2.1 VAE compresses 4x in time and 8x in space; the DiT patches 2x2.
 const VAE_STRIDE_T = 4;
@@ -69,6 +69,7 @@ const SIZE_OPTIONS = optionNames<VideoSize>()({ width: true, height: true, numFr
 const I2V_OPTIONS = optionNames<ImageToVideoEncodeOptions>()({
   vae: true, startImage: true, endImage: true, clipEmbeds: true, noiseAugStrength: true, startLatentStrength: true,
   endLatentStrength: true, augmentEmptyFrames: true, emptyFramePadImage: true, flf2v: true, seed: true, forceOffload: true, resize: true, width: true, height: true, numFrames: true, signal: true, onProgress: true,
+  tiledVae: true,
 });
 
 export function emptyEmbeds(o: VideoSize = {}): ImageEmbeds {
@@ -109,6 +110,9 @@ export interface ImageToVideoEncodeOptions extends VideoSize, LongCallOptions {
   emptyFramePadImage?: Tensor | ImageInput;
   /** Seed of the noise augmentation (0). */
   seed?: number | bigint;
+  /** The wrapper's tiled_vae: the frames encoded in tiles of half the frame every quarter frame
+   * (its tiled encode's size when given none; here multiples of 8), blended (Vae.encode tiled). */
+  tiledVae?: boolean;
   /** Offload the VAE when the encode is done (true, as the wrapper): see Vae.offload(). */
   forceOffload?: boolean;
   /** How an image of another size is resized to width x height: 'lanczos' (default, as the
@@ -131,6 +135,17 @@ function resized(image: Tensor, name: string, height: number, width: number, how
   const bytes = Uint8Array.from(image.toTypedArray() as ArrayLike<number>,
     (x) => Math.trunc(Math.min(255, Math.max(0, f32(255 * f32(f32(x + 1) / 2))))));
   return Float32Array.from(resizeLanczos(bytes, 3, h, w, height, width), (b) => f32(f32(f32(b / 255) * 2) - 1));
+}
+
+// The wrapper's tiled encode without tile sizes: tiles of half the frame every quarter, here
+// floored to multiples of 8; a side under 32 pixels is one tile.
+function halfFrameTiles(width: number, height: number): VaeTileOptions {
+  const side = (n: number) => {
+    const tile = Math.floor(n / 16) * 8, stride = Math.floor(tile / 16) * 8;
+    return tile >= 16 ? [tile, stride] : [n + 8, n];  // one tile: larger than the side
+  };
+  const [[tileX, tileStrideX], [tileY, tileStrideY]] = [side(width), side(height)];
+  return { tiled: true, tileX, tileY, tileStrideX, tileStrideY };
 }
 
 function checkStrength(name: string, value: unknown, fallback: number): number {
@@ -207,7 +222,8 @@ export function imageToVideoEncode(o: ImageToVideoEncodeOptions): Promise<ImageE
       for (let c = 0; c < 3; ++c) video.set(pixels.subarray(c * plane3, (c + 1) * plane3), (c * numFrames + frame) * plane3);
     }
 
-    const encodeOptions = { signal: o.signal, onProgress: o.onProgress, forceOffload: endVideo ? false : o.forceOffload };
+    const encodeOptions = { signal: o.signal, onProgress: o.onProgress, forceOffload: endVideo ? false : o.forceOffload,
+      ...(o.tiledVae ? halfFrameTiles(width, height) : {}) };
     const latent = (await o.vae.encode(Tensor.fromTypedArray(video, [3, numFrames, height, width]), encodeOptions)).toTypedArray() as Float32Array;
     const endLatent = endVideo
       ? (await o.vae.encode(Tensor.fromTypedArray(endVideo, [3, 1, height, width]), { ...encodeOptions, forceOffload: o.forceOffload }))

@@ -367,7 +367,7 @@ export const EXECUTORS: Record<string, Executor> = {
       const embeds = await imageToVideoEncode({
         vae: c.input<Vae>('vae')!, width, height, numFrames,
         startImage: image(start, 'start_image'), endImage: image(end, 'end_image'), clipEmbeds: clip,
-        flf2v: c.value('fun_or_fl2v_model'), augmentEmptyFrames: c.value('augment_empty_frames'),
+        flf2v: c.value('fun_or_fl2v_model'), augmentEmptyFrames: c.value('augment_empty_frames'), tiledVae: c.value('tiled_vae'),
         emptyFramePadImage: image(pad, 'empty_frame_pad_image'),
         noiseAugStrength: c.value('noise_aug_strength'), startLatentStrength: c.value('start_latent_strength'),
         endLatentStrength: c.value('end_latent_strength'), forceOffload: c.value('force_offload'),

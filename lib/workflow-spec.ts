@@ -304,7 +304,7 @@ const SPECS: NodeSpec[] = [
       opt('fun_or_fl2v_model', bool(true)),
       opt('temporal_mask', link('MASK', notYet('temporal_mask'))),
       opt('extra_latents', link('LATENT', notYet('extra_latents'))),
-      opt('tiled_vae', bool(false, onlyFalse('tiled VAE encoding (tiled_vae)'))),
+      opt('tiled_vae', bool(false)),
       opt('add_cond_latents', link('ADD_COND_LATENTS', notYet('add_cond_latents'))),
       opt('augment_empty_frames', float(0, 0, 10)),
       opt('empty_frame_pad_image', link('IMAGE')),

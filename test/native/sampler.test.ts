@@ -407,6 +407,26 @@ t.test('an end image alone, and start and end with flf2v false (the end image an
     'the decode of latent frames 0..2, bit for bit');
   await t.rejects(imageToVideoEncode({ vae, ...size }), { code: 'WAN_INVALID_OPTION', message: /Expected an image for startImage \(or endImage\) but received neither/ });
 
+  // tiledVae (the wrapper's tiled_vae): the same video encoded in tiles of half the frame every
+  // quarter (48 x 32: 24 x 16 every 8 x 8), the extra end latent too.
+  const tiled = await imageToVideoEncode({ vae, ...size, startImage: start, endImage: end, flf2v: false, forceOffload: false, tiledVae: true });
+  const tiling = { tiled: true, tileX: 24, tileY: 16, tileStrideX: 8, tileStrideY: 8, forceOffload: false };
+  const encodeTiled = async (frames: (Tensor | undefined)[]) => {
+    const [h, w] = [32, 48], n = frames.length;
+    const video = new Float32Array(3 * n * h * w);
+    for (const [f, image] of frames.entries()) {
+      if (!image) continue;
+      const data = new Tensor(native().resizeBicubic(Tensor.handle(image, 'image'), h, w)).toTypedArray() as Float32Array;
+      for (let c = 0; c < 3; c++) video.set(data.subarray(c * h * w, (c + 1) * h * w), (c * n + f) * h * w);
+    }
+    return (await vae.encode(Tensor.fromTypedArray(video, [3, n, h, w]), tiling)).toTypedArray() as Float32Array;
+  };
+  const yt = tiled.y!.toTypedArray() as Float32Array;
+  const tiledVideo = await encodeTiled([start, ...Array(8).fill(undefined)]);
+  t.ok(latentErr(yt, L + 1, tiledVideo, L, 0, L) <= 1e-6, 'tiledVae: latent frames 0..2, the tiled encode of [start, zeros]');
+  t.ok(latentErr(yt, L + 1, await encodeTiled([end]), 1, 0, 1, L) <= 1e-6, 'tiledVae: the end image\'s latent, encoded in tiles alone');
+  t.ok(latentErr(yt, L + 1, wantVideo, L, 0, L) > 1e-4, 'which is not the untiled encode');
+
   // augmentEmptyFrames k: the frames whose mask channel 0 is 0 move (1 + k) times as far from
   // the first latent frame: with start and end images (flf2v) frames 1 and 2, the end image's
   // (0001) included, as the wrapper's test counts it.
