@@ -488,7 +488,7 @@ export function generateCommand(): Command {
       'the planner picks the weight storage (fp8 only when needed), block swap and VAE tiling that fit, prints a memory summary, ' +
       'or stops saying what is needed and what would fit; --quantization and --blocks-to-swap given are kept',
       { parse: (v: string) => (v === 'auto' ? 'auto' : number(0.1, 1e6)(v)), defaultText: 'off' }),
-    option(g.memory, '--vae-tiling', 'decode in spatial tiles, for sizes that do not fit otherwise'),
+    option(g.memory, '--vae-tiling', 'decode (and encode a --video) in spatial tiles, for sizes that do not fit otherwise'),
     option(g.memory, '--tile-x <pixels>', 'tile width (with --vae-tiling), a multiple of 8', { parse: integer(8, MAX_SIZE), default: 272 }),
     option(g.memory, '--tile-y <pixels>', 'tile height (with --vae-tiling), a multiple of 8', { parse: integer(8, MAX_SIZE), default: 272 }),
     option(g.memory, '--tile-stride-x <pixels>', 'horizontal tile stride (with --vae-tiling), a multiple of 8', { parse: integer(8, MAX_SIZE), default: 144 }),
@@ -1049,7 +1049,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
         // Video-to-video: the video's latent, which sampling noises to its start step.
         view.begin('encode', `encoding the video's ${s.numFrames} frames with ${base(s.vae)}`);
         vae = keep(await Vae.load(s.vae, { device: s.device as Device, signal }));
-        samples = keep(await vae.encode(plan.video, { signal, forceOffload: false }));
+        samples = keep(await vae.encode(plan.video, { signal, forceOffload: false, ...(s.vaeTiling ? { tiled: true, ...s.vaeTiling } : {}) }));
         free(plan.video);
         view.end();
       }

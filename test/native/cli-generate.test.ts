@@ -175,6 +175,8 @@ t.test('--video: video-to-video from the video\'s latent, noised to the step --d
   t.ok(other.files.some((f, i) => !f.equals(first.files[i])), 'another video: other frames');
   const noisier = frames('v2v-a-noisier', '--video', a, '--denoise-strength', '0.9');
   t.ok(noisier.files.some((f, i) => !f.equals(first.files[i])), 'another denoise strength: other frames');
+  const tiled = frames('v2v-a-tiled', '--video', a, '--denoise-strength', '0.5', '--vae-tiling', '--tile-x', '32', '--tile-stride-x', '16');
+  t.ok(tiled.files.some((f, i) => !f.equals(first.files[i])), '--vae-tiling with --video runs (encode and decode in tiles), giving other frames');
 });
 
 t.test('--loop-shift-skip: a looping video of 4 frames per latent frame', async (t) => {
