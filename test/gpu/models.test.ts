@@ -189,6 +189,12 @@ t.test('VAE on the GPU: encode and decode against the official numbers', { skip 
   const cpuTiled = await cpuVae.decode(g.get('dec.zr.z')!, { clamp: false, tiled: true, tileX: 32, tileY: 32, tileStrideX: 16, tileStrideY: 16 });
   const err = maxAbsDiff(tiled, cpuTiled);
   t.ok(err <= VAE_MAX_ABS, `tiled decode: GPU and CPU within ${err.toExponential(2)} <= ${VAE_MAX_ABS}`);
+  // The tiled encode: tiles of the video encoded alone and blended, on the GPU as on the CPU.
+  const tiling = { tiled: true, tileX: 32, tileY: 32, tileStrideX: 16, tileStrideY: 16 };
+  const video = g.get('enc.v5.video')!;  // 64 x 48: 3 x 2 tiles of 32 every 16
+  const encErr = maxAbsDiff(await vae.encode(video, tiling), await cpuVae.encode(video, tiling));
+  t.ok(encErr <= VAE_MAX_ABS, `tiled encode: GPU and CPU within ${encErr.toExponential(2)} <= ${VAE_MAX_ABS}`);
+  cpuVae.dispose();
 });
 
 t.test('Text encoder on the GPU against the official numbers', { skip }, async (t) => {
