@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { emptyEmbeds, imageToVideoEncode, loadSafetensors, riflexFrequencies, Sampler, saveSafetensors, schedule, cacheVariant, Tensor, TextEncoder, Vae, WanModel } from '../../lib/index';
-import type { SamplerProgress, TextEmbeds, WanForwardInput } from '../../lib/index';
+import type { SamplerProgress, TextEmbeds, VaeEncodeOptions, WanForwardInput } from '../../lib/index';
 import { nearestInterpolation } from '../../lib/block-cache';
 import { combineGuidance, resolveExperimentalArgs, temporalScoreRescaling } from '../../lib/guidance';
 import { native } from '../../lib/native';
@@ -349,7 +349,7 @@ t.test('an end image alone, and start and end with flf2v false (the end image an
   const [start, end] = [g.get('i2v.image')!, g.get('i2v.end_image')!];
   const plane = 24, L = 3;
   // The conditioning video as the wrapper builds it, encoded here by hand: image(s) and zeros.
-  const encode = async (frames: (Tensor | undefined)[]) => {
+  const encode = async (frames: (Tensor | undefined)[], options: VaeEncodeOptions = { forceOffload: false }) => {
     const [h, w] = [32, 48], n = frames.length;
     const video = new Float32Array(3 * n * h * w);
     for (const [f, image] of frames.entries()) {
@@ -357,7 +357,7 @@ t.test('an end image alone, and start and end with flf2v false (the end image an
       const data = new Tensor(native().resizeBicubic(Tensor.handle(image, 'image'), h, w)).toTypedArray() as Float32Array;
       for (let c = 0; c < 3; c++) video.set(data.subarray(c * h * w, (c + 1) * h * w), (c * n + f) * h * w);
     }
-    return (await vae.encode(Tensor.fromTypedArray(video, [3, n, h, w]), { forceOffload: false })).toTypedArray() as Float32Array;
+    return (await vae.encode(Tensor.fromTypedArray(video, [3, n, h, w]), options)).toTypedArray() as Float32Array;
   };
   const channel = (y: Float32Array, frames: number, c: number, t: number) => y.subarray((c * frames + t) * plane, (c * frames + t + 1) * plane);
   const maskOf = (y: Float32Array, frames: number) =>
@@ -411,20 +411,10 @@ t.test('an end image alone, and start and end with flf2v false (the end image an
   // quarter (48 x 32: 24 x 16 every 8 x 8), the extra end latent too.
   const tiled = await imageToVideoEncode({ vae, ...size, startImage: start, endImage: end, flf2v: false, forceOffload: false, tiledVae: true });
   const tiling = { tiled: true, tileX: 24, tileY: 16, tileStrideX: 8, tileStrideY: 8, forceOffload: false };
-  const encodeTiled = async (frames: (Tensor | undefined)[]) => {
-    const [h, w] = [32, 48], n = frames.length;
-    const video = new Float32Array(3 * n * h * w);
-    for (const [f, image] of frames.entries()) {
-      if (!image) continue;
-      const data = new Tensor(native().resizeBicubic(Tensor.handle(image, 'image'), h, w)).toTypedArray() as Float32Array;
-      for (let c = 0; c < 3; c++) video.set(data.subarray(c * h * w, (c + 1) * h * w), (c * n + f) * h * w);
-    }
-    return (await vae.encode(Tensor.fromTypedArray(video, [3, n, h, w]), tiling)).toTypedArray() as Float32Array;
-  };
   const yt = tiled.y!.toTypedArray() as Float32Array;
-  const tiledVideo = await encodeTiled([start, ...Array(8).fill(undefined)]);
+  const tiledVideo = await encode([start, ...Array(8).fill(undefined)], tiling);
   t.ok(latentErr(yt, L + 1, tiledVideo, L, 0, L) <= 1e-6, 'tiledVae: latent frames 0..2, the tiled encode of [start, zeros]');
-  t.ok(latentErr(yt, L + 1, await encodeTiled([end]), 1, 0, 1, L) <= 1e-6, 'tiledVae: the end image\'s latent, encoded in tiles alone');
+  t.ok(latentErr(yt, L + 1, await encode([end], tiling), 1, 0, 1, L) <= 1e-6, 'tiledVae: the end image\'s latent, encoded in tiles alone');
   t.ok(latentErr(yt, L + 1, wantVideo, L, 0, L) > 1e-4, 'which is not the untiled encode');
 
   // augmentEmptyFrames k: the frames whose mask channel 0 is 0 move (1 + k) times as far from
