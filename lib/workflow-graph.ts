@@ -277,6 +277,8 @@ function validateNode(id: string, entry: ApiPrompt[string], positions: Map<strin
       // STRING output when the node runs, and is checked then (workflow.ts).
       if (!LINKABLE_WIDGETS.has(input.kind))
         fail(`${where(input.name)}: expected a value of type ${input.kind} but received a link to node ${ref.node} (a ${input.kind} widget takes no link)`);
+      if (spec.output)
+        fail(`${where(input.name)}: a link (to node ${ref.node}) is not available yet in wan-native here: an output node's settings are read before the run`);
       links[input.name] = ref;
       continue;
     }
@@ -389,6 +391,8 @@ export function parseGraph(json: unknown): ParsedGraph {
         fail(`${name}: expected ${article(expected)} ${expected} but output ${ref.slot} of ${nodeName(ref.node, source.class_type)} is ${article(spec.outputs[ref.slot])} ${spec.outputs[ref.slot]}`);
       if (source.class_type === 'WanVideoSampler' && ref.slot === 1)
         fail(`${name}: denoised_samples (output 1 of ${nodeName(ref.node, source.class_type)}) is not available yet in wan-native: use samples (output 0)`);
+      if (source.class_type === 'WanVideoTextEncodeCached' && ref.slot === 1)
+        fail(`${name}: negative_text_embeds (output 1 of ${nodeName(ref.node, source.class_type)}, for NAG) is not available yet in wan-native: use text_embeds (output 0)`);
       if (source.class_type === 'ImageResizeKJv2' && ref.slot === 3)
         fail(`${name}: the mask output of ${nodeName(ref.node, source.class_type)} is not available yet in wan-native`);
       if (source.class_type === 'LoadImage' && ref.slot === 1)

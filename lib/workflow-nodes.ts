@@ -7,7 +7,7 @@ import { inspectCheckpoint } from './checkpoint';
 import { ClipVisionEncoder, type ClipEmbeds } from './clip';
 import { emptyEmbeds, imageToVideoEncode, type ImageEmbeds } from './conditioning';
 import type { ContextOptions } from './context-windows';
-import { resolveDevice, type Device } from './device';
+import { resolveDevice, type Device, type Placement } from './device';
 import { invalidOption, WanError } from './errors';
 import { loadImage } from './image';
 import { resizeImage, type ResizeCrop, type ResizeMethod } from './image-resize';
@@ -109,6 +109,32 @@ function videoFrames(image: Tensor): { frames: Tensor; owned: boolean } {
   const s = image.shape;
   if (s.length === 3) return { frames: Tensor.fromTypedArray(image.toTypedArray() as Float32Array, [s[0], 1, s[1], s[2]]), owned: true };
   return { frames: image, owned: false };
+}
+
+// umT5 from the node's model_name (and the wan-native tokenizer input): a file that brings no
+// tokenizer is refused now, before the other models load, rather than at the encode.
+async function loadTextEncoder(c: Parameters<Executor>[0], loadDevice: Placement): Promise<TextEncoder> {
+  const tokenizer = c.value<string | undefined>('tokenizer');
+  const encoder = await TextEncoder.load(c.file('model_name'), {
+    tokenizer: tokenizer === undefined ? undefined : c.file('tokenizer'),
+    device: c.device, loadDevice, signal: c.signal, onProgress: c.onProgress,
+  });
+  if (encoder.tokenizerSource === null) {
+    encoder.dispose();
+    throw new WanError('WAN_BAD_CHECKPOINT', `${c.value<string>('model_name')} carries no tokenizer (no 'spiece_model' tensor) and ` +
+      "none lies beside it: give the node's tokenizer input umT5's spiece.model or tokenizer.json, or put one beside the file");
+  }
+  return encoder;
+}
+
+// The node's positive_prompt (several separated by '|', for context windows, each stripped, as
+// the wrapper splits them) and negative_prompt, encoded.
+function encodePrompts(c: Parameters<Executor>[0], encoder: TextEncoder, forceOffload: boolean): Promise<TextEmbeds> {
+  const text = c.value<string>('positive_prompt');
+  const positive = text.includes('|') ? text.split('|').map((p) => p.trim()) : [text.trim()];
+  return encoder.encode({ positive, negative: c.value('negative_prompt') }, {
+    diskCache: c.value<boolean>('use_disk_cache') ? c.textCacheDir : undefined, forceOffload, signal: c.signal, onProgress: c.onProgress,
+  });
 }
 
 function disposeTextEmbeds(e: TextEmbeds): void {
@@ -280,18 +306,7 @@ export const EXECUTORS: Record<string, Executor> = {
   },
 
   async LoadWanVideoT5TextEncoder(c) {
-    const tokenizer = c.value<string | undefined>('tokenizer');
-    const encoder = await TextEncoder.load(c.file('model_name'), {
-      tokenizer: tokenizer === undefined ? undefined : c.file('tokenizer'),
-      device: c.device, loadDevice: c.value('load_device'), signal: c.signal, onProgress: c.onProgress,
-    });
-    // The encoder is here to encode prompts, which needs a tokenizer: without one, refused now,
-    // before the other models load, rather than at WanVideoTextEncode.
-    if (encoder.tokenizerSource === null) {
-      encoder.dispose();
-      throw new WanError('WAN_BAD_CHECKPOINT', `${c.value<string>('model_name')} carries no tokenizer (no 'spiece_model' tensor) and ` +
-        "none lies beside it: give the node's tokenizer input umT5's spiece.model or tokenizer.json, or put one beside the file");
-    }
+    const encoder = await loadTextEncoder(c, c.value('load_device'));
     return [{ value: encoder, dispose: () => encoder.dispose() }];
   },
 
@@ -316,17 +331,24 @@ export const EXECUTORS: Record<string, Executor> = {
   },
 
   async WanVideoTextEncode(c) {
-    const text = c.value<string>('positive_prompt');
-    // As the wrapper: several prompts separated by '|' (for context windows), each stripped.
-    const positive = text.includes('|') ? text.split('|').map((p) => p.trim()) : [text.trim()];
     // model_to_offload: the DiT leaves the GPU first, when it is loaded already (the run loads it
     // after this node where it can, and then there is nothing to offload).
     await c.input<WanModel>('model_to_offload')?.offload();
-    const embeds = await c.input<TextEncoder>('t5')!.encode({ positive, negative: c.value('negative_prompt') }, {
-      diskCache: c.value<boolean>('use_disk_cache') ? c.textCacheDir : undefined, forceOffload: c.value('force_offload'),
-      signal: c.signal, onProgress: c.onProgress,
-    });
+    const embeds = await encodePrompts(c, c.input<TextEncoder>('t5')!, c.value('force_offload'));
     return [{ value: embeds, dispose: () => disposeTextEmbeds(embeds) }];
+  },
+
+  // The wrapper's WanVideo TextEncode Cached: the text encoder loaded to the main device, the
+  // prompts encoded as WanVideoTextEncode encodes them, the encoder freed. Its second output
+  // (the negative prompt alone, for NAG) is refused where it is linked; the third is the prompt.
+  async WanVideoTextEncodeCached(c) {
+    const encoder = await loadTextEncoder(c, 'main_device');
+    try {
+      const embeds = await encodePrompts(c, encoder, false);
+      return [{ value: embeds, dispose: () => disposeTextEmbeds(embeds) }, { value: undefined }, { value: c.value<string>('positive_prompt') }];
+    } finally {
+      encoder.dispose();
+    }
   },
 
   async WanVideoClipVisionEncode(c) {

@@ -72,6 +72,10 @@ const file = (...folders: ModelFolder[]): Spec => ({ kind: 'FILE', folders });
 const link = (type: string, refuse?: string, hint?: boolean): Spec =>
   ({ kind: 'LINK', type, refuse: refuse === undefined ? undefined : () => refuse, hint });
 
+// The text encoder loaders' quantization: only 'disabled' (fp8 files load as stored).
+const t5Quantization = (): Spec => combo(['disabled', 'fp8_e4m3fn'], 'disabled', undefined, (v) => v === 'disabled' ? undefined :
+  `quantization '${v}' is not available yet in wan-native: use 'disabled' (weights are then used as the file stores them)`);
+
 // WanVideo Decode's and Encode's tiles, when enable_vae_tiling is on.
 const vaeTiling = (v: Record<string, unknown>): string | undefined => {
   if (v.enable_vae_tiling !== true) return undefined;
@@ -219,8 +223,22 @@ const SPECS: NodeSpec[] = [
       req('model_name', file('text_encoders')),
       req('precision', combo(['fp32', 'bf16'], 'bf16')),
       opt('load_device', combo(DEVICES, 'offload_device')),
-      opt('quantization', combo(['disabled', 'fp8_e4m3fn'], 'disabled', undefined, (v) => v === 'disabled' ? undefined :
-        `quantization '${v}' is not available yet in wan-native: use 'disabled' (weights are then used as the file stores them)`)),
+      opt('quantization', t5Quantization()),
+      ext('tokenizer', file('text_encoders')),
+    ],
+  },
+  {
+    classType: 'WanVideoTextEncodeCached',
+    outputs: ['WANVIDEOTEXTEMBEDS', 'WANVIDEOTEXTEMBEDS', 'STRING'],
+    inputs: [
+      req('model_name', file('text_encoders')),
+      req('precision', combo(['fp32', 'bf16'], 'bf16')),
+      req('positive_prompt', str('')),
+      req('negative_prompt', str('')),
+      req('quantization', t5Quantization()),
+      req('use_disk_cache', bool(true)),
+      req('device', combo(['gpu', 'cpu'], 'gpu')),
+      opt('extender_args', link('WANVIDEOPROMPTEXTENDER_ARGS', notYet('the prompt extender (extender_args)'))),
       ext('tokenizer', file('text_encoders')),
     ],
   },

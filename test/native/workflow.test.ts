@@ -438,6 +438,31 @@ t.test('ImageResizeKJ and ImageResizeKJv2: the sizes and crops KJNodes computes,
   t.throws(() => parseWorkflow(pad), { code: 'WAN_INVALID_OPTION', message: /node 2 \(ImageResizeKJv2\) input keep_proportion: "pad" is not available yet in wan-native \(available: stretch, resize, crop, total_pixels\)/ });
 });
 
+t.test('WanVideoTextEncodeCached loads, encodes and frees the text encoder', { skip }, async (t) => {
+  const workflow = api();
+  const { positive_prompt, negative_prompt } = workflow['2'].inputs;
+  delete workflow['1'];
+  workflow['2'] = { class_type: 'WanVideoTextEncodeCached', inputs: { model_name: 'tiny_umt5_enc.f32.safetensors', precision: 'bf16',
+    positive_prompt, negative_prompt, quantization: 'disabled', use_disk_cache: false, device: 'gpu', tokenizer: 'spiece.model' } };
+  Object.assign(workflow['9'].inputs, { format: 'image/png', save_metadata: false });
+  for (const k of ['pix_fmt', 'crf', 'trim_to_audio']) delete workflow['9'].inputs[k];
+  const events: string[] = [];
+  const files = (await spyDisposals(events, () => runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() }))).outputs['9'].files!;
+  const expected = frameBytes(await directT2v());
+  let same = files.length === expected.length;
+  for (const [i, file] of files.entries()) same &&= (await pngBytes(file)).equals(expected[i]);
+  t.ok(same, 'the frames of the loader + TextEncode workflow (the library run)');
+  t.equal(events[0], 'dispose TextEncoder', 'the text encoder is freed by the node, before anything else');
+  // Its third output, the prompt, is a STRING; an output node's widgets take no link.
+  workflow['9'].inputs.filename_prefix = ['2', 2];
+  t.throws(() => parseWorkflow(workflow), { code: 'WAN_INVALID_OPTION',
+    message: /^node 9 \(VHS_VideoCombine\) input filename_prefix: a link \(to node 2\) is not available yet in wan-native here/ });
+  workflow['9'].inputs.filename_prefix = 'wan';
+  workflow['6'].inputs.text_embeds = ['2', 1];
+  t.throws(() => parseWorkflow(workflow), { code: 'WAN_INVALID_OPTION',
+    message: /input text_embeds: negative_text_embeds \(output 1 of node 2 \(WanVideoTextEncodeCached\), for NAG\) is not available yet/ });
+});
+
 t.test('LoadImage reads from the input folders', { skip }, async (t) => {
   const inputDir = path.join(root, 'input');
   fs.mkdirSync(path.join(inputDir, 'stills'), { recursive: true });
