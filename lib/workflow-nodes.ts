@@ -137,6 +137,39 @@ function encodePrompts(c: Parameters<Executor>[0], encoder: TextEncoder, forceOf
   });
 }
 
+// Black frames ([-1, 1]'s -1) of a shape.
+function blackFrames(shape: readonly number[]): Tensor {
+  return Tensor.fromTypedArray(new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(-1), [...shape]);
+}
+
+// KJNodes' ImageConcanate of two videos [3, F, H, W]: b joined on the `direction` side of a; as
+// many frames as the longer, the shorter repeating its last; across the join the larger size,
+// the smaller centred on black.
+function concatenate(a: Tensor, b: Tensor, direction: 'right' | 'down' | 'left' | 'up'): Tensor {
+  const [C, Fa, Ha, Wa] = a.shape, [, Fb, Hb, Wb] = b.shape;
+  const across = direction === 'right' || direction === 'left';
+  const F = Math.max(Fa, Fb), H = across ? Math.max(Ha, Hb) : Ha + Hb, W = across ? Wa + Wb : Math.max(Wa, Wb);
+  const out = new Float32Array(C * F * H * W).fill(-1);
+  const place = (t: Tensor, y0: number, x0: number) => {
+    const [, Ft, Ht, Wt] = t.shape;
+    const data = t.toTypedArray() as Float32Array;
+    for (let ch = 0; ch < C; ch++)
+      for (let f = 0; f < F; f++) {
+        const from = Math.min(f, Ft - 1);
+        for (let y = 0; y < Ht; y++) {
+          const src = ((ch * Ft + from) * Ht + y) * Wt;
+          out.set(data.subarray(src, src + Wt), ((ch * F + f) * H + y0 + y) * W + x0);
+        }
+      }
+  };
+  const centred = (size: number, total: number) => Math.floor((total - size) / 2);
+  if (direction === 'right') { place(a, centred(Ha, H), 0); place(b, centred(Hb, H), Wa); }
+  else if (direction === 'left') { place(b, centred(Hb, H), 0); place(a, centred(Ha, H), Wb); }
+  else if (direction === 'down') { place(a, 0, centred(Wa, W)); place(b, Ha, centred(Wb, W)); }
+  else { place(b, 0, centred(Wb, W)); place(a, Hb, centred(Wa, W)); }
+  return Tensor.fromTypedArray(out, [C, F, H, W]);
+}
+
 function disposeTextEmbeds(e: TextEmbeds): void {
   for (const t of [...e.promptEmbeds, ...e.negativePromptEmbeds]) t.dispose();
 }
@@ -642,6 +675,36 @@ export const EXECUTORS: Record<string, Executor> = {
     }
     const resized = resizeImage(image, width, height, c.value<ResizeMethod>('upscale_method'), crop);
     return [{ value: resized, dispose: () => resized.dispose() }, { value: width }, { value: height }, { value: undefined }];
+  },
+
+  // KJNodes' Image Concatenate Multi: image_2 ... image_<inputcount> joined to the right of
+  // (below, left of, above) what came before, each as ImageConcanate joins two: the shorter video
+  // repeating its last frame, the smaller side centred on black; a missing input is black of
+  // image_1's size. match_image_size resizes an input whose size differs (KJNodes: antialiased
+  // bicubic), which is refused as not implemented yet.
+  async ImageConcatMulti(c) {
+    const direction = c.value<'right' | 'down' | 'left' | 'up'>('direction');
+    const first = videoFrames(c.input<Tensor>('image_1')!);
+    let result = first.frames;
+    const owned = first.owned ? [result] : [];
+    try {
+      for (let k = 2; k <= c.value<number>('inputcount'); k++) {
+        const linked = c.input<Tensor>(`image_${k}`);
+        const next = linked ? videoFrames(linked) : { frames: blackFrames(first.frames.shape), owned: true };
+        if (next.owned) owned.push(next.frames);
+        const [h1, w1] = first.frames.shape.slice(2), [h2, w2] = next.frames.shape.slice(2);
+        const across = direction === 'right' || direction === 'left';
+        if (c.value<boolean>('match_image_size') && (across ? h2 !== h1 : w2 !== w1))
+          throw invalidOption(`image_${k}: ${w2} x ${h2} would be resized to image_1's ${across ? 'height' : 'width'} (match_image_size), ` +
+            'which is not available yet in wan-native (KJNodes resizes with antialiased bicubic): give images of matching size');
+        result = concatenate(result, next.frames, direction);
+        owned.push(result);
+      }
+      const out = result;
+      return [{ value: out, dispose: () => out.dispose() }];
+    } finally {
+      for (const t of owned) if (t !== result) t.dispose();
+    }
   },
 
   async LoadImage(c) {

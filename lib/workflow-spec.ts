@@ -667,6 +667,18 @@ const SPECS: NodeSpec[] = [
     ],
   },
   {
+    // KJNodes' Image Concatenate Multi; its frontend adds image_3 ... image_N (here up to image_8).
+    classType: 'ImageConcatMulti',
+    outputs: ['IMAGE'],
+    inputs: [
+      req('inputcount', int(2, 2, 8)),
+      req('image_1', link('IMAGE')),
+      req('direction', combo(['right', 'down', 'left', 'up'], 'right')),
+      req('match_image_size', bool(false)),
+      ...Array.from({ length: 7 }, (_, i) => opt(`image_${i + 2}`, link('IMAGE'))),
+    ],
+  },
+  {
     classType: 'LoadImage',
     outputs: ['IMAGE', 'MASK'],
     inputs: [req('image', file('input'))],

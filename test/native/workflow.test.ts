@@ -463,6 +463,46 @@ t.test('WanVideoTextEncodeCached loads, encodes and frees the text encoder', { s
     message: /input text_embeds: negative_text_embeds \(output 1 of node 2 \(WanVideoTextEncodeCached\), for NAG\) is not available yet/ });
 });
 
+t.test('ImageConcatMulti: videos side by side as KJNodes joins them', { skip }, async (t) => {
+  const clipDir = path.join(root, 'concat-clips');
+  fs.mkdirSync(clipDir, { recursive: true });
+  const clip = (name: string, W: number, H: number, F: number, seed: number) => {
+    const raw = Buffer.alloc(W * H * 3 * F);
+    for (let i = 0; i < raw.length; i++) raw[i] = (i * seed + 17) % 251;
+    execFileSync('ffmpeg', ['-v', 'error', '-y', '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-s', `${W}x${H}`, '-r', '8', '-i', '-',
+      '-c:v', 'ffv1', '-pix_fmt', 'gbrp', path.join(clipDir, name)], { input: raw });
+    return raw;
+  };
+  const a = clip('a.mkv', 32, 16, 5, 7), b = clip('b.mkv', 16, 8, 3, 13);
+  const load = (video: string) => ({ class_type: 'VHS_LoadVideo', inputs: { video, force_rate: 0, custom_width: 0, custom_height: 0,
+    frame_load_cap: 0, skip_first_frames: 0, select_every_nth: 1, format: 'None' } });
+  const workflow = { 1: load('a.mkv'), 2: load('b.mkv'),
+    3: { class_type: 'ImageConcatMulti', inputs: { inputcount: 3, image_1: ['1', 0], image_2: ['2', 0], direction: 'right', match_image_size: false } },
+    4: { class_type: 'VHS_VideoCombine', inputs: { images: ['3', 0], frame_rate: 8, loop_count: 0, filename_prefix: 'c', format: 'image/png',
+      pingpong: false, save_output: true, save_metadata: false } } };
+  const files = (await runWorkflow(workflow, { modelDirs: [clipDir], outputDir: newOutputDir() })).outputs['4'].files!;
+  t.equal(files.length, 5, 'as many frames as the longer input');
+  // Each output frame: a (32 x 16) at x 0, b (16 x 8) at x 32 centred (y 4), its last frame
+  // repeated; image_3 unlinked: black of a's size at x 48. 80 x 16 in all.
+  let same = true;
+  for (const [f, file] of files.entries()) {
+    const png = await pngBytes(file);
+    if (png.length !== 80 * 16 * 3) { same = false; break; }
+    for (let y = 0; y < 16; y++)
+      for (let x = 0; x < 80; x++)
+        for (let ch = 0; ch < 3; ch++) {
+          let want = 0;
+          if (x < 32) want = a[((f * 16 + y) * 32 + x) * 3 + ch];
+          else if (x < 48 && y >= 4 && y < 12) want = b[((Math.min(f, 2) * 8 + y - 4) * 16 + x - 32) * 3 + ch];
+          if (png[(y * 80 + x) * 3 + ch] !== want) same = false;
+        }
+  }
+  t.ok(same, 'every pixel of every frame where KJNodes puts it');
+  Object.assign(workflow[3].inputs, { inputcount: 2, match_image_size: true });
+  await rejectsWith(t, runWorkflow(workflow, { modelDirs: [clipDir], outputDir: newOutputDir() }), 'WAN_INVALID_OPTION',
+    /^node 3 \(ImageConcatMulti\): image_2: 16 x 8 would be resized to image_1's height \(match_image_size\), which is not available yet/);
+});
+
 t.test('LoadImage reads from the input folders', { skip }, async (t) => {
   const inputDir = path.join(root, 'input');
   fs.mkdirSync(path.join(inputDir, 'stills'), { recursive: true });
