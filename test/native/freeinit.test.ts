@@ -104,5 +104,18 @@ t.test('the Sampler with freeinitArgs: each run after the first starts from the 
   await t.rejects(new Sampler(model).sample({ ...o, freeinitArgs, samples: Tensor.fromTypedArray(start, [...shape]) }),
     { code: 'WAN_INVALID_OPTION', message: /freeinitArgs with samples, startStep or endStep is not implemented yet/ });
   await t.rejects(new Sampler(model).sample({ ...o, freeinitArgs, endStep: 2 }), { code: 'WAN_INVALID_OPTION', message: /FreeInit runs the whole schedule/ });
+
+  // With a block cache: each run starts it afresh (as a plain run), and the progress counts the
+  // calls skipped over all runs.
+  const cacheArgs = { relL1Thresh: 1, useCoefficients: false, startStep: 0 };
+  const longer = { ...o, steps: 6 };
+  const plainCounts: number[] = [], counts: number[] = [];
+  await new Sampler(model).sample({ ...longer, cacheArgs, onProgress: (p) => plainCounts.push(p.cacheSkipped!) });
+  await new Sampler(model).sample({ ...longer, cacheArgs, freeinitArgs, onProgress: (p) => counts.push(p.cacheSkipped!) });
+  t.ok(plainCounts[5] > 0, `the plain cached run skips ${plainCounts[5]} calls`);
+  t.same(counts.slice(0, 6), plainCounts, 'the first FreeInit run skips as the plain run does');
+  t.ok(counts.every((n, i) => i === 0 || n >= counts[i - 1]) && counts[11] > counts[5],
+    `the count goes on over the second run (${counts[5]} then ${counts[11]})`);
+  t.same(model.cacheReport(), [], 'the runs free their residuals');
   model.dispose();
 });
