@@ -3,7 +3,7 @@ import type { NativeTensor, NativeWanModel } from '../types/native';
 import { bridgeAbort } from './abort';
 import { planFiles } from './checkpoint';
 import { checkDevice, checkLoadDevice, resolveDevice, type Device, type Placement } from './device';
-import { checkOptionNames, describeValue, invalidOption, optionNames, WanError, withCallerStack } from './errors';
+import { checkOptionNames, describeValue, finiteIn, invalidOption, optionNames, WanError, withCallerStack } from './errors';
 import { memoryStatsOf, planMemory, type MemoryPlan, type MemoryStats } from './memory-planner';
 import { native } from './native';
 import { LongCallOptions, ProgressClock } from './progress';
@@ -204,6 +204,19 @@ export interface WanForwardInput {
   /** The sampling step, counted from 0 at the first step run (the Sampler's startStep), as the
    * wrapper's loop counts: picks each per-step LoRA strength. */
   step?: number;
+  /** NAG, Normalized Attention Guidance (the wrapper's WanVideoApplyNAG): every block's text
+   * cross-attention also attends to `context` (the NAG prompt's [L, textDim] embedding) and is
+   * pushed away from it, before the output projection: Z = scale Z+ - (scale - 1) Z-, its L1
+   * norm per token held to at most tau times Z+'s, then alpha Z + (1 - alpha) Z+. For every
+   * sample of the call (the Sampler asks it of the conditional pass). */
+  nag?: NagCall;
+}
+
+export interface NagCall {
+  context: Tensor;
+  scale?: number;  // 11.0, 0..100
+  tau?: number;    // 2.5, 0..10
+  alpha?: number;  // 0.25, 0..1
 }
 
 /** One forward's block cache settings (the wrapper's WanModel.forward with cache_args): all
@@ -283,7 +296,7 @@ const BLOCK_SWAP_OPTIONS = optionNames<BlockSwapOptions>()({
 });
 const LORA_OPTIONS = optionNames<LoraOptions>()({ path: true, strength: true, blocks: true, layerFilter: true });
 const FORWARD_INPUTS = optionNames<WanForwardInput>()({
-  x: true, t: true, context: true, seqLen: true, clipFea: true, y: true, fetaWeight: true, riflexFreqIndex: true,
+  x: true, t: true, context: true, seqLen: true, clipFea: true, y: true, fetaWeight: true, riflexFreqIndex: true, nag: true,
   riflexLatentFrames: true, skipBlocks: true, cache: true, step: true,
 });
 
@@ -539,6 +552,12 @@ export class WanModel {
       if (input.step !== undefined && !(Number.isSafeInteger(input.step) && input.step >= 0))
         throw invalidOption(`Expected a non-negative integer for step but received ${describeValue(input.step)}`);
       if (input.cache !== undefined) checkCacheCall(input.cache);
+      const nag = input.nag === undefined ? undefined : {
+        context: Tensor.handle(input.nag.context, 'nag.context'),
+        scale: finiteIn('nag.scale', input.nag.scale, 11, 0, 100),
+        tau: finiteIn('nag.tau', input.nag.tau, 2.5, 0, 10),
+        alpha: finiteIn('nag.alpha', input.nag.alpha, 0.25, 0, 1),
+      };
       const skipBlocks = input.skipBlocks ?? [];
       if (!Array.isArray(skipBlocks) || !skipBlocks.every((b) => Number.isSafeInteger(b) && b >= 0 && b < this.config.numLayers))
         throw invalidOption(`Expected an array of block indices in 0..${this.config.numLayers - 1} for skipBlocks but received ` +
@@ -561,6 +580,7 @@ export class WanModel {
         ...(skipBlocks.length > 0 ? { skipBlocks } : {}),
         ...(input.cache ? { cache: input.cache } : {}),
         ...(loraStrengths ? { loraStrengths } : {}),
+        ...(nag ? { nag } : {}),
       };
       const abort = bridgeAbort(signal);
       try {

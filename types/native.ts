@@ -31,7 +31,8 @@ export interface NativeWanModel {
                    clipFea?: NativeTensor; y?: NativeTensor[]; fetaWeight?: number; riflexFreqIndex?: number; riflexLatentFrames?: number; skipBlocks?: number[];
                    cache?: { method: string; stream: number; step: number; threshold: number; cacheDevice: string;
                              coefficients?: number[]; mode?: string; magnitudeRatio?: number; maxSkips?: number };
-                   loraStrengths?: number[] }, trace: boolean, abortFlag?: Int32Array):
+                   loraStrengths?: number[]; nag?: { context: NativeTensor; scale: number; tau: number; alpha: number } },
+           trace: boolean, abortFlag?: Int32Array):
     Promise<{ outputs: NativeTensor[]; trace?: Record<string, NativeTensor> }>;
   setAttentionMode(mode: string): void;
   setBlockSwap(blocksToSwap: number, prefetchBlocks: number): void;

@@ -178,7 +178,7 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
   }
 
   // forward({x, t, context, seqLen, clipFea?, y?, fetaWeight?, riflexFreqIndex?, riflexLatentFrames?,
-  //          skipBlocks?, cache?, loraStrengths?}, trace, abortFlag)
+  //          skipBlocks?, cache?, loraStrengths?, nag?}, trace, abortFlag)
   //   -> Promise<{outputs, trace?}>
   Napi::Value forward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -221,6 +221,13 @@ class NativeWanModel : public Napi::ObjectWrap<NativeWanModel> {
         in.cache.mode_e0 = cc.Get("mode").IsString() && cc.Get("mode").ToString().Utf8Value() == "e0";
         if (cc.Get("magnitudeRatio").IsNumber()) in.cache.magnitude_ratio = cc.Get("magnitudeRatio").ToNumber().DoubleValue();
         if (cc.Get("maxSkips").IsNumber()) in.cache.max_skips = cc.Get("maxSkips").ToNumber().Int64Value();
+      }
+      if (o.Get("nag").IsObject()) {
+        // Checked by WanModel.forward (lib/model.ts).
+        const auto n = o.Get("nag").As<Napi::Object>();
+        in.nag = models::WanDitInput::Nag{unwrap_tensor(env, n.Get("context"), "nag.context").value,
+                                          n.Get("scale").ToNumber().DoubleValue(), n.Get("tau").ToNumber().DoubleValue(),
+                                          n.Get("alpha").ToNumber().DoubleValue()};
       }
       if (o.Get("riflexFreqIndex").IsNumber()) {
         in.riflex_freq_index = o.Get("riflexFreqIndex").As<Napi::Number>().Int64Value();

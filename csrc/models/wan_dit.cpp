@@ -270,7 +270,8 @@ at::Tensor WanDit::self_attention(const Attention& a, at::Tensor x, const at::Te
 
 // x: [B, L, dim], context: [B, text_len, dim], context_img: [B, 257|514, dim] or undefined.
 at::Tensor WanDit::cross_attention(const Attention& a, at::Tensor x, const at::Tensor& context,
-                                   const at::Tensor& context_img, const LoraStrengths& lora) const {
+                                   const at::Tensor& context_img, const LoraStrengths& lora, const NagGuidance* nag,
+                                   std::pair<at::Tensor, at::Tensor>* nag_parts) const {
   const auto compute = options_.compute;
   at::Tensor q;
   if (options_.compile && config_.qk_norm)  // compiled: the fused kernel normalises q alone, no RoPE
@@ -289,6 +290,23 @@ at::Tensor WanDit::cross_attention(const Attention& a, at::Tensor x, const at::T
   // In the compute dtype: the output projection takes it so (a round trip through float32 would
   // give the same bits for one more pass each way).
   at::Tensor out = ops::attention(q, heads(k).to(compute), v, options_.attention);
+  if (nag) {
+    // NAG: the same queries towards the NAG context with the same k/v weights, then the guided
+    // combination per token over the whole width (all heads), in float32.
+    at::Tensor k_nag = apply(a.k, nag->context, lora);
+    if (config_.qk_norm) k_nag = ops::rms_norm(k_nag, a.norm_k.get(at::kFloat), config_.eps);
+    const at::Tensor v_nag = heads(apply(a.v, nag->context, lora)).to(compute);
+    const at::Tensor positive = out.flatten(2).to(at::kFloat);
+    const at::Tensor negative = ops::attention(q, heads(k_nag).to(compute), v_nag, options_.attention).flatten(2).to(at::kFloat);
+    if (nag_parts) *nag_parts = {positive, negative};
+    at::Tensor guided = positive * nag->scale - negative * (nag->scale - 1);
+    const at::Tensor norm_positive = positive.abs().sum(-1, true), norm_guided = guided.abs().sum(-1, true);
+    // Where the guided output grew by more than tau (a 0/0 counts as 10, as the method's code),
+    // it is scaled back to tau times the positive one's norm.
+    const at::Tensor ratio = at::nan_to_num(norm_guided / norm_positive, 10.0);
+    guided = at::where(ratio > nag->tau, guided * (norm_positive * nag->tau / (norm_guided + 1e-7)), guided);
+    out = (guided * nag->alpha + positive * (1 - nag->alpha)).view(out.sizes()).to(compute);
+  }
   if (context_img.defined()) {  // WanI2VCrossAttention: image tokens have their own k/v
     at::Tensor k_img = apply(a.k_img, context_img, lora);
     if (config_.qk_norm) k_img = ops::rms_norm(k_img, a.norm_k_img.get(at::kFloat), config_.eps);
@@ -311,7 +329,8 @@ at::Tensor WanDit::block_forward(const Block& b, int index, at::Tensor x, const 
                                  const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
                                  const ops::RopeTable& rope, const ops::RopeAngles& angles,
                                  const at::Tensor& context, const at::Tensor& context_img,
-                                 std::optional<double> feta_weight, const LoraStrengths& lora, Trace* trace) const {
+                                 std::optional<double> feta_weight, const LoraStrengths& lora, Trace* trace,
+                                 const NagGuidance* nag) const {
   const std::string name = "block" + std::to_string(index);
   const auto e = (b.modulation.get(at::kFloat) + e0).chunk(6, 1);  // 6 x [B, 1, dim]
   // y, each stage's output, comes in the compute dtype; the trace keeps it in float32.
@@ -322,11 +341,16 @@ at::Tensor WanDit::block_forward(const Block& b, int index, at::Tensor x, const 
   record("_self_attn_out", y);
   x = residual(x, y, e[2]);
   y.reset();
+  std::pair<at::Tensor, at::Tensor> nag_parts;
   y = cross_attention(b.cross_attn,
                       config_.cross_attn_norm
                           ? ops::layer_norm(x, b.norm3_weight.get(at::kFloat), b.norm3_bias.get(at::kFloat), config_.eps)
                           : x,
-                      context, context_img, lora);
+                      context, context_img, lora, nag, trace && nag ? &nag_parts : nullptr);
+  if (nag_parts.first.defined()) {
+    record("_cross_attn_text", nag_parts.first);
+    record("_cross_attn_nag", nag_parts.second);
+  }
   record("_cross_attn_out", y);
   x = x + y;
   y.reset();
@@ -762,6 +786,17 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
   const Linear text2 = options_.offload_txt_emb ? bring_linear(text_embedding2_) : text_embedding2_;
   const at::Tensor context = apply(text2, at::gelu(apply(text0, at::stack(padded), lora), "tanh"), lora);
   if (trace) (*trace)["text_embedding_out"] = context;
+  // NAG's context, embedded as the text is, the same for every sample.
+  std::optional<NagGuidance> nag;
+  if (in.nag) {
+    const at::Tensor& u = in.nag->context;
+    check(u.dim() == 2 && u.size(1) == c.text_dim && u.size(0) <= c.text_len,
+          "forward: nag.context must be [L <= " + std::to_string(c.text_len) + ", " + std::to_string(c.text_dim) + "], got " +
+              shape_text(u.sizes()));
+    const at::Tensor nag_padded = at::constant_pad_nd(here(u).to(at::kFloat), {0, 0, 0, c.text_len - u.size(0)}).unsqueeze(0);
+    const at::Tensor embedded = apply(text2, at::gelu(apply(text0, nag_padded, lora), "tanh"), lora);
+    nag = NagGuidance{embedded.expand({batch, -1, -1}), in.nag->scale, in.nag->tau, in.nag->alpha};
+  }
 
   // CLIP image tokens (MLPProj): [B, 257, 1280] (flf2v: two images per sample, 514 tokens
   // with a learned position embedding) -> [B, 257|514, dim].
@@ -807,7 +842,7 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
     if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
     if (skipped(i)) return;  // skip layer guidance: the residual stream passes the block by
     x = block_forward(block, static_cast<int>(i), std::move(x), e0, seq_lens, grids, rope, angles, context, context_img,
-                      in.feta_weight, lora, trace);
+                      in.feta_weight, lora, trace, nag ? &*nag : nullptr);
   };
   auto run_blocks = [&] {
     if (!device.is_cpu()) {
@@ -817,7 +852,7 @@ std::vector<at::Tensor> WanDit::forward(const WanDitInput& in, const std::functi
       // graph's key in replay_blocks).
       const bool unpadded = std::all_of(lens.begin(), lens.end(), [&](int64_t n) { return n == in.seq_len; });
       at::Tensor replayed;
-      if (options_.cuda_graphs && !trace && !in.feta_weight && unpadded && in.skip_blocks.empty()) {
+      if (options_.cuda_graphs && !trace && !in.feta_weight && !nag && unpadded && in.skip_blocks.empty()) {
         if (cancelled && cancelled()) throw Error(ErrorCode::Aborted, "the operation was aborted");
         replayed = replay_blocks(BlockInputs{x, e0, seq_lens, grids, rope, angles, context, context_img, lora, riflex});
       }

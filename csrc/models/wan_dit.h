@@ -130,6 +130,16 @@ struct WanDitInput {
   // residual stream passing them by. The sampler asks it of the unconditional pass.
   std::vector<int64_t> skip_blocks;
   BlockCacheCall cache;
+  // NAG (Normalized Attention Guidance; the wrapper's WanVideoApplyNAG): every block's text
+  // cross-attention also attends to this context ([L, text_dim], the NAG prompt's), and its
+  // output is pushed away from that one: Z = scale Z+ - (scale - 1) Z-, its L1 norm per token held
+  // to at most tau times Z+'s, then alpha Z + (1 - alpha) Z+, before the output projection. The
+  // sampler asks it of the conditional pass.
+  struct Nag {
+    at::Tensor context;
+    double scale = 11.0, tau = 2.5, alpha = 0.25;
+  };
+  std::optional<Nag> nag;
 };
 
 // Named intermediates of sample 0 for tests and debugging (names as in the goldens).
@@ -210,13 +220,21 @@ class WanDit {
                             const ops::RopeAngles& angles,
                             std::optional<double> feta_weight,
                             const LoraStrengths& lora) const;
+  // NAG's context, embedded as the text is ([B, text_len, dim]), and its parameters.
+  struct NagGuidance {
+    at::Tensor context;
+    double scale, tau, alpha;
+  };
+  // `nag_parts` (for a trace): receives the text attention's output towards the context and
+  // towards NAG's, [B, L, dim] float32, before they are combined.
   at::Tensor cross_attention(const Attention& a, at::Tensor x, const at::Tensor& context,
-                             const at::Tensor& context_img, const LoraStrengths& lora) const;
+                             const at::Tensor& context_img, const LoraStrengths& lora, const NagGuidance* nag = nullptr,
+                             std::pair<at::Tensor, at::Tensor>* nag_parts = nullptr) const;
   at::Tensor block_forward(const Block& b, int index, at::Tensor x, const at::Tensor& e0,
                            const at::Tensor& seq_lens, const std::vector<std::array<int64_t, 3>>& grids,
                            const ops::RopeTable& rope, const ops::RopeAngles& angles,
                            const at::Tensor& context, const at::Tensor& context_img, std::optional<double> feta_weight,
-                           const LoraStrengths& lora, Trace* trace) const;
+                           const LoraStrengths& lora, Trace* trace, const NagGuidance* nag = nullptr) const;
   at::Tensor heads(const at::Tensor& x) const;  // [B, L, dim] -> [B, L, H, D]
   // Calls f on every weight of a block, always in the same order.
   template <typename F>
