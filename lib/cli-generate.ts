@@ -26,7 +26,7 @@ import { planMemory } from './memory-planner';
 import { native } from './native';
 import type { CacheArgs } from './block-cache';
 import type { ExperimentalArgs } from './guidance';
-import { Sampler, type LoopArgs } from './sampler';
+import { Sampler, type LoopArgs, type NagArgs } from './sampler';
 import { FREEINIT_METHODS, type FreeInitArgs } from './freeinit';
 import { schedule, SCHEDULER_NAMES, type SchedulerName } from './schedulers';
 import { Tensor } from './tensor';
@@ -145,6 +145,7 @@ export interface GenerateSettings {
   experimental?: ExperimentalArgs;
   loop?: LoopArgs;
   freeinit?: FreeInitArgs;
+  nag?: NagArgs;
   context?: Required<ContextOptions>;
 
   blocksToSwap: number;
@@ -459,6 +460,11 @@ export function generateCommand(): Command {
     option(g.sampling, '--tsr', 'Temporal Score Rescaling: scale the predicted noise towards --tsr-k as the noise level falls'),
     option(g.sampling, '--tsr-k <x>', 'TSR\'s sampling temperature (below 1: sharper)', { parse: number(0, 100), default: 0.95 }),
     option(g.sampling, '--tsr-sigma <x>', 'how early TSR steers (0..1)', { parse: number(0, 1), default: 1 }),
+    option(g.sampling, '--nag-scale <x>', 'NAG (the wrapper\'s WanVideo Apply NAG): the positive pass\'s text attention pushed away ' +
+      'from the negative prompt\'s by this scale (0..100; 11 is the wrapper\'s default), which steers at cfg 1 too',
+      { parse: number(0, 100), defaultText: 'off' }),
+    option(g.sampling, '--nag-tau <x>', 'NAG: the guided attention\'s norm held to at most this times the plain one\'s', { parse: number(0, 10), default: 2.5 }),
+    option(g.sampling, '--nag-alpha <x>', 'NAG: the share of the guided attention in the blend', { parse: number(0, 1), default: 0.25 }),
     option(g.sampling, '--freeinit <runs>', 'FreeInit: sample this many times (2..10), each run after the first from the last ' +
       'result re-noised, its low frequencies kept (the wrapper\'s WanVideo Free Init Args; each run costs a whole sampling)',
       { parse: integer(2, 10), defaultText: 'off' }),
@@ -590,8 +596,10 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     throw new UsageError(`--loop-shift-skip needs --num-frames 9 or more (the looped decode wraps the last 3 latent frames into the first 2) but received ${o.numFrames}`);
   const needs: [string, string][] = [['loopStartPercent', 'loopShiftSkip'], ['loopEndPercent', 'loopShiftSkip'], ['useZeroInit', 'cfgZeroStar'], ['zeroStarSteps', 'useZeroInit'], ['frescaScaleLow', 'fresca'],
     ['frescaScaleHigh', 'fresca'], ['frescaFreqCutoff', 'fresca'], ['tsrK', 'tsr'], ['tsrSigma', 'tsr'], ['freeinitMethod', 'freeinit'],
-    ['freeinitN', 'freeinit'], ['freeinitDS', 'freeinit'], ['freeinitDT', 'freeinit']];
+    ['freeinitN', 'freeinit'], ['freeinitDS', 'freeinit'], ['freeinitDT', 'freeinit'], ['nagTau', 'nagScale'], ['nagAlpha', 'nagScale']];
   for (const [key, on] of needs) if (given(key) && o[on] === undefined) throw new UsageError(`${flag(key)} needs ${flag(on)}`);
+  if (o.nagScale !== undefined && o.batchedCfg)
+    throw new UsageError('--batched-cfg and --nag-scale: NAG guides the positive pass alone, which the batched pass runs with the negative; leave one out');
   if (o.freeinit !== undefined && (o.startStep !== 0 || o.endStep !== -1))
     throw new UsageError('--freeinit with --start-step or --end-step: FreeInit runs the whole schedule each time; leave one out');
   for (const key of ['slgStartPercent', 'slgEndPercent']) {
@@ -700,6 +708,7 @@ export function settingsFrom(cmd: Command): GenerateSettings {
     } : undefined,
     loop: o.loopShiftSkip === undefined ? undefined
       : { shiftSkip: o.loopShiftSkip, startPercent: o.loopStartPercent, endPercent: o.loopEndPercent },
+    nag: o.nagScale === undefined ? undefined : { nagScale: o.nagScale, nagTau: o.nagTau, nagAlpha: o.nagAlpha },
     freeinit: o.freeinit === undefined ? undefined : {
       freeinitNumIters: o.freeinit, freeinitMethod: o.freeinitMethod, freeinitN: o.freeinitN, freeinitDS: o.freeinitDS, freeinitDT: o.freeinitDT,
     },
@@ -1092,7 +1101,7 @@ export async function runGenerate(s: GenerateSettings, ctx: RunContext): Promise
       imageEmbeds: embeds, textEmbeds: text, samples, denoiseStrength: s.denoiseStrength,
       steps: s.steps, enhanceHf: s.enhanceHf, cfg: s.cfg, shift: s.shift, seed, scheduler: s.scheduler,
       sigmas: s.sigmas, startStep: s.startStep, endStep: s.endStep, batchedCfg: s.batchedCfg,
-      contextOptions: s.context, fetaArgs: s.feta, slgArgs: s.slg, cacheArgs: s.cache, experimentalArgs: s.experimental, loopArgs: s.loop, freeinitArgs: s.freeinit, riflexFreqIndex: s.riflexFreqIndex, signal,
+      contextOptions: s.context, fetaArgs: s.feta, slgArgs: s.slg, cacheArgs: s.cache, experimentalArgs: s.experimental, loopArgs: s.loop, freeinitArgs: s.freeinit, nagArgs: s.nag, riflexFreqIndex: s.riflexFreqIndex, signal,
       onProgress: (p) => { cacheSkipped = p.cacheSkipped; view.progress(p, 'steps'); },
     }));
     // The denoiser and its conditioning are done with: freed before the VAE decodes.

@@ -15,14 +15,14 @@ export type { TextEncoderOptions, TextEmbeds, EncodeOptions } from './text-encod
 export type { VaeOptions, VaeEncodeOptions, VaeDecodeOptions, VaeMemoryEstimate, VaeMemoryEstimateOptions, VaeDecodeCall, VaeTileOptions } from './vae';
 export { ClipVisionEncoder, loadImage, type ClipVisionOptions, type ClipVisionEncodeOptions, type ClipEmbeds, type ClipVisionConfig, type ClipCrop, type ClipCombine, type ImageInput } from './clip';
 export type { Device, Placement } from './device';
-export type { AttentionMode, BasePrecision, BlockSwapOptions, LoraOptions, ModelLoaderOptions, Quantization, WanModelConfig, WanForwardInput, BlockCacheCall, TeaCacheCall, MagCacheCall, EasyCacheCall } from './model';
+export type { AttentionMode, BasePrecision, BlockSwapOptions, LoraOptions, ModelLoaderOptions, Quantization, WanModelConfig, WanForwardInput, BlockCacheCall, TeaCacheCall, MagCacheCall, EasyCacheCall, NagCall } from './model';
 export type { Progress, LongCallOptions } from './progress';
 export { emptyEmbeds, imageToVideoEncode } from './conditioning';
 export type { ImageEmbeds, ImageResize, ImageToVideoEncodeOptions, VideoSize } from './conditioning';
 export { planMemory, PLAN_DEVICES } from './memory-planner';
 export type { MemoryPlan, PlanMemoryOptions, PlanDevice, PlanSource, TensorEntry, StagePlan, DitMemoryPlan, MemoryStats, HeldBytes, VaeEstimator } from './memory-planner';
 export { Sampler } from './sampler';
-export type { SamplerOptions, SamplerProgress, FetaArgs, LoopArgs, SlgArgs } from './sampler';
+export type { SamplerOptions, SamplerProgress, FetaArgs, LoopArgs, NagArgs, SlgArgs } from './sampler';
 export type { CacheArgs, CacheVariant, TeaCacheArgs, MagCacheArgs, EasyCacheArgs } from './block-cache';
 export { cacheVariant } from './block-cache';
 export type { ExperimentalArgs } from './guidance';

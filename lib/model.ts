@@ -82,7 +82,7 @@ export interface ModelLoaderOptions extends LongCallOptions {
    * forwards in a row have the same shapes, the blocks are captured as one CUDA graph and
    * replayed while the shapes (and unmerged LoRAs' strengths) stay, which saves the launch of
    * each of their kernels: worth it where those are short (small latents). Forwards with block
-   * swap, Enhance-A-Video, a trace, padded samples or sageattn run the blocks as they are, and
+   * swap, Enhance-A-Video, NAG, a trace, padded samples or sageattn run the blocks as they are, and
    * so does every forward after a capture fails. The captured graph holds its activations'
    * memory until offload() or dispose(). graphStats() tells what happened. */
   cudaGraphs?: boolean;

@@ -13,7 +13,7 @@ import { type CacheArgs, cacheSettings } from './block-cache';
 import { type FreeInitArgs, reinitialize, resolveFreeInitArgs } from './freeinit';
 import { combineGuidance, type ExperimentalArgs, type Guidance, resolveExperimentalArgs, temporalScoreRescaling } from './guidance';
 import { checkOptionNames, describeValue, finiteIn, integerIn, invalidOption, optionNames, WanError, withCallerStack } from './errors';
-import { riflexFrequencies, type BlockCacheCall, type WanModel } from './model';
+import { riflexFrequencies, type BlockCacheCall, type NagCall, type WanModel } from './model';
 import { native } from './native';
 import { latentPreview, Preview } from './preview';
 import { LongCallOptions, Progress } from './progress';
@@ -53,6 +53,18 @@ export interface SlgArgs {
 }
 const SLG_OPTIONS = optionNames<SlgArgs>()({ blocks: true, startPercent: true, endPercent: true });
 
+/** The wrapper's WanVideoApplyNAG (NAG, Normalized Attention Guidance): the conditional pass's
+ * text cross-attention is pushed away from the NAG prompt's (WanModel.forward's nag), which
+ * steers even at cfg 1, where distilled models run without a negative pass. */
+export interface NagArgs {
+  /** The NAG prompt's embedding [L, textDim]; by default textEmbeds.negativePromptEmbeds[0]. */
+  nagPromptEmbeds?: Tensor;
+  nagScale?: number;  // 11.0, 0..100
+  nagTau?: number;    // 2.5, 0..10
+  nagAlpha?: number;  // 0.25, 0..1
+}
+const NAG_OPTIONS = optionNames<NagArgs>()({ nagPromptEmbeds: true, nagScale: true, nagTau: true, nagAlpha: true });
+
 const CONTEXT_OPTIONS = optionNames<ContextOptions>()({ schedule: true, frames: true, stride: true, overlap: true, freenoise: true, fuse: true });
 
 export interface SamplerProgress extends Progress {
@@ -84,6 +96,7 @@ export interface SamplerOptions extends Omit<LongCallOptions, 'onProgress'> {
   cacheArgs?: CacheArgs;           // TeaCache (the default cacheType), MagCache or EasyCache
   experimentalArgs?: ExperimentalArgs;  // CFG-Zero*, FreSca, TCFG, RAAG, Temporal Score Rescaling
   freeinitArgs?: FreeInitArgs;    // FreeInit: the whole sampling run freeinitNumIters times, each from the last result re-noised
+  nagArgs?: NagArgs;              // NAG: the conditional pass's text attention pushed away from a NAG prompt's
   riflexFreqIndex?: number;       // 0 (off): RIFLEx, 1..22 for Wan2.1 (6 typical), for videos past 81 frames
   batchedCfg?: boolean;           // false: run the conditional and unconditional passes as one batch
   preview?: boolean;              // false: add an RGB preview to each progress report
@@ -165,6 +178,7 @@ interface StepCall {
   cfg: number;
   fetaWeight?: number;
   skipUnconditional?: number[];  // skip layer guidance: blocks the unconditional pass leaves out
+  nag?: NagCall;                 // NAG, for the conditional pass
   cache?: (window: string, unconditional: boolean) => BlockCacheCall;  // cacheArgs, in its steps
   guidance?: Guidance;  // experimentalArgs
   riflex?: { riflexFreqIndex: number; riflexLatentFrames: number };
@@ -177,7 +191,7 @@ interface StepCall {
 const SAMPLER_OPTIONS = optionNames<SamplerOptions>()({
   imageEmbeds: true, textEmbeds: true, steps: true, cfg: true, shift: true, seed: true, scheduler: true, enhanceHf: true, sigmas: true,
   startStep: true, endStep: true, samples: true, denoiseStrength: true, addNoiseToSamples: true, contextOptions: true,
-  fetaArgs: true, loopArgs: true, slgArgs: true, cacheArgs: true, experimentalArgs: true, freeinitArgs: true, riflexFreqIndex: true, batchedCfg: true, preview: true, forceOffload: true, onProgress: true, signal: true,
+  fetaArgs: true, loopArgs: true, slgArgs: true, cacheArgs: true, experimentalArgs: true, freeinitArgs: true, nagArgs: true, riflexFreqIndex: true, batchedCfg: true, preview: true, forceOffload: true, onProgress: true, signal: true,
 });
 
 export class Sampler {
@@ -199,6 +213,7 @@ export class Sampler {
     checkOptionNames(o.slgArgs, SLG_OPTIONS, 'slgArgs');
     checkOptionNames(o.loopArgs, LOOP_OPTIONS, 'loopArgs');
     checkOptionNames(o.contextOptions, CONTEXT_OPTIONS, 'contextOptions');
+    checkOptionNames(o.nagArgs, NAG_OPTIONS, 'nagArgs');
     const embeds = o.imageEmbeds;
     if (!embeds || !Array.isArray(embeds.targetShape) || embeds.targetShape.length !== 4)
       throw invalidOption(`Expected imageEmbeds from emptyEmbeds() or imageToVideoEncode() but received ${describeValue(embeds)}`);
@@ -248,6 +263,16 @@ export class Sampler {
       throw invalidOption(`Expected batchedCfg false with cacheArgs: ${cache.cacheType} keeps the conditional and unconditional ` +
         'predictions apart (the wrapper\'s batched path runs them as one)');
     const guidance = resolveExperimentalArgs(o.experimentalArgs);
+    let nag: NagCall | undefined;
+    if (o.nagArgs !== undefined) {
+      const context = o.nagArgs.nagPromptEmbeds ?? o.textEmbeds?.negativePromptEmbeds?.[0];
+      if (!(context instanceof Tensor))
+        throw invalidOption(`Expected nagArgs.nagPromptEmbeds (or a negative prompt in textEmbeds) for NAG but received ${describeValue(context)}`);
+      nag = { context, scale: finiteIn('nagArgs.nagScale', o.nagArgs.nagScale, 11, 0, 100),
+        tau: finiteIn('nagArgs.nagTau', o.nagArgs.nagTau, 2.5, 0, 10), alpha: finiteIn('nagArgs.nagAlpha', o.nagArgs.nagAlpha, 0.25, 0, 1) };
+      if (o.batchedCfg)
+        throw invalidOption('Expected batchedCfg false with nagArgs: NAG guides the conditional pass alone, which the batched pass runs together with the other');
+    }
     const loop = o.loopArgs === undefined ? undefined : {
       skip: integerIn('loopArgs.shiftSkip', o.loopArgs.shiftSkip, 6, 0, 10000),
       ...percentRange('loopArgs', o.loopArgs, 0, 'the loop\'s shift'),
@@ -382,7 +407,7 @@ export class Sampler {
       const fetaWeight = feta && shape[1] > 1 && fraction >= feta.start && fraction <= feta.end ? feta.weight : undefined;
       const skipUnconditional = slg && fraction >= slg.start && fraction <= slg.end ? slg.blocks : undefined;
       const call: StepCall = {
-        step: i, t, cfg: cfgAt(i), fetaWeight, skipUnconditional, guidance, signal: o.signal, batched: o.batchedCfg === true, pass: passes, numPrompts: prompts.length,
+        step: i, t, cfg: cfgAt(i), fetaWeight, skipUnconditional, nag, guidance, signal: o.signal, batched: o.batchedCfg === true, pass: passes, numPrompts: prompts.length,
         // Over the whole video's latent frames, in every context window too (the wrapper's L_test).
         riflex: riflexFreqIndex > 0 ? { riflexFreqIndex, riflexLatentFrames: shape[1] } : undefined,
         cache: cache && i >= cache.startStep && i <= cacheEnd
@@ -442,9 +467,10 @@ export class Sampler {
     let cond: Float32Array, uncond: Float32Array | undefined;
     try {
       const cached = (unconditional: boolean) => (call.cache ? { cache: call.cache(window, unconditional) } : {});
+      const nag = call.nag ? { nag: call.nag } : {};  // the conditional pass alone
       if (call.cfg === 1) {
         [cond] = take(await this.model.forward({ ...base, x: [x], t: Tensor.fromTypedArray(t1, [1]), context: [positive.context],
-          ...withImage(positive), y: y ? [y] : undefined, ...cached(false) }, { signal: call.signal }));
+          ...withImage(positive), y: y ? [y] : undefined, ...cached(false), ...nag }, { signal: call.signal }));
       } else if (call.batched && positive.clipFea === negative.clipFea && !call.skipUnconditional) {
         // (Skip layer guidance runs the two passes apart: they run different blocks.)
         [cond, uncond] = take(await this.model.forward({ ...base, x: [x, x], t: Tensor.fromTypedArray(Float64Array.of(call.t, call.t), [2]),
@@ -452,7 +478,7 @@ export class Sampler {
           ...(y ? { clipFea: batchClip(positive.clipFea!) } : {}), y: y ? [y, y] : undefined }, { signal: call.signal }));
       } else {
         [cond] = take(await this.model.forward({ ...base, x: [x], t: Tensor.fromTypedArray(t1, [1]), context: [positive.context],
-          ...withImage(positive), y: y ? [y] : undefined, ...cached(false) }, { signal: call.signal }));
+          ...withImage(positive), y: y ? [y] : undefined, ...cached(false), ...nag }, { signal: call.signal }));
         [uncond] = take(await this.model.forward({ ...base, x: [x], t: Tensor.fromTypedArray(t1, [1]), context: [negative.context],
           ...withImage(negative), y: y ? [y] : undefined, skipBlocks: call.skipUnconditional, ...cached(true) }, { signal: call.signal }));
       }

@@ -391,8 +391,6 @@ export function parseGraph(json: unknown): ParsedGraph {
         fail(`${name}: expected ${article(expected)} ${expected} but output ${ref.slot} of ${nodeName(ref.node, source.class_type)} is ${article(spec.outputs[ref.slot])} ${spec.outputs[ref.slot]}`);
       if (source.class_type === 'WanVideoSampler' && ref.slot === 1)
         fail(`${name}: denoised_samples (output 1 of ${nodeName(ref.node, source.class_type)}) is not available yet in wan-native: use samples (output 0)`);
-      if (source.class_type === 'WanVideoTextEncodeCached' && ref.slot === 1)
-        fail(`${name}: negative_text_embeds (output 1 of ${nodeName(ref.node, source.class_type)}, for NAG) is not available yet in wan-native: use text_embeds (output 0)`);
       if (source.class_type === 'ImageResizeKJv2' && ref.slot === 3)
         fail(`${name}: the mask output of ${nodeName(ref.node, source.class_type)} is not available yet in wan-native`);
       if (source.class_type === 'LoadImage' && ref.slot === 1)

@@ -18,7 +18,7 @@ import type { Progress } from './progress';
 import type { CacheArgs, EasyCacheArgs, MagCacheArgs, TeaCacheArgs } from './block-cache';
 import type { ExperimentalArgs } from './guidance';
 import type { FreeInitArgs } from './freeinit';
-import { Sampler, type FetaArgs, type LoopArgs, type SamplerOptions, type SlgArgs } from './sampler';
+import { Sampler, type FetaArgs, type LoopArgs, type NagArgs, type SamplerOptions, type SlgArgs } from './sampler';
 import type { SchedulerName } from './schedulers';
 import { Tensor } from './tensor';
 import { TextEncoder, type TextEmbeds } from './text-encoder';
@@ -229,6 +229,9 @@ interface SamplerExtraArgs {
 // decodes them looped. Latents sampled on extraEndLatent embeds (the wrapper's `end_image`
 // flag): WanVideoDecode leaves their last frame out.
 const LOOPED = new WeakSet<Tensor>();
+// Text embeds that came through WanVideoApplyNAG (the wrapper adds nag_prompt_embeds and
+// nag_params to the embeds dict): the sampler nodes run with these nagArgs.
+const NAG_ARGS = new WeakMap<TextEmbeds, NagArgs>();
 const EXTRA_END_LATENT = new WeakSet<Tensor>();
 
 // The sampler nodes' run: the model, conditioning, cfg, seed, samples and progress from the node,
@@ -241,9 +244,10 @@ async function sample(c: Parameters<Executor>[0], options: Omit<SamplerOptions, 
     c.warn(`context_options: a window of ${context.frames} frames covers the whole ${embeds.numFrames}-frame video, which is sampled in one piece`);
   if (ropeFunction !== 'comfy')
     c.warn(`rope_function '${ropeFunction}': the wrapper's choices compute the same rotary embedding, which runs here one way`);
+  const textEmbeds = c.input<TextEmbeds>('text_embeds')!;
   const latent = await new Sampler(c.input<WanModel>('model')!).sample({
-    ...options,
-    imageEmbeds: embeds, textEmbeds: c.input<TextEmbeds>('text_embeds')!,
+    ...options, nagArgs: NAG_ARGS.get(textEmbeds),
+    imageEmbeds: embeds, textEmbeds,
     cfg: c.value('cfg'), seed: c.value('seed'), samples: c.input<Tensor>('samples'),
     addNoiseToSamples: c.value('add_noise_to_samples'), forceOffload: c.value('force_offload'),
     signal: c.signal, onProgress: c.onProgress,
@@ -372,16 +376,29 @@ export const EXECUTORS: Record<string, Executor> = {
   },
 
   // The wrapper's WanVideo TextEncode Cached: the text encoder loaded to the main device, the
-  // prompts encoded as WanVideoTextEncode encodes them, the encoder freed. Its second output
-  // (the negative prompt alone, for NAG) is refused where it is linked; the third is the prompt.
+  // prompts encoded as WanVideoTextEncode encodes them, the encoder freed. Its second output is
+  // the negative prompt alone as a prompt (a copy), for WanVideoApplyNAG; the third the prompt.
   async WanVideoTextEncodeCached(c) {
     const encoder = await loadTextEncoder(c, 'main_device');
     try {
       const embeds = await encodePrompts(c, encoder, false);
-      return [{ value: embeds, dispose: () => disposeTextEmbeds(embeds) }, { value: undefined }, { value: c.value<string>('positive_prompt') }];
+      const negative: TextEmbeds = { promptEmbeds: embeds.negativePromptEmbeds.map((t) => Tensor.fromTypedArray(t.toTypedArray(), t.shape, t.dtype)),
+        negativePromptEmbeds: [] };
+      return [{ value: embeds, dispose: () => disposeTextEmbeds(embeds) }, { value: negative, dispose: () => disposeTextEmbeds(negative) },
+        { value: c.value<string>('positive_prompt') }];
     } finally {
       encoder.dispose();
     }
+  },
+
+  // The wrapper's WanVideoApplyNAG: the embeds as they are, with the NAG prompt (the first prompt
+  // of nag_text_embeds) and its settings attached for the sampler (NAG_ARGS). inplace changes only
+  // the order of the wrapper's operations.
+  async WanVideoApplyNAG(c) {
+    const original = c.input<TextEmbeds>('original_text_embeds')!, nag = c.input<TextEmbeds>('nag_text_embeds')!;
+    const embeds: TextEmbeds = { ...original };
+    NAG_ARGS.set(embeds, { nagPromptEmbeds: nag.promptEmbeds[0], nagScale: c.value('nag_scale'), nagTau: c.value('nag_tau'), nagAlpha: c.value('nag_alpha') });
+    return [{ value: embeds, retains: ['original_text_embeds', 'nag_text_embeds'] }];
   },
 
   async WanVideoClipVisionEncode(c) {

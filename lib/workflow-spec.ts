@@ -243,6 +243,18 @@ const SPECS: NodeSpec[] = [
     ],
   },
   {
+    classType: 'WanVideoApplyNAG',
+    outputs: ['WANVIDEOTEXTEMBEDS'],
+    inputs: [
+      req('original_text_embeds', link('WANVIDEOTEXTEMBEDS')),
+      req('nag_text_embeds', link('WANVIDEOTEXTEMBEDS')),
+      req('nag_scale', float(11, 0, 100)),
+      req('nag_tau', float(2.5, 0, 10)),
+      req('nag_alpha', float(0.25, 0, 1)),
+      opt('inplace', bool(true)),
+    ],
+  },
+  {
     classType: 'WanVideoVAELoader',
     outputs: ['WANVAE'],
     inputs: [

@@ -56,6 +56,7 @@ const INTERFACES = [
   { name: 'LoopArgs', usedBy: ['SamplerOptions.loopArgs'] },
   { name: 'ExperimentalArgs', usedBy: ['SamplerOptions.experimentalArgs'] },
   { name: 'FreeInitArgs', usedBy: ['SamplerOptions.freeinitArgs'] },
+  { name: 'NagArgs', usedBy: ['SamplerOptions.nagArgs'] },
   { name: 'ScheduleOptions', usedBy: ['schedule(name, options)'] },
   { name: 'LoadVideoOptions', usedBy: ['loadVideo(file, options)'] },
   { name: 'VideoCombineOptions', usedBy: ['videoCombine(frames, options)'] },

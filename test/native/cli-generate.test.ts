@@ -179,6 +179,20 @@ t.test('--video: video-to-video from the video\'s latent, noised to the step --d
   t.ok(tiled.files.some((f, i) => !f.equals(first.files[i])), '--vae-tiling with --video runs (encode and decode in tiles), giving other frames');
 });
 
+t.test('--nag-scale: NAG from the negative prompt, at cfg 1 too', async (t) => {
+  const common = ['generate', ...T2V, '--width', '48', '--height', '32', '--num-frames', '5', '--steps', '2', '--prompt', 'a cat',
+    '--negative-prompt', 'rain at night', '--cfg', '1', '--format', 'png', '--no-save-metadata', '--seed', '4'];
+  const frames = (name: string, ...extra: string[]) => {
+    const out = outDir(name);
+    const r = run(...common, '--output-dir', out, ...extra);
+    t.equal(r.status, 0, r.stderr);
+    return fs.readdirSync(out).sort().map((f) => fs.readFileSync(path.join(out, f)));
+  };
+  const plain = frames('nag-plain'), guided = frames('nag', '--nag-scale', '4', '--nag-tau', '1.4', '--nag-alpha', '0.5');
+  t.equal(guided.length, plain.length);
+  t.ok(guided.some((f, i) => !f.equals(plain[i])), 'cfg 1 with NAG: other frames than cfg 1 alone');
+});
+
 t.test('--loop-shift-skip: a looping video of 4 frames per latent frame', async (t) => {
   const out = outDir('loop');
   const r = run('generate', ...T2V, '--width', '48', '--height', '32', '--num-frames', '13', '--steps', '2', '--prompt', 'a cat',
@@ -394,6 +408,8 @@ t.test('bad options exit 2 with a message naming the option, before anything is 
     [['--loop-shift-skip', '2', '--num-frames', '5'], /^wan-native generate: --loop-shift-skip needs --num-frames 9 or more .* but received 5$/m],
     [['--tsr-k', '0.9'], /^wan-native generate: --tsr-k needs --tsr$/m],
     [['--freeinit-d-s', '0.5'], /^wan-native generate: --freeinit-d-s needs --freeinit$/m],
+    [['--nag-tau', '2'], /^wan-native generate: --nag-tau needs --nag-scale$/m],
+    [['--nag-scale', '5', '--batched-cfg'], /^wan-native generate: --batched-cfg and --nag-scale: NAG guides the positive pass alone/m],
     [['--denoise-strength', '0.5'], /^wan-native generate: --denoise-strength needs --video \(it applies to video-to-video\)$/m],
     [['--video', 'clip.mp4'], /^wan-native generate: --video needs --denoise-strength below 1/m],
     [['--video', 'missing.mp4', '--denoise-strength', '0.5'], /^wan-native generate: --video: no such file: missing\.mp4$/m],

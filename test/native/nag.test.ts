@@ -5,7 +5,9 @@
 import t from 'tap';
 import * as path from 'node:path';
 
-import { loadSafetensors, Tensor, WanModel } from '../../lib/index';
+import { emptyEmbeds, loadSafetensors, Sampler, Tensor, WanModel } from '../../lib/index';
+import { native } from '../../lib/native';
+import { createScheduler } from '../../lib/schedulers';
 import type { WanForwardInput } from '../../lib/index';
 import { maxAbsDiff, randn, weightsDir } from '../helpers';
 
@@ -77,5 +79,42 @@ t.test('NAG changes nothing where it cannot: scale 1, or the NAG context the con
   await t.rejects(model.forward({ ...input, nag: { context: randn([9, 32], 6), tau: 11 } }),
     { code: 'WAN_INVALID_OPTION', message: /Expected a number in 0\.\.10 for nag\.tau but received 11/ });
   await t.rejects(model.forward({ ...input, nag: { context: randn([9, 7], 6) } }), { message: /nag\.context must be \[L <= 16, 32\], got \[9, 7\]/ });
+  model.dispose();
+});
+
+t.test('the Sampler with nagArgs: NAG on the conditional pass alone, at cfg 1 too', async (t) => {
+  const model = await WanModel.load(file, { numHeads: 2, textLen: 16 });
+  const positive = randn([6, 32], 7), negative = randn([9, 32], 8);
+  const calls: { nag: boolean; context: number }[] = [];
+  const watching = {
+    config: model.config, offload: () => model.offload(), cacheReport: () => model.cacheReport(), clearCache: () => model.clearCache(),
+    forward: (input: WanForwardInput, options?: { signal?: AbortSignal }) => {
+      calls.push({ nag: input.nag !== undefined, context: input.context[0].shape[0] });
+      return model.forward(input, options);
+    },
+  } as Pick<WanModel, 'config' | 'offload' | 'forward' | 'cacheReport' | 'clearCache'> as WanModel;
+  const imageEmbeds = emptyEmbeds({ width: 32, height: 32, numFrames: 5 });
+  const o = { imageEmbeds, textEmbeds: { promptEmbeds: [positive], negativePromptEmbeds: [negative] }, steps: 2, shift: 5, seed: 3,
+    scheduler: 'euler' as const, nagArgs: { nagScale: 4, nagTau: 1.4, nagAlpha: 0.5 } };
+  await new Sampler(watching).sample({ ...o, cfg: 3 });
+  t.same(calls, [{ nag: true, context: 6 }, { nag: false, context: 9 }, { nag: true, context: 6 }, { nag: false, context: 9 }],
+    'cfg 3: the conditional pass with NAG, the unconditional without');
+
+  // cfg 1: Euler on the model's NAG-guided predictions by hand, the negative prompt as NAG's (the default).
+  const result = (await new Sampler(model).sample({ ...o, cfg: 1 })).toTypedArray() as Float32Array;
+  const s = createScheduler('euler', { steps: 2, shift: 5 });
+  let x = new (native().NoiseGenerator)(3n).randn([16, 2, 4, 4]).toTypedArray() as Float32Array;
+  for (let i = 0; i < 2; i++) {
+    const [v] = await model.forward({ x: [Tensor.fromTypedArray(x, [16, 2, 4, 4])], t: Tensor.fromTypedArray(Float64Array.of(s.timesteps[i]), [1]),
+      context: [positive], seqLen: imageEmbeds.seqLen, nag: { context: negative, scale: 4, tau: 1.4, alpha: 0.5 } });
+    x = s.step(v.toTypedArray() as Float32Array, i, x);
+  }
+  t.equal(maxAbsDiff(Tensor.fromTypedArray(result, [16, 2, 4, 4]), Tensor.fromTypedArray(x, [16, 2, 4, 4])), 0,
+    'cfg 1: Euler on forward(nag: the negative prompt) by hand, bit for bit');
+  const plain = await new Sampler(model).sample({ ...o, cfg: 1, nagArgs: undefined });
+  t.ok(maxAbsDiff(plain, Tensor.fromTypedArray(result, [16, 2, 4, 4])) > 1e-4, 'which is not the run without NAG');
+  await t.rejects(new Sampler(model).sample({ ...o, cfg: 3, batchedCfg: true }), { code: 'WAN_INVALID_OPTION', message: /batchedCfg false with nagArgs/ });
+  await t.rejects(new Sampler(model).sample({ ...o, textEmbeds: { promptEmbeds: [positive], negativePromptEmbeds: [] }, cfg: 1 }),
+    { message: /Expected nagArgs\.nagPromptEmbeds \(or a negative prompt in textEmbeds\) for NAG/ });
   model.dispose();
 });

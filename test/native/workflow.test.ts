@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { ClipVisionEncoder, emptyEmbeds, imageToVideoEncode, Sampler, saveSafetensors, Tensor, TextEncoder, Vae, videoCombine, WanModel } from '../../lib/index';
-import type { ClipEmbeds, ContextOptions, FetaArgs, ImageEmbeds, ModelLoaderOptions, SlgArgs, CacheArgs, ExperimentalArgs, LoopArgs, FreeInitArgs } from '../../lib/index';
+import type { ClipEmbeds, ContextOptions, FetaArgs, ImageEmbeds, ModelLoaderOptions, SlgArgs, CacheArgs, ExperimentalArgs, LoopArgs, FreeInitArgs, NagArgs } from '../../lib/index';
 import { native } from '../../lib/native';
 import { parseWorkflow, runWorkflow } from '../../lib/workflow';
 import type { RunWorkflowOptions } from '../../lib/workflow';
@@ -52,7 +52,7 @@ const skip = !haveTokenizer ? 'spm_train (Debian package sentencepiece) is neede
 interface Direct {
   width: number; height: number; numFrames: number; contextOptions?: ContextOptions; fetaArgs?: FetaArgs; riflexFreqIndex?: number;
   slgArgs?: SlgArgs; cacheArgs?: CacheArgs; experimentalArgs?: ExperimentalArgs; loopArgs?: LoopArgs; freeinitArgs?: FreeInitArgs;
-  steps?: number; enhanceHf?: boolean; samples?: Tensor; denoiseStrength?: number;
+  steps?: number; enhanceHf?: boolean; samples?: Tensor; denoiseStrength?: number; nagArgs?: NagArgs;
   loras?: ModelLoaderOptions['loras']; blockSwap?: ModelLoaderOptions['blockSwap'];
 }
 async function direct(o: Direct): Promise<Tensor> {
@@ -65,7 +65,7 @@ async function direct(o: Direct): Promise<Tensor> {
     imageEmbeds: emptyEmbeds({ width: o.width, height: o.height, numFrames: o.numFrames }), textEmbeds,
     steps: o.steps ?? 3, enhanceHf: o.enhanceHf, cfg: 5, shift: 5, seed: 42, scheduler: 'unipc', contextOptions: o.contextOptions, fetaArgs: o.fetaArgs,
     riflexFreqIndex: o.riflexFreqIndex, slgArgs: o.slgArgs, cacheArgs: o.cacheArgs, experimentalArgs: o.experimentalArgs,
-    loopArgs: o.loopArgs, freeinitArgs: o.freeinitArgs, samples: o.samples, denoiseStrength: o.denoiseStrength,
+    loopArgs: o.loopArgs, freeinitArgs: o.freeinitArgs, samples: o.samples, denoiseStrength: o.denoiseStrength, nagArgs: o.nagArgs,
   });
   model.dispose();
   const vae = await Vae.load(path.join(weightsDir, 'tiny_vae.f32.safetensors'));
@@ -458,9 +458,17 @@ t.test('WanVideoTextEncodeCached loads, encodes and frees the text encoder', { s
   t.throws(() => parseWorkflow(workflow), { code: 'WAN_INVALID_OPTION',
     message: /^node 9 \(VHS_VideoCombine\) input filename_prefix: a link \(to node 2\) is not available yet in wan-native here/ });
   workflow['9'].inputs.filename_prefix = 'wan';
-  workflow['6'].inputs.text_embeds = ['2', 1];
-  t.throws(() => parseWorkflow(workflow), { code: 'WAN_INVALID_OPTION',
-    message: /input text_embeds: negative_text_embeds \(output 1 of node 2 \(WanVideoTextEncodeCached\), for NAG\) is not available yet/ });
+
+  // NAG: its second output (the negative prompt as a prompt) as WanVideoApplyNAG's NAG prompt.
+  workflow['13'] = { class_type: 'WanVideoApplyNAG', inputs: { original_text_embeds: ['2', 0], nag_text_embeds: ['2', 1],
+    nag_scale: 4, nag_tau: 1.4, nag_alpha: 0.5, inplace: true } };
+  workflow['6'].inputs.text_embeds = ['13', 0];
+  const nagFiles = (await runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() })).outputs['9'].files!;
+  const nagExpected = frameBytes(await direct({ width: 64, height: 64, numFrames: 5, nagArgs: { nagScale: 4, nagTau: 1.4, nagAlpha: 0.5 } }));
+  let nagSame = nagFiles.length === nagExpected.length;
+  for (const [i, file] of nagFiles.entries()) nagSame &&= (await pngBytes(file)).equals(nagExpected[i]);
+  t.ok(nagSame, 'WanVideoApplyNAG: the frames of the library run with nagArgs (the negative prompt as the NAG prompt)');
+  t.ok(nagExpected.some((f, i) => !f.equals(expected[i])), 'which are not the frames without NAG');
 });
 
 t.test('ImageConcatMulti: videos side by side as KJNodes joins them', { skip }, async (t) => {
