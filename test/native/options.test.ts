@@ -38,7 +38,7 @@ t.test('loaders and calls refuse options they do not know, naming them', async (
     ['Vae.decode', () => vae.decode(latent, { normalization: 'none' } as never), among('options', ['normalization'])],
     ['Vae.encode', () => vae.encode(Tensor.fromTypedArray(new Float32Array(3 * 32 * 32), [3, 1, 32, 32]), { clamp: true } as never), among('options', ['clamp'])],
     ['TextEncoder.load', () => TextEncoder.load(w('tiny_umt5_enc.f32.safetensors'), { quantization: 'fp8_e4m3fn' } as never), among('options', ['quantization'])],
-    ['imageToVideoEncode', () => imageToVideoEncode({ vae, startImage: image, width: 32, height: 32, numFrames: 5, tiledVae: true } as never), among('options', ['tiledVae'])],
+    ['imageToVideoEncode', () => imageToVideoEncode({ vae, startImage: image, width: 32, height: 32, numFrames: 5, temporalMask: image } as never), among('options', ['temporalMask'])],
     ['imageToVideoEncode seed', () => imageToVideoEncode({ vae, startImage: image, width: 32, height: 32, numFrames: 5, seed: 1.5 }), /^Expected an integer in 0\.\.2\^64-1 for seed but received 1\.5 of type number$/],
     ['videoCombine', () => videoCombine(latent, { audio: 'a.wav' } as never), among('options', ['audio'])],
     ['planMemory', () => planMemory({ dit: [], vramManagement: true } as never), among('options', ['vramManagement'])],
