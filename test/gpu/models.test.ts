@@ -128,6 +128,11 @@ t.test('DiT: the GPU (fp32) and the CPU agree', { skip }, async (t) => {
   const gpu = await WanModel.load(dit('bf16'), { numHeads: 2, textLen: 16, device: 'cuda', basePrecision: 'fp32' });
   const err = maxAbsDiff((await gpu.forward(input))[0], (await cpu.forward(input))[0]);
   t.ok(err <= FP32_MAX_ABS, `max abs difference ${err.toExponential(2)} <= ${FP32_MAX_ABS}`);
+  // NAG: the guided cross-attention on the GPU as on the CPU (a NAG context of the golden's shape).
+  const nag = { context: randn(input.context[0].shape, 9), scale: 4, tau: 1.4, alpha: 0.5 };
+  const nagErr = maxAbsDiff((await gpu.forward({ ...input, nag }))[0], (await cpu.forward({ ...input, nag }))[0]);
+  t.ok(nagErr <= FP32_MAX_ABS, `NAG: max abs difference ${nagErr.toExponential(2)} <= ${FP32_MAX_ABS}`);
+  t.ok(maxAbsDiff((await gpu.forward({ ...input, nag }))[0], (await gpu.forward(input))[0]) > 1e-4, 'NAG changes the GPU output');
 });
 
 t.test('RIFLEx, skipped blocks and the block caches on the GPU give what they give on the CPU, cudaGraphs or not', { skip }, async (t) => {
