@@ -375,6 +375,19 @@ export const EXECUTORS: Record<string, Executor> = {
     return [{ value: embeds, dispose: () => disposeTextEmbeds(embeds) }];
   },
 
+  // The wrapper's WanVideo TextEncodeSingle: one prompt as it is (no '|' split, no weights) and
+  // no negative, for the positive slot or WanVideoApplyNAG's NAG prompt.
+  async WanVideoTextEncodeSingle(c) {
+    await c.input<WanModel>('model_to_offload')?.offload();
+    const { promptEmbeds, negativePromptEmbeds } = await c.input<TextEncoder>('t5')!.encode({ positive: c.value<string>('prompt'), negative: '' }, {
+      promptWeights: false, diskCache: c.value<boolean>('use_disk_cache') ? c.textCacheDir : undefined,
+      forceOffload: c.value('force_offload'), signal: c.signal, onProgress: c.onProgress,
+    });
+    for (const t of negativePromptEmbeds) t.dispose();  // encode's negative, not this node's
+    const value: TextEmbeds = { promptEmbeds, negativePromptEmbeds: [] };
+    return [{ value, dispose: () => disposeTextEmbeds(value) }];
+  },
+
   // The wrapper's WanVideo TextEncode Cached: the text encoder loaded to the main device, the
   // prompts encoded as WanVideoTextEncode encodes them, the encoder freed. Its second output is
   // the negative prompt alone as a prompt (a copy), for WanVideoApplyNAG; the third the prompt.

@@ -243,6 +243,20 @@ const SPECS: NodeSpec[] = [
     ],
   },
   {
+    classType: 'WanVideoTextEncodeSingle',
+    outputs: ['WANVIDEOTEXTEMBEDS'],
+    inputs: [
+      req('prompt', str('')),
+      opt('t5', link('WANTEXTENCODER')),
+      opt('force_offload', bool(true)),
+      opt('model_to_offload', link('WANVIDEOMODEL', undefined, true)),
+      opt('use_disk_cache', bool(false)),
+      opt('device', combo(['gpu', 'cpu'], 'gpu')),
+    ],
+    check: (_, linked) => linked.has('t5') ? undefined
+      : 't5 is not connected: wan-native encodes prompts with a text encoder (connect a LoadWanVideoT5TextEncoder)',
+  },
+  {
     classType: 'WanVideoApplyNAG',
     outputs: ['WANVIDEOTEXTEMBEDS'],
     inputs: [

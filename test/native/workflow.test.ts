@@ -438,7 +438,7 @@ t.test('ImageResizeKJ and ImageResizeKJv2: the sizes and crops KJNodes computes,
   t.throws(() => parseWorkflow(pad), { code: 'WAN_INVALID_OPTION', message: /node 2 \(ImageResizeKJv2\) input keep_proportion: "pad" is not available yet in wan-native \(available: stretch, resize, crop, total_pixels\)/ });
 });
 
-t.test('WanVideoTextEncodeCached loads, encodes and frees the text encoder', { skip }, async (t) => {
+t.test('WanVideoTextEncodeCached loads, encodes and frees the text encoder; WanVideoApplyNAG and WanVideoTextEncodeSingle', { skip }, async (t) => {
   const workflow = api();
   const { positive_prompt, negative_prompt } = workflow['2'].inputs;
   delete workflow['1'];
@@ -469,6 +469,17 @@ t.test('WanVideoTextEncodeCached loads, encodes and frees the text encoder', { s
   for (const [i, file] of nagFiles.entries()) nagSame &&= (await pngBytes(file)).equals(nagExpected[i]);
   t.ok(nagSame, 'WanVideoApplyNAG: the frames of the library run with nagArgs (the negative prompt as the NAG prompt)');
   t.ok(nagExpected.some((f, i) => !f.equals(expected[i])), 'which are not the frames without NAG');
+
+  // WanVideoTextEncodeSingle as the NAG prompt's encoder: the same embedding, so the same frames.
+  workflow['1'] = { class_type: 'LoadWanVideoT5TextEncoder', inputs: { model_name: 'tiny_umt5_enc.f32.safetensors', precision: 'bf16',
+    load_device: 'offload_device', quantization: 'disabled', tokenizer: 'spiece.model' } };
+  workflow['14'] = { class_type: 'WanVideoTextEncodeSingle', inputs: { prompt: negative_prompt, t5: ['1', 0], force_offload: true,
+    use_disk_cache: false, device: 'gpu' } };
+  workflow['13'].inputs.nag_text_embeds = ['14', 0];
+  const singleFiles = (await runWorkflow(workflow, { modelDirs, outputDir: newOutputDir() })).outputs['9'].files!;
+  let singleSame = singleFiles.length === nagExpected.length;
+  for (const [i, file] of singleFiles.entries()) singleSame &&= (await pngBytes(file)).equals(nagExpected[i]);
+  t.ok(singleSame, 'WanVideoTextEncodeSingle of the negative prompt as the NAG prompt: the same frames');
 });
 
 t.test('ImageConcatMulti: videos side by side as KJNodes joins them', { skip }, async (t) => {
