@@ -72,6 +72,17 @@ const file = (...folders: ModelFolder[]): Spec => ({ kind: 'FILE', folders });
 const link = (type: string, refuse?: string, hint?: boolean): Spec =>
   ({ kind: 'LINK', type, refuse: refuse === undefined ? undefined : () => refuse, hint });
 
+// WanVideoTextEncode's and TextEncodeSingle's inputs after the prompts, and their check.
+const textEncodeInputs = (): InputSpec[] => [
+  opt('t5', link('WANTEXTENCODER')),
+  opt('force_offload', bool(true)),
+  opt('model_to_offload', link('WANVIDEOMODEL', undefined, true)),
+  opt('use_disk_cache', bool(false)),
+  opt('device', combo(['gpu', 'cpu'], 'gpu')),
+];
+const needsT5 = (_: Record<string, unknown>, linked: ReadonlySet<string>): string | undefined => (linked.has('t5') ? undefined
+  : 't5 is not connected: wan-native encodes prompts with a text encoder (connect a LoadWanVideoT5TextEncoder)');
+
 // The text encoder loaders' quantization: only 'disabled' (fp8 files load as stored).
 const t5Quantization = (): Spec => combo(['disabled', 'fp8_e4m3fn'], 'disabled', undefined, (v) => v === 'disabled' ? undefined :
   `quantization '${v}' is not available yet in wan-native: use 'disabled' (weights are then used as the file stores them)`);
@@ -245,16 +256,8 @@ const SPECS: NodeSpec[] = [
   {
     classType: 'WanVideoTextEncodeSingle',
     outputs: ['WANVIDEOTEXTEMBEDS'],
-    inputs: [
-      req('prompt', str('')),
-      opt('t5', link('WANTEXTENCODER')),
-      opt('force_offload', bool(true)),
-      opt('model_to_offload', link('WANVIDEOMODEL', undefined, true)),
-      opt('use_disk_cache', bool(false)),
-      opt('device', combo(['gpu', 'cpu'], 'gpu')),
-    ],
-    check: (_, linked) => linked.has('t5') ? undefined
-      : 't5 is not connected: wan-native encodes prompts with a text encoder (connect a LoadWanVideoT5TextEncoder)',
+    inputs: [req('prompt', str('')), ...textEncodeInputs()],
+    check: needsT5,
   },
   {
     classType: 'WanVideoApplyNAG',
@@ -300,17 +303,8 @@ const SPECS: NodeSpec[] = [
   {
     classType: 'WanVideoTextEncode',
     outputs: ['WANVIDEOTEXTEMBEDS'],
-    inputs: [
-      req('positive_prompt', str('')),
-      req('negative_prompt', str('')),
-      opt('t5', link('WANTEXTENCODER')),
-      opt('force_offload', bool(true)),
-      opt('model_to_offload', link('WANVIDEOMODEL', undefined, true)),
-      opt('use_disk_cache', bool(false)),
-      opt('device', combo(['gpu', 'cpu'], 'gpu')),
-    ],
-    check: (_, linked) => linked.has('t5') ? undefined
-      : 't5 is not connected: wan-native encodes prompts with a text encoder (connect a LoadWanVideoT5TextEncoder)',
+    inputs: [req('positive_prompt', str('')), req('negative_prompt', str('')), ...textEncodeInputs()],
+    check: needsT5,
   },
   {
     classType: 'WanVideoClipVisionEncode',
