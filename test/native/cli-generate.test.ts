@@ -1,7 +1,7 @@
 // `wan-native generate` run as a user runs it (a child process of dist/lib/cli.js) on the tiny
 // models of shared/golden/weights: T2V and I2V runs, determinism, LoRAs and block swap, option
 // errors, --help and Ctrl-C.
-import t from 'tap';
+import t, { Test } from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -39,6 +39,15 @@ function run(...args: string[]) {
   const r = spawnSync(process.execPath, [cli, ...args], { cwd: repoRoot, encoding: 'utf8', timeout: 120_000 });
   if (r.error) throw r.error;
   return r;
+}
+
+// A generate run (args, then --output-dir <dir>/name) that must succeed: its stderr and the
+// bytes of the files it wrote, by name.
+function framesOf(t: Test, name: string, ...args: string[]): { stderr: string; files: Buffer[] } {
+  const out = outDir(name);
+  const r = run(...args, '--output-dir', out);
+  t.equal(r.status, 0, r.stderr);
+  return { stderr: r.stderr, files: fs.existsSync(out) ? fs.readdirSync(out).sort().map((f) => fs.readFileSync(path.join(out, f))) : [] };
 }
 
 function outDir(name: string): string {
@@ -115,15 +124,10 @@ t.test('--magcache and --easycache: the summary says how many model calls the ca
 t.test('the experimental guidance flags reach the sampler', async (t) => {
   const common = ['generate', ...T2V, '--width', '48', '--height', '32', '--num-frames', '5', '--steps', '3', '--prompt', 'a cat',
     '--format', 'png', '--no-save-metadata', '--seed', '5'];
-  const frames = (name: string, ...extra: string[]) => {
-    const out = outDir(name);
-    const r = run(...common, '--output-dir', out, ...extra);
-    t.equal(r.status, 0, r.stderr);
-    return fs.readdirSync(out).sort().map((f) => fs.readFileSync(path.join(out, f)));
-  };
-  const plain = frames('guidance-plain');
+  const frames = (name: string, ...extra: string[]) => framesOf(t, name, ...common, ...extra);
+  const plain = frames('guidance-plain').files;
   const guided = frames('guidance-all', '--cfg-zero-star', '--use-zero-init', '--fresca', '--fresca-freq-cutoff', '2', '--tcfg',
-    '--raag-alpha', '1', '--tsr', '--tsr-k', '0.9');
+    '--raag-alpha', '1', '--tsr', '--tsr-k', '0.9').files;
   t.equal(guided.length, plain.length, 'as many frames');
   t.ok(guided.some((f, i) => !f.equals(plain[i])), 'other frames than plain cfg');
 });
@@ -131,12 +135,7 @@ t.test('the experimental guidance flags reach the sampler', async (t) => {
 t.test('--freeinit: the whole schedule sampled again from the last result re-noised', async (t) => {
   const common = ['generate', ...T2V, '--width', '48', '--height', '32', '--num-frames', '5', '--steps', '2', '--prompt', 'a cat',
     '--format', 'png', '--no-save-metadata', '--seed', '3'];
-  const frames = (name: string, ...extra: string[]) => {
-    const out = outDir(name);
-    const r = run(...common, '--output-dir', out, ...extra);
-    t.equal(r.status, 0, r.stderr);
-    return { stderr: r.stderr, files: fs.readdirSync(out).sort().map((f) => fs.readFileSync(path.join(out, f))) };
-  };
+  const frames = (name: string, ...extra: string[]) => framesOf(t, name, ...common, ...extra);
   const plain = frames('freeinit-plain');
   const again = frames('freeinit', '--freeinit', '2', '--freeinit-method', 'gaussian', '--freeinit-d-s', '0.5');
   t.match(again.stderr, /^sampling: 4 steps of unipc, 2 latent frames, in 2 FreeInit runs/m, 'the header counts the steps of both runs');
@@ -158,12 +157,7 @@ t.test('--video: video-to-video from the video\'s latent, noised to the step --d
   const [a, b] = [clip('a.mkv', false), clip('b.mkv', true)];
   const common = ['generate', ...T2V, '--width', '48', '--height', '32', '--num-frames', '13', '--steps', '4', '--prompt', 'a cat',
     '--format', 'png', '--no-save-metadata', '--seed', '2'];
-  const frames = (name: string, ...extra: string[]) => {
-    const out = outDir(name);
-    const r = run(...common, '--output-dir', out, ...extra);
-    t.equal(r.status, 0, r.stderr);
-    return { stderr: r.stderr, files: fs.readdirSync(out).sort().map((f) => fs.readFileSync(path.join(out, f))) };
-  };
+  const frames = (name: string, ...extra: string[]) => framesOf(t, name, ...common, ...extra);
   const first = frames('v2v-a', '--video', a, '--denoise-strength', '0.5');
   t.match(first.stderr, /^note: --video gives 9 frames \(4k\+1\) of the 13 asked for: 9 are made$/m, 'the 12 frames of the clip cut to 9');
   t.match(first.stderr, /^sampling: 3 steps of unipc, 3 latent frames/m, 'denoise 0.5 of 4 steps: steps 1 to 3 run');
@@ -182,13 +176,8 @@ t.test('--video: video-to-video from the video\'s latent, noised to the step --d
 t.test('--nag-scale: NAG from the negative prompt, at cfg 1 too', async (t) => {
   const common = ['generate', ...T2V, '--width', '48', '--height', '32', '--num-frames', '5', '--steps', '2', '--prompt', 'a cat',
     '--negative-prompt', 'rain at night', '--cfg', '1', '--format', 'png', '--no-save-metadata', '--seed', '4'];
-  const frames = (name: string, ...extra: string[]) => {
-    const out = outDir(name);
-    const r = run(...common, '--output-dir', out, ...extra);
-    t.equal(r.status, 0, r.stderr);
-    return fs.readdirSync(out).sort().map((f) => fs.readFileSync(path.join(out, f)));
-  };
-  const plain = frames('nag-plain'), guided = frames('nag', '--nag-scale', '4', '--nag-tau', '1.4', '--nag-alpha', '0.5');
+  const frames = (name: string, ...extra: string[]) => framesOf(t, name, ...common, ...extra);
+  const plain = frames('nag-plain').files, guided = frames('nag', '--nag-scale', '4', '--nag-tau', '1.4', '--nag-alpha', '0.5').files;
   t.equal(guided.length, plain.length);
   t.ok(guided.some((f, i) => !f.equals(plain[i])), 'cfg 1 with NAG: other frames than cfg 1 alone');
 });
